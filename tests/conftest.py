@@ -1,0 +1,85 @@
+"""Shared fixtures: real media made by the tests (or the committed sample)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "samples" / "astronaut.mp4"
+sys.path.insert(0, str(ROOT / "samples"))
+
+
+def cer_stream(*args: str, timeout: float = 180, check: bool = False, **kw) -> subprocess.CompletedProcess:
+    """Run the real command line (``python -m stream.cli``) in a subprocess."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "stream.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=kw.pop("cwd", ROOT), **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"cer-stream {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
+    return proc
+
+
+def records(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def sample() -> Path:
+    assert SAMPLE.exists(), "samples/astronaut.mp4 is committed with the project"
+    return SAMPLE
+
+
+def _espeak() -> bool:
+    from shutil import which
+
+    return which("espeak-ng") is not None
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="session")
+def video_only(media_dir) -> Path:
+    """The astronaut clip without an audio track (6 s)."""
+    from make_sample import make_sample
+
+    return make_sample(media_dir / "silent.mp4", seconds=6.0, audio=False)
+
+
+@pytest.fixture(scope="session")
+def faceless(media_dir) -> Path:
+    """A real photograph with no face in it, moving, 5 s, no audio."""
+    from make_sample import make_sample
+
+    return make_sample(media_dir / "faceless.mp4", seconds=5.0, audio=False, image="brick")
+
+
+@pytest.fixture(scope="session")
+def audio_only(media_dir) -> Path:
+    """A real speech recording (espeak-ng) in a file with no video stream."""
+    if not _espeak():
+        pytest.skip("espeak-ng (Debian) is not installed")
+    import av
+    import numpy as np
+
+    wav = media_dir / "speech.wav"
+    subprocess.run(["espeak-ng", "-w", str(wav), "Hello there, this file has no pictures."], check=True)
+    out = media_dir / "speech.m4a"
+    with av.open(str(wav)) as src, av.open(str(out), "w") as dst:
+        ost = dst.add_stream("aac", rate=22050)
+        ost.layout = "mono"
+        for frame in src.decode(audio=0):
+            frame.pts = None
+            for pkt in ost.encode(frame):
+                dst.mux(pkt)
+        for pkt in ost.encode(None):
+            dst.mux(pkt)
+    assert np.isfinite(out.stat().st_size)
+    return out

@@ -1,0 +1,198 @@
+"""End to end on real media with the real models, through the real command line."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from conftest import ROOT, cer_stream, records
+from stream.labels import BASIC, COMPOUND
+from stream.sinks import CSV_HEADER
+
+
+@pytest.fixture(scope="module")
+def sample_run(sample, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    proc = cer_stream("--video", str(sample), "--csv", str(out / "pred.csv"), "--out", str(out / "all.jsonl"),
+                      check=True)
+    return proc, out
+
+
+def test_sample_clip_windows_and_happiness(sample_run):
+    proc, _ = sample_run
+    recs = records(proc.stdout)
+    assert recs[0]["type"] == "start" and recs[-1]["type"] == "end"
+    assert recs[0]["basic_labels"] == list(BASIC) and recs[0]["compound_labels"] == list(COMPOUND)
+    wins = [r for r in recs if r["type"] == "window"]
+    assert [(w["start"], w["end"], w["frames"]) for w in wins] == [
+        (0.0, 4.0, [0, 100]), (2.0, 6.0, [50, 150]), (4.0, 8.0, [100, 200]), (6.0, 10.0, [150, 250])]
+    for w in wins:
+        assert set(w["basic"]) == set(BASIC) and set(w["compound"]) == set(COMPOUND)
+        assert abs(sum(w["compound"].values()) - 1) < 1e-3
+        assert w["analysed_frames"] == 20
+        assert w["present"] == ["face"] and w["modalities"]["face"]["present"]
+        assert w["audio"]["coverage"] > 0.9  # the clip's speech track arrived with the window
+        assert set(w["drops"]) >= {"video_ring", "video_sender", "audio_sender"}
+    happy = [w for w in wins if w["basic_label"] == "Happiness"]
+    assert len(happy) >= 0.75 * len(wins), [w["basic_label"] for w in wins]
+    end = recs[-1]
+    assert end["reason"] == "eof" and end["frames"] == 250 and end["windows"] == 4
+    assert end["frames_analysed"] == 50  # 5 fps over 10 s: overlapping halves were not analysed twice
+    assert end["drops"]["video_ring"] == 0  # a file is read losslessly
+
+
+def test_frame_records_provisional_then_final(sample_run):
+    proc, _ = sample_run
+    frames = [r for r in records(proc.stdout) if r["type"] == "frames"]
+    final = [i for r in frames if r["final"] for i in r["frame_index"]]
+    assert final == list(range(250))  # each frame final exactly once, in order
+    prov = [i for r in frames if not r["final"] for i in r["frame_index"]]
+    assert prov and set(prov) <= set(final)
+    # a frame is provisional before it is final
+    first_final = {}
+    for n, r in enumerate(frames):
+        for i in r["frame_index"]:
+            if r["final"]:
+                first_final.setdefault(i, n)
+    for n, r in enumerate(frames):
+        if not r["final"]:
+            assert all(first_final[i] > n for i in r["frame_index"])
+
+
+def test_csv_is_frame_wise_abaw_layout(sample_run):
+    _, out = sample_run
+    rows = list(csv.reader(open(out / "pred.csv")))
+    assert ",".join(rows[0]) == CSV_HEADER
+    assert [r[0] for r in rows[1:]] == [f"astronaut/{i:05d}.jpg" for i in range(1, 251)]
+    labels = [int(r[1]) for r in rows[1:]]
+    assert all(0 <= x < 7 for x in labels)
+    out_recs = records((out / "all.jsonl").read_text())
+    by_frame = {i: lab for r in out_recs if r["type"] == "frames" and r["final"]
+                for i, lab in zip(r["frame_index"], r["label_index"])}
+    assert labels == [by_frame[i] for i in range(250)]
+
+
+def test_video_without_audio_runs_video_only(video_only):
+    proc = cer_stream("--video", str(video_only), check=True)
+    recs = records(proc.stdout)
+    warn = [r for r in recs if r["type"] == "warning"]
+    assert any("no audio" in w["message"] for w in warn)
+    assert recs[0]["audio"] is False
+    wins = [r for r in recs if r["type"] == "window"]
+    assert len(wins) == 2 and all(w["audio"] is None for w in wins)
+    assert recs[-1]["frames"] == 150
+
+
+def test_no_face_window_is_absent_and_stream_goes_on(faceless):
+    proc = cer_stream("--video", str(faceless), check=True)
+    recs = records(proc.stdout)
+    wins = [r for r in recs if r["type"] == "window"]
+    assert len(wins) == 2  # 5 s: [0,4) and the 3 s tail window [2,5)
+    for w in wins:
+        assert w["present"] == [] and w["modalities"]["face"]["present"] is False
+        assert w["label"] is None and w["basic"] is None
+    assert recs[-1]["reason"] == "eof"
+
+
+def test_publish_over_zeromq(sample, tmp_path):
+    port = _free_port()
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"window")
+    sub.connect(f"tcp://127.0.0.1:{port}")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "--video", str(sample), "--realtime", "--quiet",
+                             "--publish", f"tcp://127.0.0.1:{port}"], env=env, stderr=subprocess.PIPE, text=True)
+    got = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(got) < 2 and time.monotonic() < deadline:
+            if sub.poll(500):
+                topic, body = sub.recv_multipart()
+                got.append((topic, body))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        sub.close(linger=0)
+    assert len(got) >= 2 and all(t == b"window" for t, _ in got)
+    import json
+
+    assert json.loads(got[0][1])["type"] == "window"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sigterm_flushes_and_leaves_no_child(sample, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "--video", str(sample), "--realtime"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    children: set[int] = set()
+    lines = []
+    try:
+        # wait for the first window: capture is running then
+        while True:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            lines.append(line)
+            children |= _children(proc.pid)
+            if '"type": "window"' in line:
+                break
+        children |= _children(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        rest, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    recs = records("".join(lines) + rest)
+    assert recs[-1]["type"] == "end" and recs[-1]["reason"] == "interrupted"
+    final = [i for r in recs if r["type"] == "frames" and r["final"] for i in r["frame_index"]]
+    assert final == list(range(len(final))) and len(final) >= 100  # flushed: every frame seen is final
+    assert children, "the analyzer should have started capture processes"
+    time.sleep(0.5)
+    assert not [c for c in children if _alive(c)], "a capture process outlived the analyzer"
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    except FileNotFoundError:
+        out = ""
+    return {int(x) for x in out.split()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_kill_of_analyzer_takes_capture_down(sample):
+    """Even SIGKILL (no cleanup possible) leaves no capture process: they die with their parent."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "--video", str(sample), "--realtime", "--quiet"],
+                            env=env, stderr=subprocess.DEVNULL)
+    children: set[int] = set()
+    deadline = time.monotonic() + 30
+    while not children and time.monotonic() < deadline:
+        time.sleep(0.2)
+        children = _children(proc.pid)
+    proc.kill()
+    proc.wait(10)
+    assert children
+    deadline = time.monotonic() + 10
+    while any(_alive(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [c for c in children if _alive(c)]
