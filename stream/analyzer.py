@@ -21,8 +21,10 @@ import numpy as np
 
 from . import messages as m
 from .capture import CaptureConfig, capture_main
-from .compound import normalise, ppa
-from .face import FaceAnalyzer, FaceCache, window_face_probs
+from .compound import normalise
+from .face import FaceAnalyzer, FaceCache
+from .fusion_runtime import Fuser
+from .modalities import FaceModality, Modality, ModalityOutput, WindowInput
 from .labels import BASIC, COMPOUND
 from .receiver import Receiver, SourceState
 from .redact import redact
@@ -63,7 +65,7 @@ class Options:
     max_side: int = 960
     open_timeout_s: float = 10.0
     read_timeout_s: float = 10.0
-    compound: str = "ppa"
+    compound: str = "ppa"  # ppa | rule1 | rule2 | pfsa
     emit_frames: bool = True
     progress: bool = False
 
@@ -103,11 +105,16 @@ class CaptureProcess:
 
 class Analyzer:
     def __init__(self, source: Source, sinks: list[Sink], *, options: Options | None = None,
-                 face: FaceAnalyzer | None = None) -> None:
+                 face: FaceAnalyzer | None = None, modalities: list[Modality] | None = None,
+                 fuser: Fuser | None = None, features_out: Sink | None = None) -> None:
         self.source = source
         self.sinks = sinks
         self.opts = options or Options()
         self.face = face
+        self.modalities: list[Modality] = modalities if modalities is not None else [FaceModality()]
+        self.fuser = fuser or Fuser([m.name for m in self.modalities], method=self.opts.compound)
+        self.features_out = features_out
+        self._modality_errors: dict[str, str] = {}
         self.stop_event = threading.Event()
         self.stats = RunStats()
         self._procs: list[CaptureProcess] = []
@@ -198,11 +205,11 @@ class Analyzer:
         timeline = Timeline(fps)
         cache = FaceCache()
         wall0 = time.monotonic()
-        modalities = ["face"]
+        modalities = [mod.name for mod in self.modalities]
         self.emit({"type": "start", "source": self.source.kind, "input": self.source.describe(),
                    "fps": fps, "width": info.width, "height": info.height, "duration": info.duration,
                    "live": self.live, "audio": state.audio_expected, "modalities": modalities,
-                   "compound_method": self.opts.compound, "window_s": WINDOW_S, "hop_s": HOP_S,
+                   "fusion": self.fuser.describe(), "compound_method": self.fuser.method, "window_s": WINDOW_S, "hop_s": HOP_S,
                    "basic_labels": list(BASIC), "compound_labels": list(COMPOUND)})
         if not state.audio_expected:
             self.warn(f"no audio: {info.audio_note or 'audio disabled'}; running video-only")
@@ -237,7 +244,7 @@ class Analyzer:
                         p.stop()
                 for tail in plan_windows(duration):
                     if tail.index >= k:
-                        self._window(tail, fps, frames, audio, state, cache, timeline, total_frames, last=False)
+                        self._window(tail, fps, frames, audio, state, cache, timeline, total_frames)
                 rows = timeline.finalize(total_frames if total_frames is not None else timeline.pending())
                 self._emit_frames(rows, final=True)
                 break
@@ -249,7 +256,7 @@ class Analyzer:
                     self.warn(f"analysis fell behind the live source; skipped {newest - k} window(s)")
                     k = newest
                     continue
-            self._window(w, fps, frames, audio, state, cache, timeline, None, last=False)
+            self._window(w, fps, frames, audio, state, cache, timeline, None)
             k += 1
             if self.opts.progress:
                 self._progress(w.end, info.duration, wall0)
@@ -284,58 +291,63 @@ class Analyzer:
                 "video_sender": state.sender_drops[m.VIDEO], "audio_sender": state.sender_drops[m.AUDIO]}
 
     def _window(self, w: Window, fps: float, frames: FrameRing, audio: AudioRing, state: SourceState,
-                cache: FaceCache, timeline: Timeline, total: int | None, *, last: bool) -> None:
+                cache: FaceCache, timeline: Timeline, total: int | None) -> None:
         t_start = time.perf_counter()
         items = frames.between(w.start, w.end)
         have, need = cache.split([f.index for f in items])
         if need:
-            todo = [(f.index, f.pts, f.image) for f in items if f.index in set(need)]
+            wanted = set(need)
+            todo = [(f.index, f.pts, f.image) for f in items if f.index in wanted]
             t0 = time.perf_counter()
             for r in self.face.analyse(todo):
                 cache.items[r.index] = r
             self.stats.stage("face", (time.perf_counter() - t0) * 1e3)
             self.stats.frames_analysed += len(todo)
-        results = [cache.items[f.index] for f in items]
-        pcm, coverage = audio.slice(w.start, w.end) if state.audio_expected else (np.zeros(0, np.float32), 0.0)
-
-        mods: dict[str, dict] = {}
-        present: dict[str, np.ndarray] = {}
-        face_p, n_face = window_face_probs(results)
-        if face_p is not None:
-            present["face"] = face_p
-            mods["face"] = {"present": True, "frames": len(results), "frames_with_face": n_face,
-                            "basic": dict(zip(BASIC, face_p))}
+        faces = [cache.items[f.index] for f in items]
+        if state.audio_expected:
+            pcm, coverage = audio.slice(w.start, w.end)
         else:
-            mods["face"] = {"present": False, "frames": len(results), "frames_with_face": n_face,
-                            "reason": ("no frames received" if not results else
-                                       "no face in the window" if not n_face else "face in too few frames")}
+            pcm, coverage = None, 0.0
+        inp = WindowInput(w, fps, items, faces, pcm, coverage)
+        outputs = self._run_modalities(inp)
+
         t0 = time.perf_counter()
+        fused = self.fuser(outputs)
         rec: dict = {"type": "window", "index": w.index, "start": w.start, "end": w.end,
-                     "frames": list(w.frame_range(fps, total)), "analysed_frames": len(results)}
-        if present:
-            basic = np.mean(np.stack(list(present.values())), axis=0)
-            comp = ppa(basic)
-            shown = normalise(comp)
-            rec.update({"basic": dict(zip(BASIC, basic)), "compound": dict(zip(COMPOUND, shown)),
-                        "label": COMPOUND[int(np.argmax(comp))], "basic_label": BASIC[int(np.argmax(basic))]})
-            timeline.add(w.frame_range(fps, total), basic, comp)
+                     "frames": list(w.frame_range(fps, total)), "analysed_frames": len(items)}
+        if fused.basic is not None:
+            comp = fused.compound
+            rec.update({"basic": dict(zip(BASIC, fused.basic)), "compound": dict(zip(COMPOUND, normalise(comp))),
+                        "label": COMPOUND[int(np.argmax(comp))], "basic_label": BASIC[int(np.argmax(fused.basic))]})
+            timeline.add(w.frame_range(fps, total), fused.basic, comp)
         else:
             rec.update({"basic": None, "compound": None, "label": None, "basic_label": None})
+        rec["compound_method"] = fused.method
         self.stats.stage("fusion", (time.perf_counter() - t0) * 1e3)
-        rec["present"] = sorted(present)
-        rec["modalities"] = mods
-        rms = float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) if pcm.size else 0.0
-        rec["audio"] = ({"coverage": round(coverage, 3), "rms_dbfs": round(20 * np.log10(max(rms, 1e-9)), 1)}
-                        if state.audio_expected else None)
+        rec["present"] = [name for name, out in outputs.items() if out.basic is not None]
+        rec["modalities"] = {
+            name: ({"present": True, "weight": fused.weights.get(name), "basic": dict(zip(BASIC, out.basic)),
+                    **out.info} if out.basic is not None else {"present": False, **out.info})
+            for name, out in outputs.items()}
+        if pcm is not None:
+            rms = float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) if pcm.size else 0.0
+            rec["audio"] = {"coverage": round(coverage, 3), "rms_dbfs": round(20 * np.log10(max(rms, 1e-9)), 1)}
+        else:
+            rec["audio"] = None
         rec["drops"] = self._drops(frames, audio, state)
         stamps = [f.t_capture_ns for f in items]
-        now = m.now_ns()
         rec["processing_ms"] = (time.perf_counter() - t_start) * 1e3
-        rec["latency_ms"] = (now - max(stamps)) / 1e6 if stamps else None
+        rec["latency_ms"] = (m.now_ns() - max(stamps)) / 1e6 if stamps else None
         if rec["latency_ms"] is not None:
             self.stats.latencies_ms.append(rec["latency_ms"])
         self.stats.windows += 1
         self.emit(rec)
+        if self.features_out is not None:
+            self.features_out.write({
+                "type": "window", "video": self.source.name, "index": w.index, "start": w.start, "end": w.end,
+                "frames": list(w.frame_range(fps, total)), "fps": fps,
+                "modalities": {name: {"basic": out.basic, "feature": out.feature}
+                               for name, out in outputs.items() if out.basic is not None}})
         # frames before the next window's start are final; the rest stay provisional
         cut = final_before(w)
         self._emit_frames(timeline.finalize(int(cut * fps + 1e-6)), final=True)
@@ -343,6 +355,22 @@ class Analyzer:
         frames.release_before(cut)
         audio.release_before(cut)
         cache.forget_before(int(cut * fps + 1e-6))
+
+    def _run_modalities(self, inp: WindowInput) -> dict[str, ModalityOutput]:
+        outputs: dict[str, ModalityOutput] = {}
+        for mod in self.modalities:
+            t0 = time.perf_counter()
+            try:
+                out = mod(inp)
+            except Exception as exc:  # one failing modality never stops the stream
+                msg = f"{type(exc).__name__}: {exc}"
+                if self._modality_errors.get(mod.name) != msg:
+                    self.warn(f"modality {mod.name} failed: {msg}", modality=mod.name)
+                self._modality_errors[mod.name] = msg
+                out = ModalityOutput.absent("error", error=redact(msg))
+            self.stats.stage(mod.name, (time.perf_counter() - t0) * 1e3)
+            outputs[mod.name] = out
+        return outputs
 
     def _emit_frames(self, rows: list[FrameRow], *, final: bool) -> None:
         if not rows or not self.opts.emit_frames and not final:
@@ -365,5 +393,3 @@ class Analyzer:
         sys.stderr.flush()
 
 
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

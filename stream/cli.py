@@ -27,7 +27,7 @@ def fail(message: str, code: int = 2) -> int:
 def run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG, description="Real-time zero-shot compound expression recognition.",
-        epilog="Subcommands: images (still images). Run `cer-stream images -h` for its options.")
+        epilog="Subcommands: images, calibrate, eval (run `cer-stream SUBCOMMAND -h` for their options).")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--video", metavar="FILE", help="a video file (analysed as fast as possible)")
     src.add_argument("--rtsp", metavar="URL", help="an RTSP stream (TCP transport)")
@@ -42,7 +42,12 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", metavar="FILE", type=Path, help="write frame-wise predictions (ABAW layout)")
     p.add_argument("--quiet", action="store_true", help="print nothing on stdout (use with --out/--publish/--csv)")
     p.add_argument("--no-frames", action="store_true", help="leave provisional frame records out of the output")
-    p.add_argument("--compound", default="ppa", choices=["ppa"], help="basic-to-compound conversion")
+    p.add_argument("--compound", default="ppa", choices=["ppa", "rule1", "rule2", "pfsa"],
+                   help="basic-to-compound conversion (default ppa; pfsa needs --fusion with prototypes)")
+    p.add_argument("--fusion", metavar="FILE", type=Path,
+                   help="calibration file from `cer-stream calibrate` (default: equal weights)")
+    p.add_argument("--dump-features", metavar="OUT.jsonl", type=Path,
+                   help="write each window's per-modality probabilities and features (for calibrate)")
     p.add_argument("--max-side", type=int, default=960, metavar="PX",
                    help="scale frames so the longer side is at most PX before analysis (default 960)")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S",
@@ -91,6 +96,7 @@ def run_stream(argv: list[str]) -> int:
     except UsageError as exc:
         return fail(str(exc))
     from .analyzer import Analyzer, Options, StartupError
+    from .modalities import FaceModality
     from .sinks import AbawCsvSink, JsonLinesSink, ZmqPublishSink
 
     sinks = []
@@ -103,6 +109,7 @@ def run_stream(argv: list[str]) -> int:
             sinks.append(ZmqPublishSink(args.publish))
         if args.csv:
             sinks.append(AbawCsvSink(args.csv, source.name))
+        features_out = JsonLinesSink(path=args.dump_features) if args.dump_features else None
     except (OSError, ValueError) as exc:
         for s in sinks:
             s.close()
@@ -112,10 +119,14 @@ def run_stream(argv: list[str]) -> int:
                    read_timeout_s=args.timeout, compound=args.compound, emit_frames=not args.no_frames,
                    progress=progress)
     try:
+        fuser = _fuser(args)
         face = _face_analyzer()
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:
+        for s in sinks:
+            s.close()
         return fail(str(exc))
-    analyzer = Analyzer(source, sinks, options=opts, face=face)
+    analyzer = Analyzer(source, sinks, options=opts, face=face, modalities=[FaceModality()], fuser=fuser,
+                        features_out=features_out)
 
     interrupts = [0]
 
@@ -136,11 +147,25 @@ def run_stream(argv: list[str]) -> int:
         for s, h in old.items():
             signal.signal(s, h)
         face.close()
-        for s in sinks:
+        for s in sinks + ([features_out] if features_out else []):
             s.close()
     if end.get("reason") == "error":
         return 1
     return 0
+
+
+def _fuser(args: argparse.Namespace):
+    from .fusion_runtime import Fuser
+
+    calibration = None
+    if args.fusion is not None:
+        from .calibrate import CalibrationError, load_calibration
+
+        try:
+            calibration = load_calibration(args.fusion)
+        except CalibrationError as exc:
+            raise ValueError(str(exc)) from None
+    return Fuser(["face"], method=args.compound, calibration=calibration)
 
 
 def _face_analyzer():
@@ -197,7 +222,33 @@ def images_main(argv: list[str]) -> int:
     return 1 if failed else 0
 
 
-COMMANDS = {"images": images_main}
+def calibrate_main(argv: list[str]) -> int:
+    from .calibrate import CalibrationError, add_calibrate_args, run_calibrate
+
+    p = argparse.ArgumentParser(prog=f"{PROG} calibrate",
+                                description="Fit fusion weights and PFSA prototypes from feature dumps and labels.")
+    add_calibrate_args(p)
+    args = p.parse_args(argv)
+    try:
+        return run_calibrate(args)
+    except CalibrationError as exc:
+        return fail(str(exc))
+
+
+def eval_main(argv: list[str]) -> int:
+    from .calibrate import CalibrationError, add_eval_args, run_eval
+
+    p = argparse.ArgumentParser(prog=f"{PROG} eval",
+                                description="Score frame-wise (or window-wise) predictions against ABAW labels.")
+    add_eval_args(p)
+    args = p.parse_args(argv)
+    try:
+        return run_eval(args)
+    except CalibrationError as exc:
+        return fail(str(exc))
+
+
+COMMANDS = {"images": images_main, "calibrate": calibrate_main, "eval": eval_main}
 
 
 def silence_native_stderr() -> None:

@@ -1,0 +1,91 @@
+"""Fusion and basic-to-compound conversion inside the live pipeline.
+
+:class:`Fuser` turns the per-modality outputs of one window into fused 8-class
+probabilities, the 7 compound scores and each modality's effective weight.
+Without a calibration file every present modality weighs the same; with one
+(``--fusion FILE`` from ``cer-stream calibrate``) the fitted scheme (MHPF,
+Dirichlet or hierarchical) is used, masked to the modalities present.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .compound import METHODS, convert
+from .fusion import MHPF, Fusion
+from .labels import BASIC
+from .modalities import ModalityOutput
+
+
+@dataclass
+class Fused:
+    basic: np.ndarray | None
+    compound: np.ndarray | None  # raw scores (PPA sums, PFSA probabilities...), not normalised
+    weights: dict[str, float] = field(default_factory=dict)
+    method: str = "ppa"
+
+
+class Fuser:
+    def __init__(self, modalities: list[str], *, method: str = "ppa", calibration=None) -> None:
+        if method not in METHODS:
+            raise ValueError(f"unknown compound method {method!r}; choose one of {', '.join(METHODS)}")
+        self.method = method
+        self.calibration = calibration
+        self.notes: list[str] = []
+        if calibration is not None:
+            self.names = list(calibration.modalities)
+            self.fusion: Fusion = calibration.fusion
+            unused = [n for n in modalities if n not in self.names]
+            missing = [n for n in self.names if n not in modalities]
+            if unused:
+                self.notes.append(f"modalities {', '.join(unused)} are not in the calibration and are not fused")
+            if missing:
+                self.notes.append(f"calibrated modalities {', '.join(missing)} are not running (always absent)")
+            self.kind = calibration.fusion.to_dict().get("kind", type(calibration.fusion).__name__)
+        else:
+            self.names = list(modalities)
+            self.fusion = MHPF.equal(max(1, len(self.names)), len(BASIC))
+            self.kind = "equal"
+        if method == "pfsa" and (calibration is None or calibration.pfsa is None):
+            raise ValueError("--compound pfsa needs a calibration file with PFSA prototypes (--fusion FILE)")
+        self.pfsa_modality = getattr(calibration, "pfsa_modality", None) if calibration is not None else None
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "modalities": self.names,
+                "calibration": bool(self.calibration is not None), "notes": self.notes}
+
+    def __call__(self, outputs: dict[str, ModalityOutput]) -> Fused:
+        probs = np.zeros((len(self.names), len(BASIC)), np.float64)
+        mask = np.zeros(len(self.names), bool)
+        for i, name in enumerate(self.names):
+            out = outputs.get(name)
+            if out is not None and out.basic is not None:
+                probs[i] = out.basic
+                mask[i] = True
+        if not mask.any():
+            return Fused(None, None, {}, self.method)
+        basic = np.asarray(self.fusion.fuse(probs[None], mask[None])[0], np.float64)
+        weights = self._weights(mask)
+        method = self.method
+        if method == "pfsa":
+            out = outputs.get(self.pfsa_modality or "")
+            if out is not None and out.feature is not None:
+                comp = convert("pfsa", basic, features=np.asarray(out.feature, np.float64),
+                               pfsa=self.calibration.pfsa)
+            else:  # the modality PFSA was fitted on is absent in this window
+                comp, method = convert("ppa", basic), "ppa (pfsa modality absent)"
+        else:
+            comp = convert(method, basic)
+        return Fused(basic.astype(np.float32), np.asarray(comp, np.float32), weights, method)
+
+    def _weights(self, mask: np.ndarray) -> dict[str, float]:
+        """Each present modality's effective weight, averaged over the 8 classes."""
+        out = {}
+        for i, name in enumerate(self.names):
+            if not mask[i]:
+                continue
+            probe = np.zeros((len(self.names), len(BASIC)))
+            probe[i] = 1.0
+            out[name] = round(float(np.mean(self.fusion.fuse(probe[None], mask[None])[0])), 4)
+        return out
