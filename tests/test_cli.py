@@ -1,0 +1,135 @@
+"""The command line's behaviour on good and bad input (real subprocesses)."""
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import cer_stream, records
+from stream.labels import BASIC, COMPOUND
+from stream.redact import redact
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    import cv2
+    from skimage import data
+
+    d = tmp_path_factory.mktemp("img")
+    cv2.imwrite(str(d / "astronaut.png"), data.astronaut()[:, :, ::-1])
+    cv2.imwrite(str(d / "bricks.png"), np.stack([data.brick()] * 3, axis=-1))
+    (d / "broken.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
+    return d
+
+
+def test_images_real_face_and_faceless(images):
+    proc = cer_stream("images", str(images / "astronaut.png"), str(images / "bricks.png"), check=True)
+    face, none = records(proc.stdout)
+    assert face["path"].endswith("astronaut.png") and face["face"] is True
+    assert list(face["basic"]) == list(BASIC) and list(face["compound"]) == list(COMPOUND)
+    assert max(face["basic"], key=face["basic"].get) == "Happiness"
+    assert face["label"] == "Happily Surprised"  # Happiness + Surprise is the biggest pair sum
+    assert abs(sum(face["compound"].values()) - 1) < 1e-3
+    assert none == {"path": str(images / "bricks.png"), "face": False, "basic": None, "compound": None,
+                    "label": None}
+
+
+def test_images_bad_files_are_reported_and_others_still_analysed(images):
+    proc = cer_stream("images", str(images / "broken.jpg"), str(images / "missing.png"),
+                      str(images / "astronaut.png"))
+    assert proc.returncode == 1
+    recs = records(proc.stdout)
+    assert [r.get("error") for r in recs] == ["not a readable image", "no such file", None]
+    assert recs[2]["face"] is True
+    assert "Traceback" not in proc.stderr and proc.stderr.count("error:") == 2
+
+
+def _one_line_error(proc, *needles):
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("cer-stream: error: ")
+    for n in needles:
+        assert n in lines[0], lines[0]
+    assert proc.stdout == ""
+    return lines[0]
+
+
+def test_missing_file(tmp_path):
+    _one_line_error(cer_stream("--video", str(tmp_path / "nope.mp4")), "no such file")
+
+
+def test_directory_is_not_a_file(tmp_path):
+    _one_line_error(cer_stream("--video", str(tmp_path)), "not a file")
+
+
+def test_corrupt_file(tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 20)
+    _one_line_error(cer_stream("--video", str(bad)), "cannot open video file", "Invalid data")
+
+
+def test_file_without_video_stream(audio_only):
+    _one_line_error(cer_stream("--video", str(audio_only)), "no video stream")
+
+
+def test_camera_not_found():
+    dev = next((i for i in range(64) if not Path(f"/dev/video{i}").exists()))
+    _one_line_error(cer_stream("--camera", str(dev)), f"camera {dev} not found", f"/dev/video{dev}")
+
+
+def test_bad_camera_spec():
+    _one_line_error(cer_stream("--camera", "front"), "bad camera")
+
+
+def test_bad_rtsp_url():
+    _one_line_error(cer_stream("--rtsp", "http://127.0.0.1/stream"), "bad RTSP URL")
+
+
+def test_unreachable_rtsp_never_shows_the_password():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    line = _one_line_error(cer_stream("--rtsp", f"rtsp://admin:hunter2@127.0.0.1:{port}/live", "--timeout", "3"),
+                           "cannot open RTSP stream", "Connection refused")
+    assert "hunter2" not in line and "admin:***@" in line
+
+
+def test_mic_only_with_camera(sample):
+    _one_line_error(cer_stream("--video", str(sample), "--mic"), "--mic")
+
+
+def test_pfsa_without_calibration(sample):
+    _one_line_error(cer_stream("--video", str(sample), "--compound", "pfsa"), "pfsa")
+
+
+def test_bad_calibration_file(sample, tmp_path):
+    f = tmp_path / "cal.json"
+    f.write_text(json.dumps({"format": "something-else"}))
+    _one_line_error(cer_stream("--video", str(sample), "--fusion", str(f)), "not a calibration file")
+
+
+def test_unwritable_output(sample, tmp_path):
+    _one_line_error(cer_stream("--video", str(sample), "--out", str(tmp_path / "no" / "dir" / "x.jsonl")),
+                    "No such file")
+
+
+def test_camera_capture_where_a_device_exists():
+    devices = sorted(Path("/dev").glob("video*"))
+    if not devices:
+        pytest.skip("no V4L2 device on this machine")
+    proc = cer_stream("--camera", devices[0].as_posix(), "--timeout", "5", timeout=60)
+    assert proc.returncode in (0, 2)
+    if proc.returncode == 0:
+        assert records(proc.stdout)[0]["source"] == "camera"
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("rtsp://admin:pw@10.0.0.1/s", "rtsp://admin:***@10.0.0.1/s"),
+    ("open rtsp://u:p%40ss@host:554/a failed", "open rtsp://u:***@host:554/a failed"),
+    ("rtsp://host/live?token=abc&x=1", "rtsp://host/live?token=***&x=1"),
+    ("rtsp://host/live", "rtsp://host/live"),
+])
+def test_redact(text, expected):
+    assert redact(text) == expected
