@@ -36,6 +36,8 @@ from .windows import EPS, HOP_S, SAMPLE_FPS, WINDOW_S, Window, final_before, ful
 #: Analysed frames the ring holds (12.8 s at 5 fps: three windows' worth).
 FRAME_RING = 64
 STARTUP_GRACE_S = 5.0
+#: How long a live window waits for late audio once its video is complete.
+AUDIO_GRACE_S = 0.5
 
 
 class StartupError(RuntimeError):
@@ -219,9 +221,18 @@ class Analyzer:
         total_frames: int | None = None
         while True:
             w = full_window(k)
+            video_ready_at: float | None = None
+            while True:
+                with state.cond:
+                    if video_ready_at is None and self._video_ready(w, frames, state):
+                        video_ready_at = time.monotonic()
+                    if video_ready_at is not None and self._audio_ready(w, frames, audio, state, video_ready_at):
+                        break
+                # analyse frames as they arrive, so that little is left when the window closes
+                if not self._analyse_ahead(w, frames, cache):
+                    with state.cond:
+                        state.cond.wait(0.05)
             with state.cond:
-                while not self._ready(w, frames, audio, state):
-                    state.cond.wait(0.1)
                 for e in state.errors[seen_errors:]:
                     if not e.fatal or m.VIDEO not in e.streams:
                         self.warn(e.message, stream=",".join(e.streams))
@@ -276,15 +287,36 @@ class Analyzer:
         self.emit(end)
         return end
 
-    def _ready(self, w: Window, frames: FrameRing, audio: AudioRing, state: SourceState) -> bool:
+    def _video_ready(self, w: Window, frames: FrameRing, state: SourceState) -> bool:
+        """The window's last analysed frame has arrived (or the stream ended / is stopping)."""
         if self.stop_event.is_set() or state.video_done:
             return True
-        if frames.horizon < w.end - 1.0 / SAMPLE_FPS - EPS:
+        return frames.horizon >= w.end - 1.0 / SAMPLE_FPS - EPS
+
+    def _audio_ready(self, w: Window, frames: FrameRing, audio: AudioRing, state: SourceState,
+                     video_ready_at: float) -> bool:
+        """Audio has reached the window's end, or there is no reason to wait for it: no audio,
+        it ended, a full lossless frame ring (waiting could deadlock), or a live source whose
+        audio is more than AUDIO_GRACE_S late."""
+        if self.stop_event.is_set() or state.video_done:
+            return True
+        if not state.audio_expected or state.audio_done or audio.horizon >= w.end - EPS:
+            return True
+        if frames.policy == BLOCK and frames.full:
+            return True
+        return self.live and time.monotonic() - video_ready_at > AUDIO_GRACE_S
+
+    def _analyse_ahead(self, w: Window, frames: FrameRing, cache: FaceCache) -> bool:
+        """Analyse the frames of window ``w`` that have arrived and are not cached yet."""
+        todo = [(f.index, f.pts, f.image) for f in frames.between(w.start, w.end) if f.index not in cache.items]
+        if not todo:
             return False
-        # video has reached the window's last analysed frame; wait for audio too, unless
-        # there is none, it ended, or waiting could deadlock a full lossless frame ring
-        return (not state.audio_expected or state.audio_done or audio.horizon >= w.end - EPS
-                or (frames.policy == BLOCK and frames.full) or self.live)
+        t0 = time.perf_counter()
+        for r in self.face.analyse(todo):
+            cache.items[r.index] = r
+        self.stats.stage("face", (time.perf_counter() - t0) * 1e3)
+        self.stats.frames_analysed += len(todo)
+        return True
 
     def _drops(self, frames: FrameRing, audio: AudioRing, state: SourceState) -> dict:
         return {"video_ring": frames.drops, "audio_ring_s": round(audio.dropped_seconds, 3),
@@ -336,6 +368,8 @@ class Analyzer:
             rec["audio"] = None
         rec["drops"] = self._drops(frames, audio, state)
         stamps = [f.t_capture_ns for f in items]
+        if pcm is not None:
+            stamps += [t for t in [audio.capture_ns_before(w.end)] if t is not None]
         rec["processing_ms"] = (time.perf_counter() - t_start) * 1e3
         rec["latency_ms"] = (m.now_ns() - max(stamps)) / 1e6 if stamps else None
         if rec["latency_ms"] is not None:

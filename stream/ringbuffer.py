@@ -117,6 +117,12 @@ class AudioRing:
                 covered += b - a
         return out, (covered / n if n else 0.0)
 
+    def capture_ns_before(self, t: float) -> int | None:
+        """Capture time of the newest chunk that starts before media time ``t``."""
+        with self._lock:
+            stamps = [c.t_capture_ns for c in self._chunks if c.pts < t - EPS]
+        return max(stamps) if stamps else None
+
     def release_before(self, t: float) -> None:
         with self._lock:
             while self._chunks:
