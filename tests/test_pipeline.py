@@ -132,7 +132,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_sigterm_flushes_and_leaves_no_child(sample, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_flushes_and_leaves_no_child(sample, sig):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "--video", str(sample), "--realtime"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -148,7 +149,7 @@ def test_sigterm_flushes_and_leaves_no_child(sample, tmp_path):
             if '"type": "window"' in line:
                 break
         children |= _children(proc.pid)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         rest, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
@@ -196,3 +197,52 @@ def test_kill_of_analyzer_takes_capture_down(sample):
     while any(_alive(c) for c in children) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [c for c in children if _alive(c)]
+
+
+class _SlowModality:
+    """A modality that takes longer than the hop, to make the analyzer fall behind."""
+
+    name = "slow"
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def __call__(self, inp):
+        from stream.modalities import ModalityOutput
+
+        time.sleep(self.seconds)
+        return ModalityOutput.absent("test modality")
+
+    def close(self):
+        pass
+
+
+class _Collect:
+    def __init__(self):
+        self.records = []
+
+    def write(self, record):
+        self.records.append(record)
+
+    def close(self):
+        pass
+
+
+def test_live_source_never_waits_for_a_slow_analyzer(sample):
+    """--realtime behaves as a live source: when analysis is slower than media time the analyzer
+    skips to the newest complete window and says so; capture is never held up."""
+    from stream.analyzer import Analyzer, Options, Source
+    from stream.modalities import FaceModality
+
+    sink = _Collect()
+    an = Analyzer(Source("video", str(sample)), [sink], options=Options(realtime=True),
+                  modalities=[FaceModality(), _SlowModality(4.5)])
+    t0 = time.monotonic()
+    end = an.run()
+    elapsed = time.monotonic() - t0
+    wins = [r for r in sink.records if r["type"] == "window"]
+    assert end["windows_skipped"] >= 1
+    assert any("fell behind" in r["message"] for r in sink.records if r["type"] == "warning")
+    assert len(wins) < 4 and end["reason"] == "eof"
+    assert all(w["modalities"]["slow"] == {"present": False, "reason": "test modality"} for w in wins)
+    assert elapsed < 10.5 + 3 * 4.5  # never more than the tail windows behind the clip
