@@ -111,7 +111,9 @@ class Engine(abc.ABC):
             )
         feed = {}
         for spec in self.inputs:
-            array = np.ascontiguousarray(inputs[spec.name], dtype=spec.dtype)
+            # np.asarray(order="C") rather than np.ascontiguousarray, which turns a 0-d scalar
+            # input (e.g. a sample rate) into shape (1,)
+            array = np.asarray(inputs[spec.name], dtype=spec.dtype, order="C")
             if array.ndim != len(spec.shape) or any(
                 want is not None and want != got for want, got in zip(spec.shape, array.shape)
             ):

