@@ -108,7 +108,8 @@ class CaptureProcess:
 class Analyzer:
     def __init__(self, source: Source, sinks: list[Sink], *, options: Options | None = None,
                  face: FaceAnalyzer | None = None, modalities: list[Modality] | None = None,
-                 fuser: Fuser | None = None, features_out: Sink | None = None) -> None:
+                 fuser: Fuser | None = None, features_out: Sink | None = None,
+                 notes: list[str] | None = None) -> None:
         self.source = source
         self.sinks = sinks
         self.opts = options or Options()
@@ -117,6 +118,7 @@ class Analyzer:
         self.fuser = fuser or Fuser([m.name for m in self.modalities], method=self.opts.compound)
         self.features_out = features_out
         self._modality_errors: dict[str, str] = {}
+        self._notes = notes if notes is not None else []  # warnings from start-up, emitted after `start`
         self.stop_event = threading.Event()
         self.stats = RunStats()
         self._procs: list[CaptureProcess] = []
@@ -213,6 +215,8 @@ class Analyzer:
                    "live": self.live, "audio": state.audio_expected, "modalities": modalities,
                    "fusion": self.fuser.describe(), "compound_method": self.fuser.method, "window_s": WINDOW_S, "hop_s": HOP_S,
                    "basic_labels": list(BASIC), "compound_labels": list(COMPOUND)})
+        for note in list(self._notes) + self.fuser.notes:
+            self.warn(note)
         if not state.audio_expected:
             self.warn(f"no audio: {info.audio_note or 'audio disabled'}; running video-only")
         seen_errors = 0

