@@ -54,6 +54,9 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0, metavar="S",
                    help="seconds to wait when opening or reading a network/camera source (default 10)")
     add_model_args(p)
+    from .temporal import add_temporal_args
+
+    add_temporal_args(p)
     p.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
                    help="progress bar on stderr (auto: when stderr is a terminal and the input is a file)")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -128,7 +131,6 @@ def run_stream(argv: list[str]) -> int:
     except UsageError as exc:
         return fail(str(exc))
     from .analyzer import Analyzer, Options, StartupError
-    from .modalities import FaceModality
     from .sinks import AbawCsvSink, JsonLinesSink, ZmqPublishSink
 
     sinks = []
@@ -151,14 +153,18 @@ def run_stream(argv: list[str]) -> int:
                    read_timeout_s=args.timeout, compound=args.compound, emit_frames=not args.no_frames,
                    progress=progress)
     notes = _LogNotes()  # engine warnings (e.g. the TensorRT fallback) become `warning` records
+    modalities: list = []
     try:
-        fuser = _fuser(args)
         face = _face_analyzer(args)
+        modalities = _modalities(args, face)
+        fuser = _fuser(args, [mod.name for mod in modalities])
     except (RuntimeError, ValueError, FileNotFoundError) as exc:
+        for mod in modalities:
+            mod.close()
         for s in sinks:
             s.close()
         return fail(str(exc))
-    analyzer = Analyzer(source, sinks, options=opts, face=face, modalities=[FaceModality()], fuser=fuser,
+    analyzer = Analyzer(source, sinks, options=opts, face=face, modalities=modalities, fuser=fuser,
                         features_out=features_out, notes=notes.messages)
 
     interrupts = [0]
@@ -179,6 +185,8 @@ def run_stream(argv: list[str]) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        for mod in modalities:
+            mod.close()
         face.close()
         for s in sinks + ([features_out] if features_out else []):
             s.close()
@@ -187,7 +195,15 @@ def run_stream(argv: list[str]) -> int:
     return 0
 
 
-def _fuser(args: argparse.Namespace):
+def _modalities(args: argparse.Namespace, face) -> list:
+    """The window modalities, in the order they run (later ones may use earlier results)."""
+    from .modalities import FaceModality
+    from .temporal import build_temporal_modality
+
+    return [FaceModality(), build_temporal_modality(args, face_labels=face.model.labels)]
+
+
+def _fuser(args: argparse.Namespace, names: list[str]):
     from .fusion_runtime import Fuser
 
     calibration = None
@@ -198,7 +214,7 @@ def _fuser(args: argparse.Namespace):
             calibration = load_calibration(args.fusion)
         except CalibrationError as exc:
             raise ValueError(str(exc)) from None
-    return Fuser(["face"], method=args.compound, calibration=calibration)
+    return Fuser(names, method=args.compound, calibration=calibration)
 
 
 def _emotion_model(args: argparse.Namespace):
@@ -305,8 +321,21 @@ def engines_main(argv: list[str]) -> int:
     return run(argv)
 
 
+def train_temporal_main(argv: list[str]) -> int:
+    from .temporal_train import train_temporal_main as run
+
+    return run(argv)
+
+
+def temporal_features_main(argv: list[str]) -> int:
+    from .temporal_data import temporal_features_main as run
+
+    return run(argv)
+
+
 COMMANDS = {"images": images_main, "calibrate": calibrate_main, "eval": eval_main, "models": models_main,
-            "engines": engines_main}
+            "engines": engines_main, "train-temporal": train_temporal_main,
+            "temporal-features": temporal_features_main}
 
 
 def silence_native_stderr() -> None:
