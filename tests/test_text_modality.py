@@ -1,0 +1,102 @@
+"""The speech-text ("text") modality on the sample clip, silence and a failing recogniser."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from audio_fixtures import RATE, decode_16k, window_input, windows_of
+from stream.asr import SpeechRecognizer
+from stream.audio_modality import AudioOptions, build_audio_modalities
+from stream.labels import BASIC
+from stream.text_modality import SpeechTextModality
+from stream.vad import SpeechGate
+from stream.windows import Window
+
+
+@pytest.fixture(scope="module")
+def clip(sample):
+    return decode_16k(sample)
+
+
+@pytest.fixture(scope="module")
+def modalities():
+    mods = build_audio_modalities(AudioOptions(device="cpu"))
+    yield mods
+    for m in mods:
+        m.close()
+
+
+def test_sample_clip_windows_get_transcripts_and_text_probabilities(clip, modalities):
+    audio_mod, text_mod = modalities
+    window, audio = next(windows_of(clip))
+    inp = window_input(window, audio)
+    out_audio = audio_mod(inp)
+    out_text = text_mod(inp)
+    assert out_audio.basic is None and out_audio.info["speech"] is True  # no speech-emotion weights
+    assert out_text.basic is not None, out_text.info
+    transcript = out_text.info["transcript"].lower()
+    assert "wonderful" in transcript and "space" in transcript  # "What a wonderful day to be in space."
+    assert inp.shared["transcript"].text == out_text.info["transcript"]
+    assert out_text.basic.shape == (8,) and out_text.basic[BASIC.index("Other")] == 0.0
+    np.testing.assert_allclose(out_text.basic.sum(), 1.0, atol=1e-5)
+    assert out_text.feature.shape == (384,)  # the MiniLM embedding, for PFSA
+
+
+def test_silence_runs_no_speech_to_text(modalities):
+    audio_mod, text_mod = modalities
+    inp = window_input(Window(0, 0.0, 4.0), np.zeros(4 * RATE, np.float32))
+    audio_mod(inp)
+    out = text_mod(inp)
+    assert out.basic is None and out.info["reason"] == "no speech"
+    assert "transcript" not in inp.shared  # Whisper was not called
+    out = text_mod(window_input(Window(0, 0.0, 4.0), None))
+    assert out.basic is None and out.info["reason"] == "no audio"
+
+
+def test_unusable_recogniser_is_absent_with_reason(clip, tmp_path):
+    text_mod = SpeechTextModality(gate=SpeechGate(), asr=SpeechRecognizer(tmp_path, device="cpu"), device="cpu")
+    out = text_mod(window_input(Window(0, 0.0, 4.0), clip[: 4 * RATE]))
+    assert out.basic is None and out.info["reason"] == "text modality unavailable"
+    assert "not a CTranslate2 Whisper model" in out.info["error"]
+
+
+class _Collect:
+    def __init__(self):
+        self.records = []
+
+    def write(self, record):
+        self.records.append(record)
+
+    def close(self):
+        pass
+
+
+def _run(path, modalities):
+    from stream.analyzer import Analyzer, Source
+    from stream.modalities import FaceModality
+
+    sink = _Collect()
+    Analyzer(Source("video", str(path)), [sink], modalities=[FaceModality(), *modalities]).run()
+    return [r for r in sink.records if r["type"] == "window"]
+
+
+def test_pipeline_with_speech_modalities(sample, modalities):
+    """The analyzer with face + audio + text on the sample clip: transcripts in every window,
+    the audio modality absent for want of weights, text probabilities in fusion."""
+    wins = _run(sample, modalities)
+    assert len(wins) == 4
+    for w in wins:
+        mods = w["modalities"]
+        assert mods["audio"]["present"] is False and mods["audio"]["reason"].startswith("no speech-emotion model")
+        assert mods["audio"]["speech"] is True
+        assert mods["text"]["present"] is True and mods["text"]["transcript"]
+        assert w["present"] == ["face", "text"]
+    words = " ".join(w["modalities"]["text"]["transcript"].lower() for w in wins)
+    assert "amazing" in words and "planet" in words
+
+
+def test_pipeline_without_an_audio_track(video_only, modalities):
+    wins = _run(video_only, modalities)
+    assert wins and all(w["present"] == ["face"] for w in wins)
+    assert all(w["modalities"]["audio"] == {"present": False, "reason": "no audio"} for w in wins)
+    assert all(w["modalities"]["text"] == {"present": False, "reason": "no audio"} for w in wins)
