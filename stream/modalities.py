@@ -73,3 +73,17 @@ class FaceModality:
 
     def close(self) -> None:
         pass
+
+
+class AbsentModality:
+    """A modality that is not running in this configuration: every window records why."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+
+    def __call__(self, inp: WindowInput) -> ModalityOutput:
+        return ModalityOutput.absent(self.reason)
+
+    def close(self) -> None:
+        pass
