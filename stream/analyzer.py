@@ -146,6 +146,7 @@ class Analyzer:
 
     def run(self) -> dict:
         """Analyse the source to its end (or until :meth:`stop`); returns the end record."""
+        self._load_modalities()
         self._tmp = tempfile.mkdtemp(prefix="cer-stream-")
         frames_ep = f"ipc://{self._tmp}/frames"
         audio_ep = f"ipc://{self._tmp}/audio"
@@ -179,6 +180,18 @@ class Analyzer:
                 p.stop()
             receiver.stop()
             shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def _load_modalities(self) -> None:
+        """Load models before capture starts, so the first windows do not pay for it.  A
+        modality that cannot load is reported and stays absent; the stream goes on."""
+        for mod in self.modalities:
+            load = getattr(mod, "load", None)
+            if load is None:
+                continue
+            try:
+                load()
+            except Exception as exc:
+                self._notes.append(redact(f"modality {mod.name} could not load: {type(exc).__name__}: {exc}"))
 
     def _wait_start(self, state: SourceState) -> m.StreamInfo:
         deadline = time.monotonic() + self.opts.open_timeout_s + STARTUP_GRACE_S
@@ -318,7 +331,7 @@ class Analyzer:
         t0 = time.perf_counter()
         for r in self.face.analyse(todo):
             cache.items[r.index] = r
-        self.stats.stage("face", (time.perf_counter() - t0) * 1e3)
+        self.stats.stage("face_analysis", (time.perf_counter() - t0) * 1e3)
         self.stats.frames_analysed += len(todo)
         return True
 
@@ -337,7 +350,7 @@ class Analyzer:
             t0 = time.perf_counter()
             for r in self.face.analyse(todo):
                 cache.items[r.index] = r
-            self.stats.stage("face", (time.perf_counter() - t0) * 1e3)
+            self.stats.stage("face_analysis", (time.perf_counter() - t0) * 1e3)
             self.stats.frames_analysed += len(todo)
         faces = [cache.items[f.index] for f in items]
         if state.audio_expected:

@@ -251,6 +251,7 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
                         delay = wall0 + t - time.monotonic()
                         if delay > 0:
                             time.sleep(delay)
+                        t_cap = m.now_ns()  # a paced file frame is "captured" when its time comes
                     if clock(t):
                         img = frame.to_ndarray(format="rgb24", width=out_w, height=out_h)
                         item = m.VideoFrame(seq=frames.seq, index=index, pts=t, t_capture_ns=t_cap,

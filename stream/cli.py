@@ -159,7 +159,7 @@ def run_stream(argv: list[str]) -> int:
     notes = _LogNotes()  # engine warnings (e.g. the TensorRT fallback) become `warning` records
     modalities: list = []
     try:
-        face = _face_analyzer(args)
+        face = build_face_analyzer(args)
         modalities = _modalities(args, face)
         fuser = _fuser(args, [mod.name for mod in modalities])
     except (RuntimeError, ValueError, FileNotFoundError) as exc:
@@ -249,10 +249,13 @@ def _emotion_model(args: argparse.Namespace):
         raise RuntimeError(msg.replace("pass --weights PATH", "pass --face-weights PATH")) from None
 
 
-def _face_analyzer(args: argparse.Namespace, *, validate: bool = True, track: bool = True):
+def build_face_analyzer(args: argparse.Namespace, *, validate: bool = True, track: bool = True):
+    """The face analyzer the command line would use for ``args`` (also used by bench/)."""
     from .face import FaceAnalyzer, FaceDetector
 
-    return FaceAnalyzer(detector=FaceDetector(validate=validate), model=_emotion_model(args), track=track)
+    # still images are unrelated to each other: validate every detection
+    return FaceAnalyzer(detector=FaceDetector(validate=validate, validate_every_frame=not track),
+                        model=_emotion_model(args), track=track)
 
 
 # --------------------------------------------------------------------------- images
@@ -271,7 +274,7 @@ def images_main(argv: list[str]) -> int:
     from .sinks import dumps
 
     try:
-        analyzer = _face_analyzer(args, validate=not args.no_validate, track=False)
+        analyzer = build_face_analyzer(args, validate=not args.no_validate, track=False)
     except (RuntimeError, ValueError) as exc:
         return fail(str(exc))
     failed = 0
