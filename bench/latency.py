@@ -451,8 +451,8 @@ def model_set(face, backend_info: dict, modality_names: list[str]) -> dict:
     validate = getattr(face.detector, "_mesh", None) is not None
     return {
         "modalities": list(modality_names),
-        "face_detection": "MediaPipe BlazeFace (mediapipe.solutions.face_detection, full-range model_selection=1)",
-        "face_validation": ("MediaPipe FaceMesh (static_image_mode, refine_landmarks, on the box grown 50 %)"
+        "face_detection": "MediaPipe BlazeFace (short-range first, full-range when it finds nothing)",
+        "face_validation": ("MediaPipe FaceMesh (static_image_mode, refine_landmarks, on the box grown 50 %; a steady target re-validated every 5th frame)"
                             if validate else "off"),
         "face_emotion": {"model": meta.get("cer.name") or backend_info.get("model"), "source": meta.get("cer.source"),
                          "file": backend_info.get("model_path"), "profile": backend_info.get("profile")},

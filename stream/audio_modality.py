@@ -198,13 +198,18 @@ def add_audio_args(parser: argparse.ArgumentParser) -> None:
                    help="a window is speech when more than this fraction of it is (default 0.10)")
 
 
-def build_audio_modalities(opts: AudioOptions | argparse.Namespace) -> list[Modality]:
-    """The audio modality, then the text modality (unless disabled); both share one speech
-    gate (one VAD stream) and the text modality owns the recogniser."""
+def build_audio_modalities(opts: AudioOptions | argparse.Namespace, *, share_gate: bool = True) -> list[Modality]:
+    """The audio modality, then the text modality (unless disabled).  With ``share_gate`` both
+    use one speech gate (one VAD stream); without it the text modality gets its own, so that it
+    can run on another thread.  The text modality owns the recogniser."""
     if isinstance(opts, argparse.Namespace):
         opts = AudioOptions.from_args(opts)
-    gate = SpeechGate(options=VadOptions(threshold=opts.vad_threshold,
-                                         min_speech_fraction=opts.min_speech_fraction))
+
+    def new_gate() -> SpeechGate:
+        return SpeechGate(options=VadOptions(threshold=opts.vad_threshold,
+                                             min_speech_fraction=opts.min_speech_fraction))
+
+    gate = new_gate()
     mods: list[Modality] = [SpeechEmotionModality(opts.speech_emotion, gate=gate, device=opts.device)]
     if opts.asr and opts.text:
         from .asr import AsrOptions, SpeechRecognizer
@@ -212,5 +217,6 @@ def build_audio_modalities(opts: AudioOptions | argparse.Namespace) -> list[Moda
 
         asr = SpeechRecognizer(opts.asr_model, device=opts.device,
                                options=AsrOptions(language=opts.language, beam_size=opts.asr_beam_size))
-        mods.append(SpeechTextModality(gate=gate, asr=asr, backend=opts.backend, device=opts.device))
+        mods.append(SpeechTextModality(gate=gate if share_gate else new_gate(), asr=asr, backend=opts.backend,
+                                       device=opts.device))
     return mods
