@@ -133,7 +133,8 @@ class ModelSpec:
         role: what the pipeline uses it for (``face_emotion``, ``face_detection``...).
         profiles: the model sets it belongs to (``lite`` and/or ``paper``).
         format: ``onnx`` (run by the engines), ``mediapipe`` / ``ctranslate2`` (run by their
-            own library from the package's files) or ``endpoint`` (a remote service).
+            own library from the package's files), ``npz`` (arrays made by an exporter and
+            read with NumPy, e.g. CLIP label embeddings) or ``endpoint`` (a remote service).
         sources: where to look for the weights, in order (``--weights`` always comes first).
         weights: the file (or folder) a user supplies, named in "not found" messages.
         license: licence of the weights (and of the code that made them).
@@ -374,7 +375,7 @@ def source_digest(path: Path) -> str:
 
 def export(spec: ModelSpec | str, *, weights: str | Path | None = None, cache_dir: str | Path | None = None,
            out: str | Path | None = None) -> Path:
-    """The ONNX file of ``spec``, exported on first use and cached (atomic writes).
+    """The ONNX file (``.npz`` for an ``npz`` model) of ``spec``, exported on first use and cached (atomic writes).
 
     ``weights`` overrides the registry's sources; ``out`` copies the result there as well.
     """
@@ -393,7 +394,8 @@ def export(spec: ModelSpec | str, *, weights: str | Path | None = None, cache_di
     else:
         location = locate(spec, weights)
         cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-        path = cache / f"{spec.name}-{source_digest(location.path)[:16]}-e{_exporter_version(spec)}.onnx"
+        suffix = ".npz" if spec.format == "npz" else ".onnx"
+        path = cache / f"{spec.name}-{source_digest(location.path)[:16]}-e{_exporter_version(spec)}{suffix}"
         if not path.is_file():
             cache.mkdir(parents=True, exist_ok=True)
             log.info("exporting %s from %s", spec.name, location.describe())
@@ -516,6 +518,16 @@ def _entries() -> list[ModelSpec]:
                         "context_length": 77, "dtype": "int64"},
             input_shape=("N", 77), outputs=("features", "embeds"),
             description="open_clip ViT-B/32 text tower; logit scale in cer.logit_scale",
+        ),
+        ModelSpec(
+            name="clip-vit-b32-labels", role="clip_labels", profiles=("paper",), format="npz",
+            sources=CLIP_SOURCES,
+            weights="an open_clip ViT-B-32 folder (open_clip_config.json + open_clip_model.safetensors) "
+                    "or checkpoint file",
+            license=CLIP_LICENSE, exporter="engines.export.clip_labels:export",
+            runtime="stream.clip_modality (NumPy: cosine similarity x logit scale, softmax)",
+            description="label-prompt embeddings of the 8 basic states and 7 compounds (text tower run once "
+                        "at export; no tokenizer at run time)",
         ),
         ModelSpec(
             name="silero-vad", role="vad", profiles=("lite", "paper"), format="onnx",

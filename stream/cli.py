@@ -55,9 +55,11 @@ def run_parser() -> argparse.ArgumentParser:
                    help="seconds to wait when opening or reading a network/camera source (default 10)")
     add_model_args(p)
     from .audio_modality import add_audio_args
+    from .clip_modality import add_clip_args
     from .scene import add_scene_args
     from .temporal import add_temporal_args
 
+    add_clip_args(p)
     add_temporal_args(p)
     add_audio_args(p)
     add_scene_args(p)
@@ -202,13 +204,21 @@ def run_stream(argv: list[str]) -> int:
 def _modalities(args: argparse.Namespace, face) -> list:
     """The window modalities, in the order they run (later ones may use earlier results)."""
     from .audio_modality import build_audio_modalities
-    from .modalities import AbsentModality, FaceModality
+    from .clip_modality import build_clip_modality
+    from .modalities import AbsentModality, FaceModality, LaggedModality
     from .scene import build_scene_modality
     from .temporal import build_temporal_modality
 
-    mods = [FaceModality(), build_temporal_modality(args, face_labels=face.model.labels)]
+    mods = [FaceModality()]
+    live = args.video is None or args.realtime
     try:
-        mods += build_audio_modalities(args)
+        mods.append(clip := build_clip_modality(args))  # before temporal: it may read CLIP's features
+        mods.append(temporal := build_temporal_modality(args, face_labels=face.model.labels))
+        if getattr(temporal.model, "feature_kind", None) == "clip" and args.clip_frames is None:
+            clip.frames_per_window = 0  # a CLIP-feature temporal model reads every frame
+        audio_mods = build_audio_modalities(args, share_gate=not live)
+        # live: speech-to-text (~0.5 s a window on 2 CPU cores) runs beside the stream, one hop late
+        mods += [LaggedModality(mod) if live and mod.name == "text" else mod for mod in audio_mods]
         scene = build_scene_modality(args)
         mods.append(scene if scene is not None else
                     AbsentModality("scene", "no VLM endpoint; give one with --vlm-url"))

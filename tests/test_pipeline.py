@@ -37,7 +37,7 @@ def test_sample_clip_windows_and_happiness(sample_run):
         assert w["analysed_frames"] == 20
         assert w["present"] == ["face", "text"]  # the clip's speech is transcribed and classified
         assert w["modalities"]["face"]["present"] and w["modalities"]["text"]["transcript"]
-        assert set(w["modalities"]) == {"face", "temporal", "audio", "text", "scene"}
+        assert set(w["modalities"]) == {"face", "clip", "temporal", "audio", "text", "scene"}
         assert w["modalities"]["audio"]["present"] is False  # no speech-emotion weights ship
         assert abs(sum(m["weight"] for m in w["modalities"].values() if m["present"]) - 1) < 1e-3
         assert w["audio"]["coverage"] > 0.9  # the clip's speech track arrived with the window
@@ -92,8 +92,8 @@ def test_video_without_audio_runs_video_only(video_only):
     assert recs[-1]["frames"] == 150
 
 
-def test_no_face_window_is_absent_and_stream_goes_on(faceless):
-    proc = cer_stream("--video", str(faceless), check=True)
+def test_no_face_window_is_absent_and_stream_goes_on(faceless, tmp_path):
+    proc = cer_stream("--video", str(faceless), "--csv", str(tmp_path / "p.csv"), check=True)
     recs = records(proc.stdout)
     wins = [r for r in recs if r["type"] == "window"]
     assert len(wins) == 2  # 5 s: [0,4) and the 3 s tail window [2,5)
@@ -101,6 +101,10 @@ def test_no_face_window_is_absent_and_stream_goes_on(faceless):
         assert w["present"] == [] and w["modalities"]["face"]["present"] is False
         assert w["label"] is None and w["basic"] is None
     assert recs[-1]["reason"] == "eof"
+    frames = [r for r in recs if r["type"] == "frames" and r["final"]]
+    assert [i for r in frames for i in r["frame_index"]] == list(range(125))  # every frame, once
+    assert all(lab is None for r in frames for lab in r["label"])  # nothing was ever predicted
+    assert (tmp_path / "p.csv").read_text().splitlines()[1:] == []
 
 
 def test_publish_over_zeromq(sample, tmp_path):
@@ -162,7 +166,8 @@ def test_signal_flushes_and_leaves_no_child(sample, sig):
     recs = records("".join(lines) + rest)
     assert recs[-1]["type"] == "end" and recs[-1]["reason"] == "interrupted"
     final = [i for r in recs if r["type"] == "frames" and r["final"] for i in r["frame_index"]]
-    assert final == list(range(len(final))) and len(final) >= 100  # flushed: every frame seen is final
+    first = next(r for r in recs if r["type"] == "window")
+    assert final == list(range(len(final))) and len(final) >= 100, first  # flushed: every frame is final
     assert children, "the analyzer should have started capture processes"
     time.sleep(0.5)
     assert not [c for c in children if _alive(c)], "a capture process outlived the analyzer"
