@@ -430,8 +430,9 @@ class Analyzer:
                    "frame_index": [r.index for r in rows],
                    "time": [round(r.time, 4) for r in rows],
                    "label_index": [r.label for r in rows],
-                   "label": [COMPOUND[r.label] for r in rows],
-                   "compound": [np.round(normalise(r.compound), 4) for r in rows]})
+                   "label": [None if r.label is None else COMPOUND[r.label] for r in rows],
+                   "compound": [None if r.compound is None else np.round(normalise(r.compound), 4)
+                                for r in rows]})
 
     def _progress(self, t: float, duration: float | None, wall0: float) -> None:
         el = time.monotonic() - wall0

@@ -92,17 +92,29 @@ CSV_HEADER = "image_location," + ",".join(name.replace(" ", "_") for name in COM
 
 
 class AbawCsvSink(Sink):
-    """Frame-wise final predictions in the ABAW layout: ``VIDEO/00001.jpg,<class index>``."""
+    """Frame-wise final predictions in the ABAW layout: ``VIDEO/00001.jpg,<class index>``.
+
+    Frames before the stream's first prediction (no face or speech yet) take the first
+    prediction that follows, the mirror of the rule that uncovered frames take the previous
+    frame's value; if the stream never predicts anything they are left out.
+    """
 
     def __init__(self, path: Path, video_name: str) -> None:
         self.f = open(path, "w", encoding="utf-8")
         self.video = video_name
         self.f.write(CSV_HEADER + "\n")
+        self._waiting: list[int] = []
 
     def write(self, record: dict) -> None:
         if record.get("type") != "frames" or not record.get("final"):
             return
         for i, lab in zip(record["frame_index"], record["label_index"]):
+            if lab is None:
+                self._waiting.append(i)
+                continue
+            for j in self._waiting:
+                self.f.write(f"{self.video}/{j + 1:05d}.jpg,{lab}\n")
+            self._waiting.clear()
             self.f.write(f"{self.video}/{i + 1:05d}.jpg,{lab}\n")
         self.f.flush()
 

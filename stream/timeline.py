@@ -4,7 +4,8 @@ Each window's probabilities are copied to the frames it covers and the
 windows overlapping a frame are averaged (seed rule).  A frame is
 *provisional* after the first window that covers it and *final* once no
 later window can cover it (after the next window, or at the end of the
-stream).  Frames that no window covers take the previous frame's value.
+stream).  Frames that no window covers take the previous frame's value; frames before the stream's first
+prediction have none (``None``).
 """
 from __future__ import annotations
 
@@ -17,14 +18,14 @@ import numpy as np
 class FrameRow:
     index: int
     time: float
-    basic: np.ndarray  # 8, averaged
-    compound: np.ndarray  # 7, averaged (not normalised)
+    basic: np.ndarray | None  # 8, averaged; None before the stream's first prediction
+    compound: np.ndarray | None  # 7, averaged (not normalised)
     windows: int  # how many windows were averaged (0 = carried from the previous frame)
     final: bool
 
     @property
-    def label(self) -> int:
-        return int(np.argmax(self.compound))
+    def label(self) -> int | None:
+        return None if self.compound is None else int(np.argmax(self.compound))
 
 
 class Timeline:
@@ -54,8 +55,8 @@ class Timeline:
         if n:
             return FrameRow(i, i / self.fps, (self._basic[i] / n).astype(np.float32),
                             (self._compound[i] / n).astype(np.float32), n, final)
-        if self._last is None:
-            return None
+        if self._last is None:  # nothing predicted yet in this stream
+            return FrameRow(i, i / self.fps, None, None, 0, final)
         return FrameRow(i, i / self.fps, self._last[0], self._last[1], 0, final)
 
     def finalize(self, before: int) -> list[FrameRow]:
@@ -63,10 +64,9 @@ class Timeline:
         rows = []
         for i in range(self.next_final, before):
             row = self._row(i, True)
-            if row is not None:
-                rows.append(row)
-                if row.windows:
-                    self._last = (row.basic, row.compound)
+            rows.append(row)
+            if row.windows:
+                self._last = (row.basic, row.compound)
             self._basic.pop(i, None)
             self._compound.pop(i, None)
             self._count.pop(i, None)
@@ -76,7 +76,7 @@ class Timeline:
     def provisional(self, frames: tuple[int, int]) -> list[FrameRow]:
         """Current (not yet final) values of frames in ``[a, b)``."""
         a, b = frames
-        return [r for i in range(max(a, self.next_final), b) if (r := self._row(i, False)) is not None]
+        return [self._row(i, False) for i in range(max(a, self.next_final), b)]
 
     def pending(self) -> int:
         """The highest frame number holding a prediction, plus one."""
