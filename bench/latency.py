@@ -506,7 +506,7 @@ def run_pipeline(video: str, face, *, realtime: bool, max_side: int, face_only: 
     if face_only:
         modalities = [TimedModality(FaceModality())]
     else:  # the CLI's default modality set (face, temporal, audio, text with ASR, scene)
-        ns = cli.run_parser().parse_args(["--video", video])
+        ns = cli.run_parser().parse_args(["--video", video] + (["--realtime"] if realtime else []))
         modalities = [TimedModality(mod) for mod in cli._modalities(ns, face)]
     opts = Options(realtime=realtime, max_side=max_side, progress=False)
     analyzer = Analyzer(Source("video", video), [sink], options=opts, face=face, modalities=modalities)
