@@ -30,18 +30,17 @@ Checked against transformers' ``BertModel`` plus sentence-transformers' pooling 
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from .storage import CACHE_ENV, atomic_write, default_cache_dir, sha256_file  # noqa: F401 (CACHE_ENV re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +74,6 @@ IR_VERSION = 8
 EXPORT_VERSION = 1
 MASK_BIAS = -10000.0
 
-CACHE_ENV = "CER_STREAM_CACHE"
-DEFAULT_CACHE_DIR = Path("~/.cache/cer-stream/models")
 
 
 class MiniLMNotInstalledError(ModuleNotFoundError):
@@ -110,19 +107,6 @@ def _package_version() -> str | None:
         return None
 
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def default_cache_dir() -> Path:
-    """``$CER_STREAM_CACHE`` when set, else ``~/.cache/cer-stream/models`` (as mini_xception)."""
-    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser()
-
-
 def ensure_onnx(cache_dir: Path | None = None) -> Path:
     """Return the ONNX file of all-MiniLM-L6-v2, exporting it on first use.
 
@@ -140,26 +124,9 @@ def ensure_onnx(cache_dir: Path | None = None) -> Path:
         return target
     model = build_onnx(src)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(target, model.SerializeToString())
+    atomic_write(target, model.SerializeToString())
     log.info("exported %s to %s", NAME, target)
     return target
-
-
-def _atomic_write(target: Path, data: bytes) -> None:
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, target)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 # ---------------------------------------------------------------------------------------------

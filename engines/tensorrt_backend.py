@@ -496,7 +496,6 @@ class TrtEngine(Engine):
         engine, context = self._engine, self._context
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        outputs = [n for n in names if n not in inputs]
         for name in inputs:
             lo, mid, hi = (tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(name, 0))
             self._ranges[name] = ShapeRange(lo, mid, hi)

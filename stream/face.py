@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .labels import BASIC, FER_MINI_XCEPTION, to_basic
+from .labels import BASIC, to_basic
 
 #: Fraction of the box added on each side before cropping (seed code: 10 %).
 CROP_MARGIN = 0.10
