@@ -36,21 +36,18 @@ def test_importtime_parser():
     assert imported_modules(sample) == {"_io", "torch", "torch._C"}
 
 
-def test_images_command_imports_no_torch(tmp_path):
-    pytest.importorskip("skimage")
-    import cv2
-    import skimage.data
-
-    image = tmp_path / "astronaut.png"
-    cv2.imwrite(str(image), skimage.data.astronaut()[:, :, ::-1])
+def _run_recording_modules(tmp_path, *args):
+    """Run the CLI under -X importtime; return (process, attempted imports, loaded modules)."""
     # -X importtime also lists imports that were attempted and failed (MediaPipe tries
     # ``tensorflow`` and carries on without it), so what the process really loaded is taken from
     # sys.modules at exit, written by a sitecustomize put in front of the path.
     hook = tmp_path / "hook"
-    hook.mkdir()
+    hook.mkdir(exist_ok=True)
     (hook / "sitecustomize.py").write_text(
         "import atexit, os, sys\n"
         "def _dump():\n"
+        "    if not sys.argv[0].endswith('cli.py'):\n"
+        "        return  # a capture or multiprocessing helper process, not the analyzer\n"
         "    with open(os.environ['CER_TEST_MODULES'], 'w') as f:\n"
         "        f.write('\\n'.join(sorted(sys.modules)))\n"
         "atexit.register(_dump)\n")
@@ -60,15 +57,36 @@ def test_images_command_imports_no_torch(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), str(ROOT)]),
            "CER_STREAM_CACHE": str(tmp_path / "cache"), "CER_STREAM_NATIVE_LOGS": "1",
            "CER_TEST_MODULES": str(modules_file)}
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "stream.cli", "images", str(image)],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=240)
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "stream.cli", *args],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert '"face": true' in proc.stdout  # it really analysed the image
-    attempted = imported_modules(proc.stderr)
-    assert "stream.face" in attempted and "onnxruntime" in attempted, "importtime output not understood"
-    loaded = set(modules_file.read_text().split())
-    assert "stream.face" in loaded and "engines.onnxruntime_backend" in loaded
+    return proc, imported_modules(proc.stderr), set(modules_file.read_text().split())
+
+
+def _assert_torch_free(attempted, loaded):
     offending = sorted(m for m in loaded if m.split(".")[0] in FORBIDDEN)
     assert not offending, f"the streaming path imported {offending[:10]}"
     # torch is installed in the test environment: an attempt to import it would have succeeded
     assert not [m for m in attempted if m.split(".")[0] in ("torch", "transformers")]
+
+
+def test_images_command_imports_no_torch(tmp_path):
+    pytest.importorskip("skimage")
+    import cv2
+    import skimage.data
+
+    image = tmp_path / "astronaut.png"
+    cv2.imwrite(str(image), skimage.data.astronaut()[:, :, ::-1])
+    proc, attempted, loaded = _run_recording_modules(tmp_path, "images", str(image))
+    assert '"face": true' in proc.stdout  # it really analysed the image
+    assert "stream.face" in attempted and "onnxruntime" in attempted, "importtime output not understood"
+    assert "stream.face" in loaded and "engines.onnxruntime_backend" in loaded
+    _assert_torch_free(attempted, loaded)
+
+
+def test_video_run_imports_no_torch(tmp_path, sample):
+    """The analyzer process of a full --video run (face, VAD, speech-to-text, text head)."""
+    proc, attempted, loaded = _run_recording_modules(tmp_path, "--video", str(sample), "--no-frames")
+    assert '"transcript"' in proc.stdout and '"type": "end"' in proc.stdout  # every modality ran
+    assert {"stream.analyzer", "stream.vad", "stream.asr", "engines.minilm"} <= loaded
+    _assert_torch_free(attempted, loaded)
