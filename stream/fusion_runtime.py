@@ -80,12 +80,14 @@ class Fuser:
         return Fused(basic.astype(np.float32), np.asarray(comp, np.float32), weights, method)
 
     def _weights(self, mask: np.ndarray) -> dict[str, float]:
-        """Each present modality's effective weight, averaged over the 8 classes."""
-        out = {}
+        """Each present modality's share of the fused output: its effective weight averaged over
+        the 8 classes, normalised so the present modalities' shares sum to 1."""
+        raw = {}
         for i, name in enumerate(self.names):
             if not mask[i]:
                 continue
             probe = np.zeros((len(self.names), len(BASIC)))
             probe[i] = 1.0
-            out[name] = round(float(np.mean(self.fusion.fuse(probe[None], mask[None])[0])), 4)
-        return out
+            raw[name] = float(np.mean(self.fusion.fuse(probe[None], mask[None])[0]))
+        total = sum(raw.values())
+        return {k: round(v / total, 4) if total > 0 else 0.0 for k, v in raw.items()}
