@@ -56,12 +56,15 @@ class FrameRing:
         with self._cond:
             return [f for f in self._items if start - EPS <= f.pts < end - EPS]
 
-    def release_before(self, t: float) -> None:
-        """Forget frames older than ``t``; wakes a blocked producer."""
+    def release_before(self, t: float) -> int:
+        """Forget frames older than ``t``; wakes a blocked producer.  Returns how many went."""
         with self._cond:
+            n = 0
             while self._items and self._items[0].pts < t - EPS:
                 self._items.popleft()
+                n += 1
             self._cond.notify_all()
+            return n
 
     @property
     def horizon(self) -> float:

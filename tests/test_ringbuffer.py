@@ -89,12 +89,13 @@ def test_slow_consumer_over_zeromq_drops_oldest_never_blocks_sender(tmp_path):
     t0 = time.monotonic()
     sender.start()
     consumed = []
+    released = 0
     try:
         while True:
             batch = ring.between(0, 1e9)
             if batch:
                 consumed.append(batch[0].index)
-                ring.release_before(batch[0].pts + 0.1)
+                released += ring.release_before(batch[0].pts + 0.1)
                 time.sleep(0.02)
             elif state.video_done:
                 break
@@ -108,7 +109,10 @@ def test_slow_consumer_over_zeromq_drops_oldest_never_blocks_sender(tmp_path):
         rx.stop()
     received = rx.received[m.VIDEO]
     assert received + sent[0] == 300  # every frame either arrived or was counted as dropped
-    assert ring.drops > 0 and ring.drops == received - len(consumed)  # the ring dropped the rest
+    # every frame that arrived was either dropped by the ring (oldest first) or released by the
+    # consumer; a frame the consumer had just read may be dropped before it releases it
+    assert ring.drops > 0 and ring.drops + released == received and len(ring) == 0
+    assert released <= len(consumed)
     assert consumed == sorted(set(consumed))  # in order, none twice
     assert consumed[-1] == round(ring.horizon / 0.2)  # the newest frame survived
     assert len(consumed) < 100 and send_s < 30
