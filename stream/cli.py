@@ -312,71 +312,47 @@ def images_main(argv: list[str]) -> int:
     return 1 if failed else 0
 
 
-def calibrate_main(argv: list[str]) -> int:
-    from .calibrate import CalibrationError, add_calibrate_args, run_calibrate
+def _calibration_command(name: str, description: str, add_args: str, run: str):
+    """``calibrate`` / ``eval``: their options and logic live in :mod:`stream.calibrate`."""
 
-    p = argparse.ArgumentParser(prog=f"{PROG} calibrate",
-                                description="Fit fusion weights and PFSA prototypes from feature dumps and labels.")
-    add_calibrate_args(p)
-    args = p.parse_args(argv)
-    try:
-        return run_calibrate(args)
-    except CalibrationError as exc:
-        return fail(str(exc))
+    def main(argv: list[str]) -> int:
+        from . import calibrate
 
+        p = argparse.ArgumentParser(prog=f"{PROG} {name}", description=description)
+        getattr(calibrate, add_args)(p)
+        args = p.parse_args(argv)
+        try:
+            return getattr(calibrate, run)(args)
+        except calibrate.CalibrationError as exc:
+            return fail(str(exc))
 
-def eval_main(argv: list[str]) -> int:
-    from .calibrate import CalibrationError, add_eval_args, run_eval
-
-    p = argparse.ArgumentParser(prog=f"{PROG} eval",
-                                description="Score frame-wise (or window-wise) predictions against ABAW labels.")
-    add_eval_args(p)
-    args = p.parse_args(argv)
-    try:
-        return run_eval(args)
-    except CalibrationError as exc:
-        return fail(str(exc))
+    return main
 
 
-def models_main(argv: list[str]) -> int:
-    from engines.cli import models_main as run
+def _lazy(module: str, function: str):
+    """A subcommand whose module (and its heavy imports) loads only when it is used."""
 
-    return run(argv)
+    def main(argv: list[str]) -> int:
+        import importlib
 
+        return getattr(importlib.import_module(module), function)(argv)
 
-def engines_main(argv: list[str]) -> int:
-    from engines.cli import engines_main as run
-
-    return run(argv)
-
-
-def train_temporal_main(argv: list[str]) -> int:
-    from .temporal_train import train_temporal_main as run
-
-    return run(argv)
+    return main
 
 
-def temporal_features_main(argv: list[str]) -> int:
-    from .temporal_data import temporal_features_main as run
-
-    return run(argv)
-
-
-def train_head_main(argv: list[str]) -> int:
-    from .texthead import train_head_main as run
-
-    return run(argv)
-
-
-def text_main(argv: list[str]) -> int:
-    from .texthead import text_main as run
-
-    return run(argv)
-
-
-COMMANDS = {"images": images_main, "text": text_main, "train-head": train_head_main, "calibrate": calibrate_main, "eval": eval_main, "models": models_main,
-            "engines": engines_main, "train-temporal": train_temporal_main,
-            "temporal-features": temporal_features_main}
+COMMANDS = {
+    "images": images_main,
+    "calibrate": _calibration_command("calibrate", "Fit fusion weights and PFSA prototypes from feature dumps "
+                                      "and labels.", "add_calibrate_args", "run_calibrate"),
+    "eval": _calibration_command("eval", "Score frame-wise (or window-wise) predictions against ABAW labels.",
+                                 "add_eval_args", "run_eval"),
+    "text": _lazy("stream.texthead", "text_main"),
+    "train-head": _lazy("stream.texthead", "train_head_main"),
+    "models": _lazy("engines.cli", "models_main"),
+    "engines": _lazy("engines.cli", "engines_main"),
+    "train-temporal": _lazy("stream.temporal_train", "train_temporal_main"),
+    "temporal-features": _lazy("stream.temporal_data", "temporal_features_main"),
+}
 
 
 def silence_native_stderr() -> None:
