@@ -25,18 +25,6 @@ sys.path.insert(0, str(ROOT))
 RATE = 16000
 
 
-def decode(path: Path) -> np.ndarray:
-    import av
-
-    out = []
-    with av.open(str(path)) as container:
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
-        for frame in container.decode(audio=0):
-            out.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
-        out.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
-    return np.concatenate(out).astype(np.float32)
-
-
 def stats(ms: list[float]) -> dict:
     a = np.asarray(ms)
     return {"median": round(float(np.median(a)), 2), "p95": round(float(np.percentile(a, 95)), 2),
@@ -76,7 +64,9 @@ def main() -> int:
     from stream.vad import SpeechGate
     from stream.windows import plan_windows
 
-    audio = decode(args.clip)
+    from stream.capture import decode_audio_file
+
+    audio = decode_audio_file(args.clip)
     windows = [(w, audio[int(w.start * RATE):int(w.end * RATE)]) for w in plan_windows(audio.shape[0] / RATE)]
     report: dict = {"machine": {"cpus": len(os.sched_getaffinity(0)), "processor": platform.processor(),
                                 "load_avg_before": [round(x, 2) for x in os.getloadavg()]},

@@ -21,6 +21,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -132,6 +133,20 @@ def scaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     w = max(2, int(round(width * scale / 2)) * 2)
     h = max(2, int(round(height * scale / 2)) * 2)
     return w, h
+
+
+def decode_audio_file(path: str | Path) -> np.ndarray:
+    """The first audio stream of a media file as float32 mono at 16 kHz, resampled the way the
+    capture process does it (for tests, benchmarks and offline tools)."""
+    import av
+
+    out = []
+    with av.open(str(path)) as container:
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=m.AUDIO_RATE)
+        for frame in container.decode(audio=0):
+            out.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
+        out.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
+    return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
 
 
 def _open_container(cfg: CaptureConfig):

@@ -12,16 +12,10 @@ RATE = 16000
 
 
 def decode_16k(path: str | Path) -> np.ndarray:
-    """The first audio stream of ``path`` as float32 16 kHz mono (PyAV's resampler, as capture uses)."""
-    import av
+    """The first audio stream of ``path`` as float32 16 kHz mono (as the capture process resamples)."""
+    from stream.capture import decode_audio_file
 
-    out = []
-    with av.open(str(path)) as container:
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
-        for frame in container.decode(audio=0):
-            out.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
-        out.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
-    return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
+    return decode_audio_file(path)
 
 
 def espeak(text: str, path: Path, *, lead_s: float = 0.5, tail_s: float = 0.5) -> np.ndarray:

@@ -24,6 +24,19 @@ def cer_stream(*args: str, timeout: float = 180, check: bool = False, **kw) -> s
     return proc
 
 
+class CollectSink:
+    """A sink that keeps every record (for analyzers run in-process)."""
+
+    def __init__(self):
+        self.records = []
+
+    def write(self, record):
+        self.records.append(record)
+
+    def close(self):
+        pass
+
+
 def records(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 

@@ -9,7 +9,7 @@ import time
 import pytest
 import zmq
 
-from conftest import ROOT, cer_stream, records
+from conftest import ROOT, CollectSink, cer_stream, records
 from stream.labels import BASIC, COMPOUND
 from stream.sinks import CSV_HEADER
 
@@ -225,24 +225,13 @@ class _SlowModality:
         pass
 
 
-class _Collect:
-    def __init__(self):
-        self.records = []
-
-    def write(self, record):
-        self.records.append(record)
-
-    def close(self):
-        pass
-
-
 def test_live_source_never_waits_for_a_slow_analyzer(sample):
     """--realtime behaves as a live source: when analysis is slower than media time the analyzer
     skips to the newest complete window and says so; capture is never held up."""
     from stream.analyzer import Analyzer, Options, Source
     from stream.modalities import FaceModality
 
-    sink = _Collect()
+    sink = CollectSink()
     an = Analyzer(Source("video", str(sample)), [sink], options=Options(realtime=True),
                   modalities=[FaceModality(), _SlowModality(4.5)])
     t0 = time.monotonic()

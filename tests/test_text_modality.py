@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from audio_fixtures import RATE, decode_16k, window_input, windows_of
+from conftest import CollectSink
 from stream.asr import SpeechRecognizer
 from stream.audio_modality import AudioOptions, build_audio_modalities
 from stream.labels import BASIC
@@ -60,22 +61,11 @@ def test_unusable_recogniser_is_absent_with_reason(clip, tmp_path):
     assert "not a CTranslate2 Whisper model" in out.info["error"]
 
 
-class _Collect:
-    def __init__(self):
-        self.records = []
-
-    def write(self, record):
-        self.records.append(record)
-
-    def close(self):
-        pass
-
-
 def _run(path, modalities):
     from stream.analyzer import Analyzer, Source
     from stream.modalities import FaceModality
 
-    sink = _Collect()
+    sink = CollectSink()
     Analyzer(Source("video", str(path)), [sink], modalities=[FaceModality(), *modalities]).run()
     return [r for r in sink.records if r["type"] == "window"]
 
