@@ -6,6 +6,7 @@ from stream.calibrate import Calibration
 from stream.compound import PFSA, ppa, rule1, rule2
 from stream.fusion import MHPF, DirichletWeights, HierarchicalWeights
 from stream.fusion_runtime import Fuser
+from stream.labels import BASIC
 from stream.modalities import ModalityOutput
 
 FACE = np.array([0.05, 0.05, 0.05, 0.05, 0.60, 0.05, 0.10, 0.05])
@@ -72,3 +73,35 @@ def test_pfsa_falls_back_to_ppa_when_its_modality_is_absent():
 def test_pfsa_needs_prototypes():
     with pytest.raises(ValueError, match="pfsa"):
         Fuser(["face"], method="pfsa")
+
+
+def test_confidence_discounts_a_modality_and_it_cannot_outvote_the_face():
+    face = np.eye(8)[4] * 0.6 + 0.4 / 8  # Happiness, fairly sure
+    text = np.eye(8)[1] * 0.9 + 0.1 / 8  # Anger, very sure of a shaky transcript
+    fuser = Fuser(["face", "text"])
+    full = fuser({"face": ModalityOutput(face), "text": ModalityOutput(text, None, {"confidence": 1.0})})
+    assert full.weights == {"face": 0.5, "text": 0.5}
+    assert BASIC[int(np.argmax(full.basic))] == "Anger"  # at equal weight the confident text wins
+    shaky = fuser({"face": ModalityOutput(face), "text": ModalityOutput(text, None, {"confidence": 0.4})})
+    # the text keeps its share times its confidence: 0.5 * 0.4 = 0.2 of the output
+    assert shaky.weights == {"face": 0.8, "text": 0.2}
+    np.testing.assert_allclose(shaky.basic, 0.8 * face + 0.2 * text, atol=1e-6)
+    assert BASIC[int(np.argmax(shaky.basic))] == "Happiness"
+    # alone, a modality is what there is, whatever its confidence
+    alone = fuser({"face": ModalityOutput(None), "text": ModalityOutput(text, None, {"confidence": 0.1})})
+    np.testing.assert_allclose(alone.basic, text, atol=1e-6)
+    assert alone.weights == {"text": 1.0}
+
+
+@pytest.mark.parametrize("scheme", ["mhpf", "dirichlet", "hierarchical"])
+def test_confidence_discount_with_calibrated_schemes(scheme):
+    cal = Calibration(modalities=("face", "text"), fusion=_schemes()[scheme])
+    fuser = Fuser(["face", "text"], calibration=cal)
+    rng = np.random.default_rng(3)
+    outs = {n: ModalityOutput(rng.dirichlet(np.ones(8))) for n in ("face", "text")}
+    full = fuser(outs)
+    half = fuser({**outs, "text": ModalityOutput(outs["text"].basic, None, {"confidence": 0.5})})
+    without = fuser({**outs, "text": ModalityOutput(None)})
+    np.testing.assert_allclose(half.basic, 0.5 * full.basic + 0.5 * without.basic, atol=1e-6)
+    assert half.weights["text"] < full.weights["text"]
+    assert abs(sum(half.weights.values()) - 1.0) < 1e-3
