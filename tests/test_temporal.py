@@ -288,7 +288,8 @@ def test_temporal_features_from_a_video(tmp_path, sample, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["windows"] == 3 and summary["skipped_no_label"] == 1  # 10 s: windows 0..3
     d = load_sequences(out)
-    assert d.features.shape == (3, 20, 7) and d.feature_labels == FER_MINI_XCEPTION
+    # the default face model (lite: the face-api.js + mini-Xception ensemble) gives 8 basic probabilities
+    assert d.features.shape == (3, 20, 8) and tuple(d.feature_labels) == BASIC
     assert d.labels.tolist() == [BASIC.index("Happiness"), 0, BASIC.index("Happiness")]
     assert d.videos.tolist() == ["astronaut"] * 3 and d.windows.tolist() == [0, 1, 2]
     np.testing.assert_allclose(d.features.sum(-1), 1.0, atol=1e-4)  # per-frame probabilities

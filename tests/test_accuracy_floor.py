@@ -1,0 +1,57 @@
+"""The default face path keeps its accuracy on real posed faces (faces_dev, evaluation only).
+
+``bench/accuracy.py``'s :func:`evaluate_default` runs whatever ``stream.face.FaceAnalyzer``
+runs by default (its default model and that model's crop, as ``cer-stream images`` builds it) on
+a fixed subset of faces_dev: 20 images per posed class, each class's images sorted by path and
+every k-th taken (140 images). Switching the default model or crop needs no change here; raise
+FLOOR when a better default lands (keep it a few points under the measured value).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("CER_STREAM_DATA", ROOT / ".." / "shared" / "data"))
+
+#: Macro-F1 (7 posed labels) the default path must keep on the subset, by the name of the
+#: default model (``FaceAnalyzer().model.name``); FLOOR for any other model.
+#: Measured on this subset with evaluate_default (2026-11-29, MediaPipe 0.10.21, ONNX Runtime CPU):
+#:   faceapi, its crop (box, padToSquare)          0.5026   (with a 10 % margin: 0.4626)
+#:   minixception, its crop (box, squared)         0.5019   (with a 10 % margin: 0.4798)
+#:   ensemble (faceapi + minixception)             0.5625
+#: Floors: 3 points under the measured value.
+FLOORS = {"faceapi": 0.47, "minixception": 0.47}
+FLOOR = 0.47
+PER_CLASS = 20
+
+
+def _accuracy_module():
+    name = "cer_bench_accuracy"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / "accuracy.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.mark.skipif(not (DATA / "faces_dev" / "labels.csv").is_file(),
+                    reason=f"faces_dev not found at {DATA / 'faces_dev'} (the shared data beside the repository; "
+                           "set CER_STREAM_DATA to point elsewhere)")
+def test_default_face_path_stays_above_floor():
+    acc = _accuracy_module()
+    _, items = acc.load_faces_dev(DATA)
+    subset = acc.fixed_subset(items, per_class=PER_CLASS)
+    assert len(subset) == PER_CLASS * len(acc.CLASSES)
+    assert subset == acc.fixed_subset(list(reversed(items)), per_class=PER_CLASS)  # deterministic
+    result = acc.evaluate_default(subset, data=DATA)
+    summary = (f"default face path ({result['model']}): macro-F1 {result['macro_f1']:.4f} on {result['n']} images "
+               f"({result['no_face']} without a face); per class {result['per_class_f1']}")
+    print(summary)
+    floor = 0.53 if result["model"].startswith("ensemble") else FLOORS.get(result["model"], FLOOR)
+    assert result["macro_f1"] >= floor, f"{summary} fell below the floor {floor}"
