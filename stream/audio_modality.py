@@ -168,6 +168,11 @@ class AudioOptions:
     min_speech_fraction: float = 0.10
     asr_beam_size: int = 1
     language: str = "en"
+    #: the transcript gate (``stream.asr.AsrGate``): minimum mean word probability, the
+    #: languages a multilingual model may detect (empty: ``language``), or no gate at all
+    asr_min_word_probability: float = 0.55
+    asr_languages: tuple[str, ...] = ()
+    asr_gate: bool = True
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "AudioOptions":
@@ -177,7 +182,21 @@ class AudioOptions:
                    vad_threshold=getattr(args, "vad_threshold", 0.5),
                    min_speech_fraction=getattr(args, "min_speech_fraction", 0.10),
                    asr_beam_size=getattr(args, "asr_beam_size", 1),
-                   language=getattr(args, "asr_language", "en"))
+                   language=getattr(args, "asr_language", "en"),
+                   asr_min_word_probability=getattr(args, "asr_min_word_prob", 0.55),
+                   asr_languages=tuple(x.strip() for x in (getattr(args, "asr_languages", None) or "").split(",")
+                                       if x.strip()),
+                   asr_gate=not getattr(args, "no_asr_gate", False))
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
 
 
 def add_audio_args(parser: argparse.ArgumentParser) -> None:
@@ -192,6 +211,14 @@ def add_audio_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-text", action="store_true", help="no text modality (and no speech to text)")
     g.add_argument("--asr-beam-size", type=int, default=1, metavar="N", help="Whisper beam size (default 1: greedy)")
     g.add_argument("--asr-language", default="en", metavar="CODE", help="spoken language (default en)")
+    g.add_argument("--asr-min-word-prob", type=_probability, default=0.55, metavar="P",
+                   help="a window's transcript is used only when its mean word probability is at least P "
+                        "(default 0.55; see stream.asr.AsrGate for the other rules)")
+    g.add_argument("--asr-languages", metavar="CODES",
+                   help="with a multilingual --asr-model: languages to accept, comma-separated "
+                        "(default: --asr-language); speech detected in another language is not used")
+    g.add_argument("--no-asr-gate", action="store_true",
+                   help="use every transcript, however weak the recogniser's evidence (not recommended)")
     g.add_argument("--vad-threshold", type=float, default=0.5, metavar="P",
                    help="Silero VAD speech probability threshold (default 0.5)")
     g.add_argument("--min-speech-fraction", type=float, default=0.10, metavar="F",
@@ -215,8 +242,13 @@ def build_audio_modalities(opts: AudioOptions | argparse.Namespace, *, share_gat
         from .asr import AsrOptions, SpeechRecognizer
         from .text_modality import SpeechTextModality
 
+        from .asr import AsrGate
+
+        gate_opts = (AsrGate(min_word_probability=opts.asr_min_word_probability, languages=opts.asr_languages)
+                     if opts.asr_gate else AsrGate.off())
         asr = SpeechRecognizer(opts.asr_model, device=opts.device,
-                               options=AsrOptions(language=opts.language, beam_size=opts.asr_beam_size))
+                               options=AsrOptions(language=opts.language, beam_size=opts.asr_beam_size,
+                                                  gate=gate_opts))
         mods.append(SpeechTextModality(gate=gate if share_gate else new_gate(), asr=asr, backend=opts.backend,
                                        device=opts.device))
     return mods

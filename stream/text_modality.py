@@ -1,11 +1,17 @@
 """The speech-text ("text") modality: what was said in the window, classified by the speech head.
 
 Per window: the speech gate's decision (shared with the audio modality) -> on speech, the
-Whisper transcript (``inp.shared["transcript"]``; computed here unless another stage already
-did) -> all-MiniLM-L6-v2 embedding -> the committed ``speech`` head (GoEmotions) -> 8 basic
-probabilities. The transcript goes into the window record (``modalities.text.transcript``);
-the embedding is the modality's feature. Absent, with the reason, when the window has no
-audio, no speech, an empty transcript, or when speech to text failed.
+window's words from the recogniser's transcript store (``inp.shared["transcript"]``; each
+stretch of audio is transcribed once, words are given to windows by timestamp and kept only
+where the VAD heard speech) -> the recogniser's evidence gate (:class:`stream.asr.AsrGate`) ->
+all-MiniLM-L6-v2 embedding -> the committed ``speech`` head (GoEmotions) -> 8 basic
+probabilities. The transcript goes into the window record (``modalities.text.transcript``)
+with the evidence (``asr_avg_logprob``, ``asr_no_speech_prob``, ``asr_compression_ratio``,
+``asr_word_probability``, ``asr_language`` with a multilingual model, ``asr_calls``,
+``asr_ms``) and ``confidence`` (mean word probability, 0..1), by which fusion scales the text's
+weight; the embedding is the modality's feature. Absent, with the reason, when the window has
+no audio, no speech, an empty transcript, a transcript the gate rejects ("low-confidence
+transcript", "off-language speech ...", ...), or when speech to text failed.
 """
 from __future__ import annotations
 
@@ -67,6 +73,9 @@ class SpeechTextModality:
             return ModalityOutput.absent("speech to text failed", **info)
         if not transcript.text.strip():
             return ModalityOutput.absent("empty transcript", **info)
+        rejected = self.asr.rejection(transcript)
+        if rejected is not None:
+            return ModalityOutput.absent(rejected, **info)
         probs, emb = self.head.predict_with_embeddings([transcript.text])
         return ModalityOutput(probs[0], emb[0], info)
 

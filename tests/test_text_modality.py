@@ -83,6 +83,31 @@ def test_pipeline_with_speech_modalities(sample, modalities):
         assert w["present"] == ["face", "text"]
     words = " ".join(w["modalities"]["text"]["transcript"].lower() for w in wins)
     assert "amazing" in words and "planet" in words
+    # a file: each window also gets the audio after it, so one Whisper call serves several windows
+    calls = [w["modalities"]["text"]["asr_calls"] for w in wins]
+    assert calls[0] == 1 and sum(calls) < len(wins), calls
+    for w in wins:
+        text = w["modalities"]["text"]
+        assert 0.5 < text["confidence"] <= 1.0 and text["asr_avg_logprob"] > -1.0  # for fusion to scale by
+
+
+def test_lagged_text_modality_transcribes_each_window_once(clip):
+    """Live sources run the text modality beside the stream (LaggedModality): no audio ahead,
+    one Whisper call per speech window, each on the new audio and the uncommitted tail."""
+    from stream.modalities import LaggedModality
+
+    mods = build_audio_modalities(AudioOptions(device="cpu"), share_gate=False)
+    lagged = LaggedModality(mods[1], budget_s=30.0)
+    try:
+        lagged.load()
+        outs = [lagged(window_input(w, a)) for w, a in windows_of(clip)]
+    finally:
+        lagged.close()
+        mods[0].close()
+    assert all(o.basic is not None and o.info["lag_windows"] == 0 for o in outs), [o.info for o in outs]
+    assert [o.info["asr_calls"] for o in outs] == [1] * len(outs)
+    words = " ".join(o.info["transcript"].lower() for o in outs)
+    assert "space" in words and "planet" in words
 
 
 def test_pipeline_without_an_audio_track(video_only, modalities):
