@@ -57,6 +57,10 @@ def _run_recording_modules(tmp_path, *args):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), str(ROOT)]),
            "CER_STREAM_CACHE": str(tmp_path / "cache"), "CER_STREAM_NATIVE_LOGS": "1",
            "CER_TEST_MODULES": str(modules_file)}
+    # a fresh model cache, but the face-api.js weights (fetched by `make install`) where they are
+    from engines.faceapi import WEIGHTS_ENV, weights_dir
+
+    env[WEIGHTS_ENV] = str(weights_dir())
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "stream.cli", *args],
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
