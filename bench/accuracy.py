@@ -572,30 +572,68 @@ def compound_score(items: Sequence[Item], basic: np.ndarray) -> dict[str, Any]:
     }
 
 
+def pipeline_basic(folder: Path, items: Sequence[Item], analyzer: Any) -> np.ndarray:
+    """[N, 8] basic probabilities of a ``stream.face.FaceAnalyzer`` run one image at a time (NaN
+    rows: no face), exactly as ``cer-stream images`` runs it."""
+    basic = np.full((len(items), len(BASIC)), np.nan, np.float32)
+    for i, it in enumerate(items):
+        res = analyzer.analyse([(i, 0.0, read_rgb(folder / it.path))])[0]
+        if res.found:
+            basic[i] = res.basic
+    return basic
+
+
+def _images_analyzer(model: Any = None) -> Any:
+    from stream.face import FaceAnalyzer, FaceDetector
+
+    # as `cer-stream images`: every detection validated, no tracking between unrelated images
+    return FaceAnalyzer(detector=FaceDetector(validate_every_frame=True), model=model, track=False)
+
+
 def evaluate_default(items: Sequence[Item] | None = None, *, data: str | Path | None = None,
                      analyzer: Any = None) -> dict[str, Any]:
     """The DEFAULT face path on faces_dev images (all of them when ``items`` is None): a
     ``stream.face.FaceAnalyzer`` built as ``cer-stream images`` builds it (its default model and
     crop, every detection validated, no tracking), one image at a time. Returns :func:`score`'s
     dict plus ``model`` (the analyzer's model name)."""
-    from stream.face import FaceAnalyzer, FaceDetector
-
     folder, all_items = load_faces_dev(data)
     items = all_items if items is None else list(items)
     own = analyzer is None
-    analyzer = analyzer or FaceAnalyzer(detector=FaceDetector(validate_every_frame=True), track=False)
+    analyzer = analyzer or _images_analyzer()
     try:
-        basic = np.full((len(items), len(BASIC)), np.nan, np.float32)
-        for i, it in enumerate(items):
-            res = analyzer.analyse([(i, 0.0, read_rgb(folder / it.path))])[0]
-            if res.found:
-                basic[i] = res.basic
+        basic = pipeline_basic(folder, items, analyzer)
         out = score(np.array([it.label for it in items], np.int64), predictions(basic))
         out["model"] = getattr(analyzer.model, "name", type(analyzer.model).__name__)
         return out
     finally:
         if own:
             analyzer.close()
+
+
+def evaluate_pipeline(folder: Path, items: Sequence[Item], names: Sequence[str]) -> dict[str, Any]:
+    """Each ``--face-model`` in ``names`` through the real face path (detector, validation, the
+    model's own crop): :func:`score`'s dict and the compound check, per model; a model that
+    cannot load is reported and skipped."""
+    from stream.face import LITE_DEFAULT_FACE_MODEL, load_face_model
+
+    y_true = np.array([it.label for it in items], np.int64)
+    out: dict[str, Any] = {"default": LITE_DEFAULT_FACE_MODEL, "models": {}, "skipped": {}}
+    for name in names:
+        try:
+            analyzer = _images_analyzer(load_face_model(name))
+        except (OSError, LookupError, ValueError, RuntimeError) as exc:
+            out["skipped"][name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            continue
+        try:
+            t0 = time.perf_counter()
+            basic = pipeline_basic(folder, items, analyzer)
+            res = score(y_true, predictions(basic))
+            res["compound"] = compound_score(items, basic)
+            res["seconds"] = round(time.perf_counter() - t0, 1)
+            out["models"][name] = res
+        finally:
+            analyzer.close()
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -671,6 +709,24 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(f"- {note}")
     if res["notes"]:
         lines.append("")
+    pipe = res.get("pipeline")
+    if pipe and pipe["models"]:
+        lines += ["## The face path as it runs", "",
+                  "Each `--face-model` through `stream.face.FaceAnalyzer` as `cer-stream images` runs it "
+                  "(MediaPipe detection, FaceMesh validation, each model on its own crop from "
+                  f"`stream.face_crops`); `{pipe['default']}` is the lite profile's default.", "",
+                  "| --face-model | macro-F1 | accuracy | " + " | ".join(CLASSES)
+                  + " | no face | compound blends, PPA macro-F1 (n) | seconds |",
+                  "|---|---:|---:|" + "---:|" * len(CLASSES) + "---:|---:|---:|"]
+        for name, r in pipe["models"].items():
+            c = r["compound"]
+            label = f"**{name}** (default)" if name == pipe["default"] else name
+            lines.append(f"| {label} | {_pct(r['macro_f1'])} | {_pct(r['accuracy'])} | "
+                         + " | ".join(_pct(r["per_class_f1"][k]) for k in CLASSES)
+                         + f" | {r['no_face']} | {_pct(c['macro_f1_present'])} ({c['n']}) | {r['seconds']} |")
+        for name, why in pipe["skipped"].items():
+            lines.append(f"- {name} skipped: {why}")
+        lines += ["", "## Every model x crop variant (model outputs on cached boxes)", ""]
     lines.append("| variant | " + " | ".join(models) + " | what |")
     lines.append("|---|" + "---:|" * len(models) + "---|")
     for v in res["variants"]:
@@ -795,6 +851,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default=None, metavar="PATTERNS", help="comma-separated names or globs")
     p.add_argument("--list-variants", action="store_true", help="print the variants and exit")
     p.add_argument("--no-text", action="store_true", help="skip the text heads")
+    p.add_argument("--no-pipeline", action="store_true",
+                   help="skip running each --face-model through the real face path (FaceAnalyzer)")
     p.add_argument("--no-cache", action="store_true", help="ignore and do not write bench/.cache/")
     p.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
                    help="also a PNG of confusion matrices (default path beside the JSON)")
@@ -882,6 +940,11 @@ def main(argv: list[str] | None = None) -> int:
             if vname in probs[m]:
                 compound[m][vname] = compound_score(items, probs[m][vname])
 
+    pipeline = None
+    if not args.no_pipeline:
+        say("the face path as it runs: each --face-model through FaceAnalyzer")
+        pipeline = evaluate_pipeline(folder, items, ["ensemble", "faceapi", "minixception"])
+
     text = None
     text_skipped = None
     if not args.no_text:
@@ -922,6 +985,7 @@ def main(argv: list[str] | None = None) -> int:
                                       for c in sorted({blend_compound(it) for it in comp_items})},
                    "other_pairs": other_pairs},
         "compound": compound,
+        "pipeline": pipeline,
         "text": text,
         "text_skipped": text_skipped,
     }
