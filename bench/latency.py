@@ -8,7 +8,7 @@ physical floor (decode only) and a peer (the ``fer`` package) in the same run.
                             [--backend auto|onnxruntime|tensorrt] [--device auto|cpu|cuda]
 
 What runs
-  * the pipeline, in this process: ``stream.analyzer.Analyzer`` with its own
+  * the pipeline, in this process: ``stream.runtime.analyzer.Analyzer`` with its own
     capture process (PyAV -> ZeroMQ), the CLI's face analyzer (built by the
     CLI's own code for the model options), modality set and fusion, and a
     sink that collects the records (and serialises each to JSON, as the JSON
@@ -382,7 +382,7 @@ class CollectingSink:
     (into memory) to time the output stage, charged to the window the record follows."""
 
     def __init__(self) -> None:
-        from stream.sinks import dumps
+        from stream.sinks.outputs import dumps
 
         self._dumps = dumps
         self.records: list[dict] = []
@@ -409,9 +409,9 @@ class CollectingSink:
 
 # --------------------------------------------------------------------------- the pipeline
 def build_face(args) -> tuple[object, dict]:
-    """The command line's face analyzer (``stream.cli.build_face_analyzer``) for --profile, --backend,
+    """The command line's face analyzer (``stream.cli.main.build_face_analyzer``) for --profile, --backend,
     --device and --face-weights, so the benchmark runs what ``cer-stream`` runs."""
-    from stream import cli
+    from stream.cli import main as cli
 
     ns = argparse.Namespace(profile=args.profile, backend=args.backend, device=args.device,
                             face_weights=args.face_weights, face_model=args.face_model,
@@ -501,9 +501,9 @@ class RunResult:
 
 
 def run_pipeline(video: str, face, *, realtime: bool, max_side: int, face_only: bool = False) -> RunResult:
-    from stream import cli
-    from stream.analyzer import Analyzer, Options, Source
-    from stream.modalities import FaceModality
+    from stream.cli import main as cli
+    from stream.runtime.analyzer import Analyzer, Options, Source
+    from stream.modalities.base import FaceModality
 
     sink = CollectingSink()
     if face_only:
@@ -558,9 +558,9 @@ def decode_pass(video: str, max_side: int, *, keep_frames: bool = False, limit: 
     5 fps grid frames to RGB at the pipeline's size, resample the audio to 16 kHz mono."""
     import av
 
-    from stream.capture import scaled_size
-    from stream.messages import AUDIO_RATE
-    from stream.windows import SAMPLE_FPS, SampleClock
+    from stream.io.capture import scaled_size
+    from stream.core.messages import AUDIO_RATE
+    from stream.core.windows import SAMPLE_FPS, SampleClock
 
     t_open = time.perf_counter()
     container = av.open(video, mode="r")
@@ -1054,7 +1054,7 @@ def parse_args(argv):
     p.add_argument("--face-only", action="store_true",
                    help="run the face modality alone (default: the CLI's full modality set, ASR included)")
     p.add_argument("--max-side", type=int, default=960, help="frame size limit, as the CLI's --max-side (default 960)")
-    from stream.cli import add_model_args
+    from stream.cli.main import add_model_args
 
     add_model_args(p)  # --profile, --face-weights, --backend, --device: the same as cer-stream's
     args = p.parse_args(argv)
@@ -1069,7 +1069,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("GLOG_minloglevel", "2")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from stream.cli import silence_native_stderr
+    from stream.cli.main import silence_native_stderr
 
     silence_native_stderr()  # MediaPipe/TFLite write to fd 2; our own messages still reach stderr
     log(f"loading models (backend {args.backend})")
@@ -1154,7 +1154,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.md:
         Path(args.md).write_text(md, encoding="utf-8")
     if args.json:
-        from stream.sinks import dumps
+        from stream.sinks.outputs import dumps
 
         Path(args.json).write_text(dumps(res) + "\n", encoding="utf-8")
     if args.plot:

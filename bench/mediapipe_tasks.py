@@ -7,12 +7,12 @@ Measures, on this machine:
 
 1. **Per-frame cost** on the video's frames (decoded with PyAV, RGB): the face path's
    locate step (detect, then validate the largest face) with the legacy
-   ``stream.face.FaceDetector`` and with ``stream.landmarker.TaskFaceDetector`` (with and
+   ``stream.modalities.face.FaceDetector`` and with ``stream.modalities.landmarker.TaskFaceDetector`` (with and
    without blendshapes every frame), after 10 warm-up frames; median / p95 / mean ms.
 2. **faces_dev** (1,232 posed photographs; evaluation only, nothing is fitted): faces found by
    each path, IoU of the Tasks box vs the legacy box, and the 7-class macro-F1 of fer's
    face model (default: the lite profile's, ``--face-model`` to choose) on each path's box, each
-   model on its own crop (``stream.face_crops``), as ``FaceAnalyzer.analyse`` cuts it.
+   model on its own crop (``stream.modalities.face_crops``), as ``FaceAnalyzer.analyse`` cuts it.
 3. **Blendshapes as evidence**: ``blendshape_basic_probs`` (hand-set AU-prototype rule, Du et
    al. 2014 and EMFACS tables) alone and combined with the face model's probabilities with
    fixed weights chosen beforehand (product p_x^(1-w) p_b^w and mean (1-w) p_x + w p_b, w in
@@ -39,9 +39,9 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from stream.face import iou  # noqa: E402
-from stream.labels import BASIC  # noqa: E402
-from stream.landmarker import TaskFaceDetector, blendshape_basic_probs  # noqa: E402
+from stream.modalities.face import iou  # noqa: E402
+from stream.core.labels import BASIC  # noqa: E402
+from stream.modalities.landmarker import TaskFaceDetector, blendshape_basic_probs  # noqa: E402
 
 FACES = Path("/work/shared/data/faces_dev")
 CACHE = ROOT / "bench" / ".cache"
@@ -90,11 +90,11 @@ def legacy_available() -> bool:
 
 def make(kind: str):
     if kind == "legacy":
-        from stream.face import FaceDetector
+        from stream.modalities.face import FaceDetector
 
         return FaceDetector()
     if kind == "legacy_every":
-        from stream.face import FaceDetector
+        from stream.modalities.face import FaceDetector
 
         return FaceDetector(validate_every_frame=True)
     if kind == "tasks":
@@ -208,7 +208,7 @@ def top7(b: np.ndarray) -> str:
 def bench_faces(faces: Path, kinds: list[str], use_cache: bool, face_model: str | None = None) -> dict:
     import cv2
 
-    from stream.face import load_face_model
+    from stream.modalities.face import load_face_model
 
     rows = list(csv.DictReader(open(faces / "labels.csv", newline="")))
     boxes = faces_boxes(faces, kinds, use_cache)
@@ -228,7 +228,7 @@ def bench_faces(faces: Path, kinds: list[str], use_cache: bool, face_model: str 
                 bxs.append(tuple(b))
                 idx.append(i)
         pr = np.full((len(rows), len(BASIC)), np.nan, np.float32)
-        for s in range(0, len(images), 64):  # each model cuts its own crop (stream.face_crops)
+        for s in range(0, len(images), 64):  # each model cuts its own crop (stream.modalities.face_crops)
             pr[idx[s:s + 64]] = model.predict(images[s:s + 64], bxs[s:s + 64])[1]
         probs[kind] = pr
     model.close()

@@ -85,7 +85,7 @@ def models_parser() -> argparse.ArgumentParser:
 
 
 def _list(args) -> int:
-    from . import registry as reg
+    from engines.models import registry as reg
 
     specs = reg.for_profile(args.profile) if args.profile else list(reg.registry().values())
     records = []
@@ -111,7 +111,7 @@ def _list(args) -> int:
 
 
 def _export(args) -> int:
-    from . import registry as reg
+    from engines.models import registry as reg
 
     spec = reg.get(args.name)
     path = reg.export(spec, weights=args.weights, cache_dir=args.cache_dir, out=args.out)
@@ -120,13 +120,13 @@ def _export(args) -> int:
 
 
 #: Models whose weights ``models fetch`` can download: name -> "module:function(cache_dir) -> folder".
-FETCHERS = {"faceapi-expression": "engines.faceapi:fetch"}
+FETCHERS = {"faceapi-expression": "engines.models.faceapi:fetch"}
 
 
 def _fetch(args) -> int:
     import importlib
 
-    from . import registry as reg
+    from engines.models import registry as reg
 
     spec = reg.get(args.name)
     if spec.name not in FETCHERS:
@@ -157,8 +157,8 @@ def models_main(argv: list[str]) -> int:
 
 
 def _guarded(prog: str, action, args) -> int:
-    from .registry import MetadataMismatch, UnknownModel, WeightsNotFound
-    from .select import EngineUnavailable
+    from engines.models.registry import MetadataMismatch, UnknownModel, WeightsNotFound
+    from engines.select import EngineUnavailable
 
     logging.basicConfig(level=logging.INFO, format=f"{PROG}: %(message)s")
     try:
@@ -198,7 +198,7 @@ def engines_parser() -> argparse.ArgumentParser:
 
 
 def _info(args) -> int:
-    from .select import gpu_available, resolve, tensorrt_status
+    from engines.select import gpu_available, resolve, tensorrt_status
 
     ok, reason = tensorrt_status()
     backend, device = resolve("auto", "auto")
@@ -231,8 +231,8 @@ def tensorrt_axes(spec) -> dict | None:
 
 
 def _build(args) -> int:
-    from . import registry as reg
-    from .select import create_engine, resolve
+    from engines.models import registry as reg
+    from engines.select import create_engine, resolve
 
     batch = _parse_batch(args.batch)
     backend, device = resolve(args.backend, "auto")  # EngineUnavailable -> exit 2 before any work

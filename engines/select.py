@@ -19,7 +19,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from .base import Engine
+from engines.base import Engine
 
 log = logging.getLogger("cer_stream.engines")
 
@@ -144,13 +144,13 @@ def create_engine(onnx_path: str | Path, *, backend: str = "auto", device: str =
     """
     chosen, dev = resolve(backend, device)
     if chosen == "tensorrt":
-        from .tensorrt_backend import TrtEngine
+        from engines.runtimes.tensorrt import TrtEngine
 
         allowed = {"expect_metadata", "batch", "fixed_axes", "fp16", "device_id", "cache_dir", "workspace_bytes"}
         cls = TrtEngine
         args = {}
     else:
-        from .onnxruntime_backend import OrtEngine
+        from engines.runtimes.onnxruntime import OrtEngine
 
         allowed = {"expect_metadata", "intra_op_threads", "inter_op_threads"}
         cls = OrtEngine

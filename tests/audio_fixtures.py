@@ -13,7 +13,7 @@ RATE = 16000
 
 def decode_16k(path: str | Path) -> np.ndarray:
     """The first audio stream of ``path`` as float32 16 kHz mono (as the capture process resamples)."""
-    from stream.capture import decode_audio_file
+    from stream.io.capture import decode_audio_file
 
     return decode_audio_file(path)
 
@@ -30,7 +30,7 @@ def espeak(text: str, path: Path, *, lead_s: float = 0.5, tail_s: float = 0.5) -
 
 def windows_of(audio: np.ndarray):
     """(Window, samples) for each analysis window of ``audio``, as the analyzer slices them."""
-    from stream.windows import plan_windows
+    from stream.core.windows import plan_windows
 
     for w in plan_windows(audio.shape[0] / RATE):
         a, b = int(round(w.start * RATE)), int(round(w.end * RATE))
@@ -42,6 +42,6 @@ def windows_of(audio: np.ndarray):
 
 def window_input(window, audio):
     """A WindowInput with no frames (audio-only modalities)."""
-    from stream.modalities import WindowInput
+    from stream.modalities.base import WindowInput
 
     return WindowInput(window, 25.0, [], [], audio, 1.0 if audio is not None else 0.0)

@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT / "samples"))
 
 
 def cer_stream(*args: str, timeout: float = 180, check: bool = False, **kw) -> subprocess.CompletedProcess:
-    """Run the real command line (``python -m stream.cli``) in a subprocess."""
+    """Run the real command line (``python -m stream.cli.main``) in a subprocess."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "stream.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=kw.pop("cwd", ROOT), **kw)

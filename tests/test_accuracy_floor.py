@@ -1,6 +1,6 @@
 """The default face path keeps its accuracy on real posed faces (faces_dev, evaluation only).
 
-``bench/accuracy.py``'s :func:`evaluate_default` runs whatever ``stream.face.FaceAnalyzer``
+``bench/accuracy.py``'s :func:`evaluate_default` runs whatever ``stream.modalities.face.FaceAnalyzer``
 runs by default (its default model and that model's crop, as ``cer-stream images`` builds it) on
 a fixed subset of faces_dev: 20 images per posed class, each class's images sorted by path and
 every k-th taken (140 images). Switching the default model or crop needs no change here; raise

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from audio_fixtures import RATE, espeak, window_input
-from stream.asr import AsrUnavailableError, SpeechRecognizer, default_model_dir, word_error_rate, word_errors
-from stream.windows import Window
+from stream.modalities.speech.asr import AsrUnavailableError, SpeechRecognizer, default_model_dir, word_error_rate, word_errors
+from stream.core.windows import Window
 
 MAX_WER = 0.30
 SENTENCES = [

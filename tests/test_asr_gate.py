@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from audio_fixtures import RATE, espeak, window_input, windows_of
-from stream.asr import (AsrGate, SegmentEvidence, SpeechRecognizer, Transcript, TranscriptStore, Word,
+from stream.modalities.speech.asr import (AsrGate, SegmentEvidence, SpeechRecognizer, Transcript, TranscriptStore, Word,
                         speech_words, word_errors)
-from stream.windows import Window, plan_windows
+from stream.core.windows import Window, plan_windows
 
 GOOD = SegmentEvidence(-0.3, 0.1, 1.0)
 
@@ -181,8 +181,8 @@ def test_gate_on_espeak_speech_through_tiny_en(asr, tmp_path, voice, text, passe
 
 
 def test_text_modality_absent_for_mandarin_present_for_english(asr, tmp_path):
-    from stream.text_modality import SpeechTextModality
-    from stream.vad import SpeechGate
+    from stream.modalities.text import SpeechTextModality
+    from stream.modalities.speech.vad import SpeechGate
 
     mod = SpeechTextModality(gate=SpeechGate(), asr=asr, device="cpu")
     zh = speak("我非常高兴见到你，我的朋友。", tmp_path / "zh.wav", "cmn")[:4 * RATE]
@@ -245,7 +245,7 @@ def test_window_gets_text_only_for_speech_inside_it(asr, tmp_path):
     audio = np.concatenate([a, gap, b])
     a_end = a.shape[0] / RATE
     assert a_end < 3.9
-    from stream.vad import SpeechGate
+    from stream.modalities.speech.vad import SpeechGate
 
     gate = SpeechGate()
     asr.reset_states()
@@ -297,8 +297,8 @@ def test_gate_options_from_the_command_line():
     """--asr-min-word-prob, --asr-languages and --no-asr-gate reach the recogniser's gate."""
     import argparse
 
-    from stream.asr import AsrGate
-    from stream.audio_modality import AudioOptions, add_audio_args
+    from stream.modalities.speech.asr import AsrGate
+    from stream.modalities.audio import AudioOptions, add_audio_args
 
     p = argparse.ArgumentParser()
     add_audio_args(p)

@@ -15,11 +15,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from audio_fixtures import RATE, decode_16k, window_input, windows_of
-from stream.audio_modality import (NO_MODEL, AudioOptions, SpeechEmotionModality, SpeechEmotionModel,
+from stream.modalities.audio import (NO_MODEL, AudioOptions, SpeechEmotionModality, SpeechEmotionModel,
                                    add_audio_args, build_audio_modalities)
-from stream.labels import BASIC
-from stream.vad import SpeechGate
-from stream.windows import Window
+from stream.core.labels import BASIC
+from stream.modalities.speech.vad import SpeechGate
+from stream.core.windows import Window
 
 # Lower-case names in an order unlike BASIC's, without Other: the mapping must go by name.
 LABELS = ["happy", "sad", "angry", "neutral", "surprise", "fear", "disgust"]
@@ -177,7 +177,7 @@ def test_build_from_command_line_options(tmp_path):
 def test_registry_stamped_model_keeps_its_contract(tmp_path, clip):
     """``cer-stream models export wavlm-speech-emotion --weights FILE`` stamps the registry's
     metadata; the labels, output kind and normalisation the modality reads survive it."""
-    registry = pytest.importorskip("engines.registry")
+    registry = pytest.importorskip("engines.models.registry")
     src = tmp_path / "user.onnx"
     w, b = tiny_model(src, seed=3, normalize=True)
     stamped = registry.export("wavlm-speech-emotion", weights=src, cache_dir=tmp_path / "cache")

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream import calibrate as cal
-from stream.calibrate import CalibrationError, load_calibration
-from stream.compound import PFSA
-from stream.fusion import DirichletWeights, MHPF
-from stream.labels import BASIC, COMPOUND
-from stream.sinks import CSV_HEADER
+from stream.offline import calibrate as cal
+from stream.offline.calibrate import CalibrationError, load_calibration
+from stream.fusion.compound import PFSA
+from stream.fusion.schemes import DirichletWeights, MHPF
+from stream.core.labels import BASIC, COMPOUND
+from stream.sinks.outputs import CSV_HEADER
 
 FPS = 25.0
 WINDOWS_PER_VIDEO = 10

@@ -4,8 +4,8 @@ import threading
 import numpy as np
 import zmq
 
-from stream import messages as m
-from stream.capture import CaptureConfig, _Stop, run_av_capture, run_mic_capture, scaled_size
+from stream.core import messages as m
+from stream.io.capture import CaptureConfig, _Stop, run_av_capture, run_mic_capture, scaled_size
 
 
 def _collect(endpoints, target, timeout_s=30.0):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import cer_stream, records
-from stream.labels import BASIC, COMPOUND
-from stream.redact import redact
+from stream.core.labels import BASIC, COMPOUND
+from stream.core.redact import redact
 
 
 @pytest.fixture(scope="module")

@@ -17,16 +17,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines import registry as reg
+from engines.models import registry as reg
 from engines.export.clip_labels import FORMAT, read_labels, write_labels
 from engines.export.common import finish
-from stream.clip_modality import (CLIP_FRAME_INDICES, NO_WEIGHTS, ClipLabelModality, add_clip_args,
+from stream.modalities.clip import (CLIP_FRAME_INDICES, NO_WEIGHTS, ClipLabelModality, add_clip_args,
                                   build_clip_modality, preprocess, select_frames)
-from stream.labels import BASIC, COMPOUND
-from stream.messages import VideoFrame
-from stream.modalities import AbsentModality, WindowInput
-from stream.temporal import CLIP_FEATURES, clip_sequence
-from stream.windows import SAMPLE_FPS, SampleClock, full_window
+from stream.core.labels import BASIC, COMPOUND
+from stream.core.messages import VideoFrame
+from stream.modalities.base import AbsentModality, WindowInput
+from stream.modalities.temporal import CLIP_FEATURES, clip_sequence
+from stream.core.windows import SAMPLE_FPS, SampleClock, full_window
 
 from conftest import SAMPLE, cer_stream, records
 
@@ -289,9 +289,9 @@ def test_temporal_reads_the_clip_features(files, frames, tmp_path):
     """A temporal model of the ``clip`` feature kind after the clip modality: present; with CLIP
     absent it is absent with its reason and nothing else changes."""
     torch = pytest.importorskip("torch")
-    from stream.temporal import TemporalModality
-    from stream.temporal_data import SequenceData
-    from stream.temporal_train import TrainOptions, build_model, export_onnx, model_metadata
+    from stream.modalities.temporal import TemporalModality
+    from stream.offline.temporal_data import SequenceData
+    from stream.offline.temporal_train import TrainOptions, build_model, export_onnx, model_metadata
 
     torch.manual_seed(0)
     opts = TrainOptions(arch="transformer", hidden=16, heads=2, layers=1)

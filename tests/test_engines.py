@@ -14,8 +14,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from engines import select
-from engines import tensorrt_backend as trtb
-from engines.onnxruntime_backend import OrtEngine
+from engines.runtimes import tensorrt as trtb
+from engines.runtimes.onnxruntime import OrtEngine
 
 
 def tiny_onnx(path, *, batch_dim="N", extra_dynamic=False, weights_seed=0):

@@ -16,9 +16,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from engines import registry as reg
+from engines.models import registry as reg
 from engines.export.common import ExportError, parsed_metadata
-from engines.onnxruntime_backend import OrtEngine
+from engines.runtimes.onnxruntime import OrtEngine
 
 # torch 2.10+ marks TorchScript deprecated; the EmoAffectNet release is TorchScript all the same.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*:DeprecationWarning")

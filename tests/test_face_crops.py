@@ -1,11 +1,11 @@
-"""stream.face_crops: crop geometry for each square mode, margins, borders, on a real photograph."""
+"""stream.modalities.face_crops: crop geometry for each square mode, margins, borders, on a real photograph."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from stream.face import expand_box
-from stream.face_crops import DEFAULT, FACEAPI, FER, CropSpec, crop_box, crop_face
+from stream.modalities.face import expand_box
+from stream.modalities.face_crops import DEFAULT, FACEAPI, FER, CropSpec, crop_box, crop_face
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -121,7 +121,7 @@ def test_fer_convention_matches_fers_own_arithmetic(rgb):
     padding of the grey frame) on the same integer box; the grey crop equals what fer cuts."""
     import cv2
 
-    from engines.mini_xception import crop_face as fer_crop
+    from engines.models.mini_xception import crop_face as fer_crop
 
     bgr = np.ascontiguousarray(rgb[:, :, ::-1])
     for box in [FACE, CORNER, (440, 300, 530, 420)]:

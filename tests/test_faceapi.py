@@ -1,8 +1,8 @@
-"""face-api.js's expression network ported to ONNX (engines/faceapi.py), checked against the
+"""face-api.js's expression network ported to ONNX (engines/models/faceapi.py), checked against the
 original: @vladmandic/face-api's own FaceExpressionNet run by TensorFlow.js (pure-JS cpu
 backend) in Node (tests/node/faceapi_reference.mjs), on real face crops.
 
-The weights are the real shipped ones, got through ``engines.faceapi.fetch`` (npm pack, pinned
+The weights are the real shipped ones, got through ``engines.models.faceapi.fetch`` (npm pack, pinned
 checksums) into a temporary cache unless ``CER_STREAM_FACEAPI`` or the default cache already
 holds them. Tests skip only where node/npm (or tests/node/node_modules, which a session fixture
 installs with ``npm ci``) are unavailable.
@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import skimage.data
 
-from engines import faceapi as fa
-from engines import registry as reg
+from engines.models import faceapi as fa
+from engines.models import registry as reg
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_DIR = ROOT / "tests" / "node"
@@ -178,7 +178,7 @@ def test_registry_entry():
 
 
 def test_labels_map_to_basic_states():
-    from stream.labels import basic_name
+    from stream.core.labels import basic_name
 
     assert [basic_name(label) for label in fa.LABELS] == [
         "Neutral", "Happiness", "Sadness", "Anger", "Fear", "Disgust", "Surprise"]
@@ -296,7 +296,7 @@ def test_graph_structure_and_metadata(onnx_path, session):
 
 
 def test_engine_runs_the_export(onnx_path, astronaut_crops):
-    from engines.onnxruntime_backend import OrtEngine
+    from engines.runtimes.onnxruntime import OrtEngine
 
     with OrtEngine(onnx_path) as engine:
         reg.check_metadata(engine, reg.get(fa.NAME))

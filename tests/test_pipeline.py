@@ -10,8 +10,8 @@ import pytest
 import zmq
 
 from conftest import ROOT, CollectSink, cer_stream, records
-from stream.labels import BASIC, COMPOUND
-from stream.sinks import CSV_HEADER
+from stream.core.labels import BASIC, COMPOUND
+from stream.sinks.outputs import CSV_HEADER
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +239,7 @@ class _SlowModality:
         self.seconds = seconds
 
     def __call__(self, inp):
-        from stream.modalities import ModalityOutput
+        from stream.modalities.base import ModalityOutput
 
         time.sleep(self.seconds)
         return ModalityOutput.absent("test modality")
@@ -251,8 +251,8 @@ class _SlowModality:
 def test_live_source_never_waits_for_a_slow_analyzer(sample):
     """--realtime behaves as a live source: when analysis is slower than media time the analyzer
     skips to the newest complete window and says so; capture is never held up."""
-    from stream.analyzer import Analyzer, Options, Source
-    from stream.modalities import FaceModality
+    from stream.runtime.analyzer import Analyzer, Options, Source
+    from stream.modalities.base import FaceModality
 
     sink = CollectSink()
     an = Analyzer(Source("video", str(sample)), [sink], options=Options(realtime=True),

@@ -13,10 +13,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import ROOT
-from engines import registry as reg
+from engines.models import registry as reg
 from engines import select
 from engines.cli import engines_main, models_main
-from engines.onnxruntime_backend import OrtEngine
+from engines.runtimes.onnxruntime import OrtEngine
 
 # Every model of DESIGN.md's table of weights (both columns).
 DESIGN_TABLE = {
@@ -81,7 +81,7 @@ def test_every_design_table_model_has_an_entry():
 
 def test_exporter_modules_import_without_torch():
     code = ("import importlib, sys\n"
-            "from engines import registry as r\n"
+            "from engines.models import registry as r\n"
             "for s in r.registry().values():\n"
             "    if s.exporter and s.exporter.startswith('engines.export.'):\n"
             "        m, _, f = s.exporter.partition(':')\n"

@@ -5,9 +5,9 @@ import time
 import numpy as np
 import zmq
 
-from stream import messages as m
-from stream.receiver import Receiver, SourceState
-from stream.ringbuffer import BLOCK, DROP_OLDEST, AudioRing, FrameRing
+from stream.core import messages as m
+from stream.io.receiver import Receiver, SourceState
+from stream.io.ringbuffer import BLOCK, DROP_OLDEST, AudioRing, FrameRing
 
 
 def frame(i, pts=None):

@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream.face import FaceResult
-from stream.labels import BASIC
-from stream.messages import VideoFrame
-from stream.modalities import WindowInput
-from stream.scene import (PROMPT, SceneModality, SceneOptions, SceneWorker, add_scene_args,
+from stream.modalities.face import FaceResult
+from stream.core.labels import BASIC
+from stream.core.messages import VideoFrame
+from stream.modalities.base import WindowInput
+from stream.modalities.scene import (PROMPT, SceneModality, SceneOptions, SceneWorker, add_scene_args,
                           build_scene_modality, endpoint_url, parse_caption, pick_keyframes, VlmError)
-from stream.windows import full_window
+from stream.core.windows import full_window
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CER_STREAM_DATA", ROOT / ".." / "shared" / "data"))
@@ -510,15 +510,15 @@ def test_parse_caption_and_keyframes():
 def _text_head():
     """The committed scene head; where it is not trained yet, the same class (MiniLM encoder and
     all) with random weights, so that the encoder path is still exercised."""
-    from stream.scene import load_scene_head
+    from stream.modalities.scene import load_scene_head
 
     try:
         return load_scene_head(), True
     except RuntimeError:
         pass
     try:
-        from stream.texthead import TextHead
-        from engines.minilm import TextEncoder
+        from stream.modalities.speech.texthead import TextHead
+        from engines.models.minilm import TextEncoder
 
         encoder = TextEncoder(max_len=256)
     except Exception as exc:  # no texthead module or no MiniLM package here

@@ -46,7 +46,7 @@ def _run_recording_modules(tmp_path, *args):
     (hook / "sitecustomize.py").write_text(
         "import atexit, os, sys\n"
         "def _dump():\n"
-        "    if not sys.argv[0].endswith('cli.py'):\n"
+        "    if not sys.argv[0].endswith(os.path.join('cli', '__main__.py')):\n"
         "        return  # a capture or multiprocessing helper process, not the analyzer\n"
         "    with open(os.environ['CER_TEST_MODULES'], 'w') as f:\n"
         "        f.write('\\n'.join(sorted(sys.modules)))\n"
@@ -58,7 +58,7 @@ def _run_recording_modules(tmp_path, *args):
            "CER_STREAM_CACHE": str(tmp_path / "cache"), "CER_STREAM_NATIVE_LOGS": "1",
            "CER_TEST_MODULES": str(modules_file)}
     # a fresh model cache, but the face-api.js weights (fetched by `make install`) where they are
-    from engines.faceapi import WEIGHTS_ENV, weights_dir
+    from engines.models.faceapi import WEIGHTS_ENV, weights_dir
 
     env[WEIGHTS_ENV] = str(weights_dir())
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "stream.cli", *args],
@@ -83,8 +83,8 @@ def test_images_command_imports_no_torch(tmp_path):
     cv2.imwrite(str(image), skimage.data.astronaut()[:, :, ::-1])
     proc, attempted, loaded = _run_recording_modules(tmp_path, "images", str(image))
     assert '"face": true' in proc.stdout  # it really analysed the image
-    assert "stream.face" in attempted and "onnxruntime" in attempted, "importtime output not understood"
-    assert "stream.face" in loaded and "engines.onnxruntime_backend" in loaded
+    assert "stream.modalities.face" in attempted and "onnxruntime" in attempted, "importtime output not understood"
+    assert "stream.modalities.face" in loaded and "engines.runtimes.onnxruntime" in loaded
     _assert_torch_free(attempted, loaded)
 
 
@@ -92,5 +92,5 @@ def test_video_run_imports_no_torch(tmp_path, sample):
     """The analyzer process of a full --video run (face, VAD, speech-to-text, text head)."""
     proc, attempted, loaded = _run_recording_modules(tmp_path, "--video", str(sample), "--no-frames")
     assert '"transcript"' in proc.stdout and '"type": "end"' in proc.stdout  # every modality ran
-    assert {"stream.analyzer", "stream.vad", "stream.asr", "engines.minilm"} <= loaded
+    assert {"stream.runtime.analyzer", "stream.modalities.speech.vad", "stream.modalities.speech.asr", "engines.models.minilm"} <= loaded
     _assert_torch_free(attempted, loaded)

@@ -15,16 +15,16 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from stream.face import FaceResult  # noqa: E402
-from stream.labels import BASIC, FER_MINI_XCEPTION  # noqa: E402
-from stream.messages import VideoFrame  # noqa: E402
-from stream.modalities import WindowInput  # noqa: E402
-from stream.temporal import (CLIP_FEATURES, NO_MODEL, TemporalModality, TemporalModel, face_sequence,  # noqa: E402
+from stream.modalities.face import FaceResult  # noqa: E402
+from stream.core.labels import BASIC, FER_MINI_XCEPTION  # noqa: E402
+from stream.core.messages import VideoFrame  # noqa: E402
+from stream.modalities.base import WindowInput  # noqa: E402
+from stream.modalities.temporal import (CLIP_FEATURES, NO_MODEL, TemporalModality, TemporalModel, face_sequence,  # noqa: E402
                              resample_indices)
-from stream.temporal_data import DataError, SequenceData, load_sequences  # noqa: E402
-from stream.temporal_train import (TrainOptions, _modules, build_model, check_onnx, export_onnx,  # noqa: E402
+from stream.offline.temporal_data import DataError, SequenceData, load_sequences  # noqa: E402
+from stream.offline.temporal_train import (TrainOptions, _modules, build_model, check_onnx, export_onnx,  # noqa: E402
                                    model_metadata, train, train_temporal_main)
-from stream.windows import full_window  # noqa: E402
+from stream.core.windows import full_window  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(hidden=32, layers=2, heads=4, d_state=8, dropout=0.1, epochs=25, patience=25, lr=3e-3,
@@ -279,7 +279,7 @@ def test_clip_kind_reads_shared_features(tmp_path):
 def test_temporal_features_from_a_video(tmp_path, sample, capsys):
     """`cer-stream temporal-features` on the committed clip: the same face path and windows
     as the stream, window labels from a CSV (names or indices; unlabelled windows skipped)."""
-    from stream.temporal_data import temporal_features_main
+    from stream.offline.temporal_data import temporal_features_main
 
     labels = tmp_path / "labels.csv"
     labels.write_text("video,index,label\nastronaut,0,Happiness\nastronaut,1,0\nastronaut,2,happy\n")

@@ -6,12 +6,12 @@ import pytest
 
 from audio_fixtures import RATE, decode_16k, window_input, windows_of
 from conftest import CollectSink
-from stream.asr import SpeechRecognizer
-from stream.audio_modality import AudioOptions, build_audio_modalities
-from stream.labels import BASIC
-from stream.text_modality import SpeechTextModality
-from stream.vad import SpeechGate
-from stream.windows import Window
+from stream.modalities.speech.asr import SpeechRecognizer
+from stream.modalities.audio import AudioOptions, build_audio_modalities
+from stream.core.labels import BASIC
+from stream.modalities.text import SpeechTextModality
+from stream.modalities.speech.vad import SpeechGate
+from stream.core.windows import Window
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +62,8 @@ def test_unusable_recogniser_is_absent_with_reason(clip, tmp_path):
 
 
 def _run(path, modalities):
-    from stream.analyzer import Analyzer, Source
-    from stream.modalities import FaceModality
+    from stream.runtime.analyzer import Analyzer, Source
+    from stream.modalities.base import FaceModality
 
     sink = CollectSink()
     Analyzer(Source("video", str(path)), [sink], modalities=[FaceModality(), *modalities]).run()
@@ -94,7 +94,7 @@ def test_pipeline_with_speech_modalities(sample, modalities):
 def test_lagged_text_modality_transcribes_each_window_once(clip):
     """Live sources run the text modality beside the stream (LaggedModality): no audio ahead,
     one Whisper call per speech window, each on the new audio and the uncommitted tail."""
-    from stream.modalities import LaggedModality
+    from stream.modalities.base import LaggedModality
 
     mods = build_audio_modalities(AudioOptions(device="cpu"), share_gate=False)
     lagged = LaggedModality(mods[1], budget_s=30.0)

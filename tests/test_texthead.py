@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream import texthead as T
-from stream.labels import BASIC
-from stream.metrics import macro_f1
+from stream.modalities.speech import texthead as T
+from stream.core.labels import BASIC
+from stream.offline.metrics import macro_f1
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = T.default_data_dir()
@@ -35,8 +35,8 @@ def run_py(code: str, *args: str, stdin: str | None = None, timeout: float = 240
                           timeout=timeout, env=env, cwd=ROOT)
 
 
-TEXT_MAIN = "import sys; from stream.texthead import text_main; sys.exit(text_main(sys.argv[1:]))"
-TRAIN_MAIN = "import sys; from stream.texthead import train_head_main; sys.exit(train_head_main(sys.argv[1:]))"
+TEXT_MAIN = "import sys; from stream.modalities.speech.texthead import text_main; sys.exit(text_main(sys.argv[1:]))"
+TRAIN_MAIN = "import sys; from stream.modalities.speech.texthead import train_head_main; sys.exit(train_head_main(sys.argv[1:]))"
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """Frame-wise overlap averaging and the ABAW CSV, on hand-worked numbers."""
 import numpy as np
 
-from stream.sinks import CSV_HEADER, AbawCsvSink
-from stream.timeline import Timeline
+from stream.sinks.outputs import CSV_HEADER, AbawCsvSink
+from stream.runtime.timeline import Timeline
 
 
 def onehot(n, i, v=1.0):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from audio_fixtures import RATE, decode_16k, window_input, windows_of
-from stream import vad as V
+from stream.modalities.speech import vad as V
 
 SPEECH_START_S = 0.25
 
@@ -54,7 +54,7 @@ def test_no_speech_in_silence(kind):
     n = 4 * RATE
     audio = (np.zeros(n, np.float32) if kind == "zeros"
              else np.random.default_rng(0).normal(0.0, 0.01, n).astype(np.float32))  # -40 dBFS hiss
-    from stream.windows import Window
+    from stream.core.windows import Window
 
     result = V.SpeechGate()(window_input(Window(0, 0.0, 4.0), audio))
     assert not result.is_speech
@@ -120,7 +120,7 @@ def test_changed_overlap_restarts_the_stream(clip):
 
 
 def test_gate_result_is_shared_per_window(clip):
-    from stream.windows import Window
+    from stream.core.windows import Window
 
     gate = V.SpeechGate()
     inp = window_input(Window(0, 0.0, 4.0), clip[: 4 * RATE])
@@ -132,7 +132,7 @@ def test_gate_result_is_shared_per_window(clip):
 
 def test_short_stream_is_one_window(clip):
     """A 1.5 s stream: one short window; its tail chunk is peeked, not committed."""
-    from stream.windows import plan_windows
+    from stream.core.windows import plan_windows
 
     audio = clip[: int(1.5 * RATE)]
     (w,) = plan_windows(1.5)

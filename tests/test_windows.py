@@ -1,6 +1,6 @@
 import pytest
 
-from stream.windows import SampleClock, Window, final_before, full_window, plan_windows
+from stream.core.windows import SampleClock, Window, final_before, full_window, plan_windows
 
 
 def spans(duration):

@@ -1,6 +1,6 @@
 """CLIP label prompts, embedded once at export time: the 8 basic states and the 7 compounds.
 
-The CLIP scene-label modality (``stream/clip_modality.py``) compares each frame's image
+The CLIP scene-label modality (``stream/modalities/clip.py``) compares each frame's image
 embedding with one embedding per label. Those label embeddings depend only on the weights and
 the prompt wording, so they are computed here, with torch and open_clip (the ``export``
 extra), and saved in a small ``.npz`` beside the exported towers: the runtime then needs the
@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from ..registry import ModelSpec
-from ..storage import atomic_write
-from .common import ExportError, source_info
+from engines.models.registry import ModelSpec
+from engines.models.storage import atomic_write
+from engines.export.common import ExportError, source_info
 
 EXPORT_VERSION = 1
 FORMAT = "cer-stream-clip-labels"
@@ -177,7 +177,7 @@ def read_labels(path: str | Path) -> dict[str, Any]:
 def _tokenizer_for(source: Path, model):
     import open_clip
 
-    from .clip_vit import ARCH_ENV
+    from engines.export.clip_vit import ARCH_ENV
 
     if source.is_dir():
         name = f"local-dir:{source}"
@@ -188,7 +188,7 @@ def _tokenizer_for(source: Path, model):
 
 def export(source: Path, target: Path, spec: ModelSpec) -> None:
     """Registry exporter (``convert`` kind): the label file of the open_clip model at ``source``."""
-    from .clip_vit import _weights_file, load_model
+    from engines.export.clip_vit import _weights_file, load_model
 
     model = load_model(source)
     arrays = encode_labels(model, tokenizer=_tokenizer_for(source, model))

@@ -21,8 +21,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..registry import ModelSpec
-from .common import ExportError, finish, source_info, torch_to_onnx
+from engines.models.registry import ModelSpec
+from engines.export.common import ExportError, finish, source_info, torch_to_onnx
 
 EXPORT_VERSION = 1
 ARCH_ENV = "CER_STREAM_CLIP_ARCH"

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from ..registry import ModelSpec, write_metadata
-from ..storage import atomic_write, sha256_file
+from engines.models.registry import ModelSpec, write_metadata
+from engines.models.storage import atomic_write, sha256_file
 
 #: ONNX opset of the exported files: old enough for TensorRT 8.6+ and ONNX Runtime 1.15+.
 OPSET = 17

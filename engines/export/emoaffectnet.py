@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..registry import EMOAFFECTNET_MEAN_BGR, ModelSpec
-from .common import ExportError, finish, source_info, torch_to_onnx
+from engines.models.registry import EMOAFFECTNET_MEAN_BGR, ModelSpec
+from engines.export.common import ExportError, finish, source_info, torch_to_onnx
 
 EXPORT_VERSION = 1
 INPUT_SIZE = 224

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..registry import ModelSpec
-from .common import ExportError, finish, source_info
+from engines.models.registry import ModelSpec
+from engines.export.common import ExportError, finish, source_info
 
 EXPORT_VERSION = 1
 

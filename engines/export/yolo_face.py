@@ -19,8 +19,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..registry import ModelSpec
-from .common import OPSET, ExportError, finish, source_info
+from engines.models.registry import ModelSpec
+from engines.export.common import OPSET, ExportError, finish, source_info
 
 EXPORT_VERSION = 1
 DEFAULT_IMGSZ = 640

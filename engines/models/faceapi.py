@@ -1,0 +1,543 @@
+"""face-api.js's face-expression network (7 classes) as an ONNX model, built without TensorFlow.
+
+Source: the npm package ``@vladmandic/face-api@1.7.15`` (MIT, Vladimir Mandic; a maintained
+fork of face-api.js by Vincent Mühler, MIT). Only two data files of it are used,
+``model/face_expression_model-weights_manifest.json`` and ``model/face_expression_model.bin``
+(TF.js weights, uint8-quantised: ``value = q * scale + min``). :func:`fetch` gets them with
+``npm pack`` (the tarball's sha512 checked against the registry's integrity string, the two
+files' sha256 against :data:`FILE_SHA256`) into ``$CER_STREAM_CACHE/faceapi-1.7.15/``; nothing
+here fetches implicitly: a missing file is a one-line :class:`~engines.models.registry.WeightsNotFound`
+naming ``cer-stream models fetch faceapi-expression``.
+
+The network (face-api's ``FaceExpressionNet`` over ``FaceFeatureExtractor``), as ported:
+
+* input 112x112 RGB; ``x = (x - MEAN_RGB) / 255`` (in the graph, in that order, as
+  ``FaceFeatureExtractor.forwardInput`` does);
+* four dense blocks (32, 64, 128, 256 channels). Block ``dense0`` starts with a plain 3x3
+  convolution (stride 2, 'same', bias), the others with a depthwise-separable one (3x3
+  depthwise, stride 2, then 1x1 pointwise, bias after); ``conv1..conv3`` are separable,
+  stride 1, no activation of their own. With ``o1 = relu(conv0(x))``, ``o2 = conv1(o1)``,
+  ``o3 = conv2(relu(o1 + o2))``, ``o4 = conv3(relu(o1 + (o2 + o3)))``, the block returns
+  ``relu(o1 + (o2 + (o3 + o4)))``;
+* 7x7 average pool (stride 2, 'valid': 7x7 -> 1x1), flatten to 256, ``fc`` (256 -> 7) =
+  ``logits``, softmax = ``probs``.
+
+Conventions of the port: the ONNX input is **NHWC** float32 ``input`` [N, 112, 112, 3] holding
+RGB values 0..255 *after* face-api's padToSquare + resizeBilinear (:func:`preprocess`), the
+layout TF.js works in; the graph transposes to NCHW once. TF 'same' padding is written
+explicitly (stride 2 on an even size pads 0 before and 1 after). Weights are dequantised in
+float64 and rounded to float32 once, as ``tf.io.decodeWeights`` does. Outputs ``probs`` and
+``logits`` [N, 7] in :data:`LABELS` order (face-api's ``FACE_EXPRESSION_LABELS``).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import math
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from engines.models.registry import WeightsNotFound
+from engines.models.storage import atomic_write, default_cache_dir, sha256_file
+
+log = logging.getLogger(__name__)
+
+NAME = "faceapi-expression"
+ROLE = "face_emotion"
+#: face-api's ``FACE_EXPRESSION_LABELS``, the network's output order.
+LABELS: tuple[str, ...] = ("neutral", "happy", "sad", "angry", "fearful", "disgusted", "surprised")
+
+NPM_PACKAGE = "@vladmandic/face-api"
+FACEAPI_VERSION = "1.7.15"
+NPM_SPEC = f"{NPM_PACKAGE}@{FACEAPI_VERSION}"
+#: The npm registry's ``dist.integrity`` of the 1.7.15 tarball.
+NPM_INTEGRITY = ("sha512-WDMmK3CfNLo8jylWqMoQgf4nIst3M0fzx1dnac96wv/dvMTN4DxC/Pq1DGtduDk1lktCamQ3MIDXFnvrdHTXDw==")
+MANIFEST_FILE = "face_expression_model-weights_manifest.json"
+WEIGHTS_FILE = "face_expression_model.bin"
+#: sha256 of the two files as shipped in the 1.7.15 tarball (``package/model/``).
+FILE_SHA256 = {
+    MANIFEST_FILE: "5b349c17c7836da506e03422cd6461c74085d8bb2713ad4114647dc5d28174c8",
+    WEIGHTS_FILE: "9a9840f2cf1f4c7eab95f197512569345c00d2426754d4608b92af30e0300f3d",
+}
+#: Folder of the two files inside the model cache.
+CACHE_SUBDIR = f"faceapi-{FACEAPI_VERSION}"
+#: ``CER_STREAM_FACEAPI=DIR``: a folder holding the two files (looked at before the cache).
+WEIGHTS_ENV = "CER_STREAM_FACEAPI"
+FETCH_COMMAND = f"cer-stream models fetch {NAME}"
+
+INPUT_NAME = "input"
+OUTPUT_NAMES = ("probs", "logits")
+INPUT_SIZE = 112
+LAYOUT = "NHWC"
+INPUT_SHAPE = ("N", INPUT_SIZE, INPUT_SIZE, 3)
+MEAN_RGB = (122.782, 117.001, 104.298)
+OPSET = 17
+IR_VERSION = 8  # the IR version of opset 17, so older runtimes (TensorRT's parser) read the file
+#: Bumped whenever the exporter's output changes (the registry keys the cached file on it).
+EXPORT_VERSION = 1
+NPM_TIMEOUT_S = 300
+
+#: What the model expects, written into the ONNX metadata as ``cer.preprocess``.
+PREPROCESS = {
+    "colour": "RGB uint8 face crop",
+    "pad": "padToSquare(centred): zeros, the shorter side padded by diff//2 before and "
+           "(diff+1)//2 after",
+    "resize": [INPUT_SIZE, INPUT_SIZE],
+    "interpolation": "bilinear, tf.image.resizeBilinear(alignCorners=false, halfPixelCenters=false): "
+                     "source = (old/new) * i, not cv2's half-pixel centres; skipped when already 112",
+    "dtype": "float32, 0..255 (not scaled)",
+    "layout": LAYOUT,
+    "in_graph": {"subtract_mean_rgb": list(MEAN_RGB), "then_divide": 255.0},
+    "function": "engines.models.faceapi.preprocess",
+}
+LICENSE = ("MIT: weights and network from @vladmandic/face-api 1.7.15 (MIT, Vladimir Mandic), "
+           "a fork of face-api.js (MIT, Vincent Mühler)")
+
+
+class FetchError(RuntimeError):
+    """The weights could not be fetched; the message says what to do instead."""
+
+
+class WeightsFormatError(ValueError):
+    """The manifest or weights file is not what the port expects."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Fetching (explicit only) and locating
+# ---------------------------------------------------------------------------------------------
+def cache_folder(cache_dir: str | Path | None = None) -> Path:
+    """``CACHE_DIR/faceapi-1.7.15`` (default ``$CER_STREAM_CACHE`` or ``~/.cache/cer-stream/models``)."""
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return root / CACHE_SUBDIR
+
+
+def _manual_hint() -> str:
+    return (f"install Node.js/npm and run `{FETCH_COMMAND}`, or put {MANIFEST_FILE} and {WEIGHTS_FILE} "
+            f"(from npm {NPM_SPEC}, folder model/) in a folder and set {WEIGHTS_ENV}=DIR")
+
+
+def _integrity_ok(data: bytes, integrity: str = NPM_INTEGRITY) -> bool:
+    algorithm, _, expected = integrity.partition("-")
+    digest = hashlib.new(algorithm, data).digest()
+    return base64.b64encode(digest).decode() == expected
+
+
+def _npm_pack(tmp: Path, timeout: float) -> Path:
+    npm = shutil.which("npm")
+    if npm is None:
+        raise FetchError(f"{NAME}: npm not found; {_manual_hint()}")
+    cmd = [npm, "pack", NPM_SPEC, "--pack-destination", str(tmp), "--ignore-scripts", "--json",
+           "--silent"]
+    log.info("fetching %s with npm pack", NPM_SPEC)
+    try:
+        done = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise FetchError(f"{NAME}: `npm pack {NPM_SPEC}` timed out after {timeout:.0f} s; "
+                         f"{_manual_hint()}") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise FetchError(f"{NAME}: `npm pack {NPM_SPEC}` failed ({last}); {_manual_hint()}")
+    tarballs = sorted(tmp.glob("*.tgz"))
+    if len(tarballs) != 1:
+        raise FetchError(f"{NAME}: `npm pack` left {len(tarballs)} tarballs in {tmp}; {_manual_hint()}")
+    return tarballs[0]
+
+
+def _extract(tarball: Path) -> dict[str, bytes]:
+    """The two files' bytes from the package tarball (only those two members are read)."""
+    wanted = {f"package/model/{name}": name for name in (MANIFEST_FILE, WEIGHTS_FILE)}
+    found: dict[str, bytes] = {}
+    with tarfile.open(tarball, "r:gz") as archive:
+        for member in archive:
+            if member.name not in wanted:
+                continue
+            if not member.isfile():
+                raise FetchError(f"{NAME}: {member.name} in {tarball.name} is not a regular file")
+            stream = archive.extractfile(member)
+            if stream is None:
+                raise FetchError(f"{NAME}: cannot read {member.name} in {tarball.name}")
+            found[wanted[member.name]] = stream.read()
+    missing = sorted(set(wanted.values()) - found.keys())
+    if missing:
+        raise FetchError(f"{NAME}: {tarball.name} lacks model/{', model/'.join(missing)}")
+    return found
+
+
+def fetch(cache_dir: str | Path | None = None, *, tarball: str | Path | None = None,
+          timeout: float = NPM_TIMEOUT_S) -> Path:
+    """Get the two weight files of ``@vladmandic/face-api@1.7.15`` into the model cache.
+
+    Runs ``npm pack`` into a temporary folder (or reads ``tarball``, a downloaded copy of the
+    same package), checks the tarball's sha512 against :data:`NPM_INTEGRITY`, extracts only
+    the manifest and the ``.bin`` file, checks their sha256 (:data:`FILE_SHA256`) and writes
+    them atomically to ``cache_folder(cache_dir)``, which it returns. Files already there and
+    intact are kept. Raises :class:`FetchError` (one line, naming what to do) on any failure.
+    """
+    target = cache_folder(cache_dir)
+    if all(_file_ok(target / name) for name in FILE_SHA256):
+        log.info("%s: already in %s", NAME, target)
+        return target
+    with tempfile.TemporaryDirectory(prefix="cer-faceapi-") as tmp_name:
+        path = Path(tarball).expanduser() if tarball is not None else _npm_pack(Path(tmp_name), timeout)
+        data = path.read_bytes()
+        if not _integrity_ok(data):
+            raise FetchError(f"{NAME}: {path.name} does not match the pinned integrity of {NPM_SPEC}")
+        files = _extract(path)
+    for name, content in files.items():
+        if hashlib.sha256(content).hexdigest() != FILE_SHA256[name]:
+            raise FetchError(f"{NAME}: {name} from {NPM_SPEC} does not match its pinned sha256")
+    for name, content in files.items():
+        atomic_write(target / name, content)
+    log.info("%s: wrote %s and %s to %s", NAME, MANIFEST_FILE, WEIGHTS_FILE, target)
+    return target
+
+
+def _file_ok(path: Path) -> bool:
+    return path.is_file() and sha256_file(path) == FILE_SHA256[path.name]
+
+
+def weights_dir(weights: str | Path | None = None, cache_dir: str | Path | None = None) -> Path:
+    """The folder holding the two files: ``weights`` (a folder, or the manifest inside one),
+    else ``$CER_STREAM_FACEAPI``, else the cache folder. Never fetches; a missing file is a
+    one-line :class:`WeightsNotFound` naming ``cer-stream models fetch faceapi-expression``."""
+    import os
+
+    if weights is not None:
+        folder, where = Path(weights).expanduser(), "--weights"
+    elif os.environ.get(WEIGHTS_ENV):
+        folder, where = Path(os.environ[WEIGHTS_ENV]).expanduser(), WEIGHTS_ENV
+    else:
+        folder, where = cache_folder(cache_dir), "the model cache"
+    _check_folder(folder, where)
+    return folder.parent if folder.is_file() else folder
+
+
+def _check_folder(folder: Path, where: str) -> None:
+    folder = folder.parent if folder.is_file() else folder
+    missing = [name for name in (MANIFEST_FILE, WEIGHTS_FILE) if not (folder / name).is_file()]
+    if missing:
+        raise WeightsNotFound(
+            f"{NAME}: {', '.join(missing)} not found in {folder} ({where}); `{FETCH_COMMAND}` "
+            f"(or `make install`) fetches it, or set {WEIGHTS_ENV}=DIR to a folder holding "
+            f"{MANIFEST_FILE} and {WEIGHTS_FILE}")
+
+
+# ---------------------------------------------------------------------------------------------
+# TF.js weights
+# ---------------------------------------------------------------------------------------------
+_PLAIN_DTYPES = {"float32": np.float32, "int32": np.int32}
+_QUANT_DTYPES = {"uint8": np.uint8, "uint16": np.uint16, "float16": np.float16}
+
+
+def load_weights(folder: str | Path) -> dict[str, np.ndarray]:
+    """Name -> float32 array (TF shapes) from a TF.js ``weights_manifest.json`` + its ``.bin`` files.
+
+    Quantised entries are decoded as ``tf.io.decodeWeights`` does: ``q * scale + min`` in
+    float64, rounded to float32 once (uint8 / uint16); float16 is widened.
+    """
+    folder = Path(folder)
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    if not isinstance(manifest, list):
+        raise WeightsFormatError(f"{MANIFEST_FILE}: expected a list of weight groups")
+    arrays: dict[str, np.ndarray] = {}
+    for group in manifest:
+        buffer = b"".join((folder / p).read_bytes() for p in group["paths"])
+        offset = 0
+        for entry in group["weights"]:
+            shape = tuple(int(d) for d in entry["shape"])
+            count = math.prod(shape)
+            quant = entry.get("quantization")
+            if quant:
+                qtype = _QUANT_DTYPES.get(quant["dtype"])
+                if qtype is None:
+                    raise WeightsFormatError(f"{entry['name']}: quantisation {quant['dtype']!r} is not supported")
+                raw = np.frombuffer(buffer, np.dtype(qtype).newbyteorder("<"), count, offset)
+                offset += count * np.dtype(qtype).itemsize
+                if quant["dtype"] == "float16":
+                    values = raw.astype(np.float32)
+                else:
+                    values = (raw.astype(np.float64) * float(quant["scale"]) + float(quant["min"])).astype(np.float32)
+            else:
+                dtype = _PLAIN_DTYPES.get(entry["dtype"])
+                if dtype is None:
+                    raise WeightsFormatError(f"{entry['name']}: dtype {entry['dtype']!r} is not supported")
+                values = np.frombuffer(buffer, np.dtype(dtype).newbyteorder("<"), count, offset)
+                offset += count * np.dtype(dtype).itemsize
+            if entry["dtype"] != "float32":
+                raise WeightsFormatError(f"{entry['name']}: a {entry['dtype']} tensor where float32 is expected")
+            arrays[entry["name"]] = np.array(values, dtype=np.float32).reshape(shape)
+        if offset != len(buffer):
+            raise WeightsFormatError(f"{group['paths']}: {len(buffer)} bytes, the manifest describes {offset}")
+    return arrays
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX graph
+# ---------------------------------------------------------------------------------------------
+def _same(size: int, kernel: int, stride: int) -> tuple[int, int, int]:
+    """TF 'same': output size, padding before, padding after (the odd pixel after)."""
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return out, total // 2, total - total // 2
+
+
+class _Graph:
+    def __init__(self, weights: dict[str, np.ndarray]):
+        self.w = weights
+        self.nodes: list = []
+        self.inits: list = []
+        self.used: set[str] = set()
+
+    def init(self, name: str, array: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array, dtype=np.float32), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str, **attrs) -> str:
+        from onnx import helper
+
+        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+        return output
+
+    def take(self, name: str, rank: int) -> np.ndarray:
+        if name not in self.w:
+            raise WeightsFormatError(f"weight {name!r} is missing from {MANIFEST_FILE}")
+        array = self.w[name]
+        if array.ndim != rank:
+            raise WeightsFormatError(f"weight {name!r} has shape {array.shape}, expected rank {rank}")
+        self.used.add(name)
+        return array
+
+    def _conv(self, x: str, out: str, kernel: np.ndarray, bias: np.ndarray | None, size: int, stride: int,
+              group: int = 1) -> tuple[str, int]:
+        kh = kernel.shape[2]
+        out_size, before, after = _same(size, kh, stride)
+        inputs = [x, self.init(f"{out}/W", kernel)]
+        if bias is not None:
+            inputs.append(self.init(f"{out}/B", bias))
+        self.node("Conv", inputs, out, kernel_shape=[kh, kh], strides=[stride, stride],
+                  pads=[before, before, after, after], group=group)
+        return out, out_size
+
+    def plain_conv(self, x: str, prefix: str, size: int, stride: int) -> tuple[str, int]:
+        filters = self.take(f"{prefix}/filters", 4)  # (kh, kw, in, out)
+        bias = self.take(f"{prefix}/bias", 1)
+        return self._conv(x, prefix, filters.transpose(3, 2, 0, 1), bias, size, stride)
+
+    def separable_conv(self, x: str, prefix: str, size: int, stride: int) -> tuple[str, int]:
+        depthwise = self.take(f"{prefix}/depthwise_filter", 4)  # (kh, kw, in, 1)
+        pointwise = self.take(f"{prefix}/pointwise_filter", 4)  # (1, 1, in, out)
+        bias = self.take(f"{prefix}/bias", 1)
+        kh, kw, cin, mult = depthwise.shape
+        if mult != 1 or pointwise.shape[:3] != (1, 1, cin):
+            raise WeightsFormatError(f"{prefix}: unexpected separable kernels {depthwise.shape} {pointwise.shape}")
+        dw = depthwise.transpose(2, 3, 0, 1)  # (in, 1, kh, kw)
+        mid, size = self._conv(x, f"{prefix}/depthwise", dw, None, size, stride, group=cin)
+        return self._conv(mid, prefix, pointwise.transpose(3, 2, 0, 1), bias, size, 1)
+
+    def dense_block(self, x: str, prefix: str, size: int, first: bool) -> tuple[str, int]:
+        conv0 = self.plain_conv if first else self.separable_conv
+        pre1, size = conv0(x, f"{prefix}/conv0", size, 2)
+        out1 = self.node("Relu", [pre1], f"{prefix}/out1")
+        out2, _ = self.separable_conv(out1, f"{prefix}/conv1", size, 1)
+        in3 = self.node("Relu", [self.node("Add", [out1, out2], f"{prefix}/sum12")], f"{prefix}/in3")
+        out3, _ = self.separable_conv(in3, f"{prefix}/conv2", size, 1)
+        sum23 = self.node("Add", [out2, out3], f"{prefix}/sum23")
+        in4 = self.node("Relu", [self.node("Add", [out1, sum23], f"{prefix}/sum123")], f"{prefix}/in4")
+        out4, _ = self.separable_conv(in4, f"{prefix}/conv3", size, 1)
+        sum34 = self.node("Add", [out3, out4], f"{prefix}/sum34")
+        sum234 = self.node("Add", [out2, sum34], f"{prefix}/sum234")
+        total = self.node("Add", [out1, sum234], f"{prefix}/sum1234")
+        return self.node("Relu", [total], f"{prefix}/out"), size
+
+
+def build_graph(weights: dict[str, np.ndarray]):
+    """The ``onnx.GraphProto`` of the network from its TF.js weights (see the module docstring)."""
+    from onnx import TensorProto, helper
+
+    g = _Graph(weights)
+    mean = g.init("mean_rgb", np.array(MEAN_RGB, np.float32))
+    scale = g.init("scale_255", np.array(255.0, np.float32))
+    x = g.node("Sub", [INPUT_NAME, mean], "normalise/sub")
+    x = g.node("Div", [x, scale], "normalise/div")
+    x = g.node("Transpose", [x], "nchw", perm=[0, 3, 1, 2])
+    size = INPUT_SIZE
+    for index in range(4):
+        x, size = g.dense_block(x, f"dense{index}", size, first=index == 0)
+    if size != 7:
+        raise WeightsFormatError(f"feature map is {size}x{size}, expected 7x7")
+    x = g.node("AveragePool", [x], "avg_pool", kernel_shape=[7, 7], strides=[2, 2])  # tf avgPool 7x7/2 'valid'
+    x = g.node("Flatten", [x], "features", axis=1)
+    fc_w = g.take("fc/weights", 2)
+    fc_b = g.take("fc/bias", 1)
+    if fc_w.shape != (256, len(LABELS)):
+        raise WeightsFormatError(f"fc/weights has shape {fc_w.shape}, expected (256, {len(LABELS)})")
+    x = g.node("MatMul", [x, g.init("fc/W", fc_w)], "fc/matmul")
+    logits = g.node("Add", [x, g.init("fc/B", fc_b)], "logits")
+    g.node("Softmax", [logits], "probs", axis=-1)
+    unused = sorted(set(weights) - g.used)
+    if unused:
+        raise WeightsFormatError(f"weights not used by the network: {unused}")
+    inputs = [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, list(INPUT_SHAPE))]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", len(LABELS)]) for name in OUTPUT_NAMES]
+    return helper.make_graph(g.nodes, NAME, inputs, outputs, g.inits)
+
+
+def _source_description(folder: Path) -> dict:
+    digests = {name: sha256_file(folder / name) for name in (MANIFEST_FILE, WEIGHTS_FILE)}
+    description: dict = {"files": digests}
+    if digests == FILE_SHA256:
+        description["npm"] = NPM_SPEC
+        description["integrity"] = NPM_INTEGRITY
+    return description
+
+
+def build_onnx(folder: str | Path):
+    """The ONNX model (``onnx.ModelProto``, checked) from a folder holding the two files."""
+    import onnx
+    from onnx import helper
+
+    from engines.models import registry
+
+    folder = weights_dir(folder)
+    graph = build_graph(load_weights(folder))
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="cer-stream",
+        producer_version=f"faceapi-e{EXPORT_VERSION}",
+        doc_string=f"face-api.js FaceExpressionNet ({NPM_SPEC} weights), ported by cer-stream without TensorFlow",
+    )
+    model.ir_version = IR_VERSION
+    source = _source_description(folder)
+    if "npm" not in source:
+        log.warning("%s: the weights in %s are not the pinned %s files; exporting them anyway", NAME, folder, NPM_SPEC)
+    registry.write_metadata(model, registry.get(NAME), source=source,
+                            extra={"layout": LAYOUT, "outputs": list(OUTPUT_NAMES)})
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def convert(source: Path, target: Path, spec=None) -> None:
+    """The registry's exporter (``exporter_kind="convert"``): weights folder -> ONNX file at ``target``."""
+    model = build_onnx(source)
+    atomic_write(target, model.SerializeToString())
+    log.info("exported %s from %s to %s", NAME, source, target)
+
+
+def ensure_onnx(cache_dir: str | Path | None = None, weights: str | Path | None = None) -> Path:
+    """The ONNX file, exported on first use and cached as
+    ``CACHE/faceapi-expression-<sha256 of the weights folder>[:16]-e<EXPORT_VERSION>.onnx``
+    (through :func:`engines.models.registry.export`). Never fetches: missing weights raise
+    :class:`WeightsNotFound` naming ``cer-stream models fetch faceapi-expression``."""
+    from engines.models import registry
+
+    spec = registry.get(NAME)
+    if weights is None:
+        found = weights_dir(None, cache_dir)  # the one-line error naming the fetch command
+        if cache_dir is not None:  # weights fetched into that cache: not where the registry looks
+            weights = found
+    return registry.export(spec, weights=weights, cache_dir=cache_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Preprocessing (face-api's NetInput.toBatchTensor(112, isCenterInputs=true), reproduced)
+# ---------------------------------------------------------------------------------------------
+def pad_amounts(height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((top, bottom), (left, right)) zero padding of face-api's ``padToSquare(img, true)``:
+    the shorter side gets ``round(diff / 2)`` (JS rounding, half up) after and the rest before."""
+    diff = abs(height - width)
+    after = (diff + 1) // 2
+    before = diff - after
+    if height > width:
+        return (0, 0), (before, after)
+    if width > height:
+        return (before, after), (0, 0)
+    return (0, 0), (0, 0)
+
+
+def pad_to_square(image: np.ndarray) -> np.ndarray:
+    """``image`` (H, W, C) padded with zeros to a centred square, as face-api's padToSquare."""
+    (top, bottom), (left, right) = pad_amounts(image.shape[0], image.shape[1])
+    if not (top or bottom or left or right):
+        return image
+    return np.pad(image, ((top, bottom), (left, right), (0, 0)))
+
+
+def _source_axis(old: int, new: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Floor index, ceil index and fraction along one axis, as tfjs's cpu ResizeBilinear
+    computes them (float64) with alignCorners=false, halfPixelCenters=false."""
+    position = (old / new) * np.arange(new, dtype=np.float64)
+    low = np.maximum(0.0, np.floor(position))
+    high = np.minimum(old - 1, np.ceil(position)).astype(np.intp)
+    return low.astype(np.intp), high, position - low
+
+
+def resize_bilinear(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """``tf.image.resizeBilinear(image, size, alignCorners=false, halfPixelCenters=false)`` of an
+    (H, W, C) image, float32 out. Source pixel ``(old/new) * i`` (no half-pixel shift, unlike
+    ``cv2.resize``); interpolated in float64 in the kernel's order, then rounded to float32, so
+    it matches TF.js's cpu backend value for value."""
+    new_h, new_w = (size, size) if isinstance(size, int) else size
+    r0, r1, rf = _source_axis(image.shape[0], new_h)
+    c0, c1, cf = _source_axis(image.shape[1], new_w)
+    cf = cf[None, :, None]
+    top_rows, bottom_rows = image[r0], image[r1]
+    tl, tr = top_rows[:, c0].astype(np.float64), top_rows[:, c1].astype(np.float64)
+    bl, br = bottom_rows[:, c0].astype(np.float64), bottom_rows[:, c1].astype(np.float64)
+    top = tl + (tr - tl) * cf
+    bottom = bl + (br - bl) * cf
+    return (top + (bottom - top) * rf[:, None, None]).astype(np.float32)
+
+
+def _as_list(crops) -> list[np.ndarray]:
+    if isinstance(crops, np.ndarray):
+        if crops.ndim == 4:
+            return list(crops)
+        if crops.ndim == 3:
+            return [crops]
+        raise ValueError(f"expected (H, W, 3) crops or an (N, H, W, 3) batch, got shape {crops.shape}")
+    return list(crops)
+
+
+def preprocess(crops_rgb: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+    """Face crops -> the model's input, exactly as face-api prepares them.
+
+    ``crops_rgb``: RGB uint8 (H, W, 3) crops (a list, one bare crop, or an (N, H, W, 3) array).
+    Each crop is zero-padded to a centred square (:func:`pad_to_square`) and, unless already
+    112x112, resized with TF's bilinear rule (:func:`resize_bilinear`). Returns float32
+    [N, 112, 112, 3] (NHWC) in 0..255: the mean subtraction and division by 255 happen inside
+    the ONNX graph.
+    """
+    batch = np.zeros((0, INPUT_SIZE, INPUT_SIZE, 3), np.float32)
+    crops = _as_list(crops_rgb)
+    if not crops:
+        return batch
+    batch = np.empty((len(crops), INPUT_SIZE, INPUT_SIZE, 3), np.float32)
+    for index, crop in enumerate(crops):
+        crop = np.asarray(crop)
+        if crop.ndim != 3 or crop.shape[2] != 3:
+            raise ValueError(f"crop {index}: expected an RGB (H, W, 3) image, got shape {crop.shape}")
+        if crop.shape[0] == 0 or crop.shape[1] == 0:
+            raise ValueError(f"crop {index} is empty ({crop.shape})")
+        square = pad_to_square(crop)
+        if square.shape[0] == INPUT_SIZE:
+            batch[index] = square
+        else:
+            batch[index] = resize_bilinear(square, INPUT_SIZE)
+    return batch
+
+
+__all__ = [
+    "FILE_SHA256", "FetchError", "INPUT_NAME", "INPUT_SHAPE", "INPUT_SIZE", "LABELS", "LAYOUT", "LICENSE",
+    "MEAN_RGB", "NAME", "NPM_INTEGRITY", "NPM_SPEC", "OUTPUT_NAMES", "PREPROCESS", "WEIGHTS_ENV",
+    "build_graph", "build_onnx", "cache_folder", "convert", "ensure_onnx", "fetch", "load_weights",
+    "pad_to_square", "preprocess", "resize_bilinear", "weights_dir",
+]

@@ -1,0 +1,378 @@
+"""Capture processes: decode a source and push items to the analyzer over ZeroMQ.
+
+One process per source.  The audio-visual reader (file, RTSP or V4L2 camera,
+through PyAV) sends the analysed-rate frames (5 fps grid, see ``windows``)
+and the source's audio track resampled to 16 kHz mono.  The microphone reader
+(sounddevice, imported only when used) sends audio alone.
+
+Media time starts at 0 with the first video frame.  Live sources (camera and
+microphone) time items by the monotonic clock against an origin the parent
+hands to both, so their audio and video line up.
+
+Capture never waits for the analyzer on a live source: sends are
+non-blocking and a full high-water mark drops the item (counted in
+``sender_drops``).  A file read as fast as possible uses blocking sends, so
+the analyzer paces it and nothing is lost.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from dataclasses import dataclass, field
+
+import numpy as np
+import zmq
+
+from stream.core import messages as m
+from stream.core.redact import redact
+from stream.core.windows import SampleClock
+
+FRAME_HWM = 8
+AUDIO_HWM = 256
+DEFAULT_MAX_SIDE = 960
+AUDIO_CHUNK_S = 0.1
+#: How long a finished reader waits for the analyzer to collect its last items.
+END_HOLD_S = 3600.0
+
+
+@dataclass
+class CaptureConfig:
+    source: str  # "video" | "rtsp" | "camera" | "mic"
+    target: str  # path, URL, or device index
+    frames_endpoint: str | None
+    audio_endpoint: str | None
+    want_audio: bool = True
+    realtime: bool = False  # pace a file at media speed
+    max_side: int = DEFAULT_MAX_SIDE
+    t0_ns: int = 0  # origin of live media time (monotonic ns)
+    open_timeout_s: float = 10.0
+    read_timeout_s: float = 10.0
+    sample_fps: float = 5.0
+    parent_pid: int = 0  # the analyzer; the reader ends if it is gone
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def live(self) -> bool:
+        return self.source in ("rtsp", "camera", "mic")
+
+    @property
+    def lossless(self) -> bool:
+        return self.source == "video" and not self.realtime
+
+
+class _Stop:
+    """Set by SIGTERM (the parent's way of asking a capture process to end)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.event.set())
+        # Ctrl-C reaches the whole process group; the parent coordinates shutdown.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def __bool__(self) -> bool:
+        return self.event.is_set()
+
+
+def _die_with_parent(parent_pid: int) -> bool:
+    """Ask Linux to SIGTERM this process if the analyzer dies without cleaning up.
+
+    Returns False when the parent is already gone (it died before the request).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    return parent_pid <= 0 or os.getppid() == parent_pid
+
+
+class _Sender:
+    def __init__(self, ctx: zmq.Context, endpoint: str, *, hwm: int, blocking: bool) -> None:
+        self.sock = ctx.socket(zmq.PUSH)
+        self.sock.setsockopt(zmq.SNDHWM, hwm)
+        self.sock.setsockopt(zmq.LINGER, 3000)
+        self.sock.connect(endpoint)
+        self.blocking = blocking
+        self.drops = 0
+        self.seq = 0
+
+    def send(self, item: m.Item, stop: _Stop | None = None) -> bool:
+        parts = m.encode(item)
+        if not self.blocking:
+            try:
+                self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+                return True
+            except zmq.Again:
+                self.drops += 1
+                return False
+        while True:  # blocking, but still responsive to a stop request
+            if self.sock.poll(200, zmq.POLLOUT):
+                self.sock.send_multipart(parts, copy=False)
+                return True
+            if stop is not None and stop:
+                return False
+
+    def send_control(self, item: m.Item) -> None:
+        """Control messages (info, end, error) wait briefly for room rather than drop."""
+        if self.sock.poll(3000, zmq.POLLOUT):
+            self.sock.send_multipart(m.encode(item))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def scaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """Frame size with the longer side at most ``max_side`` (even numbers)."""
+    scale = min(1.0, max_side / max(width, height)) if max_side > 0 else 1.0
+    w = max(2, int(round(width * scale / 2)) * 2)
+    h = max(2, int(round(height * scale / 2)) * 2)
+    return w, h
+
+
+def decode_audio_file(path: str | Path) -> np.ndarray:
+    """The first audio stream of a media file as float32 mono at 16 kHz, resampled the way the
+    capture process does it (for tests, benchmarks and offline tools)."""
+    import av
+
+    out = []
+    with av.open(str(path)) as container:
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=m.AUDIO_RATE)
+        for frame in container.decode(audio=0):
+            out.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
+        out.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
+    return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
+
+
+def _open_container(cfg: CaptureConfig):
+    import av
+
+    if cfg.source == "video":
+        return av.open(cfg.target, mode="r")
+    if cfg.source == "rtsp":
+        return av.open(cfg.target, mode="r", options={"rtsp_transport": "tcp"},
+                       timeout=(cfg.open_timeout_s, cfg.read_timeout_s))
+    if cfg.source == "camera":
+        device = f"/dev/video{cfg.target}" if str(cfg.target).isdigit() else cfg.target
+        return av.open(device, mode="r", format="v4l2", timeout=(cfg.open_timeout_s, cfg.read_timeout_s))
+    raise ValueError(f"unknown source kind {cfg.source!r}")
+
+
+def describe_open_error(cfg: CaptureConfig, exc: BaseException) -> str:
+    what = {"video": "cannot open video file", "rtsp": "cannot open RTSP stream",
+            "camera": "cannot open camera"}.get(cfg.source, "cannot open source")
+    detail = getattr(exc, "strerror", None) or str(exc).strip() or type(exc).__name__
+    return redact(f"{what} {cfg.target}: {detail}")
+
+
+def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: float = 0.0) -> None:
+    """Decode a file/RTSP/camera source and push frames and audio until the end or a stop."""
+    import av
+
+    stop = _Stop() if stop is None else stop
+    ctx = zmq.Context.instance()
+    frames = _Sender(ctx, cfg.frames_endpoint, hwm=FRAME_HWM, blocking=cfg.lossless)
+    audio = (_Sender(ctx, cfg.audio_endpoint, hwm=AUDIO_HWM, blocking=cfg.lossless)
+             if cfg.audio_endpoint else None)
+    streams = [m.VIDEO] + ([m.AUDIO] if audio else [])
+    container = None
+    try:
+        try:
+            container = _open_container(cfg)
+        except Exception as exc:  # av.error.* and OSError: report, never a traceback
+            frames.send_control(m.CaptureError(describe_open_error(cfg, exc), streams))
+            return
+        if not container.streams.video:
+            frames.send_control(m.CaptureError(redact(f"no video stream in {cfg.target}"), streams))
+            return
+        vs = container.streams.video[0]
+        vs.thread_type = "AUTO"
+        a_stream = container.streams.audio[0] if (container.streams.audio and cfg.want_audio) else None
+        audio_note = None
+        if a_stream is None:
+            audio_note = ("audio not requested" if not cfg.want_audio
+                          else "the source has no audio track")
+        fps = float(vs.average_rate or vs.guessed_rate or 0) or 25.0
+        width, height = vs.codec_context.width, vs.codec_context.height
+        out_w, out_h = scaled_size(width, height, cfg.max_side)
+        duration = float(container.duration / 1e6) if container.duration else None
+        info = m.StreamInfo(source=cfg.source, streams=[m.VIDEO] + ([m.AUDIO] if a_stream else []),
+                            fps=fps, width=out_w, height=out_h, duration=duration,
+                            live=cfg.live, audio_note=audio_note)
+        frames.send_control(info)
+        if audio is not None and a_stream is not None:
+            audio.send_control(info)
+
+        clock = SampleClock(cfg.sample_fps)
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=m.AUDIO_RATE) if a_stream else None
+        origin: float | None = None  # media time of the first video frame
+        wall0 = time.monotonic()
+        n_frames = 0
+        last_t = 0.0
+        audio_next: float | None = None  # media time of the next audio sample
+        pending_audio: list[np.ndarray] = []
+        pending_n = 0
+        chunk_n = int(AUDIO_CHUNK_S * m.AUDIO_RATE)
+
+        def flush_audio(force: bool = False) -> None:
+            nonlocal pending_audio, pending_n, audio_next
+            if not pending_audio or (pending_n < chunk_n and not force):
+                return
+            pcm = np.concatenate(pending_audio)
+            pending_audio, pending_n = [], 0
+            if audio_next is None:
+                return
+            start = audio_next
+            audio_next += pcm.shape[0] / m.AUDIO_RATE
+            if start < 0:  # samples before the first video frame
+                cut = min(pcm.shape[0], int(round(-start * m.AUDIO_RATE)))
+                pcm, start = pcm[cut:], start + cut / m.AUDIO_RATE
+                if pcm.size == 0:
+                    return
+            chunk = m.AudioChunk(seq=audio.seq, pts=start, t_capture_ns=m.now_ns(), samples=pcm,
+                                 sender_drops=audio.drops)
+            audio.seq += 1
+            audio.send(chunk, stop)
+
+        demux = [vs] + ([a_stream] if a_stream else [])
+        for packet in container.demux(*demux):
+            if stop:
+                break
+            try:
+                decoded = packet.decode()
+            except av.error.InvalidDataError:
+                continue  # a damaged packet: skip it, keep the stream going
+            for frame in decoded:
+                if packet.stream.type == "video":
+                    t_cap = m.now_ns()
+                    if cfg.source == "camera":
+                        t = (t_cap - cfg.t0_ns) / 1e9
+                    else:
+                        ft = frame.time
+                        if ft is None:
+                            ft = n_frames / fps
+                        if origin is None:
+                            origin = ft
+                        t = ft - origin
+                    index = n_frames
+                    n_frames += 1
+                    last_t = t
+                    if cfg.realtime:
+                        delay = wall0 + t - time.monotonic()
+                        if delay > 0:
+                            time.sleep(delay)
+                        t_cap = m.now_ns()  # a paced file frame is "captured" when its time comes
+                    if clock(t):
+                        img = frame.to_ndarray(format="rgb24", width=out_w, height=out_h)
+                        item = m.VideoFrame(seq=frames.seq, index=index, pts=t, t_capture_ns=t_cap,
+                                            image=img, sender_drops=frames.drops)
+                        frames.seq += 1
+                        frames.send(item, stop)
+                elif resampler is not None and audio is not None:
+                    if origin is None and cfg.source != "camera":
+                        continue  # wait for the first video frame to fix the origin
+                    for rf in resampler.resample(frame):
+                        if audio_next is None:
+                            ft = rf.time
+                            if cfg.source == "camera" or ft is None:
+                                audio_next = (m.now_ns() - cfg.t0_ns) / 1e9
+                            else:
+                                audio_next = ft - origin
+                        pcm = rf.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+                        pending_audio.append(pcm)
+                        pending_n += pcm.shape[0]
+                    flush_audio()
+        if resampler is not None and audio is not None:
+            for rf in resampler.resample(None):
+                pcm = rf.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+                pending_audio.append(pcm)
+                pending_n += pcm.shape[0]
+            flush_audio(force=True)
+        end = m.EndOfStream(streams=streams, reason="stopped" if stop else "eof", frames=n_frames,
+                            duration=(last_t + 1.0 / fps) if n_frames else 0.0,
+                            sender_drops={m.VIDEO: frames.drops, m.AUDIO: audio.drops if audio else 0})
+        frames.send_control(end)
+        if audio is not None:
+            audio.send_control(end)
+    except Exception as exc:  # decoding failed mid-stream: say so, end cleanly
+        msg = redact(f"capture failed: {type(exc).__name__}: {exc}")
+        frames.send_control(m.CaptureError(msg, streams))
+    finally:
+        if container is not None:
+            container.close()
+        # Stay connected until the analyzer says it is done (SIGTERM): the last items may still
+        # sit in kernel socket buffers, and ZeroMQ discards them when the sending end goes away.
+        stop.event.wait(hold_s)
+        frames.close()
+        if audio is not None:
+            audio.close()
+
+
+def run_mic_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: float = 0.0) -> None:
+    """Record the default (or ``cfg.target``) microphone at 16 kHz mono and push it."""
+    import queue
+
+    stop = _Stop() if stop is None else stop
+    ctx = zmq.Context.instance()
+    audio = _Sender(ctx, cfg.audio_endpoint, hwm=AUDIO_HWM, blocking=False)
+    streams = [m.AUDIO]
+    try:
+        try:
+            import sounddevice as sd
+        except (ImportError, OSError) as exc:
+            audio.send_control(m.CaptureError(
+                f"microphone unavailable: {exc} (pip install sounddevice; Debian: libportaudio2)", streams))
+            return
+        q: queue.Queue = queue.Queue(maxsize=200)
+        lost = [0]
+
+        def callback(indata, nframes, time_info, status) -> None:  # PortAudio thread
+            t = (m.now_ns() - cfg.t0_ns) / 1e9 - nframes / m.AUDIO_RATE
+            try:
+                q.put_nowait((max(t, 0.0), indata[:, 0].copy()))
+            except queue.Full:
+                lost[0] += 1
+
+        device = None if cfg.target in ("", "default") else (int(cfg.target) if cfg.target.isdigit() else cfg.target)
+        try:
+            stream = sd.InputStream(samplerate=m.AUDIO_RATE, channels=1, dtype="float32", device=device,
+                                    blocksize=int(AUDIO_CHUNK_S * m.AUDIO_RATE), callback=callback)
+        except Exception as exc:
+            audio.send_control(m.CaptureError(f"cannot open microphone {cfg.target or 'default'}: {exc}", streams))
+            return
+        audio.send_control(m.StreamInfo(source="mic", streams=streams, live=True))
+        with stream:
+            while not stop:
+                try:
+                    t, pcm = q.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                audio.send(m.AudioChunk(seq=audio.seq, pts=t, t_capture_ns=m.now_ns(), samples=pcm,
+                                        sender_drops=audio.drops + lost[0]))
+                audio.seq += 1
+        audio.send_control(m.EndOfStream(streams=streams, reason="stopped",
+                                         sender_drops={m.AUDIO: audio.drops + lost[0]}))
+    finally:
+        stop.event.wait(hold_s)
+        audio.close()
+
+
+def capture_main(cfg: CaptureConfig) -> None:
+    """Entry point of a capture process."""
+    stop = _Stop()
+    stop.install()
+    if not _die_with_parent(cfg.parent_pid):
+        return
+    try:
+        if cfg.source == "mic":
+            run_mic_capture(cfg, stop, hold_s=END_HOLD_S)
+        else:
+            run_av_capture(cfg, stop, hold_s=END_HOLD_S)
+    finally:
+        zmq.Context.instance().term()
+

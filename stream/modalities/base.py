@@ -1,0 +1,159 @@
+"""The modality interface: one window in, 8 basic probabilities (or absence) out.
+
+The analyzer builds a :class:`WindowInput` per window (analysed frames with
+their cached face results, the window's 16 kHz audio) and calls each
+configured modality in order.  A modality returns a :class:`ModalityOutput`;
+``basic=None`` means *absent* (no face, no speech, no model...), which fusion
+masks out - never a zero vector.  Modalities may leave results for later ones
+in ``WindowInput.shared`` (the voice-activity decision is computed once and
+reused by the speech-emotion and speech-text modalities).
+
+A modality that raises is reported in the window record and treated as
+absent for that window; the stream goes on.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from stream.modalities.face import FaceResult, window_face_probs
+from stream.core.messages import VideoFrame
+from stream.core.windows import Window
+
+
+@dataclass
+class WindowInput:
+    window: Window
+    fps: float
+    frames: list[VideoFrame]  # the window's analysed frames (5 fps grid), in time order
+    faces: list[FaceResult]  # one per frame, same order
+    audio: np.ndarray | None  # float32 mono 16 kHz samples of [start, end); None: no audio source
+    audio_coverage: float = 0.0  # fraction of the window real audio covered
+    shared: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModalityOutput:
+    basic: np.ndarray | None  # 8 probabilities in BASIC order; None = absent
+    feature: np.ndarray | None = None  # embedding for PFSA and feature dumps
+    info: dict[str, Any] = field(default_factory=dict)  # extra fields for the window record
+
+    @classmethod
+    def absent(cls, reason: str, **info: Any) -> "ModalityOutput":
+        return cls(None, None, {"reason": reason, **info})
+
+
+@runtime_checkable
+class Modality(Protocol):
+    name: str
+
+    def __call__(self, inp: WindowInput) -> ModalityOutput: ...
+
+    def close(self) -> None: ...
+
+
+class FaceModality:
+    """Static face model: the window's per-frame face probabilities, averaged
+    (frames without a face borrow the nearest face)."""
+
+    name = "face"
+
+    def __call__(self, inp: WindowInput) -> ModalityOutput:
+        probs, n_face = window_face_probs(inp.faces)
+        info = {"frames": len(inp.faces), "frames_with_face": n_face}
+        if probs is None:
+            reason = ("no frames received" if not inp.faces else
+                      "no face in the window" if not n_face else "face in too few frames")
+            return ModalityOutput.absent(reason, **info)
+        raw = [f.raw for f in inp.faces if f.found and f.raw is not None]
+        feature = np.mean(np.stack(raw), axis=0) if raw else None
+        return ModalityOutput(probs, feature, info)
+
+    def close(self) -> None:
+        pass
+
+
+class AbsentModality:
+    """A modality that is not running in this configuration: every window records why."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+
+    def __call__(self, inp: WindowInput) -> ModalityOutput:
+        return ModalityOutput.absent(self.reason)
+
+    def close(self) -> None:
+        pass
+
+
+class LaggedModality:
+    """Runs a slow modality (speech-to-text) off the window thread for live sources.
+
+    Each call hands the window to a worker thread (when it is busy, the newest waiting window
+    replaces an older one) and waits at most ``budget_s`` for that window's result.  If it is
+    not ready, the newest finished result of the last ``max_lag`` windows is used instead and
+    the record says which window it came from (``from_window``, ``lag_windows``).  The window
+    loop is never held up for longer than the budget, so a live window's latency stays that of
+    the fast modalities.  The wrapped modality must not share stateful objects with other
+    modalities (the worker thread uses them concurrently).
+    """
+
+    def __init__(self, inner: Modality, *, budget_s: float = 0.03, max_lag: int = 1) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.budget_s = budget_s
+        self.max_lag = max_lag
+        self._cond = threading.Condition()
+        self._pending: WindowInput | None = None
+        self._results: dict[int, ModalityOutput] = {}
+        self._stop = False
+        self._thread = threading.Thread(target=self._work, name=f"cer-{self.name}", daemon=True)
+        self._thread.start()
+
+    def load(self) -> None:
+        load = getattr(self.inner, "load", None)
+        if load is not None:
+            load()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                job, self._pending = self._pending, None
+            try:
+                out = self.inner(job)
+            except Exception as exc:  # reported in the window record, like any failing modality
+                out = ModalityOutput.absent("error", error=f"{type(exc).__name__}: {exc}")
+            with self._cond:
+                self._results[job.window.index] = out
+                for k in [k for k in self._results if k < job.window.index - self.max_lag]:
+                    del self._results[k]
+                self._cond.notify_all()
+
+    def __call__(self, inp: WindowInput) -> ModalityOutput:
+        k = inp.window.index
+        with self._cond:
+            self._pending = replace(inp, shared=dict(inp.shared))  # its own copy of the shared dict
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: k in self._results, timeout=self.budget_s)
+            done = {j: out for j, out in self._results.items() if k - self.max_lag <= j <= k}
+        if not done:
+            return ModalityOutput.absent("still processing (runs beside the live stream)")
+        j = max(done)
+        out = done[j]
+        info = {**out.info, "from_window": j, "lag_windows": k - j}
+        return ModalityOutput(out.basic, out.feature, info)
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join(5.0)
+        self.inner.close()

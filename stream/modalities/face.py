@@ -1,0 +1,426 @@
+"""Face modality (embedded default): MediaPipe detection + FaceMesh validation,
+a stable target person, and the static face-emotion model(s) on the crop each was
+trained on: by default (``--face-model ensemble``) the mean of face-api.js's
+expression network and fer's mini-Xception, both ported to ONNX.
+
+Each analysed frame is processed once; :class:`FaceCache` keeps the result so
+the overlapping half of the next window reuses it.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from stream.modalities.face_crops import EMOAFFECTNET_CROP, FACEAPI_CROP, MINI_XCEPTION_CROP, CropSpec, crop_face
+from stream.core.labels import BASIC, to_basic
+
+#: ``--face-model`` of the lite profile: the model that scored best on faces_dev
+#: (``bench/accuracy.py``; figures in the README's model table).
+LITE_DEFAULT_FACE_MODEL = "ensemble"
+#: Detections below this confidence are ignored.
+MIN_DETECTION = 0.5
+#: Keep following the previous target while it overlaps this much...
+TRACK_IOU = 0.3
+#: ...and is at least this fraction of the largest face's area.
+TRACK_MIN_AREA = 0.5
+#: A window needs a face in at least this fraction of its analysed frames (2 of 20).
+MIN_FACE_FRACTION = 0.10
+
+
+@dataclass(slots=True)
+class FaceResult:
+    index: int  # frame number
+    pts: float
+    found: bool
+    box: tuple[int, int, int, int] | None = None  # the detector's face box: x0, y0, x1, y1 in frame pixels
+    score: float = 0.0
+    faces: int = 0  # faces detected in the frame
+    basic: np.ndarray | None = None  # 8 probabilities, BASIC order
+    raw: np.ndarray | None = None  # the model's own output, its own order
+
+
+def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _area(b: tuple[float, ...]) -> float:
+    return max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
+
+
+def expand_box(box: tuple[float, float, float, float], margin: float, width: int, height: int
+               ) -> tuple[int, int, int, int]:
+    """Grow ``box`` by ``margin`` of its size on every side, clipped to the image."""
+    x0, y0, x1, y1 = box
+    dx, dy = (x1 - x0) * margin, (y1 - y0) * margin
+    return (max(0, int(round(x0 - dx))), max(0, int(round(y0 - dy))),
+            min(width, int(round(x1 + dx))), min(height, int(round(y1 + dy))))
+
+
+class FaceDetector:
+    """MediaPipe BlazeFace detection, validated by FaceMesh landmarks.
+
+    Two BlazeFace models: short-range (faces within ~2 m; about 2.7 ms a frame here) and
+    full-range (~5 m; about 7 ms).  ``model="auto"`` tries the one that last found a face
+    first and the other only when it finds nothing, so a close face costs the fast model
+    and a distant camera settles on the full-range one.
+
+    FaceMesh validation (about 7.5 ms) runs for a new or moved target; a face whose box
+    overlaps the last validated one (IoU >= ``REVALIDATE_IOU``) is re-validated only every
+    ``REVALIDATE_EVERY`` frames.  ``validate_every_frame=True`` restores the seeds' rule of
+    validating every detection.
+    """
+
+    REVALIDATE_IOU = 0.5
+    REVALIDATE_EVERY = 5
+
+    def __init__(self, *, validate: bool = True, model: str = "auto", min_confidence: float = MIN_DETECTION,
+                 validate_every_frame: bool = False) -> None:
+        try:
+            import mediapipe as mp
+        except ImportError as exc:  # pragma: no cover - a broken install
+            raise RuntimeError(f"mediapipe is not importable ({exc}); reinstall with `make install`") from exc
+        choices = {"short": [0], "full": [1], "auto": [0, 1]}
+        if model not in choices:
+            raise ValueError(f"face detector model must be one of {sorted(choices)}, got {model!r}")
+        fd = mp.solutions.face_detection
+        self._dets = {sel: fd.FaceDetection(model_selection=sel, min_detection_confidence=min_confidence)
+                      for sel in choices[model]}
+        self._order = list(choices[model])
+        self._mesh = (mp.solutions.face_mesh.FaceMesh(
+            static_image_mode=True, max_num_faces=1, refine_landmarks=True,
+            min_detection_confidence=0.5) if validate else None)
+        self.validate_every_frame = validate_every_frame
+        self._valid_box: tuple[float, ...] | None = None
+        self._since_check = 0
+        self.counts = {"detect_short": 0, "detect_full": 0, "validate": 0, "validate_skipped": 0}
+
+    def _detect_with(self, sel: int, rgb: np.ndarray) -> list[tuple[tuple[float, float, float, float], float]]:
+        h, w = rgb.shape[:2]
+        self.counts["detect_short" if sel == 0 else "detect_full"] += 1
+        res = self._dets[sel].process(rgb)
+        out = []
+        for d in res.detections or []:
+            bb = d.location_data.relative_bounding_box
+            x0, y0 = bb.xmin * w, bb.ymin * h
+            box = (max(0.0, x0), max(0.0, y0), min(float(w), x0 + bb.width * w), min(float(h), y0 + bb.height * h))
+            if box[2] - box[0] >= 8 and box[3] - box[1] >= 8:
+                out.append((box, float(d.score[0])))
+        return out
+
+    def detect(self, rgb: np.ndarray) -> list[tuple[tuple[float, float, float, float], float]]:
+        """Boxes (pixels) and scores of the faces in an RGB image."""
+        for sel in list(self._order):
+            found = self._detect_with(sel, rgb)
+            if found:
+                if self._order[0] != sel:  # this range works for this source now: try it first
+                    self._order.remove(sel)
+                    self._order.insert(0, sel)
+                return found
+        return []
+
+    def validate(self, rgb: np.ndarray, box: tuple[float, float, float, float]) -> bool:
+        """True when FaceMesh finds a face's landmarks around ``box`` (or ``box`` is the
+        target validated moments ago, see the class notes)."""
+        if self._mesh is None:
+            return True
+        if (not self.validate_every_frame and self._valid_box is not None
+                and self._since_check < self.REVALIDATE_EVERY - 1 and iou(box, self._valid_box) >= self.REVALIDATE_IOU):
+            self._since_check += 1
+            self._valid_box = box
+            self.counts["validate_skipped"] += 1
+            return True
+        h, w = rgb.shape[:2]
+        x0, y0, x1, y1 = expand_box(box, 0.5, w, h)
+        crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+        self.counts["validate"] += 1
+        ok = crop.size > 0 and bool(self._mesh.process(crop).multi_face_landmarks)
+        if ok:
+            self._valid_box, self._since_check = box, 0
+        elif self._valid_box is not None and iou(box, self._valid_box) >= self.REVALIDATE_IOU:
+            self._valid_box = None  # the remembered face failed its re-check
+        return ok
+
+    def reset_states(self) -> None:
+        self._valid_box, self._since_check = None, 0
+
+    def close(self) -> None:
+        for det in self._dets.values():
+            det.close()
+        if self._mesh is not None:
+            self._mesh.close()
+
+
+class TargetTracker:
+    """Chooses the target person: the largest face, kept while it stays in view."""
+
+    def __init__(self) -> None:
+        self._box: tuple[float, ...] | None = None
+
+    def order(self, boxes: list[tuple[float, float, float, float]]) -> list[int]:
+        """Indices of ``boxes`` in the order they should be tried as the target."""
+        if not boxes:
+            return []
+        by_size = sorted(range(len(boxes)), key=lambda i: -_area(boxes[i]))
+        if self._box is None:
+            return by_size
+        largest = _area(boxes[by_size[0]])
+        best = max(range(len(boxes)), key=lambda i: iou(boxes[i], self._box))
+        if iou(boxes[best], self._box) >= TRACK_IOU and _area(boxes[best]) >= TRACK_MIN_AREA * largest:
+            return [best] + [i for i in by_size if i != best]
+        return by_size
+
+    def update(self, box: tuple[float, ...] | None) -> None:
+        if box is not None:
+            self._box = box
+
+    def reset_states(self) -> None:
+        self._box = None
+
+
+@dataclass(frozen=True)
+class FaceModelInfo:
+    """How one static face-emotion model is run: its registry entry, the module whose
+    ``preprocess`` turns crops into its input, the colour it takes, and the crop it was
+    trained on (see :mod:`stream.modalities.face_crops` for each model's convention and
+    ``bench/accuracy.py`` for the measurements that chose it)."""
+
+    registry_name: str
+    preprocess: str  # "module:function" taking a list of crops
+    colour: str  # "grey" (converted here, RGB -> grey) or "rgb"
+    crop: CropSpec
+
+
+#: The static face models by ``--face-model`` name.
+FACE_MODELS: dict[str, FaceModelInfo] = {
+    "minixception": FaceModelInfo("fer-mini-xception", "engines.models.mini_xception:preprocess", "grey",
+                                  MINI_XCEPTION_CROP),
+    "faceapi": FaceModelInfo("faceapi-expression", "engines.models.faceapi:preprocess", "rgb", FACEAPI_CROP),
+    "emoaffectnet": FaceModelInfo("emoaffectnet-resnet50", "engines.export.emoaffectnet:preprocess", "rgb",
+                                  EMOAFFECTNET_CROP),
+}
+#: ``--face-model ensemble``: the mean of these models' 8-class probabilities.
+ENSEMBLE = ("faceapi", "minixception")
+#: Each profile's default ``--face-model`` (lite: the best measured on faces_dev, see README).
+PROFILE_FACE_MODEL = {"lite": LITE_DEFAULT_FACE_MODEL, "paper": "emoaffectnet"}
+FACE_MODEL_CHOICES = (*FACE_MODELS, "ensemble")
+
+
+def _resolve_callable(path: str):
+    import importlib
+
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+class EmotionModel:
+    """One static face-emotion model through the engines layer.
+
+    ``name`` is a ``--face-model`` name (``minixception``, ``faceapi``, ``emoaffectnet``);
+    without one, the profile's default (:data:`PROFILE_FACE_MODEL`). ``weights`` overrides
+    where the model's weights are looked for (EmoAffectNet: the TorchScript file; face-api:
+    the folder with its manifest and .bin). The label order is read from the model's
+    metadata and mapped to the 8 basic states by name.
+    """
+
+    def __init__(self, name: str | None = None, *, profile: str = "lite", backend: str = "auto",
+                 device: str = "auto", weights: str | None = None) -> None:
+        import json
+
+        from engines.models import registry
+        from engines.select import create_engine
+
+        if profile not in PROFILE_FACE_MODEL:
+            raise ValueError(f"unknown profile {profile!r}; choose lite or paper")
+        name = name or PROFILE_FACE_MODEL[profile]
+        if name not in FACE_MODELS:
+            raise ValueError(f"unknown face model {name!r}; choose one of {', '.join(FACE_MODELS)}")
+        info = FACE_MODELS[name]
+        self.name = name
+        self.registry_name = info.registry_name
+        self.colour = info.colour
+        self.crop = info.crop
+        spec = registry.get(info.registry_name)
+        self.path = registry.export(spec, weights=weights)
+        self._pre = _resolve_callable(info.preprocess)
+        self.engine = create_engine(self.path, backend=backend, device=device)
+        self.engine.load()
+        registry.check_metadata(self.engine, spec)
+        self.labels = tuple(json.loads(self.engine.metadata["cer.labels"]))
+        self.backend = type(self.engine).__name__
+        outs = list(self.engine.output_names)
+        self._probs_at = outs.index("probs") if "probs" in outs else 0
+
+    def __call__(self, crops_rgb: list[np.ndarray]) -> np.ndarray:
+        """Class probabilities (model order) for RGB uint8 face crops (already cut with
+        :attr:`crop`)."""
+        if not crops_rgb:
+            return np.zeros((0, len(self.labels)), np.float32)
+        if self.colour == "grey":  # a grey-scale model: convert once, directly
+            import cv2
+
+            crops = [cv2.cvtColor(c, cv2.COLOR_RGB2GRAY) for c in crops_rgb]
+        else:
+            crops = crops_rgb
+        outs = self.engine.infer(self._pre(crops))
+        return np.asarray(outs[self._probs_at], dtype=np.float32)
+
+    def predict(self, images: list[np.ndarray], boxes: list[tuple[float, float, float, float]]
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """(model-order probabilities, 8 basic probabilities) for one face box per image,
+        each cut with this model's own crop convention."""
+        probs = self([crop_face(img, box, self.crop) for img, box in zip(images, boxes)])
+        return probs, (to_basic(probs, self.labels) if len(probs) else np.zeros((0, len(BASIC)), np.float32))
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+class EnsembleModel:
+    """Several static face models, each on its own crop; the output is the mean of their
+    8-class basic probabilities (``labels`` is :data:`BASIC`, so ``raw`` is that mean too)."""
+
+    def __init__(self, members: list[EmotionModel]) -> None:
+        if not members:
+            raise ValueError("an ensemble needs at least one model")
+        self.members = members
+        self.name = "ensemble(" + "+".join(m.name for m in members) + ")"
+        self.labels = BASIC
+        self.backend = ",".join(sorted({m.backend for m in members}))
+
+    def predict(self, images: list[np.ndarray], boxes: list[tuple[float, float, float, float]]
+                ) -> tuple[np.ndarray, np.ndarray]:
+        basic = np.mean(np.stack([m.predict(images, boxes)[1] for m in self.members]), axis=0).astype(np.float32)
+        return basic, basic
+
+    def close(self) -> None:
+        for m in self.members:
+            m.close()
+
+
+def load_face_model(name: str | None = None, *, profile: str = "lite", backend: str = "auto",
+                    device: str = "auto", weights: str | None = None) -> EmotionModel | EnsembleModel:
+    """The static face model named ``name`` (a :data:`FACE_MODEL_CHOICES` entry; None: the
+    profile's default)."""
+    if profile not in PROFILE_FACE_MODEL:
+        raise ValueError(f"unknown profile {profile!r}; choose lite or paper")
+    name = name or PROFILE_FACE_MODEL[profile]
+    if name == "ensemble":
+        if weights is not None:
+            raise ValueError("--face-weights names one model's weights; it cannot be used with the ensemble")
+        return EnsembleModel([EmotionModel(n, profile=profile, backend=backend, device=device) for n in ENSEMBLE])
+    return EmotionModel(name, profile=profile, backend=backend, device=device, weights=weights)
+
+
+class FaceAnalyzer:
+    """Detect → validate → choose target → crop → classify, one frame at a time,
+    with the classifier batched over all the frames of a call."""
+
+    def __init__(self, *, detector: FaceDetector | None = None, model: EmotionModel | EnsembleModel | None = None,
+                 track: bool = True) -> None:
+        self.detector = detector or FaceDetector()
+        self.model = model or load_face_model()
+        self.tracker = TargetTracker() if track else None
+        self.timings: dict[str, float] = {"detect": 0.0, "validate": 0.0, "emotion": 0.0}
+        self._lock = threading.Lock()
+
+    def locate(self, rgb: np.ndarray) -> tuple[tuple[float, float, float, float] | None, float, int]:
+        """The target face's box and score in ``rgb`` (None when no face validates),
+        and how many faces were detected."""
+        import time
+
+        t0 = time.perf_counter()
+        dets = self.detector.detect(rgb)
+        t1 = time.perf_counter()
+        boxes = [d[0] for d in dets]
+        order = self.tracker.order(boxes) if self.tracker else sorted(
+            range(len(boxes)), key=lambda i: -_area(boxes[i]))
+        chosen = next((i for i in order if self.detector.validate(rgb, boxes[i])), None)
+        self.timings["detect"] += t1 - t0
+        self.timings["validate"] += time.perf_counter() - t1
+        if chosen is None:
+            return None, 0.0, len(boxes)
+        if self.tracker:
+            self.tracker.update(boxes[chosen])
+        return boxes[chosen], dets[chosen][1], len(boxes)
+
+    def analyse(self, frames: list[tuple[int, float, np.ndarray]]) -> list[FaceResult]:
+        """Analyse ``(index, pts, rgb)`` frames in time order."""
+        import time
+
+        with self._lock:
+            results: list[FaceResult] = []
+            images: list[np.ndarray] = []
+            boxes: list[tuple[float, float, float, float]] = []
+            owners: list[FaceResult] = []
+            for index, pts, rgb in frames:
+                box, score, n = self.locate(rgb)
+                if box is None:
+                    results.append(FaceResult(index, pts, False, faces=n))
+                    continue
+                res = FaceResult(index, pts, True, tuple(int(round(v)) for v in box), score, n)
+                images.append(rgb)
+                boxes.append(box)
+                owners.append(res)
+                results.append(res)
+            if owners:
+                t0 = time.perf_counter()
+                raw, basic = self.model.predict(images, boxes)
+                self.timings["emotion"] += time.perf_counter() - t0
+                for res, p, b in zip(owners, raw, basic):
+                    res.raw, res.basic = p, b
+            return results
+
+    def close(self) -> None:
+        self.detector.close()
+        self.model.close()
+
+
+@dataclass
+class FaceCache:
+    """Per-frame face results keyed by frame number."""
+
+    items: dict[int, FaceResult] = field(default_factory=dict)
+    hits: int = 0
+    misses: int = 0
+
+    def split(self, indices: list[int]) -> tuple[list[int], list[int]]:
+        have = [i for i in indices if i in self.items]
+        self.hits += len(have)
+        need = [i for i in indices if i not in self.items]
+        self.misses += len(need)
+        return have, need
+
+    def forget_before(self, index: int) -> None:
+        for k in [k for k in self.items if k < index]:
+            del self.items[k]
+
+
+def window_face_probs(results: list[FaceResult], *, min_fraction: float = MIN_FACE_FRACTION
+                      ) -> tuple[np.ndarray | None, int]:
+    """The window's face probabilities (8, BASIC order) and how many frames had a face.
+
+    A frame without a face borrows the nearest frame's face (seed rule).  A
+    window where fewer than ``min_fraction`` of the analysed frames (and at
+    least one) show the face has no face prediction (``None``): a lone
+    detection in an otherwise face-less window is more likely a false
+    positive than a person, and borrowing would spread it over the window.
+    """
+    have = [i for i, r in enumerate(results) if r.found and r.basic is not None]
+    if not have or len(have) < min_fraction * len(results):
+        return None, len(have)
+    rows = []
+    for i in range(len(results)):
+        j = min(have, key=lambda h: (abs(h - i), h))
+        rows.append(results[j].basic)
+    return np.mean(np.stack(rows), axis=0).astype(np.float32), len(have)
+
+
+__all__ = ["BASIC", "FACE_MODELS", "FACE_MODEL_CHOICES", "FaceAnalyzer", "FaceCache", "FaceDetector", "FaceResult",
+           "EmotionModel", "EnsembleModel", "load_face_model",
+           "TargetTracker", "expand_box", "iou", "window_face_probs"]

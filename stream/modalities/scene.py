@@ -1,0 +1,763 @@
+"""Scene modality: keyframes -> a vision-language model -> caption -> 8 basic probabilities.
+
+A VLM takes seconds to describe a clip, far longer than a window may take, so the
+description is refreshed *asynchronously* (DESIGN.md, "Scene refresh is asynchronous"):
+
+* the window loop hands each window's keyframes to a :class:`SceneWorker` through
+  :meth:`SceneWorker.submit`, which never blocks and keeps only the newest window;
+* the worker, an asyncio event loop in its own thread, takes the newest keyframes at most
+  every ``every_s`` seconds (wall time), JPEG-encodes them and asks an OpenAI-compatible
+  chat-completions endpoint (vLLM, Ollama, llama.cpp server...) to describe the person and
+  the scene with the seeds' prompt 1 (REFERENCE.md, own wording below).  One request is in
+  flight at most; each has a timeout; transient failures are retried a bounded number of
+  times with exponential backoff;
+* an answer is turned into probabilities by the caption head (MiniLM + linear head, see
+  ``stream/modalities/speech/texthead.py``) on the worker's own executor thread, and cached together with the
+  media time of the window its keyframes came from;
+* each window (:class:`SceneModality`) uses the newest cached caption whose media-time age is
+  within ``max_age_s`` and records the caption, its age and the worker's counters.  No
+  caption yet, a caption too old, or an endpoint that is down, slow, failing or talking
+  nonsense: the modality is absent for that window (fusion renormalises over the others),
+  the error is counted and reported, and the stream goes on.
+
+The API key is read from an environment variable (``--vlm-key-env``, default
+``CER_STREAM_VLM_API_KEY``), sent as ``Authorization: Bearer ...`` and never logged or put in a
+record: error texts are scrubbed of it and passed through :func:`stream.core.redact.redact`.
+
+HTTP is spoken with the standard library's asyncio streams (a minimal HTTP/1.1 client, see
+:func:`post_json`) rather than ``urllib`` in a thread or ``httpx``: a request is then an
+ordinary cancellable coroutine, so a hung server costs nothing but its timeout and
+:meth:`SceneWorker.close` returns at once even mid-request, and the project gains no
+dependency.  The price: no HTTP proxy support and no connection reuse (one request every few
+seconds needs neither; the endpoint is normally on the same host or network).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import concurrent.futures
+import json
+import logging
+import math
+import os
+import ssl
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from stream.core.labels import BASIC
+from stream.modalities.base import ModalityOutput, WindowInput
+from stream.core.redact import redact
+from stream.core.windows import WINDOW_S
+
+log = logging.getLogger(__name__)
+
+#: The seeds' prompt 1 (REFERENCE.md, "Scene prompts"), in this project's words.
+PROMPT = (
+    "You are an expert in multimodal emotion recognition. The images are frames taken in order "
+    "from a short video clip of a person. Analyse the person's facial expressions, body posture, "
+    "gestures and head movements, and the surrounding scene, and use the basic emotions "
+    "(neutral, anger, disgust, fear, happiness, sadness, surprise) as a reference for the "
+    "emotional state they convey. Answer with a single paragraph of at most 100 tokens that "
+    "ends with a period."
+)
+
+DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
+#: Seconds between the starts of two requests (issue 7: --vlm-every, default 4).
+DEFAULT_EVERY_S = 4.0
+#: Seconds one request may take, connection to last byte.  A 32B VLM on a shared server can
+#: take well over ten seconds for four images; a shorter bound would throw good answers away.
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_KEY_ENV = "CER_STREAM_VLM_API_KEY"
+#: Keyframes sent per request, evenly spaced over the window (4 of its 20 analysed frames).
+KEYFRAMES = 4
+#: Keyframes are scaled so their longer side is at most this before JPEG encoding: Qwen2.5-VL
+#: works at 28-pixel patches, so 448 px is 16 patches a side; larger costs the VLM more time.
+KEYFRAME_MAX_SIDE = 448
+JPEG_QUALITY = 85
+#: Room for the ~100-token paragraph the prompt asks for.
+MAX_TOKENS = 160
+#: Extra attempts after a transient failure (timeout, refused connection, HTTP 5xx/408/429).
+RETRIES = 2
+#: Backoff before retry i (1-based) is BACKOFF_S * 2**(i-1), capped at BACKOFF_MAX_S.
+BACKOFF_S = 0.5
+BACKOFF_MAX_S = 8.0
+#: Answers larger than this are not read (a chat completion for one paragraph is ~1-2 kB).
+MAX_RESPONSE_BYTES = 1 << 20
+#: Captions are cut to this many characters (the text encoder reads ~192 tokens at most).
+MAX_CAPTION_CHARS = 2000
+#: How long close() waits for the worker thread.
+CLOSE_TIMEOUT_S = 2.0
+#: Error texts kept for the record are cut to this length.
+MAX_ERROR_CHARS = 240
+
+
+# --------------------------------------------------------------------------- options
+@dataclass(frozen=True, kw_only=True)
+class SceneOptions:
+    """Settings of the scene refresh.  Only the variable's *name* is held, never the key.
+
+    Attributes:
+        url: the endpoint's base URL, e.g. ``http://127.0.0.1:8000/v1`` (``/chat/completions``
+            is appended unless the URL already ends with it).
+        model: the model name the server knows the VLM by.
+        every_s: minimum seconds between the starts of two requests.
+        timeout_s: seconds one request may take.
+        key_env: environment variable holding the API key (unset or empty: no key is sent).
+        max_age_s: a caption older than this (media time, its keyframes' window end to the
+            current window's end) is not used; ``None``: ``2 * every_s + WINDOW_S``, which a
+            live stream meets when the VLM answers within about one refresh period.
+        keyframes, max_side, jpeg_quality: what is sent per request.
+        max_tokens: the answer's length limit.
+        retries, backoff_s, backoff_max_s: bounded retries of transient failures.
+        prompt: the instruction sent with the keyframes.
+    """
+
+    url: str
+    model: str = DEFAULT_MODEL
+    every_s: float = DEFAULT_EVERY_S
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    key_env: str = DEFAULT_KEY_ENV
+    max_age_s: float | None = None
+    keyframes: int = KEYFRAMES
+    max_side: int = KEYFRAME_MAX_SIDE
+    jpeg_quality: int = JPEG_QUALITY
+    max_tokens: int = MAX_TOKENS
+    retries: int = RETRIES
+    backoff_s: float = BACKOFF_S
+    backoff_max_s: float = BACKOFF_MAX_S
+    prompt: str = PROMPT
+
+    def __post_init__(self) -> None:
+        endpoint_url(self.url)  # raises ValueError on a bad URL
+        if not self.model.strip():
+            raise ValueError("--vlm-model must not be empty")
+        for name in ("every_s", "timeout_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value}")
+        if self.max_age_s is not None and not (math.isfinite(self.max_age_s) and self.max_age_s >= 0):
+            raise ValueError(f"max_age_s must be >= 0 seconds, got {self.max_age_s}")
+        if self.keyframes < 1 or self.max_side < 16 or not 1 <= self.jpeg_quality <= 100:
+            raise ValueError("keyframes >= 1, max_side >= 16 and 1 <= jpeg_quality <= 100 are required")
+        if self.max_tokens < 1 or self.retries < 0 or self.backoff_s < 0 or self.backoff_max_s < 0:
+            raise ValueError("max_tokens >= 1, retries >= 0 and non-negative backoff are required")
+        if not self.key_env.strip():
+            raise ValueError("--vlm-key-env must name an environment variable")
+
+    @property
+    def caption_max_age_s(self) -> float:
+        return self.max_age_s if self.max_age_s is not None else 2 * self.every_s + WINDOW_S
+
+
+def endpoint_url(base: str) -> str:
+    """The chat-completions URL for a base URL such as ``http://host:8000/v1``."""
+    url = base.strip()
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"bad VLM URL {redact(base)!r}: expected http(s)://HOST[:PORT]/v1")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError(f"bad VLM URL {redact(base)!r}: bad port") from None
+    path = parts.path.rstrip("/")
+    if not path.endswith("/chat/completions"):
+        path += "/chat/completions"
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+# --------------------------------------------------------------------------- request / answer
+def pick_keyframes(items: Sequence[Any], count: int) -> list[Any]:
+    """``count`` items evenly spaced over ``items`` (first and last included), in order."""
+    n = len(items)
+    if n <= count:
+        return list(items)
+    idx = sorted({int(round(i)) for i in np.linspace(0, n - 1, count)})
+    return [items[i] for i in idx]
+
+
+def jpeg_data_url(rgb: np.ndarray, *, max_side: int = KEYFRAME_MAX_SIDE, quality: int = JPEG_QUALITY) -> str:
+    """An RGB uint8 image as a ``data:image/jpeg;base64,...`` URL, scaled to ``max_side``."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    scale = max_side / max(h, w)
+    bgr = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)
+    if scale < 1:
+        bgr = cv2.resize(bgr, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", bgr, [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+
+
+def chat_request(options: SceneOptions, image_urls: Sequence[str]) -> dict[str, Any]:
+    """The chat-completions request body: the keyframes, then the instruction, one user turn."""
+    content: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": u}} for u in image_urls]
+    content.append({"type": "text", "text": options.prompt})
+    return {"model": options.model, "messages": [{"role": "user", "content": content}],
+            "max_tokens": options.max_tokens, "temperature": 0}
+
+
+class VlmError(Exception):
+    """A failed request.  ``retry``: worth trying again soon (the failure may be transient)."""
+
+    def __init__(self, message: str, *, retry: bool) -> None:
+        super().__init__(message)
+        self.retry = retry
+
+
+def parse_caption(body: bytes) -> str:
+    """The caption in a chat-completions answer (whitespace collapsed), or :class:`VlmError`."""
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise VlmError(f"bad answer: not JSON ({_snippet(body)})", retry=False) from None
+    try:
+        content = obj["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        err = obj.get("error") if isinstance(obj, dict) else None
+        if err:
+            msg = err.get("message", err) if isinstance(err, dict) else err
+            raise VlmError(f"server error: {msg}", retry=False) from None
+        raise VlmError("bad answer: no choices[0].message.content", retry=False) from None
+    if isinstance(content, list):  # content parts, as some servers answer
+        content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    if not isinstance(content, str):
+        raise VlmError(f"bad answer: content is {type(content).__name__}, not text", retry=False)
+    text = " ".join(content.split())
+    if not text:
+        raise VlmError("empty caption", retry=False)
+    return text[:MAX_CAPTION_CHARS]
+
+
+def _snippet(body: bytes, n: int = 120) -> str:
+    text = " ".join(body[:n].decode("utf-8", "replace").split())
+    return text + ("..." if len(body) > n else "") if text else "empty body"
+
+
+async def post_json(url: str, body: bytes, headers: dict[str, str], *,
+                    max_bytes: int = MAX_RESPONSE_BYTES) -> tuple[int, bytes]:
+    """POST ``body`` (JSON) to ``url`` over HTTP/1.1 and return ``(status, response body)``.
+
+    A deliberately small client: one connection per request (``Connection: close``), the
+    answer read by ``Content-Length``, chunked transfer coding or to end of stream.  The
+    caller bounds the time (it is an ordinary coroutine, cancellable at any await).
+    """
+    parts = urllib.parse.urlsplit(url)
+    https = parts.scheme == "https"
+    host = parts.hostname or ""
+    port = parts.port or (443 if https else 80)
+    reader, writer = await asyncio.open_connection(
+        host, port, ssl=ssl.create_default_context() if https else None, limit=64 * 1024)
+    try:
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        host_header = f"[{host}]" if ":" in host else host
+        if parts.port and parts.port != (443 if https else 80):
+            host_header += f":{parts.port}"
+        lines = [f"POST {target} HTTP/1.1", f"Host: {host_header}", "User-Agent: cer-stream",
+                 "Content-Type: application/json", "Accept: application/json",
+                 f"Content-Length: {len(body)}", "Connection: close"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        await writer.drain()
+
+        status_line = (await reader.readline()).decode("latin-1").strip()
+        fields = status_line.split(None, 2)
+        if len(fields) < 2 or not fields[0].startswith("HTTP/") or not fields[1].isdigit():
+            raise VlmError(f"bad answer: not HTTP ({status_line[:60]!r})", retry=False)
+        status = int(fields[1])
+        resp_headers: dict[str, str] = {}
+        for _ in range(200):
+            line = (await reader.readline()).decode("latin-1")
+            if line in ("\r\n", "\n", ""):
+                break
+            name, _, value = line.partition(":")
+            resp_headers[name.strip().lower()] = value.strip()
+        else:
+            raise VlmError("bad answer: too many header lines", retry=False)
+
+        if "chunked" in resp_headers.get("transfer-encoding", "").lower():
+            chunks, total = [], 0
+            while True:
+                size_line = (await reader.readline()).split(b";", 1)[0].strip()
+                try:
+                    size = int(size_line, 16)
+                except ValueError:
+                    raise VlmError("bad answer: broken chunked encoding", retry=False) from None
+                if size == 0:
+                    break
+                total += size
+                if total > max_bytes:
+                    raise VlmError(f"bad answer: larger than {max_bytes} bytes", retry=False)
+                chunks.append(await reader.readexactly(size))
+                await reader.readline()  # CRLF after each chunk
+            data = b"".join(chunks)
+        elif "content-length" in resp_headers:
+            try:
+                length = int(resp_headers["content-length"])
+            except ValueError:
+                raise VlmError("bad answer: bad Content-Length", retry=False) from None
+            if length > max_bytes:
+                raise VlmError(f"bad answer: larger than {max_bytes} bytes", retry=False)
+            data = await reader.readexactly(length)
+        else:
+            data = await reader.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                raise VlmError(f"bad answer: larger than {max_bytes} bytes", retry=False)
+        return status, data
+    finally:
+        writer.close()
+
+
+# --------------------------------------------------------------------------- worker
+@dataclass(frozen=True, slots=True)
+class Caption:
+    """A VLM answer, as cached by the worker."""
+
+    text: str
+    media_time: float  # media time of the keyframes' window (its end), seconds
+    window_index: int
+    arrived: float  # time.monotonic() when the answer arrived
+    latency_s: float  # the successful attempt's request time
+    seq: int  # 1, 2, ... in arrival order
+    result: Any = None  # what the worker's ``postprocess`` made of the text (probabilities)
+
+
+@dataclass(slots=True)
+class _Job:
+    window_index: int
+    media_time: float
+    frames: list[np.ndarray]
+    image_urls: list[str] | None = None
+
+
+@dataclass
+class _Counters:
+    requests: int = 0  # attempts sent (retries included)
+    ok: int = 0
+    errors: int = 0
+    consecutive_errors: int = 0
+    last_error: str | None = None
+    last_latency_ms: float | None = None
+    in_flight: bool = False
+    submitted: int = 0
+    replaced: int = 0  # submissions overwritten by a newer one before being sent
+
+
+class SceneWorker:
+    """Refreshes the scene caption in the background; see the module docstring.
+
+    Args:
+        options: the endpoint and timing.
+        postprocess: optional callable run on each new caption's text on the worker's executor
+            thread (never the window thread); its result is cached with the caption.  If it
+            raises, the caption is not used and the failure counts as an error.
+    """
+
+    def __init__(self, options: SceneOptions, *, postprocess: Callable[[str], Any] | None = None) -> None:
+        self.options = options
+        self.url = endpoint_url(options.url)
+        self.postprocess = postprocess
+        self._lock = threading.Lock()
+        self._pending: _Job | None = None
+        self._caption: Caption | None = None
+        self._counters = _Counters()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task | None = None
+        self._wake: asyncio.Event | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+    # -- life cycle ---------------------------------------------------------------------------
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def start(self) -> "SceneWorker":
+        """Start the worker thread (idempotent); returns once its event loop runs."""
+        if self._thread is not None:
+            return self
+        if self._stop.is_set():
+            raise RuntimeError("a closed SceneWorker cannot be restarted")
+        self._thread = threading.Thread(target=self._run, name="cer-scene", daemon=True)
+        self._thread.start()
+        self._ready.wait(5.0)
+        return self
+
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Stop the worker: an in-flight request is cancelled; joins with ``timeout``."""
+        self._stop.set()
+        loop, task = self._loop, self._task
+        if loop is not None and task is not None:
+            try:
+                loop.call_soon_threadsafe(task.cancel)
+            except RuntimeError:  # the loop has already closed
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("scene worker did not stop within %.1f s", timeout)
+
+    def __enter__(self) -> "SceneWorker":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- window-thread side -------------------------------------------------------------------
+    def submit(self, window_index: int, media_time: float, frames: Sequence[np.ndarray]) -> None:
+        """Offer a window's keyframes (RGB uint8).  Never blocks; only the newest is kept.
+
+        The arrays are referenced, not copied: the caller must not modify them afterwards.
+        """
+        job = _Job(int(window_index), float(media_time), list(frames))
+        with self._lock:
+            if self._pending is not None:
+                self._counters.replaced += 1
+            self._pending = job
+            self._counters.submitted += 1
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            try:
+                loop.call_soon_threadsafe(wake.set)
+            except RuntimeError:  # loop closed: the worker has stopped
+                pass
+
+    def reset(self) -> None:
+        """Forget the cached caption and any keyframes not sent yet (counters are kept)."""
+        with self._lock:
+            self._caption = None
+            self._pending = None
+
+    def caption(self) -> Caption | None:
+        """The newest caption, however old."""
+        with self._lock:
+            return self._caption
+
+    def latest(self, now_media_time: float, max_age_s: float) -> tuple[str, float] | None:
+        """``(caption, age_s)`` of the newest caption if its media-time age is at most
+        ``max_age_s``, else ``None``."""
+        cap = self.caption()
+        if cap is None:
+            return None
+        age = max(0.0, now_media_time - cap.media_time)
+        return (cap.text, age) if age <= max_age_s else None
+
+    def status(self) -> dict[str, Any]:
+        """Counters for the window record (no secrets: the URL is redacted, the key never held)."""
+        with self._lock:
+            c, cap = self._counters, self._caption
+            return {
+                "endpoint": redact(self.url), "model": self.options.model,
+                "requests": c.requests, "ok": c.ok, "errors": c.errors,
+                "consecutive_errors": c.consecutive_errors, "last_error": c.last_error,
+                "last_latency_ms": c.last_latency_ms, "in_flight": c.in_flight,
+                "submitted": c.submitted, "skipped": c.replaced,
+                "caption_window": cap.window_index if cap else None,
+                "caption_wall_age_s": round(time.monotonic() - cap.arrived, 3) if cap else None,
+            }
+
+    # -- worker thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        # one executor thread for the blocking work (JPEG encoding, the caption head), so that it
+        # stays off the event loop and never competes with itself
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cer-scene-work")
+        try:
+            asyncio.set_event_loop(loop)
+            self._wake = asyncio.Event()
+            self._task = loop.create_task(self._main())
+            self._loop = loop
+            self._ready.set()
+            if self._stop.is_set():
+                self._task.cancel()
+            loop.run_until_complete(self._task)
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # pragma: no cover - a bug; the stream goes on without captions
+            log.exception("scene worker stopped")
+        finally:
+            self._ready.set()
+            try:
+                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+                for t in pending:
+                    t.cancel()
+                if pending:
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                # wait for a running head call or JPEG encoding (tens of ms), so that whoever
+                # closes the head after close() never pulls it from under a running call
+                self._executor.shutdown(wait=True, cancel_futures=True)
+                with self._lock:
+                    self._counters.in_flight = False
+                asyncio.set_event_loop(None)
+                loop.close()
+
+    def _take(self) -> _Job | None:
+        with self._lock:
+            job, self._pending = self._pending, None
+            return job
+
+    async def _main(self) -> None:
+        assert self._wake is not None
+        next_due = 0.0
+        while not self._stop.is_set():
+            delay = next_due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+                continue
+            job = self._take()
+            if job is None:
+                self._wake.clear()
+                job = self._take()  # a submit may have landed between the two lines above
+                if job is None:
+                    await self._wake.wait()
+                    continue
+            next_due = time.monotonic() + self.options.every_s
+            await self._refresh(job)
+
+    async def _refresh(self, job: _Job) -> None:
+        """One refresh: the first attempt plus at most ``retries`` retries of transient errors,
+        each retry on the newest keyframes available."""
+        opts = self.options
+        for attempt in range(opts.retries + 1):
+            if attempt:
+                await asyncio.sleep(min(opts.backoff_max_s, opts.backoff_s * 2 ** (attempt - 1)))
+                job = self._take() or job
+            try:
+                caption = await self._attempt(job)
+            except VlmError as exc:
+                self._record_error(str(exc))
+                if not exc.retry:
+                    return
+            except Exception as exc:  # a bug or an unexpected failure: report, carry on
+                self._record_error(f"{type(exc).__name__}: {exc}")
+                log.debug("scene refresh failed", exc_info=True)
+                return
+            else:
+                self._record_caption(caption)
+                return
+
+    async def _attempt(self, job: _Job) -> Caption:
+        loop = asyncio.get_running_loop()
+        opts = self.options
+        if job.image_urls is None:
+            job.image_urls = await loop.run_in_executor(self._executor, self._encode, job.frames)
+            job.frames = []  # the encoded images are all a retry needs
+        body = json.dumps(chat_request(opts, job.image_urls)).encode("utf-8")
+        headers = {}
+        key = os.environ.get(opts.key_env, "").strip()
+        if key:
+            if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+                raise VlmError(f"the API key in ${opts.key_env} contains control characters", retry=False)
+            headers["Authorization"] = f"Bearer {key}"
+        with self._lock:
+            self._counters.requests += 1
+            self._counters.in_flight = True
+        t0 = time.monotonic()
+        try:
+            status, data = await asyncio.wait_for(post_json(self.url, body, headers), opts.timeout_s)
+        except asyncio.TimeoutError:  # (TimeoutError itself from 3.11 on)
+            raise VlmError(f"no answer within {opts.timeout_s:g} s", retry=True) from None
+        except ConnectionRefusedError:
+            raise VlmError("connection refused", retry=True) from None
+        except asyncio.IncompleteReadError:
+            raise VlmError("connection closed mid-answer", retry=True) from None
+        except (OSError, ValueError, asyncio.LimitOverrunError) as exc:
+            # OSError: unreachable host, reset, DNS, TLS...; ValueError: an overlong line
+            what = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise VlmError(f"{type(exc).__name__}: {what}", retry=isinstance(exc, OSError)) from None
+        finally:
+            with self._lock:
+                self._counters.in_flight = False
+        latency = time.monotonic() - t0
+        if status != 200:
+            raise VlmError(f"HTTP {status}: {_snippet(data)}", retry=status >= 500 or status in (408, 429))
+        text = parse_caption(data)
+        result = None
+        if self.postprocess is not None:
+            try:
+                result = await loop.run_in_executor(self._executor, self.postprocess, text)
+            except Exception as exc:
+                raise VlmError(f"caption head failed: {type(exc).__name__}: {exc}", retry=False) from None
+        return Caption(text, job.media_time, job.window_index, time.monotonic(), latency, 0, result)
+
+    def _encode(self, frames: list[np.ndarray]) -> list[str]:
+        opts = self.options
+        return [jpeg_data_url(f, max_side=opts.max_side, quality=opts.jpeg_quality) for f in frames]
+
+    def _clean(self, message: str) -> str:
+        key = os.environ.get(self.options.key_env, "").strip()
+        if key:
+            message = message.replace(key, "***")
+        message = redact(" ".join(message.split()))
+        return message if len(message) <= MAX_ERROR_CHARS else message[:MAX_ERROR_CHARS - 3] + "..."
+
+    def _record_error(self, message: str) -> None:
+        message = self._clean(message)
+        with self._lock:
+            c = self._counters
+            c.errors += 1
+            c.consecutive_errors += 1
+            c.last_error = message
+            first = c.consecutive_errors == 1
+        if first:
+            log.warning("scene VLM request failed (%s); the scene modality is absent until it answers", message)
+
+    def _record_caption(self, caption: Caption) -> None:
+        with self._lock:
+            c = self._counters
+            recovered = c.consecutive_errors > 0
+            c.ok += 1
+            c.consecutive_errors = 0
+            c.last_latency_ms = round(caption.latency_s * 1e3, 1)
+            seq = (self._caption.seq if self._caption else 0) + 1
+            self._caption = Caption(caption.text, caption.media_time, caption.window_index, caption.arrived,
+                                    caption.latency_s, seq, caption.result)
+        if recovered:
+            log.info("scene VLM answers again")
+
+
+# --------------------------------------------------------------------------- modality
+class CaptionHead(Protocol):
+    def predict(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def load_scene_head() -> CaptionHead:
+    """The project's caption head (MiniLM + linear head trained on Qwen2.5-VL captions)."""
+    try:
+        from stream.modalities.speech.texthead import TextHead
+    except ImportError as exc:
+        raise RuntimeError(f"the scene caption head is not available: {exc}") from exc
+    try:
+        return TextHead.load("scene")
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise RuntimeError(f"cannot load the scene caption head: {exc}") from exc
+
+
+class _HeadCall:
+    """The caption head as the worker's ``postprocess``: text -> (probabilities [8], embedding
+    or None).  The embedding (a head's ``predict_with_embeddings``, e.g. MiniLM's 384-d
+    sentence vector) becomes the modality's feature."""
+
+    def __init__(self, head: CaptionHead) -> None:
+        self.head = head
+
+    def __call__(self, text: str) -> tuple[np.ndarray, np.ndarray | None]:
+        with_emb = getattr(self.head, "predict_with_embeddings", None)
+        if with_emb is not None:
+            probs, emb = with_emb([text])
+            emb = np.asarray(emb, dtype=np.float32)[0]
+        else:
+            probs, emb = self.head.predict([text]), None
+        probs = np.asarray(probs, dtype=np.float32)
+        if probs.shape != (1, len(BASIC)) or not np.isfinite(probs).all():
+            raise ValueError(f"the caption head returned shape {probs.shape}, expected (1, {len(BASIC)})")
+        return probs[0], emb
+
+
+class SceneModality:
+    """The scene modality (name ``"scene"``): submits each window's keyframes to the worker and
+    uses the newest caption no older than ``options.caption_max_age_s``.
+
+    Args:
+        options: the endpoint and timing.
+        head: an object with ``predict(texts) -> [N, 8]`` (BASIC order), and optionally
+            ``predict_with_embeddings(texts) -> ([N, 8], [N, D])`` (the embedding is then the
+            modality's feature); default: the project's scene head (:func:`load_scene_head`),
+            closed with the modality.  It runs on the worker's executor thread, never the
+            window thread (MiniLM takes ~70 ms per caption on one CPU core).
+    The worker starts with the first window, so a modality that is never called opens nothing.
+    """
+
+    name = "scene"
+
+    def __init__(self, options: SceneOptions, *, head: CaptionHead | None = None) -> None:
+        self.options = options
+        self._own_head = head is None
+        self.head = head if head is not None else load_scene_head()
+        self.worker = SceneWorker(options, postprocess=_HeadCall(self.head))
+
+    def __call__(self, inp: WindowInput) -> ModalityOutput:
+        if not self.worker.started:
+            self.worker.start()
+        keyframes = pick_keyframes(inp.frames, self.options.keyframes)
+        if keyframes:
+            self.worker.submit(inp.window.index, inp.window.end, [f.image for f in keyframes])
+        status = self.worker.status()
+        cap = self.worker.caption()
+        if cap is None:
+            if status["consecutive_errors"]:
+                return ModalityOutput.absent(f"VLM unreachable: {status['last_error']}", vlm=status)
+            return ModalityOutput.absent("no caption yet", vlm=status)
+        age = round(max(0.0, inp.window.end - cap.media_time), 3)
+        if age > self.options.caption_max_age_s:
+            reason = "caption too old"
+            if status["consecutive_errors"]:
+                reason += f" (VLM unreachable: {status['last_error']})"
+            return ModalityOutput.absent(reason, caption_age_s=age, vlm=status)
+        probs, emb = cap.result
+        return ModalityOutput(probs.copy(), None if emb is None else emb.copy(),
+                              {"caption": cap.text, "caption_age_s": age, "caption_window": cap.window_index,
+                               "vlm": status})
+
+    def reset_states(self) -> None:
+        """Forget the cached caption (a new stream starts)."""
+        self.worker.reset()
+
+    def close(self) -> None:
+        self.worker.close()
+        if self._own_head and hasattr(self.head, "close"):
+            self.head.close()
+
+
+# --------------------------------------------------------------------------- command line
+def add_scene_args(parser: argparse.ArgumentParser) -> None:
+    """The ``--vlm-*`` options of ``cer-stream`` (the scene modality is on with ``--vlm-url``)."""
+    g = parser.add_argument_group("scene description (an OpenAI-compatible VLM endpoint)")
+    g.add_argument("--vlm-url", metavar="URL",
+                   help="base URL of a chat-completions endpoint, e.g. http://127.0.0.1:8000/v1 "
+                        "(vLLM, Ollama, llama.cpp server); enables the scene modality")
+    g.add_argument("--vlm-model", metavar="NAME", default=DEFAULT_MODEL,
+                   help=f"model name the server knows the VLM by (default {DEFAULT_MODEL})")
+    g.add_argument("--vlm-every", metavar="S", type=float, default=DEFAULT_EVERY_S,
+                   help=f"seconds between scene refreshes (default {DEFAULT_EVERY_S:g})")
+    g.add_argument("--vlm-timeout", metavar="S", type=float, default=DEFAULT_TIMEOUT_S,
+                   help=f"seconds one VLM request may take (default {DEFAULT_TIMEOUT_S:g})")
+    g.add_argument("--vlm-key-env", metavar="VAR", default=DEFAULT_KEY_ENV,
+                   help=f"environment variable holding the API key, sent as a bearer token "
+                        f"(default {DEFAULT_KEY_ENV}; unset: no key)")
+    g.add_argument("--vlm-max-age", metavar="S", type=float, default=None,
+                   help=f"ignore captions older than S seconds of media time "
+                        f"(default 2 x --vlm-every + {WINDOW_S:g})")
+
+
+def scene_options(args: argparse.Namespace) -> SceneOptions | None:
+    """Options from parsed ``--vlm-*`` arguments; ``None`` without ``--vlm-url``.
+    Raises ``ValueError`` (one line) on bad values."""
+    if not getattr(args, "vlm_url", None):
+        return None
+    return SceneOptions(url=args.vlm_url, model=args.vlm_model, every_s=args.vlm_every,
+                        timeout_s=args.vlm_timeout, key_env=args.vlm_key_env, max_age_s=args.vlm_max_age)
+
+
+def build_scene_modality(args: argparse.Namespace, *, head: CaptionHead | None = None) -> SceneModality | None:
+    """The scene modality for parsed ``--vlm-*`` arguments, or ``None`` without ``--vlm-url``.
+    Raises ``ValueError`` on bad values and ``RuntimeError`` when the caption head is missing."""
+    options = scene_options(args)
+    return None if options is None else SceneModality(options, head=head)
+
+
+__all__ = ["Caption", "DEFAULT_KEY_ENV", "PROMPT", "SceneModality", "SceneOptions", "SceneWorker",
+           "VlmError", "add_scene_args", "build_scene_modality", "chat_request", "endpoint_url",
+           "jpeg_data_url", "load_scene_head", "parse_caption", "pick_keyframes", "post_json",
+           "scene_options"]
