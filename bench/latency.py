@@ -8,13 +8,14 @@ physical floor (decode only) and a peer (the ``fer`` package) in the same run.
                             [--backend auto|onnxruntime|tensorrt] [--device auto|cpu|cuda]
 
 What runs
-  * the pipeline, in this process: ``stream.runtime.analyzer.Analyzer`` with its own
-    capture process (PyAV -> ZeroMQ), the CLI's face analyzer (built by the
-    CLI's own code for the model options), modality set and fusion, and a
+  * the pipeline, in this process: ``stream.Pipeline`` (the command line's own
+    options, modality set and fusion) with its capture process (PyAV ->
+    ZeroMQ), an observer that collects the stage times it reports (per frame:
+    detection, validation, emotion; per window: each modality, fusion), and a
     sink that collects the records (and serialises each to JSON, as the JSON
     lines sink would, to time the output stage).  The models are warmed up on
     real frames of the clip before anything is timed.  ``--repeat N`` runs it
-    N times (fresh analyzer, same warm models) and pools the distributions.
+    N times (same pipeline, same warm models) and pools the distributions.
   * the floor: a decode-only pass over the same clip with PyAV, doing what the
     capture process does (decode every frame, convert the analysed 5 fps grid
     frames to RGB at the pipeline's size, resample the audio to 16 kHz mono).
@@ -208,22 +209,24 @@ def system_cpu() -> tuple[float, float] | None:
 
 
 class ChildSampler(threading.Thread):
-    """Samples the analyzer's capture processes' peak RSS while they live."""
+    """Samples the capture processes' peak RSS while they live (their pids come from the
+    pipeline's ``on_capture`` observer hook)."""
 
-    def __init__(self, analyzer) -> None:
+    def __init__(self) -> None:
         super().__init__(name="bench-sampler", daemon=True)
-        self.analyzer = analyzer
+        self.pids: list[int] = []
         self.peak_kb: dict[int, int] = {}
         self.stop_event = threading.Event()
 
+    def on_capture(self, pids: list[int]) -> None:
+        self.pids = list(pids)
+
     def run(self) -> None:
         while not self.stop_event.wait(SAMPLE_S):
-            for p in list(self.analyzer._procs):  # noqa: SLF001 - read-only look at the pids
-                pid = p.proc.pid
-                if pid:
-                    hwm = _proc_status(pid).get("VmHWM")
-                    if hwm:
-                        self.peak_kb[pid] = max(self.peak_kb.get(pid, 0), hwm)
+            for pid in list(self.pids):
+                hwm = _proc_status(pid).get("VmHWM")
+                if hwm:
+                    self.peak_kb[pid] = max(self.peak_kb.get(pid, 0), hwm)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -238,7 +241,7 @@ class FrameTiming:
     detect_ms: float = 0.0
     validate_ms: float = 0.0
     validations: int = 0
-    locate_ms: float = 0.0
+    locate_ms: float = 0.0  # detection + validation
     emotion_ms: float = 0.0  # this frame's share of its batch
     found: bool = False
     key: int = 0
@@ -253,128 +256,37 @@ class CallTiming:
     end_ns: int  # monotonic time the call returned
 
 
-class _TimedModel:
-    """Stands in for FaceAnalyzer.model: same labels, times each batch."""
-
-    def __init__(self, model, probe: "FaceProbe") -> None:
-        self._model, self._probe = model, probe
-        self.labels = model.labels
-
-    def predict(self, images, boxes):
-        t = time.perf_counter()
-        out = self._model.predict(images, boxes)
-        self._probe._emotion.append(((time.perf_counter() - t) * 1e3, len(boxes)))
-        return out
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-
 class FaceProbe:
-    """Times the real FaceAnalyzer per frame (detection, validation) and per batch
-    (emotion) by wrapping the methods of this one instance; nothing in stream/ changes."""
+    """An observer of the pipeline (``PipelineOptions.observers``): keeps each face-analysis call
+    the analyzer reports (per-frame detection and validation times, the batch's emotion time,
+    the results) and each stage time (per window: every modality, fusion)."""
 
-    def __init__(self, face) -> None:
-        self.face = face
+    def __init__(self) -> None:
         self.calls: list[CallTiming] = []
         self.results: dict[int, object] = {}
-        self._cur: FrameTiming | None = None
-        self._frames: list[FrameTiming] = []
-        self._emotion: list[tuple[float, int]] = []
-        det = face.detector
-        orig_detect, orig_validate, orig_locate, orig_analyse = det.detect, det.validate, face.locate, face.analyse
+        self.stage_ms: dict[str, list[float]] = {}
 
-        def detect(rgb):
-            t = time.perf_counter()
-            try:
-                return orig_detect(rgb)
-            finally:
-                if self._cur is not None:
-                    self._cur.detect_ms += (time.perf_counter() - t) * 1e3
+    def on_face_call(self, call) -> None:
+        frames = []
+        for t, (_index, _pts, img) in zip(call.times, call.frames):
+            frames.append(FrameTiming(t.index, t.pts, detect_ms=t.detect_ms, validate_ms=t.validate_ms,
+                                      validations=t.validations, locate_ms=t.detect_ms + t.validate_ms,
+                                      emotion_ms=t.emotion_ms, found=t.found, key=frame_key(img)))
+        for r in call.results:
+            self.results[r.index] = r
+        self.calls.append(CallTiming(frames, call.wall_ms, call.emotion_ms, call.crops, call.end_ns))
 
-        def validate(rgb, box):
-            t = time.perf_counter()
-            try:
-                return orig_validate(rgb, box)
-            finally:
-                if self._cur is not None:
-                    self._cur.validate_ms += (time.perf_counter() - t) * 1e3
-                    self._cur.validations += 1
-
-        def locate(rgb):
-            t = time.perf_counter()
-            try:
-                return orig_locate(rgb)
-            finally:
-                if self._cur is not None:
-                    self._cur.locate_ms += (time.perf_counter() - t) * 1e3
-
-        def analyse(frames):
-            self._frames, self._emotion = [], []
-            timings = {}
-            for index, pts, _img in frames:
-                timings[index] = FrameTiming(index, pts)
-            it = iter(frames)
-
-            # locate() is called once per frame, in order: point _cur at that frame's record
-            def locate_in_order(rgb, _orig=locate):
-                index, _pts, _img = next(it)
-                self._cur = timings[index]
-                try:
-                    return _orig(rgb)
-                finally:
-                    self._cur = None
-
-            face.locate = locate_in_order
-            t = time.perf_counter()
-            try:
-                results = orig_analyse(frames)
-            finally:
-                face.locate = locate
-            wall = (time.perf_counter() - t) * 1e3
-            em_ms = sum(e[0] for e in self._emotion)
-            crops = sum(e[1] for e in self._emotion)
-            for r in results:
-                ft = timings[r.index]
-                ft.found = bool(r.found)
-                ft.emotion_ms = em_ms / len(frames) if frames else 0.0
-                self.results[r.index] = r
-            for index, _pts, img in frames:
-                timings[index].key = frame_key(img)
-            self.calls.append(CallTiming(list(timings.values()), wall, em_ms, crops, time.monotonic_ns()))
-            return results
-
-        det.detect, det.validate, face.locate, face.analyse = detect, validate, locate, analyse
-        face.model = _TimedModel(face.model, self)
+    def on_stage(self, name: str, ms: float, window_index, frames) -> None:
+        if name not in ("detect", "validate", "emotion", "face_analysis"):
+            self.stage_ms.setdefault(name, []).append(ms)
 
     def take_calls(self) -> list[CallTiming]:
         calls, self.calls = self.calls, []
         return calls
 
-
-class TimedModality:
-    """Wraps a modality to time it per window (the analyzer files the face modality and the
-    face analysis under the same stage name, "face")."""
-
-    def __init__(self, mod) -> None:
-        self.mod = mod
-        self.name = mod.name
-        self.times_ms: list[float] = []
-
-    def __call__(self, inp):
-        t = time.perf_counter()
-        try:
-            return self.mod(inp)
-        finally:
-            self.times_ms.append((time.perf_counter() - t) * 1e3)
-
-    def load(self) -> None:
-        load = getattr(self.mod, "load", None)
-        if load is not None:
-            load()
-
-    def close(self) -> None:
-        self.mod.close()
+    def take_stages(self) -> dict[str, list[float]]:
+        stages, self.stage_ms = self.stage_ms, {}
+        return stages
 
 
 class CollectingSink:
@@ -408,14 +320,17 @@ class CollectingSink:
 
 
 # --------------------------------------------------------------------------- the pipeline
-def build_face(args) -> tuple[object, dict]:
-    """The command line's face analyzer (``stream.cli.main.build_face_analyzer``) for --profile, --backend,
-    --device and --face-weights, so the benchmark runs what ``cer-stream`` runs."""
-    from stream.cli import main as cli
+def build_pipeline(args, observers: list) -> tuple[object, dict]:
+    """The command line's pipeline (``stream.Pipeline`` with its default options, or the face
+    modality alone with --face-only) for --profile, --face-model, --backend, --device and
+    --face-weights, so the benchmark runs what ``cer-stream`` runs."""
+    from stream import FaceOptions, Pipeline, PipelineOptions, RuntimeOptions
 
-    ns = argparse.Namespace(profile=args.profile, backend=args.backend, device=args.device,
-                            face_weights=args.face_weights, face_model=args.face_model,
-                            face_detector=args.face_detector)
+    options = PipelineOptions(
+        face=FaceOptions(profile=args.profile, model=args.face_model, detector=args.face_detector,
+                         weights=args.face_weights, backend=args.backend, device=args.device),
+        runtime=RuntimeOptions(realtime=args.realtime, max_side=args.max_side, progress=False),
+        modalities=["face"] if args.face_only else PipelineOptions().modalities, observers=observers)
     notes: list[str] = []
 
     class _Keep(logging.Handler):
@@ -425,10 +340,10 @@ def build_face(args) -> tuple[object, dict]:
     keep = _Keep(level=logging.INFO)
     logging.getLogger("cer_stream.engines").addHandler(keep)
     try:
-        face = cli.build_face_analyzer(ns)
+        pipeline = Pipeline(options)
     finally:
         logging.getLogger("cer_stream.engines").removeHandler(keep)
-    model = face.model
+    model = pipeline.face.model
     engine = getattr(model, "engine", None)
     used = type(engine).__name__ if engine is not None else type(model).__name__
     if engine is None and hasattr(model, "members"):  # the ensemble: name its members' engines
@@ -443,7 +358,7 @@ def build_face(args) -> tuple[object, dict]:
                 f"({', '.join(info['providers']) or 'no providers'}): these figures are not TensorRT's")
         log("WARNING: " + note)
         info["note"] = note
-    return face, info
+    return pipeline, info
 
 
 def model_set(face, backend_info: dict, modality_names: list[str]) -> dict:
@@ -500,37 +415,36 @@ class RunResult:
     steal_s: float | None = None
 
 
-def run_pipeline(video: str, face, *, realtime: bool, max_side: int, face_only: bool = False) -> RunResult:
-    from stream.cli import main as cli
-    from stream.runtime.analyzer import Analyzer, Options, Source
-    from stream.modalities.base import FaceModality
+def run_pipeline(video: str, pipeline, probe: FaceProbe, *, realtime: bool) -> RunResult:
+    from stream import FileSource
 
-    sink = CollectingSink()
-    if face_only:
-        modalities = [TimedModality(FaceModality())]
-    else:  # the CLI's default modality set (face, temporal, audio, text with ASR, scene)
-        ns = cli.run_parser().parse_args(["--video", video] + (["--realtime"] if realtime else []))
-        modalities = [TimedModality(mod) for mod in cli._modalities(ns, face)]
-    opts = Options(realtime=realtime, max_side=max_side, progress=False)
-    analyzer = Analyzer(Source("video", video), [sink], options=opts, face=face, modalities=modalities)
+    face = pipeline.face
+    sink = CollectingSink()  # on the analyzer's thread, like the command line's sinks
+    pipeline.sinks = [sink]
     if face.tracker is not None:
         face.tracker.reset_states()
     t_face0 = dict(face.timings)
-    sampler = ChildSampler(analyzer)
-    old = signal.signal(signal.SIGINT, lambda *_: analyzer.stop())
+    sampler = ChildSampler()
+    probe.take_stages()  # anything left from an earlier run
+    old = signal.signal(signal.SIGINT, lambda *_: pipeline.stop())
     cpu0 = cpu_times()
     sys0 = system_cpu()
     t0 = time.monotonic()
     t0_ns = time.monotonic_ns()
+    pipeline.options.observers.append(sampler)
     sampler.start()
+    end = None
     try:
-        end = analyzer.run()
+        for rec in pipeline.run(FileSource(video, realtime=realtime)):
+            if rec.type == "end":
+                end = rec.to_dict()
     finally:
         sampler.stop()
+        pipeline.options.observers.remove(sampler)
         signal.signal(signal.SIGINT, old)
-        for mod in modalities:
-            mod.close()
     wall = time.monotonic() - t0
+    stages = probe.take_stages()
+    modalities = next(r["modalities"] for r in sink.records if r.get("type") == "start")
     cpu1 = cpu_times()  # capture processes are joined by now, so RUSAGE_CHILDREN holds them
     sys1 = system_cpu()
     ours = (cpu1[0] - cpu0[0]) + (cpu1[1] - cpu0[1])
@@ -543,8 +457,8 @@ def run_pipeline(video: str, face, *, realtime: bool, max_side: int, face_only: 
     child_peak = max(sampler.peak_kb.values()) / 1024 if sampler.peak_kb else None
     return RunResult(
         end=end, records=sink.records, arrival_ns=sink.arrival_ns, output_ms=sink.output_ms,
-        calls=[], modality_ms={m.name: m.times_ms for m in modalities},
-        stage_ms={k: list(v) for k, v in analyzer.stats.stage_ms.items()},
+        calls=[], modality_ms={name: stages.get(name, []) for name in modalities},
+        stage_ms=stages,
         wall_s=wall, startup_s=(start_ns - t0_ns) / 1e9,
         cpu_self_s=cpu1[0] - cpu0[0], cpu_children_s=cpu1[1] - cpu0[1], capture_peak_mb=child_peak,
         analyzer_peak_mb=self_peak_rss_mb(),
@@ -558,9 +472,9 @@ def decode_pass(video: str, max_side: int, *, keep_frames: bool = False, limit: 
     5 fps grid frames to RGB at the pipeline's size, resample the audio to 16 kHz mono."""
     import av
 
-    from stream.io.capture import scaled_size
     from stream.core.messages import AUDIO_RATE
     from stream.core.windows import SAMPLE_FPS, SampleClock
+    from stream.io.capture import scaled_size
 
     t_open = time.perf_counter()
     container = av.open(video, mode="r")
@@ -1054,7 +968,7 @@ def parse_args(argv):
     p.add_argument("--face-only", action="store_true",
                    help="run the face modality alone (default: the CLI's full modality set, ASR included)")
     p.add_argument("--max-side", type=int, default=960, help="frame size limit, as the CLI's --max-side (default 960)")
-    from stream.cli.main import add_model_args
+    from stream.cli.flags import add_model_args
 
     add_model_args(p)  # --profile, --face-weights, --backend, --device: the same as cer-stream's
     args = p.parse_args(argv)
@@ -1073,21 +987,22 @@ def main(argv: list[str] | None = None) -> int:
 
     silence_native_stderr()  # MediaPipe/TFLite write to fd 2; our own messages still reach stderr
     log(f"loading models (backend {args.backend})")
+    probe = FaceProbe()
     try:
-        face, backend_info = build_face(args)
+        pipeline, backend_info = build_pipeline(args, [probe])
     except (RuntimeError, ValueError, FileNotFoundError) as exc:
         log(f"error: {exc}")
         return 2
+    face = pipeline.face
     isolated: list[float] = []
     ours_res: dict[int, object] = {}
     try:
         warm = warm_up(face, args.video, args.max_side)
         log(f"warmed up on {warm} frames")
-        probe = FaceProbe(face)
         runs: list[RunResult] = []
         for i in range(args.repeat):
             log(f"pipeline run {i + 1}/{args.repeat} ({'realtime' if args.realtime else 'as fast as possible'})")
-            r = run_pipeline(args.video, face, realtime=args.realtime, max_side=args.max_side, face_only=args.face_only)
+            r = run_pipeline(args.video, pipeline, probe, realtime=args.realtime)
             r.calls = probe.take_calls()
             runs.append(r)
             e = r.end
@@ -1115,10 +1030,11 @@ def main(argv: list[str] | None = None) -> int:
                 if face.tracker is not None:
                     face.tracker.reset_states()
                 for index, (d, img) in chosen:
+                    t = time.perf_counter()
                     face.analyse([(index, d["pts"], img)])
-                isolated += [c.wall_ms for c in probe.take_calls()]
+                    isolated.append((time.perf_counter() - t) * 1e3)
     finally:
-        face.close()
+        pipeline.close()
 
     per_window, per_frame = [], []
     for r in runs:

@@ -44,6 +44,10 @@ class Engine(abc.ABC):
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
         self.metadata: dict[str, str] = {}
+        #: Set by :func:`engines.select.create_engine` on an engine that stands in for one that
+        #: failed to load (TensorRT -> ONNX Runtime): why, and the engine that failed.
+        self.fallback_reason: str | None = None
+        self.fallback_from: "Engine | None" = None
         self._loaded = False
 
     # -- hooks for the backends ---------------------------------------------------------------

@@ -7,6 +7,11 @@
     engines build [--backend tensorrt|onnxruntime|auto] [--model NAME]... [--weights PATH]
                   [--batch MIN,OPT,MAX] [--no-fp16] [--cache-dir DIR]
 
+``engines build`` builds, for every model, the plan a run asks for: the same ONNX file
+(:func:`engines.shapes.runtime_onnx`) and profile (:mod:`engines.shapes`). A model whose plan
+fails is reported on its own line (``NAME<TAB>FAILED<TAB>reason``), the others are still
+built, and the exit status is 1.
+
 Each returns an exit status. Errors are one line on stderr (no traceback): 2 for a usage
 error or a machine that cannot do what was asked (no GPU / TensorRT), 1 for a failure.
 """
@@ -190,8 +195,10 @@ def engines_parser() -> argparse.ArgumentParser:
     b.add_argument("--model", action="append", metavar="NAME",
                    help="a registry name (repeatable); default: every available ONNX model")
     b.add_argument("--weights", metavar="PATH", type=Path, help="weights for the one --model given")
-    b.add_argument("--batch", default="1,20,20", metavar="MIN,OPT,MAX",
-                   help="batch sizes of the optimisation profile (default 1,20,20)")
+    b.add_argument("--batch", default=None, metavar="MIN,OPT,MAX",
+                   help="override the batch sizes of the optimisation profile (default: each model's, from "
+                        "engines/shapes.py, which is what a run asks for; a plan built with other sizes is "
+                        "not used by a run)")
     b.add_argument("--no-fp16", action="store_true", help="build FP32 plans")
     b.add_argument("--cache-dir", metavar="DIR", type=Path, help="export and plan cache")
     return p
@@ -217,24 +224,37 @@ def _parse_batch(text: str) -> tuple[int, int, int]:
     return lo, mid, hi
 
 
-#: Sequence lengths of the text encoder's TensorRT profile (min, opt, max tokens).
-TEXT_TOKENS = (1, 64, 256)
+#: Sequence lengths of the text encoder's TensorRT profile (min, opt, max tokens): the shape table's.
+from engines.shapes import TEXT_TOKENS  # noqa: F401  (kept importable from here)
 
 
 def tensorrt_axes(spec) -> dict | None:
-    """Sizes of the non-batch dynamic axes of ``spec``'s inputs, for a TensorRT profile."""
-    if spec.role == "clip_text":
-        return {"tokens": {1: int(spec.input_shape[1])}}
-    if spec.role == "text_encoder":
-        return {"input_ids": {1: TEXT_TOKENS}, "attention_mask": {1: TEXT_TOKENS}}
-    return None
+    """Sizes of the non-batch dynamic axes of ``spec``'s inputs (the shape table's, :mod:`engines.shapes`)."""
+    from engines.shapes import plan_shapes
+
+    axes = plan_shapes(spec.name, metadata={"cer.role": spec.role}).axes
+    return {name: dict(sizes) for name, sizes in axes.items()} or None
+
+
+def build_targets(specs, *, weights=None, cache_dir=None, batch=None, fp16=True) -> list:
+    """(spec, TrtEngine) pairs that ``engines build`` builds: for each model the very file and
+    profile the run time asks for (:func:`engines.shapes.runtime_onnx`, the shape table).
+    Constructing them needs no GPU."""
+    from engines.runtimes.tensorrt import TrtEngine
+    from engines.shapes import runtime_onnx
+
+    targets = []
+    for spec in specs:
+        path = runtime_onnx(spec, weights=weights, cache_dir=cache_dir)
+        targets.append((spec, TrtEngine(path, model=spec.name, batch=batch, fp16=fp16, cache_dir=cache_dir)))
+    return targets
 
 
 def _build(args) -> int:
     from engines.models import registry as reg
     from engines.select import create_engine, resolve
 
-    batch = _parse_batch(args.batch)
+    batch = _parse_batch(args.batch) if args.batch else None
     backend, device = resolve(args.backend, "auto")  # EngineUnavailable -> exit 2 before any work
     if args.weights is not None and (not args.model or len(args.model) != 1):
         raise ValueError("--weights needs exactly one --model")
@@ -244,20 +264,26 @@ def _build(args) -> int:
             if spec.format != "onnx":
                 raise ValueError(f"{spec.name} is a {spec.format} model ({spec.runtime}); no engine to build")
     else:
-        # Silero VAD stays on ONNX Runtime (a 0.1 ms recurrent model with host-side control flow).
-        specs = [s for s in reg.registry().values() if s.format == "onnx" and reg.available(s)[0]
-                 and not (backend == "tensorrt" and s.role == "vad")]
-    for spec in specs:
-        onnx_path = reg.export(spec, weights=args.weights, cache_dir=args.cache_dir)
-        fixed = tensorrt_axes(spec)
-        engine = create_engine(onnx_path, backend=backend, device=device, batch=batch, fp16=not args.no_fp16,
-                               cache_dir=args.cache_dir, fixed_axes=fixed)
-        if backend == "tensorrt":
-            print(f"{spec.name}\t{engine.ensure_plan()}")
-        else:
-            with engine:
+        specs = [s for s in reg.registry().values() if s.format == "onnx" and reg.available(s)[0]]
+    if backend != "tensorrt":
+        for spec in specs:
+            onnx_path = reg.export(spec, weights=args.weights, cache_dir=args.cache_dir)
+            with create_engine(onnx_path, backend=backend, device=device, model=spec.name) as engine:
                 reg.check_metadata(engine, spec)
             print(f"{spec.name}\t{onnx_path}")
+        return 0
+    failed = []
+    for spec, engine in build_targets(specs, weights=args.weights, cache_dir=args.cache_dir, batch=batch,
+                                      fp16=not args.no_fp16):
+        try:
+            print(f"{spec.name}\t{engine.ensure_plan()}", flush=True)
+        except Exception as exc:  # one model's failure is reported; the run falls back to ONNX Runtime for it
+            first = (str(exc).strip().splitlines() or [""])[0]
+            print(f"{spec.name}\tFAILED\t{type(exc).__name__}: {first} (a run uses ONNX Runtime for it)", flush=True)
+            failed.append(spec.name)
+    if failed:
+        sys.stderr.write(f"{PROG} engines: error: no TensorRT plan for {', '.join(failed)}\n")
+        return 1
     return 0
 
 

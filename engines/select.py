@@ -2,8 +2,10 @@
 
 ``backend="auto"`` never fails for want of a GPU: it falls back to ONNX Runtime and says so
 ONCE per process on the ``cer_stream.engines`` logger (one analyzer loads several models; one
-line is enough). Asking for ``backend="tensorrt"`` explicitly where it cannot run raises
-:class:`EngineUnavailable` with the reason.
+line is enough). Asking for ``backend="tensorrt"`` explicitly where it cannot run at all (no
+GPU, no tensorrt/pycuda) raises :class:`EngineUnavailable` with the reason. Where TensorRT is
+present but a model's plan cannot be built or loaded, :func:`create_engine` falls back to ONNX
+Runtime for that model with a log record naming it (never a traceback).
 
 GPU detection imports no deep-learning framework: it asks the CUDA driver (``libcuda``) through
 ctypes how many devices there are, and falls back to ``nvidia-smi -L``.
@@ -134,32 +136,81 @@ def resolve(backend: str = "auto", device: str = "auto") -> tuple[str, str]:
     return "onnxruntime", device
 
 
-def create_engine(onnx_path: str | Path, *, backend: str = "auto", device: str = "auto", **kw) -> Engine:
-    """An (unloaded) engine for ``onnx_path`` on the best backend this machine has.
+#: Options each backend takes (the others are dropped with a debug message).
+_TRT_OPTIONS = {"expect_metadata", "model", "batch", "fixed_axes", "fp16", "device_id", "cache_dir", "workspace_bytes"}
+_ORT_OPTIONS = {"expect_metadata", "intra_op_threads", "inter_op_threads"}
 
-    ``kw`` goes to the backend: ``expect_metadata`` to both; ``intra_op_threads`` /
-    ``inter_op_threads`` to ONNX Runtime; ``batch``, ``fixed_axes``, ``fp16``, ``device_id``,
-    ``cache_dir``, ``workspace_bytes`` to TensorRT. Options of the other backend are dropped
-    with a debug message, so callers may pass both sets.
-    """
-    chosen, dev = resolve(backend, device)
+
+def _construct(chosen: str, onnx_path, device: str, kw: dict) -> Engine:
     if chosen == "tensorrt":
         from engines.runtimes.tensorrt import TrtEngine
 
-        allowed = {"expect_metadata", "batch", "fixed_axes", "fp16", "device_id", "cache_dir", "workspace_bytes"}
-        cls = TrtEngine
-        args = {}
+        cls, allowed, args = TrtEngine, _TRT_OPTIONS, {}
     else:
         from engines.runtimes.onnxruntime import OrtEngine
 
-        allowed = {"expect_metadata", "intra_op_threads", "inter_op_threads"}
-        cls = OrtEngine
-        args = {"device": dev}
+        cls, allowed, args = OrtEngine, _ORT_OPTIONS, {"device": device}
     dropped = sorted(set(kw) - allowed)
     if dropped:
         log.debug("%s ignores options %s", cls.__name__, dropped)
     args.update({k: v for k, v in kw.items() if k in allowed})
     return cls(onnx_path, **args)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def create_engine(onnx_path: str | Path, *, backend: str = "auto", device: str = "auto", load: bool = True,
+                  model: str | None = None, **kw) -> Engine:
+    """A LOADED engine for ``onnx_path`` on the best backend this machine has (``load=False``:
+    constructed only, no fallback).
+
+    When TensorRT is chosen (``auto`` on a GPU machine, or ``backend="tensorrt"``) and building,
+    reading or deserialising the plan fails for any reason, the failure is logged on the
+    ``cer_stream.engines`` logger (WARNING; ERROR when TensorRT was asked for explicitly)
+    naming the model and the reason, and a loaded ONNX Runtime engine is returned instead,
+    with ``fallback_reason`` and ``fallback_from`` set. A failure of that ONNX Runtime engine
+    (a missing file, a metadata mismatch) raises as usual.
+
+    ``model`` is the registry name (TensorRT's shape table, :mod:`engines.shapes`, and the log
+    line). ``kw`` goes to the backend: ``expect_metadata`` to both; ``intra_op_threads`` /
+    ``inter_op_threads`` to ONNX Runtime; ``batch``, ``fixed_axes``, ``fp16``, ``device_id``,
+    ``cache_dir``, ``workspace_bytes`` to TensorRT. Options of the other backend are dropped
+    with a debug message, so callers may pass both sets.
+    """
+    chosen, dev = resolve(backend, device)
+    if model is not None:
+        kw["model"] = model
+    if chosen != "tensorrt":
+        engine = _construct(chosen, onnx_path, dev, kw)
+        return engine.load() if load else engine
+    engine = _construct("tensorrt", onnx_path, dev, kw)
+    if not load:
+        return engine
+    if not Path(onnx_path).is_file():
+        raise FileNotFoundError(f"model file not found: {onnx_path}")
+    try:
+        return engine.load()
+    except Exception as exc:  # TensorRT or CUDA missing or failing, a damaged plan, a failed build...
+        reason = _one_line(exc)
+        failed = engine
+        try:
+            failed.close()
+        except Exception:  # pragma: no cover - best effort after a failed load
+            pass
+    name = model or Path(onnx_path).name
+    if backend == "tensorrt":
+        log.error("--backend tensorrt was asked for, but TensorRT FAILED to load %s (%s); running it on "
+                  "ONNX Runtime instead", name, reason)
+    else:
+        log.warning("TensorRT could not load %s (%s); running it on ONNX Runtime instead", name, reason)
+    # ONNX Runtime on the device the caller asked for ("auto": CUDA provider if present, else CPU).
+    fallback = _construct("onnxruntime", onnx_path, device, kw).load()
+    fallback.fallback_reason = reason
+    fallback.fallback_from = failed
+    return fallback
 
 
 __all__ = ["BACKENDS", "DEVICES", "EngineUnavailable", "create_engine", "gpu_available", "reset_fallback_warning",

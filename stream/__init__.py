@@ -1,3 +1,61 @@
-"""cer-stream: real-time zero-shot compound expression recognition."""
+"""cer-stream: real-time zero-shot compound expression recognition.
+
+The public API (imported lazily, so ``import stream`` stays light)::
+
+    from stream import Pipeline, PipelineOptions, FileSource
+
+    with Pipeline(PipelineOptions()) as pipeline:
+        for record in pipeline.run(FileSource("clip.mp4")):
+            ...
+
+Options: :mod:`stream.runtime.options`; sources: :mod:`stream.io.sources`; records:
+:mod:`stream.runtime.records`; observers: :mod:`stream.runtime.observe`.
+"""
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Pipeline": "stream.runtime.pipeline",
+    "PipelineOptions": "stream.runtime.options",
+    "FaceOptions": "stream.runtime.options",
+    "AudioOptions": "stream.runtime.options",
+    "TextOptions": "stream.runtime.options",
+    "ClipOptions": "stream.runtime.options",
+    "TemporalOptions": "stream.runtime.options",
+    "SceneOptions": "stream.runtime.options",
+    "FusionOptions": "stream.runtime.options",
+    "RuntimeOptions": "stream.runtime.options",
+    "WindowOptions": "stream.runtime.options",
+    "Source": "stream.io.sources",
+    "FileSource": "stream.io.sources",
+    "RtspSource": "stream.io.sources",
+    "CameraSource": "stream.io.sources",
+    "MicrophoneSource": "stream.io.sources",
+    "PushSource": "stream.io.sources",
+    "SourceError": "stream.io.sources",
+    "StartupError": "stream.runtime.lifecycle",
+    "StartRecord": "stream.runtime.records",
+    "WindowRecord": "stream.runtime.records",
+    "FramesRecord": "stream.runtime.records",
+    "WarningRecord": "stream.runtime.records",
+    "EndRecord": "stream.runtime.records",
+    "Observer": "stream.runtime.observe",
+    "FaceCall": "stream.runtime.observe",
+}
+
+__all__ = ["__version__", "Pipeline", "PipelineOptions", "FaceOptions", "AudioOptions", "TextOptions", "ClipOptions", "TemporalOptions", "SceneOptions", "FusionOptions", "RuntimeOptions", "WindowOptions", "Source", "FileSource", "RtspSource", "CameraSource", "MicrophoneSource", "PushSource", "SourceError", "StartupError", "StartRecord", "WindowRecord", "FramesRecord", "WarningRecord", "EndRecord", "Observer", "FaceCall"]  # noqa: RUF022
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'stream' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -298,13 +298,13 @@ def test_gate_options_from_the_command_line():
     import argparse
 
     from stream.modalities.speech.asr import AsrGate
-    from stream.modalities.audio import AudioOptions, add_audio_args
+    from stream.cli.flags import add_audio_args, audio_options
 
     p = argparse.ArgumentParser()
     add_audio_args(p)
-    opts = AudioOptions.from_args(p.parse_args(["--asr-min-word-prob", "0.7", "--asr-languages", "en, de"]))
+    opts = audio_options(p.parse_args(["--asr-min-word-prob", "0.7", "--asr-languages", "en, de"]))
     assert opts.asr_min_word_probability == 0.7 and opts.asr_languages == ("en", "de") and opts.asr_gate
-    assert not AudioOptions.from_args(p.parse_args(["--no-asr-gate"])).asr_gate
+    assert not audio_options(p.parse_args(["--no-asr-gate"])).asr_gate
     with pytest.raises(SystemExit):
         p.parse_args(["--asr-min-word-prob", "1.5"])
     off = AsrGate.off()

@@ -15,8 +15,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from audio_fixtures import RATE, decode_16k, window_input, windows_of
+from stream.cli.flags import add_audio_args, audio_options
 from stream.modalities.audio import (NO_MODEL, AudioOptions, SpeechEmotionModality, SpeechEmotionModel,
-                                   add_audio_args, build_audio_modalities)
+                                   build_audio_modalities)
 from stream.core.labels import BASIC
 from stream.modalities.speech.vad import SpeechGate
 from stream.core.windows import Window
@@ -161,14 +162,14 @@ def test_model_without_labels_is_reported(tmp_path, clip):
 def test_build_from_command_line_options(tmp_path):
     parser = argparse.ArgumentParser()
     add_audio_args(parser)
-    mods = build_audio_modalities(parser.parse_args([]))
+    mods = build_audio_modalities(audio_options(parser.parse_args([])))
     assert [m.name for m in mods] == ["audio", "text"]
     assert mods[0].gate is mods[1].gate  # one VAD stream for both
     assert mods[0].model is None
     path = tmp_path / "ser.onnx"
     tiny_model(path)
     args = parser.parse_args(["--speech-emotion", str(path), "--no-asr", "--vad-threshold", "0.6"])
-    mods = build_audio_modalities(args)
+    mods = build_audio_modalities(audio_options(args))
     assert [m.name for m in mods] == ["audio"]
     assert mods[0].model.path == path and mods[0].gate.options.threshold == 0.6
     assert [m.name for m in build_audio_modalities(AudioOptions(text=False))] == ["audio"]

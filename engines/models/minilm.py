@@ -41,7 +41,7 @@ import numpy as np
 
 from engines.models.storage import CACHE_ENV, atomic_write, default_cache_dir, package_dir, sha256_file  # noqa: F401 (CACHE_ENV re-exported)
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cer_stream.engines")
 
 NAME = "all-MiniLM-L6-v2"
 ROLE = "text_encoder"
@@ -326,20 +326,27 @@ def build_onnx(src_dir: str | Path | None = None):
 # ---------------------------------------------------------------------------------------------
 def _make_engine(path: Path, backend: str, device: str, intra_op_threads: int | None, batch_size: int,
                  max_len: int):
-    """An engine for ``path`` chosen by :mod:`engines.select` (TensorRT where a GPU and TensorRT
-    exist and ``backend``/``device`` allow it, else ONNX Runtime). For TensorRT the profile
-    covers 1..``batch_size`` texts of 1..``max_len`` tokens."""
+    """A loaded engine for ``path`` chosen by :mod:`engines.select` (TensorRT where a GPU and
+    TensorRT exist and ``backend``/``device`` allow it, else ONNX Runtime). The TensorRT profile
+    is the shape table's (:data:`engines.shapes.TEXT_BATCH` texts of
+    :data:`engines.shapes.TEXT_TOKENS` tokens), the one ``cer-stream engines build`` builds;
+    only a ``batch_size`` above its maximum widens it (and so needs a plan of its own)."""
     expect = {"cer.name": NAME, "cer.role": ROLE}
     try:
         from engines.select import create_engine
+        from engines.shapes import plan_shapes
     except ImportError:  # engines.select not present: ONNX Runtime directly
         from engines.runtimes.onnxruntime import OrtEngine
 
         return OrtEngine(path, device=device, intra_op_threads=intra_op_threads, expect_metadata=expect)
-    seq = (1, min(32, max_len), max_len)
+    kw = {}
+    table = plan_shapes(NAME).batch
+    if batch_size > table[2]:
+        log.info("MiniLM batch_size %d exceeds the TensorRT profile's %d: a plan of its own is needed",
+                 batch_size, table[2])
+        kw["batch"] = (table[0], table[1], batch_size)
     return create_engine(path, backend=backend, device=device, expect_metadata=expect,
-                         intra_op_threads=intra_op_threads, batch=(1, batch_size, batch_size),
-                         fixed_axes={INPUT_IDS: {1: seq}, ATTENTION_MASK: {1: seq}})
+                         intra_op_threads=intra_op_threads, model=NAME, **kw)
 
 
 def _pad(token_ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ import numpy as np
 
 from engines.base import Engine, TensorSpec
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cer_stream.engines")
 
 #: Intra-op threads used when none are given: one less than the CPUs this process may use
 #: (capture, decoding and the other models need a core too), at least 1, at most this.

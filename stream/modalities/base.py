@@ -19,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from stream.modalities.face import FaceResult, window_face_probs
+from stream.modalities.face import FaceResult, l2_normalise, window_face_probs
 from stream.core.messages import VideoFrame
 from stream.core.windows import Window
 
@@ -57,7 +57,15 @@ class Modality(Protocol):
 
 class FaceModality:
     """Static face model: the window's per-frame face probabilities, averaged
-    (frames without a face borrow the nearest face)."""
+    (frames without a face borrow the nearest face).
+
+    Its ``feature`` (what ``--dump-features`` records and PFSA scores) is the face model's
+    penultimate-layer embedding (``FaceResult.feature``: face-api 256-d, mini-Xception 128-d,
+    the ensemble their L2-normalised concatenation, 384-d): each frame's vector L2-normalised,
+    averaged over the frames with a face, and L2-normalised again. ``None`` when the model has
+    no ``features`` output (EmoAffectNet); ``info["feature_space"]`` names the space
+    (``{"name", "dim", "model"}``) so a calibration can record what its prototypes belong to.
+    """
 
     name = "face"
 
@@ -68,12 +76,35 @@ class FaceModality:
             reason = ("no frames received" if not inp.faces else
                       "no face in the window" if not n_face else "face in too few frames")
             return ModalityOutput.absent(reason, **info)
-        raw = [f.raw for f in inp.faces if f.found and f.raw is not None]
-        feature = np.mean(np.stack(raw), axis=0) if raw else None
+        feature, space = window_face_feature(inp.faces)
+        if space is not None:
+            info["feature_space"] = space
         return ModalityOutput(probs, feature, info)
 
     def close(self) -> None:
         pass
+
+
+def window_face_feature(faces: list[FaceResult]) -> tuple[np.ndarray | None, dict | None]:
+    """The window's face embedding and its space: the mean of the L2-normalised per-frame
+    features of the frames with a face, L2-normalised (None where no such frame has one).
+    Frames whose feature has another size than the first (a model swapped mid-stream) are
+    left out rather than mixed."""
+    rows = [f for f in faces if f.found and f.basic is not None and f.feature is not None]
+    if not rows:
+        return None, None
+    dim = np.asarray(rows[0].feature).shape[-1]
+    feats = np.stack([np.asarray(f.feature, np.float64).reshape(-1) for f in rows
+                      if np.asarray(f.feature).shape[-1] == dim])
+    feats = feats[np.isfinite(feats).all(axis=1)]
+    if not len(feats):
+        return None, None
+    mean = l2_normalise(l2_normalise(feats).mean(axis=0))
+    if not np.any(mean):
+        return None, None
+    space = rows[0].feature_space
+    space = {**space, "dim": int(dim)} if space else {"name": "face model features", "dim": int(dim), "model": None}
+    return mean.astype(np.float32), space
 
 
 class AbsentModality:

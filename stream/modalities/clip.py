@@ -26,10 +26,10 @@ unless ``--clip-frames`` is given.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -295,35 +295,38 @@ class ClipLabelModality:
             self.engine = None
 
 
-# --------------------------------------------------------------------------- command line
-def add_clip_args(parser: argparse.ArgumentParser) -> None:
-    """The ``--clip-*`` options of ``cer-stream``."""
-    g = parser.add_argument_group("CLIP scene-label matching (open_clip ViT-B/32; best on a GPU)")
-    g.add_argument("--clip-weights", metavar="PATH", type=Path,
-                   help="an open_clip ViT-B-32 folder or checkpoint; exported (once, needs the export extra) "
-                        "to the image tower and the label embeddings. Default: $CER_STREAM_CLIP or the "
-                        "hub cache; without weights the clip modality is absent")
-    g.add_argument("--clip-image", metavar="FILE.onnx", type=Path,
-                   help="an exported image tower (cer-stream models export clip-vit-b32-image); with --clip-labels")
-    g.add_argument("--clip-labels", metavar="FILE.npz", type=Path,
-                   help="exported label embeddings (cer-stream models export clip-vit-b32-labels); with --clip-image")
-    g.add_argument("--clip-frames", metavar="N", type=int, default=None,
-                   help=f"frames embedded per window, on a fixed grid so overlapping windows share them "
-                        f"(default {DEFAULT_FRAMES}: 2 new a window, about 0.3 s on a 2-core CPU; 0: every analysed "
-                        f"frame, the default with a CLIP-feature temporal model)")
-    g.add_argument("--no-clip", action="store_true", help="do not run the clip modality even where weights exist")
+# --------------------------------------------------------------------------- options
+@dataclass(kw_only=True)
+class ClipOptions:
+    """The clip modality's options (the command line's ``--clip-*`` flags map onto them).
+
+    Attributes:
+        enabled: ``False`` leaves the modality absent even where weights exist (``--no-clip``).
+        weights: an open_clip ViT-B-32 folder or checkpoint, exported on first use; ``None``:
+            ``$CER_STREAM_CLIP`` or the hub cache.
+        image, labels: an exported image tower and label embeddings (given together).
+        frames: frames embedded per window (``None``: :data:`DEFAULT_FRAMES`; 0: every frame).
+        backend, device: ``None``: the face path's.
+    """
+
+    enabled: bool = True
+    weights: Path | None = None
+    image: Path | None = None
+    labels: Path | None = None
+    frames: int | None = None
+    backend: str | None = None
+    device: str | None = None
 
 
-def _frames_option(args: argparse.Namespace) -> int:
-    n = getattr(args, "clip_frames", None)
-    n = DEFAULT_FRAMES if n is None else int(n)
+def _frames_option(opts: ClipOptions) -> int:
+    n = DEFAULT_FRAMES if opts.frames is None else int(opts.frames)
     if n < 0:
         raise ValueError(f"--clip-frames must be >= 0 (0: every frame), got {n}")
     return n
 
 
-def build_clip_modality(args: argparse.Namespace) -> ClipLabelModality | AbsentModality:
-    """The clip modality for parsed arguments.
+def build_clip_modality(opts: ClipOptions) -> ClipLabelModality | AbsentModality:
+    """The clip modality for ``opts``.
 
     ``--clip-image`` + ``--clip-labels``: those files. Otherwise the weights from
     ``--clip-weights``, ``$CER_STREAM_CLIP`` or the hub cache, exported on first use (cached);
@@ -332,11 +335,11 @@ def build_clip_modality(args: argparse.Namespace) -> ClipLabelModality | AbsentM
     """
     from engines.models import registry
 
-    if getattr(args, "no_clip", False):
+    if not opts.enabled:
         return AbsentModality(NAME, "switched off (--no-clip)")
-    frames = _frames_option(args)
-    backend, device = getattr(args, "backend", "auto"), getattr(args, "device", "auto")
-    image, labels = getattr(args, "clip_image", None), getattr(args, "clip_labels", None)
+    frames = _frames_option(opts)
+    backend, device = opts.backend or "auto", opts.device or "auto"
+    image, labels = opts.image, opts.labels
     if (image is None) != (labels is None):
         raise ValueError("--clip-image and --clip-labels go together (the tower and its label embeddings)")
     if image is not None:
@@ -344,7 +347,7 @@ def build_clip_modality(args: argparse.Namespace) -> ClipLabelModality | AbsentM
             if not Path(path).is_file():
                 raise FileNotFoundError(f"CLIP file not found: {path}")
         return ClipLabelModality(image, labels, frames_per_window=frames, backend=backend, device=device)
-    weights = getattr(args, "clip_weights", None)
+    weights = opts.weights
     image_spec, labels_spec = registry.get(IMAGE_MODEL), registry.get(LABELS_MODEL)
     if weights is not None and not Path(weights).expanduser().exists():
         raise FileNotFoundError(f"--clip-weights {weights}: no such file or folder")
@@ -364,4 +367,4 @@ def build_clip_modality(args: argparse.Namespace) -> ClipLabelModality | AbsentM
 
 
 __all__ = ["CLIP_FEATURES", "CLIP_FRAME_INDICES", "ClipLabelModality", "DEFAULT_FRAMES", "NO_WEIGHTS",
-           "add_clip_args", "build_clip_modality", "label_probs", "preprocess", "select_frames", "softmax"]
+           "ClipOptions", "build_clip_modality", "label_probs", "preprocess", "select_frames", "softmax"]

@@ -39,6 +39,8 @@ class FaceResult:
     faces: int = 0  # faces detected in the frame
     basic: np.ndarray | None = None  # 8 probabilities, BASIC order
     raw: np.ndarray | None = None  # the model's own output, its own order
+    feature: np.ndarray | None = None  # the model's penultimate-layer embedding (None: it has none)
+    feature_space: dict | None = None  # which embedding: {"name", "dim", "model"} (shared, not copied)
 
 
 def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -255,12 +257,25 @@ class EmotionModel:
         self.backend = type(self.engine).__name__
         outs = list(self.engine.output_names)
         self._probs_at = outs.index("probs") if "probs" in outs else 0
+        # the penultimate-layer embedding (face-api: 256-d, mini-Xception: 128-d); None: the
+        # model exports none (EmoAffectNet), so PFSA cannot run on it
+        self._features_at = outs.index("features") if "features" in outs else None
+        self.feature_space: dict | None = None
+        if self._features_at is not None:
+            dim = _output_width(self.engine, self._features_at)
+            self.feature_space = {"name": f"{self.registry_name}/features", "dim": dim, "model": name}
 
-    def __call__(self, crops_rgb: list[np.ndarray]) -> np.ndarray:
-        """Class probabilities (model order) for RGB uint8 face crops (already cut with
-        :attr:`crop`)."""
+    @property
+    def feature_dim(self) -> int | None:
+        """Size of the model's ``features`` output (None: it has none)."""
+        return None if self.feature_space is None else self.feature_space["dim"]
+
+    def infer(self, crops_rgb: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(class probabilities in model order, ``features`` [N, D] or None) for RGB uint8 face
+        crops (already cut with :attr:`crop`)."""
         if not crops_rgb:
-            return np.zeros((0, len(self.labels)), np.float32)
+            empty = None if self._features_at is None else np.zeros((0, self.feature_dim or 0), np.float32)
+            return np.zeros((0, len(self.labels)), np.float32), empty
         if self.colour == "grey":  # a grey-scale model: convert once, directly
             import cv2
 
@@ -268,14 +283,24 @@ class EmotionModel:
         else:
             crops = crops_rgb
         outs = self.engine.infer(self._pre(crops))
-        return np.asarray(outs[self._probs_at], dtype=np.float32)
+        probs = np.asarray(outs[self._probs_at], dtype=np.float32)
+        feats = None if self._features_at is None else np.asarray(outs[self._features_at], np.float32)
+        if feats is not None and self.feature_space is not None and self.feature_space["dim"] is None:
+            self.feature_space["dim"] = int(feats.shape[1])
+        return probs, feats
+
+    def __call__(self, crops_rgb: list[np.ndarray]) -> np.ndarray:
+        """Class probabilities (model order) for RGB uint8 face crops (already cut with
+        :attr:`crop`)."""
+        return self.infer(crops_rgb)[0]
 
     def predict(self, images: list[np.ndarray], boxes: list[tuple[float, float, float, float]]
-                ) -> tuple[np.ndarray, np.ndarray]:
-        """(model-order probabilities, 8 basic probabilities) for one face box per image,
-        each cut with this model's own crop convention."""
-        probs = self([crop_face(img, box, self.crop) for img, box in zip(images, boxes)])
-        return probs, (to_basic(probs, self.labels) if len(probs) else np.zeros((0, len(BASIC)), np.float32))
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(model-order probabilities, 8 basic probabilities, penultimate features [N, D] or
+        None) for one face box per image, each cut with this model's own crop convention."""
+        probs, feats = self.infer([crop_face(img, box, self.crop) for img, box in zip(images, boxes)])
+        basic = to_basic(probs, self.labels) if len(probs) else np.zeros((0, len(BASIC)), np.float32)
+        return probs, basic, feats
 
     def close(self) -> None:
         self.engine.close()
@@ -283,7 +308,9 @@ class EmotionModel:
 
 class EnsembleModel:
     """Several static face models, each on its own crop; the output is the mean of their
-    8-class basic probabilities (``labels`` is :data:`BASIC`, so ``raw`` is that mean too)."""
+    8-class basic probabilities (``labels`` is :data:`BASIC`, so ``raw`` is that mean too).
+    Its feature is the concatenation of the members' L2-normalised features (each member
+    weighs the same in a cosine), or None when a member has none."""
 
     def __init__(self, members: list[EmotionModel]) -> None:
         if not members:
@@ -292,15 +319,45 @@ class EnsembleModel:
         self.name = "ensemble(" + "+".join(m.name for m in members) + ")"
         self.labels = BASIC
         self.backend = ",".join(sorted({m.backend for m in members}))
+        spaces = [getattr(m, "feature_space", None) for m in members]
+        self.feature_space: dict | None = None
+        if all(sp is not None and sp.get("dim") for sp in spaces):
+            self.feature_space = {"name": "+".join(sp["name"] for sp in spaces) + " (each L2-normalised)",
+                                  "dim": int(sum(sp["dim"] for sp in spaces)), "model": self.name}
+
+    @property
+    def feature_dim(self) -> int | None:
+        return None if self.feature_space is None else self.feature_space["dim"]
 
     def predict(self, images: list[np.ndarray], boxes: list[tuple[float, float, float, float]]
-                ) -> tuple[np.ndarray, np.ndarray]:
-        basic = np.mean(np.stack([m.predict(images, boxes)[1] for m in self.members]), axis=0).astype(np.float32)
-        return basic, basic
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        outs = [m.predict(images, boxes) for m in self.members]
+        basic = np.mean(np.stack([o[1] for o in outs]), axis=0).astype(np.float32)
+        feats = [o[2] if len(o) > 2 else None for o in outs]
+        if self.feature_space is None or any(f is None for f in feats):
+            return basic, basic, None
+        joined = np.concatenate([l2_normalise(np.asarray(f, np.float32)) for f in feats], axis=1)
+        return basic, basic, joined.astype(np.float32)
 
     def close(self) -> None:
         for m in self.members:
             m.close()
+
+
+def l2_normalise(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """``x`` scaled to unit L2 norm along ``axis`` (a zero vector stays zero)."""
+    x = np.asarray(x)
+    norm = np.linalg.norm(x, axis=axis, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+def _output_width(engine, index: int) -> int | None:
+    """The last dimension of output ``index`` when the engine knows it (None: dynamic)."""
+    try:
+        width = engine.outputs[index].shape[-1]
+    except (AttributeError, IndexError, TypeError):
+        return None
+    return int(width) if isinstance(width, (int, np.integer)) and width > 0 else None
 
 
 def load_face_model(name: str | None = None, *, profile: str = "lite", backend: str = "auto",
@@ -370,10 +427,15 @@ class FaceAnalyzer:
                 results.append(res)
             if owners:
                 t0 = time.perf_counter()
-                raw, basic = self.model.predict(images, boxes)
+                out = self.model.predict(images, boxes)
+                raw, basic = out[0], out[1]
+                feats = out[2] if len(out) > 2 and out[2] is not None else [None] * len(owners)
+                space = getattr(self.model, "feature_space", None) if len(out) > 2 else None
                 self.timings["emotion"] += time.perf_counter() - t0
-                for res, p, b in zip(owners, raw, basic):
+                for res, p, b, f in zip(owners, raw, basic, feats):
                     res.raw, res.basic = p, b
+                    if f is not None:
+                        res.feature, res.feature_space = f, space
             return results
 
     def close(self) -> None:
@@ -422,5 +484,5 @@ def window_face_probs(results: list[FaceResult], *, min_fraction: float = MIN_FA
 
 
 __all__ = ["BASIC", "FACE_MODELS", "FACE_MODEL_CHOICES", "FaceAnalyzer", "FaceCache", "FaceDetector", "FaceResult",
-           "EmotionModel", "EnsembleModel", "load_face_model",
+           "EmotionModel", "EnsembleModel", "l2_normalise", "load_face_model",
            "TargetTracker", "expand_box", "iou", "window_face_probs"]

@@ -24,16 +24,16 @@ The API key is read from an environment variable (``--vlm-key-env``, default
 ``CER_STREAM_VLM_API_KEY``), sent as ``Authorization: Bearer ...`` and never logged or put in a
 record: error texts are scrubbed of it and passed through :func:`stream.core.redact.redact`.
 
-HTTP is spoken with the standard library's asyncio streams (a minimal HTTP/1.1 client, see
-:func:`post_json`) rather than ``urllib`` in a thread or ``httpx``: a request is then an
-ordinary cancellable coroutine, so a hung server costs nothing but its timeout and
-:meth:`SceneWorker.close` returns at once even mid-request, and the project gains no
-dependency.  The price: no HTTP proxy support and no connection reuse (one request every few
-seconds needs neither; the endpoint is normally on the same host or network).
+HTTP is spoken by ``httpx`` (an :class:`httpx.AsyncClient` on the worker's event loop, see
+:func:`make_client`): a request is an ordinary cancellable coroutine, so a hung server costs
+nothing but its timeout and :meth:`SceneWorker.close` returns at once even mid-request; the
+connection is kept alive between refreshes, redirects are followed, and proxies and CA
+settings come from the environment (``HTTPS_PROXY``/``NO_PROXY``, ``SSL_CERT_FILE``) as httpx
+reads them.  Failures are logged on the ``cer_stream.scene`` logger (a warning when a run of
+failures starts, so it reaches the run's ``warning`` records) and counted in the window records.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import concurrent.futures
@@ -41,12 +41,11 @@ import json
 import logging
 import math
 import os
-import ssl
 import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -55,7 +54,10 @@ from stream.modalities.base import ModalityOutput, WindowInput
 from stream.core.redact import redact
 from stream.core.windows import WINDOW_S
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:  # imported when the worker starts: `images` and tests of other parts never pay for it
+    import httpx
+
+log = logging.getLogger("cer_stream.scene")
 
 #: The seeds' prompt 1 (REFERENCE.md, "Scene prompts"), in this project's words.
 PROMPT = (
@@ -89,6 +91,9 @@ BACKOFF_S = 0.5
 BACKOFF_MAX_S = 8.0
 #: Answers larger than this are not read (a chat completion for one paragraph is ~1-2 kB).
 MAX_RESPONSE_BYTES = 1 << 20
+#: Seconds an idle kept-alive connection is reused (servers such as vLLM's uvicorn close theirs
+#: after 5 s; a request on a connection closed meanwhile is retried).
+KEEPALIVE_S = 30.0
 #: Captions are cut to this many characters (the text encoder reads ~192 tokens at most).
 MAX_CAPTION_CHARS = 2000
 #: How long close() waits for the worker thread.
@@ -241,78 +246,81 @@ def _snippet(body: bytes, n: int = 120) -> str:
     return text + ("..." if len(body) > n else "") if text else "empty body"
 
 
-async def post_json(url: str, body: bytes, headers: dict[str, str], *,
+def make_client(timeout_s: float = DEFAULT_TIMEOUT_S) -> "httpx.AsyncClient":
+    """The worker's HTTP client: HTTP/1.1 with keep-alive (one pooled connection: one request is
+    in flight at most), redirects followed, proxies and CA settings from the environment
+    (``HTTPS_PROXY``, ``NO_PROXY``, ``SSL_CERT_FILE``...), no retries of its own (the worker
+    retries with backoff)."""
+    import httpx
+
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout_s), follow_redirects=True, max_redirects=5, trust_env=True,
+        limits=httpx.Limits(max_connections=1, max_keepalive_connections=1, keepalive_expiry=KEEPALIVE_S),
+        headers={"User-Agent": "cer-stream", "Accept": "application/json"})
+
+
+async def post_json(url: str, body: bytes, headers: dict[str, str], *, client: "httpx.AsyncClient | None" = None,
                     max_bytes: int = MAX_RESPONSE_BYTES) -> tuple[int, bytes]:
-    """POST ``body`` (JSON) to ``url`` over HTTP/1.1 and return ``(status, response body)``.
+    """POST ``body`` (JSON) to ``url`` and return ``(status, response body)``.
 
-    A deliberately small client: one connection per request (``Connection: close``), the
-    answer read by ``Content-Length``, chunked transfer coding or to end of stream.  The
-    caller bounds the time (it is an ordinary coroutine, cancellable at any await).
+    ``client``: an :class:`httpx.AsyncClient` (see :func:`make_client`; its connection is
+    kept alive between calls); without one, a client is made for this call.  Answers larger
+    than ``max_bytes`` are not read (:class:`VlmError`).  httpx errors propagate (the worker
+    maps them, see :func:`_describe_http_error`); the caller bounds the total time.
     """
-    parts = urllib.parse.urlsplit(url)
-    https = parts.scheme == "https"
-    host = parts.hostname or ""
-    port = parts.port or (443 if https else 80)
-    reader, writer = await asyncio.open_connection(
-        host, port, ssl=ssl.create_default_context() if https else None, limit=64 * 1024)
-    try:
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        host_header = f"[{host}]" if ":" in host else host
-        if parts.port and parts.port != (443 if https else 80):
-            host_header += f":{parts.port}"
-        lines = [f"POST {target} HTTP/1.1", f"Host: {host_header}", "User-Agent: cer-stream",
-                 "Content-Type: application/json", "Accept: application/json",
-                 f"Content-Length: {len(body)}", "Connection: close"]
-        lines += [f"{k}: {v}" for k, v in headers.items()]
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
-        await writer.drain()
-
-        status_line = (await reader.readline()).decode("latin-1").strip()
-        fields = status_line.split(None, 2)
-        if len(fields) < 2 or not fields[0].startswith("HTTP/") or not fields[1].isdigit():
-            raise VlmError(f"bad answer: not HTTP ({status_line[:60]!r})", retry=False)
-        status = int(fields[1])
-        resp_headers: dict[str, str] = {}
-        for _ in range(200):
-            line = (await reader.readline()).decode("latin-1")
-            if line in ("\r\n", "\n", ""):
-                break
-            name, _, value = line.partition(":")
-            resp_headers[name.strip().lower()] = value.strip()
-        else:
-            raise VlmError("bad answer: too many header lines", retry=False)
-
-        if "chunked" in resp_headers.get("transfer-encoding", "").lower():
-            chunks, total = [], 0
-            while True:
-                size_line = (await reader.readline()).split(b";", 1)[0].strip()
-                try:
-                    size = int(size_line, 16)
-                except ValueError:
-                    raise VlmError("bad answer: broken chunked encoding", retry=False) from None
-                if size == 0:
-                    break
-                total += size
-                if total > max_bytes:
-                    raise VlmError(f"bad answer: larger than {max_bytes} bytes", retry=False)
-                chunks.append(await reader.readexactly(size))
-                await reader.readline()  # CRLF after each chunk
-            data = b"".join(chunks)
-        elif "content-length" in resp_headers:
-            try:
-                length = int(resp_headers["content-length"])
-            except ValueError:
-                raise VlmError("bad answer: bad Content-Length", retry=False) from None
-            if length > max_bytes:
+    if client is None:
+        async with make_client() as own:
+            return await post_json(url, body, headers, client=own, max_bytes=max_bytes)
+    headers = {"Content-Type": "application/json", **headers}
+    async with client.stream("POST", url, content=body, headers=headers) as response:
+        length = response.headers.get("content-length", "")
+        if length.isdigit() and int(length) > max_bytes:
+            raise VlmError(f"bad answer: larger than {max_bytes} bytes", retry=False)
+        chunks, total = [], 0
+        async for chunk in response.aiter_bytes():
+            total += len(chunk)
+            if total > max_bytes:
                 raise VlmError(f"bad answer: larger than {max_bytes} bytes", retry=False)
-            data = await reader.readexactly(length)
-        else:
-            data = await reader.read(max_bytes + 1)
-            if len(data) > max_bytes:
-                raise VlmError(f"bad answer: larger than {max_bytes} bytes", retry=False)
-        return status, data
-    finally:
-        writer.close()
+            chunks.append(chunk)
+        return response.status_code, b"".join(chunks)
+
+
+def _caused_by(exc: BaseException, kind: type, depth: int = 8) -> bool:
+    """Whether ``exc`` or an exception in its cause chain (exception groups included) is a ``kind``."""
+    if isinstance(exc, kind):
+        return True
+    if depth <= 0:
+        return False
+    nested = list(getattr(exc, "exceptions", ()) or ())
+    nested += [e for e in (exc.__cause__, exc.__context__) if e is not None]
+    return any(_caused_by(e, kind, depth - 1) for e in nested)
+
+
+def _describe_http_error(exc: Exception, timeout_s: float = DEFAULT_TIMEOUT_S) -> VlmError:
+    """An httpx (or socket) failure as a :class:`VlmError`: the message the record shows, and
+    whether it is worth a retry."""
+    import httpx
+
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.TimeoutException):
+        return VlmError(f"no answer within {timeout_s:g} s ({type(exc).__name__})", retry=True)
+    if isinstance(exc, (httpx.ConnectError, ConnectionRefusedError)):
+        if "refused" in text.lower() or _caused_by(exc, ConnectionRefusedError):
+            return VlmError("connection refused", retry=True)
+        return VlmError(f"cannot connect: {text}", retry=True)
+    if isinstance(exc, httpx.TooManyRedirects):
+        return VlmError(f"too many redirects: {text}", retry=False)
+    if isinstance(exc, httpx.RemoteProtocolError):
+        low = text.lower()
+        if "disconnect" in low or "incomplete" in low or "closed" in low:
+            # also a kept-alive connection the server closed just as it was reused
+            return VlmError("connection closed mid-answer", retry=True)
+        return VlmError(f"bad answer: not HTTP ({text})", retry=False)
+    if isinstance(exc, (httpx.DecodingError, httpx.InvalidURL, httpx.UnsupportedProtocol)):
+        return VlmError(f"{type(exc).__name__}: {text}", retry=False)
+    if isinstance(exc, (httpx.TransportError, OSError)):  # reset, unreachable, DNS, TLS, proxy...
+        return VlmError(f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or text}", retry=True)
+    return VlmError(f"{type(exc).__name__}: {text}", retry=False)
 
 
 # --------------------------------------------------------------------------- worker
@@ -375,6 +383,7 @@ class SceneWorker:
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._client: httpx.AsyncClient | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
     @property
@@ -492,7 +501,11 @@ class SceneWorker:
                     t.cancel()
                 if pending:
                     loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                if self._client is not None:
+                    loop.run_until_complete(self._client.aclose())
                 loop.run_until_complete(loop.shutdown_asyncgens())
+            except Exception:  # pragma: no cover - closing a connection failed: nothing to keep
+                log.debug("scene worker clean-up failed", exc_info=True)
             finally:
                 # wait for a running head call or JPEG encoding (tens of ms), so that whoever
                 # closes the head after close() never pulls it from under a running call
@@ -509,6 +522,9 @@ class SceneWorker:
 
     async def _main(self) -> None:
         assert self._wake is not None
+        # made here, not before the loop reports ready: importing httpx (~0.1 s) must not
+        # delay the window that starts the worker
+        self._client = make_client(self.options.timeout_s)
         next_due = 0.0
         while not self._stop.is_set():
             delay = next_due - time.monotonic()
@@ -565,17 +581,14 @@ class SceneWorker:
             self._counters.in_flight = True
         t0 = time.monotonic()
         try:
-            status, data = await asyncio.wait_for(post_json(self.url, body, headers), opts.timeout_s)
+            status, data = await asyncio.wait_for(post_json(self.url, body, headers, client=self._client),
+                                                  opts.timeout_s)
         except asyncio.TimeoutError:  # (TimeoutError itself from 3.11 on)
             raise VlmError(f"no answer within {opts.timeout_s:g} s", retry=True) from None
-        except ConnectionRefusedError:
-            raise VlmError("connection refused", retry=True) from None
-        except asyncio.IncompleteReadError:
-            raise VlmError("connection closed mid-answer", retry=True) from None
-        except (OSError, ValueError, asyncio.LimitOverrunError) as exc:
-            # OSError: unreachable host, reset, DNS, TLS...; ValueError: an overlong line
-            what = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            raise VlmError(f"{type(exc).__name__}: {what}", retry=isinstance(exc, OSError)) from None
+        except VlmError:
+            raise
+        except Exception as exc:  # httpx / socket failures
+            raise _describe_http_error(exc, opts.timeout_s) from None
         finally:
             with self._lock:
                 self._counters.in_flight = False
@@ -720,44 +733,13 @@ class SceneModality:
             self.head.close()
 
 
-# --------------------------------------------------------------------------- command line
-def add_scene_args(parser: argparse.ArgumentParser) -> None:
-    """The ``--vlm-*`` options of ``cer-stream`` (the scene modality is on with ``--vlm-url``)."""
-    g = parser.add_argument_group("scene description (an OpenAI-compatible VLM endpoint)")
-    g.add_argument("--vlm-url", metavar="URL",
-                   help="base URL of a chat-completions endpoint, e.g. http://127.0.0.1:8000/v1 "
-                        "(vLLM, Ollama, llama.cpp server); enables the scene modality")
-    g.add_argument("--vlm-model", metavar="NAME", default=DEFAULT_MODEL,
-                   help=f"model name the server knows the VLM by (default {DEFAULT_MODEL})")
-    g.add_argument("--vlm-every", metavar="S", type=float, default=DEFAULT_EVERY_S,
-                   help=f"seconds between scene refreshes (default {DEFAULT_EVERY_S:g})")
-    g.add_argument("--vlm-timeout", metavar="S", type=float, default=DEFAULT_TIMEOUT_S,
-                   help=f"seconds one VLM request may take (default {DEFAULT_TIMEOUT_S:g})")
-    g.add_argument("--vlm-key-env", metavar="VAR", default=DEFAULT_KEY_ENV,
-                   help=f"environment variable holding the API key, sent as a bearer token "
-                        f"(default {DEFAULT_KEY_ENV}; unset: no key)")
-    g.add_argument("--vlm-max-age", metavar="S", type=float, default=None,
-                   help=f"ignore captions older than S seconds of media time "
-                        f"(default 2 x --vlm-every + {WINDOW_S:g})")
-
-
-def scene_options(args: argparse.Namespace) -> SceneOptions | None:
-    """Options from parsed ``--vlm-*`` arguments; ``None`` without ``--vlm-url``.
-    Raises ``ValueError`` (one line) on bad values."""
-    if not getattr(args, "vlm_url", None):
-        return None
-    return SceneOptions(url=args.vlm_url, model=args.vlm_model, every_s=args.vlm_every,
-                        timeout_s=args.vlm_timeout, key_env=args.vlm_key_env, max_age_s=args.vlm_max_age)
-
-
-def build_scene_modality(args: argparse.Namespace, *, head: CaptionHead | None = None) -> SceneModality | None:
-    """The scene modality for parsed ``--vlm-*`` arguments, or ``None`` without ``--vlm-url``.
-    Raises ``ValueError`` on bad values and ``RuntimeError`` when the caption head is missing."""
-    options = scene_options(args)
+# --------------------------------------------------------------------------- building
+def build_scene_modality(options: SceneOptions | None, *, head: CaptionHead | None = None) -> SceneModality | None:
+    """The scene modality for ``options``, or ``None`` without options (no VLM endpoint).
+    Raises ``RuntimeError`` when the caption head is missing."""
     return None if options is None else SceneModality(options, head=head)
 
 
 __all__ = ["Caption", "DEFAULT_KEY_ENV", "PROMPT", "SceneModality", "SceneOptions", "SceneWorker",
-           "VlmError", "add_scene_args", "build_scene_modality", "chat_request", "endpoint_url",
-           "jpeg_data_url", "load_scene_head", "parse_caption", "pick_keyframes", "post_json",
-           "scene_options"]
+           "VlmError", "build_scene_modality", "chat_request", "endpoint_url",
+           "jpeg_data_url", "load_scene_head", "parse_caption", "pick_keyframes", "post_json"]

@@ -28,8 +28,8 @@ metadata ``cer.format = cer-stream-temporal``, ``cer.labels``, ``cer.input_shape
 """
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -105,13 +105,13 @@ def read_metadata(meta: dict[str, str], path: str | Path = "model") -> dict[str,
 class TemporalModel:
     """A temporal ONNX model through the engines layer: ``[L, D]`` -> (8 BASIC probs, embedding)."""
 
-    def __init__(self, path: str | Path, *, device: str = "cpu", intra_op_threads: int | None = None) -> None:
-        from engines.runtimes.onnxruntime import OrtEngine
+    def __init__(self, path: str | Path, *, device: str = "cpu", intra_op_threads: int | None = None,
+                 backend: str = "auto") -> None:
+        from engines.select import create_engine
 
         self.path = Path(path)
-        self.engine = OrtEngine(self.path, device=device, intra_op_threads=intra_op_threads,
-                                expect_metadata={"cer.format": FORMAT})
-        self.engine.load()
+        self.engine = create_engine(self.path, backend=backend, device=device, intra_op_threads=intra_op_threads,
+                                    expect_metadata={"cer.format": FORMAT}, model="face-dynamic")
         try:
             meta = read_metadata(self.engine.metadata, self.path)
             if self.engine.output_names[:2] != ["probs", "embedding"] or self.engine.input_names != ["features"]:
@@ -152,8 +152,8 @@ class TemporalModality:
     name = "temporal"
 
     def __init__(self, model: str | Path | None = None, *, face_labels: Sequence[str] = FER_MINI_XCEPTION,
-                 device: str = "cpu", min_fraction: float = MIN_FACE_FRACTION) -> None:
-        self.model = TemporalModel(model, device=device) if model is not None else None
+                 device: str = "cpu", min_fraction: float = MIN_FACE_FRACTION, backend: str = "auto") -> None:
+        self.model = TemporalModel(model, device=device, backend=backend) if model is not None else None
         self.min_fraction = min_fraction
         m = self.model
         if m is not None and m.feature_kind == "face-logits":
@@ -195,23 +195,31 @@ class TemporalModality:
             self.model.close()
 
 
-def add_temporal_args(parser: argparse.ArgumentParser) -> None:
-    """``--temporal-model FILE.onnx`` for ``cer-stream``."""
-    parser.add_argument("--temporal-model", metavar="FILE.onnx", type=Path,
-                        help="dynamic face model from `cer-stream train-temporal` (default: none; "
-                             "the temporal modality is then absent)")
+@dataclass(kw_only=True)
+class TemporalOptions:
+    """The temporal modality's options.
+
+    Attributes:
+        model: a dynamic face model from ``cer-stream train-temporal`` (ONNX); ``None``: the
+            modality is absent in every window.
+    """
+
+    model: Path | None = None
+    backend: str = "auto"  # engines backend (the run's --backend)
+    device: str = "auto"  # the run's --device
 
 
-def build_temporal_modality(args: argparse.Namespace, *, face_labels: Sequence[str] = FER_MINI_XCEPTION,
+def build_temporal_modality(opts: TemporalOptions, *, face_labels: Sequence[str] = FER_MINI_XCEPTION,
                             device: str = "cpu") -> TemporalModality:
-    """The temporal modality for parsed arguments (absent in every window without
-    ``--temporal-model``).  Raises ``FileNotFoundError``/``ValueError`` on a bad model file."""
-    path = getattr(args, "temporal_model", None)
+    """The temporal modality for ``opts`` (absent in every window without a model).
+    Raises ``FileNotFoundError``/``ValueError`` on a bad model file."""
+    path = opts.model
     if path is not None and not Path(path).is_file():
         raise FileNotFoundError(f"temporal model not found: {path}")
-    return TemporalModality(path, face_labels=face_labels, device=device)
+    return TemporalModality(path, face_labels=face_labels,
+                            device=device if opts.device == "auto" else opts.device, backend=opts.backend)
 
 
 __all__ = ["CLIP_FEATURES", "FEATURE_KINDS", "FORMAT", "MIN_FACE_FRACTION", "NO_MODEL", "SEQ_LEN",
-           "TemporalModality", "TemporalModel", "add_temporal_args", "build_temporal_modality",
+           "TemporalModality", "TemporalModel", "TemporalOptions", "build_temporal_modality",
            "clip_sequence", "face_sequence", "read_metadata", "resample_indices"]

@@ -23,7 +23,7 @@ from stream.modalities.base import ModalityOutput, WindowInput
 from stream.modalities.speech.texthead import TextHead
 from stream.modalities.speech.vad import SpeechGate
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cer_stream.text")
 
 
 class SpeechTextModality:

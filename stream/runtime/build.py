@@ -1,0 +1,117 @@
+"""Models from options: the face analyzer, the window modalities and the fuser.
+
+Errors a user can fix (a missing weights file, an unavailable engine, a bad calibration file)
+are raised as one-line ``RuntimeError``/``ValueError``/``FileNotFoundError``.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from stream.runtime.options import FaceOptions, FusionOptions, PipelineOptions
+
+
+def _emotion_model(opts: FaceOptions):
+    """The static face model for the chosen profile/backend; errors become one-line messages."""
+    from engines.select import EngineUnavailable
+    from stream.modalities.face import load_face_model
+
+    try:
+        return load_face_model(opts.model, profile=opts.profile, backend=opts.backend, device=opts.device,
+                               weights=None if opts.weights is None else str(opts.weights))
+    except EngineUnavailable as exc:
+        raise RuntimeError(str(exc)) from None
+    except FileNotFoundError as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        raise RuntimeError(msg.replace("pass --weights PATH", "pass --face-weights PATH")) from None
+
+
+def build_face_analyzer(opts: FaceOptions | None = None, *, validate: bool = True, track: bool = True):
+    """The face analyzer for ``opts``.  ``track=False``/``validate=True`` suit unrelated still
+    images (every detection validated, no target kept between calls).  Its detector and model
+    report per-frame times to the pipeline's observers (``stream.runtime.observe``)."""
+    from stream.modalities.face import FaceAnalyzer, FaceDetector
+    from stream.runtime.observe import instrument_face
+
+    opts = opts or FaceOptions()
+    if opts.detector == "tasks":
+        from stream.modalities.landmarker import TaskFaceDetector
+
+        try:
+            detector = TaskFaceDetector(validate=validate, blendshapes=False, validate_every_frame=not track)
+        except FileNotFoundError as exc:
+            raise RuntimeError(str(exc).strip().splitlines()[0]) from None
+    elif opts.detector == "legacy":
+        detector = FaceDetector(validate=validate, validate_every_frame=not track)
+    else:
+        raise ValueError(f"unknown face detector {opts.detector!r}: legacy or tasks")
+    try:
+        model = _emotion_model(opts)
+    except BaseException:
+        detector.close()
+        raise
+    return instrument_face(FaceAnalyzer(detector=detector, model=model, track=track))
+
+
+def build_modalities(options: PipelineOptions, face: Any, *, live: bool) -> list:
+    """The window modalities, in the order they run (later ones may use earlier results).
+
+    ``live``: the source does not wait for the analyzer; speech to text (~0.5 s a window on 2
+    CPU cores) then runs beside the stream, one hop late, with its own voice-activity gate."""
+    from stream.modalities.audio import build_audio_modalities
+    from stream.modalities.base import AbsentModality, FaceModality, LaggedModality
+    from stream.modalities.clip import build_clip_modality
+    from stream.modalities.scene import build_scene_modality
+    from stream.modalities.temporal import build_temporal_modality
+
+    wanted = set(options.modalities)
+    backend, device = options.face.backend, options.face.device
+    mods: list = [FaceModality()]
+    try:
+        clip = None
+        if "clip" in wanted:  # before temporal: it may read CLIP's features
+            clip_opts = replace(options.clip, backend=options.clip.backend or backend,
+                                device=options.clip.device or device)
+            mods.append(clip := build_clip_modality(clip_opts))
+        if "temporal" in wanted:
+            mods.append(temporal := build_temporal_modality(options.temporal, face_labels=face.model.labels))
+            if (clip is not None and getattr(temporal.model, "feature_kind", None) == "clip"
+                    and options.clip.frames is None):
+                clip.frames_per_window = 0  # a CLIP-feature temporal model reads every frame
+        if wanted & {"audio", "text"}:
+            audio_opts = options.audio
+            if audio_opts.backend == "auto" and audio_opts.device == "auto":
+                audio_opts = replace(audio_opts, backend=backend, device=device)
+            if "text" not in wanted:
+                audio_opts = replace(audio_opts, text=False)
+            audio_mods = [m for m in build_audio_modalities(audio_opts, share_gate=not live) if m.name in wanted]
+            mods += [LaggedModality(mod) if live and mod.name == "text" else mod for mod in audio_mods]
+        if "scene" in wanted:
+            scene = build_scene_modality(options.scene)
+            mods.append(scene if scene is not None else
+                        AbsentModality("scene", "no VLM endpoint; give one with --vlm-url"))
+    except BaseException:
+        for mod in mods:
+            mod.close()
+        raise
+    return mods
+
+
+def build_fuser(opts: FusionOptions, names: list[str], face=None):
+    """The fuser for the running modalities (``ValueError`` on a bad calibration file, or on
+    PFSA prototypes fitted in another face feature space than ``face``'s model gives)."""
+    from stream.fusion.fuser import Fuser
+
+    calibration = None
+    if opts.calibration is not None:
+        from stream.offline.calibrate import CalibrationError, load_calibration
+
+        try:
+            calibration = load_calibration(opts.calibration)
+        except CalibrationError as exc:
+            raise ValueError(str(exc)) from None
+    spaces = None if face is None else {"face": getattr(face.model, "feature_space", None)}
+    return Fuser(names, method=opts.compound, calibration=calibration, feature_spaces=spaces)
+
+
+__all__ = ["build_face_analyzer", "build_fuser", "build_modalities"]

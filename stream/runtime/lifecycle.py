@@ -1,0 +1,196 @@
+"""Capture lifecycle: start the sources, wait for the start-up handshake, stop them.
+
+:class:`ProcessCapture` runs the capture processes of a file, RTSP or camera source (spawned, so
+they inherit nothing; SIGTERM, then SIGKILL after a grace period; they also die with this
+process if it is killed outright) and the receiver thread that drains them into the ring
+buffers.  :class:`InProcessCapture` does the same job for a :class:`~stream.io.sources.PushSource`,
+whose rings the caller fills.  Either way the window loop sees a :class:`FrameRing`, an
+:class:`AudioRing` and a :class:`SourceState`.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import shutil
+import tempfile
+import threading
+import time
+
+from stream.core import messages as m
+from stream.core.windows import SAMPLE_FPS
+from stream.io.capture import CaptureConfig, capture_main, describe_capture_exit
+from stream.io.receiver import Receiver, SourceState
+from stream.io.ringbuffer import BLOCK, DROP_OLDEST, AudioRing, FrameRing
+from stream.io.sources import AUDIO_RING_S, FRAME_RING, PushSource, Source
+
+STARTUP_GRACE_S = 5.0
+
+
+class StartupError(RuntimeError):
+    """The stream could not start (bad file, unreachable URL, no camera...)."""
+
+
+class CaptureProcess:
+    """A capture process started with ``spawn`` (no state inherited from the analyzer)."""
+
+    def __init__(self, cfg: CaptureConfig) -> None:
+        ctx = mp.get_context("spawn")
+        self.proc = ctx.Process(target=capture_main, args=(cfg,), name=f"cer-capture-{cfg.source}", daemon=True)
+
+    def start(self) -> None:
+        self.proc.start()
+
+    def stop(self, grace_s: float = 3.0) -> None:
+        if self.proc.pid is None:
+            return
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(grace_s)
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(1.0)
+
+
+class Capture:
+    """The sources of one run, seen through their ring buffers."""
+
+    frames: FrameRing
+    audio: AudioRing
+    state: SourceState
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def wait_start(self, stop_event: threading.Event) -> m.StreamInfo:
+        raise NotImplementedError
+
+    def stop_sources(self) -> None:
+        """Stop producing (an interrupt); what was received stays in the rings."""
+
+    def close(self) -> None:
+        """Stop everything and free the resources."""
+
+    @property
+    def pids(self) -> list[int]:
+        return []
+
+
+class ProcessCapture(Capture):
+    def __init__(self, source: Source, *, live: bool, realtime: bool, max_side: int, open_timeout_s: float,
+                 read_timeout_s: float) -> None:
+        self.source = source
+        self.open_timeout_s = open_timeout_s
+        self.procs: list[CaptureProcess] = []
+        self._tmp = tempfile.mkdtemp(prefix="cer-stream-")
+        frames_ep = f"ipc://{self._tmp}/frames"
+        audio_ep = f"ipc://{self._tmp}/audio"
+        want_av_audio = source.audio
+        want_audio = want_av_audio or source.mic is not None
+        self.frames = FrameRing(FRAME_RING, policy=DROP_OLDEST if live else BLOCK)
+        self.audio = AudioRing(AUDIO_RING_S)
+        self.state = SourceState(av_audio=want_av_audio, mic=source.mic is not None)
+        self.receiver = Receiver(frames_endpoint=frames_ep, audio_endpoint=audio_ep if want_audio else None,
+                                 frames=self.frames, audio=self.audio, state=self.state)
+        base = {"frames_endpoint": frames_ep, "max_side": max_side, "t0_ns": 0, "open_timeout_s": open_timeout_s,
+                "read_timeout_s": read_timeout_s, "sample_fps": SAMPLE_FPS, "parent_pid": os.getpid()}
+        self.cfgs = [CaptureConfig(source=source.kind, target=str(source.target),
+                                   audio_endpoint=audio_ep if want_av_audio else None,
+                                   want_audio=want_av_audio, realtime=realtime, **base)]
+        if source.mic is not None:
+            self.cfgs.append(CaptureConfig(source="mic", target=source.mic, audio_endpoint=audio_ep,
+                                           **{**base, "frames_endpoint": None}))
+
+    def start(self) -> None:
+        self.receiver.start()
+        t0_ns = m.now_ns()  # the origin of live media time, shared by camera and microphone
+        for cfg in self.cfgs:
+            cfg.t0_ns = t0_ns
+            p = CaptureProcess(cfg)
+            p.start()
+            self.procs.append(p)
+
+    def wait_start(self, stop_event: threading.Event) -> m.StreamInfo:
+        state = self.state
+        deadline = time.monotonic() + self.open_timeout_s + STARTUP_GRACE_S
+        with state.cond:
+            while state.info is None:
+                fatal = [e for e in state.errors if e.fatal and m.VIDEO in e.streams]
+                if fatal:
+                    raise StartupError(fatal[0].message)
+                if stop_event.is_set():
+                    raise StartupError("interrupted before the stream started")
+                if not self.procs[0].proc.is_alive() and state.info is None:
+                    state.cond.wait(0.5)  # its last message may still be in flight
+                    if state.info is None and not state.errors:
+                        # its own reason when it left one, else its exit code or signal
+                        raise StartupError(describe_capture_exit(self.cfgs[0], self.procs[0].proc.exitcode))
+                    continue
+                if time.monotonic() > deadline:
+                    raise StartupError(f"timed out opening {self.source.describe()}")
+                state.cond.wait(0.1)
+            return state.info
+
+    def stop_sources(self) -> None:
+        for p in self.procs:
+            p.stop()
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.stop()
+        if self.receiver.is_alive():
+            self.receiver.stop()
+        else:  # never started: its sockets are still open
+            self.receiver.frame_sock.close()
+            if self.receiver.audio_sock is not None:
+                self.receiver.audio_sock.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.proc.pid for p in self.procs if p.proc.pid]
+
+
+class InProcessCapture(Capture):
+    """A :class:`PushSource`: the caller fills the rings; nothing to spawn."""
+
+    def __init__(self, source: PushSource, *, max_side: int) -> None:
+        self.source = source
+        self.frames, self.audio, self.state = source.frames, source.audio_ring, source.state
+        source.attach(max_side)
+
+    def start(self) -> None:
+        pass
+
+    def wait_start(self, stop_event: threading.Event) -> m.StreamInfo:
+        state = self.state
+        with state.cond:
+            while state.info is None:
+                if stop_event.is_set():
+                    raise StartupError("interrupted before the stream started")
+                state.cond.wait(0.1)
+            return state.info
+
+    def stop_sources(self) -> None:
+        self.source.detach()
+
+    def close(self) -> None:
+        self.source.detach()
+
+
+def open_capture(source: Source, *, live: bool, realtime: bool, max_side: int, open_timeout_s: float,
+                 read_timeout_s: float) -> Capture:
+    if isinstance(source, PushSource):
+        return InProcessCapture(source, max_side=max_side)
+    return ProcessCapture(source, live=live, realtime=realtime, max_side=max_side, open_timeout_s=open_timeout_s,
+                          read_timeout_s=read_timeout_s)
+
+
+__all__ = [
+    "STARTUP_GRACE_S",
+    "Capture",
+    "CaptureProcess",
+    "InProcessCapture",
+    "ProcessCapture",
+    "StartupError",
+    "open_capture",
+]

@@ -1,0 +1,127 @@
+"""Typed options of a :class:`stream.Pipeline`.
+
+Every field is keyword-only and has the default the command line uses, so
+``PipelineOptions()`` is ``cer-stream``'s default configuration (``--profile lite``: the face
+ensemble, voice activity, Whisper tiny.en with the transcript gate and the speech text head; no
+CLIP, temporal, speech-emotion or VLM model).  The command line (``stream.cli``) only maps its
+flags onto these classes.
+
+The options of a single modality live with it (``AudioOptions`` in
+:mod:`stream.modalities.audio`, ``SceneOptions`` in :mod:`stream.modalities.scene`,
+``ClipOptions`` in :mod:`stream.modalities.clip`, ``TemporalOptions`` in
+:mod:`stream.modalities.temporal`) and are re-exported here.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stream.modalities.audio import AudioOptions
+from stream.modalities.clip import ClipOptions
+from stream.modalities.scene import SceneOptions
+from stream.modalities.temporal import TemporalOptions
+
+#: The six modalities of the method, in the order they run.
+ALL_MODALITIES = ("face", "clip", "temporal", "audio", "text", "scene")
+
+#: ``AudioOptions`` bundles the speech-to-text ("text") settings with the speech-emotion ones.
+TextOptions = AudioOptions
+
+
+@dataclass(kw_only=True)
+class FaceOptions:
+    """The static face path.
+
+    Attributes:
+        profile: ``"lite"`` (weights that ship in registry packages) or ``"paper"`` (the seeds'
+            EmoAffectNet; needs ``weights``).
+        model: ``"ensemble"``, ``"faceapi"``, ``"minixception"``, ``"emoaffectnet"``; ``None``: the
+            profile's default (lite: ensemble, paper: emoaffectnet).
+        detector: ``"legacy"`` (MediaPipe solutions, default) or ``"tasks"`` (MediaPipe Tasks).
+        weights: the face model's weights (EmoAffectNet TorchScript file, face-api folder).
+        backend: ``"auto"``, ``"onnxruntime"`` or ``"tensorrt"``; also used by the other
+            modalities' engines unless their own options say otherwise.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    """
+
+    profile: str = "lite"
+    model: str | None = None
+    detector: str = "legacy"
+    weights: str | Path | None = None
+    backend: str = "auto"
+    device: str = "auto"
+
+
+@dataclass(kw_only=True)
+class FusionOptions:
+    """Fusion and basic-to-compound conversion.
+
+    Attributes:
+        compound: ``"ppa"`` (default), ``"rule1"``, ``"rule2"`` or ``"pfsa"`` (needs a calibration
+            file with prototypes).
+        calibration: a file written by ``cer-stream calibrate``; ``None``: equal weights.
+    """
+
+    compound: str = "ppa"
+    calibration: str | Path | None = None
+
+
+@dataclass(kw_only=True)
+class RuntimeOptions:
+    """How a stream is read and what is emitted.
+
+    Attributes:
+        realtime: pace a file at media speed and treat it as live (``--realtime``).
+        max_side: frames are scaled so the longer side is at most this many pixels (960).
+        open_timeout_s, read_timeout_s: network/camera time limits (10 s each).
+        emit_frames: emit provisional ``frames`` records (final ones are always emitted).
+        progress: draw a progress bar on stderr.
+    """
+
+    realtime: bool = False
+    max_side: int = 960
+    open_timeout_s: float = 10.0
+    read_timeout_s: float = 10.0
+    emit_frames: bool = True
+    progress: bool = False
+
+
+#: The window settings are runtime options (window and hop lengths are fixed by the method).
+WindowOptions = RuntimeOptions
+
+
+@dataclass(kw_only=True)
+class PipelineOptions:
+    """Everything a :class:`stream.Pipeline` needs.
+
+    Attributes:
+        face, audio, clip, temporal, scene, fusion, runtime: per-part options (see each class).
+            ``scene=None`` (default) leaves the scene modality absent ("no VLM endpoint").
+        modalities: which of :data:`ALL_MODALITIES` to run; the others are left out of the
+            records entirely.  Default: all six (absent ones say why in every window).
+        observers: objects told about stage timings and records (see
+            :class:`stream.runtime.observe.Observer`; every method is optional).
+    """
+
+    face: FaceOptions = field(default_factory=FaceOptions)
+    audio: AudioOptions = field(default_factory=AudioOptions)
+    clip: ClipOptions = field(default_factory=ClipOptions)
+    temporal: TemporalOptions = field(default_factory=TemporalOptions)
+    scene: SceneOptions | None = None
+    fusion: FusionOptions = field(default_factory=FusionOptions)
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    modalities: Sequence[str] = ALL_MODALITIES
+    observers: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.modalities if m not in ALL_MODALITIES]
+        if unknown:
+            raise ValueError(f"unknown modalities {', '.join(unknown)}; choose from {', '.join(ALL_MODALITIES)}")
+        if "face" not in self.modalities:
+            raise ValueError("the face modality cannot be left out (the window loop analyses faces)")
+
+
+__all__ = ["ALL_MODALITIES", "AudioOptions", "ClipOptions", "FaceOptions", "FusionOptions", "PipelineOptions",
+           "RuntimeOptions", "SceneOptions", "TemporalOptions", "TextOptions", "WindowOptions"]

@@ -1,0 +1,216 @@
+"""The records a pipeline emits, as typed dataclasses.
+
+Each record's :meth:`to_dict` is exactly the JSON object the command line prints (README,
+"Record schema"; ``stream/schema/records.schema.json``), with plain Python values (numpy arrays
+and scalars become lists and numbers).  :func:`build_window_record` and
+:func:`build_frames_record` are the record building the window loop does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from stream.core.labels import BASIC, COMPOUND
+from stream.core.windows import Window
+from stream.fusion.compound import normalise
+
+
+def plain(obj: Any) -> Any:
+    """Numpy arrays and scalars to Python lists and numbers, recursively (values unchanged)."""
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return plain(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+class Record:
+    """Base of the record classes: ``type`` names the record, :meth:`to_dict` is its JSON."""
+
+    type: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type}
+        for name in self.__dataclass_fields__:  # type: ignore[attr-defined]
+            out[name] = getattr(self, name)
+        return plain(out)
+
+
+@dataclass
+class StartRecord(Record):
+    type: ClassVar[str] = "start"
+    source: str
+    input: str
+    fps: float
+    width: int
+    height: int
+    duration: float | None
+    live: bool
+    audio: bool
+    modalities: list[str]
+    fusion: dict[str, Any]
+    compound_method: str
+    window_s: float
+    hop_s: float
+    basic_labels: list[str] = field(default_factory=lambda: list(BASIC))
+    compound_labels: list[str] = field(default_factory=lambda: list(COMPOUND))
+
+
+@dataclass
+class WindowRecord(Record):
+    """One 4 s window.  ``basic``/``compound``/``label``/``basic_label`` are None when no
+    modality was present; ``modalities`` holds each modality's entry (``present``, ``weight``,
+    ``basic`` and its own fields, or ``reason``)."""
+
+    type: ClassVar[str] = "window"
+    index: int
+    start: float
+    end: float
+    frames: tuple[int, int]
+    analysed_frames: int
+    basic: dict[str, float] | None
+    compound: dict[str, float] | None
+    label: str | None
+    basic_label: str | None
+    compound_method: str
+    present: list[str]
+    modalities: dict[str, dict[str, Any]]
+    audio: dict[str, float] | None
+    drops: dict[str, float]
+    processing_ms: float
+    latency_ms: float | None
+    #: why ``compound`` is null in a window that has ``basic`` (``--compound pfsa`` without its
+    #: feature); absent from the JSON otherwise
+    compound_reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if out.get("compound_reason") is None:
+            out.pop("compound_reason", None)
+        return out
+
+
+@dataclass
+class FramesRecord(Record):
+    """Frame-wise predictions (parallel lists), provisional or ``final``."""
+
+    type: ClassVar[str] = "frames"
+    final: bool
+    frame_index: list[int]
+    time: list[float]
+    label_index: list[int | None]
+    label: list[str | None]
+    compound: list[list[float] | None]
+
+
+@dataclass
+class WarningRecord(Record):
+    type: ClassVar[str] = "warning"
+    message: str
+    stream: str | None = None
+    modality: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type, "message": self.message}
+        if self.stream is not None:
+            out["stream"] = self.stream
+        if self.modality is not None:
+            out["modality"] = self.modality
+        return out
+
+
+@dataclass
+class EndRecord(Record):
+    type: ClassVar[str] = "end"
+    reason: str  # eof | interrupted | error
+    windows: int
+    windows_skipped: int
+    frames: int | None
+    frames_analysed: int
+    media_s: float
+    elapsed_s: float
+    real_time_factor: float | None
+    latency_ms: dict[str, float] | None
+    drops: dict[str, float]
+    warnings: int
+
+
+AnyRecord = StartRecord | WindowRecord | FramesRecord | WarningRecord | EndRecord
+RECORD_TYPES: dict[str, type] = {c.type: c for c in (StartRecord, WindowRecord, FramesRecord, WarningRecord, EndRecord)}
+
+
+def from_dict(d: dict[str, Any]) -> AnyRecord:
+    """The typed record for a record's JSON object (the inverse of ``to_dict``)."""
+    d = dict(d)
+    cls = RECORD_TYPES[d.pop("type")]
+    if cls is WindowRecord:
+        d["frames"] = tuple(d["frames"])
+    return cls(**d)
+
+
+def load_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of every record (``stream/schema/records.schema.json``)."""
+    import json
+    from importlib import resources
+
+    return json.loads(resources.files("stream").joinpath("schema/records.schema.json").read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------- building
+def build_window_record(w: Window, *, fps: float, total: int | None, analysed_frames: int, fused,
+                        outputs: dict, pcm: np.ndarray | None, coverage: float, drops: dict,
+                        processing_ms: float = 0.0, latency_ms: float | None = None) -> WindowRecord:
+    """The window record for fusion result ``fused`` of modality ``outputs``."""
+    basic = None if fused.basic is None else dict(zip(BASIC, fused.basic))
+    basic_label = None if fused.basic is None else BASIC[int(np.argmax(fused.basic))]
+    if fused.basic is not None and fused.compound is not None:
+        compound = dict(zip(COMPOUND, normalise(fused.compound)))
+        label = COMPOUND[int(np.argmax(fused.compound))]
+    else:  # nothing present, or the run's one compound method cannot score this window
+        compound = label = None
+    modalities = {
+        name: ({"present": True, "weight": fused.weights.get(name), "basic": dict(zip(BASIC, out.basic)),
+                **out.info} if out.basic is not None else {"present": False, **out.info})
+        for name, out in outputs.items()}
+    if pcm is not None:
+        rms = float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) if pcm.size else 0.0
+        audio = {"coverage": round(coverage, 3), "rms_dbfs": round(20 * np.log10(max(rms, 1e-9)), 1)}
+    else:
+        audio = None
+    return WindowRecord(index=w.index, start=w.start, end=w.end, frames=w.frame_range(fps, total),
+                        analysed_frames=analysed_frames, basic=basic, compound=compound, label=label,
+                        basic_label=basic_label, compound_method=fused.method,
+                        present=[name for name, out in outputs.items() if out.basic is not None],
+                        modalities=modalities, audio=audio, drops=drops, processing_ms=processing_ms,
+                        latency_ms=latency_ms, compound_reason=getattr(fused, "reason", None))
+
+
+def build_frames_record(rows, *, final: bool) -> FramesRecord:
+    """Frame rows (``stream.runtime.timeline.FrameRow``) as one frames record."""
+    return FramesRecord(final=final, frame_index=[r.index for r in rows], time=[round(r.time, 4) for r in rows],
+                        label_index=[r.label for r in rows],
+                        label=[None if r.label is None else COMPOUND[r.label] for r in rows],
+                        compound=[None if r.compound is None else np.round(normalise(r.compound), 4) for r in rows])
+
+
+__all__ = [
+    "RECORD_TYPES",
+    "AnyRecord",
+    "EndRecord",
+    "FramesRecord",
+    "Record",
+    "StartRecord",
+    "WarningRecord",
+    "WindowRecord",
+    "build_frames_record",
+    "build_window_record",
+    "from_dict",
+    "load_schema",
+    "plain",
+]

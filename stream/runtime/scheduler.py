@@ -1,0 +1,135 @@
+"""Which window is due: the window loop's decisions, free of threads, processes and models.
+
+The scheduler looks at a snapshot of the ring buffers (:class:`Arrivals`) and a clock and says
+what to do next (:meth:`Scheduler.poll`):
+
+* :class:`Wait`: the next window's media has not all arrived (analyse what has, then wait);
+* :class:`Run`: analyse window ``w`` now;
+* :class:`Skip`: a live source is more than a hop ahead of the window: jump to the newest complete
+  window (the skipped ones are never analysed);
+* :class:`Finish`: the stream ended (or a stop was asked for): analyse :meth:`Scheduler.tail`'s
+  windows and end.
+
+A window is due when its last analysed frame has arrived (or the video ended) and its audio has
+reached the window's end, or there is no reason to wait for it: no audio, the audio ended, a
+full lossless frame ring (waiting could deadlock), or a live source whose audio is more than
+``audio_grace_s`` late.  A file analysed as fast as possible never skips.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from stream.core.windows import (
+    EPS,
+    HOP_S,
+    SAMPLE_FPS,
+    WINDOW_S,
+    Window,
+    full_window,
+    plan_windows,
+)
+
+#: How long a live window waits for late audio once its video is complete.
+AUDIO_GRACE_S = 0.5
+
+
+@dataclass(frozen=True)
+class Arrivals:
+    """What has arrived, at one moment (read under the source state's lock)."""
+
+    video_horizon: float  # media time of the newest frame (-1: none yet)
+    audio_horizon: float = 0.0  # media time the audio reaches
+    video_done: bool = False  # the video ended (end of stream or a fatal error)
+    audio_expected: bool = False
+    audio_done: bool = False
+    frames_full: bool = False  # a lossless (blocking) frame ring is full
+    stopping: bool = False  # a stop was asked for
+
+
+@dataclass(frozen=True)
+class Wait:
+    window: Window
+
+
+@dataclass(frozen=True)
+class Run:
+    window: Window
+
+
+@dataclass(frozen=True)
+class Skip:
+    skipped: int  # windows jumped over
+    to: int  # index of the next window
+
+
+@dataclass(frozen=True)
+class Finish:
+    next_index: int  # the first window not yet analysed; tail windows start here
+
+
+Step = Wait | Run | Skip | Finish
+
+
+class Scheduler:
+    """Decides, window by window, what the loop does next.  ``clock`` returns seconds (monotonic)."""
+
+    def __init__(self, *, live: bool, clock: Callable[[], float] = time.monotonic,
+                 audio_grace_s: float = AUDIO_GRACE_S) -> None:
+        self.live = live
+        self.clock = clock
+        self.audio_grace_s = audio_grace_s
+        self.k = 0  # index of the next full window
+        self.skipped = 0
+        self._video_ready_at: float | None = None
+
+    @property
+    def window(self) -> Window:
+        return full_window(self.k)
+
+    def video_ready(self, a: Arrivals) -> bool:
+        """The window's last analysed frame has arrived (or the stream ended / is stopping)."""
+        if a.stopping or a.video_done:
+            return True
+        return a.video_horizon >= self.window.end - 1.0 / SAMPLE_FPS - EPS
+
+    def audio_ready(self, a: Arrivals) -> bool:
+        if a.stopping or a.video_done:
+            return True
+        if not a.audio_expected or a.audio_done or a.audio_horizon >= self.window.end - EPS:
+            return True
+        if a.frames_full:
+            return True
+        return (self.live and self._video_ready_at is not None
+                and self.clock() - self._video_ready_at > self.audio_grace_s)
+
+    def poll(self, a: Arrivals) -> Step:
+        w = self.window
+        if self._video_ready_at is None:
+            if not self.video_ready(a):
+                return Wait(w)
+            self._video_ready_at = self.clock()
+        if not self.audio_ready(a):
+            return Wait(w)
+        self._video_ready_at = None
+        if a.video_done or a.stopping:
+            return Finish(self.k)
+        if self.live and a.video_horizon - w.end > HOP_S + EPS:
+            newest = int((a.video_horizon - WINDOW_S) // HOP_S)
+            if newest > self.k:
+                n = newest - self.k
+                self.skipped += n
+                self.k = newest
+                return Skip(n, newest)
+        self.k += 1
+        return Run(w)
+
+    def tail(self, duration: float) -> list[Window]:
+        """The windows left once the stream's length is known (tail rule: a last stretch under
+        1 s is dropped, a longer one gets a shortened window; a stream of at most 4 s is one
+        window)."""
+        return [w for w in plan_windows(duration) if w.index >= self.k]
+
+
+__all__ = ["AUDIO_GRACE_S", "Arrivals", "Finish", "Run", "Scheduler", "Skip", "Step", "Wait"]

@@ -1,0 +1,202 @@
+"""The public Python API: README's code, typed records, several runs on one pipeline,
+observers, stopping early, sources and options."""
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_blocks() -> list[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Use it from Python", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+
+
+def test_readme_code_runs(monkeypatch, capsys):
+    """The README's "Use it from Python" code, as written, on samples/astronaut.mp4."""
+    blocks = readme_blocks()
+    assert len(blocks) == 2
+    monkeypatch.chdir(ROOT)
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out[:4]] == ["0", "1", "2", "3"]  # the four windows
+    assert "Happily Surprised" in out[0] and "'reason': 'eof'" in out[4]
+    assert out[5].startswith("['Happily Surprised'") and "'detect'" in out[5] and "'emotion'" in out[5]
+
+
+class Recorder:
+    def __init__(self):
+        self.stages = []
+        self.windows = []
+        self.calls = []
+        self.pids = None
+
+    def on_stage(self, name, ms, window_index, frames):
+        self.stages.append((name, ms, window_index, list(frames)))
+
+    def on_window(self, record):
+        self.windows.append(record)
+
+    def on_face_call(self, call):
+        self.calls.append(call)
+
+    def on_capture(self, pids):
+        self.pids = pids
+
+
+@pytest.fixture(scope="module")
+def face_pipeline():
+    from stream import Pipeline, PipelineOptions
+
+    recorder = Recorder()
+    with Pipeline(PipelineOptions(modalities=["face"], observers=[recorder])) as p:
+        yield p, recorder
+
+
+def test_typed_records_and_two_runs_on_one_pipeline(face_pipeline, sample):
+    from stream import EndRecord, FileSource, FramesRecord, StartRecord, WindowRecord
+    from stream.runtime.records import from_dict
+
+    pipeline, _ = face_pipeline
+    face = pipeline.face
+    runs = [list(pipeline.run(FileSource(sample))) for _ in range(2)]
+    assert pipeline.face is face  # models load once
+    for recs in runs:
+        assert isinstance(recs[0], StartRecord) and recs[0].modalities == ["face"]
+        assert isinstance(recs[-1], EndRecord) and recs[-1].reason == "eof" and recs[-1].windows == 4
+        wins = [r for r in recs if isinstance(r, WindowRecord)]
+        assert [w.frames for w in wins] == [(0, 100), (50, 150), (100, 200), (150, 250)]
+        finals = [i for r in recs if isinstance(r, FramesRecord) and r.final for i in r.frame_index]
+        assert finals == list(range(250))  # each frame final exactly once
+        for r in recs:
+            assert from_dict(r.to_dict()).to_dict() == r.to_dict()
+    labels = [[w.label for w in recs if w.type == "window"] for recs in runs]
+    assert labels[0] == labels[1] == ["Happily Surprised"] * 4
+
+
+def test_observers_get_stage_times_per_frame_and_windows(face_pipeline, sample):
+    from stream import FileSource
+
+    pipeline, rec = face_pipeline
+    rec.__init__()
+    recs = list(pipeline.run(FileSource(sample)))
+    assert rec.pids and all(isinstance(p, int) for p in rec.pids)
+    assert [w.index for w in rec.windows] == [0, 1, 2, 3]
+    assert rec.windows == [r for r in recs if r.type == "window"]
+    by = {}
+    for name, ms, k, frames in rec.stages:
+        assert ms >= 0
+        by.setdefault(name, []).append((k, frames))
+    # 50 analysed frames, each detected, validated and classified once
+    for stage in ("detect", "validate", "emotion"):
+        frames = [f for _, fr in by[stage] for f in fr]
+        assert len(frames) == 50 and len(set(frames)) == 50, stage
+    assert sum(len(fr) for _, fr in by["face_analysis"]) == 50
+    assert [k for k, _ in by["face"]] == [0, 1, 2, 3] and len(by["fusion"]) == 4
+    assert sum(len(c.frames) for c in rec.calls) == 50
+    assert all(len(c.results) == len(c.times) == len(c.frames) for c in rec.calls)
+    assert all(t.found for c in rec.calls for t in c.times)  # the astronaut is in every frame
+
+
+def test_stopping_early_then_running_again(face_pipeline, sample):
+    from stream import FileSource
+
+    pipeline, _ = face_pipeline
+    gen = pipeline.run(FileSource(sample))
+    first = next(r for r in gen if r.type == "window")
+    gen.close()  # leaving the loop stops the run (capture processes included)
+    assert first.index == 0
+    again = [r for r in pipeline.run(FileSource(sample)) if r.type == "end"]
+    assert again[0].windows == 4
+
+
+def test_push_source_live_never_blocks_and_skips_when_behind(face_pipeline, sample):
+    """A live PushSource: frames pushed much faster than real time never block the caller; the
+    analyzer drops the oldest and skips windows to keep up, as with a camera."""
+    import threading
+
+    import av
+
+    from stream import PushSource
+
+    pipeline, _ = face_pipeline
+    source = PushSource(fps=25.0, audio=False, live=True)
+    with av.open(str(sample)) as container:
+        frames = [(f.to_ndarray(format="rgb24"), f.time) for f in container.decode(video=0)]
+
+    def capture():  # 60 s of media pushed in a moment
+        for rep in range(6):
+            for img, t in frames:
+                source.push_frame(img, t + 10.0 * rep)
+        source.end()
+
+    t = threading.Thread(target=capture)
+    t.start()
+    recs = list(pipeline.run(source))
+    t.join()
+    end = recs[-1]
+    assert end.type == "end" and end.reason == "eof" and end.frames == 1500
+    assert end.drops["video_ring"] > 0 or end.windows_skipped > 0
+
+
+def test_sources_check_their_input(tmp_path):
+    from stream import (
+        CameraSource,
+        FileSource,
+        MicrophoneSource,
+        RtspSource,
+        SourceError,
+    )
+
+    with pytest.raises(SourceError, match="no such file"):
+        FileSource(tmp_path / "nope.mp4").check()
+    with pytest.raises(SourceError, match="bad RTSP URL"):
+        RtspSource("http://cam").check()
+    with pytest.raises(SourceError, match="bad camera"):
+        CameraSource("front").check()
+    cam = CameraSource(0, mic=MicrophoneSource("hw:1"))
+    assert (cam.kind, cam.target, cam.mic, cam.audio, cam.name) == ("camera", "0", "hw:1", False, "camera0")
+
+
+def test_options_are_typed_keyword_only_with_the_command_lines_defaults():
+    from stream import FaceOptions, PipelineOptions
+    from stream.cli.flags import pipeline_options
+    from stream.cli.main import run_parser
+
+    with pytest.raises(TypeError):
+        FaceOptions("paper")  # keyword-only
+    with pytest.raises(ValueError, match="unknown modalities"):
+        PipelineOptions(modalities=["face", "smell"])
+    cli = pipeline_options(run_parser().parse_args(["--video", "x.mp4"]))
+    assert cli == PipelineOptions()
+    cli = pipeline_options(run_parser().parse_args(["--video", "x.mp4", "--face-model", "faceapi", "--compound",
+                                                    "rule2", "--vlm-url", "http://h/v1", "--no-frames"]))
+    assert (cli.face.model, cli.fusion.compound, cli.scene.url, cli.runtime.emit_frames) == (
+        "faceapi", "rule2", "http://h/v1", False)
+
+
+def test_no_argparse_below_the_command_line():
+    """The runtime path knows options, never argparse (subcommands' own parsers aside)."""
+    proc = subprocess.run(["grep", "-rlE", r"argparse|Namespace|from_args", "stream", "--include=*.py"],
+                          capture_output=True, text=True, cwd=ROOT)
+    hits = {p for p in proc.stdout.split() if not p.startswith("stream/cli/")}
+    # the offline tools and the text-head commands parse their own subcommand's arguments
+    allowed = {"stream/offline/calibrate.py", "stream/offline/temporal_train.py", "stream/offline/temporal_data.py",
+               "stream/modalities/speech/texthead.py"}
+    assert hits <= allowed, hits - allowed
+    for sub in ("runtime", "io", "fusion", "sinks", "core"):
+        assert not any(h.startswith(f"stream/{sub}/") for h in hits)
+
+
+def test_top_level_help_lists_every_subcommand():
+    from stream.cli.main import COMMANDS, run_parser
+
+    text = run_parser().format_help()
+    for name in COMMANDS:
+        assert re.search(rf"^\s+{re.escape(name)}\s", text, re.MULTILINE), name
