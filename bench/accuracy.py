@@ -26,6 +26,7 @@ What it measures (see bench/README.md, "Face crops and accuracy"):
 :func:`evaluate_default` is the default face path (whatever ``stream.modalities.face.FaceAnalyzer`` runs
 without arguments) on a list of images; ``tests/test_accuracy_floor.py`` keeps it above a floor.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from stream.modalities.face_crops import DEFAULT, FACEAPI, FER, CropSpec, crop_face  # noqa: E402
 from stream.core.labels import BASIC, COMPOUND, COMPOUND_PAIRS  # noqa: E402
+from stream.modalities.face_crops import DEFAULT, FACEAPI, FER, CropSpec, crop_face  # noqa: E402
 
 CACHE_DIR = ROOT / "bench" / ".cache"
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -59,10 +60,23 @@ FACES_DEV = "faces_dev"
 
 #: The 7 posed labels of faces_dev, in BASIC order (the 8th basic state, Other, is never posed).
 CLASSES: tuple[str, ...] = BASIC[:7]
-POSED = {"neutral": "Neutral", "angry": "Anger", "disgusted": "Disgust", "fearful": "Fear",
-         "happy": "Happiness", "sad": "Sadness", "surprised": "Surprise"}
-RATED = {"happy": "Happiness", "sad": "Sadness", "angry": "Anger", "disgusted": "Disgust",
-         "fearful": "Fear", "surprised": "Surprise"}
+POSED = {
+    "neutral": "Neutral",
+    "angry": "Anger",
+    "disgusted": "Disgust",
+    "fearful": "Fear",
+    "happy": "Happiness",
+    "sad": "Sadness",
+    "surprised": "Surprise",
+}
+RATED = {
+    "happy": "Happiness",
+    "sad": "Sadness",
+    "angry": "Anger",
+    "disgusted": "Disgust",
+    "fearful": "Fear",
+    "surprised": "Surprise",
+}
 #: An image is a natural blend when its second-highest observer rating reaches this.
 BLEND_MIN = 0.3
 NO_FACE = len(CLASSES)  # prediction index of an image without a face
@@ -99,13 +113,16 @@ def load_faces_dev(data: str | Path | None = None) -> tuple[Path, list[Item]]:
     folder = data_dir(data) / FACES_DEV
     labels = folder / "labels.csv"
     if not labels.is_file():
-        raise DataMissing(f"faces_dev not found: {labels} is missing (expected the shared data at "
-                          f"{data_dir(data)}; use --data DIR or $CER_STREAM_DATA)")
+        raise DataMissing(
+            f"faces_dev not found: {labels} is missing (expected the shared data at "
+            f"{data_dir(data)}; use --data DIR or $CER_STREAM_DATA)"
+        )
     items = []
     with open(labels, newline="", encoding="utf-8") as stream:
         for row in csv.DictReader(stream):
-            ratings = tuple((RATED[k[6:]], float(v)) for k, v in row.items()
-                            if k.startswith("rated_") and v not in (None, ""))
+            ratings = tuple(
+                (RATED[k[6:]], float(v)) for k, v in row.items() if k.startswith("rated_") and v not in (None, "")
+            )
             items.append(Item(row["path"], CLASSES.index(POSED[row["label"]]), row["person"], ratings))
     return folder, sorted(items, key=lambda it: it.path)
 
@@ -159,6 +176,7 @@ def progress(iterable: Iterable, *, total: int | None = None, desc: str = "") ->
 
         return tqdm(iterable, total=total, desc=desc, file=sys.stderr, leave=False, mininterval=1.0)
     except ImportError:
+
         def plain():
             n = total if total is not None else len(iterable)  # type: ignore[arg-type]
             step = max(1, n // 10)
@@ -166,6 +184,7 @@ def progress(iterable: Iterable, *, total: int | None = None, desc: str = "") ->
                 yield x
                 if i % step == 0 or i == n:
                     print(f"{desc}: {i}/{n}", file=sys.stderr, flush=True)
+
         return plain()
 
 
@@ -176,14 +195,18 @@ def say(msg: str) -> None:
 def git_revision() -> dict[str, Any]:
     def run(*args: str) -> str | None:
         try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10,
-                                  check=True).stdout.strip()
+            return subprocess.run(
+                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return None
 
     describe = run("describe", "--always", "--dirty")
-    return {"commit": run("rev-parse", "HEAD"), "describe": describe,
-            "dirty": bool(describe and describe.endswith("-dirty"))}
+    return {
+        "commit": run("rev-parse", "HEAD"),
+        "describe": describe,
+        "dirty": bool(describe and describe.endswith("-dirty")),
+    }
 
 
 def _hash(*parts: Any) -> str:
@@ -225,8 +248,11 @@ def mediapipe_boxes(folder: Path, items: Sequence[Item], *, cache: bool = True) 
 
     from stream.modalities import face as F
 
-    describe = {"what": "stream.modalities.face.FaceDetector(validate_every_frame=True) + largest validated face",
-                "mediapipe": mediapipe.__version__, "min_detection": F.MIN_DETECTION}
+    describe = {
+        "what": "stream.modalities.face.FaceDetector(validate_every_frame=True) + largest validated face",
+        "mediapipe": mediapipe.__version__,
+        "min_detection": F.MIN_DETECTION,
+    }
     path, boxes = _box_cache("mediapipe", describe) if cache else (None, {})
     todo = [it for it in items if it.path not in boxes]
     if todo:
@@ -259,8 +285,13 @@ def haar_boxes(folder: Path, items: Sequence[Item], *, cache: bool = True) -> di
         cascade = cv2.CascadeClassifier(cv2.data.haarcascades + HAAR["file"])
         for it in progress(todo, total=len(todo), desc="Haar boxes"):
             grey = cv2.cvtColor(read_rgb(folder / it.path), cv2.COLOR_RGB2GRAY)
-            found = cascade.detectMultiScale(grey, scaleFactor=HAAR["scaleFactor"], minNeighbors=HAAR["minNeighbors"],
-                                             flags=cv2.CASCADE_SCALE_IMAGE, minSize=(HAAR["minSize"],) * 2)
+            found = cascade.detectMultiScale(
+                grey,
+                scaleFactor=HAAR["scaleFactor"],
+                minNeighbors=HAAR["minNeighbors"],
+                flags=cv2.CASCADE_SCALE_IMAGE,
+                minSize=(HAAR["minSize"],) * 2,
+            )
             if len(found):
                 x, y, w, h = max((tuple(int(v) for v in f) for f in found), key=lambda f: f[2] * f[3])
                 boxes[it.path] = [x, y, x + w, y + h]
@@ -349,8 +380,15 @@ def load_minixception() -> FaceModel:
     model = F.EmotionModel("minixception") if hasattr(F, "FACE_MODELS") else F.EmotionModel(profile="lite")
     from engines.models import mini_xception as mx
 
-    fm = FaceModel("minixception", "grey", tuple(model.labels), model.engine, model._probs_at, Path(model.path).name,
-                   input_size=mx.INPUT_SIZE)
+    fm = FaceModel(
+        "minixception",
+        "grey",
+        tuple(model.labels),
+        model.engine,
+        model._probs_at,
+        Path(model.path).name,
+        input_size=mx.INPUT_SIZE,
+    )
     # the grey path here must be fer's/the engine module's preprocess, number for number
     rng = np.random.default_rng(0)
     probe = [rng.integers(0, 256, (97, 83, 3), dtype=np.uint8), rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)]
@@ -393,8 +431,16 @@ def load_faceapi() -> FaceModel:
         raise LookupError(f"{FACEAPI_REGISTRY} does not load: {type(exc).__name__}: {first}") from None
     labels = tuple(json.loads(engine.metadata["cer.labels"]))
     outs = list(engine.output_names)
-    return FaceModel("faceapi", "rgb", labels, engine, outs.index("probs") if "probs" in outs else 0,
-                     Path(path).name, preprocess=module.preprocess, input_size=int(module.INPUT_SIZE))
+    return FaceModel(
+        "faceapi",
+        "rgb",
+        labels,
+        engine,
+        outs.index("probs") if "probs" in outs else 0,
+        Path(path).name,
+        preprocess=module.preprocess,
+        input_size=int(module.INPUT_SIZE),
+    )
 
 
 MODEL_LOADERS: dict[str, Callable[[], FaceModel]] = {"minixception": load_minixception, "faceapi": load_faceapi}
@@ -418,18 +464,29 @@ def variants() -> list[Variant]:
             out.append(Variant(name, crop, note=note))
             out.append(Variant(f"{name}-area", crop, interp="area"))
     out += [
-        Variant("m0.3-expand-zero", CropSpec(margin=0.3, square="expand", border="zero"),
-                note="outside the photo: black instead of clipped"),
-        Variant("m0.3-expand-edge", CropSpec(margin=0.3, square="expand", border="edge"),
-                note="outside the photo: edge pixels repeated"),
+        Variant(
+            "m0.3-expand-zero",
+            CropSpec(margin=0.3, square="expand", border="zero"),
+            note="outside the photo: black instead of clipped",
+        ),
+        Variant(
+            "m0.3-expand-edge",
+            CropSpec(margin=0.3, square="expand", border="edge"),
+            note="outside the photo: edge pixels repeated",
+        ),
         Variant("m0.2-expand-up0.05", CropSpec(margin=0.2, square="expand", shift_y=-0.05), note="box 5 % higher"),
         Variant("m0.2-expand-down0.05", CropSpec(margin=0.2, square="expand", shift_y=0.05), note="box 5 % lower"),
         Variant(FER_VARIANT, FER, note="fer's geometry on the MediaPipe box: square, +10 px, mean pad"),
         Variant("fer-area", FER, interp="area"),
         Variant(FER_HAAR_VARIANT, FER, box="haar", note="fer's own pipeline: Haar box + fer's geometry"),
         Variant("fer-haar-area", FER, box="haar", interp="area"),
-        Variant(f"{DEFAULT_VARIANT}-bgr2gray", DEFAULT, grey="bgr2gray", kinds=("grey",),
-                note="BGR2GRAY on the RGB crop: red and blue weights swapped"),
+        Variant(
+            f"{DEFAULT_VARIANT}-bgr2gray",
+            DEFAULT,
+            grey="bgr2gray",
+            kinds=("grey",),
+            note="BGR2GRAY on the RGB crop: red and blue weights swapped",
+        ),
         Variant("fer-bgr2gray", FER, grey="bgr2gray", kinds=("grey",), note="as above, fer's geometry"),
         Variant("faceapi-convention", FACEAPI, note="face-api.js: the box, padToSquare (= m0-pad)"),
     ]
@@ -450,14 +507,26 @@ def select_variants(patterns: str | None) -> list[Variant]:
 # ---------------------------------------------------------------------------------------------
 # Running and scoring
 # ---------------------------------------------------------------------------------------------
-def basic_probs(model: FaceModel, variant: Variant, folder: Path, items: Sequence[Item],
-                boxes: dict[str, dict[str, Box | None]], images: dict[str, np.ndarray] | None,
-                *, cache: bool = True) -> np.ndarray:
+def basic_probs(
+    model: FaceModel,
+    variant: Variant,
+    folder: Path,
+    items: Sequence[Item],
+    boxes: dict[str, dict[str, Box | None]],
+    images: dict[str, np.ndarray] | None,
+    *,
+    cache: bool = True,
+) -> np.ndarray:
     """[N, 8] basic probabilities of ``model`` under ``variant`` (NaN rows: no face)."""
     from stream.core.labels import to_basic
 
-    key = _hash(model.name, model.file, variant.key(), [it.path for it in items],
-                {k: [boxes[k][it.path] for it in items] for k in sorted(boxes)})
+    key = _hash(
+        model.name,
+        model.file,
+        variant.key(),
+        [it.path for it in items],
+        {k: [boxes[k][it.path] for it in items] for k in sorted(boxes)},
+    )
     path = CACHE_DIR / "outputs" / f"{model.name}-{variant.name}-{key}.npy"
     if cache and path.is_file():
         return np.load(path)
@@ -471,8 +540,8 @@ def basic_probs(model: FaceModel, variant: Variant, folder: Path, items: Sequenc
         rows.append(i)
         crops.append(crop_face(rgb, box, variant.crop))
     for b in range(0, len(rows), BATCH):
-        probs = model.infer(model.prepare(crops[b:b + BATCH], variant))
-        out[rows[b:b + BATCH]] = to_basic(probs, model.labels)
+        probs = model.infer(model.prepare(crops[b : b + BATCH], variant))
+        out[rows[b : b + BATCH]] = to_basic(probs, model.labels)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, out)
@@ -483,7 +552,7 @@ def predictions(basic: np.ndarray) -> np.ndarray:
     """Posed-class index per row (argmax over the 7 posed states), NO_FACE for NaN rows."""
     pred = np.full(len(basic), NO_FACE, np.int64)
     ok = ~np.isnan(basic).any(axis=1)
-    pred[ok] = np.argmax(basic[ok, :len(CLASSES)], axis=1)
+    pred[ok] = np.argmax(basic[ok, : len(CLASSES)], axis=1)
     return pred
 
 
@@ -493,10 +562,10 @@ def score(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
     from stream.offline.metrics import confusion_matrix, per_class_from_confusion
 
     k = len(CLASSES) + 1
-    conf = confusion_matrix(y_true, y_pred, labels=list(range(k)))[:len(CLASSES)]
+    conf = confusion_matrix(y_true, y_pred, labels=list(range(k)))[: len(CLASSES)]
     full = np.zeros((k, k), np.int64)
-    full[:len(CLASSES)] = conf
-    f1 = per_class_from_confusion(full, "f1")[:len(CLASSES)]
+    full[: len(CLASSES)] = conf
+    f1 = per_class_from_confusion(full, "f1")[: len(CLASSES)]
     rows = conf.sum(axis=1, keepdims=True)
     pct = 100.0 * np.divide(conf, rows, out=np.zeros(conf.shape, float), where=rows > 0)
     return {
@@ -513,13 +582,20 @@ def score(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
 def _macro_f1_fast(t: np.ndarray, p: np.ndarray) -> float:
     k = len(CLASSES) + 1
     conf = np.bincount(t * k + p, minlength=k * k).reshape(k, k)
-    tp = np.diag(conf)[:len(CLASSES)].astype(float)
-    den = conf.sum(axis=1)[:len(CLASSES)] + conf.sum(axis=0)[:len(CLASSES)]
+    tp = np.diag(conf)[: len(CLASSES)].astype(float)
+    den = conf.sum(axis=1)[: len(CLASSES)] + conf.sum(axis=0)[: len(CLASSES)]
     return float(np.mean(np.divide(2 * tp, den, out=np.zeros_like(tp), where=den > 0)))
 
 
-def bootstrap(y_true: np.ndarray, preds: dict[str, np.ndarray], ref: str | None, groups: Sequence[str],
-              *, rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> dict[str, dict[str, Any]]:
+def bootstrap(
+    y_true: np.ndarray,
+    preds: dict[str, np.ndarray],
+    ref: str | None,
+    groups: Sequence[str],
+    *,
+    rounds: int = BOOTSTRAP_ROUNDS,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
     """95 % intervals of each prediction's macro-F1 and of its difference from ``ref``'s, by a
     paired bootstrap over *people* (images of one performer are resampled together: they are
     not independent)."""
@@ -564,11 +640,12 @@ def compound_score(items: Sequence[Item], basic: np.ndarray) -> dict[str, Any]:
         "n": len(idx),
         "per_compound_n": {COMPOUND[c]: int(np.sum(truth == c)) for c in present},
         "macro_f1_present": round(float(np.mean([f1[c] for c in present])), 4) if present else None,
-        "macro_f1_all7": round(float(f1[:len(COMPOUND)].mean()), 4) if present else None,
+        "macro_f1_all7": round(float(f1[: len(COMPOUND)].mean()), 4) if present else None,
         "accuracy": round(float(np.mean(truth == pred)), 4) if len(idx) else None,
         "per_compound_f1": {COMPOUND[c]: round(float(f1[c]), 4) for c in present},
-        "predicted": {name: int(np.sum(pred == c)) for c, name in enumerate([*COMPOUND, "no face"])
-                      if np.sum(pred == c)},
+        "predicted": {
+            name: int(np.sum(pred == c)) for c, name in enumerate([*COMPOUND, "no face"]) if np.sum(pred == c)
+        },
     }
 
 
@@ -590,8 +667,9 @@ def _images_analyzer(model: Any = None) -> Any:
     return FaceAnalyzer(detector=FaceDetector(validate_every_frame=True), model=model, track=False)
 
 
-def evaluate_default(items: Sequence[Item] | None = None, *, data: str | Path | None = None,
-                     analyzer: Any = None) -> dict[str, Any]:
+def evaluate_default(
+    items: Sequence[Item] | None = None, *, data: str | Path | None = None, analyzer: Any = None
+) -> dict[str, Any]:
     """The DEFAULT face path on faces_dev images (all of them when ``items`` is None): a
     ``stream.modalities.face.FaceAnalyzer`` built as ``cer-stream images`` builds it (its default model and
     crop, every detection validated, no tracking), one image at a time. Returns :func:`score`'s
@@ -661,8 +739,12 @@ def text_heads(data: Path) -> dict[str, Any]:
             scene = T.load_scene(files)
             seed = int(head.meta.get("seed", 0))
             _, val_idx = T.group_split(scene.groups, T.SCENE_HOLDOUT, seed)
-            held = T.TextData([scene.texts[i] for i in val_idx], scene.labels[val_idx], scene.classes,
-                              [scene.groups[i] for i in val_idx])
+            held = T.TextData(
+                [scene.texts[i] for i in val_idx],
+                scene.labels[val_idx],
+                scene.classes,
+                [scene.groups[i] for i in val_idx],
+            )
             what = f"Qwen AFEW captions, the {T.SCENE_HOLDOUT:.0%} of videos held out (seed {seed})"
         if tuple(held.classes) != tuple(head.labels):
             raise ValueError(f"{kind}: data classes {held.classes} != head labels {head.labels}")
@@ -672,11 +754,13 @@ def text_heads(data: Path) -> dict[str, Any]:
         pred = np.argmax(head.probs_from_embeddings(emb), axis=1)
         labels = list(range(len(head.labels)))
         out[kind] = {
-            "heldout": what, "n": len(held.texts),
+            "heldout": what,
+            "n": len(held.texts),
             "macro_f1": round(float(macro_f1(held.labels, pred, labels=labels)), 4),
             "recorded_in_head": head.meta.get("heldout_macro_f1"),
-            "per_class_f1": {c: round(float(f), 4)
-                             for c, f in zip(head.labels, per_class_f1(held.labels, pred, labels=labels))},
+            "per_class_f1": {
+                c: round(float(f), 4) for c, f in zip(head.labels, per_class_f1(held.labels, pred, labels=labels))
+            },
         }
         encoder.close()
     return out
@@ -695,7 +779,8 @@ def markdown(res: dict[str, Any]) -> str:
     lines = [
         "# Face models and crop conventions on faces_dev",
         "",
-        f"Revision `{rev['describe']}`" + (" (**dirty tree**: uncommitted changes)" if rev["dirty"] else "")
+        f"Revision `{rev['describe']}`"
+        + (" (**dirty tree**: uncommitted changes)" if rev["dirty"] else "")
         + f"; {res['started']}; `{res['command']}`; {res['elapsed_s']:.0f} s.",
         "",
         f"faces_dev: {res['n_images']} images, {res['no_face']} without a MediaPipe face (counted as misses); "
@@ -711,19 +796,26 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append("")
     pipe = res.get("pipeline")
     if pipe and pipe["models"]:
-        lines += ["## The face path as it runs", "",
-                  "Each `--face-model` through `stream.modalities.face.FaceAnalyzer` as `cer-stream images` runs it "
-                  "(MediaPipe detection, FaceMesh validation, each model on its own crop from "
-                  f"`stream.modalities.face_crops`); `{pipe['default']}` is the lite profile's default.", "",
-                  "| --face-model | macro-F1 | accuracy | " + " | ".join(CLASSES)
-                  + " | no face | compound blends, PPA macro-F1 (n) | seconds |",
-                  "|---|---:|---:|" + "---:|" * len(CLASSES) + "---:|---:|---:|"]
+        lines += [
+            "## The face path as it runs",
+            "",
+            "Each `--face-model` through `stream.modalities.face.FaceAnalyzer` as `cer-stream images` runs it "
+            "(MediaPipe detection, FaceMesh validation, each model on its own crop from "
+            f"`stream.modalities.face_crops`); `{pipe['default']}` is the lite profile's default.",
+            "",
+            "| --face-model | macro-F1 | accuracy | "
+            + " | ".join(CLASSES)
+            + " | no face | compound blends, PPA macro-F1 (n) | seconds |",
+            "|---|---:|---:|" + "---:|" * len(CLASSES) + "---:|---:|---:|",
+        ]
         for name, r in pipe["models"].items():
             c = r["compound"]
             label = f"**{name}** (default)" if name == pipe["default"] else name
-            lines.append(f"| {label} | {_pct(r['macro_f1'])} | {_pct(r['accuracy'])} | "
-                         + " | ".join(_pct(r["per_class_f1"][k]) for k in CLASSES)
-                         + f" | {r['no_face']} | {_pct(c['macro_f1_present'])} ({c['n']}) | {r['seconds']} |")
+            lines.append(
+                f"| {label} | {_pct(r['macro_f1'])} | {_pct(r['accuracy'])} | "
+                + " | ".join(_pct(r["per_class_f1"][k]) for k in CLASSES)
+                + f" | {r['no_face']} | {_pct(c['macro_f1_present'])} ({c['n']}) | {r['seconds']} |"
+            )
         for name, why in pipe["skipped"].items():
             lines.append(f"- {name} skipped: {why}")
         lines += ["", "## Every model x crop variant (model outputs on cached boxes)", ""]
@@ -750,35 +842,54 @@ def markdown(res: dict[str, Any]) -> str:
     for m in models:
         best = res["best"][m]
         r = res["face"][m][best]
-        lines += [f"## {m}: best `{best}` ({_pct(r['macro_f1'])}), per class", "",
-                  "| | " + " | ".join(CLASSES) + " |", "|---|" + "---:|" * len(CLASSES)]
+        lines += [
+            f"## {m}: best `{best}` ({_pct(r['macro_f1'])}), per class",
+            "",
+            "| | " + " | ".join(CLASSES) + " |",
+            "|---|" + "---:|" * len(CLASSES),
+        ]
         for name in dict.fromkeys([best, DEFAULT_VARIANT]):
             if name in res["face"][m]:
                 f = res["face"][m][name]["per_class_f1"]
                 lines.append(f"| F1 `{name}` | " + " | ".join(_pct(f[c]) for c in CLASSES) + " |")
-        lines += ["", f"Confusion of `{best}` (% of each true class; rows true, columns predicted):", "",
-                  "| true \\ pred | " + " | ".join(r["confusion_columns"]) + " |",
-                  "|---|" + "---:|" * len(r["confusion_columns"])]
+        lines += [
+            "",
+            f"Confusion of `{best}` (% of each true class; rows true, columns predicted):",
+            "",
+            "| true \\ pred | " + " | ".join(r["confusion_columns"]) + " |",
+            "|---|" + "---:|" * len(r["confusion_columns"]),
+        ]
         for c, row in zip(CLASSES, r["confusion_pct"]):
             lines.append(f"| {c} | " + " | ".join(f"{v:.0f}" for v in row) + " |")
         lines.append("")
     comp = res["compound"]
-    lines += ["## Compound check (natural blends, PPA)", "",
-              f"{res['blends']['n_blends']} natural blends (second-highest rating >= {BLEND_MIN}); "
-              f"{res['blends']['n_compound']} of them have two top-rated emotions forming a compound: "
-              + ", ".join(f"{k} {v}" for k, v in res["blends"]["per_compound_n"].items())
-              + f"; the other pairs ({', '.join(f'{k} {v}' for k, v in res['blends']['other_pairs'].items())}) "
-              "are no compound of the 7.", "",
-              "| model | variant | n | macro-F1 over the compounds present | accuracy | predicted |",
-              "|---|---|---:|---:|---:|---|"]
+    lines += [
+        "## Compound check (natural blends, PPA)",
+        "",
+        f"{res['blends']['n_blends']} natural blends (second-highest rating >= {BLEND_MIN}); "
+        f"{res['blends']['n_compound']} of them have two top-rated emotions forming a compound: "
+        + ", ".join(f"{k} {v}" for k, v in res["blends"]["per_compound_n"].items())
+        + f"; the other pairs ({', '.join(f'{k} {v}' for k, v in res['blends']['other_pairs'].items())}) "
+        "are no compound of the 7.",
+        "",
+        "| model | variant | n | macro-F1 over the compounds present | accuracy | predicted |",
+        "|---|---|---:|---:|---:|---|",
+    ]
     for m, by in comp.items():
         for name, c in by.items():
-            lines.append(f"| {m} | {name} | {c['n']} | {_pct(c['macro_f1_present'])} | {_pct(c['accuracy'])} | "
-                         + ", ".join(f"{k} {v}" for k, v in c["predicted"].items()) + " |")
+            lines.append(
+                f"| {m} | {name} | {c['n']} | {_pct(c['macro_f1_present'])} | {_pct(c['accuracy'])} | "
+                + ", ".join(f"{k} {v}" for k, v in c["predicted"].items())
+                + " |"
+            )
     lines.append("")
     if res.get("text"):
-        lines += ["## Text heads (committed files, held-out data, no retraining)", "",
-                  "| head | held-out data | n | macro-F1 | recorded in the head |", "|---|---|---:|---:|---:|"]
+        lines += [
+            "## Text heads (committed files, held-out data, no retraining)",
+            "",
+            "| head | held-out data | n | macro-F1 | recorded in the head |",
+            "|---|---|---:|---:|---:|",
+        ]
         for kind, t in res["text"].items():
             lines.append(f"| {kind} | {t['heldout']} | {t['n']} | {t['macro_f1']:.4f} | {t['recorded_in_head']} |")
         lines.append("")
@@ -806,8 +917,15 @@ def plot(res: dict[str, Any], path: Path) -> None:
         ax.imshow(conf, cmap="Blues", vmin=0, vmax=100)
         for i in range(conf.shape[0]):
             for j in range(conf.shape[1]):
-                ax.text(j, i, f"{conf[i, j]:.0f}", ha="center", va="center", fontsize=7,
-                        color="white" if conf[i, j] > 55 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{conf[i, j]:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if conf[i, j] > 55 else "black",
+                )
         ax.set_xticks(range(conf.shape[1]), [c[:4] for c in r["confusion_columns"]], fontsize=7, rotation=45)
         ax.set_yticks(range(conf.shape[0]), [c[:4] for c in CLASSES], fontsize=7)
         ax.set_title(f"{m} / {name}\nmacro-F1 {100 * r['macro_f1']:.1f}", fontsize=9)
@@ -843,19 +961,38 @@ def _describe(v: Variant) -> str:
 # ---------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench/accuracy.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=None, metavar="DIR",
-                   help="the shared data folder (default: $CER_STREAM_DATA or ../shared/data)")
-    p.add_argument("--limit", type=int, default=None, metavar="N",
-                   help="a quick run on N images (class-balanced, deterministic); results go to bench/.cache/")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the shared data folder (default: $CER_STREAM_DATA or ../shared/data)",
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="a quick run on N images (class-balanced, deterministic); results go to bench/.cache/",
+    )
     p.add_argument("--models", default=",".join(MODEL_LOADERS), help="comma-separated (default %(default)s)")
     p.add_argument("--variants", default=None, metavar="PATTERNS", help="comma-separated names or globs")
     p.add_argument("--list-variants", action="store_true", help="print the variants and exit")
     p.add_argument("--no-text", action="store_true", help="skip the text heads")
-    p.add_argument("--no-pipeline", action="store_true",
-                   help="skip running each --face-model through the real face path (FaceAnalyzer)")
+    p.add_argument(
+        "--no-pipeline",
+        action="store_true",
+        help="skip running each --face-model through the real face path (FaceAnalyzer)",
+    )
     p.add_argument("--no-cache", action="store_true", help="ignore and do not write bench/.cache/")
-    p.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
-                   help="also a PNG of confusion matrices (default path beside the JSON)")
+    p.add_argument(
+        "--plot",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PNG",
+        help="also a PNG of confusion matrices (default path beside the JSON)",
+    )
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--md", type=Path, default=None)
     args = p.parse_args(argv)
@@ -872,7 +1009,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"accuracy.py: error: {exc}", file=sys.stderr)
         return 2
     if args.limit:
-        items = fixed_subset(items, per_class=max(1, math.ceil(args.limit / len(CLASSES))))[:args.limit]
+        items = fixed_subset(items, per_class=max(1, math.ceil(args.limit / len(CLASSES))))[: args.limit]
     stem = RESULTS_DIR / "accuracy" if not args.limit else CACHE_DIR / f"accuracy-limit{args.limit}"
     json_path, md_path = args.json or stem.with_suffix(".json"), args.md or stem.with_suffix(".md")
     png_path = None if args.plot is None else (Path(args.plot) if args.plot else json_path.with_suffix(".png"))
@@ -962,8 +1099,11 @@ def main(argv: list[str] | None = None) -> int:
         "revision": git_revision(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": " ".join(["python", "bench/accuracy.py", *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "python": platform.python_version()},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+        },
         "data": str(folder),
         "n_images": len(items),
         "n_people": len(set(persons)),
@@ -973,17 +1113,37 @@ def main(argv: list[str] | None = None) -> int:
         "models": list(face),
         "model_files": {m: loaded[m].file for m in loaded},
         "notes": notes,
-        "variants": [{"name": v.name, "describe": _describe(v), "kinds": list(v.kinds),
-                      "crop": asdict(v.crop), "box": v.box, "grey": v.grey, "interp": v.interp} for v in chosen]
-        + ([{"name": k, "describe": "mean of each model's best variant", "kinds": []}
-            for k in face.get("ensemble", {}) if k.startswith("each-best")]),
+        "variants": [
+            {
+                "name": v.name,
+                "describe": _describe(v),
+                "kinds": list(v.kinds),
+                "crop": asdict(v.crop),
+                "box": v.box,
+                "grey": v.grey,
+                "interp": v.interp,
+            }
+            for v in chosen
+        ]
+        + (
+            [
+                {"name": k, "describe": "mean of each model's best variant", "kinds": []}
+                for k in face.get("ensemble", {})
+                if k.startswith("each-best")
+            ]
+        ),
         "default_variant": DEFAULT_VARIANT,
         "face": face,
         "best": best,
-        "blends": {"n_blends": len(blends), "n_compound": len(comp_items),
-                   "per_compound_n": {COMPOUND[c]: sum(1 for it in comp_items if blend_compound(it) == c)
-                                      for c in sorted({blend_compound(it) for it in comp_items})},
-                   "other_pairs": other_pairs},
+        "blends": {
+            "n_blends": len(blends),
+            "n_compound": len(comp_items),
+            "per_compound_n": {
+                COMPOUND[c]: sum(1 for it in comp_items if blend_compound(it) == c)
+                for c in sorted({blend_compound(it) for it in comp_items})
+            },
+            "other_pairs": other_pairs,
+        },
         "compound": compound,
         "pipeline": pipeline,
         "text": text,
@@ -998,8 +1158,10 @@ def main(argv: list[str] | None = None) -> int:
     for m in face:
         r = face[m][best[m]]
         d = face[m].get(DEFAULT_VARIANT)
-        say(f"{m}: best {best[m]} macro-F1 {100 * r['macro_f1']:.1f}"
-            + (f" (default {DEFAULT_VARIANT}: {100 * d['macro_f1']:.1f})" if d else ""))
+        say(
+            f"{m}: best {best[m]} macro-F1 {100 * r['macro_f1']:.1f}"
+            + (f" (default {DEFAULT_VARIANT}: {100 * d['macro_f1']:.1f})" if d else "")
+        )
     say(f"wrote {json_path}, {md_path}" + (f", {png_path}" if png_path else ""))
     return 0
 

@@ -15,6 +15,7 @@ window's 4 s) and after (the transcript store: file mode with the audio ahead, l
 without), on the clip and on ~40 s of espeak-ng speech, with the word error rate of the
 stitched transcript. Needs espeak-ng for ``gate`` and the long file.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,40 +38,77 @@ RATE = 16000
 
 #: Sentences per language (the same meanings where it was easy); espeak-ng voice = language code.
 CORPUS = {
-    "en": ["Hello there, what a wonderful day to be in space.", "I am so happy to see you again, my friend.",
-           "Please open the window and let the fresh air in.", "This is the worst thing that has ever happened to me.",
-           "The quick brown fox jumps over the lazy dog.", "I can't believe you did that without asking me first.",
-           "We should leave early tomorrow morning to avoid the traffic.",
-           "That movie was really frightening, I could not sleep."],
-    "cmn": ["今天天气很好，我们去公园散步吧。", "我非常高兴见到你，我的朋友。", "这是我遇到过的最糟糕的事情。",
-            "请打开窗户，让新鲜空气进来。", "我不敢相信你没有问我就这么做了。", "我们明天早上应该早点出发。"],
-    "de": ["Guten Morgen, wie geht es dir heute?", "Ich bin so glücklich, dich wiederzusehen, mein Freund.",
-           "Das ist das Schlimmste, was mir je passiert ist.", "Bitte öffne das Fenster und lass frische Luft herein.",
-           "Ich kann nicht glauben, dass du das getan hast.", "Wir sollten morgen früh losfahren."],
-    "fr": ["Bonjour, quelle belle journée pour être dans l'espace.", "Je suis tellement heureux de te revoir, mon ami.",
-           "C'est la pire chose qui me soit jamais arrivée.",
-           "S'il te plaît, ouvre la fenêtre et laisse entrer l'air frais.",
-           "Je n'arrive pas à croire que tu aies fait ça.", "Nous devrions partir tôt demain matin."],
-    "es": ["Hola, qué día tan maravilloso para estar en el espacio.", "Estoy muy feliz de verte otra vez, mi amigo.",
-           "Esto es lo peor que me ha pasado en la vida.", "Por favor, abre la ventana y deja entrar el aire fresco."],
-    "ru": ["Привет, какой чудесный день, чтобы быть в космосе.", "Я так рад снова видеть тебя, мой друг.",
-           "Это самое худшее, что со мной когда-либо случалось.", "Пожалуйста, открой окно и впусти свежий воздух."],
+    "en": [
+        "Hello there, what a wonderful day to be in space.",
+        "I am so happy to see you again, my friend.",
+        "Please open the window and let the fresh air in.",
+        "This is the worst thing that has ever happened to me.",
+        "The quick brown fox jumps over the lazy dog.",
+        "I can't believe you did that without asking me first.",
+        "We should leave early tomorrow morning to avoid the traffic.",
+        "That movie was really frightening, I could not sleep.",
+    ],
+    "cmn": [
+        "今天天气很好，我们去公园散步吧。",
+        "我非常高兴见到你，我的朋友。",
+        "这是我遇到过的最糟糕的事情。",
+        "请打开窗户，让新鲜空气进来。",
+        "我不敢相信你没有问我就这么做了。",
+        "我们明天早上应该早点出发。",
+    ],
+    "de": [
+        "Guten Morgen, wie geht es dir heute?",
+        "Ich bin so glücklich, dich wiederzusehen, mein Freund.",
+        "Das ist das Schlimmste, was mir je passiert ist.",
+        "Bitte öffne das Fenster und lass frische Luft herein.",
+        "Ich kann nicht glauben, dass du das getan hast.",
+        "Wir sollten morgen früh losfahren.",
+    ],
+    "fr": [
+        "Bonjour, quelle belle journée pour être dans l'espace.",
+        "Je suis tellement heureux de te revoir, mon ami.",
+        "C'est la pire chose qui me soit jamais arrivée.",
+        "S'il te plaît, ouvre la fenêtre et laisse entrer l'air frais.",
+        "Je n'arrive pas à croire que tu aies fait ça.",
+        "Nous devrions partir tôt demain matin.",
+    ],
+    "es": [
+        "Hola, qué día tan maravilloso para estar en el espacio.",
+        "Estoy muy feliz de verte otra vez, mi amigo.",
+        "Esto es lo peor que me ha pasado en la vida.",
+        "Por favor, abre la ventana y deja entrar el aire fresco.",
+    ],
+    "ru": [
+        "Привет, какой чудесный день, чтобы быть в космосе.",
+        "Я так рад снова видеть тебя, мой друг.",
+        "Это самое худшее, что со мной когда-либо случалось.",
+        "Пожалуйста, открой окно и впусти свежий воздух.",
+    ],
     "ja": ["こんにちは、宇宙にいるには素晴らしい日ですね。", "また会えてとても嬉しいです、友よ。"],
 }
 #: English voices: (espeak-ng voice, extra arguments).
 EN_VOICES = [("en", []), ("en-us", []), ("en+f3", []), ("en", ["-s", "130"])]
 #: ~40 s of English for the calls / WER measurement.
-LONG_TEXT = " ".join(CORPUS["en"][1:] + CORPUS["en"][:1] + [
-    "The children were laughing and playing in the garden all afternoon.",
-    "My brother called me yesterday with some terrible news.",
-    "I was so angry that I could not say a single word.",
-    "We finally reached the top of the mountain just before sunset."])
+LONG_TEXT = " ".join(
+    CORPUS["en"][1:]
+    + CORPUS["en"][:1]
+    + [
+        "The children were laughing and playing in the garden all afternoon.",
+        "My brother called me yesterday with some terrible news.",
+        "I was so angry that I could not say a single word.",
+        "We finally reached the top of the mountain just before sunset.",
+    ]
+)
 
 
 def stats(ms: list[float]) -> dict:
     a = np.asarray(ms)
-    return {"median": round(float(np.median(a)), 2), "p95": round(float(np.percentile(a, 95)), 2),
-            "min": round(float(a.min()), 2), "n": int(a.size)}
+    return {
+        "median": round(float(np.median(a)), 2),
+        "p95": round(float(np.percentile(a, 95)), 2),
+        "min": round(float(a.min()), 2),
+        "n": int(a.size),
+    }
 
 
 def timed(fn, repeats: int, warmup: int = 2) -> list[float]:
@@ -128,29 +166,45 @@ def stream_windows(asr, audio: np.ndarray, *, ahead: bool, gate=None) -> list[di
         inp = WindowInput(w, 25.0, [], [], chunk, 1.0)
         if ahead:
             end = int(round(w.end * RATE))
-            inp.shared["audio_ahead"] = audio[end:end + int(asr.options.lookahead_s * RATE)]
+            inp.shared["audio_ahead"] = audio[end : end + int(asr.options.lookahead_s * RATE)]
         vad = gate(inp)
         row = {"window": w.index, "speech": bool(vad.is_speech)}
         if vad.is_speech:
             t = asr(inp)
-            row.update({"transcript": t.text, "calls": t.calls, "asr_s": t.seconds, "words": t.words,
-                        "rejected": asr.rejection(t) if t.words else "empty transcript", **t.info()})
+            row.update(
+                {
+                    "transcript": t.text,
+                    "calls": t.calls,
+                    "asr_s": t.seconds,
+                    "words": t.words,
+                    "rejected": asr.rejection(t) if t.words else "empty transcript",
+                    **t.info(),
+                }
+            )
         out.append(row)
     return out
 
 
 def old_window_transcript(model, audio: np.ndarray, language: str = "en") -> str:
     """The recogniser before the transcript store: one call on the window's 4 s, no timestamps."""
-    segments, _ = model.transcribe(np.ascontiguousarray(audio, np.float32), language=language, beam_size=1,
-                                   temperature=0.0, vad_filter=False, condition_on_previous_text=False,
-                                   without_timestamps=True, no_speech_threshold=0.6, log_prob_threshold=-1.0)
+    segments, _ = model.transcribe(
+        np.ascontiguousarray(audio, np.float32),
+        language=language,
+        beam_size=1,
+        temperature=0.0,
+        vad_filter=False,
+        condition_on_previous_text=False,
+        without_timestamps=True,
+        no_speech_threshold=0.6,
+        log_prob_threshold=-1.0,
+    )
     return " ".join(s.text.strip() for s in segments)
 
 
 # --------------------------------------------------------------------------- sections
 def section_stages(args, report: dict) -> None:
-    from stream.modalities.speech.asr import SpeechRecognizer
     from stream.io.capture import decode_audio_file
+    from stream.modalities.speech.asr import SpeechRecognizer
     from stream.modalities.speech.texthead import TextHead
     from stream.modalities.speech.vad import SpeechGate
 
@@ -180,7 +234,7 @@ def section_stages(args, report: dict) -> None:
     for threads in (1, 2, 0):
         asr = SpeechRecognizer(device="cpu", cpu_threads=threads).load()
         key = f"asr_window_{threads or 'default'}_threads"
-        stages[key] = stats(timed(lambda: asr.transcribe(wins[1][1]), args.repeats, warmup=1))
+        stages[key] = stats(timed(lambda: asr.transcribe(wins[1][1]), args.repeats, warmup=1))  # noqa: B023 (called here)
     transcript = asr.transcribe(wins[1][1]).text
     head = TextHead.load("speech")
     head.get_encoder().load()
@@ -194,24 +248,36 @@ def section_gate(args, report: dict, tmp: Path) -> None:
     asr = SpeechRecognizer(device="cpu").load()
     rows = []
     print("\nGate, one call per espeak-ng sentence (Whisper tiny.en, language=en):", file=sys.stderr)
-    print(f"{'lang':6} {'voice':12} {'logprob':>7} {'nospeech':>8} {'compr':>6} {'wordp':>6}  {'gated?':34} transcript",
-          file=sys.stderr)
+    print(
+        f"{'lang':6} {'voice':12} {'logprob':>7} {'nospeech':>8} {'compr':>6} {'wordp':>6}  {'gated?':34} transcript",
+        file=sys.stderr,
+    )
     for lang, sents in CORPUS.items():
         voices = EN_VOICES if lang == "en" else [(lang, [])]
         for voice, extra in voices:
-            for i, text in enumerate(sents):
+            for text in sents:
                 audio = speak(text, tmp / "s.wav", voice, extra)
                 t = asr.transcribe(audio)
                 reason = asr.rejection(t) if t.words else "empty transcript"
-                row = {"language": lang, "voice": " ".join([voice, *extra]), "text": text, "transcript": t.text,
-                       "avg_logprob": t.avg_logprob, "no_speech_prob": t.no_speech_prob,
-                       "compression_ratio": t.compression_ratio, "word_probability": t.word_probability,
-                       "gated": reason}
+                row = {
+                    "language": lang,
+                    "voice": " ".join([voice, *extra]),
+                    "text": text,
+                    "transcript": t.text,
+                    "avg_logprob": t.avg_logprob,
+                    "no_speech_prob": t.no_speech_prob,
+                    "compression_ratio": t.compression_ratio,
+                    "word_probability": t.word_probability,
+                    "gated": reason,
+                }
                 rows.append(row)
                 f = lambda v: "   -  " if v is None else f"{v:6.2f}"  # noqa: E731
-                print(f"{lang:6} {row['voice']:12} {f(t.avg_logprob):>7} {f(t.no_speech_prob):>8} "
-                      f"{f(t.compression_ratio):>6} {f(t.word_probability):>6}  {str(reason or 'pass'):34} "
-                      f"{t.text[:70]!r}", file=sys.stderr)
+                print(
+                    f"{lang:6} {row['voice']:12} {f(t.avg_logprob):>7} {f(t.no_speech_prob):>8} "
+                    f"{f(t.compression_ratio):>6} {f(t.word_probability):>6}  {str(reason or 'pass'):34} "
+                    f"{t.text[:70]!r}",
+                    file=sys.stderr,
+                )
     summary = {}
     for lang in CORPUS:
         mine = [r for r in rows if r["language"] == lang]
@@ -223,28 +289,34 @@ def section_gate(args, report: dict, tmp: Path) -> None:
     cont = {}
     print("\nGate, continuous speech in 4 s windows (speech windows passed; file mode | live mode):", file=sys.stderr)
     for lang, sents in CORPUS.items():
-        for voice, extra in (EN_VOICES if lang == "en" else [(lang, [])]):
+        for voice, extra in EN_VOICES if lang == "en" else [(lang, [])]:
             audio = speak(" ".join(sents), tmp / "c.wav", voice, extra)
             key = " ".join([voice, *extra])
             cont[key] = {"language": lang, "media_s": round(audio.shape[0] / RATE, 1)}
             for mode, ahead in (("file", True), ("live", False)):
                 speech = [r for r in stream_windows(asr, audio, ahead=ahead) if r["speech"]]
                 cont[key][mode] = {
-                    "speech_windows": len(speech), "passed": sum(r["rejected"] is None for r in speech),
+                    "speech_windows": len(speech),
+                    "passed": sum(r["rejected"] is None for r in speech),
                     "rejected": sorted({r["rejected"] for r in speech if r["rejected"]}),
                     "passed_text": [r["transcript"] for r in speech if r["rejected"] is None],
-                    "min_word_probability_passed": min((r["asr_word_probability"] for r in speech
-                                                        if r["rejected"] is None), default=None)}
+                    "min_word_probability_passed": min(
+                        (r["asr_word_probability"] for r in speech if r["rejected"] is None), default=None
+                    ),
+                }
             f, li = cont[key]["file"], cont[key]["live"]
-            print(f"  {lang:4} {key:12} {f['passed']:2d}/{f['speech_windows']:<2d} | "
-                  f"{li['passed']:2d}/{li['speech_windows']:<2d}"
-                  f"  {(f['rejected'] + li['rejected'])[:2]}", file=sys.stderr)
+            print(
+                f"  {lang:4} {key:12} {f['passed']:2d}/{f['speech_windows']:<2d} | "
+                f"{li['passed']:2d}/{li['speech_windows']:<2d}"
+                f"  {(f['rejected'] + li['rejected'])[:2]}",
+                file=sys.stderr,
+            )
     report["gate_windows"] = cont
 
 
 def section_calls(args, report: dict, tmp: Path) -> None:
-    from stream.modalities.speech.asr import SpeechRecognizer, word_errors
     from stream.io.capture import decode_audio_file
+    from stream.modalities.speech.asr import SpeechRecognizer, word_errors
     from stream.modalities.speech.vad import SpeechGate
 
     files = {"clip": (decode_audio_file(args.clip), None)}
@@ -268,7 +340,7 @@ def section_calls(args, report: dict, tmp: Path) -> None:
         for _ in range(args.call_repeats):
             # before: one call per speech window on its 4 s
             t = 0.0
-            for w, chunk in speech:
+            for _w, chunk in speech:
                 t0 = time.perf_counter()
                 old_window_transcript(asr._model, chunk)
                 t += time.perf_counter() - t0
@@ -280,21 +352,33 @@ def section_calls(args, report: dict, tmp: Path) -> None:
                 if mode not in best or secs < best[mode]:
                     best[mode] = secs
                     stitched = "".join(w.text for w in asr.store.log + asr.store.pending).strip()
-                    res[mode] = {"calls": asr.calls - calls0,
-                                 "windows_gated": sum(1 for r in rows if r.get("rejected")),
-                                 "transcript": stitched}
+                    res[mode] = {
+                        "calls": asr.calls - calls0,
+                        "windows_gated": sum(1 for r in rows if r.get("rejected")),
+                        "transcript": stitched,
+                    }
                     if reference:
                         e, n = word_errors(reference, stitched)
                         res[mode]["wer"] = round(e / n, 3)
         res["before"] = {"calls": len(speech)}
         for mode in ("before", "after_file", "after_live"):
-            res[mode].update({"calls_per_window": round(res[mode]["calls"] / len(wins), 2),
-                              "asr_s": round(best[mode], 2), "asr_s_per_media_s": round(best[mode] / media, 3)})
+            res[mode].update(
+                {
+                    "calls_per_window": round(res[mode]["calls"] / len(wins), 2),
+                    "asr_s": round(best[mode], 2),
+                    "asr_s_per_media_s": round(best[mode] / media, 3),
+                }
+            )
         out[name] = res
-        print(f"{name} ({media:.1f} s, {len(wins)} windows): " + "; ".join(
-            f"{m}: {res[m]['calls']} calls, {res[m]['asr_s_per_media_s']} s/s"
-            + (f", WER {res[m]['wer']}" if "wer" in res[m] else "")
-            for m in ("before", "after_file", "after_live")), file=sys.stderr)
+        print(
+            f"{name} ({media:.1f} s, {len(wins)} windows): "
+            + "; ".join(
+                f"{m}: {res[m]['calls']} calls, {res[m]['asr_s_per_media_s']} s/s"
+                + (f", WER {res[m]['wer']}" if "wer" in res[m] else "")
+                for m in ("before", "after_file", "after_live")
+            ),
+            file=sys.stderr,
+        )
     # WER of the test sentences, one call each (tests/test_asr.py)
     if shutil.which("espeak-ng"):
         errors = words = 0
@@ -314,9 +398,14 @@ def main() -> int:
     p.add_argument("--call-repeats", type=int, default=3, help="runs of each mode in `calls` (fastest kept)")
     args = p.parse_args()
     sections = set(args.only.split(","))
-    report: dict = {"machine": {"cpus": len(os.sched_getaffinity(0)), "processor": platform.processor(),
-                                "load_avg_before": [round(x, 2) for x in os.getloadavg()]},
-                    "versions": versions()}
+    report: dict = {
+        "machine": {
+            "cpus": len(os.sched_getaffinity(0)),
+            "processor": platform.processor(),
+            "load_avg_before": [round(x, 2) for x in os.getloadavg()],
+        },
+        "versions": versions(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         if "stages" in sections:
             section_stages(args, report)

@@ -9,6 +9,7 @@ calls of ``engine.infer`` (host arrays in, host arrays out, so copies are includ
 reported as median, p95 and min in milliseconds, with per-item median. The machine and the
 library versions are printed beside the numbers (JSON and a markdown table).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engines.models import registry as reg  # noqa: E402
 from engines.cli import tensorrt_axes  # noqa: E402
+from engines.models import registry as reg  # noqa: E402
 from engines.select import create_engine, tensorrt_status  # noqa: E402
 
 #: Sizes for dynamic axes other than the batch, by input name.
@@ -58,7 +59,7 @@ def feed_for(engine, spec, batch: int, rng: np.random.Generator) -> dict[str, np
         shape = _shape(tensor, spec, batch)
         if tensor.dtype.kind == "f":
             high = 255.0 if spec.name == "emoaffectnet-resnet50" else 1.0
-            array = (rng.uniform(0, high, shape) if spec.role != "vad" else rng.standard_normal(shape) * 0.1)
+            array = rng.uniform(0, high, shape) if spec.role != "vad" else rng.standard_normal(shape) * 0.1
             if tensor.name == "state":
                 array = np.zeros(shape)
             array = array.astype(tensor.dtype)
@@ -98,10 +99,15 @@ def machine() -> dict:
     except OSError:
         pass
     info = {
-        "cpu": cpu, "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "platform": platform.platform(), "python": platform.python_version(),
-        "numpy": np.__version__, "onnxruntime": _version("onnxruntime"), "onnx": _version("onnx"),
-        "tensorrt": _version("tensorrt"), "pycuda": _version("pycuda"),
+        "cpu": cpu,
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "onnxruntime": _version("onnxruntime"),
+        "onnx": _version("onnx"),
+        "tensorrt": _version("tensorrt"),
+        "pycuda": _version("pycuda"),
     }
     ok, reason = tensorrt_status()
     info["gpu"] = reason
@@ -113,25 +119,34 @@ def machine() -> dict:
 
 
 def markdown(results: list[dict], info: dict, args) -> str:
-    lines = [f"Machine: {info['cpu']} ({info['cpus']} CPUs), {info['platform']}; GPU: {info['gpu']}",
-             f"Python {info['python']}, numpy {info['numpy']}, onnxruntime {info['onnxruntime']}, "
-             f"tensorrt {info['tensorrt']}; {args.warmup} warm-up + {args.runs} timed runs each.", "",
-             "| model | backend | batch | median ms | p95 ms | min ms | median ms/item |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Machine: {info['cpu']} ({info['cpus']} CPUs), {info['platform']}; GPU: {info['gpu']}",
+        f"Python {info['python']}, numpy {info['numpy']}, onnxruntime {info['onnxruntime']}, "
+        f"tensorrt {info['tensorrt']}; {args.warmup} warm-up + {args.runs} timed runs each.",
+        "",
+        "| model | backend | batch | median ms | p95 ms | min ms | median ms/item |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['backend']} | {r['batch']} | {r['error']} | | | |")
             continue
-        lines.append(f"| {r['model']} | {r['backend']} | {r['batch']} | {r['median_ms']:.3f} | {r['p95_ms']:.3f} | "
-                     f"{r['min_ms']:.3f} | {r['median_ms'] / r['batch']:.3f} |")
+        lines.append(
+            f"| {r['model']} | {r['backend']} | {r['batch']} | {r['median_ms']:.3f} | {r['p95_ms']:.3f} | "
+            f"{r['min_ms']:.3f} | {r['median_ms'] / r['batch']:.3f} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.engines", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", metavar="NAME", help="registry names (default: every available ONNX model)")
-    p.add_argument("--backends", nargs="+", choices=["onnxruntime", "tensorrt"],
-                   help="default: onnxruntime, plus tensorrt where usable")
+    p.add_argument(
+        "--backends",
+        nargs="+",
+        choices=["onnxruntime", "tensorrt"],
+        help="default: onnxruntime, plus tensorrt where usable",
+    )
     p.add_argument("--batches", nargs="+", type=int, default=[1, 20])
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
@@ -142,8 +157,11 @@ def main(argv: list[str] | None = None) -> int:
 
     ok, _ = tensorrt_status()
     backends = args.backends or (["onnxruntime", "tensorrt"] if ok else ["onnxruntime"])
-    specs = [reg.get(n) for n in args.models] if args.models else [
-        s for s in reg.registry().values() if s.format == "onnx" and reg.available(s)[0]]
+    specs = (
+        [reg.get(n) for n in args.models]
+        if args.models
+        else [s for s in reg.registry().values() if s.format == "onnx" and reg.available(s)[0]]
+    )
     rng = np.random.default_rng(0)
     results = []
     for spec in specs:
@@ -159,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
             if axes:
                 kw["fixed_axes"] = axes
             try:
-                engine = create_engine(path, backend=backend, device="cpu" if backend == "onnxruntime" else "cuda", **kw)
+                engine = create_engine(
+                    path, backend=backend, device="cpu" if backend == "onnxruntime" else "cuda", **kw
+                )
                 engine.load()
             except Exception as exc:
                 results.append({"model": spec.name, "backend": backend, "batch": 0, "error": str(exc)})
@@ -168,22 +188,32 @@ def main(argv: list[str] | None = None) -> int:
                 for batch in args.batches:
                     times = time_engine(engine, feed_for(engine, spec, batch, rng), runs=args.runs, warmup=args.warmup)
                     ordered = sorted(times)
-                    results.append({
-                        "model": spec.name, "backend": backend, "batch": batch, "runs": len(times),
-                        "median_ms": statistics.median(times), "p95_ms": ordered[int(round(0.95 * (len(ordered) - 1)))],
-                        "min_ms": ordered[0], "threads": getattr(engine, "intra_op_threads", None),
-                        "providers": getattr(engine, "providers", None),
-                    })
-                    print(f"{spec.name:24s} {backend:12s} batch {batch:3d}: median {results[-1]['median_ms']:8.3f} ms",
-                          file=sys.stderr)
+                    results.append(
+                        {
+                            "model": spec.name,
+                            "backend": backend,
+                            "batch": batch,
+                            "runs": len(times),
+                            "median_ms": statistics.median(times),
+                            "p95_ms": ordered[int(round(0.95 * (len(ordered) - 1)))],
+                            "min_ms": ordered[0],
+                            "threads": getattr(engine, "intra_op_threads", None),
+                            "providers": getattr(engine, "providers", None),
+                        }
+                    )
+                    print(
+                        f"{spec.name:24s} {backend:12s} batch {batch:3d}: median {results[-1]['median_ms']:8.3f} ms",
+                        file=sys.stderr,
+                    )
             finally:
                 engine.close()
     info = machine()
     table = markdown(results, info, args)
     print(table)
     if args.json:
-        args.json.write_text(json.dumps({"machine": info, "runs": args.runs, "warmup": args.warmup,
-                                         "results": results}, indent=2))
+        args.json.write_text(
+            json.dumps({"machine": info, "runs": args.runs, "warmup": args.warmup, "results": results}, indent=2)
+        )
     if args.markdown:
         args.markdown.write_text(table + "\n")
     return 0

@@ -14,6 +14,7 @@ writes a JSON report.
 The RGB -> BGR conversion that fer's input convention needs is done before
 timing: a camera read through OpenCV already delivers BGR.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -103,14 +104,25 @@ def main(argv: list[str] | None = None) -> int:
     cv2.setNumThreads(default_threads)
     report = {
         "what": "fer FER(mtcnn=False).detect_emotions(frame): OpenCV Haar cascade + mini-Xception (TFLite)",
-        "frames": len(frames), "height": int(frames_rgb.shape[1]), "width": int(frames_rgb.shape[2]),
-        "warmup_calls": args.warmup, "repeat": args.repeat,
-        "per_frame_ms": per_frame, "faces": faces, "top_emotion": top, "emotions": probs,
-        "import_s": import_s, "load_s": load_s,
-        "cv2_threads": default_threads, "cpu_cores_used": cores,
-        "per_frame_ms_1thread": one_thread, "cpu_cores_used_1thread": cores_1,
-        "versions": {"python": platform.python_version(), **{k: _version(k) for k in (
-            "fer", "tensorflow-cpu", "tensorflow", "opencv-python-headless", "numpy")}},
+        "frames": len(frames),
+        "height": int(frames_rgb.shape[1]),
+        "width": int(frames_rgb.shape[2]),
+        "warmup_calls": args.warmup,
+        "repeat": args.repeat,
+        "per_frame_ms": per_frame,
+        "faces": faces,
+        "top_emotion": top,
+        "emotions": probs,
+        "import_s": import_s,
+        "load_s": load_s,
+        "cv2_threads": default_threads,
+        "cpu_cores_used": cores,
+        "per_frame_ms_1thread": one_thread,
+        "cpu_cores_used_1thread": cores_1,
+        "versions": {
+            "python": platform.python_version(),
+            **{k: _version(k) for k in ("fer", "tensorflow-cpu", "tensorflow", "opencv-python-headless", "numpy")},
+        },
     }
     with open(args.out, "w", encoding="utf-8") as fh:
         json.dump(report, fh)

@@ -27,6 +27,7 @@ Everything it measures is written as JSON (``--json``), a markdown report
 (stdout, and ``--md``) and a figure (``--plot``).  Progress goes to stderr.
 See bench/README.md for what each number means.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,9 +77,18 @@ ISOLATED_PASSES = 3
 #: How often the capture process's memory is sampled, seconds.
 SAMPLE_S = 0.05
 
-PACKAGES = {"numpy": "numpy", "onnxruntime": "onnxruntime", "mediapipe": "mediapipe", "av": "av",
-            "pyzmq": "pyzmq", "opencv": ("opencv-contrib-python", "opencv-python", "opencv-python-headless"),
-            "onnx": "onnx", "tensorrt": "tensorrt", "matplotlib": "matplotlib", "psutil": "psutil"}
+PACKAGES = {
+    "numpy": "numpy",
+    "onnxruntime": "onnxruntime",
+    "mediapipe": "mediapipe",
+    "av": "av",
+    "pyzmq": "pyzmq",
+    "opencv": ("opencv-contrib-python", "opencv-python", "opencv-python-headless"),
+    "onnx": "onnx",
+    "tensorrt": "tensorrt",
+    "matplotlib": "matplotlib",
+    "psutil": "psutil",
+}
 
 
 def log(msg: str) -> None:
@@ -92,16 +102,28 @@ def dist(values) -> dict | None:
     a = np.asarray([v for v in values if v is not None], dtype=np.float64)
     if a.size == 0:
         return None
-    return {"n": int(a.size), "median": float(np.median(a)), "p95": float(np.percentile(a, 95)),
-            "max": float(a.max()), "min": float(a.min()), "mean": float(a.mean())}
+    return {
+        "n": int(a.size),
+        "median": float(np.median(a)),
+        "p95": float(np.percentile(a, 95)),
+        "max": float(a.max()),
+        "min": float(a.min()),
+        "mean": float(a.mean()),
+    }
 
 
 def quantiles(values) -> dict | None:
     a = np.asarray([v for v in values if v is not None], dtype=np.float64)
     if a.size == 0:
         return None
-    return {"n": int(a.size), "p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
-            "p99": float(np.percentile(a, 99)), "max": float(a.max()), "min": float(a.min())}
+    return {
+        "n": int(a.size),
+        "p50": float(np.percentile(a, 50)),
+        "p95": float(np.percentile(a, 95)),
+        "p99": float(np.percentile(a, 99)),
+        "max": float(a.max()),
+        "min": float(a.min()),
+    }
 
 
 def frame_key(img: np.ndarray) -> int:
@@ -133,17 +155,32 @@ def machine_info() -> dict:
     gpu = None
     if shutil.which("nvidia-smi"):
         try:
-            gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=10).stdout.strip() or None
+            gpu = (
+                subprocess.run(
+                    ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                ).stdout.strip()
+                or None
+            )
         except (OSError, subprocess.SubprocessError):
             pass
     try:
         load = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         load = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "loadavg_1_5_15_at_report": load, "usable_cpus": usable, "memory_gb": mem_gb, "gpu": gpu,
-            "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
-            "python_impl": platform.python_implementation()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "loadavg_1_5_15_at_report": load,
+        "usable_cpus": usable,
+        "memory_gb": mem_gb,
+        "gpu": gpu,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "python_impl": platform.python_implementation(),
+    }
 
 
 def versions() -> dict:
@@ -159,10 +196,15 @@ def versions() -> dict:
             except PackageNotFoundError:
                 continue
     try:
-        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        rev = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         out["cer-stream"] = (rev + ("+dirty" if dirty else "")) if rev else None
     except (OSError, subprocess.SubprocessError):
         out["cer-stream"] = None
@@ -269,9 +311,19 @@ class FaceProbe:
     def on_face_call(self, call) -> None:
         frames = []
         for t, (_index, _pts, img) in zip(call.times, call.frames):
-            frames.append(FrameTiming(t.index, t.pts, detect_ms=t.detect_ms, validate_ms=t.validate_ms,
-                                      validations=t.validations, locate_ms=t.detect_ms + t.validate_ms,
-                                      emotion_ms=t.emotion_ms, found=t.found, key=frame_key(img)))
+            frames.append(
+                FrameTiming(
+                    t.index,
+                    t.pts,
+                    detect_ms=t.detect_ms,
+                    validate_ms=t.validate_ms,
+                    validations=t.validations,
+                    locate_ms=t.detect_ms + t.validate_ms,
+                    emotion_ms=t.emotion_ms,
+                    found=t.found,
+                    key=frame_key(img),
+                )
+            )
         for r in call.results:
             self.results[r.index] = r
         self.calls.append(CallTiming(frames, call.wall_ms, call.emotion_ms, call.crops, call.end_ns))
@@ -327,10 +379,18 @@ def build_pipeline(args, observers: list) -> tuple[object, dict]:
     from stream import FaceOptions, Pipeline, PipelineOptions, RuntimeOptions
 
     options = PipelineOptions(
-        face=FaceOptions(profile=args.profile, model=args.face_model, detector=args.face_detector,
-                         weights=args.face_weights, backend=args.backend, device=args.device),
+        face=FaceOptions(
+            profile=args.profile,
+            model=args.face_model,
+            detector=args.face_detector,
+            weights=args.face_weights,
+            backend=args.backend,
+            device=args.device,
+        ),
         runtime=RuntimeOptions(realtime=args.realtime, max_side=args.max_side, progress=False),
-        modalities=["face"] if args.face_only else PipelineOptions().modalities, observers=observers)
+        modalities=["face"] if args.face_only else PipelineOptions().modalities,
+        observers=observers,
+    )
     notes: list[str] = []
 
     class _Keep(logging.Handler):
@@ -348,14 +408,23 @@ def build_pipeline(args, observers: list) -> tuple[object, dict]:
     used = type(engine).__name__ if engine is not None else type(model).__name__
     if engine is None and hasattr(model, "members"):  # the ensemble: name its members' engines
         used = "+".join(sorted({type(m.engine).__name__ for m in model.members}))
-    info = {"requested": args.backend, "device": args.device, "profile": args.profile, "engine": used,
-            "labels": list(model.labels), "providers": list(getattr(engine, "providers", []) or []),
-            "intra_op_threads": getattr(engine, "intra_op_threads", None),
-            "model": getattr(model, "name", None), "model_path": str(getattr(model, "path", "")),
-            "engine_notes": notes}
+    info = {
+        "requested": args.backend,
+        "device": args.device,
+        "profile": args.profile,
+        "engine": used,
+        "labels": list(model.labels),
+        "providers": list(getattr(engine, "providers", []) or []),
+        "intra_op_threads": getattr(engine, "intra_op_threads", None),
+        "model": getattr(model, "name", None),
+        "model_path": str(getattr(model, "path", "")),
+        "engine_notes": notes,
+    }
     if args.backend == "tensorrt" and "trt" not in used.lower() and "tensorrt" not in used.lower():
-        note = (f"--backend tensorrt asked for, but the emotion model ran on {used} "
-                f"({', '.join(info['providers']) or 'no providers'}): these figures are not TensorRT's")
+        note = (
+            f"--backend tensorrt asked for, but the emotion model ran on {used} "
+            f"({', '.join(info['providers']) or 'no providers'}): these figures are not TensorRT's"
+        )
         log("WARNING: " + note)
         info["note"] = note
     return pipeline, info
@@ -370,10 +439,17 @@ def model_set(face, backend_info: dict, modality_names: list[str]) -> dict:
     return {
         "modalities": list(modality_names),
         "face_detection": "MediaPipe BlazeFace (short-range first, full-range when it finds nothing)",
-        "face_validation": ("MediaPipe FaceMesh (static_image_mode, refine_landmarks, on the box grown 50 %; a steady target re-validated every 5th frame)"
-                            if validate else "off"),
-        "face_emotion": {"model": meta.get("cer.name") or backend_info.get("model"), "source": meta.get("cer.source"),
-                         "file": backend_info.get("model_path"), "profile": backend_info.get("profile")},
+        "face_validation": (
+            "MediaPipe FaceMesh (static_image_mode, refine_landmarks, on the box grown 50 %; a steady target re-validated every 5th frame)"
+            if validate
+            else "off"
+        ),
+        "face_emotion": {
+            "model": meta.get("cer.name") or backend_info.get("model"),
+            "source": meta.get("cer.source"),
+            "file": backend_info.get("model_path"),
+            "profile": backend_info.get("profile"),
+        },
     }
 
 
@@ -456,14 +532,23 @@ def run_pipeline(video: str, pipeline, probe: FaceProbe, *, realtime: bool) -> R
     # whole RSS) in the child's ru_maxrss.
     child_peak = max(sampler.peak_kb.values()) / 1024 if sampler.peak_kb else None
     return RunResult(
-        end=end, records=sink.records, arrival_ns=sink.arrival_ns, output_ms=sink.output_ms,
-        calls=[], modality_ms={name: stages.get(name, []) for name in modalities},
+        end=end,
+        records=sink.records,
+        arrival_ns=sink.arrival_ns,
+        output_ms=sink.output_ms,
+        calls=[],
+        modality_ms={name: stages.get(name, []) for name in modalities},
         stage_ms=stages,
-        wall_s=wall, startup_s=(start_ns - t0_ns) / 1e9,
-        cpu_self_s=cpu1[0] - cpu0[0], cpu_children_s=cpu1[1] - cpu0[1], capture_peak_mb=child_peak,
+        wall_s=wall,
+        startup_s=(start_ns - t0_ns) / 1e9,
+        cpu_self_s=cpu1[0] - cpu0[0],
+        cpu_children_s=cpu1[1] - cpu0[1],
+        capture_peak_mb=child_peak,
         analyzer_peak_mb=self_peak_rss_mb(),
         face_timings={k: face.timings[k] - t_face0.get(k, 0.0) for k in face.timings},
-        background_cpu_s=background[0], steal_s=background[1])
+        background_cpu_s=background[0],
+        steal_s=background[1],
+    )
 
 
 # --------------------------------------------------------------------------- the floor: decode only
@@ -528,9 +613,19 @@ def decode_pass(video: str, max_side: int, *, keep_frames: bool = False, limit: 
         total = time.perf_counter() - t0
     finally:
         container.close()
-    return {"frames": kept, "analysed": analysed, "decoded_frames": n, "wall_s": total, "open_s": open_s,
-            "media_s": (last_t + 1.0 / fps) if n else 0.0, "fps": fps, "width": out_w, "height": out_h,
-            "audio_samples": samples, "tail_ms": (time.perf_counter() - mark) * 1e3}
+    return {
+        "frames": kept,
+        "analysed": analysed,
+        "decoded_frames": n,
+        "wall_s": total,
+        "open_s": open_s,
+        "media_s": (last_t + 1.0 / fps) if n else 0.0,
+        "fps": fps,
+        "width": out_w,
+        "height": out_h,
+        "audio_samples": samples,
+        "tail_ms": (time.perf_counter() - mark) * 1e3,
+    }
 
 
 # --------------------------------------------------------------------------- the peer
@@ -549,9 +644,11 @@ def ensure_peer_venv(venv: Path = PEER_VENV) -> Path:
     if venv.exists():
         shutil.rmtree(venv)
     base = getattr(sys, "_base_executable", None) or sys.executable
-    steps = [[base, "-m", "venv", str(venv)],
-             [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps", PEER_FER],
-             [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", *PEER_DEPS]]
+    steps = [
+        [base, "-m", "venv", str(venv)],
+        [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps", PEER_FER],
+        [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", *PEER_DEPS],
+    ]
     for cmd in steps:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -567,8 +664,17 @@ def run_peer(frames: list[np.ndarray], tmp: Path) -> dict:
     np.save(npy, np.stack(frames))
     out = tmp / "peer.json"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ""}
-    cmd = [str(py), str(PEER_SCRIPT), str(npy), "--out", str(out), "--warmup", str(PEER_WARMUP),
-           "--repeat", str(PEER_PASSES)]
+    cmd = [
+        str(py),
+        str(PEER_SCRIPT),
+        str(npy),
+        "--out",
+        str(out),
+        "--warmup",
+        str(PEER_WARMUP),
+        "--repeat",
+        str(PEER_PASSES),
+    ]
     log(f"peer: fer on {len(frames)} frames ({frames[0].shape[1]}x{frames[0].shape[0]})")
     sys0, cpu0, t0 = system_cpu(), cpu_times(), time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -603,9 +709,13 @@ def analyse_run(run: RunResult, decode: dict | None, realtime: bool) -> dict:
             call_i += 1
         frames = [f for c in mine for f in c.frames]
         row = {
-            "window": rec["index"], "start": rec["start"], "end": rec["end"],
-            "analysed_frames": rec.get("analysed_frames"), "new_frames": len(frames),
-            "label": rec.get("label"), "basic_label": rec.get("basic_label"),
+            "window": rec["index"],
+            "start": rec["start"],
+            "end": rec["end"],
+            "analysed_frames": rec.get("analysed_frames"),
+            "new_frames": len(frames),
+            "label": rec.get("label"),
+            "basic_label": rec.get("basic_label"),
             "decode_ms": sum(dec_ms.get(f.index, 0.0) for f in frames) if dec_ms else None,
             "detect_ms": sum(f.detect_ms for f in frames),
             "validate_ms": sum(f.validate_ms for f in frames),
@@ -632,32 +742,65 @@ def analyse_run(run: RunResult, decode: dict | None, realtime: bool) -> dict:
     per_frame = []
     for call in calls:
         for f in call.frames:
-            per_frame.append({"index": f.index, "pts": f.pts, "found": f.found, "detect_ms": f.detect_ms,
-                              "validate_ms": f.validate_ms, "validations": f.validations,
-                              "emotion_ms": f.emotion_ms, "face_ms": f.locate_ms + f.emotion_ms,
-                              "decode_ms": dec_ms.get(f.index) if dec_ms else None, "key": f.key})
+            per_frame.append(
+                {
+                    "index": f.index,
+                    "pts": f.pts,
+                    "found": f.found,
+                    "detect_ms": f.detect_ms,
+                    "validate_ms": f.validate_ms,
+                    "validations": f.validations,
+                    "emotion_ms": f.emotion_ms,
+                    "face_ms": f.locate_ms + f.emotion_ms,
+                    "decode_ms": dec_ms.get(f.index) if dec_ms else None,
+                    "key": f.key,
+                }
+            )
     return {"windows": rows, "frames": per_frame}
 
 
-STAGES_WINDOW = [("decode", "decode_ms", "capture process: decode + RGB conversion of the window's new frames "
-                  "(from the decode-only pass)"),
-                 ("face detection", "detect_ms", "MediaPipe BlazeFace on the new frames"),
-                 ("face landmarks/validation", "validate_ms", "MediaPipe FaceMesh on the detected box"),
-                 ("face emotion", "emotion_ms", "face-emotion model batch (crop + preprocess + inference)"),
-                 ("face other", "face_other_ms", "tracking, cropping, label mapping"),
-                 ("face total", "face_ms", "all face analysis of the window"),
-                 ("fusion", "fusion_ms", "fusion + compound conversion + record"),
-                 ("output", "output_ms", "JSON serialisation of the window's records"),
-                 ("window total", "total_ms", "face + modalities + fusion + output (analyzer thread's work)"),
-                 ("at window close", "processing_ms", "analyzer's processing_ms: work left once the window's "
-                  "data is complete (excl. output)")]
-STAGES_FRAME = [("decode", "decode_ms"), ("face detection", "detect_ms"), ("face landmarks/validation", "validate_ms"),
-                ("face emotion", "emotion_ms"), ("face total", "face_ms")]
+STAGES_WINDOW = [
+    (
+        "decode",
+        "decode_ms",
+        "capture process: decode + RGB conversion of the window's new frames (from the decode-only pass)",
+    ),
+    ("face detection", "detect_ms", "MediaPipe BlazeFace on the new frames"),
+    ("face landmarks/validation", "validate_ms", "MediaPipe FaceMesh on the detected box"),
+    ("face emotion", "emotion_ms", "face-emotion model batch (crop + preprocess + inference)"),
+    ("face other", "face_other_ms", "tracking, cropping, label mapping"),
+    ("face total", "face_ms", "all face analysis of the window"),
+    ("fusion", "fusion_ms", "fusion + compound conversion + record"),
+    ("output", "output_ms", "JSON serialisation of the window's records"),
+    ("window total", "total_ms", "face + modalities + fusion + output (analyzer thread's work)"),
+    (
+        "at window close",
+        "processing_ms",
+        "analyzer's processing_ms: work left once the window's data is complete (excl. output)",
+    ),
+]
+STAGES_FRAME = [
+    ("decode", "decode_ms"),
+    ("face detection", "detect_ms"),
+    ("face landmarks/validation", "validate_ms"),
+    ("face emotion", "emotion_ms"),
+    ("face total", "face_ms"),
+]
 
 
-def summarise(runs: list[RunResult], rows: list[dict], frames: list[dict], decode: dict | None, peer: dict | None,
-              peer_error: str | None, args, backend_info: dict, models: dict, warm_frames: int,
-              isolated: list[float]) -> dict:
+def summarise(
+    runs: list[RunResult],
+    rows: list[dict],
+    frames: list[dict],
+    decode: dict | None,
+    peer: dict | None,
+    peer_error: str | None,
+    args,
+    backend_info: dict,
+    models: dict,
+    warm_frames: int,
+    isolated: list[float],
+) -> dict:
     realtime = args.realtime
     media_s = runs[0].end.get("media_s") or (decode or {}).get("media_s")
     elapsed = [r.end.get("elapsed_s") for r in runs]
@@ -673,9 +816,13 @@ def summarise(runs: list[RunResult], rows: list[dict], frames: list[dict], decod
         stages_ms["per_frame"][name] = dist([f.get(key) for f in frames])
     lat = quantiles([w["latency_ms"] for w in rows])
     out = {
-        "video": str(args.video), "mode": "realtime" if realtime else "as fast as possible",
-        "realtime": realtime, "repeat": args.repeat, "media_s": media_s,
-        "windows_per_run": runs[0].end.get("windows"), "frames_analysed_per_run": analysed[0],
+        "video": str(args.video),
+        "mode": "realtime" if realtime else "as fast as possible",
+        "realtime": realtime,
+        "repeat": args.repeat,
+        "media_s": media_s,
+        "windows_per_run": runs[0].end.get("windows"),
+        "frames_analysed_per_run": analysed[0],
         "real_time_factor": float(np.median(rtf)) if rtf else None,
         "real_time_factor_runs": rtf,
         "real_time_factor_incl_startup": (float(np.median([r.wall_s for r in runs])) / media_s) if media_s else None,
@@ -684,37 +831,56 @@ def summarise(runs: list[RunResult], rows: list[dict], frames: list[dict], decod
         "latency_note": (
             "latency_ms uses the pipeline's own stamps: the capture time of the window's newest sample (analysed "
             "video frame, or audio chunk starting before the window's end) -> emission of the window record. "
-            + ("Realtime: the file is paced at media speed like a live source. The capture process stamps a video "
-               "frame before it sleeps until the frame's media time, and an audio chunk when its packet is "
-               "demuxed (the container interleaves audio ahead of or behind video), so stamps can be early or "
-               "late against a live clock; latency_after_close_ms measures on the media clock instead: emission "
-               "minus the wall time at which the window's end was reached (reader clock start + window end)."
-               if realtime else
-               "As fast as possible the reader runs ahead of the analyzer (lossless backpressure: the frame "
-               "ring holds 64 analysed frames = 12.8 s), so a frame waits in the ring for the windows before "
-               "it and this latency is queueing time that grows along the clip; it is not the live latency. "
-               "Use --realtime for that.")),
+            + (
+                "Realtime: the file is paced at media speed like a live source. The capture process stamps a video "
+                "frame before it sleeps until the frame's media time, and an audio chunk when its packet is "
+                "demuxed (the container interleaves audio ahead of or behind video), so stamps can be early or "
+                "late against a live clock; latency_after_close_ms measures on the media clock instead: emission "
+                "minus the wall time at which the window's end was reached (reader clock start + window end)."
+                if realtime
+                else "As fast as possible the reader runs ahead of the analyzer (lossless backpressure: the frame "
+                "ring holds 64 analysed frames = 12.8 s), so a frame waits in the ring for the windows before "
+                "it and this latency is queueing time that grows along the clip; it is not the live latency. "
+                "Use --realtime for that."
+            )
+        ),
         "stages_ms": stages_ms,
-        "analysed_fps": float(np.median([a / e for a, e in zip(analysed, elapsed) if a and e])) if any(elapsed) else None,
-        "face_capacity_fps": (1e3 / stages_ms["per_frame"]["face total"]["mean"]
-                              if stages_ms["per_frame"].get("face total") else None),
+        "analysed_fps": float(np.median([a / e for a, e in zip(analysed, elapsed) if a and e]))
+        if any(elapsed)
+        else None,
+        "face_capacity_fps": (
+            1e3 / stages_ms["per_frame"]["face total"]["mean"] if stages_ms["per_frame"].get("face total") else None
+        ),
         "startup_s": float(np.median([r.startup_s for r in runs])),
-        "cpu": {"process_s": float(np.median([r.cpu_self_s for r in runs])),
-                "children_s": float(np.median([r.cpu_children_s for r in runs])),
-                "wall_s": float(np.median([r.wall_s for r in runs]))},
-        "peak_rss_mb": None, "peak_rss_detail_mb": None,
-        "machine": machine_info(), "versions": versions(), "backend": backend_info, "model_set": models,
-        "warmup": {"face_frames": warm_frames, "note": "face models run on real frames (single and batches of "
-                   "10 and 20) before timing; tracker state and timings reset afterwards"},
+        "cpu": {
+            "process_s": float(np.median([r.cpu_self_s for r in runs])),
+            "children_s": float(np.median([r.cpu_children_s for r in runs])),
+            "wall_s": float(np.median([r.wall_s for r in runs])),
+        },
+        "peak_rss_mb": None,
+        "peak_rss_detail_mb": None,
+        "machine": machine_info(),
+        "versions": versions(),
+        "backend": backend_info,
+        "model_set": models,
+        "warmup": {
+            "face_frames": warm_frames,
+            "note": "face models run on real frames (single and batches of "
+            "10 and 20) before timing; tracker state and timings reset afterwards",
+        },
         "command": shlex.join([sys.executable] + sys.argv),
     }
     c = out["cpu"]
     bg = [r.background_cpu_s / r.wall_s for r in runs if r.background_cpu_s is not None and r.wall_s]
     c["background_cores"] = float(np.median(bg)) if bg else None
-    c["background_note"] = ("CPU the rest of the machine used during the pipeline runs, in cores (median over "
-                            "runs; /proc/stat busy time minus this benchmark's): other programs on the same "
-                            "cores slow every figure here")
-    c["steal_s"] = float(np.median([r.steal_s for r in runs if r.steal_s is not None])) if runs[0].steal_s is not None else None
+    c["background_note"] = (
+        "CPU the rest of the machine used during the pipeline runs, in cores (median over "
+        "runs; /proc/stat busy time minus this benchmark's): other programs on the same "
+        "cores slow every figure here"
+    )
+    c["steal_s"] = (
+        float(np.median([r.steal_s for r in runs if r.steal_s is not None])) if runs[0].steal_s is not None else None
+    )
     c["total_s"] = c["process_s"] + c["children_s"]
     c["utilisation_of_one_core"] = c["total_s"] / c["wall_s"] if c["wall_s"] else None
     c["utilisation_of_machine"] = (c["total_s"] / c["wall_s"] / (os.cpu_count() or 1)) if c["wall_s"] else None
@@ -723,23 +889,34 @@ def summarise(runs: list[RunResult], rows: list[dict], frames: list[dict], decod
     an_peak = max(r.analyzer_peak_mb for r in runs)
     cap_peak = max((r.capture_peak_mb or 0.0) for r in runs) or None
     out["peak_rss_mb"] = an_peak + (cap_peak or 0.0)
-    out["peak_rss_detail_mb"] = {"analyzer": an_peak, "capture": cap_peak,
-                                 "note": "sum of the two processes' peaks (VmHWM); the analyzer's includes model "
-                                         "loading and the warm-up"}
+    out["peak_rss_detail_mb"] = {
+        "analyzer": an_peak,
+        "capture": cap_peak,
+        "note": "sum of the two processes' peaks (VmHWM); the analyzer's includes model loading and the warm-up",
+    }
     out["face_timings_s"] = runs[0].face_timings
     ends = [r.end for r in runs]
     out["drops"] = ends[-1].get("drops")
     out["windows_skipped"] = sum(e.get("windows_skipped", 0) for e in ends)
     if decode:
         dec_wall = decode["wall_s_median"]
-        basis = ("analyzer busy time (summed window totals)" if realtime
-                 else "analyzer wall time (first stream item -> end record)")
-        pipe = (float(np.median(busy)) if realtime else float(np.median(elapsed)))
-        out["decode_only"] = {k: decode[k] for k in ("decoded_frames", "media_s", "fps", "width", "height",
-                                                     "audio_samples", "open_s")}
-        out["decode_only"].update({"wall_s": dec_wall, "wall_s_runs": decode["wall_s_runs"],
-                                   "real_time_factor": dec_wall / decode["media_s"] if decode["media_s"] else None,
-                                   "per_analysed_frame_ms": dist([d["ms"] for d in decode["analysed"]])})
+        basis = (
+            "analyzer busy time (summed window totals)"
+            if realtime
+            else "analyzer wall time (first stream item -> end record)"
+        )
+        pipe = float(np.median(busy)) if realtime else float(np.median(elapsed))
+        out["decode_only"] = {
+            k: decode[k] for k in ("decoded_frames", "media_s", "fps", "width", "height", "audio_samples", "open_s")
+        }
+        out["decode_only"].update(
+            {
+                "wall_s": dec_wall,
+                "wall_s_runs": decode["wall_s_runs"],
+                "real_time_factor": dec_wall / decode["media_s"] if decode["media_s"] else None,
+                "per_analysed_frame_ms": dist([d["ms"] for d in decode["analysed"]]),
+            }
+        )
         out["decode_only_ratio"] = pipe / dec_wall if dec_wall else None
         out["decode_only_ratio_basis"] = basis
     else:
@@ -748,9 +925,24 @@ def summarise(runs: list[RunResult], rows: list[dict], frames: list[dict], decod
     ours_med = stages_ms["per_frame"]["face total"]["median"] if stages_ms["per_frame"].get("face total") else None
     if peer is not None:
         pd_ = dist(peer["per_frame_ms"])
-        out["peer"] = {k: peer.get(k) for k in ("what", "frames", "width", "height", "warmup_calls", "repeat",
-                                                  "import_s", "load_s", "cv2_threads", "cpu_cores_used",
-                                                  "cpu_cores_used_1thread", "versions", "background_cores")}
+        out["peer"] = {
+            k: peer.get(k)
+            for k in (
+                "what",
+                "frames",
+                "width",
+                "height",
+                "warmup_calls",
+                "repeat",
+                "import_s",
+                "load_s",
+                "cv2_threads",
+                "cpu_cores_used",
+                "cpu_cores_used_1thread",
+                "versions",
+                "background_cores",
+            )
+        }
         out["peer"]["per_frame_ms"] = pd_
         out["peer"]["frames_with_face"] = sum(1 for n in peer["faces"] if n)
         out["peer"]["same_frames"] = peer.get("same_frames")
@@ -770,12 +962,18 @@ def summarise(runs: list[RunResult], rows: list[dict], frames: list[dict], decod
     else:
         out["peer_ratio"] = None
         out["peer_error"] = peer_error
-    out["ours_per_frame_ms"] = {"mean": ours_mean, "median": ours_med,
-                                "what": "face detection + validation + emotion share, per analysed frame"}
+    out["ours_per_frame_ms"] = {
+        "mean": ours_mean,
+        "median": ours_med,
+        "what": "face detection + validation + emotion share, per analysed frame",
+    }
     out["targets"] = {
-        "real_time_factor<=0.25": (out["real_time_factor"] <= 0.25) if out["real_time_factor"] and not realtime else None,
+        "real_time_factor<=0.25": (out["real_time_factor"] <= 0.25)
+        if out["real_time_factor"] and not realtime
+        else None,
         "p95_latency_after_close<=250ms": ((out["latency_after_close_ms"] or {}).get("p95", 1e9) <= 250)
-        if realtime and out.get("latency_after_close_ms") else None,
+        if realtime and out.get("latency_after_close_ms")
+        else None,
         "peer_ratio>=3": (out["peer_ratio"] >= 3) if out.get("peer_ratio") else None,
     }
     out["windows"] = rows
@@ -786,7 +984,7 @@ def _per_run(rows: list[dict], runs: list[RunResult]) -> list[list[dict]]:
     out, i = [], 0
     for r in runs:
         n = r.end.get("windows") or 0
-        out.append(rows[i:i + n])
+        out.append(rows[i : i + n])
         i += n
     return out
 
@@ -807,62 +1005,93 @@ def markdown(res: dict) -> str:
     L.append("")
     L.append(f"`{res['command']}`")
     L.append("")
-    L.append(f"- machine: {m['cpu']}, {m['cores']} cores ({m['usable_cpus']} usable), {m['memory_gb']} GB"
-             + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU") + f"; {m['os']}; Python {m['python']}")
+    L.append(
+        f"- machine: {m['cpu']}, {m['cores']} cores ({m['usable_cpus']} usable), {m['memory_gb']} GB"
+        + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU")
+        + f"; {m['os']}; Python {m['python']}"
+    )
     L.append("- versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val))
-    L.append(f"- backend: requested {b['requested']} (device {b.get('device')}, profile {b.get('profile')}), "
-             f"emotion model on {b['engine']} "
-             f"{'/'.join(b['providers'])} ({b.get('intra_op_threads')} intra-op threads)"
-             + (f" — {b['note']}" if b.get("note") else ""))
+    L.append(
+        f"- backend: requested {b['requested']} (device {b.get('device')}, profile {b.get('profile')}), "
+        f"emotion model on {b['engine']} "
+        f"{'/'.join(b['providers'])} ({b.get('intra_op_threads')} intra-op threads)"
+        + (f" — {b['note']}" if b.get("note") else "")
+    )
     ms = res["model_set"]
-    L.append(f"- models: detection {ms['face_detection']}; validation {ms['face_validation']}; emotion "
-             f"{ms['face_emotion']['model']}; modalities {', '.join(ms['modalities'])}")
-    L.append(f"- media {res['media_s']} s, {res['windows_per_run']} windows and {res['frames_analysed_per_run']} "
-             f"analysed frames per run, {res['repeat']} run(s) pooled; models warmed up on "
-             f"{res['warmup']['face_frames']} real frames first")
+    L.append(
+        f"- models: detection {ms['face_detection']}; validation {ms['face_validation']}; emotion "
+        f"{ms['face_emotion']['model']}; modalities {', '.join(ms['modalities'])}"
+    )
+    L.append(
+        f"- media {res['media_s']} s, {res['windows_per_run']} windows and {res['frames_analysed_per_run']} "
+        f"analysed frames per run, {res['repeat']} run(s) pooled; models warmed up on "
+        f"{res['warmup']['face_frames']} real frames first"
+    )
     L.append("")
     L.append("| headline | value |")
     L.append("|---|---|")
-    L.append(f"| real-time factor (analyzer wall / media; with process start) | {_f(res['real_time_factor'], 3)}; "
-             f"{_f(res['real_time_factor_incl_startup'], 3)} |")
+    L.append(
+        f"| real-time factor (analyzer wall / media; with process start) | {_f(res['real_time_factor'], 3)}; "
+        f"{_f(res['real_time_factor_incl_startup'], 3)} |"
+    )
     L.append(f"| busy factor (analyzer work per window, summed / media) | {_f(res['busy_factor'], 3)} |")
-    L.append(f"| analysed frames per second | {_f(res['analysed_fps'])} (face capacity {_f(res['face_capacity_fps'])}) |")
+    L.append(
+        f"| analysed frames per second | {_f(res['analysed_fps'])} (face capacity {_f(res['face_capacity_fps'])}) |"
+    )
     lat = res["latency_ms"] or {}
-    L.append(f"| end-to-end latency, pipeline stamps, ms (p50 / p95 / p99 / max) | "
-             f"{_f(lat.get('p50'))} / {_f(lat.get('p95'))} / {_f(lat.get('p99'))} / {_f(lat.get('max'))} |")
+    L.append(
+        f"| end-to-end latency, pipeline stamps, ms (p50 / p95 / p99 / max) | "
+        f"{_f(lat.get('p50'))} / {_f(lat.get('p95'))} / {_f(lat.get('p99'))} / {_f(lat.get('max'))} |"
+    )
     if res["realtime"]:
         for key, what in (("latency_after_close_ms", "latency after the window closes, media clock"),):
             q = res.get(key) or {}
-            L.append(f"| {what}, ms (p50 / p95 / p99 / max) | {_f(q.get('p50'))} / {_f(q.get('p95'))} / "
-                     f"{_f(q.get('p99'))} / {_f(q.get('max'))} |")
-    L.append(f"| decode-only pass, s (RTF) | {_f((res.get('decode_only') or {}).get('wall_s'), 3)} "
-             f"({_f((res.get('decode_only') or {}).get('real_time_factor'), 4)}) |")
+            L.append(
+                f"| {what}, ms (p50 / p95 / p99 / max) | {_f(q.get('p50'))} / {_f(q.get('p95'))} / "
+                f"{_f(q.get('p99'))} / {_f(q.get('max'))} |"
+            )
+    L.append(
+        f"| decode-only pass, s (RTF) | {_f((res.get('decode_only') or {}).get('wall_s'), 3)} "
+        f"({_f((res.get('decode_only') or {}).get('real_time_factor'), 4)}) |"
+    )
     L.append(f"| decode_only_ratio ({res.get('decode_only_ratio_basis', '–')}) | {_f(res['decode_only_ratio'], 1)} |")
     peer = res.get("peer")
     if peer:
-        L.append(f"| peer (fer, Haar + TFLite) per frame, ms (median / p95; other programs' CPU meanwhile) | "
-                 f"{_f(peer['per_frame_ms']['median'])} / {_f(peer['per_frame_ms']['p95'])}; "
-                 f"{_f(peer.get('background_cores'), 2)} cores |")
-        L.append(f"| ours per frame (face total), ms (mean / median) | {_f(res['ours_per_frame_ms']['mean'])} / "
-                 f"{_f(res['ours_per_frame_ms']['median'])} |")
+        L.append(
+            f"| peer (fer, Haar + TFLite) per frame, ms (median / p95; other programs' CPU meanwhile) | "
+            f"{_f(peer['per_frame_ms']['median'])} / {_f(peer['per_frame_ms']['p95'])}; "
+            f"{_f(peer.get('background_cores'), 2)} cores |"
+        )
+        L.append(
+            f"| ours per frame (face total), ms (mean / median) | {_f(res['ours_per_frame_ms']['mean'])} / "
+            f"{_f(res['ours_per_frame_ms']['median'])} |"
+        )
         L.append(f"| peer_ratio (mean; median) | {_f(res['peer_ratio'], 2)}; {_f(res.get('peer_ratio_median'), 2)} |")
         if peer.get("per_frame_ms_1thread"):
-            L.append(f"| peer on one OpenCV thread, ms (median); peer_ratio_1thread | "
-                     f"{_f(peer['per_frame_ms_1thread']['median'])}; {_f(res.get('peer_ratio_1thread'), 2)} |")
+            L.append(
+                f"| peer on one OpenCV thread, ms (median); peer_ratio_1thread | "
+                f"{_f(peer['per_frame_ms_1thread']['median'])}; {_f(res.get('peer_ratio_1thread'), 2)} |"
+            )
         if res.get("ours_alone_per_frame_ms"):
             a_ = res["ours_alone_per_frame_ms"]
-            L.append(f"| ours alone on the same frames, ms (mean / median); peer_ratio_alone | "
-                     f"{_f(a_['mean'])} / {_f(a_['median'])}; {_f(res['peer_ratio_alone'], 2)} |")
+            L.append(
+                f"| ours alone on the same frames, ms (mean / median); peer_ratio_alone | "
+                f"{_f(a_['mean'])} / {_f(a_['median'])}; {_f(res['peer_ratio_alone'], 2)} |"
+            )
     else:
         L.append(f"| peer_ratio | – ({res.get('peer_error') or 'not run'}) |")
     c = res["cpu"]
-    L.append(f"| CPU s: analyzer process / capture process (utilisation of the {m['cores']} cores) | "
-             f"{_f(c['process_s'], 2)} / {_f(c['children_s'], 2)} ({_f(100 * (c['utilisation_of_machine'] or 0), 0)} %) |")
+    L.append(
+        f"| CPU s: analyzer process / capture process (utilisation of the {m['cores']} cores) | "
+        f"{_f(c['process_s'], 2)} / {_f(c['children_s'], 2)} ({_f(100 * (c['utilisation_of_machine'] or 0), 0)} %) |"
+    )
     d = res["peak_rss_detail_mb"]
     if c.get("background_cores") is not None:
         L.append(f"| other programs' CPU during the runs, cores (median) | {_f(c['background_cores'], 2)} |")
-    L.append(f"| peak RSS, MB (analyzer + capture) | {_f(res['peak_rss_mb'], 0)} ({_f(d['analyzer'], 0)} + "
-             f"{_f(d['capture'], 0)}) |")
+    L.append(
+        f"| peak RSS, MB (analyzer + capture) | {_f(res['peak_rss_mb'], 0)} ({_f(d['analyzer'], 0)} + "
+        f"{_f(d['capture'], 0)}) |"
+    )
     L.append(f"| startup (run() -> start record), s | {_f(res['startup_s'], 2)} |")
     L.append("")
     L.append("Per window (ms; decode runs in the capture process, in parallel with analysis):")
@@ -894,8 +1123,10 @@ def markdown(res: dict) -> str:
     for i, w in enumerate(res["windows"]):
         if i and w["window"] <= res["windows"][i - 1]["window"]:
             run += 1
-        line = (f"| {run}.{w['window']} | {w['start']:g}–{w['end']:g} | {w['new_frames']} | {_f(w['face_ms'])} | "
-                f"{_f(w['fusion_ms'], 2)} | {_f(w['output_ms'], 2)} | {_f(w['latency_ms'])} |")
+        line = (
+            f"| {run}.{w['window']} | {w['start']:g}–{w['end']:g} | {w['new_frames']} | {_f(w['face_ms'])} | "
+            f"{_f(w['fusion_ms'], 2)} | {_f(w['output_ms'], 2)} | {_f(w['latency_ms'])} |"
+        )
         if res["realtime"]:
             line += f" {_f(w.get('latency_after_close_ms'))} |"
         L.append(line)
@@ -903,8 +1134,10 @@ def markdown(res: dict) -> str:
     L.append(res["latency_note"])
     L.append("")
     t = res["targets"]
-    L.append("Targets (default CPU profile): " + "; ".join(f"{k}: {_f(val) if val is not None else 'n/a in this mode'}"
-                                                           for k, val in t.items()))
+    L.append(
+        "Targets (default CPU profile): "
+        + "; ".join(f"{k}: {_f(val) if val is not None else 'n/a in this mode'}" for k, val in t.items())
+    )
     return "\n".join(L) + "\n"
 
 
@@ -926,18 +1159,28 @@ def plot(res: dict, path: str) -> None:
     lat = [w["latency_ms"] or 0 for w in rows]
     if res["realtime"]:
         ax1.bar(x - 0.2, lat, 0.4, label="pipeline stamps")
-        ax1.bar(x + 0.2, [w.get("latency_after_close_ms") or 0 for w in rows], 0.4, label="after window close (media clock)")
+        ax1.bar(
+            x + 0.2, [w.get("latency_after_close_ms") or 0 for w in rows], 0.4, label="after window close (media clock)"
+        )
         ax1.axhline(250, color="r", lw=1, ls="--", label="target p95 250 ms")
     else:
         ax1.bar(x, lat, 0.6, label="pipeline stamps (queueing: reader runs ahead)")
     ax1.set_ylabel("end-to-end latency, ms")
     ax1.legend(fontsize=8)
-    ax1.set_title(f"{Path(res['video']).name}, {res['mode']}: RTF {_f(res['real_time_factor'], 3)}, "
-                  f"peer ratio {_f(res.get('peer_ratio'), 1)}", fontsize=10)
+    ax1.set_title(
+        f"{Path(res['video']).name}, {res['mode']}: RTF {_f(res['real_time_factor'], 3)}, "
+        f"peer ratio {_f(res.get('peer_ratio'), 1)}",
+        fontsize=10,
+    )
     bottom = np.zeros(len(rows))
-    for name, key in (("face detection", "detect_ms"), ("landmarks/validation", "validate_ms"),
-                      ("emotion", "emotion_ms"), ("face other", "face_other_ms"), ("fusion", "fusion_ms"),
-                      ("output", "output_ms")):
+    for name, key in (
+        ("face detection", "detect_ms"),
+        ("landmarks/validation", "validate_ms"),
+        ("emotion", "emotion_ms"),
+        ("face other", "face_other_ms"),
+        ("fusion", "fusion_ms"),
+        ("output", "output_ms"),
+    ):
         vals = np.array([max(0.0, w.get(key) or 0.0) for w in rows])
         ax2.bar(x, vals, 0.6, bottom=bottom, label=name)
         bottom += vals
@@ -965,8 +1208,11 @@ def parse_args(argv):
     p.add_argument("--plot", metavar="OUT.png")
     p.add_argument("--repeat", type=int, default=1, help="pipeline runs, pooled (default 1)")
     p.add_argument("--no-peer", action="store_true", help="skip the fer peer (and its virtual environment)")
-    p.add_argument("--face-only", action="store_true",
-                   help="run the face modality alone (default: the CLI's full modality set, ASR included)")
+    p.add_argument(
+        "--face-only",
+        action="store_true",
+        help="run the face modality alone (default: the CLI's full modality set, ASR included)",
+    )
     p.add_argument("--max-side", type=int, default=960, help="frame size limit, as the CLI's --max-side (default 960)")
     from stream.cli.flags import add_model_args
 
@@ -1006,8 +1252,10 @@ def main(argv: list[str] | None = None) -> int:
             r.calls = probe.take_calls()
             runs.append(r)
             e = r.end
-            log(f"  {e.get('windows')} windows, {e.get('frames_analysed')} frames analysed, "
-                f"elapsed {e.get('elapsed_s', 0):.2f} s, RTF {e.get('real_time_factor') or 0:.3f}")
+            log(
+                f"  {e.get('windows')} windows, {e.get('frames_analysed')} frames analysed, "
+                f"elapsed {e.get('elapsed_s', 0):.2f} s, RTF {e.get('real_time_factor') or 0:.3f}"
+            )
         models = model_set(face, backend_info, list(runs[0].modality_ms))
         ours_res = dict(probe.results)
 
@@ -1062,8 +1310,7 @@ def main(argv: list[str] | None = None) -> int:
     for p_ in passes:
         p_.pop("frames", None)
 
-    res = summarise(runs, per_window, per_frame, decode, peer, peer_error, args, backend_info, models, warm,
-                    isolated)
+    res = summarise(runs, per_window, per_frame, decode, peer, peer_error, args, backend_info, models, warm, isolated)
     md = markdown(res)
     sys.stdout.write(md)
     sys.stdout.flush()

@@ -22,6 +22,7 @@ Runs without the legacy API too (mediapipe >= 0.10.30): the legacy rows are then
 Boxes and blendshapes per image are cached in ``bench/.cache/`` (git-ignored), keyed by the
 versions used. Prints a markdown report, then one JSON object, on stdout; progress on stderr.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,15 +40,22 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from stream.modalities.face import iou  # noqa: E402
 from stream.core.labels import BASIC  # noqa: E402
+from stream.modalities.face import iou  # noqa: E402
 from stream.modalities.landmarker import TaskFaceDetector, blendshape_basic_probs  # noqa: E402
 
 FACES = Path("/work/shared/data/faces_dev")
 CACHE = ROOT / "bench" / ".cache"
 #: faces_dev's posed labels -> basic names (the 7 scored classes, BASIC order).
-LABELS = {"neutral": "Neutral", "angry": "Anger", "disgusted": "Disgust", "fearful": "Fear",
-          "happy": "Happiness", "sad": "Sadness", "surprised": "Surprise"}
+LABELS = {
+    "neutral": "Neutral",
+    "angry": "Anger",
+    "disgusted": "Disgust",
+    "fearful": "Fear",
+    "happy": "Happiness",
+    "sad": "Sadness",
+    "surprised": "Surprise",
+}
 SEVEN = [n for n in BASIC if n != "Other"]
 WEIGHTS = (0.25, 0.5)
 
@@ -73,8 +81,12 @@ def revision() -> str:
     import subprocess
 
     try:
-        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=10).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or "unknown"
+        )
     except OSError:
         return "unknown"
 
@@ -114,8 +126,12 @@ def locate(det, rgb):
 
 def stats(ms: list[float]) -> dict:
     a = np.asarray(ms)
-    return {"median": float(np.median(a)), "p95": float(np.percentile(a, 95)), "mean": float(a.mean()),
-            "min": float(a.min())}
+    return {
+        "median": float(np.median(a)),
+        "p95": float(np.percentile(a, 95)),
+        "mean": float(a.mean()),
+        "min": float(a.min()),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,8 +142,13 @@ def bench_frames(video: Path, kinds: list[str]) -> dict:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     h, w = frames[0].shape[:2]
     log(f"video: {len(frames)} frames {w}x{h}")
-    out = {"video": str(video.relative_to(ROOT) if video.is_relative_to(ROOT) else video), "frames": len(frames),
-           "width": w, "height": h, "runs": {}}
+    out = {
+        "video": str(video.relative_to(ROOT) if video.is_relative_to(ROOT) else video),
+        "frames": len(frames),
+        "width": w,
+        "height": h,
+        "runs": {},
+    }
     boxes: dict[str, list] = {}
     for kind in kinds:
         det = make(kind)
@@ -148,8 +169,12 @@ def bench_frames(video: Path, kinds: list[str]) -> dict:
             t = time.perf_counter()
             det.detect(f)
             dms.append((time.perf_counter() - t) * 1e3)
-        out["runs"][kind] = {"locate_ms": stats(ms), "detect_ms": stats(dms), "found": found,
-                             "counts": dict(det.counts)}
+        out["runs"][kind] = {
+            "locate_ms": stats(ms),
+            "detect_ms": stats(dms),
+            "found": found,
+            "counts": dict(det.counts),
+        }
         boxes[kind] = bx
         det.close()
         log(f"  {kind}: median {np.median(ms):.2f} ms, found {found}")
@@ -188,8 +213,10 @@ def faces_boxes(faces: Path, kinds: list[str], use_cache: bool) -> dict:
         res["_ms"] = stats(ms)
         cache.write_text(json.dumps(res))
         out[kind] = res
-        log(f"  faces_dev {kind}: {sum(1 for k, x in res.items() if k != '_ms' and x['box'])} found, "
-            f"median {np.median(ms):.2f} ms")
+        log(
+            f"  faces_dev {kind}: {sum(1 for k, x in res.items() if k != '_ms' and x['box'])} found, "
+            f"median {np.median(ms):.2f} ms"
+        )
     return out
 
 
@@ -229,7 +256,7 @@ def bench_faces(faces: Path, kinds: list[str], use_cache: bool, face_model: str 
                 idx.append(i)
         pr = np.full((len(rows), len(BASIC)), np.nan, np.float32)
         for s in range(0, len(images), 64):  # each model cuts its own crop (stream.modalities.face_crops)
-            pr[idx[s:s + 64]] = model.predict(images[s:s + 64], bxs[s:s + 64])[1]
+            pr[idx[s : s + 64]] = model.predict(images[s : s + 64], bxs[s : s + 64])[1]
         probs[kind] = pr
     model.close()
     pred = {k: [None if np.isnan(p[0]) else top7(p) for p in probs[k]] for k in kinds}
@@ -238,11 +265,17 @@ def bench_faces(faces: Path, kinds: list[str], use_cache: bool, face_model: str 
     for k in kinds:
         m_all, per_all = f1s(y, pred[k])
         m_both, per_both = f1s([y[i] for i in both], [pred[k][i] for i in both])
-        out["face_model"][k] = {"macro_f1_all": round(m_all, 1), "macro_f1_both": round(m_both, 1),
-                                  "per_class_all": per_all}
+        out["face_model"][k] = {
+            "macro_f1_all": round(m_all, 1),
+            "macro_f1_both": round(m_both, 1),
+            "per_class_all": per_all,
+        }
     if "legacy" in kinds and "tasks_blend" in kinds:
-        ious = [iou(boxes["legacy"][r["path"]]["box"], boxes["tasks_blend"][r["path"]]["box"]) for r in rows
-                if boxes["legacy"][r["path"]]["box"] and boxes["tasks_blend"][r["path"]]["box"]]
+        ious = [
+            iou(boxes["legacy"][r["path"]]["box"], boxes["tasks_blend"][r["path"]]["box"])
+            for r in rows
+            if boxes["legacy"][r["path"]]["box"] and boxes["tasks_blend"][r["path"]]["box"]
+        ]
         out["iou_tasks_vs_legacy"] = {**stats(ious), "below_0.5": int(sum(v < 0.5 for v in ious)), "n": len(ious)}
         agree = [i for i in both if pred["legacy"][i] == pred["tasks_blend"][i]]
         out["face_model_same_top_label"] = len(agree)
@@ -275,39 +308,63 @@ def bench_faces(faces: Path, kinds: list[str], use_cache: bool, face_model: str 
 
 # ---------------------------------------------------------------------------------------------
 def markdown(rep: dict) -> str:
-    L = [f"# MediaPipe legacy vs Tasks ({rep['versions']})", "",
-         f"Revision `{rep['revision']}`; `{rep['command']}`.", ""]
+    L = [
+        f"# MediaPipe legacy vs Tasks ({rep['versions']})",
+        "",
+        f"Revision `{rep['revision']}`; `{rep['command']}`.",
+        "",
+    ]
     fr = rep.get("frames")
     if fr:
-        L += [f"## Per-frame cost: {fr['video']} ({fr['frames']} frames, {fr['width']}x{fr['height']})", "",
-              "| path | locate median ms | p95 | mean | detect only median ms | frames with face | calls |",
-              "|---|---|---|---|---|---|---|"]
+        L += [
+            f"## Per-frame cost: {fr['video']} ({fr['frames']} frames, {fr['width']}x{fr['height']})",
+            "",
+            "| path | locate median ms | p95 | mean | detect only median ms | frames with face | calls |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for k, r in fr["runs"].items():
             s, d = r["locate_ms"], r["detect_ms"]
-            L.append(f"| {k} | {s['median']:.2f} | {s['p95']:.2f} | {s['mean']:.2f} | {d['median']:.2f} | "
-                     f"{r['found']} | {r['counts']} |")
+            L.append(
+                f"| {k} | {s['median']:.2f} | {s['p95']:.2f} | {s['mean']:.2f} | {d['median']:.2f} | "
+                f"{r['found']} | {r['counts']} |"
+            )
         if fr.get("iou_tasks_vs_legacy"):
-            L.append(f"\nIoU Tasks vs legacy box per frame: median {fr['iou_tasks_vs_legacy']['median']:.3f}, "
-                     f"min {fr['iou_tasks_vs_legacy']['min']:.3f}")
+            L.append(
+                f"\nIoU Tasks vs legacy box per frame: median {fr['iou_tasks_vs_legacy']['median']:.3f}, "
+                f"min {fr['iou_tasks_vs_legacy']['min']:.3f}"
+            )
         L.append("")
     fd = rep.get("faces_dev")
     if fd:
-        L += [f"## faces_dev ({fd['images']} images; found by all paths: {fd['both_found']})", "",
-              f"| path | faces found | ms/image (median) | {fd['face_model_name']} macro-F1, all images (miss = wrong) "
-              "| macro-F1, images all paths found |", "|---|---|---|---|---|"]
+        L += [
+            f"## faces_dev ({fd['images']} images; found by all paths: {fd['both_found']})",
+            "",
+            f"| path | faces found | ms/image (median) | {fd['face_model_name']} macro-F1, all images (miss = wrong) "
+            "| macro-F1, images all paths found |",
+            "|---|---|---|---|---|",
+        ]
         for k in fd["found"]:
             m = fd["face_model"][k]
-            L.append(f"| {k} | {fd['found'][k]} | {fd['ms_per_image'][k]['median']:.2f} | "
-                     f"{m['macro_f1_all']} | {m['macro_f1_both']} |")
+            L.append(
+                f"| {k} | {fd['found'][k]} | {fd['ms_per_image'][k]['median']:.2f} | "
+                f"{m['macro_f1_all']} | {m['macro_f1_both']} |"
+            )
         if fd.get("iou_tasks_vs_legacy"):
             i = fd["iou_tasks_vs_legacy"]
-            L.append(f"\nIoU Tasks vs legacy: median {i['median']:.3f}, mean {i['mean']:.3f}, min {i['min']:.3f}, "
-                     f"{i['below_0.5']} of {i['n']} below 0.5; same {fd['face_model_name']} top label on "
-                     f"{fd.get('face_model_same_top_label')} of {fd['both_found']}")
+            L.append(
+                f"\nIoU Tasks vs legacy: median {i['median']:.3f}, mean {i['mean']:.3f}, min {i['min']:.3f}, "
+                f"{i['below_0.5']} of {i['n']} below 0.5; same {fd['face_model_name']} top label on "
+                f"{fd.get('face_model_same_top_label')} of {fd['both_found']}"
+            )
         ev = fd.get("evidence")
         if ev:
-            L += ["", f"### Blendshape evidence ({ev['images']} images with blendshapes; macro-F1 and per-class F1, %)",
-                  "", "| rule | macro-F1 | " + " | ".join(SEVEN) + " |", "|---|---|" + "---|" * len(SEVEN)]
+            L += [
+                "",
+                f"### Blendshape evidence ({ev['images']} images with blendshapes; macro-F1 and per-class F1, %)",
+                "",
+                "| rule | macro-F1 | " + " | ".join(SEVEN) + " |",
+                "|---|---|" + "---|" * len(SEVEN),
+            ]
             for name, r in ev["results"].items():
                 L.append(f"| {name} | {r['macro_f1']} | " + " | ".join(str(r["per_class"][n]) for n in SEVEN) + " |")
     return "\n".join(L)
@@ -320,18 +377,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-cache", action="store_true", help="recompute faces_dev boxes")
     ap.add_argument("--skip-frames", action="store_true")
     ap.add_argument("--skip-faces", action="store_true")
-    ap.add_argument("--face-model", default=None,
-                    help="the face model classifying each path's boxes (default: the lite profile's)")
+    ap.add_argument(
+        "--face-model", default=None, help="the face model classifying each path's boxes (default: the lite profile's)"
+    )
     args = ap.parse_args(argv)
     legacy = legacy_available()
     kinds = (["legacy", "legacy_every"] if legacy else []) + ["tasks", "tasks_blend"]
-    rep = {"versions": versions(), "legacy_solutions_api": legacy, "revision": revision(),
-           "command": " ".join(["python", "bench/mediapipe_tasks.py", *(argv if argv is not None else sys.argv[1:])])}
+    rep = {
+        "versions": versions(),
+        "legacy_solutions_api": legacy,
+        "revision": revision(),
+        "command": " ".join(["python", "bench/mediapipe_tasks.py", *(argv if argv is not None else sys.argv[1:])]),
+    }
     if not args.skip_frames:
         rep["frames"] = bench_frames(args.video, kinds)
     if not args.skip_faces:
-        rep["faces_dev"] = bench_faces(args.faces, [k for k in kinds if k != "legacy_every"], not args.no_cache,
-                                       args.face_model)
+        rep["faces_dev"] = bench_faces(
+            args.faces, [k for k in kinds if k != "legacy_every"], not args.no_cache, args.face_model
+        )
     print(markdown(rep))
     print()
     print(json.dumps(rep))

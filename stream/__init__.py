@@ -43,7 +43,35 @@ _EXPORTS = {
     "FaceCall": "stream.runtime.observe",
 }
 
-__all__ = ["__version__", "Pipeline", "PipelineOptions", "FaceOptions", "AudioOptions", "TextOptions", "ClipOptions", "TemporalOptions", "SceneOptions", "FusionOptions", "RuntimeOptions", "WindowOptions", "Source", "FileSource", "RtspSource", "CameraSource", "MicrophoneSource", "PushSource", "SourceError", "StartupError", "StartRecord", "WindowRecord", "FramesRecord", "WarningRecord", "EndRecord", "Observer", "FaceCall"]  # noqa: RUF022
+__all__ = [
+    "__version__",
+    "Pipeline",
+    "PipelineOptions",
+    "FaceOptions",
+    "AudioOptions",
+    "TextOptions",
+    "ClipOptions",
+    "TemporalOptions",
+    "SceneOptions",
+    "FusionOptions",
+    "RuntimeOptions",
+    "WindowOptions",
+    "Source",
+    "FileSource",
+    "RtspSource",
+    "CameraSource",
+    "MicrophoneSource",
+    "PushSource",
+    "SourceError",
+    "StartupError",
+    "StartRecord",
+    "WindowRecord",
+    "FramesRecord",
+    "WarningRecord",
+    "EndRecord",
+    "Observer",
+    "FaceCall",
+]  # noqa: RUF022
 
 
 def __getattr__(name: str):

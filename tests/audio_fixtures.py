@@ -1,4 +1,5 @@
 """Real audio for the speech tests: decoded with PyAV, spoken by espeak-ng."""
+
 from __future__ import annotations
 
 import shutil
@@ -24,8 +25,7 @@ def espeak(text: str, path: Path, *, lead_s: float = 0.5, tail_s: float = 0.5) -
         pytest.skip("espeak-ng (Debian) is not installed")
     subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True)
     speech = decode_16k(path)
-    return np.concatenate([np.zeros(int(lead_s * RATE), np.float32), speech,
-                           np.zeros(int(tail_s * RATE), np.float32)])
+    return np.concatenate([np.zeros(int(lead_s * RATE), np.float32), speech, np.zeros(int(tail_s * RATE), np.float32)])
 
 
 def windows_of(audio: np.ndarray):

@@ -1,4 +1,5 @@
 """Shared fixtures: real media made by the tests (or the committed sample)."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,15 @@ sys.path.insert(0, str(ROOT / "samples"))
 def cer_stream(*args: str, timeout: float = 180, check: bool = False, **kw) -> subprocess.CompletedProcess:
     """Run the real command line (``python -m stream.cli.main``) in a subprocess."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "stream.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=kw.pop("cwd", ROOT), **kw)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=kw.pop("cwd", ROOT),
+        **kw,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"cer-stream {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
     return proc

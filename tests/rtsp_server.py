@@ -37,8 +37,8 @@ import argparse
 import signal
 import struct
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import gi
 

@@ -21,9 +21,10 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 __all__ = ["SERVER_SCRIPT", "SYSTEM_PYTHON", "rtsp_available", "serve_rtsp"]
 
@@ -64,7 +65,7 @@ def rtsp_available() -> tuple[bool, str]:
     return True, ""
 
 
-def _pump_lines(stream: IO[str], lines: "queue.Queue[str | None]") -> None:
+def _pump_lines(stream: IO[str], lines: queue.Queue[str | None]) -> None:
     """Copy ``stream``'s lines into ``lines`` until EOF, then put ``None``.
 
     Runs in a daemon thread for the server's whole life so its stdout pipe

@@ -6,6 +6,7 @@ a fixed subset of faces_dev: 20 images per posed class, each class's images sort
 every k-th taken (140 images). Switching the default model or crop needs no change here; raise
 FLOOR when a better default lands (keep it a few points under the measured value).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -40,9 +41,11 @@ def _accuracy_module():
     return sys.modules[name]
 
 
-@pytest.mark.skipif(not (DATA / "faces_dev" / "labels.csv").is_file(),
-                    reason=f"faces_dev not found at {DATA / 'faces_dev'} (the shared data beside the repository; "
-                           "set CER_STREAM_DATA to point elsewhere)")
+@pytest.mark.skipif(
+    not (DATA / "faces_dev" / "labels.csv").is_file(),
+    reason=f"faces_dev not found at {DATA / 'faces_dev'} (the shared data beside the repository; "
+    "set CER_STREAM_DATA to point elsewhere)",
+)
 def test_default_face_path_stays_above_floor():
     acc = _accuracy_module()
     _, items = acc.load_faces_dev(DATA)
@@ -50,8 +53,10 @@ def test_default_face_path_stays_above_floor():
     assert len(subset) == PER_CLASS * len(acc.CLASSES)
     assert subset == acc.fixed_subset(list(reversed(items)), per_class=PER_CLASS)  # deterministic
     result = acc.evaluate_default(subset, data=DATA)
-    summary = (f"default face path ({result['model']}): macro-F1 {result['macro_f1']:.4f} on {result['n']} images "
-               f"({result['no_face']} without a face); per class {result['per_class_f1']}")
+    summary = (
+        f"default face path ({result['model']}): macro-F1 {result['macro_f1']:.4f} on {result['n']} images "
+        f"({result['no_face']} without a face); per class {result['per_class_f1']}"
+    )
     print(summary)
     floor = 0.53 if result["model"].startswith("ensemble") else FLOORS.get(result["model"], FLOOR)
     assert result["macro_f1"] >= floor, f"{summary} fell below the floor {floor}"

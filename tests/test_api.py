@@ -1,5 +1,6 @@
 """The public Python API: README's code, typed records, several runs on one pipeline,
 observers, stopping early, sources and options."""
+
 from __future__ import annotations
 
 import re
@@ -175,20 +176,45 @@ def test_options_are_typed_keyword_only_with_the_command_lines_defaults():
         PipelineOptions(modalities=["face", "smell"])
     cli = pipeline_options(run_parser().parse_args(["--video", "x.mp4"]))
     assert cli == PipelineOptions()
-    cli = pipeline_options(run_parser().parse_args(["--video", "x.mp4", "--face-model", "faceapi", "--compound",
-                                                    "rule2", "--vlm-url", "http://h/v1", "--no-frames"]))
+    cli = pipeline_options(
+        run_parser().parse_args(
+            [
+                "--video",
+                "x.mp4",
+                "--face-model",
+                "faceapi",
+                "--compound",
+                "rule2",
+                "--vlm-url",
+                "http://h/v1",
+                "--no-frames",
+            ]
+        )
+    )
     assert (cli.face.model, cli.fusion.compound, cli.scene.url, cli.runtime.emit_frames) == (
-        "faceapi", "rule2", "http://h/v1", False)
+        "faceapi",
+        "rule2",
+        "http://h/v1",
+        False,
+    )
 
 
 def test_no_argparse_below_the_command_line():
     """The runtime path knows options, never argparse (subcommands' own parsers aside)."""
-    proc = subprocess.run(["grep", "-rlE", r"argparse|Namespace|from_args", "stream", "--include=*.py"],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        ["grep", "-rlE", r"argparse|Namespace|from_args", "stream", "--include=*.py"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     hits = {p for p in proc.stdout.split() if not p.startswith("stream/cli/")}
     # the offline tools and the text-head commands parse their own subcommand's arguments
-    allowed = {"stream/offline/calibrate.py", "stream/offline/temporal_train.py", "stream/offline/temporal_data.py",
-               "stream/modalities/speech/texthead.py"}
+    allowed = {
+        "stream/offline/calibrate.py",
+        "stream/offline/temporal_train.py",
+        "stream/offline/temporal_data.py",
+        "stream/modalities/speech/texthead.py",
+    }
     assert hits <= allowed, hits - allowed
     for sub in ("runtime", "io", "fusion", "sinks", "core"):
         assert not any(h.startswith(f"stream/{sub}/") for h in hits)

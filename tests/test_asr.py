@@ -8,14 +8,21 @@ would hold it) the corpus word error rate measured 8/50 = 16 % (greedy decoding,
 a 2-core CPU: "Hello there" heard as "Hello now", "to be in" as "native Indian", "brown" as
 "round", "jumps" as "jump"). The test asserts at most 30 %.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from audio_fixtures import RATE, espeak, window_input
-from stream.modalities.speech.asr import AsrUnavailableError, SpeechRecognizer, default_model_dir, word_error_rate, word_errors
+
 from stream.core.windows import Window
+from stream.modalities.speech.asr import (
+    AsrUnavailableError,
+    SpeechRecognizer,
+    default_model_dir,
+    word_error_rate,
+    word_errors,
+)
 
 MAX_WER = 0.30
 SENTENCES = [

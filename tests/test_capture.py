@@ -1,4 +1,5 @@
 """Capture readers driven directly, over real ZeroMQ sockets."""
+
 import threading
 
 import numpy as np
@@ -39,8 +40,13 @@ def _collect(endpoints, target, timeout_s=30.0):
 
 
 def test_file_reader_sends_grid_frames_and_contiguous_audio(sample, tmp_path):
-    cfg = CaptureConfig(source="video", target=str(sample), frames_endpoint=f"ipc://{tmp_path}/f",
-                        audio_endpoint=f"ipc://{tmp_path}/a", max_side=320)
+    cfg = CaptureConfig(
+        source="video",
+        target=str(sample),
+        frames_endpoint=f"ipc://{tmp_path}/f",
+        audio_endpoint=f"ipc://{tmp_path}/a",
+        max_side=320,
+    )
     got = _collect({"f": cfg.frames_endpoint, "a": cfg.audio_endpoint}, lambda: run_av_capture(cfg))
     info, *frames, end = got["f"]
     assert isinstance(info, m.StreamInfo) and info.fps == 25.0 and (info.width, info.height) == (320, 240)
@@ -60,8 +66,14 @@ def test_file_reader_sends_grid_frames_and_contiguous_audio(sample, tmp_path):
 
 def test_stop_request_ends_a_realtime_reader_early(sample, tmp_path):
     stop = _Stop()
-    cfg = CaptureConfig(source="video", target=str(sample), frames_endpoint=f"ipc://{tmp_path}/f",
-                        audio_endpoint=None, want_audio=False, realtime=True)
+    cfg = CaptureConfig(
+        source="video",
+        target=str(sample),
+        frames_endpoint=f"ipc://{tmp_path}/f",
+        audio_endpoint=None,
+        want_audio=False,
+        realtime=True,
+    )
     threading.Timer(1.0, stop.event.set).start()
     got = _collect({"f": cfg.frames_endpoint}, lambda: run_av_capture(cfg, stop))
     end = got["f"][-1]

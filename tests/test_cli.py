@@ -1,12 +1,13 @@
 """The command line's behaviour on good and bad input (real subprocesses)."""
+
 import json
 import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import cer_stream, records
+
 from stream.core.labels import BASIC, COMPOUND
 from stream.core.redact import redact
 
@@ -31,13 +32,11 @@ def test_images_real_face_and_faceless(images):
     assert max(face["basic"], key=face["basic"].get) == "Happiness"
     assert face["label"] == "Happily Surprised"  # Happiness + Surprise is the biggest pair sum
     assert abs(sum(face["compound"].values()) - 1) < 1e-3
-    assert none == {"path": str(images / "bricks.png"), "face": False, "basic": None, "compound": None,
-                    "label": None}
+    assert none == {"path": str(images / "bricks.png"), "face": False, "basic": None, "compound": None, "label": None}
 
 
 def test_images_bad_files_are_reported_and_others_still_analysed(images):
-    proc = cer_stream("images", str(images / "broken.jpg"), str(images / "missing.png"),
-                      str(images / "astronaut.png"))
+    proc = cer_stream("images", str(images / "broken.jpg"), str(images / "missing.png"), str(images / "astronaut.png"))
     assert proc.returncode == 1
     recs = records(proc.stdout)
     assert [r.get("error") for r in recs] == ["not a readable image", "no such file", None]
@@ -75,7 +74,7 @@ def test_file_without_video_stream(audio_only):
 
 
 def test_camera_not_found():
-    dev = next((i for i in range(64) if not Path(f"/dev/video{i}").exists()))
+    dev = next(i for i in range(64) if not Path(f"/dev/video{i}").exists())
     _one_line_error(cer_stream("--camera", str(dev)), f"camera {dev} not found", f"/dev/video{dev}")
 
 
@@ -91,8 +90,11 @@ def test_unreachable_rtsp_never_shows_the_password():
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    line = _one_line_error(cer_stream("--rtsp", f"rtsp://admin:hunter2@127.0.0.1:{port}/live", "--timeout", "3"),
-                           "cannot open RTSP stream", "Connection refused")
+    line = _one_line_error(
+        cer_stream("--rtsp", f"rtsp://admin:hunter2@127.0.0.1:{port}/live", "--timeout", "3"),
+        "cannot open RTSP stream",
+        "Connection refused",
+    )
     assert "hunter2" not in line and "admin:***@" in line
 
 
@@ -111,8 +113,9 @@ def test_bad_calibration_file(sample, tmp_path):
 
 
 def test_unwritable_output(sample, tmp_path):
-    _one_line_error(cer_stream("--video", str(sample), "--out", str(tmp_path / "no" / "dir" / "x.jsonl")),
-                    "No such file")
+    _one_line_error(
+        cer_stream("--video", str(sample), "--out", str(tmp_path / "no" / "dir" / "x.jsonl")), "No such file"
+    )
 
 
 def test_camera_capture_where_a_device_exists():
@@ -125,11 +128,14 @@ def test_camera_capture_where_a_device_exists():
         assert records(proc.stdout)[0]["source"] == "camera"
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("rtsp://admin:pw@10.0.0.1/s", "rtsp://admin:***@10.0.0.1/s"),
-    ("open rtsp://u:p%40ss@host:554/a failed", "open rtsp://u:***@host:554/a failed"),
-    ("rtsp://host/live?token=abc&x=1", "rtsp://host/live?token=***&x=1"),
-    ("rtsp://host/live", "rtsp://host/live"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("rtsp://admin:pw@10.0.0.1/s", "rtsp://admin:***@10.0.0.1/s"),
+        ("open rtsp://u:p%40ss@host:554/a failed", "open rtsp://u:***@host:554/a failed"),
+        ("rtsp://host/live?token=abc&x=1", "rtsp://host/live?token=***&x=1"),
+        ("rtsp://host/live", "rtsp://host/live"),
+    ],
+)
 def test_redact(text, expected):
     assert redact(text) == expected

@@ -7,6 +7,7 @@ writes (``cer.logit_scale``, ``cer.preprocess``, ``cer.source``...). The open_cl
 end (the label exporter with a tiny open_clip model) is skipped where open_clip is not
 installed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,20 +17,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SAMPLE, cer_stream, records
 
-from engines.models import registry as reg
 from engines.export.clip_labels import FORMAT, read_labels, write_labels
 from engines.export.common import finish
+from engines.models import registry as reg
 from stream.cli.flags import add_clip_args, clip_options
-from stream.modalities.clip import (CLIP_FRAME_INDICES, NO_WEIGHTS, ClipLabelModality, build_clip_modality,
-                                  preprocess, select_frames)
 from stream.core.labels import BASIC, COMPOUND
 from stream.core.messages import VideoFrame
-from stream.modalities.base import AbsentModality, WindowInput
-from stream.modalities.temporal import CLIP_FEATURES, clip_sequence
 from stream.core.windows import SAMPLE_FPS, SampleClock, full_window
-
-from conftest import SAMPLE, cer_stream, records
+from stream.modalities.base import AbsentModality, WindowInput
+from stream.modalities.clip import (
+    CLIP_FRAME_INDICES,
+    NO_WEIGHTS,
+    ClipLabelModality,
+    build_clip_modality,
+    preprocess,
+    select_frames,
+)
+from stream.modalities.temporal import CLIP_FEATURES, clip_sequence
 
 DIM = 16
 SOURCE = {"file": "open_clip_model.safetensors", "sha256": "ab" * 32}
@@ -53,32 +59,53 @@ def tiny_tower(path: Path, *, seed: int = 0, dim: int = DIM, source: dict = SOUR
         helper.make_node("Div", ["features", "norm"], ["embeds"]),
     ]
     graph = helper.make_graph(
-        nodes, "tiny_clip_image",
+        nodes,
+        "tiny_clip_image",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", dim]),
-         helper.make_tensor_value_info("embeds", TensorProto.FLOAT, ["N", dim])],
-        initializer=[numpy_helper.from_array(conv, "conv_w"), numpy_helper.from_array(proj, "proj")])
+        [
+            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", dim]),
+            helper.make_tensor_value_info("embeds", TensorProto.FLOAT, ["N", dim]),
+        ],
+        initializer=[numpy_helper.from_array(conv, "conv_w"), numpy_helper.from_array(proj, "proj")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    finish(model, reg.get("clip-vit-b32-image"), path, source=source,
-           extra={"logit_scale": logit_scale, "context_length": 77, "embed_dim": dim})
+    finish(
+        model,
+        reg.get("clip-vit-b32-image"),
+        path,
+        source=source,
+        extra={"logit_scale": logit_scale, "context_length": 77, "embed_dim": dim},
+    )
     onnx.checker.check_model(str(path))
     return path
 
 
-def tiny_labels(path: Path, *, seed: int = 1, dim: int = DIM, logit_scale: float = 100.0,
-                basic_order: tuple[str, ...] = BASIC, source: dict = SOURCE) -> Path:
+def tiny_labels(
+    path: Path,
+    *,
+    seed: int = 1,
+    dim: int = DIM,
+    logit_scale: float = 100.0,
+    basic_order: tuple[str, ...] = BASIC,
+    source: dict = SOURCE,
+) -> Path:
     rng = np.random.default_rng(seed)
 
     def unit(n: int) -> np.ndarray:
         x = rng.normal(size=(n, dim))
         return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
-    arrays = {"basic_labels": np.array(basic_order), "basic": unit(len(basic_order)),
-              "compound_labels": np.array(COMPOUND), "compound": unit(len(COMPOUND)),
-              "basic_phrases": np.array([f"with {b}" for b in basic_order]),
-              "compound_phrases": np.array([f"looking {c}" for c in COMPOUND]),
-              "templates": np.array(["a photo of a person {}."]), "logit_scale": np.float32(logit_scale)}
+    arrays = {
+        "basic_labels": np.array(basic_order),
+        "basic": unit(len(basic_order)),
+        "compound_labels": np.array(COMPOUND),
+        "compound": unit(len(COMPOUND)),
+        "basic_phrases": np.array([f"with {b}" for b in basic_order]),
+        "compound_phrases": np.array([f"looking {c}" for c in COMPOUND]),
+        "templates": np.array(["a photo of a person {}."]),
+        "logit_scale": np.float32(logit_scale),
+    }
     return write_labels(path, arrays, source=source)
 
 
@@ -146,7 +173,7 @@ def reference_preprocess(img: np.ndarray) -> np.ndarray:
     nw, nh = (224, int(h * s)) if w <= h else (int(w * s), 224)
     im = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BICUBIC), np.float32) / 255
     top, left = round((nh - 224) / 2), round((nw - 224) / 2)
-    im = im[top:top + 224, left:left + 224]
+    im = im[top : top + 224, left : left + 224]
     mean, std = np.array(reg.CLIP_MEAN, np.float32), np.array(reg.CLIP_STD, np.float32)
     return ((im - mean) / std).transpose(2, 0, 1)
 
@@ -182,8 +209,11 @@ def test_preprocess_geometry_and_normalisation():
     assert abs(edge - (round(320 * 224 / 480) - 37)) <= 1
     np.testing.assert_allclose(x[0, :, 0, 0], -np.array(reg.CLIP_MEAN) / np.array(reg.CLIP_STD), rtol=1e-5)
     np.testing.assert_allclose(x[0, :, 0, -1], (1 - np.array(reg.CLIP_MEAN)) / np.array(reg.CLIP_STD), rtol=1e-5)
-    np.testing.assert_allclose(preprocess([np.full((224, 224, 3), 255, np.uint8)])[0, :, 5, 5],
-                               (1 - np.array(reg.CLIP_MEAN)) / np.array(reg.CLIP_STD), rtol=1e-5)
+    np.testing.assert_allclose(
+        preprocess([np.full((224, 224, 3), 255, np.uint8)])[0, :, 5, 5],
+        (1 - np.array(reg.CLIP_MEAN)) / np.array(reg.CLIP_STD),
+        rtol=1e-5,
+    )
 
 
 def test_probabilities_match_a_numpy_reference(files, frames, tmp_path):
@@ -225,7 +255,7 @@ def test_logit_scale_is_applied(files, frames):
         return 0.5 * float(np.abs(p - 1 / 8).sum())
 
     # scale 1 (the published code): every probability within a factor e^2 of the others (|cos| <= 1)
-    assert from_uniform(p1) < 0.15 and p1.max() / p1.min() < math.e ** 2
+    assert from_uniform(p1) < 0.15 and p1.max() / p1.min() < math.e**2
     # CLIP's scale: a clear answer, several labels ruled out
     assert from_uniform(p100) > 0.4 and (p100 < 0.01).sum() >= 3 and from_uniform(p100) > 3 * from_uniform(p1)
     np.testing.assert_allclose(p1, reference(*files, [f.image for f in inp.frames], scale=1.0)[0], atol=1e-5)
@@ -298,8 +328,9 @@ def test_temporal_reads_the_clip_features(files, frames, tmp_path):
     opts = TrainOptions(arch="transformer", hidden=16, heads=2, layers=1)
     data = SequenceData(np.zeros((8, 20, DIM), np.float32), np.arange(8), "clip", ())
     fake = type("R", (), {"options": opts, "summary": lambda self: {}})()
-    path = export_onnx(build_model(opts, DIM, 20).eval(), tmp_path / "t.onnx", seq_len=20, dim=DIM,
-                       metadata=model_metadata(fake, data))
+    path = export_onnx(
+        build_model(opts, DIM, 20).eval(), tmp_path / "t.onnx", seq_len=20, dim=DIM, metadata=model_metadata(fake, data)
+    )
     clip, temporal = modality(files), TemporalModality(path)
     absent = AbsentModality("clip", NO_WEIGHTS)
     try:
@@ -390,8 +421,21 @@ def test_stream_with_clip(files, tmp_path):
     """The real command line on the committed clip with the tiny tower: the clip modality is in
     every window record, present, fused, its compound matching recorded."""
     tower, labels = files
-    proc = cer_stream("--video", str(SAMPLE), "--no-audio", "--quiet", "--out", str(tmp_path / "o.jsonl"),
-                      "--clip-image", str(tower), "--clip-labels", str(labels), "--device", "cpu", check=True)
+    proc = cer_stream(
+        "--video",
+        str(SAMPLE),
+        "--no-audio",
+        "--quiet",
+        "--out",
+        str(tmp_path / "o.jsonl"),
+        "--clip-image",
+        str(tower),
+        "--clip-labels",
+        str(labels),
+        "--device",
+        "cpu",
+        check=True,
+    )
     assert proc.returncode == 0
     wins = [r for r in records((tmp_path / "o.jsonl").read_text()) if r["type"] == "window"]
     assert len(wins) == 4
@@ -408,9 +452,11 @@ def test_label_export_with_a_tiny_open_clip(tmp_path, frames):
     open_clip = pytest.importorskip("open_clip")
     from engines.export.clip_labels import BASIC_PHRASES, COMPOUND_PHRASES, TEMPLATES
 
-    cfg = {"embed_dim": 32,
-           "vision_cfg": {"image_size": 224, "layers": 1, "width": 64, "head_width": 32, "patch_size": 32},
-           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}
+    cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 224, "layers": 1, "width": 64, "head_width": 32, "patch_size": 32},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
+    }
     folder = tmp_path / "clip"
     folder.mkdir()
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))

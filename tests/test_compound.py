@@ -1,4 +1,5 @@
 """Basic-to-compound conversion: PPA, Rule 1, Rule 2, PFSA."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from stream.fusion.compound import (METHODS, PFSA, PPA_MATRIX, convert, normalise, ppa, rule1, rule2)
 from stream.core.labels import BASIC, COMPOUND
+from stream.fusion.compound import METHODS, PFSA, PPA_MATRIX, convert, normalise, ppa, rule1, rule2
 
 # Ne, An, Di, Fe, Ha, Sa, Su, Ot
 P = np.array([0.05, 0.10, 0.05, 0.20, 0.05, 0.15, 0.30, 0.10])

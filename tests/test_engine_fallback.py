@@ -8,6 +8,7 @@
 * The profile and plan cache key ``engines build`` uses equal the ones the run asks for.
 * Stale, damaged and truncated plan files are found, deleted and rebuilt.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -74,11 +75,16 @@ def test_tensorrt_failure_falls_back_to_onnxruntime(name, backend, pretend_gpu, 
 def _feed(engine, spec, batch=2):
     rng = np.random.default_rng(0)
     if spec.role == "vad":
-        return {"input": rng.normal(0, 0.1, (1, 576)).astype(np.float32),
-                "state": np.zeros((2, 1, 128), np.float32), "sr": np.array(16000, np.int64)}
+        return {
+            "input": rng.normal(0, 0.1, (1, 576)).astype(np.float32),
+            "state": np.zeros((2, 1, 128), np.float32),
+            "sr": np.array(16000, np.int64),
+        }
     if spec.role == "text_encoder":
-        return {"input_ids": rng.integers(1000, 2000, (batch, 12)).astype(np.int64),
-                "attention_mask": np.ones((batch, 12), np.int64)}
+        return {
+            "input_ids": rng.integers(1000, 2000, (batch, 12)).astype(np.int64),
+            "attention_mask": np.ones((batch, 12), np.int64),
+        }
     x = engine.inputs[0]
     return rng.uniform(0, 1, (batch,) + tuple(x.shape[1:])).astype(x.dtype)
 
@@ -182,9 +188,17 @@ def real_plan(tmp_path):
     engine = trtb.TrtEngine(path, model="fer-mini-xception", cache_dir=tmp_path)
     target, digest, profiles = engine.plan_target(GPU, TRT)
     body = bytes(range(256)) * 64
-    header = {"format": trtb.PLAN_FORMAT, "gpu": GPU, "tensorrt": TRT, "onnx": path.name, "onnx_sha256": digest,
-              "profiles": {n: r.as_json() for n, r in profiles.items()}, "fp16": True, "plan_bytes": len(body),
-              "metadata": trtb.onnx_metadata(path)}
+    header = {
+        "format": trtb.PLAN_FORMAT,
+        "gpu": GPU,
+        "tensorrt": TRT,
+        "onnx": path.name,
+        "onnx_sha256": digest,
+        "profiles": {n: r.as_json() for n, r in profiles.items()},
+        "fp16": True,
+        "plan_bytes": len(body),
+        "metadata": trtb.onnx_metadata(path),
+    }
     trtb.write_plan(target, body, header)
     return engine, target, digest, profiles, header, body
 
@@ -198,8 +212,21 @@ def test_good_plan_is_used(real_plan):
     assert _lookup(target, digest, profiles) == target and target.is_file()
 
 
-@pytest.mark.parametrize("damage", ["truncated", "padded", "garbage header", "not a plan", "empty",
-                                    "other model", "other tensorrt", "other profile", "old format", "no length"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "truncated",
+        "padded",
+        "garbage header",
+        "not a plan",
+        "empty",
+        "other model",
+        "other tensorrt",
+        "other profile",
+        "old format",
+        "no length",
+    ],
+)
 def test_stale_or_damaged_plan_is_deleted(real_plan, damage, caplog):
     _, target, digest, profiles, header, body = real_plan
     raw = target.read_bytes()
@@ -229,8 +256,10 @@ def test_stale_or_damaged_plan_is_deleted(real_plan, damage, caplog):
     with caplog.at_level(logging.WARNING, logger="cer_stream.engines"):
         assert _lookup(target, digest, profiles) is None
     assert not target.exists()
-    assert any("deleting the stale or damaged TensorRT plan" in line and target.name in line
-               for line in _records(caplog, logging.WARNING))
+    assert any(
+        "deleting the stale or damaged TensorRT plan" in line and target.name in line
+        for line in _records(caplog, logging.WARNING)
+    )
 
 
 def test_old_plans_of_the_same_model_are_removed(real_plan, tmp_path):
@@ -244,8 +273,9 @@ def test_old_plans_of_the_same_model_are_removed(real_plan, tmp_path):
     trtb.write_plan(other_gpu, body, {**header, "gpu": "NVIDIA L4", "tensorrt": "10.0.1"})
     other_batch = tmp_path / f"{stem}-{'4' * 20}.plan"
     trtb.write_plan(other_batch, body, {**header, "profiles": {"input": [[1, 1, 64, 64]] * 3}})
-    removed = trtb.remove_stale_plans(tmp_path, engine.model_path, gpu_name=GPU, trt_version=TRT,
-                                      onnx_sha256=digest, keep=target)
+    removed = trtb.remove_stale_plans(
+        tmp_path, engine.model_path, gpu_name=GPU, trt_version=TRT, onnx_sha256=digest, keep=target
+    )
     assert sorted(removed) == sorted([older, broken])
     assert target.is_file() and other_gpu.is_file() and other_batch.is_file()
 

@@ -4,6 +4,7 @@ The plan-cache key, the header format and the shape profiles are pure Python and
 everywhere; building and running a plan needs an NVIDIA GPU with TensorRT and pycuda
 (``-m gpu``; skipped elsewhere).
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,12 +25,18 @@ def tiny_onnx(path, *, batch_dim="N", extra_dynamic=False, weights_seed=0):
     w = rng.normal(size=(4, 3)).astype(np.float32)
     b = rng.normal(size=(3,)).astype(np.float32)
     shape = [batch_dim, "T", 4] if extra_dynamic else [batch_dim, 4]
-    nodes = [helper.make_node("MatMul", ["x", "W"], ["z"]), helper.make_node("Add", ["z", "B"], ["logits"]),
-             helper.make_node("Softmax", ["logits"], ["probs"], axis=-1)]
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["z"]),
+        helper.make_node("Add", ["z", "B"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+    ]
     graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, shape[:-1] + [3])],
-        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(path))
@@ -89,8 +96,9 @@ def test_explicit_tensorrt_without_gpu_raises(tmp_path, no_tensorrt):
 
 def test_backend_options_are_routed(tmp_path, no_tensorrt):
     path, _, _ = tiny_onnx(tmp_path / "tiny.onnx")
-    engine = select.create_engine(path, backend="onnxruntime", device="cpu", intra_op_threads=1,
-                                  batch=(1, 8, 8), fp16=False, expect_metadata={})
+    engine = select.create_engine(
+        path, backend="onnxruntime", device="cpu", intra_op_threads=1, batch=(1, 8, 8), fp16=False, expect_metadata={}
+    )
     assert isinstance(engine, OrtEngine) and engine.intra_op_threads == 1
 
 
@@ -98,15 +106,23 @@ def test_gpu_probe_needs_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys; from engines.select import gpu_available, tensorrt_status; "
-            "r = gpu_available(); s = tensorrt_status(); "
-            "assert isinstance(r, bool) and isinstance(s[1], str); "
-            "assert 'torch' not in sys.modules, 'the GPU probe imported torch'; "
-            "assert r or 'tensorrt' not in sys.modules, 'tensorrt imported on a machine without a GPU'")
+    code = (
+        "import sys; from engines.select import gpu_available, tensorrt_status; "
+        "r = gpu_available(); s = tensorrt_status(); "
+        "assert isinstance(r, bool) and isinstance(s[1], str); "
+        "assert 'torch' not in sys.modules, 'the GPU probe imported torch'; "
+        "assert r or 'tensorrt' not in sys.modules, 'tensorrt imported on a machine without a GPU'"
+    )
     from conftest import ROOT
 
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -116,21 +132,26 @@ def _profiles(batch=(1, 20, 20)):
 
 
 def test_plan_cache_key_changes_with_every_build_input():
-    base = dict(gpu_name="NVIDIA H100 80GB HBM3", trt_version="10.13.0", onnx_sha256="ab" * 32,
-                profiles=_profiles(), fp16=True)
+    base = dict(
+        gpu_name="NVIDIA H100 80GB HBM3", trt_version="10.13.0", onnx_sha256="ab" * 32, profiles=_profiles(), fp16=True
+    )
     key = trtb.plan_cache_key(**base)
     assert len(key) == 20 and all(c in "0123456789abcdef" for c in key)
     assert trtb.plan_cache_key(**base) == key  # deterministic
     variants = [
-        {"gpu_name": "NVIDIA A10"}, {"trt_version": "10.14.1"}, {"onnx_sha256": "cd" * 32},
-        {"profiles": _profiles((1, 8, 32))}, {"fp16": False},
+        {"gpu_name": "NVIDIA A10"},
+        {"trt_version": "10.14.1"},
+        {"onnx_sha256": "cd" * 32},
+        {"profiles": _profiles((1, 8, 32))},
+        {"fp16": False},
     ]
     keys = {trtb.plan_cache_key(**{**base, **change}) for change in variants}
     assert len(keys) == len(variants) and key not in keys
     # the order inputs are listed in does not matter
     two = {"b": trtb.ShapeRange((1, 2), (4, 2), (8, 2)), "a": trtb.ShapeRange((1,), (1,), (1,))}
     assert trtb.plan_cache_key(**{**base, "profiles": two}) == trtb.plan_cache_key(
-        **{**base, "profiles": dict(reversed(list(two.items())))})
+        **{**base, "profiles": dict(reversed(list(two.items())))}
+    )
 
 
 def test_plan_and_timing_cache_paths(tmp_path):
@@ -141,9 +162,15 @@ def test_plan_and_timing_cache_paths(tmp_path):
 
 
 def test_plan_header_round_trip(tmp_path):
-    header = {"format": trtb.PLAN_FORMAT, "gpu": "NVIDIA L4", "tensorrt": "10.13.0", "onnx_sha256": "ff" * 32,
-              "profiles": {"x": [[1, 4], [20, 4], [20, 4]]}, "fp16": True,
-              "metadata": {"cer.name": "tiny", "cer.labels": '["a", "b", "c"]'}}
+    header = {
+        "format": trtb.PLAN_FORMAT,
+        "gpu": "NVIDIA L4",
+        "tensorrt": "10.13.0",
+        "onnx_sha256": "ff" * 32,
+        "profiles": {"x": [[1, 4], [20, 4], [20, 4]]},
+        "fp16": True,
+        "metadata": {"cer.name": "tiny", "cer.labels": '["a", "b", "c"]'},
+    }
     engine_bytes = bytes(range(256)) * 40
     path = tmp_path / "tiny.plan"
     trtb.write_plan(path, engine_bytes, header)
@@ -158,8 +185,16 @@ def test_plan_header_round_trip(tmp_path):
     assert len(problems) == 3 and any("A100" in p for p in problems)
 
 
-@pytest.mark.parametrize("data", [b"", b"PLAN", b"\x00" * 64, b"CERPLAN1" + (10**7).to_bytes(4, "little"),
-                                  b"CERPLAN1" + (5).to_bytes(4, "little") + b"{nope"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"PLAN",
+        b"\x00" * 64,
+        b"CERPLAN1" + (10**7).to_bytes(4, "little"),
+        b"CERPLAN1" + (5).to_bytes(4, "little") + b"{nope",
+    ],
+)
 def test_damaged_plans_are_rejected(tmp_path, data):
     path = tmp_path / "bad.plan"
     path.write_bytes(data)
@@ -274,9 +309,13 @@ def _real_feeds(engine, spec, rng):
     if spec.role == "vad":
         chunks = []
         for _ in range(3):
-            chunks.append({"input": rng.normal(0, 0.1, (1, 576)).astype(np.float32),
-                           "state": rng.normal(0, 0.1, (2, 1, 128)).astype(np.float32),
-                           "sr": np.array(16000, np.int64)})
+            chunks.append(
+                {
+                    "input": rng.normal(0, 0.1, (1, 576)).astype(np.float32),
+                    "state": rng.normal(0, 0.1, (2, 1, 128)).astype(np.float32),
+                    "sr": np.array(16000, np.int64),
+                }
+            )
         return chunks
     if spec.role == "text_encoder":
         feeds = []
@@ -285,7 +324,7 @@ def _real_feeds(engine, spec, rng):
             ids[:, 0] = 101
             mask = np.ones((batch, tokens), np.int64)
             if tokens > 2:
-                mask[0, tokens // 2:] = 0  # padding in one row
+                mask[0, tokens // 2 :] = 0  # padding in one row
             feeds.append({"input_ids": ids, "attention_mask": mask})
         return feeds
     x = engine.inputs[0]
@@ -332,8 +371,10 @@ def test_create_engine_uses_tensorrt_and_rebuilds_an_undeserializable_plan(tmp_p
         plan = engine.plan_file
     header, body = trtb.read_plan(plan)
     trtb.write_plan(plan, bytes(len(body)), header)  # right header and length, engine bytes zeroed
-    with caplog.at_level(logging.WARNING, logger="cer_stream.engines"), \
-            select.create_engine(path, backend="tensorrt", model=spec.name, cache_dir=tmp_path) as again:
+    with (
+        caplog.at_level(logging.WARNING, logger="cer_stream.engines"),
+        select.create_engine(path, backend="tensorrt", model=spec.name, cache_dir=tmp_path) as again,
+    ):
         assert isinstance(again, trtb.TrtEngine) and again.plan_file == plan
         assert again.infer(np.zeros((2, 1, 64, 64), np.float32))[0].shape == (2, 7)
     assert any("could not deserialize" in r.getMessage() for r in caplog.records)

@@ -7,6 +7,7 @@ metadata and the cache. torch / open_clip / ultralytics are skipped where not in
 (the ``export`` extra); the YOLO test is also ``slow`` (ultralytics takes ~20 s to import
 and export).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -16,8 +17,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from engines.models import registry as reg
 from engines.export.common import ExportError, parsed_metadata
+from engines.models import registry as reg
 from engines.runtimes.onnxruntime import OrtEngine
 
 # torch 2.10+ marks TorchScript deprecated; the EmoAffectNet release is TorchScript all the same.
@@ -125,7 +126,9 @@ def test_emoaffectnet_export_matches_torch_with_preprocessing(tiny_emoaffectnet,
         meta = parsed_metadata(out)
         assert meta["cer.labels"] == ["Neutral", "Happiness", "Sadness", "Surprise", "Fear", "Disgust", "Anger"]
         assert meta["cer.preprocess"]["in_graph"]["subtract_mean_bgr"] == [91.4953, 103.8827, 131.0912]
-        assert meta["cer.source"]["format"] == "torchscript" and meta["cer.source"]["sha256"] == reg.sha256_file(weights)
+        assert meta["cer.source"]["format"] == "torchscript" and meta["cer.source"]["sha256"] == reg.sha256_file(
+            weights
+        )
     finally:
         engine.close()
     stamp = out.stat().st_mtime_ns
@@ -207,8 +210,11 @@ def test_clip_towers_match_open_clip(tiny_clip_dir, tmp_path):
         # label matching as the pipeline does it: scaled cosine similarity, softmax
         logits = scale * embeds @ t_embeds.T
         with torch.no_grad():
-            ref = model.logit_scale.exp() * torch.nn.functional.normalize(torch.from_numpy(image_ref), dim=-1) @ \
-                torch.nn.functional.normalize(torch.from_numpy(text_ref), dim=-1).T
+            ref = (
+                model.logit_scale.exp()
+                * torch.nn.functional.normalize(torch.from_numpy(image_ref), dim=-1)
+                @ torch.nn.functional.normalize(torch.from_numpy(text_ref), dim=-1).T
+            )
         np.testing.assert_allclose(logits, ref.numpy(), rtol=1e-4, atol=1e-4)
 
 

@@ -1,4 +1,5 @@
 """stream.modalities.face_crops: crop geometry for each square mode, margins, borders, on a real photograph."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,7 +33,7 @@ def test_margin_is_a_fraction_of_each_side(rgb, margin):
     crop = crop_face(rgb, FACE, CropSpec(margin=margin))
     dx, dy = round(90 * margin), round(120 * margin)
     assert crop.shape[:2] == (120 + 2 * dy, 90 + 2 * dx)
-    assert np.array_equal(crop, rgb[40 - dy:160 + dy, 170 - dx:260 + dx])
+    assert np.array_equal(crop, rgb[40 - dy : 160 + dy, 170 - dx : 260 + dx])
 
 
 def test_default_cuts_what_stream_face_cut(rgb):

@@ -7,6 +7,7 @@ checksums) into a temporary cache unless ``CER_STREAM_FACEAPI`` or the default c
 holds them. Tests skip only where node/npm (or tests/node/node_modules, which a session fixture
 installs with ``npm ci``) are unavailable.
 """
+
 from __future__ import annotations
 
 import base64
@@ -85,7 +86,11 @@ def node_modules() -> Path:
         try:
             done = subprocess.run(
                 ["npm", "ci", "--prefix", str(NODE_DIR), "--ignore-scripts", "--no-audit", "--no-fund"],
-                capture_output=True, text=True, timeout=900, check=False)
+                capture_output=True,
+                text=True,
+                timeout=900,
+                check=False,
+            )
         except subprocess.TimeoutExpired:
             pytest.skip("`npm ci --prefix tests/node` timed out (is the npm registry reachable?)")
         if done.returncode != 0 or not installed.is_file():
@@ -100,7 +105,7 @@ def astronaut() -> np.ndarray:
 
 
 def _box_crop(image: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-    return np.ascontiguousarray(image[max(0, y0):y1, max(0, x0):x1])
+    return np.ascontiguousarray(image[max(0, y0) : y1, max(0, x0) : x1])
 
 
 @pytest.fixture(scope="session")
@@ -109,13 +114,13 @@ def astronaut_crops(astronaut) -> list[np.ndarray]:
     x, y, w, h = ASTRONAUT_BOX
     cx, cy = x + w // 2, y + h // 2
     boxes = [
-        (x, y, x + w, y + h),                      # the detector's box, 95x95 (upscaled)
-        (cx - 56, cy - 56, cx + 56, cy + 56),      # exactly 112x112: no resize
-        (cx - 80, cy - 100, cx + 80, cy + 100),    # tall 160x200 (downscaled, padded left/right)
-        (cx - 110, cy - 90, cx + 110, cy + 90),    # wide 220x180
-        (cx - 30, cy - 45, cx + 30, cy + 45),      # small tall 60x90
-        (cx - 47, cy - 40, cx + 48, cy + 40),      # wide 95x80: odd difference (pads 7 before, 8 after)
-        (cx - 61, cy - 70, cx + 60, cy + 70),      # tall 121x140: odd difference
+        (x, y, x + w, y + h),  # the detector's box, 95x95 (upscaled)
+        (cx - 56, cy - 56, cx + 56, cy + 56),  # exactly 112x112: no resize
+        (cx - 80, cy - 100, cx + 80, cy + 100),  # tall 160x200 (downscaled, padded left/right)
+        (cx - 110, cy - 90, cx + 110, cy + 90),  # wide 220x180
+        (cx - 30, cy - 45, cx + 30, cy + 45),  # small tall 60x90
+        (cx - 47, cy - 40, cx + 48, cy + 40),  # wide 95x80: odd difference (pads 7 before, 8 after)
+        (cx - 61, cy - 70, cx + 60, cy + 70),  # tall 121x140: odd difference
         (cx - 100, cy - 100, cx + 100, cy + 100),  # large square 200x200
         (x - 20, y - 40, x + w + 20, y + h + 10),  # loose 135x145
     ]
@@ -140,7 +145,7 @@ def faces_dev_crops() -> list[np.ndarray]:
         if row["label"] not in seen:
             seen.add(row["label"])
             chosen.append(row["path"])
-    chosen += [r["path"] for r in rows if r["path"] not in chosen][:8 - len(chosen)]
+    chosen += [r["path"] for r in rows if r["path"] not in chosen][: 8 - len(chosen)]
     crops = []
     for index, rel in enumerate(chosen[:8]):
         bgr = cv2.imread(str(FACES_DEV / rel), cv2.IMREAD_COLOR)
@@ -148,19 +153,32 @@ def faces_dev_crops() -> list[np.ndarray]:
         rgb = np.ascontiguousarray(bgr[:, :, ::-1])
         if index % 2:
             h, w = rgb.shape[:2]
-            rgb = np.ascontiguousarray(rgb[h // 10: h - h // 20, w // 6: w - w // 5])
+            rgb = np.ascontiguousarray(rgb[h // 10 : h - h // 20, w // 6 : w - w // 5])
         crops.append(rgb)
     return crops
 
 
 def _run_reference(crops: list[np.ndarray], tmp_path: Path, weights_folder: Path) -> dict:
-    payload = {"crops": [{"height": int(c.shape[0]), "width": int(c.shape[1]),
-                          "rgb_base64": base64.b64encode(np.ascontiguousarray(c, np.uint8).tobytes()).decode()}
-                         for c in crops]}
+    payload = {
+        "crops": [
+            {
+                "height": int(c.shape[0]),
+                "width": int(c.shape[1]),
+                "rgb_base64": base64.b64encode(np.ascontiguousarray(c, np.uint8).tobytes()).decode(),
+            }
+            for c in crops
+        ]
+    }
     path = tmp_path / "crops.json"
     path.write_text(json.dumps(payload))
-    done = subprocess.run(["node", str(REFERENCE), str(path), "--model-dir", str(weights_folder), "--dump-input"],
-                          capture_output=True, text=True, timeout=600, cwd=NODE_DIR, check=False)
+    done = subprocess.run(
+        ["node", str(REFERENCE), str(path), "--model-dir", str(weights_folder), "--dump-input"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=NODE_DIR,
+        check=False,
+    )
     assert done.returncode == 0, f"face-api reference failed:\n{done.stderr[-3000:]}"
     return json.loads(done.stdout)
 
@@ -181,7 +199,14 @@ def test_labels_map_to_basic_states():
     from stream.core.labels import basic_name
 
     assert [basic_name(label) for label in fa.LABELS] == [
-        "Neutral", "Happiness", "Sadness", "Anger", "Fear", "Disgust", "Surprise"]
+        "Neutral",
+        "Happiness",
+        "Sadness",
+        "Anger",
+        "Fear",
+        "Disgust",
+        "Surprise",
+    ]
 
 
 def test_missing_weights_is_one_line_naming_fetch(tmp_path, monkeypatch):
@@ -325,8 +350,7 @@ def test_engine_runs_the_export(onnx_path, astronaut_crops):
 # ---------------------------------------------------------------------------------------------
 # The port against the original (face-api in Node, TF.js cpu backend)
 # ---------------------------------------------------------------------------------------------
-def test_matches_face_api_in_node(node_modules, weights_folder, session, astronaut_crops, faces_dev_crops,
-                                  tmp_path):
+def test_matches_face_api_in_node(node_modules, weights_folder, session, astronaut_crops, faces_dev_crops, tmp_path):
     crops = astronaut_crops + faces_dev_crops
     reference = _run_reference(crops, tmp_path, weights_folder)
     assert reference["backend"] == "cpu" and reference["faceapi"] == "1.7.15"

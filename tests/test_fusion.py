@@ -1,4 +1,5 @@
 """Fusion schemes: MHPF inference and training, AVCER Dirichlet and hierarchical weights."""
+
 from __future__ import annotations
 
 import json
@@ -7,14 +8,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stream.fusion.schemes import (
+    MHPF,
+    DirichletWeights,
+    Fusion,
+    HierarchicalWeights,
+    from_dict,
+    hierarchical_grid,
+    train_mhpf,
+)
 from stream.offline import metrics
-from stream.fusion.schemes import (DirichletWeights, Fusion, HierarchicalWeights, MHPF, from_dict,
-                           hierarchical_grid, train_mhpf)
 
 P0 = np.array([0.6, 0.3, 0.1])
 P1 = np.array([0.2, 0.2, 0.6])
-W = np.array([[0.7, 0.2, 0.5],   # weight of modality 0 per class
-              [0.3, 0.8, 0.5]])  # modality 1
+W = np.array(
+    [
+        [0.7, 0.2, 0.5],  # weight of modality 0 per class
+        [0.3, 0.8, 0.5],
+    ]
+)  # modality 1
 
 
 def test_mhpf_one_head_is_the_weighted_average():
@@ -40,8 +52,7 @@ def test_mhpf_masking_renormalises_over_present():
     w3 = np.array([[0.5, 0.2, 0.6], [0.3, 0.3, 0.2], [0.2, 0.5, 0.2]])
     mhpf = MHPF(np.log(w3)[None], np.zeros(1))
     probs = np.stack([np.stack([P0, P1, p2])] * 4)
-    mask = np.array([[True, True, True], [True, False, True], [False, True, False],
-                     [False, False, False]])
+    mask = np.array([[True, True, True], [True, False, True], [False, True, False], [False, False, False]])
     out = mhpf.fuse(probs, mask)
     np.testing.assert_allclose(out[0], (w3 * np.stack([P0, P1, p2])).sum(0))
     keep = w3[[0, 2]] / w3[[0, 2]].sum(0)  # modality 1 absent: the others renormalised per class
@@ -181,7 +192,7 @@ def test_to_dict_from_dict_round_trip_all_kinds():
         assert data["kind"] == s.kind and data["n_modalities"] == s.n_modalities
         back = from_dict(data)
         assert type(back) is type(s)
-        x = probs[:5, :, :s.n_classes]
+        x = probs[:5, :, : s.n_classes]
         np.testing.assert_allclose(back.fuse(x, mask[:5]), s.fuse(x, mask[:5]))
     with pytest.raises(ValueError, match="unknown fusion kind"):
         from_dict({"kind": "vote"})
@@ -197,6 +208,5 @@ def test_importing_fusion_does_not_import_torch():
 
     code = "import sys, stream.fusion.schemes, stream.offline.calibrate; print('torch' in sys.modules)"
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=root)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
     assert out.stdout.strip() == "False"

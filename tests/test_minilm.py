@@ -7,6 +7,7 @@ For each text below: its first six embedding values and the embedding's dot prod
 ``numpy.random.default_rng(0).standard_normal(384)`` (a check on all 384 values). The port
 measured max |difference| 2.1e-7 against those embeddings.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,12 +24,14 @@ TEXTS = [
     "ok",
     "The dimly lit room casts a somber mood, hinting at tension or unease.",
 ]
-REF_HEAD = np.array([
-    [-0.1157073, -0.013424, 0.1201018, 0.0162928, 0.0295084, 0.0362962],
-    [-0.0200019, 0.0767359, 0.032997, 0.0795386, 0.0393874, -0.0381125],
-    [-0.0461244, -0.0590693, -0.0218846, 0.0169414, 0.0452771, -0.0172783],
-    [0.0599807, -0.0166212, 0.0005858, 0.0603768, 0.0183966, 0.0052004],
-])
+REF_HEAD = np.array(
+    [
+        [-0.1157073, -0.013424, 0.1201018, 0.0162928, 0.0295084, 0.0362962],
+        [-0.0200019, 0.0767359, 0.032997, 0.0795386, 0.0393874, -0.0381125],
+        [-0.0461244, -0.0590693, -0.0218846, 0.0169414, 0.0452771, -0.0172783],
+        [0.0599807, -0.0166212, 0.0005858, 0.0603768, 0.0183966, 0.0052004],
+    ]
+)
 REF_PROJECTION = np.array([0.815429, 0.475321, 0.548949, 2.295956])
 TOL = 1e-5
 
@@ -66,8 +69,13 @@ def test_batching_and_order_do_not_change_embeddings(encoder):
 
 
 def test_meaning_is_captured(encoder):
-    a, b, c = encoder.encode(["I am thrilled, this is wonderful news!", "What great news, I'm so glad!",
-                              "The invoice is attached as a PDF file."])
+    a, b, c = encoder.encode(
+        [
+            "I am thrilled, this is wonderful news!",
+            "What great news, I'm so glad!",
+            "The invoice is attached as a PDF file.",
+        ]
+    )
     assert a @ b > a @ c + 0.2
 
 
@@ -95,8 +103,11 @@ def test_safetensors_reader(tmp_path):
     """The numpy reader on a file written by hand in the documented layout."""
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
     b = np.array([7, -1], dtype=np.int64)
-    header = {"a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},
-              "b": {"dtype": "I64", "shape": [2], "data_offsets": [24, 40]}, "__metadata__": {"format": "pt"}}
+    header = {
+        "a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},
+        "b": {"dtype": "I64", "shape": [2], "data_offsets": [24, 40]},
+        "__metadata__": {"format": "pt"},
+    }
     raw = json.dumps(header).encode()
     path = tmp_path / "t.safetensors"
     path.write_bytes(len(raw).to_bytes(8, "little") + raw + a.tobytes() + b.tobytes())

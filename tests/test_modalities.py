@@ -1,11 +1,12 @@
 """Modality wrappers: absent modalities and the lagged (off-thread) runner."""
+
 import threading
 import time
 
 import numpy as np
 
-from stream.modalities.base import AbsentModality, LaggedModality, ModalityOutput, WindowInput
 from stream.core.windows import full_window
+from stream.modalities.base import AbsentModality, LaggedModality, ModalityOutput, WindowInput
 
 
 def _inp(k):

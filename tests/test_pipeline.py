@@ -1,4 +1,5 @@
 """End to end on real media with the real models, through the real command line."""
+
 import csv
 import os
 import signal
@@ -8,8 +9,8 @@ import time
 
 import pytest
 import zmq
-
 from conftest import ROOT, CollectSink, cer_stream, records
+
 from stream.core.labels import BASIC, COMPOUND
 from stream.sinks.outputs import CSV_HEADER
 
@@ -17,8 +18,9 @@ from stream.sinks.outputs import CSV_HEADER
 @pytest.fixture(scope="module")
 def sample_run(sample, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    proc = cer_stream("--video", str(sample), "--csv", str(out / "pred.csv"), "--out", str(out / "all.jsonl"),
-                      check=True)
+    proc = cer_stream(
+        "--video", str(sample), "--csv", str(out / "pred.csv"), "--out", str(out / "all.jsonl"), check=True
+    )
     return proc, out
 
 
@@ -29,7 +31,11 @@ def test_sample_clip_windows_and_happiness(sample_run):
     assert recs[0]["basic_labels"] == list(BASIC) and recs[0]["compound_labels"] == list(COMPOUND)
     wins = [r for r in recs if r["type"] == "window"]
     assert [(w["start"], w["end"], w["frames"]) for w in wins] == [
-        (0.0, 4.0, [0, 100]), (2.0, 6.0, [50, 150]), (4.0, 8.0, [100, 200]), (6.0, 10.0, [150, 250])]
+        (0.0, 4.0, [0, 100]),
+        (2.0, 6.0, [50, 150]),
+        (4.0, 8.0, [100, 200]),
+        (6.0, 10.0, [150, 250]),
+    ]
     for w in wins:
         assert set(w["basic"]) == set(BASIC) and set(w["compound"]) == set(COMPOUND)
         assert abs(sum(w["compound"].values()) - 1) < 1e-3
@@ -75,8 +81,12 @@ def test_csv_is_frame_wise_abaw_layout(sample_run):
     labels = [int(r[1]) for r in rows[1:]]
     assert all(0 <= x < 7 for x in labels)
     out_recs = records((out / "all.jsonl").read_text())
-    by_frame = {i: lab for r in out_recs if r["type"] == "frames" and r["final"]
-                for i, lab in zip(r["frame_index"], r["label_index"])}
+    by_frame = {
+        i: lab
+        for r in out_recs
+        if r["type"] == "frames" and r["final"]
+        for i, lab in zip(r["frame_index"], r["label_index"])
+    }
     assert labels == [by_frame[i] for i in range(250)]
 
 
@@ -112,8 +122,22 @@ def test_publish_over_zeromq(sample, tmp_path):
     sub.setsockopt(zmq.SUBSCRIBE, b"window")
     sub.connect(f"tcp://127.0.0.1:{port}")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "--video", str(sample), "--realtime", "--quiet",
-                             "--publish", f"tcp://127.0.0.1:{port}"], env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stream.cli",
+            "--video",
+            str(sample),
+            "--realtime",
+            "--quiet",
+            "--publish",
+            f"tcp://127.0.0.1:{port}",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     got = []
     try:
         deadline = time.monotonic() + 60
@@ -142,8 +166,13 @@ def _free_port() -> int:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_flushes_and_leaves_no_child(sample, sig):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "--video", str(sample), "--realtime"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream.cli", "--video", str(sample), "--realtime"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     children: set[int] = set()
     lines = []
     try:
@@ -214,8 +243,11 @@ def _alive(pid: int) -> bool:
 def test_kill_of_analyzer_takes_capture_down(sample):
     """Even SIGKILL (no cleanup possible) leaves no capture process: they die with their parent."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "--video", str(sample), "--realtime", "--quiet"],
-                            env=env, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream.cli", "--video", str(sample), "--realtime", "--quiet"],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
     children: set[int] = set()
     deadline = time.monotonic() + 30
     while not children and time.monotonic() < deadline:
@@ -251,12 +283,16 @@ class _SlowModality:
 def test_live_source_never_waits_for_a_slow_analyzer(sample):
     """--realtime behaves as a live source: when analysis is slower than media time the analyzer
     skips to the newest complete window and says so; capture is never held up."""
-    from stream.runtime.analyzer import Analyzer, Options, Source
     from stream.modalities.base import FaceModality
+    from stream.runtime.analyzer import Analyzer, Options, Source
 
     sink = CollectSink()
-    an = Analyzer(Source("video", str(sample)), [sink], options=Options(realtime=True),
-                  modalities=[FaceModality(), _SlowModality(4.5)])
+    an = Analyzer(
+        Source("video", str(sample)),
+        [sink],
+        options=Options(realtime=True),
+        modalities=[FaceModality(), _SlowModality(4.5)],
+    )
     t0 = time.monotonic()
     end = an.run()
     elapsed = time.monotonic() - t0

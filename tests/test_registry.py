@@ -1,4 +1,5 @@
 """The model registry: entries, offline weight lookup, "not found" messages, metadata, CLI."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -10,12 +11,12 @@ import sys
 import numpy as np
 import onnx
 import pytest
+from conftest import ROOT
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import ROOT
-from engines.models import registry as reg
 from engines import select
 from engines.cli import engines_main, models_main
+from engines.models import registry as reg
 from engines.runtimes.onnxruntime import OrtEngine
 
 # Every model of DESIGN.md's table of weights (both columns).
@@ -80,16 +81,24 @@ def test_every_design_table_model_has_an_entry():
 
 
 def test_exporter_modules_import_without_torch():
-    code = ("import importlib, sys\n"
-            "from engines.models import registry as r\n"
-            "for s in r.registry().values():\n"
-            "    if s.exporter and s.exporter.startswith('engines.export.'):\n"
-            "        m, _, f = s.exporter.partition(':')\n"
-            "        assert callable(getattr(importlib.import_module(m), f)), s.exporter\n"
-            "bad = [m for m in ('torch', 'open_clip', 'ultralytics', 'tensorrt') if m in sys.modules]\n"
-            "assert not bad, bad\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    code = (
+        "import importlib, sys\n"
+        "from engines.models import registry as r\n"
+        "for s in r.registry().values():\n"
+        "    if s.exporter and s.exporter.startswith('engines.export.'):\n"
+        "        m, _, f = s.exporter.partition(':')\n"
+        "        assert callable(getattr(importlib.import_module(m), f)), s.exporter\n"
+        "bad = [m for m in ('torch', 'open_clip', 'ultralytics', 'tensorrt') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -118,11 +127,14 @@ def test_missing_weights_message_names_the_file_and_every_place(clean_env):
 
 
 def test_hub_cache_is_read_offline(clean_env, monkeypatch):
-    link = fake_hub_file(clean_env, "ElenaRyumina/face_emotion_recognition", "FER_static_ResNet50_AffectNet.pt",
-                         b"x" * 1234)
+    link = fake_hub_file(
+        clean_env, "ElenaRyumina/face_emotion_recognition", "FER_static_ResNet50_AffectNet.pt", b"x" * 1234
+    )
     spec = reg.get("emoaffectnet-resnet50")
     location = reg.locate(spec)
-    assert location.kind == "hub" and location.path == link and location.detail == "ElenaRyumina/face_emotion_recognition"
+    assert (
+        location.kind == "hub" and location.path == link and location.detail == "ElenaRyumina/face_emotion_recognition"
+    )
     assert reg.size_bytes(spec) == 1234
     # an environment variable wins over the hub cache, --weights over both
     local = clean_env.parent / "mine.pt"
@@ -143,8 +155,9 @@ def test_clip_folder_needs_weights_beside_its_config(clean_env):
     spec = reg.get("clip-vit-b32-image")
     fake_hub_file(clean_env, "timm/vit_base_patch32_clip_224.openai", "open_clip_config.json", b"{}")
     assert not reg.available(spec)[0]  # a config alone is not a model
-    weights = fake_hub_file(clean_env, "timm/vit_base_patch32_clip_224.openai", "open_clip_model.safetensors",
-                            b"w" * 100)
+    weights = fake_hub_file(
+        clean_env, "timm/vit_base_patch32_clip_224.openai", "open_clip_model.safetensors", b"w" * 100
+    )
     location = reg.locate(spec)
     assert location.kind == "hub" and location.path == weights.parent
     assert reg.size_bytes(spec) == 102  # both files of the folder
@@ -162,18 +175,30 @@ def _tiny_classifier(path, classes=3):
     w = numpy_helper.from_array(np.eye(4, classes, dtype=np.float32), "W")
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["input", "W"], ["z"]), helper.make_node("Softmax", ["z"], ["probs"], axis=1)],
-        "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", classes])], [w])
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", classes])],
+        [w],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
 
 
 def test_metadata_round_trip_and_check(tmp_path):
-    spec = reg.ModelSpec(name="tiny-classifier", role="face_emotion", profiles=("lite",), format="onnx",
-                         sources=(reg.LocalPath("CER_TEST_TINY"),), weights="tiny.onnx", license="MIT",
-                         preprocess={"scale": "x / 255"}, input_shape=("N", 4), labels=("a", "b", "c"),
-                         extra={"logit_scale": 100.0})
+    spec = reg.ModelSpec(
+        name="tiny-classifier",
+        role="face_emotion",
+        profiles=("lite",),
+        format="onnx",
+        sources=(reg.LocalPath("CER_TEST_TINY"),),
+        weights="tiny.onnx",
+        license="MIT",
+        preprocess={"scale": "x / 255"},
+        input_shape=("N", 4),
+        labels=("a", "b", "c"),
+        extra={"logit_scale": 100.0},
+    )
     model = _tiny_classifier(tmp_path)
     model.metadata_props.add(key="names", value="{0: 'a'}")  # someone else's metadata is kept
     model.metadata_props.add(key="cer.feature_kind", value="clip")  # and cer.* keys the spec lacks

@@ -1,4 +1,5 @@
 """Ring buffers and the receiver, over real ZeroMQ sockets."""
+
 import threading
 import time
 
@@ -11,8 +12,13 @@ from stream.io.ringbuffer import BLOCK, DROP_OLDEST, AudioRing, FrameRing
 
 
 def frame(i, pts=None):
-    return m.VideoFrame(seq=i, index=i, pts=i * 0.2 if pts is None else pts, t_capture_ns=m.now_ns(),
-                        image=np.full((4, 6, 3), i % 256, np.uint8))
+    return m.VideoFrame(
+        seq=i,
+        index=i,
+        pts=i * 0.2 if pts is None else pts,
+        t_capture_ns=m.now_ns(),
+        image=np.full((4, 6, 3), i % 256, np.uint8),
+    )
 
 
 def test_drop_oldest_keeps_newest_and_counts():
@@ -68,8 +74,9 @@ def _pusher(endpoint, n, *, hwm, blocking, done, pace_s=0.0, sent=None):
                 drops += 1
         if pace_s:
             time.sleep(pace_s)
-    s.send_multipart(m.encode(m.EndOfStream(streams=[m.VIDEO], frames=n, duration=n * 0.2,
-                                            sender_drops={m.VIDEO: drops})))
+    s.send_multipart(
+        m.encode(m.EndOfStream(streams=[m.VIDEO], frames=n, duration=n * 0.2, sender_drops={m.VIDEO: drops}))
+    )
     if sent is not None:
         sent.append(drops)
     done.wait(20)
@@ -84,8 +91,9 @@ def test_slow_consumer_over_zeromq_drops_oldest_never_blocks_sender(tmp_path):
     rx.start()
     done, sent = threading.Event(), []
     # a 500 fps "camera" that never waits, against a consumer that takes 20 ms per frame
-    sender = threading.Thread(target=_pusher, args=(endpoint, 300),
-                              kwargs=dict(hwm=4, blocking=False, done=done, pace_s=0.002, sent=sent))
+    sender = threading.Thread(
+        target=_pusher, args=(endpoint, 300), kwargs=dict(hwm=4, blocking=False, done=done, pace_s=0.002, sent=sent)
+    )
     t0 = time.monotonic()
     sender.start()
     consumed = []

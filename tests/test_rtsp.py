@@ -1,6 +1,6 @@
 """--rtsp against a real RTSP server on loopback (GStreamer, started by the test)."""
-import pytest
 
+import pytest
 from conftest import cer_stream, records
 from rtsp_util import rtsp_available, serve_rtsp
 

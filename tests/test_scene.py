@@ -9,6 +9,7 @@ server might), garbage, an empty caption, a refused connection, a redirect, a ch
 It also records each request's client address, so that connection reuse (keep-alive) shows.  The modality is driven
 directly with window inputs made of real frames of ``samples/astronaut.mp4``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,13 +28,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream.modalities.face import FaceResult
 from stream.core.labels import BASIC
 from stream.core.messages import VideoFrame
-from stream.modalities.base import WindowInput
-from stream.modalities.scene import (PROMPT, SceneModality, SceneOptions, SceneWorker, build_scene_modality,
-                                     endpoint_url, parse_caption, pick_keyframes, VlmError)
 from stream.core.windows import full_window
+from stream.modalities.base import WindowInput
+from stream.modalities.face import FaceResult
+from stream.modalities.scene import (
+    PROMPT,
+    SceneModality,
+    SceneOptions,
+    SceneWorker,
+    VlmError,
+    build_scene_modality,
+    endpoint_url,
+    parse_caption,
+    pick_keyframes,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CER_STREAM_DATA", ROOT / ".." / "shared" / "data"))
@@ -43,8 +53,7 @@ KEY = "sk-test-9f3b2c71d4e8a6"
 MODEL = "qwen2.5-vl-test"
 
 #: Short intervals so that every test takes a second or two.
-FAST = dict(every_s=0.1, timeout_s=0.5, key_env=KEY_ENV, retries=1, backoff_s=0.05, backoff_max_s=0.1,
-            model=MODEL)
+FAST = dict(every_s=0.1, timeout_s=0.5, key_env=KEY_ENV, retries=1, backoff_s=0.05, backoff_max_s=0.1, model=MODEL)
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -69,8 +78,15 @@ def frames() -> list[VideoFrame]:
         for i, frame in enumerate(c.decode(stream)):
             if i % round(fps / 5):
                 continue
-            out.append(VideoFrame(len(out), i, float(frame.pts * stream.time_base), time.monotonic_ns(),
-                                  frame.to_ndarray(format="rgb24")))
+            out.append(
+                VideoFrame(
+                    len(out),
+                    i,
+                    float(frame.pts * stream.time_base),
+                    time.monotonic_ns(),
+                    frame.to_ndarray(format="rgb24"),
+                )
+            )
             if len(out) == 40:
                 break
     return out
@@ -101,8 +117,15 @@ class KeywordHead:
 class FakeVLM:
     """A chat-completions server on 127.0.0.1 with a chosen behaviour."""
 
-    def __init__(self, captions: list[str], *, mode: str = "ok", delay: float = 0.0, fail_first: int = 0,
-                 redirect: int | None = None):
+    def __init__(
+        self,
+        captions: list[str],
+        *,
+        mode: str = "ok",
+        delay: float = 0.0,
+        fail_first: int = 0,
+        redirect: int | None = None,
+    ):
         self.redirect = redirect  # an HTTP status: requests outside /moved/ are sent there
         self.connections: set[tuple[str, int]] = set()  # client (address, port): one per TCP connection
         self.captions = captions
@@ -155,8 +178,16 @@ class FakeVLM:
             req = None
         if self.redirect and "/moved/" not in h.path:
             with self.lock:
-                self.requests.append({"path": h.path, "headers": dict(h.headers), "body": req,
-                                      "t": time.monotonic(), "redirected": True, "client": h.client_address})
+                self.requests.append(
+                    {
+                        "path": h.path,
+                        "headers": dict(h.headers),
+                        "body": req,
+                        "t": time.monotonic(),
+                        "redirected": True,
+                        "client": h.client_address,
+                    }
+                )
             h.send_response(self.redirect)
             h.send_header("Location", "/moved" + h.path)
             h.send_header("Content-Length", "0")
@@ -165,8 +196,15 @@ class FakeVLM:
         with self.lock:
             n = len([r for r in self.requests if not r.get("redirected")])
             self.connections.add(h.client_address)
-            self.requests.append({"path": h.path, "headers": dict(h.headers), "body": req, "t": time.monotonic(),
-                                  "client": h.client_address})
+            self.requests.append(
+                {
+                    "path": h.path,
+                    "headers": dict(h.headers),
+                    "body": req,
+                    "t": time.monotonic(),
+                    "client": h.client_address,
+                }
+            )
         mode = self.mode if n >= self.fail_first else "500"
         if self.delay:
             self.release.wait(self.delay)
@@ -194,7 +232,7 @@ class FakeVLM:
             h.send_header("Transfer-Encoding", "chunked")
             h.end_headers()
             for i in range(0, len(payload), 300):
-                part = payload[i:i + 300]
+                part = payload[i : i + 300]
                 h.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
             h.wfile.write(b"0\r\n\r\n")
         elif mode == "eof":  # no length: the body ends when the server closes
@@ -209,9 +247,13 @@ class FakeVLM:
 
     @staticmethod
     def completion(text: str) -> dict:
-        return {"id": "chatcmpl-test", "object": "chat.completion", "model": MODEL,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100}}
+        return {
+            "id": "chatcmpl-test",
+            "object": "chat.completion",
+            "model": MODEL,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100},
+        }
 
     @staticmethod
     def reply(h: BaseHTTPRequestHandler, status: int, payload: bytes) -> None:
@@ -353,8 +395,7 @@ def test_stream_of_windows_never_waits_and_never_overlaps(vlm_factory, key_env, 
     """Windows every 50 ms against a VLM that takes 250 ms: each call returns at once, the
     first windows have no scene, later ones do, captions refresh, one request at a time."""
     vlm = vlm_factory(delay=0.25)
-    mod = SceneModality(SceneOptions(url=vlm.url, **{**FAST, "every_s": 0.05, "max_age_s": 1000}),
-                        head=KeywordHead())
+    mod = SceneModality(SceneOptions(url=vlm.url, **{**FAST, "every_s": 0.05, "max_age_s": 1000}), head=KeywordHead())
     outs, times = [], []
     try:
         for k in range(40):
@@ -379,13 +420,16 @@ def test_stream_of_windows_never_waits_and_never_overlaps(vlm_factory, key_env, 
     assert all(b - a >= 0.05 - 0.01 for a, b in zip(starts, starts[1:])), "refresh period respected"
 
 
-@pytest.mark.parametrize("mode,expect", [
-    ("hang", "no answer within"),
-    ("500", "HTTP 500"),
-    ("garbage", "not JSON"),
-    ("empty", "empty caption"),
-    ("refused", "connection refused"),
-])
+@pytest.mark.parametrize(
+    "mode,expect",
+    [
+        ("hang", "no answer within"),
+        ("500", "HTTP 500"),
+        ("garbage", "not JSON"),
+        ("empty", "empty caption"),
+        ("refused", "connection refused"),
+    ],
+)
 def test_failing_endpoint_leaves_scene_absent(vlm_factory, key_env, frames, caplog, capsys, mode, expect):
     caplog.set_level(logging.DEBUG)
     if mode == "refused":
@@ -449,8 +493,7 @@ def test_transient_errors_are_retried_with_backoff(vlm_factory, key_env, frames)
 
 def test_old_caption_is_not_used(vlm_factory, key_env, frames):
     vlm = vlm_factory()
-    mod = SceneModality(SceneOptions(url=vlm.url, **{**FAST, "every_s": 10.0, "max_age_s": 5.0}),
-                        head=KeywordHead())
+    mod = SceneModality(SceneOptions(url=vlm.url, **{**FAST, "every_s": 10.0, "max_age_s": 5.0}), head=KeywordHead())
     try:
         mod(window_input(0, frames))
         assert wait_for(lambda: mod.worker.caption() is not None)
@@ -489,13 +532,33 @@ def test_options_and_command_line():
     p = argparse.ArgumentParser()
     add_scene_args(p)
     assert build_scene_modality(scene_options(p.parse_args([]))) is None
-    args = p.parse_args(["--vlm-url", "http://127.0.0.1:8000/v1", "--vlm-model", "m", "--vlm-every", "2",
-                         "--vlm-timeout", "9", "--vlm-key-env", "MY_KEY", "--vlm-max-age", "7"])
+    args = p.parse_args(
+        [
+            "--vlm-url",
+            "http://127.0.0.1:8000/v1",
+            "--vlm-model",
+            "m",
+            "--vlm-every",
+            "2",
+            "--vlm-timeout",
+            "9",
+            "--vlm-key-env",
+            "MY_KEY",
+            "--vlm-max-age",
+            "7",
+        ]
+    )
     mod = build_scene_modality(scene_options(args), head=KeywordHead())
     try:
         o = mod.options
         assert (o.url, o.model, o.every_s, o.timeout_s, o.key_env, o.caption_max_age_s) == (
-            "http://127.0.0.1:8000/v1", "m", 2.0, 9.0, "MY_KEY", 7.0)
+            "http://127.0.0.1:8000/v1",
+            "m",
+            2.0,
+            9.0,
+            "MY_KEY",
+            7.0,
+        )
         assert not mod.worker.started  # nothing runs before the first window
     finally:
         mod.close()
@@ -516,8 +579,11 @@ def test_parse_caption_and_keyframes():
     assert parse_caption(json.dumps(FakeVLM.completion(" A  calm\nface. ")).encode()) == "A calm face."
     parts = {"choices": [{"message": {"content": [{"type": "text", "text": "Smiling."}]}}]}
     assert parse_caption(json.dumps(parts).encode()) == "Smiling."
-    for body, msg in ((b"nope", "not JSON"), (b"{}", "no choices"), (b'{"error": {"message": "model not found"}}',
-                                                                         "model not found")):
+    for body, msg in (
+        (b"nope", "not JSON"),
+        (b"{}", "no choices"),
+        (b'{"error": {"message": "model not found"}}', "model not found"),
+    ):
         with pytest.raises(VlmError, match=msg):
             parse_caption(body)
     assert pick_keyframes(list(range(20)), 4) == [0, 6, 13, 19]
@@ -534,8 +600,8 @@ def _text_head():
     except RuntimeError:
         pass
     try:
-        from stream.modalities.speech.texthead import TextHead
         from engines.models.minilm import TextEncoder
+        from stream.modalities.speech.texthead import TextHead
 
         encoder = TextEncoder(max_len=256)
     except Exception as exc:  # no texthead module or no MiniLM package here
@@ -579,8 +645,7 @@ def _captions_for(mod: SceneModality, frames, n: int, timeout: float = 5.0) -> N
 def test_connection_is_kept_alive(vlm_factory, key_env, frames, mode):
     """Several refreshes travel over one TCP connection (the server sees one client port)."""
     vlm = vlm_factory(mode=mode)
-    mod = SceneModality(SceneOptions(url=vlm.url, **{**FAST, "every_s": 0.05, "max_age_s": 1000}),
-                        head=KeywordHead())
+    mod = SceneModality(SceneOptions(url=vlm.url, **{**FAST, "every_s": 0.05, "max_age_s": 1000}), head=KeywordHead())
     try:
         _captions_for(mod, frames, 4)
     finally:

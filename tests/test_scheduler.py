@@ -1,5 +1,6 @@
 """The window scheduler on its own: a fake clock and hand-built frame/audio arrivals, no
 processes, no threads, no models."""
+
 from __future__ import annotations
 
 from stream.core.windows import HOP_S, SAMPLE_FPS, WINDOW_S
@@ -44,9 +45,11 @@ def test_window_is_due_when_its_last_frame_and_its_audio_have_arrived():
 
 
 def test_no_reason_to_wait_for_audio():
-    for a in (Arrivals(video_horizon=LAST_FRAME, audio_expected=False),  # no audio source
-              Arrivals(video_horizon=LAST_FRAME, audio_expected=True, audio_done=True),  # audio ended
-              Arrivals(video_horizon=LAST_FRAME, audio_expected=True, frames_full=True)):  # a full lossless ring
+    for a in (
+        Arrivals(video_horizon=LAST_FRAME, audio_expected=False),  # no audio source
+        Arrivals(video_horizon=LAST_FRAME, audio_expected=True, audio_done=True),  # audio ended
+        Arrivals(video_horizon=LAST_FRAME, audio_expected=True, frames_full=True),
+    ):  # a full lossless ring
         assert isinstance(Scheduler(live=False, clock=FakeClock()).poll(a), Run), a
 
 

@@ -1,6 +1,7 @@
 """Every record of real runs validates against the committed JSON Schema
 (``stream/schema/records.schema.json``): the sample clip through the command line, through the
 Python API, and pushed frame by frame (with its audio) through a PushSource."""
+
 from __future__ import annotations
 
 import threading
@@ -75,7 +76,7 @@ def test_push_source_records_validate(validator, pipeline, sample):
             for frame in container.decode(video=0):
                 source.push_frame(frame.to_ndarray(format="rgb24"), frame.time)
                 while sent < pcm.size and sent / 16000 <= frame.time:
-                    source.push_audio(pcm[sent:sent + step], sent / 16000, 16000)
+                    source.push_audio(pcm[sent : sent + step], sent / 16000, 16000)
                     sent += step
         source.push_audio(pcm[sent:], sent / 16000, 16000)
         source.end()

@@ -4,6 +4,7 @@ torch is installed beside the project for training and exporting only; the analy
 on the ONNX files alone. ``python -X importtime`` lists every module a real run imports (on
 stderr, one ``import time:`` line each), which is checked here for a still image.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,7 +13,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 FORBIDDEN = ("torch", "transformers", "tensorflow", "open_clip", "ultralytics", "tensorrt")
@@ -29,10 +29,12 @@ def imported_modules(importtime_stderr: str) -> set[str]:
 
 
 def test_importtime_parser():
-    sample = ("import time: self [us] | cumulative | imported package\n"
-              "import time:       120 |        120 |   _io\n"
-              "import time:      2000 |      90000 | torch\n"
-              "import time:        15 |         15 |     torch._C\n")
+    sample = (
+        "import time: self [us] | cumulative | imported package\n"
+        "import time:       120 |        120 |   _io\n"
+        "import time:      2000 |      90000 | torch\n"
+        "import time:        15 |         15 |     torch._C\n"
+    )
     assert imported_modules(sample) == {"_io", "torch", "torch._C"}
 
 
@@ -50,19 +52,30 @@ def _run_recording_modules(tmp_path, *args):
         "        return  # a capture or multiprocessing helper process, not the analyzer\n"
         "    with open(os.environ['CER_TEST_MODULES'], 'w') as f:\n"
         "        f.write('\\n'.join(sorted(sys.modules)))\n"
-        "atexit.register(_dump)\n")
+        "atexit.register(_dump)\n"
+    )
     modules_file = tmp_path / "modules.txt"
     # CER_STREAM_NATIVE_LOGS=1 keeps file descriptor 2 open: the CLI otherwise points it at
     # /dev/null to hide MediaPipe's native log lines, and -X importtime writes there.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), str(ROOT)]),
-           "CER_STREAM_CACHE": str(tmp_path / "cache"), "CER_STREAM_NATIVE_LOGS": "1",
-           "CER_TEST_MODULES": str(modules_file)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(hook), str(ROOT)]),
+        "CER_STREAM_CACHE": str(tmp_path / "cache"),
+        "CER_STREAM_NATIVE_LOGS": "1",
+        "CER_TEST_MODULES": str(modules_file),
+    }
     # a fresh model cache, but the face-api.js weights (fetched by `make install`) where they are
     from engines.models.faceapi import WEIGHTS_ENV, weights_dir
 
     env[WEIGHTS_ENV] = str(weights_dir())
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "stream.cli", *args],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "stream.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc, imported_modules(proc.stderr), set(modules_file.read_text().split())
 
@@ -92,5 +105,10 @@ def test_video_run_imports_no_torch(tmp_path, sample):
     """The analyzer process of a full --video run (face, VAD, speech-to-text, text head)."""
     proc, attempted, loaded = _run_recording_modules(tmp_path, "--video", str(sample), "--no-frames")
     assert '"transcript"' in proc.stdout and '"type": "end"' in proc.stdout  # every modality ran
-    assert {"stream.runtime.analyzer", "stream.modalities.speech.vad", "stream.modalities.speech.asr", "engines.models.minilm"} <= loaded
+    assert {
+        "stream.runtime.analyzer",
+        "stream.modalities.speech.vad",
+        "stream.modalities.speech.asr",
+        "engines.models.minilm",
+    } <= loaded
     _assert_torch_free(attempted, loaded)

@@ -4,6 +4,7 @@ The synthetic task is temporal on purpose: class = which of four feature channel
 whether it rises or falls over the 20 frames.  A rising and a falling ramp have the same mean,
 so a model that ignored frame order could not tell the pairs apart.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,20 +16,45 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from stream.modalities.face import FaceResult  # noqa: E402
 from stream.core.labels import BASIC, FER_MINI_XCEPTION  # noqa: E402
 from stream.core.messages import VideoFrame  # noqa: E402
-from stream.modalities.base import WindowInput  # noqa: E402
-from stream.modalities.temporal import (CLIP_FEATURES, NO_MODEL, TemporalModality, TemporalModel, face_sequence,  # noqa: E402
-                             resample_indices)
-from stream.offline.temporal_data import DataError, SequenceData, load_sequences  # noqa: E402
-from stream.offline.temporal_train import (TrainOptions, _modules, build_model, check_onnx, export_onnx,  # noqa: E402
-                                   model_metadata, train, train_temporal_main)
 from stream.core.windows import full_window  # noqa: E402
+from stream.modalities.base import WindowInput  # noqa: E402
+from stream.modalities.face import FaceResult  # noqa: E402
+from stream.modalities.temporal import (  # noqa: E402
+    CLIP_FEATURES,
+    NO_MODEL,
+    TemporalModality,
+    TemporalModel,
+    face_sequence,
+    resample_indices,
+)
+from stream.offline.temporal_data import DataError, SequenceData, load_sequences  # noqa: E402
+from stream.offline.temporal_train import (  # noqa: E402
+    TrainOptions,
+    _modules,
+    build_model,
+    check_onnx,
+    export_onnx,
+    model_metadata,
+    train,
+    train_temporal_main,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = dict(hidden=32, layers=2, heads=4, d_state=8, dropout=0.1, epochs=25, patience=25, lr=3e-3,
-             batch_size=32, seed=0, threads=1)
+SMALL = dict(
+    hidden=32,
+    layers=2,
+    heads=4,
+    d_state=8,
+    dropout=0.1,
+    epochs=25,
+    patience=25,
+    lr=3e-3,
+    batch_size=32,
+    seed=0,
+    threads=1,
+)
 
 
 def synthetic(n_per_class: int, seed: int, *, dim: int = 7) -> SequenceData:
@@ -51,8 +77,10 @@ def window_of(seq: np.ndarray, *, found: list[bool] | None = None) -> WindowInpu
     img = np.zeros((8, 8, 3), np.uint8)
     frames = [VideoFrame(i, 5 * i, i / 5, 0, img) for i in range(len(seq))]
     found = found or [True] * len(seq)
-    faces = [FaceResult(f.index, f.pts, ok, (0, 0, 4, 4) if ok else None, raw=row if ok else None)
-             for f, ok, row in zip(frames, found, seq)]
+    faces = [
+        FaceResult(f.index, f.pts, ok, (0, 0, 4, 4) if ok else None, raw=row if ok else None)
+        for f, ok, row in zip(frames, found, seq)
+    ]
     return WindowInput(full_window(0), 25.0, frames, faces, None)
 
 
@@ -184,8 +212,10 @@ def test_selective_scan_matches_the_closed_form():
         cum = torch.cumsum(dt.unsqueeze(-1) * a, dim=1)  # [B, L, d, N]
         ref = torch.zeros(2, length, u.shape[-1])
         for t in range(length):
-            h = sum(torch.exp(cum[:, t] - cum[:, s]) * (dt[:, s] * u[:, s]).unsqueeze(-1) * b[:, s].unsqueeze(1)
-                    for s in range(t + 1))
+            h = sum(
+                torch.exp(cum[:, t] - cum[:, s]) * (dt[:, s] * u[:, s]).unsqueeze(-1) * b[:, s].unsqueeze(1)
+                for s in range(t + 1)
+            )
             ref[:, t] = (h * c[:, t].unsqueeze(1)).sum(-1)
         expected = ssm.out_proj((ref + u * ssm.D) * F.silu(z))
         torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-4)
@@ -212,15 +242,35 @@ def test_train_temporal_command(tmp_path, capsys):
     data = synthetic(4, seed=2)
     half = len(data) // 2
     d = tmp_path / "data"
-    SequenceData(data.features[:half], data.labels[:half], "face-logits", data.feature_labels,
-                 data.videos[:half]).save(d / "a.npz")
-    SequenceData(data.features[half:], data.labels[half:], "face-logits", data.feature_labels,
-                 data.videos[half:]).save(d / "b.npz")
+    SequenceData(data.features[:half], data.labels[:half], "face-logits", data.feature_labels, data.videos[:half]).save(
+        d / "a.npz"
+    )
+    SequenceData(data.features[half:], data.labels[half:], "face-logits", data.feature_labels, data.videos[half:]).save(
+        d / "b.npz"
+    )
     loaded = load_sequences(d)
     assert len(loaded) == len(data) and loaded.videos is not None
     out = tmp_path / "m.onnx"
-    rc = train_temporal_main(["--data", str(d), "--arch", "mamba", "--out", str(out), "--hidden", "16",
-                              "--layers", "1", "--d-state", "4", "--epochs", "3", "--threads", "1"])
+    rc = train_temporal_main(
+        [
+            "--data",
+            str(d),
+            "--arch",
+            "mamba",
+            "--out",
+            str(out),
+            "--hidden",
+            "16",
+            "--layers",
+            "1",
+            "--d-state",
+            "4",
+            "--epochs",
+            "3",
+            "--threads",
+            "1",
+        ]
+    )
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     summary = json.loads(cap.out)
@@ -242,8 +292,11 @@ def test_train_temporal_command(tmp_path, capsys):
 
 
 def test_data_files_take_label_names(tmp_path):
-    np.savez(tmp_path / "n.npz", features=np.random.rand(3, 20, 7).astype(np.float32),
-             labels=np.array(["happy", "Sadness", "neutral"]))
+    np.savez(
+        tmp_path / "n.npz",
+        features=np.random.rand(3, 20, 7).astype(np.float32),
+        labels=np.array(["happy", "Sadness", "neutral"]),
+    )
     d = load_sequences(tmp_path / "n.npz")
     assert d.labels.tolist() == [BASIC.index("Happiness"), BASIC.index("Sadness"), 0]
     assert d.feature_kind == "face-logits"

@@ -1,17 +1,18 @@
 """The speech-text ("text") modality on the sample clip, silence and a failing recogniser."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from audio_fixtures import RATE, decode_16k, window_input, windows_of
 from conftest import CollectSink
-from stream.modalities.speech.asr import SpeechRecognizer
-from stream.modalities.audio import AudioOptions, build_audio_modalities
+
 from stream.core.labels import BASIC
-from stream.modalities.text import SpeechTextModality
-from stream.modalities.speech.vad import SpeechGate
 from stream.core.windows import Window
+from stream.modalities.audio import AudioOptions, build_audio_modalities
+from stream.modalities.speech.asr import SpeechRecognizer
+from stream.modalities.speech.vad import SpeechGate
+from stream.modalities.text import SpeechTextModality
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +63,8 @@ def test_unusable_recogniser_is_absent_with_reason(clip, tmp_path):
 
 
 def _run(path, modalities):
-    from stream.runtime.analyzer import Analyzer, Source
     from stream.modalities.base import FaceModality
+    from stream.runtime.analyzer import Analyzer, Source
 
     sink = CollectSink()
     Analyzer(Source("video", str(path)), [sink], modalities=[FaceModality(), *modalities]).run()

@@ -1,4 +1,5 @@
 """Text emotion heads: the committed files, their scores on real data, training and `text`."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream.modalities.speech import texthead as T
 from stream.core.labels import BASIC
+from stream.modalities.speech import texthead as T
 from stream.offline.metrics import macro_f1
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,12 +32,21 @@ SCENE_FLOOR = 0.35
 
 def run_py(code: str, *args: str, stdin: str | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-c", code, *args], input=stdin, capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+    )
 
 
 TEXT_MAIN = "import sys; from stream.modalities.speech.texthead import text_main; sys.exit(text_main(sys.argv[1:]))"
-TRAIN_MAIN = "import sys; from stream.modalities.speech.texthead import train_head_main; sys.exit(train_head_main(sys.argv[1:]))"
+TRAIN_MAIN = (
+    "import sys; from stream.modalities.speech.texthead import train_head_main; sys.exit(train_head_main(sys.argv[1:]))"
+)
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +100,9 @@ def test_speech_head_dev_macro_f1_full(speech_head, dev):
 
 
 def test_plain_joy_is_happiness(speech_head):
-    basic = speech_head.predict(["I am so happy today, this is the best day of my life!",
-                                 "I am furious with you, how dare you lie to me!"])
+    basic = speech_head.predict(
+        ["I am so happy today, this is the best day of my life!", "I am furious with you, how dare you lie to me!"]
+    )
     assert basic.shape == (2, 8)
     assert BASIC[int(basic[0].argmax())] == "Happiness"
     assert BASIC[int(basic[1].argmax())] == "Anger"
@@ -134,8 +145,24 @@ def test_goemotions_keeps_single_label_rows(tmp_path):
 @pytest.mark.parametrize("kind,limit", [("speech", 240), ("scene", 120)])  # captions are long to encode
 def test_training_on_a_subset_prints_macro_f1(kind, limit, tmp_path):
     out = tmp_path / f"{kind}.npz"
-    proc = run_py(TRAIN_MAIN, "--kind", kind, "--data", str(DATA), "--limit", str(limit), "--epochs", "60",
-                  "--l2", "0.0001", "--weighting", "none", "--no-cache", "--out", str(out))
+    proc = run_py(
+        TRAIN_MAIN,
+        "--kind",
+        kind,
+        "--data",
+        str(DATA),
+        "--limit",
+        str(limit),
+        "--epochs",
+        "60",
+        "--l2",
+        "0.0001",
+        "--weighting",
+        "none",
+        "--no-cache",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     which = "dev" if kind == "speech" else "held-out"
     line = next(line for line in proc.stdout.splitlines() if "macro-F1" in line)

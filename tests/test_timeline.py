@@ -1,8 +1,9 @@
 """Frame-wise overlap averaging and the ABAW CSV, on hand-worked numbers."""
+
 import numpy as np
 
-from stream.sinks.outputs import CSV_HEADER, AbawCsvSink
 from stream.runtime.timeline import Timeline
+from stream.sinks.outputs import CSV_HEADER, AbawCsvSink
 
 
 def onehot(n, i, v=1.0):
@@ -40,5 +41,10 @@ def test_abaw_csv_backfills_the_start_and_writes_every_frame(tmp_path):
     sink.write({"type": "frames", "final": True, "frame_index": [0, 1], "label_index": [None, None]})
     sink.write({"type": "frames", "final": True, "frame_index": [2, 3], "label_index": [5, 6]})
     sink.close()
-    assert path.read_text().splitlines() == [CSV_HEADER, "vid/00001.jpg,5", "vid/00002.jpg,5",
-                                             "vid/00003.jpg,5", "vid/00004.jpg,6"]
+    assert path.read_text().splitlines() == [
+        CSV_HEADER,
+        "vid/00001.jpg,5",
+        "vid/00002.jpg,5",
+        "vid/00003.jpg,5",
+        "vid/00004.jpg,6",
+    ]

@@ -3,12 +3,13 @@
 The sample clip's audio is espeak-ng speech that starts 0.25 s in (``SPEECH_OFFSET_S`` in
 samples/make_sample.py) and runs to about 8.5 s of the 10 s clip.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from audio_fixtures import RATE, decode_16k, window_input, windows_of
+
 from stream.modalities.speech import vad as V
 
 SPEECH_START_S = 0.25
@@ -52,8 +53,9 @@ def test_vad_finds_the_speech_in_the_sample(clip, whole_clip_probs):
 @pytest.mark.parametrize("kind", ["zeros", "noise"])
 def test_no_speech_in_silence(kind):
     n = 4 * RATE
-    audio = (np.zeros(n, np.float32) if kind == "zeros"
-             else np.random.default_rng(0).normal(0.0, 0.01, n).astype(np.float32))  # -40 dBFS hiss
+    audio = (
+        np.zeros(n, np.float32) if kind == "zeros" else np.random.default_rng(0).normal(0.0, 0.01, n).astype(np.float32)
+    )  # -40 dBFS hiss
     from stream.core.windows import Window
 
     result = V.SpeechGate()(window_input(Window(0, 0.0, 4.0), audio))
@@ -150,8 +152,12 @@ def test_matches_the_packages_own_wrapper(clip, whole_clip_probs):
     assert theirs.shape == whole_clip_probs.shape
     np.testing.assert_allclose(whole_clip_probs, theirs, atol=1e-5)
     ours = [(a, b) for a, b in V.speech_segments(whole_clip_probs, clip.shape[0])]
-    ref = [(s["start"], s["end"]) for s in utils.get_speech_timestamps_from_probs(
-        list(map(float, theirs)), sampling_rate=RATE, audio_length_samples=clip.shape[0])]
+    ref = [
+        (s["start"], s["end"])
+        for s in utils.get_speech_timestamps_from_probs(
+            list(map(float, theirs)), sampling_rate=RATE, audio_length_samples=clip.shape[0]
+        )
+    ]
     assert len(ours) == len(ref)
     for (a, b), (c, d) in zip(ours, ref):
         assert abs(a - c) <= 2 * V.CHUNK_SAMPLES and abs(b - d) <= 2 * V.CHUNK_SAMPLES

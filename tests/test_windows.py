@@ -39,8 +39,7 @@ def test_frame_ranges_follow_int_start_end_fps():
     assert final_before(w) == 4.0
 
 
-@pytest.mark.parametrize("fps,expected", [(25, [0, 5, 10, 15, 20]), (30, [0, 6, 12, 18, 24]),
-                                          (10, [0, 2, 4, 6, 8])])
+@pytest.mark.parametrize("fps,expected", [(25, [0, 5, 10, 15, 20]), (30, [0, 6, 12, 18, 24]), (10, [0, 2, 4, 6, 8])])
 def test_sample_clock_picks_a_five_fps_grid(fps, expected):
     clock = SampleClock(5.0)
     picked = [i for i in range(fps) if clock(i / fps)]

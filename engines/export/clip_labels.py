@@ -26,6 +26,7 @@ File format (``.npz``, no pickles; read with :func:`read_labels`)::
     source           str []      JSON: the weights file and its sha256 (as in the towers'
                                  cer.source), so a mismatched image tower can be refused
 """
+
 from __future__ import annotations
 
 import io
@@ -37,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
+from engines.export.common import ExportError, source_info
 from engines.models.registry import ModelSpec
 from engines.models.storage import atomic_write
-from engines.export.common import ExportError, source_info
 
 EXPORT_VERSION = 1
 FORMAT = "cer-stream-clip-labels"
@@ -82,9 +83,14 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def encode_labels(model, *, tokenizer: Callable[[list[str]], Any] | None = None,
-                  templates: Sequence[str] = TEMPLATES, basic: dict[str, str] | None = None,
-                  compound: dict[str, str] | None = None) -> dict[str, Any]:
+def encode_labels(
+    model,
+    *,
+    tokenizer: Callable[[list[str]], Any] | None = None,
+    templates: Sequence[str] = TEMPLATES,
+    basic: dict[str, str] | None = None,
+    compound: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Embed the label prompts with an open_clip model (as returned by
     :func:`engines.export.clip_vit.load_model`).
 
@@ -115,9 +121,12 @@ def encode_labels(model, *, tokenizer: Callable[[list[str]], Any] | None = None,
         return _normalise(per).astype(np.float32)
 
     return {
-        "basic_labels": np.array(list(basic)), "basic": embed(basic),
-        "compound_labels": np.array(list(compound)), "compound": embed(compound),
-        "basic_phrases": np.array(list(basic.values())), "compound_phrases": np.array(list(compound.values())),
+        "basic_labels": np.array(list(basic)),
+        "basic": embed(basic),
+        "compound_labels": np.array(list(compound)),
+        "compound": embed(compound),
+        "basic_phrases": np.array(list(basic.values())),
+        "compound_phrases": np.array(list(compound.values())),
         "templates": np.array(templates),
         "logit_scale": np.float32(float(model.logit_scale.exp().item())),
     }
@@ -150,8 +159,9 @@ def read_labels(path: str | Path) -> dict[str, Any]:
     if str(raw.get("format", "")) != FORMAT:
         raise ValueError(f"{path.name}: not a CLIP label file (format {str(raw.get('format'))!r})")
     if int(raw.get("version", -1)) > FORMAT_VERSION:
-        raise ValueError(f"{path.name}: label file version {int(raw['version'])} is newer than this program's "
-                         f"{FORMAT_VERSION}")
+        raise ValueError(
+            f"{path.name}: label file version {int(raw['version'])} is newer than this program's {FORMAT_VERSION}"
+        )
     out: dict[str, Any] = {}
     try:
         for kind in ("basic", "compound"):

@@ -16,13 +16,14 @@ softmax; multiply the cosine similarities by it.
 The text tower takes ``tokens`` int64 [N, context_length] from CLIP's BPE tokenizer
 (open_clip's ``SimpleTokenizer``); ``cer.context_length`` records the length.
 """
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from engines.models.registry import ModelSpec
 from engines.export.common import ExportError, finish, source_info, torch_to_onnx
+from engines.models.registry import ModelSpec
 
 EXPORT_VERSION = 1
 ARCH_ENV = "CER_STREAM_CLIP_ARCH"
@@ -33,8 +34,9 @@ def load_model(source: Path):
     try:
         import open_clip
     except ImportError as exc:
-        raise ExportError(f"open_clip is not importable ({exc}); install the export extra: "
-                          "pip install 'cer-stream[export]'") from None
+        raise ExportError(
+            f"open_clip is not importable ({exc}); install the export extra: pip install 'cer-stream[export]'"
+        ) from None
     if source.is_dir():
         if not (source / "open_clip_config.json").is_file():
             raise ExportError(f"{source} has no open_clip_config.json (expected an open_clip model folder)")
@@ -96,9 +98,13 @@ def export_image(source: Path, target: Path, spec: ModelSpec) -> None:
     if list(spec.input_shape[1:]) != [3, size, size]:
         raise ExportError(f"{spec.name}: the model takes {size}x{size} images, the registry says {spec.input_shape}")
     ImageTower, _ = _towers()
-    onnx_model = torch_to_onnx(ImageTower(model).eval(), (torch.zeros(1, 3, size, size),),
-                               input_names=["input"], output_names=["features", "embeds"],
-                               dynamic_axes={"input": {0: "N"}, "features": {0: "N"}, "embeds": {0: "N"}})
+    onnx_model = torch_to_onnx(
+        ImageTower(model).eval(),
+        (torch.zeros(1, 3, size, size),),
+        input_names=["input"],
+        output_names=["features", "embeds"],
+        dynamic_axes={"input": {0: "N"}, "features": {0: "N"}, "embeds": {0: "N"}},
+    )
     finish(onnx_model, spec, target, source=source_info(_weights_file(source)), extra=_facts(model))
 
 
@@ -115,8 +121,17 @@ def export_text(source: Path, target: Path, spec: ModelSpec) -> None:
     vocab = int(model.vocab_size) if hasattr(model, "vocab_size") else None
     if vocab is not None and vocab <= 49407:
         example[:, 0], example[:, 1] = 0, vocab - 1
-    onnx_model = torch_to_onnx(TextTower(model).eval(), (example,),
-                               input_names=["tokens"], output_names=["features", "embeds"],
-                               dynamic_axes={"tokens": {0: "N"}, "features": {0: "N"}, "embeds": {0: "N"}})
-    finish(onnx_model, spec, target, source=source_info(_weights_file(source)),
-           extra={**_facts(model), "tokenizer": "open_clip SimpleTokenizer (CLIP BPE, bpe_simple_vocab_16e6)"})
+    onnx_model = torch_to_onnx(
+        TextTower(model).eval(),
+        (example,),
+        input_names=["tokens"],
+        output_names=["features", "embeds"],
+        dynamic_axes={"tokens": {0: "N"}, "features": {0: "N"}, "embeds": {0: "N"}},
+    )
+    finish(
+        onnx_model,
+        spec,
+        target,
+        source=source_info(_weights_file(source)),
+        extra={**_facts(model), "tokenizer": "open_clip SimpleTokenizer (CLIP BPE, bpe_simple_vocab_16e6)"},
+    )

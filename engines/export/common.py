@@ -1,4 +1,5 @@
 """Pieces shared by the exporters: torch -> ONNX, metadata, checks, atomic writes."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,15 @@ def source_info(path: Path, **more: Any) -> dict[str, Any]:
     return info
 
 
-def torch_to_onnx(module, args: tuple, *, input_names: Sequence[str], output_names: Sequence[str],
-                  dynamic_axes: Mapping[str, Mapping[int, str]], opset: int = OPSET):
+def torch_to_onnx(
+    module,
+    args: tuple,
+    *,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_axes: Mapping[str, Mapping[int, str]],
+    opset: int = OPSET,
+):
     """Export a torch module (or TorchScript module) with the TorchScript-based exporter.
 
     The TorchScript-based exporter (``dynamo=False``) is used because it accepts
@@ -53,9 +61,15 @@ def torch_to_onnx(module, args: tuple, *, input_names: Sequence[str], output_nam
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
-                    module, args, str(path), dynamo=False, input_names=list(input_names),
-                    output_names=list(output_names), dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()},
-                    opset_version=opset, do_constant_folding=True,
+                    module,
+                    args,
+                    str(path),
+                    dynamo=False,
+                    input_names=list(input_names),
+                    output_names=list(output_names),
+                    dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()},
+                    opset_version=opset,
+                    do_constant_folding=True,
                 )
             return onnx.load(str(path))
     finally:
@@ -77,8 +91,15 @@ def output_widths(model) -> dict[str, int]:
     return {arg.name: int(r.shape[-1]) for arg, r in zip(session.get_outputs(), results)}
 
 
-def finish(model, spec: ModelSpec, target: Path, *, source: Mapping[str, Any],
-           extra: Mapping[str, Any] | None = None, check_labels: str | None = None) -> None:
+def finish(
+    model,
+    spec: ModelSpec,
+    target: Path,
+    *,
+    source: Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None,
+    check_labels: str | None = None,
+) -> None:
     """Stamp metadata, check the model (structure, and label count on output ``check_labels``),
     write it atomically."""
     import onnx
@@ -89,8 +110,10 @@ def finish(model, spec: ModelSpec, target: Path, *, source: Mapping[str, Any],
     if check_labels is not None and spec.labels is not None:
         width = output_widths(model).get(check_labels)
         if width != len(spec.labels):
-            raise ExportError(f"{spec.name}: output {check_labels!r} has {width} values, "
-                              f"the registry lists {len(spec.labels)} labels {list(spec.labels)}")
+            raise ExportError(
+                f"{spec.name}: output {check_labels!r} has {width} values, "
+                f"the registry lists {len(spec.labels)} labels {list(spec.labels)}"
+            )
     atomic_write(target, model.SerializeToString())
 
 

@@ -19,6 +19,7 @@ so the run-time preprocessing is only "resize to 224 (nearest), HWC -> CHW, floa
 The TorchScript module is exported as is (the TorchScript-based ONNX exporter accepts
 ScriptModules); the pre- and post-processing nodes are joined to it at the ONNX level.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -26,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.models.registry import EMOAFFECTNET_MEAN_BGR, ModelSpec
 from engines.export.common import ExportError, finish, source_info, torch_to_onnx
+from engines.models.registry import EMOAFFECTNET_MEAN_BGR, ModelSpec
 
 EXPORT_VERSION = 1
 INPUT_SIZE = 224
@@ -60,10 +61,12 @@ def add_pre_and_post(model, mean_bgr: Sequence[float] = EMOAFFECTNET_MEAN_BGR) -
     graph = model.graph
     old_input = next(v for v in graph.input if v.name == _INNER_INPUT)
     dims = [d.dim_param or d.dim_value for d in old_input.type.tensor_type.shape.dim]
-    graph.initializer.extend([
-        numpy_helper.from_array(np.array([2, 1, 0], np.int64), "pre/rgb_to_bgr_index"),
-        numpy_helper.from_array(np.asarray(mean_bgr, np.float32).reshape(1, 3, 1, 1), "pre/mean_bgr"),
-    ])
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([2, 1, 0], np.int64), "pre/rgb_to_bgr_index"),
+            numpy_helper.from_array(np.asarray(mean_bgr, np.float32).reshape(1, 3, 1, 1), "pre/mean_bgr"),
+        ]
+    )
     pre = [
         helper.make_node("Gather", [INPUT_NAME, "pre/rgb_to_bgr_index"], ["pre/bgr"], name="pre/rgb_to_bgr", axis=1),
         helper.make_node("Sub", ["pre/bgr", "pre/mean_bgr"], [_INNER_INPUT], name="pre/subtract_mean"),
@@ -75,8 +78,9 @@ def add_pre_and_post(model, mean_bgr: Sequence[float] = EMOAFFECTNET_MEAN_BGR) -
     graph.input.remove(old_input)
     graph.input.insert(0, helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, dims))
     logits = next(v for v in graph.output if v.name == "logits")
-    probs = helper.make_tensor_value_info("probs", TensorProto.FLOAT,
-                                          [d.dim_param or d.dim_value for d in logits.type.tensor_type.shape.dim])
+    probs = helper.make_tensor_value_info(
+        "probs", TensorProto.FLOAT, [d.dim_param or d.dim_value for d in logits.type.tensor_type.shape.dim]
+    )
     graph.output.insert(0, probs)
 
 
@@ -86,10 +90,17 @@ def export(source: Path, target: Path, spec: ModelSpec) -> None:
 
     module = load_torchscript(source)
     example = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)
-    model = torch_to_onnx(module, (example,), input_names=[_INNER_INPUT], output_names=["logits"],
-                          dynamic_axes={_INNER_INPUT: {0: "N"}, "logits": {0: "N"}})
+    model = torch_to_onnx(
+        module,
+        (example,),
+        input_names=[_INNER_INPUT],
+        output_names=["logits"],
+        dynamic_axes={_INNER_INPUT: {0: "N"}, "logits": {0: "N"}},
+    )
     if len(model.graph.output) != 1:
-        raise ExportError(f"{source.name}: expected one output (7 logits), the module returns {len(model.graph.output)}")
+        raise ExportError(
+            f"{source.name}: expected one output (7 logits), the module returns {len(model.graph.output)}"
+        )
     add_pre_and_post(model)
     finish(model, spec, target, source=source_info(source, format="torchscript"), check_labels="probs")
 

@@ -1,19 +1,26 @@
 """Models that arrive as ONNX (a user's speech-emotion or temporal face model): copied as
 they are, with the registry's ``cer.*`` metadata stamped on."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from engines.models.registry import ModelSpec
 from engines.export.common import ExportError, finish, source_info
+from engines.models.registry import ModelSpec
 
 EXPORT_VERSION = 1
 
 
-def stamp(source: Path, target: Path, spec: ModelSpec, *, source_extra: Mapping[str, Any] | None = None,
-          extra: Mapping[str, Any] | None = None) -> None:
+def stamp(
+    source: Path,
+    target: Path,
+    spec: ModelSpec,
+    *,
+    source_extra: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
     import onnx
 
     if source.is_dir():

@@ -1,12 +1,13 @@
 """Silero VAD: the ONNX file shipped inside the ``silero-vad`` wheel, copied unchanged except
 for the ``cer.*`` metadata (the run-time wrapper is ``stream/modalities/speech/vad.py``)."""
+
 from __future__ import annotations
 
 import importlib.metadata
 from pathlib import Path
 
-from engines.models.registry import ModelSpec
 from engines.export.onnx_file import stamp
+from engines.models.registry import ModelSpec
 
 EXPORT_VERSION = 1
 

@@ -11,6 +11,7 @@ Ultralytics' own metadata (``names``, ``stride``, ``imgsz``...) is kept beside `
 ultralytics is imported here only; the environment is set so that it neither downloads nor
 installs anything while exporting (``YOLO_OFFLINE``, ``YOLO_AUTOINSTALL``).
 """
+
 from __future__ import annotations
 
 import ast
@@ -19,8 +20,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from engines.models.registry import ModelSpec
 from engines.export.common import OPSET, ExportError, finish, source_info
+from engines.models.registry import ModelSpec
 
 EXPORT_VERSION = 1
 DEFAULT_IMGSZ = 640
@@ -33,8 +34,9 @@ def _ultralytics():
     try:
         from ultralytics import YOLO
     except ImportError as exc:
-        raise ExportError(f"ultralytics is not importable ({exc}); install the export extra: "
-                          "pip install 'cer-stream[export]'") from None
+        raise ExportError(
+            f"ultralytics is not importable ({exc}); install the export extra: pip install 'cer-stream[export]'"
+        ) from None
     return YOLO
 
 
@@ -61,12 +63,17 @@ def export(source: Path, target: Path, spec: ModelSpec, *, imgsz: int = DEFAULT_
         names = [detector.names[i] for i in sorted(detector.names)]
         if spec.labels is not None and names != list(spec.labels):
             raise ExportError(f"{source.name} detects {names}, the registry expects {list(spec.labels)}")
-        written = detector.export(format="onnx", imgsz=imgsz, dynamic=True, simplify=True, opset=OPSET,
-                                  half=False, nms=False, device="cpu")
+        written = detector.export(
+            format="onnx", imgsz=imgsz, dynamic=True, simplify=True, opset=OPSET, half=False, nms=False, device="cpu"
+        )
         model = onnx.load(str(written))
     pin_spatial_axes(model, imgsz)
     theirs = {p.key: p.value for p in model.metadata_props}
     stride = theirs.get("stride")
-    extra = {"input_shape": ["N", 3, imgsz, imgsz], "imgsz": imgsz, "stride": int(stride) if stride and stride.isdigit() else stride,
-             "ultralytics_names": ast.literal_eval(theirs["names"]) if "names" in theirs else None}
+    extra = {
+        "input_shape": ["N", 3, imgsz, imgsz],
+        "imgsz": imgsz,
+        "stride": int(stride) if stride and stride.isdigit() else stride,
+        "ultralytics_names": ast.literal_eval(theirs["names"]) if "names" in theirs else None,
+    }
     finish(model, spec, target, source=source_info(source, format="ultralytics"), extra=extra)

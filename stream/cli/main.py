@@ -1,4 +1,5 @@
 """Command line: ``cer-stream --video FILE | --rtsp URL | --camera N`` and subcommands."""
+
 from __future__ import annotations
 
 import argparse
@@ -49,44 +50,82 @@ def run_parser() -> argparse.ArgumentParser:
 
     width = max(len(n) for n in SUBCOMMANDS)
     p = argparse.ArgumentParser(
-        prog=PROG, description="Real-time zero-shot compound expression recognition.",
+        prog=PROG,
+        description="Real-time zero-shot compound expression recognition.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="subcommands (run `cer-stream SUBCOMMAND -h` for their options):\n"
-               + "\n".join(f"  {name:<{width}}  {what}" for name, what in SUBCOMMANDS.items()))
+        + "\n".join(f"  {name:<{width}}  {what}" for name, what in SUBCOMMANDS.items()),
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--video", metavar="FILE", help="a video file (analysed as fast as possible)")
     src.add_argument("--rtsp", metavar="URL", help="an RTSP stream (TCP transport)")
     src.add_argument("--camera", metavar="N", help="a V4L2 camera: index N (/dev/videoN) or a device path")
-    p.add_argument("--mic", nargs="?", const="default", metavar="DEVICE",
-                   help="add microphone audio (camera input); DEVICE defaults to the system default")
+    p.add_argument(
+        "--mic",
+        nargs="?",
+        const="default",
+        metavar="DEVICE",
+        help="add microphone audio (camera input); DEVICE defaults to the system default",
+    )
     p.add_argument("--no-audio", action="store_true", help="ignore the source's audio track")
     p.add_argument("--realtime", action="store_true", help="pace a file at media speed, like a live source")
     p.add_argument("--out", metavar="FILE.jsonl", type=Path, help="also write every record to this file")
-    p.add_argument("--publish", metavar="ENDPOINT",
-                   help="also publish records on a ZeroMQ PUB socket, e.g. tcp://127.0.0.1:5556")
+    p.add_argument(
+        "--publish", metavar="ENDPOINT", help="also publish records on a ZeroMQ PUB socket, e.g. tcp://127.0.0.1:5556"
+    )
     p.add_argument("--csv", metavar="FILE", type=Path, help="write frame-wise predictions (ABAW layout)")
     p.add_argument("--quiet", action="store_true", help="print nothing on stdout (use with --out/--publish/--csv)")
     p.add_argument("--no-frames", action="store_true", help="leave provisional frame records out of the output")
-    p.add_argument("--compound", default="ppa", choices=["ppa", "rule1", "rule2", "pfsa"],
-                   help="basic-to-compound conversion (default ppa; pfsa needs --fusion with prototypes)")
-    p.add_argument("--fusion", metavar="FILE", type=Path,
-                   help="calibration file from `cer-stream calibrate` (default: equal weights)")
-    p.add_argument("--dump-features", metavar="OUT.jsonl", type=Path,
-                   help="write each window's per-modality probabilities and features (for calibrate)")
-    p.add_argument("--max-side", type=int, default=960, metavar="PX",
-                   help="scale frames so the longer side is at most PX before analysis (default 960)")
-    p.add_argument("--timeout", type=float, default=10.0, metavar="S",
-                   help="seconds to wait when opening or reading a network/camera source (default 10)")
+    p.add_argument(
+        "--compound",
+        default="ppa",
+        choices=["ppa", "rule1", "rule2", "pfsa"],
+        help="basic-to-compound conversion (default ppa; pfsa needs --fusion with prototypes)",
+    )
+    p.add_argument(
+        "--fusion",
+        metavar="FILE",
+        type=Path,
+        help="calibration file from `cer-stream calibrate` (default: equal weights)",
+    )
+    p.add_argument(
+        "--dump-features",
+        metavar="OUT.jsonl",
+        type=Path,
+        help="write each window's per-modality probabilities and features (for calibrate)",
+    )
+    p.add_argument(
+        "--max-side",
+        type=int,
+        default=960,
+        metavar="PX",
+        help="scale frames so the longer side is at most PX before analysis (default 960)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds to wait when opening or reading a network/camera source (default 10)",
+    )
     add_model_args(p)
     add_clip_args(p)
     add_temporal_args(p)
     add_audio_args(p)
     add_scene_args(p)
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"], default="error",
-                   help="what cer-stream logs on stderr (default error: warnings are `warning` records in "
-                        "the output, whatever the level)")
-    p.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
-                   help="progress bar on stderr (auto: when stderr is a terminal and the input is a file)")
+    p.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error", "critical"],
+        default="error",
+        help="what cer-stream logs on stderr (default error: warnings are `warning` records in "
+        "the output, whatever the level)",
+    )
+    p.add_argument(
+        "--progress",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="progress bar on stderr (auto: when stderr is a terminal and the input is a file)",
+    )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
@@ -182,8 +221,9 @@ def run_stream(argv: list[str]) -> int:
 
 # --------------------------------------------------------------------------- images
 def images_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog=f"{PROG} images",
-                                description="Analyse still images (largest face each); one JSON line per image.")
+    p = argparse.ArgumentParser(
+        prog=f"{PROG} images", description="Analyse still images (largest face each); one JSON line per image."
+    )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files (anything OpenCV reads)")
     p.add_argument("--no-validate", action="store_true", help="skip FaceMesh validation of detections")
     from stream.cli.flags import add_model_args, face_options
@@ -216,9 +256,15 @@ def images_main(argv: list[str]) -> int:
             res = analyzer.analyse([(i, 0.0, rgb)])[0]
             if res.found:
                 comp = ppa(res.basic)
-                rec = {"path": path, "face": True, "box": list(res.box), "basic": dict(zip(BASIC, res.basic)),
-                       "compound": dict(zip(COMPOUND, normalise(comp))), "label": COMPOUND[int(np.argmax(comp))],
-                       "basic_label": BASIC[int(np.argmax(res.basic))]}
+                rec = {
+                    "path": path,
+                    "face": True,
+                    "box": list(res.box),
+                    "basic": dict(zip(BASIC, res.basic)),
+                    "compound": dict(zip(COMPOUND, normalise(comp))),
+                    "label": COMPOUND[int(np.argmax(comp))],
+                    "basic_label": BASIC[int(np.argmax(res.basic))],
+                }
             else:
                 rec = {"path": path, "face": False, "basic": None, "compound": None, "label": None}
             print(dumps(rec), flush=True)
@@ -257,10 +303,15 @@ def _lazy(module: str, function: str):
 
 COMMANDS = {
     "images": images_main,
-    "calibrate": _calibration_command("calibrate", "Fit fusion weights and PFSA prototypes from feature dumps "
-                                      "and labels.", "add_calibrate_args", "run_calibrate"),
-    "eval": _calibration_command("eval", "Score frame-wise (or window-wise) predictions against ABAW labels.",
-                                 "add_eval_args", "run_eval"),
+    "calibrate": _calibration_command(
+        "calibrate",
+        "Fit fusion weights and PFSA prototypes from feature dumps and labels.",
+        "add_calibrate_args",
+        "run_calibrate",
+    ),
+    "eval": _calibration_command(
+        "eval", "Score frame-wise (or window-wise) predictions against ABAW labels.", "add_eval_args", "run_eval"
+    ),
     "text": _lazy("stream.modalities.speech.texthead", "text_main"),
     "train-head": _lazy("stream.modalities.speech.texthead", "train_head_main"),
     "models": _lazy("engines.cli", "models_main"),

@@ -3,25 +3,43 @@
 The seeds' models disagree on class order, so every conversion between them
 goes by name (see ``../shared/REFERENCE.md``), never by index.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 #: The 8 basic states used for fusion (ABAW order).
 BASIC: tuple[str, ...] = (
-    "Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other",
+    "Neutral",
+    "Anger",
+    "Disgust",
+    "Fear",
+    "Happiness",
+    "Sadness",
+    "Surprise",
+    "Other",
 )
 
 #: The 7 compound expressions (ABAW submission order; index = CSV class id).
 COMPOUND: tuple[str, ...] = (
-    "Fearfully Surprised", "Happily Surprised", "Sadly Surprised", "Disgustedly Surprised",
-    "Angrily Surprised", "Sadly Fearful", "Sadly Angry",
+    "Fearfully Surprised",
+    "Happily Surprised",
+    "Sadly Surprised",
+    "Disgustedly Surprised",
+    "Angrily Surprised",
+    "Sadly Fearful",
+    "Sadly Angry",
 )
 
 #: The two basic states that make up each compound, in COMPOUND order.
 COMPOUND_PAIRS: tuple[tuple[str, str], ...] = (
-    ("Fear", "Surprise"), ("Happiness", "Surprise"), ("Sadness", "Surprise"),
-    ("Disgust", "Surprise"), ("Anger", "Surprise"), ("Sadness", "Fear"), ("Sadness", "Anger"),
+    ("Fear", "Surprise"),
+    ("Happiness", "Surprise"),
+    ("Sadness", "Surprise"),
+    ("Disgust", "Surprise"),
+    ("Anger", "Surprise"),
+    ("Sadness", "Fear"),
+    ("Sadness", "Anger"),
 )
 
 #: fer's mini-Xception (FER2013) output order.
@@ -32,9 +50,21 @@ EMOAFFECTNET: tuple[str, ...] = ("Neutral", "Happiness", "Sadness", "Surprise", 
 
 #: Lower-case or dataset-specific names -> the basic name they mean.
 _ALIASES = {
-    "neutral": "Neutral", "angry": "Anger", "anger": "Anger", "disgust": "Disgust", "disgusted": "Disgust",
-    "fear": "Fear", "fearful": "Fear", "happy": "Happiness", "happiness": "Happiness", "joy": "Happiness",
-    "sad": "Sadness", "sadness": "Sadness", "surprise": "Surprise", "surprised": "Surprise", "other": "Other",
+    "neutral": "Neutral",
+    "angry": "Anger",
+    "anger": "Anger",
+    "disgust": "Disgust",
+    "disgusted": "Disgust",
+    "fear": "Fear",
+    "fearful": "Fear",
+    "happy": "Happiness",
+    "happiness": "Happiness",
+    "joy": "Happiness",
+    "sad": "Sadness",
+    "sadness": "Sadness",
+    "surprise": "Surprise",
+    "surprised": "Surprise",
+    "other": "Other",
 }
 
 

@@ -17,6 +17,7 @@ and every warning of a run forwarded into its ``warning`` records.
   ``(message, logger_name)``; :func:`warning_fields` turns the logger name into the record's
   ``modality``/``stream`` fields.
 """
+
 from __future__ import annotations
 
 import collections
@@ -27,7 +28,8 @@ import logging
 import os
 import sys
 import threading
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 ROOT = "cer_stream"
 LEVEL_ENV = "CER_STREAM_LOG_LEVEL"
@@ -54,7 +56,7 @@ class _Formatter(logging.Formatter):
     """``cer-stream: warning [scene] message`` (the logger name without ``cer_stream.``)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        name = record.name[len(ROOT) + 1:] if record.name.startswith(ROOT + ".") else ""
+        name = record.name[len(ROOT) + 1 :] if record.name.startswith(ROOT + ".") else ""
         text = f"cer-stream: {record.levelname.lower()}{f' [{name}]' if name else ''} {record.getMessage()}"
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
@@ -168,17 +170,18 @@ def _elf_symbols(path: str, names: set[str]) -> dict[str, tuple[int, int, int]]:
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         if mm[:4] != b"\x7fELF" or mm[4] != 2 or mm[5] != 1:  # ELF, 64-bit, little-endian
             return out
-        shoff, = struct.unpack_from("<Q", mm, 0x28)
+        (shoff,) = struct.unpack_from("<Q", mm, 0x28)
         shentsize, shnum = struct.unpack_from("<HH", mm, 0x3A)
         sections = [struct.unpack_from("<IIQQQQIIQQ", mm, shoff + i * shentsize) for i in range(shnum)]
         for sh in sections:
             if sh[1] != 2:  # SHT_SYMTAB
                 continue
             strtab = sections[sh[6]]
-            strings = mm[strtab[4]:strtab[4] + strtab[5]]
-            dtype = np.dtype([("name", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2"),
-                              ("value", "<u8"), ("size", "<u8")])
-            syms = np.frombuffer(mm[sh[4]:sh[4] + sh[5]], dtype=dtype)
+            strings = mm[strtab[4] : strtab[4] + strtab[5]]
+            dtype = np.dtype(
+                [("name", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2"), ("value", "<u8"), ("size", "<u8")]
+            )
+            syms = np.frombuffer(mm[sh[4] : sh[4] + sh[5]], dtype=dtype)
             for name in names:
                 offset = strings.find(b"\0" + name.encode() + b"\0")
                 if offset < 0:
@@ -243,10 +246,10 @@ def _quiet_ctranslate2(module) -> None:
 
 #: Knobs read from the environment when each library starts (user settings win).
 NATIVE_ENV_DEFAULTS = {
-    "GLOG_minloglevel": "2",       # glog (MediaPipe's older graph code): errors only
-    "TF_CPP_MIN_LOG_LEVEL": "3",   # TensorFlow / TFLite builds that read it
-    "GRPC_VERBOSITY": "ERROR",     # gRPC inside TensorFlow-based wheels
-    "CT2_VERBOSE": "-1",           # CTranslate2 (faster-whisper): -1 = errors only
+    "GLOG_minloglevel": "2",  # glog (MediaPipe's older graph code): errors only
+    "TF_CPP_MIN_LOG_LEVEL": "3",  # TensorFlow / TFLite builds that read it
+    "GRPC_VERBOSITY": "ERROR",  # gRPC inside TensorFlow-based wheels
+    "CT2_VERBOSE": "-1",  # CTranslate2 (faster-whisper): -1 = errors only
 }
 
 
@@ -287,7 +290,7 @@ def warning_fields(logger_name: str) -> dict[str, str]:
     ``{"modality": "scene"}``, ``cer_stream.capture.audio`` -> ``{"stream": "audio"}``."""
     if not logger_name.startswith(ROOT + "."):
         return {}
-    parts = logger_name[len(ROOT) + 1:].split(".")
+    parts = logger_name[len(ROOT) + 1 :].split(".")
     if parts[0] in MODALITIES:
         return {"modality": parts[0]}
     if parts[0] == "capture" and len(parts) > 1 and parts[1] in ("video", "audio"):
@@ -319,8 +322,15 @@ class RecordForwarder(logging.Handler):
     record the callback logs itself is not forwarded again.
     """
 
-    def __init__(self, callback: Callable[[str, str], None] | None = None, *, level: int = logging.WARNING,
-                 logger: str = ROOT, deferred: bool = True, max_pending: int = 1000) -> None:
+    def __init__(
+        self,
+        callback: Callable[[str, str], None] | None = None,
+        *,
+        level: int = logging.WARNING,
+        logger: str = ROOT,
+        deferred: bool = True,
+        max_pending: int = 1000,
+    ) -> None:
         super().__init__(level)
         self.callback = callback
         self.logger_name = logger
@@ -334,7 +344,7 @@ class RecordForwarder(logging.Handler):
         self.failed = 0
 
     # -- installation --------------------------------------------------------------------
-    def install(self) -> "RecordForwarder":
+    def install(self) -> RecordForwarder:
         logger = logging.getLogger(self.logger_name)
         if self not in logger.handlers:
             logger.addHandler(self)
@@ -345,7 +355,7 @@ class RecordForwarder(logging.Handler):
     def remove(self) -> None:
         logging.getLogger(self.logger_name).removeHandler(self)
 
-    def __enter__(self) -> "RecordForwarder":
+    def __enter__(self) -> RecordForwarder:
         return self.install()
 
     def __exit__(self, *exc) -> None:
@@ -410,5 +420,13 @@ class RecordForwarder(logging.Handler):
         return n
 
 
-__all__ = ["LEVELS", "NATIVE_ENV_DEFAULTS", "RecordForwarder", "native_status", "parse_level", "setup_logging",
-           "silence_native", "warning_fields"]
+__all__ = [
+    "LEVELS",
+    "NATIVE_ENV_DEFAULTS",
+    "RecordForwarder",
+    "native_status",
+    "parse_level",
+    "setup_logging",
+    "silence_native",
+    "warning_fields",
+]

@@ -5,12 +5,13 @@ for frames and audio, the raw buffer as a second part (no pickling, no copy
 into the header).  Every header carries the sender's sequence number, the
 media time (``pts``, seconds) and the monotonic capture time in ns.
 """
+
 from __future__ import annotations
 
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -79,7 +80,7 @@ class CaptureError:
     kind: str = "error"
 
 
-Item = Union[StreamInfo, VideoFrame, AudioChunk, EndOfStream, CaptureError]
+Item = StreamInfo | VideoFrame | AudioChunk | EndOfStream | CaptureError
 
 
 def now_ns() -> int:
@@ -90,13 +91,26 @@ def encode(item: Item) -> list[bytes | memoryview]:
     """Header + optional raw buffer, ready for ``socket.send_multipart``."""
     if isinstance(item, VideoFrame):
         img = np.ascontiguousarray(item.image, dtype=np.uint8)
-        head = {"kind": "frame", "seq": item.seq, "index": item.index, "pts": item.pts,
-                "t": item.t_capture_ns, "shape": list(img.shape), "drops": item.sender_drops}
+        head = {
+            "kind": "frame",
+            "seq": item.seq,
+            "index": item.index,
+            "pts": item.pts,
+            "t": item.t_capture_ns,
+            "shape": list(img.shape),
+            "drops": item.sender_drops,
+        }
         return [json.dumps(head).encode(), memoryview(img).cast("B")]
     if isinstance(item, AudioChunk):
         pcm = np.ascontiguousarray(item.samples, dtype=np.float32)
-        head = {"kind": "audio", "seq": item.seq, "pts": item.pts, "t": item.t_capture_ns,
-                "n": int(pcm.shape[0]), "drops": item.sender_drops}
+        head = {
+            "kind": "audio",
+            "seq": item.seq,
+            "pts": item.pts,
+            "t": item.t_capture_ns,
+            "n": int(pcm.shape[0]),
+            "drops": item.sender_drops,
+        }
         return [json.dumps(head).encode(), memoryview(pcm).cast("B")]
     return [json.dumps(asdict(item)).encode()]
 
@@ -109,14 +123,21 @@ def decode(parts: list[bytes] | list[Any]) -> Item:
         if kind == "frame":
             shape = tuple(head["shape"])
             img = np.frombuffer(parts[1], dtype=np.uint8).reshape(shape)
-            return VideoFrame(seq=head["seq"], index=head["index"], pts=head["pts"],
-                              t_capture_ns=head["t"], image=img, sender_drops=head["drops"])
+            return VideoFrame(
+                seq=head["seq"],
+                index=head["index"],
+                pts=head["pts"],
+                t_capture_ns=head["t"],
+                image=img,
+                sender_drops=head["drops"],
+            )
         if kind == "audio":
             pcm = np.frombuffer(parts[1], dtype=np.float32)
             if pcm.shape[0] != head["n"]:
                 raise ValueError("audio length does not match its header")
-            return AudioChunk(seq=head["seq"], pts=head["pts"], t_capture_ns=head["t"],
-                              samples=pcm, sender_drops=head["drops"])
+            return AudioChunk(
+                seq=head["seq"], pts=head["pts"], t_capture_ns=head["t"], samples=pcm, sender_drops=head["drops"]
+            )
         cls = {"info": StreamInfo, "end": EndOfStream, "error": CaptureError}[kind]
         return cls(**head)
     except (KeyError, IndexError, TypeError, json.JSONDecodeError) as exc:

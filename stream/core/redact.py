@@ -1,4 +1,5 @@
 """Keep credentials out of anything printed or logged."""
+
 from __future__ import annotations
 
 import re

@@ -14,6 +14,7 @@ Frames are analysed on a fixed 5 fps media-time grid, so a full window holds
 20 analysed frames and two overlapping windows share the 10 frames of their
 overlap (each analysed once).  A shortened window holds proportionally fewer.
 """
+
 from __future__ import annotations
 
 import math

@@ -15,6 +15,7 @@ expressions in :data:`stream.core.labels.COMPOUND` order.
   prototypes in a model's feature space, compound prototypes from pairs of
   them, cosine similarity, softmax with temperature.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,13 +34,16 @@ RULE1_THRESHOLD: float = 1.0 / 7.0
 
 #: Rule 2 per-emotion weights (AVCER Table 1 before normalisation within a pair).
 RULE2_WEIGHTS: dict[str, float] = {
-    "Anger": 5.0, "Disgust": 6.0, "Fear": 5.0, "Happiness": 6.0, "Sadness": 4.0, "Surprise": 2.0,
+    "Anger": 5.0,
+    "Disgust": 6.0,
+    "Fear": 5.0,
+    "Happiness": 6.0,
+    "Sadness": 4.0,
+    "Surprise": 2.0,
 }
 
 #: Indices into BASIC of the two members of each compound, COMPOUND order.
-PAIR_INDEX: np.ndarray = np.array(
-    [[BASIC.index(a), BASIC.index(b)] for a, b in COMPOUND_PAIRS], dtype=np.intp
-)
+PAIR_INDEX: np.ndarray = np.array([[BASIC.index(a), BASIC.index(b)] for a, b in COMPOUND_PAIRS], dtype=np.intp)
 
 #: [8, 7] 0/1 matrix: ``basic @ PPA_MATRIX`` is PPA (a linear map, handy for training).
 PPA_MATRIX: np.ndarray = np.zeros((len(BASIC), len(COMPOUND)), dtype=np.float64)
@@ -68,9 +72,7 @@ def _as_basic(basic: np.ndarray) -> np.ndarray:
     if not np.issubdtype(arr.dtype, np.floating):
         arr = arr.astype(np.float64)
     if arr.ndim == 0 or arr.shape[-1] != len(BASIC):
-        raise ValueError(
-            f"expected {len(BASIC)} basic classes on the last axis, got shape {arr.shape}"
-        )
+        raise ValueError(f"expected {len(BASIC)} basic classes on the last axis, got shape {arr.shape}")
     return arr
 
 
@@ -188,7 +190,7 @@ class PFSA:
         features: np.ndarray,
         labels_basic_idx: np.ndarray,
         predicted_idx: np.ndarray,
-    ) -> "PFSA":
+    ) -> PFSA:
         """Build prototypes from ``features [N, D]`` with true and predicted basic indices.
 
         Only samples whose prediction equals their label (and whose label is
@@ -201,8 +203,7 @@ class PFSA:
         pred = np.asarray(predicted_idx).astype(np.int64).reshape(-1)
         if feats.ndim != 2 or feats.shape[0] != y.shape[0] or pred.shape != y.shape:
             raise ValueError(
-                f"features must be [N, D] with N labels and N predictions; got {feats.shape}, "
-                f"{y.shape}, {pred.shape}"
+                f"features must be [N, D] with N labels and N predictions; got {feats.shape}, {y.shape}, {pred.shape}"
             )
         if np.any(y >= len(BASIC)) or np.any(pred >= len(BASIC)):
             raise ValueError(f"basic class indices must be below {len(BASIC)}")
@@ -233,8 +234,7 @@ class PFSA:
                 if self.on_missing == "error":
                     lost = [BASIC[k] for k in (i, j) if not have[k]]
                     raise ValueError(
-                        f"PFSA: no correctly classified sample of {', '.join(lost)} "
-                        f"(needed by {COMPOUND[c]})"
+                        f"PFSA: no correctly classified sample of {', '.join(lost)} (needed by {COMPOUND[c]})"
                     )
                 if self.on_missing == "drop" or not members:
                     continue
@@ -280,9 +280,7 @@ class PFSA:
     def _cosine(features: np.ndarray, protos: np.ndarray) -> np.ndarray:
         feats = np.asarray(features, dtype=np.float64)
         if feats.shape[-1] != protos.shape[1]:
-            raise ValueError(
-                f"PFSA prototypes are {protos.shape[1]}-d, features are {feats.shape[-1]}-d"
-            )
+            raise ValueError(f"PFSA prototypes are {protos.shape[1]}-d, features are {feats.shape[-1]}-d")
         have = np.isfinite(protos).all(axis=1)
         sims = _l2(feats) @ np.where(have[:, None], protos, 0.0).T
         return np.where(have, sims, -np.inf)
@@ -292,8 +290,7 @@ class PFSA:
         return _softmax(self.scores(features) / self.temperature)
 
     # -- temperature -------------------------------------------------------
-    def nll(self, features: np.ndarray, labels: np.ndarray, temperature: float, *,
-            level: str = "compound") -> float:
+    def nll(self, features: np.ndarray, labels: np.ndarray, temperature: float, *, level: str = "compound") -> float:
         """Mean negative log-likelihood of ``labels`` under ``softmax(scores / temperature)``.
 
         ``level="basic"`` scores against the basic prototypes instead.  Samples
@@ -382,7 +379,7 @@ class PFSA:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PFSA":
+    def from_dict(cls, data: dict[str, Any]) -> PFSA:
         """Inverse of :meth:`to_dict`; raises ``ValueError`` on a malformed dict."""
         try:
             basic = _rows_from_json(data["basic_prototypes"], len(BASIC), "basic_prototypes")
@@ -391,9 +388,7 @@ class PFSA:
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed PFSA parameters: {exc}") from None
         if basic.shape[1] != comp.shape[1]:
-            raise ValueError(
-                f"PFSA basic prototypes are {basic.shape[1]}-d, compound ones {comp.shape[1]}-d"
-            )
+            raise ValueError(f"PFSA basic prototypes are {basic.shape[1]}-d, compound ones {comp.shape[1]}-d")
         if not (math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"PFSA temperature must be positive, got {temperature}")
         if not np.isfinite(comp).all(axis=1).any():

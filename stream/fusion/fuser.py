@@ -23,6 +23,7 @@ absent, has no feature, or has a feature of another size than the prototypes get
 never scored by PPA instead, so PFSA probabilities and PPA sums are never averaged
 on the same frames (the runtime adds no such window to the frame timeline).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -30,9 +31,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from stream.core.labels import BASIC, COMPOUND
 from stream.fusion.compound import METHODS, convert, normalise
 from stream.fusion.schemes import MHPF, Fusion
-from stream.core.labels import BASIC, COMPOUND
 from stream.modalities.base import ModalityOutput
 
 
@@ -62,8 +63,13 @@ class Fused:
             label = COMPOUND[int(np.argmax(self.compound))]
         else:
             compound = label = None
-        rec = {"basic": basic, "compound": compound, "label": label, "basic_label": basic_label,
-               "compound_method": self.method}
+        rec = {
+            "basic": basic,
+            "compound": compound,
+            "label": label,
+            "basic_label": basic_label,
+            "compound_method": self.method,
+        }
         if self.reason is not None:
             rec["compound_reason"] = self.reason
         return rec
@@ -77,8 +83,14 @@ class Fuser:
     calibration whose prototypes live in another feature space than the running model's.
     """
 
-    def __init__(self, modalities: list[str], *, method: str = "ppa", calibration=None,
-                 feature_spaces: dict[str, dict | None] | None = None) -> None:
+    def __init__(
+        self,
+        modalities: list[str],
+        *,
+        method: str = "ppa",
+        calibration=None,
+        feature_spaces: dict[str, dict | None] | None = None,
+    ) -> None:
         if method not in METHODS:
             raise ValueError(f"unknown compound method {method!r}; choose one of {', '.join(METHODS)}")
         self.method = method
@@ -106,17 +118,26 @@ class Fuser:
         if self.pfsa is not None:
             self.pfsa_space.setdefault("dim", int(self.pfsa.compound_prototypes.shape[1]))
             if self.pfsa_modality not in modalities:
-                raise ValueError(f"--compound pfsa: the calibration's PFSA modality {self.pfsa_modality!r} "
-                                 f"is not running (running: {', '.join(modalities) or 'none'})")
+                raise ValueError(
+                    f"--compound pfsa: the calibration's PFSA modality {self.pfsa_modality!r} "
+                    f"is not running (running: {', '.join(modalities) or 'none'})"
+                )
             if feature_spaces is not None and self.pfsa_modality in feature_spaces:
                 check_feature_space(self.pfsa_modality, self.pfsa_space, feature_spaces[self.pfsa_modality])
 
     def describe(self) -> dict:
-        out = {"kind": self.kind, "modalities": self.names,
-               "calibration": bool(self.calibration is not None), "notes": self.notes}
+        out = {
+            "kind": self.kind,
+            "modalities": self.names,
+            "calibration": bool(self.calibration is not None),
+            "notes": self.notes,
+        }
         if self.pfsa is not None:
-            out["pfsa"] = {"modality": self.pfsa_modality, "feature_space": self.pfsa_space,
-                           "temperature": self.pfsa.temperature}
+            out["pfsa"] = {
+                "modality": self.pfsa_modality,
+                "feature_space": self.pfsa_space,
+                "temperature": self.pfsa.temperature,
+            }
         return out
 
     def __call__(self, outputs: dict[str, ModalityOutput]) -> Fused:
@@ -218,15 +239,26 @@ def check_feature_space(modality: str, calibrated: dict, running: dict | None) -
     """Raise a one-line ``ValueError`` when PFSA prototypes (``calibrated``: ``{"dim", "name",
     "model"}``) cannot score the running model's features (``running``; None: it has none)."""
     if running is None:
-        raise ValueError(f"--compound pfsa: the running {modality} model exports no features; the "
-                         f"calibration's PFSA prototypes are {_describe_space(calibrated)}")
+        raise ValueError(
+            f"--compound pfsa: the running {modality} model exports no features; the "
+            f"calibration's PFSA prototypes are {_describe_space(calibrated)}"
+        )
     want, have = calibrated.get("dim"), running.get("dim")
     if want is not None and have is not None and int(want) != int(have):
-        raise ValueError(f"--compound pfsa: the calibration's PFSA prototypes are {_describe_space(calibrated)} "
-                         f"but the running {modality} model gives {_describe_space(running)} features; "
-                         f"calibrate again with this model, or run the model the calibration was made with")
-    if (calibrated.get("model") and running.get("model") and calibrated.get("name") and running.get("name")
-            and calibrated["name"] != running["name"]):
-        raise ValueError(f"--compound pfsa: the calibration's PFSA prototypes are in {calibrated['name']} "
-                         f"(model {calibrated['model']}) but the running {modality} model gives "
-                         f"{running['name']} (model {running['model']}); calibrate again with this model")
+        raise ValueError(
+            f"--compound pfsa: the calibration's PFSA prototypes are {_describe_space(calibrated)} "
+            f"but the running {modality} model gives {_describe_space(running)} features; "
+            f"calibrate again with this model, or run the model the calibration was made with"
+        )
+    if (
+        calibrated.get("model")
+        and running.get("model")
+        and calibrated.get("name")
+        and running.get("name")
+        and calibrated["name"] != running["name"]
+    ):
+        raise ValueError(
+            f"--compound pfsa: the calibration's PFSA prototypes are in {calibrated['name']} "
+            f"(model {calibrated['model']}) but the running {modality} model gives "
+            f"{running['name']} (model {running['model']}); calibrate again with this model"
+        )

@@ -27,20 +27,22 @@ Fused outputs are class scores on the probability scale but need not sum to 1
 
 :func:`train_mhpf` fits MHPF with torch, imported only inside that function.
 """
+
 from __future__ import annotations
 
 import itertools
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Sequence, Union
+from typing import Any, ClassVar
 
 import numpy as np
 
-from stream.offline import metrics
 from stream.fusion.compound import PPA_MATRIX
+from stream.offline import metrics
 
-Metric = Union[str, Callable[[np.ndarray, np.ndarray], float]]
+Metric = str | Callable[[np.ndarray, np.ndarray], float]
 
 #: AVCER's number of Dirichlet samples in the random search.
 DIRICHLET_SAMPLES: int = 10_000
@@ -58,8 +60,9 @@ _CHUNK_FLOATS = 2_000_000
 
 
 # --------------------------------------------------------------------------- helpers
-def _prepare(probs: Any, mask: Any, n_modalities: int | None = None,
-             n_classes: int | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
+def _prepare(
+    probs: Any, mask: Any, n_modalities: int | None = None, n_classes: int | None = None
+) -> tuple[np.ndarray, np.ndarray, bool]:
     """Validated ``(probs with absent rows zeroed [B,M,C], mask [B,M] bool, was_single)``."""
     p = np.asarray(probs, dtype=np.float64)
     single = p.ndim == 2
@@ -137,8 +140,9 @@ def _fit_rows(probs: Any, mask: Any, labels: Any, target: str):
     return p[keep], m[keep], y[keep]
 
 
-def _score_predictions(pred: np.ndarray, y: np.ndarray, n_classes: int, metric: Metric,
-                       classes: Sequence[int] | None) -> np.ndarray:
+def _score_predictions(
+    pred: np.ndarray, y: np.ndarray, n_classes: int, metric: Metric, classes: Sequence[int] | None
+) -> np.ndarray:
     """Metric of each row of ``pred [K, B]`` against ``y [B]``, vectorised for named metrics.
 
     Named metrics use scikit-learn's class set (union of true and predicted
@@ -170,7 +174,7 @@ def _search(
     per = max(1, _CHUNK_FLOATS // max(1, y.size * n_target))
     scores = []
     for start in range(0, candidates.shape[0], per):
-        fused = fuse_batch(candidates[start:start + per])
+        fused = fuse_batch(candidates[start : start + per])
         if target == "compound":
             fused = np.tensordot(PPA_MATRIX.T, fused, axes=1)  # PPA on the class axis
         pred = np.argmax(fused, axis=0)  # no NaN: _fit_rows dropped windows without modalities
@@ -191,7 +195,7 @@ class Fusion(ABC):
     """Common interface: :meth:`fuse`, :meth:`to_dict` and :meth:`from_dict`."""
 
     kind: ClassVar[str] = ""
-    _registry: ClassVar[dict[str, type["Fusion"]]] = {}
+    _registry: ClassVar[dict[str, type[Fusion]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -218,16 +222,15 @@ class Fusion(ABC):
 
     @classmethod
     @abstractmethod
-    def _from_params(cls, data: dict[str, Any]) -> "Fusion":
+    def _from_params(cls, data: dict[str, Any]) -> Fusion:
         """Build from :meth:`_params` output; raise ``ValueError`` if malformed."""
 
     def to_dict(self) -> dict[str, Any]:
         """``{"kind": ..., "n_modalities": M, "n_classes": C, **parameters}``."""
-        return {"kind": self.kind, "n_modalities": self.n_modalities,
-                "n_classes": self.n_classes, **self._params()}
+        return {"kind": self.kind, "n_modalities": self.n_modalities, "n_classes": self.n_classes, **self._params()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Fusion":
+    def from_dict(cls, data: dict[str, Any]) -> Fusion:
         """Rebuild any scheme from :meth:`to_dict` output (dispatches on ``kind``).
 
         Called on a subclass, the ``kind`` must be that subclass's.  Raises
@@ -279,12 +282,10 @@ class MHPF(Fusion):
         self.weights = _float_matrix(self.weights, 3, "MHPF weights W [H, M, C]")
         self.alpha = _float_matrix(self.alpha, 1, "MHPF alpha [H]")
         if self.alpha.shape[0] != self.weights.shape[0]:
-            raise ValueError(
-                f"MHPF has {self.weights.shape[0]} heads in W but {self.alpha.shape[0]} in alpha"
-            )
+            raise ValueError(f"MHPF has {self.weights.shape[0]} heads in W but {self.alpha.shape[0]} in alpha")
 
     @classmethod
-    def equal(cls, n_modalities: int, n_classes: int) -> "MHPF":
+    def equal(cls, n_modalities: int, n_classes: int) -> MHPF:
         """Plain average over the present modalities (the default without calibration)."""
         return cls(np.zeros((1, n_modalities, n_classes)), np.zeros(1), meta={"init": "equal"})
 
@@ -316,13 +317,20 @@ class MHPF(Fusion):
         return out[0] if single else out
 
     def _params(self) -> dict[str, Any]:
-        return {"heads": self.n_heads, "W": self.weights.tolist(), "alpha": self.alpha.tolist(),
-                "meta": dict(self.meta)}
+        return {
+            "heads": self.n_heads,
+            "W": self.weights.tolist(),
+            "alpha": self.alpha.tolist(),
+            "meta": dict(self.meta),
+        }
 
     @classmethod
-    def _from_params(cls, data: dict[str, Any]) -> "MHPF":
-        return cls(np.asarray(data["W"], dtype=np.float64), np.asarray(data["alpha"], dtype=np.float64),
-                   meta=dict(data.get("meta", {})))
+    def _from_params(cls, data: dict[str, Any]) -> MHPF:
+        return cls(
+            np.asarray(data["W"], dtype=np.float64),
+            np.asarray(data["alpha"], dtype=np.float64),
+            meta=dict(data.get("meta", {})),
+        )
 
 
 # --------------------------------------------------------------------------- AVCER
@@ -373,7 +381,7 @@ class DirichletWeights(Fusion):
         classes: Sequence[int] | None = None,
         n_samples: int = DIRICHLET_SAMPLES,
         seed: int = 0,
-    ) -> "DirichletWeights":
+    ) -> DirichletWeights:
         """Random search (seeded) for ``W``; labels < 0 and empty windows are skipped.
 
         ``target="compound"`` scores PPA of the fused scores against compound
@@ -384,16 +392,20 @@ class DirichletWeights(Fusion):
         n_mod, n_cls = p.shape[1], p.shape[2]
         rng = np.random.default_rng(seed)
         draws = rng.dirichlet(np.ones(n_mod), size=(max(int(n_samples), 0), n_cls))  # [K, C, M]
-        candidates = np.concatenate(
-            [np.full((1, n_mod, n_cls), 1.0 / n_mod), draws.transpose(0, 2, 1)], axis=0
+        candidates = np.concatenate([np.full((1, n_mod, n_cls), 1.0 / n_mod), draws.transpose(0, 2, 1)], axis=0)
+        best, scores = _search(
+            candidates, lambda e: _keep_total_ckb(e, p, m), y, _n_target(n_cls, target), target, metric, classes
         )
-        best, scores = _search(candidates, lambda e: _keep_total_ckb(e, p, m), y,
-                               _n_target(n_cls, target), target, metric, classes)
         self.weights = candidates[best]
-        self.meta = {"search": "dirichlet", "n_samples": int(n_samples), "seed": int(seed),
-                     "metric": metric if isinstance(metric, str) else getattr(metric, "__name__", "custom"),
-                     "target": target, "score": float(scores[best]),
-                     "equal_score": float(scores[0])}
+        self.meta = {
+            "search": "dirichlet",
+            "n_samples": int(n_samples),
+            "seed": int(seed),
+            "metric": metric if isinstance(metric, str) else getattr(metric, "__name__", "custom"),
+            "target": target,
+            "score": float(scores[best]),
+            "equal_score": float(scores[0]),
+        }
         return self
 
     def fuse(self, probs: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -405,12 +417,13 @@ class DirichletWeights(Fusion):
         return {"W": self._w().tolist(), "meta": dict(self.meta)}
 
     @classmethod
-    def _from_params(cls, data: dict[str, Any]) -> "DirichletWeights":
+    def _from_params(cls, data: dict[str, Any]) -> DirichletWeights:
         return cls(np.asarray(data["W"], dtype=np.float64), meta=dict(data.get("meta", {})))
 
 
-def hierarchical_grid(lo: float = HIERARCHICAL_GRID[0], hi: float = HIERARCHICAL_GRID[1],
-                      step: float = HIERARCHICAL_GRID[2]) -> np.ndarray:
+def hierarchical_grid(
+    lo: float = HIERARCHICAL_GRID[0], hi: float = HIERARCHICAL_GRID[1], step: float = HIERARCHICAL_GRID[2]
+) -> np.ndarray:
     """Grid ``lo, lo+step, ..., hi`` (inclusive; 99 values for the AVCER defaults)."""
     n = int(math.floor((hi - lo) / step + 1e-9)) + 1
     return np.round(lo + step * np.arange(n), 10)
@@ -483,13 +496,14 @@ class HierarchicalWeights(Fusion):
         grid: np.ndarray | None = None,
         exhaustive_limit: int = EXHAUSTIVE_LIMIT,
         max_rounds: int = 10,
-    ) -> "HierarchicalWeights":
+    ) -> HierarchicalWeights:
         """Fit both stages (see the class docstring); returns ``self``."""
         p, m, y = _fit_rows(probs, mask, labels, target)
         n_mod, n_cls = p.shape[1], p.shape[2]
         if first_stage is None:
-            first_stage = DirichletWeights().fit(p, m, y, metric=metric, target=target,
-                                                 classes=classes, n_samples=n_samples, seed=seed)
+            first_stage = DirichletWeights().fit(
+                p, m, y, metric=metric, target=target, classes=classes, n_samples=n_samples, seed=seed
+            )
         w = first_stage._w()
         if w.shape != (n_mod, n_cls):
             raise ValueError(f"first stage is {list(w.shape)}, data is [{n_mod}, {n_cls}]")
@@ -499,10 +513,11 @@ class HierarchicalWeights(Fusion):
         n_t = _n_target(n_cls, target)
 
         def run(cands: np.ndarray) -> tuple[int, np.ndarray]:
-            return _search(cands, lambda vs: _keep_total_ckb(self._effective(w, vs), p, m),
-                           y, n_t, target, metric, classes)
+            return _search(
+                cands, lambda vs: _keep_total_ckb(self._effective(w, vs), p, m), y, n_t, target, metric, classes
+            )
 
-        if values.size ** n_mod <= exhaustive_limit:
+        if values.size**n_mod <= exhaustive_limit:
             cands = np.array(list(itertools.product(values, repeat=n_mod)), dtype=np.float64)
             top = float(values.max())
             cands = np.concatenate([np.full((1, n_mod), top), cands])  # equal v first
@@ -524,9 +539,13 @@ class HierarchicalWeights(Fusion):
                     break
         self.weights = w.copy()
         self.model_weights = np.asarray(v, dtype=np.float64)
-        self.meta = {"search": search, "grid": [float(values.min()), float(values.max()), values.size],
-                     "target": target, "score": float(score),
-                     "first_stage": dict(first_stage.meta)}
+        self.meta = {
+            "search": search,
+            "grid": [float(values.min()), float(values.max()), values.size],
+            "target": target,
+            "score": float(score),
+            "first_stage": dict(first_stage.meta),
+        }
         return self
 
     def fuse(self, probs: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -540,9 +559,12 @@ class HierarchicalWeights(Fusion):
         return {"W": w.tolist(), "v": v.tolist(), "meta": dict(self.meta)}
 
     @classmethod
-    def _from_params(cls, data: dict[str, Any]) -> "HierarchicalWeights":
-        return cls(np.asarray(data["W"], dtype=np.float64), np.asarray(data["v"], dtype=np.float64),
-                   meta=dict(data.get("meta", {})))
+    def _from_params(cls, data: dict[str, Any]) -> HierarchicalWeights:
+        return cls(
+            np.asarray(data["W"], dtype=np.float64),
+            np.asarray(data["v"], dtype=np.float64),
+            meta=dict(data.get("meta", {})),
+        )
 
 
 # --------------------------------------------------------------------------- training
@@ -624,7 +646,7 @@ def train_mhpf(
         vp, vm, vy = (torch.as_tensor(pv, dtype=dt), torch.as_tensor(mv), torch.as_tensor(yv))
         cw = torch.as_tensor(class_balanced_weights(y, n_t), dtype=dt)
 
-        def forward(pb: "torch.Tensor", mb: "torch.Tensor") -> "torch.Tensor":
+        def forward(pb: torch.Tensor, mb: torch.Tensor) -> torch.Tensor:
             logits = w_param.unsqueeze(0).expand(pb.shape[0], -1, -1, -1)
             logits = logits.masked_fill(~mb[:, None, :, None], float("-inf"))
             wts = torch.softmax(logits, dim=2)  # over modalities, absent ones get 0
@@ -640,7 +662,7 @@ def train_mhpf(
             perm = torch.randperm(ty.shape[0], generator=gen)
             total = 0.0
             for start in range(0, perm.shape[0], batch_size):
-                idx = perm[start:start + batch_size]
+                idx = perm[start : start + batch_size]
                 # The seed code feeds the fused probabilities to cross-entropy as logits.
                 loss = F.cross_entropy(forward(tp[idx], tm[idx]), ty[idx], weight=cw)
                 opt.zero_grad()
@@ -651,8 +673,7 @@ def train_mhpf(
                 out_v = forward(vp, vm)
                 val_loss = float(F.cross_entropy(out_v, vy, weight=cw))
                 val_f1 = metrics.macro_f1(yv, out_v.argmax(dim=1).numpy())
-            history.append({"epoch": epoch, "loss": total / ty.shape[0],
-                            "val_loss": val_loss, "val_f1": val_f1})
+            history.append({"epoch": epoch, "loss": total / ty.shape[0], "val_loss": val_loss, "val_f1": val_f1})
             key = val_f1 if monitor == "f1" else -val_loss
             if best_key is None or key > best_key:
                 best_key, best_epoch, stale = key, epoch, 0
@@ -665,8 +686,22 @@ def train_mhpf(
         torch.use_deterministic_algorithms(prev_det)
 
     last = history[best_epoch - 1]
-    return MHPF(best[0].numpy().copy(), best[1].numpy().copy(), meta={
-        "trained": {"epochs_run": len(history), "best_epoch": best_epoch, "monitor": monitor,
-                    "val_f1": last["val_f1"], "val_loss": last["val_loss"], "lr": lr,
-                    "batch_size": batch_size, "seed": seed, "target": target,
-                    "n_train": int(y.size), "n_val": int(yv.size)}})
+    return MHPF(
+        best[0].numpy().copy(),
+        best[1].numpy().copy(),
+        meta={
+            "trained": {
+                "epochs_run": len(history),
+                "best_epoch": best_epoch,
+                "monitor": monitor,
+                "val_f1": last["val_f1"],
+                "val_loss": last["val_loss"],
+                "lr": lr,
+                "batch_size": batch_size,
+                "seed": seed,
+                "target": target,
+                "n_train": int(y.size),
+                "n_val": int(yv.size),
+            }
+        },
+    )

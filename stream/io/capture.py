@@ -24,6 +24,7 @@ reason is also written to a small file beside the ZeroMQ endpoints
 its native libraries are quieted per library (:func:`stream.core.logs.silence_native`), so
 its standard error is not thrown away: a native crash message still reaches the terminal.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -33,8 +34,8 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import zmq
@@ -79,7 +80,7 @@ class CaptureConfig:
             return self.error_file
         endpoint = self.frames_endpoint or self.audio_endpoint or ""
         if endpoint.startswith("ipc://"):
-            return f"{endpoint[len('ipc://'):]}.{self.source}.error"
+            return f"{endpoint[len('ipc://') :]}.{self.source}.error"
         return None
 
     @property
@@ -164,7 +165,7 @@ def describe_capture_exit(cfg: CaptureConfig, exitcode: int | None) -> str:
     return f"{what} exited (code {exitcode})"
 
 
-def _send_error(sender: "_Sender", cfg: CaptureConfig, message: str, streams: list[str]) -> None:
+def _send_error(sender: _Sender, cfg: CaptureConfig, message: str, streams: list[str]) -> None:
     """Report a failure both ways: a ``CaptureError`` message and the reason file."""
     _report_failure(cfg, message)
     log.debug("capture error: %s", message)
@@ -234,8 +235,9 @@ def _open_container(cfg: CaptureConfig):
     if cfg.source == "video":
         return av.open(cfg.target, mode="r")
     if cfg.source == "rtsp":
-        return av.open(cfg.target, mode="r", options={"rtsp_transport": "tcp"},
-                       timeout=(cfg.open_timeout_s, cfg.read_timeout_s))
+        return av.open(
+            cfg.target, mode="r", options={"rtsp_transport": "tcp"}, timeout=(cfg.open_timeout_s, cfg.read_timeout_s)
+        )
     if cfg.source == "camera":
         device = f"/dev/video{cfg.target}" if str(cfg.target).isdigit() else cfg.target
         return av.open(device, mode="r", format="v4l2", timeout=(cfg.open_timeout_s, cfg.read_timeout_s))
@@ -243,8 +245,9 @@ def _open_container(cfg: CaptureConfig):
 
 
 def describe_open_error(cfg: CaptureConfig, exc: BaseException) -> str:
-    what = {"video": "cannot open video file", "rtsp": "cannot open RTSP stream",
-            "camera": "cannot open camera"}.get(cfg.source, "cannot open source")
+    what = {"video": "cannot open video file", "rtsp": "cannot open RTSP stream", "camera": "cannot open camera"}.get(
+        cfg.source, "cannot open source"
+    )
     detail = getattr(exc, "strerror", None) or str(exc).strip() or type(exc).__name__
     return redact(f"{what} {cfg.target}: {detail}")
 
@@ -256,8 +259,7 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
     stop = _Stop() if stop is None else stop
     ctx = zmq.Context.instance()
     frames = _Sender(ctx, cfg.frames_endpoint, hwm=FRAME_HWM, blocking=cfg.lossless)
-    audio = (_Sender(ctx, cfg.audio_endpoint, hwm=AUDIO_HWM, blocking=cfg.lossless)
-             if cfg.audio_endpoint else None)
+    audio = _Sender(ctx, cfg.audio_endpoint, hwm=AUDIO_HWM, blocking=cfg.lossless) if cfg.audio_endpoint else None
     streams = [m.VIDEO] + ([m.AUDIO] if audio else [])
     container = None
     try:
@@ -274,15 +276,21 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
         a_stream = container.streams.audio[0] if (container.streams.audio and cfg.want_audio) else None
         audio_note = None
         if a_stream is None:
-            audio_note = ("audio not requested" if not cfg.want_audio
-                          else "the source has no audio track")
+            audio_note = "audio not requested" if not cfg.want_audio else "the source has no audio track"
         fps = float(vs.average_rate or vs.guessed_rate or 0) or 25.0
         width, height = vs.codec_context.width, vs.codec_context.height
         out_w, out_h = scaled_size(width, height, cfg.max_side)
         duration = float(container.duration / 1e6) if container.duration else None
-        info = m.StreamInfo(source=cfg.source, streams=[m.VIDEO] + ([m.AUDIO] if a_stream else []),
-                            fps=fps, width=out_w, height=out_h, duration=duration,
-                            live=cfg.live, audio_note=audio_note)
+        info = m.StreamInfo(
+            source=cfg.source,
+            streams=[m.VIDEO] + ([m.AUDIO] if a_stream else []),
+            fps=fps,
+            width=out_w,
+            height=out_h,
+            duration=duration,
+            live=cfg.live,
+            audio_note=audio_note,
+        )
         frames.send_control(info)
         if audio is not None and a_stream is not None:
             audio.send_control(info)
@@ -313,8 +321,9 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
                 pcm, start = pcm[cut:], start + cut / m.AUDIO_RATE
                 if pcm.size == 0:
                     return
-            chunk = m.AudioChunk(seq=audio.seq, pts=start, t_capture_ns=m.now_ns(), samples=pcm,
-                                 sender_drops=audio.drops)
+            chunk = m.AudioChunk(
+                seq=audio.seq, pts=start, t_capture_ns=m.now_ns(), samples=pcm, sender_drops=audio.drops
+            )
             audio.seq += 1
             audio.send(chunk, stop)
 
@@ -348,8 +357,9 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
                         t_cap = m.now_ns()  # a paced file frame is "captured" when its time comes
                     if clock(t):
                         img = frame.to_ndarray(format="rgb24", width=out_w, height=out_h)
-                        item = m.VideoFrame(seq=frames.seq, index=index, pts=t, t_capture_ns=t_cap,
-                                            image=img, sender_drops=frames.drops)
+                        item = m.VideoFrame(
+                            seq=frames.seq, index=index, pts=t, t_capture_ns=t_cap, image=img, sender_drops=frames.drops
+                        )
                         frames.seq += 1
                         frames.send(item, stop)
                 elif resampler is not None and audio is not None:
@@ -372,9 +382,13 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
                 pending_audio.append(pcm)
                 pending_n += pcm.shape[0]
             flush_audio(force=True)
-        end = m.EndOfStream(streams=streams, reason="stopped" if stop else "eof", frames=n_frames,
-                            duration=(last_t + 1.0 / fps) if n_frames else 0.0,
-                            sender_drops={m.VIDEO: frames.drops, m.AUDIO: audio.drops if audio else 0})
+        end = m.EndOfStream(
+            streams=streams,
+            reason="stopped" if stop else "eof",
+            frames=n_frames,
+            duration=(last_t + 1.0 / fps) if n_frames else 0.0,
+            sender_drops={m.VIDEO: frames.drops, m.AUDIO: audio.drops if audio else 0},
+        )
         frames.send_control(end)
         if audio is not None:
             audio.send_control(end)
@@ -405,8 +419,9 @@ def run_mic_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: fl
         try:
             import sounddevice as sd
         except (ImportError, OSError) as exc:
-            _send_error(audio, cfg, f"microphone unavailable: {exc} (pip install sounddevice; Debian: libportaudio2)",
-                        streams)
+            _send_error(
+                audio, cfg, f"microphone unavailable: {exc} (pip install sounddevice; Debian: libportaudio2)", streams
+            )
             return
         q: queue.Queue = queue.Queue(maxsize=200)
         lost = [0]
@@ -420,8 +435,14 @@ def run_mic_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: fl
 
         device = None if cfg.target in ("", "default") else (int(cfg.target) if cfg.target.isdigit() else cfg.target)
         try:
-            stream = sd.InputStream(samplerate=m.AUDIO_RATE, channels=1, dtype="float32", device=device,
-                                    blocksize=int(AUDIO_CHUNK_S * m.AUDIO_RATE), callback=callback)
+            stream = sd.InputStream(
+                samplerate=m.AUDIO_RATE,
+                channels=1,
+                dtype="float32",
+                device=device,
+                blocksize=int(AUDIO_CHUNK_S * m.AUDIO_RATE),
+                callback=callback,
+            )
         except Exception as exc:
             _send_error(audio, cfg, f"cannot open microphone {cfg.target or 'default'}: {exc}", streams)
             return
@@ -432,11 +453,15 @@ def run_mic_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: fl
                     t, pcm = q.get(timeout=0.2)
                 except queue.Empty:
                     continue
-                audio.send(m.AudioChunk(seq=audio.seq, pts=t, t_capture_ns=m.now_ns(), samples=pcm,
-                                        sender_drops=audio.drops + lost[0]))
+                audio.send(
+                    m.AudioChunk(
+                        seq=audio.seq, pts=t, t_capture_ns=m.now_ns(), samples=pcm, sender_drops=audio.drops + lost[0]
+                    )
+                )
                 audio.seq += 1
-        audio.send_control(m.EndOfStream(streams=streams, reason="stopped",
-                                         sender_drops={m.AUDIO: audio.drops + lost[0]}))
+        audio.send_control(
+            m.EndOfStream(streams=streams, reason="stopped", sender_drops={m.AUDIO: audio.drops + lost[0]})
+        )
     finally:
         stop.event.wait(hold_s)
         audio.close()
@@ -471,8 +496,9 @@ def capture_main(cfg: CaptureConfig) -> None:
             run_av_capture(cfg, stop, hold_s=END_HOLD_S)
     except BaseException as exc:  # noqa: BLE001 - the process ends here either way
         failed = True
-        _report_failure(cfg, f"capture failed: {type(exc).__name__}: {exc}" if str(exc)
-                        else f"capture failed: {type(exc).__name__}")
+        _report_failure(
+            cfg, f"capture failed: {type(exc).__name__}: {exc}" if str(exc) else f"capture failed: {type(exc).__name__}"
+        )
         log.debug("capture process failed", exc_info=True)
     finally:
         ctx = zmq.Context.instance()

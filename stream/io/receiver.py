@@ -6,6 +6,7 @@ and files it into :class:`~stream.io.ringbuffer.FrameRing` /
 stream, capture errors) update :class:`SourceState`, whose condition
 variable wakes the window loop.
 """
+
 from __future__ import annotations
 
 import threading
@@ -52,8 +53,16 @@ class SourceState:
 class Receiver(threading.Thread):
     """Thread that owns the PULL sockets (bound here, capture processes connect)."""
 
-    def __init__(self, *, frames_endpoint: str, audio_endpoint: str | None, frames: FrameRing,
-                 audio: AudioRing, state: SourceState, context: zmq.Context | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        frames_endpoint: str,
+        audio_endpoint: str | None,
+        frames: FrameRing,
+        audio: AudioRing,
+        state: SourceState,
+        context: zmq.Context | None = None,
+    ) -> None:
         super().__init__(name="cer-receiver", daemon=True)
         self.ctx = context or zmq.Context.instance()
         self.frames, self.audio, self.state = frames, audio, state

@@ -5,6 +5,7 @@ counter says so; capture is never held up.  A file analysed as fast as
 possible uses ``block``: the receiver waits for room, ZeroMQ's high-water
 mark fills, and the file reader is paced by the analyzer with nothing lost.
 """
+
 from __future__ import annotations
 
 import threading
@@ -116,7 +117,7 @@ class AudioRing:
             c1 = c0 + c.samples.shape[0]
             a, b = max(c0, 0), min(c1, n)
             if a < b:
-                out[a:b] = c.samples[a - c0:b - c0]
+                out[a:b] = c.samples[a - c0 : b - c0]
                 covered += b - a
         return out, (covered / n if n else 0.0)
 

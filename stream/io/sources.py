@@ -7,6 +7,7 @@ processes (``stream.io.capture``) that push into the analyzer's ring buffers ove
 and :meth:`PushSource.push_audio`, which put items straight into the same ring buffers (after the
 same 5 fps sampling, scaling and 16 kHz resampling the capture processes do).
 """
+
 from __future__ import annotations
 
 import os
@@ -137,8 +138,15 @@ class PushSource(Source):
     records count pushed frames); ``audio=False`` says no audio will come.
     """
 
-    def __init__(self, *, fps: float = 25.0, audio: bool = True, live: bool = True, name: str = "push",
-                 max_side: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        fps: float = 25.0,
+        audio: bool = True,
+        live: bool = True,
+        name: str = "push",
+        max_side: int | None = None,
+    ) -> None:
         super().__init__("push", name, audio=audio)
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
@@ -186,9 +194,16 @@ class PushSource(Source):
                 ow, oh = scaled_size(w, h, self.max_side or 960)
                 self._size = (ow, oh)
                 with self.state.cond:
-                    self.state.info = m.StreamInfo(source="push", streams=[m.VIDEO] + ([m.AUDIO] if self.audio else []),
-                                                   fps=self.fps, width=ow, height=oh, duration=None, live=self.live,
-                                                   audio_note=None if self.audio else "audio not requested")
+                    self.state.info = m.StreamInfo(
+                        source="push",
+                        streams=[m.VIDEO] + ([m.AUDIO] if self.audio else []),
+                        fps=self.fps,
+                        width=ow,
+                        height=oh,
+                        duration=None,
+                        live=self.live,
+                        audio_note=None if self.audio else "audio not requested",
+                    )
                     self.state.cond.notify_all()
             if not self._clock(t):
                 return False
@@ -242,11 +257,13 @@ class PushSource(Source):
             n, last_t = self._n, self._last_t
         with self.state.cond:
             if self.state.info is None:  # nothing was pushed
-                self.state.info = m.StreamInfo(source="push", streams=[m.VIDEO], fps=self.fps, live=self.live,
-                                               audio_note="nothing was pushed")
+                self.state.info = m.StreamInfo(
+                    source="push", streams=[m.VIDEO], fps=self.fps, live=self.live, audio_note="nothing was pushed"
+                )
                 self.state.av_audio = False
-            self.state.video_end = m.EndOfStream(streams=[m.VIDEO], reason="eof", frames=n,
-                                                 duration=(last_t + 1.0 / self.fps) if n else 0.0)
+            self.state.video_end = m.EndOfStream(
+                streams=[m.VIDEO], reason="eof", frames=n, duration=(last_t + 1.0 / self.fps) if n else 0.0
+            )
             self.state.av_audio_done = True
             self.state.cond.notify_all()
 

@@ -21,6 +21,7 @@ model to model, which a TensorRT profile would have to be told.
 
 Non-speech windows (Silero VAD: at most 10 % speech) give no prediction.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,11 +54,13 @@ class SpeechEmotionModel:
         self.normalize = False
         self.length: int | None = None
 
-    def load(self) -> "SpeechEmotionModel":
+    def load(self) -> SpeechEmotionModel:
         if self.engine is None:
             from engines.select import create_engine
 
-            self.engine = create_engine(self.path, backend=self.backend, device=self.device, model="wavlm-speech-emotion")
+            self.engine = create_engine(
+                self.path, backend=self.backend, device=self.device, model="wavlm-speech-emotion"
+            )
         engine = self.engine.load()
         meta = engine.metadata
         if "cer.labels" not in meta:
@@ -90,7 +93,7 @@ class SpeechEmotionModel:
             self.load()
         x = np.asarray(audio, np.float32).reshape(-1)
         if self.length is not None:
-            x = x[:self.length] if x.shape[0] >= self.length else np.pad(x, (0, self.length - x.shape[0]))
+            x = x[: self.length] if x.shape[0] >= self.length else np.pad(x, (0, self.length - x.shape[0]))
         if self.normalize:
             x = (x - x.mean()) / np.sqrt(x.var() + 1e-7)
         outs = self.engine.infer(x[None, :])
@@ -112,8 +115,14 @@ class SpeechEmotionModality:
 
     name = "audio"
 
-    def __init__(self, model: SpeechEmotionModel | str | Path | None, *, gate: SpeechGate,
-                 device: str = "auto", backend: str = "auto") -> None:
+    def __init__(
+        self,
+        model: SpeechEmotionModel | str | Path | None,
+        *,
+        gate: SpeechGate,
+        device: str = "auto",
+        backend: str = "auto",
+    ) -> None:
         if model is not None and not isinstance(model, SpeechEmotionModel):
             model = SpeechEmotionModel(model, device=device, backend=backend)
         self.model = model
@@ -180,25 +189,34 @@ def build_audio_modalities(opts: AudioOptions, *, share_gate: bool = True) -> li
     """The audio modality, then the text modality (unless disabled).  With ``share_gate`` both
     use one speech gate (one VAD stream); without it the text modality gets its own, so that it
     can run on another thread.  The text modality owns the recogniser."""
+
     def new_gate() -> SpeechGate:
-        return SpeechGate(SileroVAD(backend=opts.backend, device=opts.device),
-                          options=VadOptions(threshold=opts.vad_threshold,
-                                             min_speech_fraction=opts.min_speech_fraction))
+        return SpeechGate(
+            SileroVAD(backend=opts.backend, device=opts.device),
+            options=VadOptions(threshold=opts.vad_threshold, min_speech_fraction=opts.min_speech_fraction),
+        )
 
     gate = new_gate()
-    mods: list[Modality] = [SpeechEmotionModality(opts.speech_emotion, gate=gate, device=opts.device,
-                                                  backend=opts.backend)]
+    mods: list[Modality] = [
+        SpeechEmotionModality(opts.speech_emotion, gate=gate, device=opts.device, backend=opts.backend)
+    ]
     if opts.asr and opts.text:
-        from stream.modalities.speech.asr import AsrOptions, SpeechRecognizer
+        from stream.modalities.speech.asr import AsrGate, AsrOptions, SpeechRecognizer
         from stream.modalities.text import SpeechTextModality
 
-        from stream.modalities.speech.asr import AsrGate
-
-        gate_opts = (AsrGate(min_word_probability=opts.asr_min_word_probability, languages=opts.asr_languages)
-                     if opts.asr_gate else AsrGate.off())
-        asr = SpeechRecognizer(opts.asr_model, device=opts.device,
-                               options=AsrOptions(language=opts.language, beam_size=opts.asr_beam_size,
-                                                  gate=gate_opts))
-        mods.append(SpeechTextModality(gate=gate if share_gate else new_gate(), asr=asr, backend=opts.backend,
-                                       device=opts.device))
+        gate_opts = (
+            AsrGate(min_word_probability=opts.asr_min_word_probability, languages=opts.asr_languages)
+            if opts.asr_gate
+            else AsrGate.off()
+        )
+        asr = SpeechRecognizer(
+            opts.asr_model,
+            device=opts.device,
+            options=AsrOptions(language=opts.language, beam_size=opts.asr_beam_size, gate=gate_opts),
+        )
+        mods.append(
+            SpeechTextModality(
+                gate=gate if share_gate else new_gate(), asr=asr, backend=opts.backend, device=opts.device
+            )
+        )
     return mods

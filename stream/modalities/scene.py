@@ -32,6 +32,7 @@ settings come from the environment (``HTTPS_PROXY``/``NO_PROXY``, ``SSL_CERT_FIL
 reads them.  Failures are logged on the ``cer_stream.scene`` logger (a warning when a run of
 failures starts, so it reaches the run's ``warning`` records) and counted in the window records.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -44,15 +45,16 @@ import os
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from stream.core.labels import BASIC
-from stream.modalities.base import ModalityOutput, WindowInput
 from stream.core.redact import redact
 from stream.core.windows import WINDOW_S
+from stream.modalities.base import ModalityOutput, WindowInput
 
 if TYPE_CHECKING:  # imported when the worker starts: `images` and tests of other parts never pay for it
     import httpx
@@ -205,8 +207,12 @@ def chat_request(options: SceneOptions, image_urls: Sequence[str]) -> dict[str, 
     """The chat-completions request body: the keyframes, then the instruction, one user turn."""
     content: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": u}} for u in image_urls]
     content.append({"type": "text", "text": options.prompt})
-    return {"model": options.model, "messages": [{"role": "user", "content": content}],
-            "max_tokens": options.max_tokens, "temperature": 0}
+    return {
+        "model": options.model,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": options.max_tokens,
+        "temperature": 0,
+    }
 
 
 class VlmError(Exception):
@@ -246,7 +252,7 @@ def _snippet(body: bytes, n: int = 120) -> str:
     return text + ("..." if len(body) > n else "") if text else "empty body"
 
 
-def make_client(timeout_s: float = DEFAULT_TIMEOUT_S) -> "httpx.AsyncClient":
+def make_client(timeout_s: float = DEFAULT_TIMEOUT_S) -> httpx.AsyncClient:
     """The worker's HTTP client: HTTP/1.1 with keep-alive (one pooled connection: one request is
     in flight at most), redirects followed, proxies and CA settings from the environment
     (``HTTPS_PROXY``, ``NO_PROXY``, ``SSL_CERT_FILE``...), no retries of its own (the worker
@@ -254,13 +260,23 @@ def make_client(timeout_s: float = DEFAULT_TIMEOUT_S) -> "httpx.AsyncClient":
     import httpx
 
     return httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout_s), follow_redirects=True, max_redirects=5, trust_env=True,
+        timeout=httpx.Timeout(timeout_s),
+        follow_redirects=True,
+        max_redirects=5,
+        trust_env=True,
         limits=httpx.Limits(max_connections=1, max_keepalive_connections=1, keepalive_expiry=KEEPALIVE_S),
-        headers={"User-Agent": "cer-stream", "Accept": "application/json"})
+        headers={"User-Agent": "cer-stream", "Accept": "application/json"},
+    )
 
 
-async def post_json(url: str, body: bytes, headers: dict[str, str], *, client: "httpx.AsyncClient | None" = None,
-                    max_bytes: int = MAX_RESPONSE_BYTES) -> tuple[int, bytes]:
+async def post_json(
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    client: httpx.AsyncClient | None = None,
+    max_bytes: int = MAX_RESPONSE_BYTES,
+) -> tuple[int, bytes]:
     """POST ``body`` (JSON) to ``url`` and return ``(status, response body)``.
 
     ``client``: an :class:`httpx.AsyncClient` (see :func:`make_client`; its connection is
@@ -390,7 +406,7 @@ class SceneWorker:
     def started(self) -> bool:
         return self._thread is not None
 
-    def start(self) -> "SceneWorker":
+    def start(self) -> SceneWorker:
         """Start the worker thread (idempotent); returns once its event loop runs."""
         if self._thread is not None:
             return self
@@ -415,7 +431,7 @@ class SceneWorker:
             if self._thread.is_alive():
                 log.warning("scene worker did not stop within %.1f s", timeout)
 
-    def __enter__(self) -> "SceneWorker":
+    def __enter__(self) -> SceneWorker:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -465,11 +481,17 @@ class SceneWorker:
         with self._lock:
             c, cap = self._counters, self._caption
             return {
-                "endpoint": redact(self.url), "model": self.options.model,
-                "requests": c.requests, "ok": c.ok, "errors": c.errors,
-                "consecutive_errors": c.consecutive_errors, "last_error": c.last_error,
-                "last_latency_ms": c.last_latency_ms, "in_flight": c.in_flight,
-                "submitted": c.submitted, "skipped": c.replaced,
+                "endpoint": redact(self.url),
+                "model": self.options.model,
+                "requests": c.requests,
+                "ok": c.ok,
+                "errors": c.errors,
+                "consecutive_errors": c.consecutive_errors,
+                "last_error": c.last_error,
+                "last_latency_ms": c.last_latency_ms,
+                "in_flight": c.in_flight,
+                "submitted": c.submitted,
+                "skipped": c.replaced,
                 "caption_window": cap.window_index if cap else None,
                 "caption_wall_age_s": round(time.monotonic() - cap.arrived, 3) if cap else None,
             }
@@ -581,8 +603,9 @@ class SceneWorker:
             self._counters.in_flight = True
         t0 = time.monotonic()
         try:
-            status, data = await asyncio.wait_for(post_json(self.url, body, headers, client=self._client),
-                                                  opts.timeout_s)
+            status, data = await asyncio.wait_for(
+                post_json(self.url, body, headers, client=self._client), opts.timeout_s
+            )
         except asyncio.TimeoutError:  # (TimeoutError itself from 3.11 on)
             raise VlmError(f"no answer within {opts.timeout_s:g} s", retry=True) from None
         except VlmError:
@@ -613,7 +636,7 @@ class SceneWorker:
         if key:
             message = message.replace(key, "***")
         message = redact(" ".join(message.split()))
-        return message if len(message) <= MAX_ERROR_CHARS else message[:MAX_ERROR_CHARS - 3] + "..."
+        return message if len(message) <= MAX_ERROR_CHARS else message[: MAX_ERROR_CHARS - 3] + "..."
 
     def _record_error(self, message: str) -> None:
         message = self._clean(message)
@@ -634,8 +657,15 @@ class SceneWorker:
             c.consecutive_errors = 0
             c.last_latency_ms = round(caption.latency_s * 1e3, 1)
             seq = (self._caption.seq if self._caption else 0) + 1
-            self._caption = Caption(caption.text, caption.media_time, caption.window_index, caption.arrived,
-                                    caption.latency_s, seq, caption.result)
+            self._caption = Caption(
+                caption.text,
+                caption.media_time,
+                caption.window_index,
+                caption.arrived,
+                caption.latency_s,
+                seq,
+                caption.result,
+            )
         if recovered:
             log.info("scene VLM answers again")
 
@@ -719,9 +749,11 @@ class SceneModality:
                 reason += f" (VLM unreachable: {status['last_error']})"
             return ModalityOutput.absent(reason, caption_age_s=age, vlm=status)
         probs, emb = cap.result
-        return ModalityOutput(probs.copy(), None if emb is None else emb.copy(),
-                              {"caption": cap.text, "caption_age_s": age, "caption_window": cap.window_index,
-                               "vlm": status})
+        return ModalityOutput(
+            probs.copy(),
+            None if emb is None else emb.copy(),
+            {"caption": cap.text, "caption_age_s": age, "caption_window": cap.window_index, "vlm": status},
+        )
 
     def reset_states(self) -> None:
         """Forget the cached caption (a new stream starts)."""
@@ -740,6 +772,20 @@ def build_scene_modality(options: SceneOptions | None, *, head: CaptionHead | No
     return None if options is None else SceneModality(options, head=head)
 
 
-__all__ = ["Caption", "DEFAULT_KEY_ENV", "PROMPT", "SceneModality", "SceneOptions", "SceneWorker",
-           "VlmError", "build_scene_modality", "chat_request", "endpoint_url",
-           "jpeg_data_url", "load_scene_head", "parse_caption", "pick_keyframes", "post_json"]
+__all__ = [
+    "Caption",
+    "DEFAULT_KEY_ENV",
+    "PROMPT",
+    "SceneModality",
+    "SceneOptions",
+    "SceneWorker",
+    "VlmError",
+    "build_scene_modality",
+    "chat_request",
+    "endpoint_url",
+    "jpeg_data_url",
+    "load_scene_head",
+    "parse_caption",
+    "pick_keyframes",
+    "post_json",
+]

@@ -26,19 +26,21 @@ Model file contract (ONNX): input ``features`` float32 ``[batch, L, D]``; output
 metadata ``cer.format = cer-stream-temporal``, ``cer.labels``, ``cer.input_shape``
 (``["batch", L, D]``), ``cer.feature_kind``, ``cer.feature_labels``.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from stream.modalities.face import FaceResult
 from stream.core.labels import FER_MINI_XCEPTION, basic_name, to_basic
-from stream.modalities.base import ModalityOutput, WindowInput
 from stream.core.windows import FRAMES_PER_WINDOW
+from stream.modalities.base import ModalityOutput, WindowInput
+from stream.modalities.face import FaceResult
 
 FORMAT = "cer-stream-temporal"
 FORMAT_VERSION = 1
@@ -59,8 +61,9 @@ def resample_indices(n: int, length: int) -> np.ndarray:
     return np.rint(np.linspace(0, n - 1, length)).astype(np.int64)
 
 
-def face_sequence(faces: Sequence[FaceResult], *, length: int = SEQ_LEN,
-                  min_fraction: float = MIN_FACE_FRACTION) -> tuple[np.ndarray | None, int]:
+def face_sequence(
+    faces: Sequence[FaceResult], *, length: int = SEQ_LEN, min_fraction: float = MIN_FACE_FRACTION
+) -> tuple[np.ndarray | None, int]:
     """The window's per-frame face-model outputs as ``[length, D]`` (float32), and how many
     frames had a face; ``None`` when too few did.  Frames without a face borrow the nearest
     face (ties: the earlier one)."""
@@ -97,21 +100,34 @@ def read_metadata(meta: dict[str, str], path: str | Path = "model") -> dict[str,
     if kind not in FEATURE_KINDS:
         raise ValueError(f"{name}: unknown feature kind {kind!r}; known: {', '.join(FEATURE_KINDS)}")
     if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape[1:])):
-        raise ValueError(f"{name}: cer.input_shape must be [\"batch\", L, D], got {shape!r}")
-    return {"labels": labels, "seq_len": shape[1], "dim": shape[2], "feature_kind": kind,
-            "feature_labels": order, "arch": meta.get("cer.arch", "?")}
+        raise ValueError(f'{name}: cer.input_shape must be ["batch", L, D], got {shape!r}')
+    return {
+        "labels": labels,
+        "seq_len": shape[1],
+        "dim": shape[2],
+        "feature_kind": kind,
+        "feature_labels": order,
+        "arch": meta.get("cer.arch", "?"),
+    }
 
 
 class TemporalModel:
     """A temporal ONNX model through the engines layer: ``[L, D]`` -> (8 BASIC probs, embedding)."""
 
-    def __init__(self, path: str | Path, *, device: str = "cpu", intra_op_threads: int | None = None,
-                 backend: str = "auto") -> None:
+    def __init__(
+        self, path: str | Path, *, device: str = "cpu", intra_op_threads: int | None = None, backend: str = "auto"
+    ) -> None:
         from engines.select import create_engine
 
         self.path = Path(path)
-        self.engine = create_engine(self.path, backend=backend, device=device, intra_op_threads=intra_op_threads,
-                                    expect_metadata={"cer.format": FORMAT}, model="face-dynamic")
+        self.engine = create_engine(
+            self.path,
+            backend=backend,
+            device=device,
+            intra_op_threads=intra_op_threads,
+            expect_metadata={"cer.format": FORMAT},
+            model="face-dynamic",
+        )
         try:
             meta = read_metadata(self.engine.metadata, self.path)
             if self.engine.output_names[:2] != ["probs", "embedding"] or self.engine.input_names != ["features"]:
@@ -151,8 +167,15 @@ class TemporalModality:
 
     name = "temporal"
 
-    def __init__(self, model: str | Path | None = None, *, face_labels: Sequence[str] = FER_MINI_XCEPTION,
-                 device: str = "cpu", min_fraction: float = MIN_FACE_FRACTION, backend: str = "auto") -> None:
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        face_labels: Sequence[str] = FER_MINI_XCEPTION,
+        device: str = "cpu",
+        min_fraction: float = MIN_FACE_FRACTION,
+        backend: str = "auto",
+    ) -> None:
         self.model = TemporalModel(model, device=device, backend=backend) if model is not None else None
         self.min_fraction = min_fraction
         m = self.model
@@ -161,11 +184,13 @@ class TemporalModality:
                 m.close()
                 raise ValueError(
                     f"{m.path.name} was trained on face outputs in the order {list(m.feature_labels)}, "
-                    f"but the face model gives {list(face_labels)}")
+                    f"but the face model gives {list(face_labels)}"
+                )
             if m.dim != len(face_labels):
                 m.close()
-                raise ValueError(f"{m.path.name} expects {m.dim} features per frame, the face model gives "
-                                 f"{len(face_labels)}")
+                raise ValueError(
+                    f"{m.path.name} expects {m.dim} features per frame, the face model gives {len(face_labels)}"
+                )
 
     def __call__(self, inp: WindowInput) -> ModalityOutput:
         m = self.model
@@ -181,8 +206,13 @@ class TemporalModality:
             seq, n_face = face_sequence(inp.faces, length=m.seq_len, min_fraction=self.min_fraction)
             info["frames_with_face"] = n_face
             if seq is None:
-                reason = ("no frames received" if not inp.faces else
-                          "no face in the window" if not n_face else "face in too few frames")
+                reason = (
+                    "no frames received"
+                    if not inp.faces
+                    else "no face in the window"
+                    if not n_face
+                    else "face in too few frames"
+                )
                 return ModalityOutput.absent(reason, **info)
         probs, emb = m(seq)
         return ModalityOutput(probs, emb, info)
@@ -209,17 +239,32 @@ class TemporalOptions:
     device: str = "auto"  # the run's --device
 
 
-def build_temporal_modality(opts: TemporalOptions, *, face_labels: Sequence[str] = FER_MINI_XCEPTION,
-                            device: str = "cpu") -> TemporalModality:
+def build_temporal_modality(
+    opts: TemporalOptions, *, face_labels: Sequence[str] = FER_MINI_XCEPTION, device: str = "cpu"
+) -> TemporalModality:
     """The temporal modality for ``opts`` (absent in every window without a model).
     Raises ``FileNotFoundError``/``ValueError`` on a bad model file."""
     path = opts.model
     if path is not None and not Path(path).is_file():
         raise FileNotFoundError(f"temporal model not found: {path}")
-    return TemporalModality(path, face_labels=face_labels,
-                            device=device if opts.device == "auto" else opts.device, backend=opts.backend)
+    return TemporalModality(
+        path, face_labels=face_labels, device=device if opts.device == "auto" else opts.device, backend=opts.backend
+    )
 
 
-__all__ = ["CLIP_FEATURES", "FEATURE_KINDS", "FORMAT", "MIN_FACE_FRACTION", "NO_MODEL", "SEQ_LEN",
-           "TemporalModality", "TemporalModel", "TemporalOptions", "build_temporal_modality",
-           "clip_sequence", "face_sequence", "read_metadata", "resample_indices"]
+__all__ = [
+    "CLIP_FEATURES",
+    "FEATURE_KINDS",
+    "FORMAT",
+    "MIN_FACE_FRACTION",
+    "NO_MODEL",
+    "SEQ_LEN",
+    "TemporalModality",
+    "TemporalModel",
+    "TemporalOptions",
+    "build_temporal_modality",
+    "clip_sequence",
+    "face_sequence",
+    "read_metadata",
+    "resample_indices",
+]

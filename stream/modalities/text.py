@@ -13,13 +13,14 @@ weight; the embedding is the modality's feature. Absent, with the reason, when t
 no audio, no speech, an empty transcript, a transcript the gate rejects ("low-confidence
 transcript", "off-language speech ...", ...), or when speech to text failed.
 """
+
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from stream.modalities.speech.asr import SpeechRecognizer
 from stream.modalities.base import ModalityOutput, WindowInput
+from stream.modalities.speech.asr import SpeechRecognizer
 from stream.modalities.speech.texthead import TextHead
 from stream.modalities.speech.vad import SpeechGate
 
@@ -29,8 +30,15 @@ log = logging.getLogger("cer_stream.text")
 class SpeechTextModality:
     name = "text"
 
-    def __init__(self, *, gate: SpeechGate, asr: SpeechRecognizer, head: TextHead | None = None,
-                 backend: str = "auto", device: str = "auto") -> None:
+    def __init__(
+        self,
+        *,
+        gate: SpeechGate,
+        asr: SpeechRecognizer,
+        head: TextHead | None = None,
+        backend: str = "auto",
+        device: str = "auto",
+    ) -> None:
         self.gate = gate
         self.asr = asr
         self.head = head

@@ -37,23 +37,24 @@ eval
 Bad input raises :class:`CalibrationError` with a one-line message;
 ``python -m stream.offline.calibrate {calibrate,eval} ...`` runs either command alone.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import math
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
-from stream.offline import metrics
-from stream.fusion.compound import PFSA, TEMPERATURE_BOUNDS, ppa
-from stream.fusion.schemes import (DIRICHLET_SAMPLES, DirichletWeights, Fusion, HierarchicalWeights, MHPF,
-                     train_mhpf)
 from stream.core.labels import BASIC, COMPOUND, basic_name
+from stream.fusion.compound import PFSA, TEMPERATURE_BOUNDS, ppa
+from stream.fusion.schemes import DIRICHLET_SAMPLES, MHPF, DirichletWeights, Fusion, HierarchicalWeights, train_mhpf
+from stream.offline import metrics
 
 FORMAT = "cer-stream-calibration"
 VERSION = 1
@@ -116,10 +117,15 @@ def read_dumps(paths: Iterable[str | Path]) -> list[Window]:
                 continue
             try:
                 frames = rec["frames"]
-                win = Window(video=str(rec["video"]), index=int(rec["index"]),
-                             start=float(rec["start"]), end=float(rec["end"]),
-                             frames=(int(frames[0]), int(frames[1])), fps=float(rec["fps"]),
-                             basic={})
+                win = Window(
+                    video=str(rec["video"]),
+                    index=int(rec["index"]),
+                    start=float(rec["start"]),
+                    end=float(rec["end"]),
+                    frames=(int(frames[0]), int(frames[1])),
+                    fps=float(rec["fps"]),
+                    basic={},
+                )
                 mods = rec["modalities"]
                 if not isinstance(mods, dict):
                     raise TypeError("modalities must be an object")
@@ -235,7 +241,7 @@ def read_window_labels(path: str | Path, kind: str) -> dict[tuple[str, int], int
 
 def majority_label(frame_labels: np.ndarray, first: int, last: int) -> int:
     """Most frequent label >= 0 in ``frame_labels[first:last]`` (ties: lower class); -1 if none."""
-    seg = frame_labels[max(first, 0):max(last, 0)]
+    seg = frame_labels[max(first, 0) : max(last, 0)]
     seg = seg[seg >= 0]
     if seg.size == 0:
         return -1
@@ -260,9 +266,7 @@ def load_labels(path: str | Path, kind: str) -> Labels:
     for video, arr in frames.items():
         bad = arr[(arr < -1) | (arr >= n)]
         if bad.size:
-            raise CalibrationError(
-                f"label file {video}.txt has class {int(bad[0])}, out of range for {kind} labels"
-            )
+            raise CalibrationError(f"label file {video}.txt has class {int(bad[0])}, out of range for {kind} labels")
     return Labels(frames=frames)
 
 
@@ -329,9 +333,16 @@ class Calibration:
             space.setdefault("model", None)
             space["dim"] = int(self.pfsa.compound_prototypes.shape[1])
             pfsa = {**self.pfsa.to_dict(), "modality": self.pfsa_modality, "feature_space": space}
-        return {"format": FORMAT, "version": VERSION, "basic_labels": list(BASIC),
-                "compound_labels": list(COMPOUND), "modalities": list(self.modalities),
-                "fusion": self.fusion.to_dict(), "pfsa": pfsa, "meta": self.meta}
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "basic_labels": list(BASIC),
+            "compound_labels": list(COMPOUND),
+            "modalities": list(self.modalities),
+            "fusion": self.fusion.to_dict(),
+            "pfsa": pfsa,
+            "meta": self.meta,
+        }
 
     def save(self, path: str | Path) -> None:
         try:
@@ -359,8 +370,12 @@ def load_calibration(path: str | Path) -> Calibration:
         if data.get(key) != list(want):
             raise CalibrationError(f"{p}: {key} differ from this cer-stream's order {list(want)}")
     mods = data.get("modalities")
-    if (not isinstance(mods, list) or not mods or not all(isinstance(m, str) and m for m in mods)
-            or len(set(mods)) != len(mods)):
+    if (
+        not isinstance(mods, list)
+        or not mods
+        or not all(isinstance(m, str) and m for m in mods)
+        or len(set(mods)) != len(mods)
+    ):
         raise CalibrationError(f"{p}: 'modalities' must be a list of distinct names")
     try:
         fusion = Fusion.from_dict(data.get("fusion"))
@@ -389,8 +404,7 @@ def load_calibration(path: str | Path) -> Calibration:
                 raise CalibrationError(f"{p}: pfsa.feature_space must be an object")
             dim = pfsa.compound_prototypes.shape[1]
             if space.get("dim") is not None and space.get("dim") != dim:
-                raise CalibrationError(f"{p}: pfsa.feature_space says {space.get('dim')}-d, "
-                                       f"the prototypes are {dim}-d")
+                raise CalibrationError(f"{p}: pfsa.feature_space says {space.get('dim')}-d, the prototypes are {dim}-d")
     meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
     pfsa_space = dict(raw["feature_space"]) if pfsa is not None and raw.get("feature_space") else None
     return Calibration(tuple(mods), fusion, pfsa, pfsa_mod, meta, pfsa_space)
@@ -399,34 +413,43 @@ def load_calibration(path: str | Path) -> Calibration:
 # --------------------------------------------------------------------------- calibrate
 def add_calibrate_args(parser: argparse.ArgumentParser) -> None:
     """Options of ``cer-stream calibrate``."""
-    parser.add_argument("dumps", nargs="+", metavar="DUMP.jsonl",
-                        help="feature dumps written by --dump-features")
-    parser.add_argument("--labels", required=True, metavar="PATH",
-                        help="directory or file of ABAW frame labels (VIDEO.txt), "
-                             "or a CSV video,index,label of window labels")
-    parser.add_argument("--label-kind", choices=LABEL_KINDS, default="basic",
-                        help="class order of the labels (default: basic)")
+    parser.add_argument("dumps", nargs="+", metavar="DUMP.jsonl", help="feature dumps written by --dump-features")
+    parser.add_argument(
+        "--labels",
+        required=True,
+        metavar="PATH",
+        help="directory or file of ABAW frame labels (VIDEO.txt), or a CSV video,index,label of window labels",
+    )
+    parser.add_argument(
+        "--label-kind", choices=LABEL_KINDS, default="basic", help="class order of the labels (default: basic)"
+    )
     parser.add_argument("-o", "--out", required=True, metavar="CALIBRATION.json")
-    parser.add_argument("--fusion", choices=FUSION_CHOICES, default="mhpf",
-                        help="fusion scheme to fit (default: mhpf; equal = plain average)")
+    parser.add_argument(
+        "--fusion",
+        choices=FUSION_CHOICES,
+        default="mhpf",
+        help="fusion scheme to fit (default: mhpf; equal = plain average)",
+    )
     parser.add_argument("--heads", type=int, default=1, help="MHPF heads (default: 1)")
     parser.add_argument("--epochs", type=int, default=100, help="MHPF epochs (default: 100)")
     parser.add_argument("--patience", type=int, default=25, help="MHPF early-stopping patience")
     parser.add_argument("--lr", type=float, default=1e-4, help="MHPF Adam learning rate")
     parser.add_argument("--batch-size", type=int, default=64, help="MHPF batch size")
-    parser.add_argument("--samples", type=int, default=DIRICHLET_SAMPLES,
-                        help="Dirichlet random-search samples (default: %(default)s)")
+    parser.add_argument(
+        "--samples", type=int, default=DIRICHLET_SAMPLES, help="Dirichlet random-search samples (default: %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--val-fraction", type=float, default=0.2,
-                        help="share of videos (or windows) held out for validation")
-    parser.add_argument("--modalities", metavar="A,B,...",
-                        help="modality order (default: order of first appearance)")
-    parser.add_argument("--pfsa-modality", metavar="NAME",
-                        help="modality whose features build PFSA prototypes "
-                             "(default: the first with features)")
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.2, help="share of videos (or windows) held out for validation"
+    )
+    parser.add_argument("--modalities", metavar="A,B,...", help="modality order (default: order of first appearance)")
+    parser.add_argument(
+        "--pfsa-modality",
+        metavar="NAME",
+        help="modality whose features build PFSA prototypes (default: the first with features)",
+    )
     parser.add_argument("--no-pfsa", action="store_true", help="do not fit PFSA")
-    parser.add_argument("--temperature", type=float,
-                        help="fixed PFSA temperature instead of fitting one")
+    parser.add_argument("--temperature", type=float, help="fixed PFSA temperature instead of fitting one")
 
 
 def _fit_fusion(args: argparse.Namespace, probs, mask, y, tr, va, target: str) -> Fusion:
@@ -437,12 +460,25 @@ def _fit_fusion(args: argparse.Namespace, probs, mask, y, tr, va, target: str) -
         try:
             import torch  # noqa: F401  (only to give a clear message when it is missing)
         except ImportError:
-            raise CalibrationError("--fusion mhpf needs torch (pip install 'cer-stream[train]'); "
-                                   "or use --fusion dirichlet|hierarchical|equal") from None
+            raise CalibrationError(
+                "--fusion mhpf needs torch (pip install 'cer-stream[train]'); "
+                "or use --fusion dirichlet|hierarchical|equal"
+            ) from None
         val = (probs[va], mask[va], y[va]) if va.size and (y[va] >= 0).any() else None
-        return train_mhpf(p, m, t, heads=args.heads, epochs=args.epochs, patience=args.patience,
-                          lr=args.lr, batch_size=args.batch_size, seed=args.seed, val=val,
-                          val_fraction=0.0, target=target)
+        return train_mhpf(
+            p,
+            m,
+            t,
+            heads=args.heads,
+            epochs=args.epochs,
+            patience=args.patience,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            val=val,
+            val_fraction=0.0,
+            target=target,
+        )
     cls = DirichletWeights if args.fusion == "dirichlet" else HierarchicalWeights
     return cls().fit(p, m, t, target=target, n_samples=args.samples, seed=args.seed)
 
@@ -456,8 +492,9 @@ def _decision_f1(fusion: Fusion, probs, mask, y, target: str) -> float | None:
     return metrics.macro_f1(y[keep], np.argmax(scores, axis=1))
 
 
-def _fit_pfsa(args: argparse.Namespace, windows, modalities, y, tr, va
-              ) -> tuple[PFSA | None, str | None, str, dict | None]:
+def _fit_pfsa(
+    args: argparse.Namespace, windows, modalities, y, tr, va
+) -> tuple[PFSA | None, str | None, str, dict | None]:
     """PFSA on one modality's features; returns (pfsa, modality, note for the summary, the
     feature space {"name", "dim", "model"})."""
     with_feat = [m for m in modalities if any(m in w.features for w in windows)]
@@ -465,8 +502,10 @@ def _fit_pfsa(args: argparse.Namespace, windows, modalities, y, tr, va
         return None, None, "PFSA: off", None
     if args.pfsa_modality is not None:
         if args.pfsa_modality not in with_feat:
-            raise CalibrationError(f"--pfsa-modality {args.pfsa_modality!r} has no features "
-                                   f"in the dumps (with features: {with_feat or 'none'})")
+            raise CalibrationError(
+                f"--pfsa-modality {args.pfsa_modality!r} has no features "
+                f"in the dumps (with features: {with_feat or 'none'})"
+            )
         name = args.pfsa_modality
     elif with_feat:
         name = with_feat[0]
@@ -510,16 +549,23 @@ def _fit_pfsa(args: argparse.Namespace, windows, modalities, y, tr, va
     pfsa.meta = {"temperature": how, "dim": int(feats.shape[1])}
     have = len(BASIC) - len(pfsa.missing_basic)
     where = f" ({space['name']}{', model ' + str(space['model']) if space.get('model') else ''})"
-    note = (f"PFSA on {name!r}: {feats.shape[1]}-d{where}, {have}/{len(BASIC)} basic prototypes"
-            f"{' (missing ' + ', '.join(pfsa.missing_basic) + ')' if pfsa.missing_basic else ''}, "
-            f"T={pfsa.temperature:.4g} ({how})")
+    note = (
+        f"PFSA on {name!r}: {feats.shape[1]}-d{where}, {have}/{len(BASIC)} basic prototypes"
+        f"{' (missing ' + ', '.join(pfsa.missing_basic) + ')' if pfsa.missing_basic else ''}, "
+        f"T={pfsa.temperature:.4g} ({how})"
+    )
     return pfsa, name, note, space
 
 
 def _feature_space(windows, name: str, dim: int) -> dict:
     """The feature space of modality ``name`` as the dumps name it (one for all windows)."""
-    found = {json.dumps({k: s.get(k) for k in ("name", "model")}, sort_keys=True)
-             for w in windows if name in w.features for s in [w.feature_spaces.get(name)] if s}
+    found = {
+        json.dumps({k: s.get(k) for k in ("name", "model")}, sort_keys=True)
+        for w in windows
+        if name in w.features
+        for s in [w.feature_spaces.get(name)]
+        if s
+    }
     if len(found) > 1:
         raise CalibrationError(f"modality {name!r} has features from several spaces: {sorted(found)}")
     space = json.loads(found.pop()) if found else {"name": f"{name}.feature", "model": None}
@@ -540,8 +586,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
         modalities = [s.strip() for s in args.modalities.split(",") if s.strip()]
         unknown = [m for m in modalities if m not in seen]
         if unknown or len(set(modalities)) != len(modalities):
-            raise CalibrationError(f"--modalities {args.modalities!r}: unknown or repeated "
-                                   f"names (the dumps have {', '.join(seen)})")
+            raise CalibrationError(
+                f"--modalities {args.modalities!r}: unknown or repeated names (the dumps have {', '.join(seen)})"
+            )
     else:
         modalities = seen
     if not modalities:
@@ -550,8 +597,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
     probs, mask = stack_windows(windows, modalities)
     usable = (y >= 0) & mask.any(axis=1)
     if not usable.any():
-        raise CalibrationError("no window has both a label and a modality: do the video names "
-                               "in the dumps match the label files?")
+        raise CalibrationError(
+            "no window has both a label and a modality: do the video names in the dumps match the label files?"
+        )
     idx = np.flatnonzero(usable)
     tr_rel, va_rel = split_windows([windows[i].video for i in idx], args.val_fraction, args.seed)
     tr, va = idx[tr_rel], idx[va_rel]
@@ -563,16 +611,28 @@ def run_calibrate(args: argparse.Namespace) -> int:
     f1_tr = _decision_f1(fusion, probs[tr], mask[tr], y[tr], target)
     f1_va = _decision_f1(fusion, probs[va], mask[va], y[va], target) if va.size else None
     pfsa, pfsa_mod, pfsa_note, pfsa_space = _fit_pfsa(args, windows, modalities, y, tr, va)
-    meta = {"fusion": args.fusion, "label_kind": args.label_kind, "seed": args.seed,
-            "windows": int(len(windows)), "train_windows": int(tr.size), "val_windows": int(va.size),
-            "videos": sorted({w.video for w in windows}),
-            "train_macro_f1": f1_tr, "val_macro_f1": f1_va}
+    meta = {
+        "fusion": args.fusion,
+        "label_kind": args.label_kind,
+        "seed": args.seed,
+        "windows": int(len(windows)),
+        "train_windows": int(tr.size),
+        "val_windows": int(va.size),
+        "videos": sorted({w.video for w in windows}),
+        "train_macro_f1": f1_tr,
+        "val_macro_f1": f1_va,
+    }
     Calibration(tuple(modalities), fusion, pfsa, pfsa_mod, meta, pfsa_space).save(args.out)
     val_text = f"{f1_va:.3f}" if f1_va is not None else "n/a"
-    print(f"calibrate: {len(windows)} windows, {tr.size} train / {va.size} val "
-          f"({len(meta['videos'])} videos), modalities {', '.join(modalities)}", file=sys.stderr)
-    print(f"calibrate: fusion {args.fusion} ({target} labels): macro-F1 train {f1_tr:.3f}, "
-          f"val {val_text}", file=sys.stderr)
+    print(
+        f"calibrate: {len(windows)} windows, {tr.size} train / {va.size} val "
+        f"({len(meta['videos'])} videos), modalities {', '.join(modalities)}",
+        file=sys.stderr,
+    )
+    print(
+        f"calibrate: fusion {args.fusion} ({target} labels): macro-F1 train {f1_tr:.3f}, val {val_text}",
+        file=sys.stderr,
+    )
     print(f"calibrate: {pfsa_note}", file=sys.stderr)
     print(f"calibrate: wrote {args.out}", file=sys.stderr)
     return 0
@@ -581,18 +641,38 @@ def run_calibrate(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- eval
 def add_eval_args(parser: argparse.ArgumentParser) -> None:
     """Options of ``cer-stream eval``."""
-    parser.add_argument("--pred", required=True, metavar="PATH",
-                        help="the analyzer's --csv output (VIDEO/00001.jpg,CLASS rows), ABAW label "
-                             "txt file(s), or with --level window a CSV video,index,label")
-    parser.add_argument("--labels", required=True, metavar="PATH",
-                        help="ABAW label txt file or directory (or a window CSV at window level)")
-    parser.add_argument("--kind", choices=LABEL_KINDS, default="compound",
-                        help="class order of predictions and labels (default: compound)")
+    parser.add_argument(
+        "--pred",
+        required=True,
+        metavar="PATH",
+        help="the analyzer's --csv output (VIDEO/00001.jpg,CLASS rows), ABAW label "
+        "txt file(s), or with --level window a CSV video,index,label",
+    )
+    parser.add_argument(
+        "--labels",
+        required=True,
+        metavar="PATH",
+        help="ABAW label txt file or directory (or a window CSV at window level)",
+    )
+    parser.add_argument(
+        "--kind",
+        choices=LABEL_KINDS,
+        default="compound",
+        help="class order of predictions and labels (default: compound)",
+    )
     parser.add_argument("--level", choices=("frame", "window"), default="frame")
-    parser.add_argument("--windows", nargs="+", metavar="DUMP.jsonl",
-                        help="window level with frame labels: dumps giving each window's frames")
-    parser.add_argument("--over", choices=("all", "observed"), default="all",
-                        help="average over all classes (ABAW) or only those that occur")
+    parser.add_argument(
+        "--windows",
+        nargs="+",
+        metavar="DUMP.jsonl",
+        help="window level with frame labels: dumps giving each window's frames",
+    )
+    parser.add_argument(
+        "--over",
+        choices=("all", "observed"),
+        default="all",
+        help="average over all classes (ABAW) or only those that occur",
+    )
     parser.add_argument("--plot", metavar="FILE.png", help="draw the confusion matrix")
 
 
@@ -613,8 +693,7 @@ def read_frame_predictions(path: str | Path, kind: str) -> dict[str, dict[int, i
         frames = read_frame_labels(p, what="prediction")
         for video, arr in frames.items():
             if np.any((arr < -1) | (arr >= n)):
-                raise CalibrationError(f"prediction file {video}.txt has a class out of range "
-                                       f"for {kind} labels")
+                raise CalibrationError(f"prediction file {video}.txt has a class out of range for {kind} labels")
         return {v: {i: int(c) for i, c in enumerate(arr) if c >= 0} for v, arr in frames.items()}
     out: dict[str, dict[int, int]] = {}
     for no, line in enumerate(p.read_text(encoding="utf-8").splitlines()[1:], 2):
@@ -683,15 +762,24 @@ def plot_confusion(result: dict[str, Any], path: str | Path, *, title: str = "")
         im = ax.imshow(conf, vmin=0, vmax=100, cmap="Blues")
         for i in range(conf.shape[0]):
             for j in range(conf.shape[1]):
-                ax.text(j, i, f"{conf[i, j]:.0f}", ha="center", va="center", fontsize=8,
-                        color="white" if conf[i, j] > 50 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{conf[i, j]:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if conf[i, j] > 50 else "black",
+                )
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(len(names)), names, fontsize=8)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ax.set_title(title or f"macro-F1 {100 * result['macro_f1']:.1f}%, "
-                              f"UAR {100 * result['uar']:.1f}% (n={result.get('n', '?')})",
-                     fontsize=9)
+        ax.set_title(
+            title
+            or f"macro-F1 {100 * result['macro_f1']:.1f}%, UAR {100 * result['uar']:.1f}% (n={result.get('n', '?')})",
+            fontsize=9,
+        )
         fig.colorbar(im, ax=ax, label="% of true class")
         fig.tight_layout()
         fig.savefig(path, dpi=120)
@@ -708,8 +796,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         labels = load_labels(args.labels, args.kind)
         if labels.frames is None:
             raise CalibrationError("frame-level eval needs ABAW label txt files, not a window CSV")
-        y_true, y_pred, missing = _pairs_frames(read_frame_predictions(args.pred, args.kind),
-                                                labels.frames)
+        y_true, y_pred, missing = _pairs_frames(read_frame_predictions(args.pred, args.kind), labels.frames)
     else:
         y_true, y_pred, missing = _pairs_windows(args)
     if not y_true:

@@ -5,9 +5,11 @@ sorted union of the classes in ``y_true`` and ``y_pred``; with ``labels`` given,
 over exactly those classes (a class with no true and no predicted sample then
 scores 0, scikit-learn's ``zero_division`` default).  0/0 is 0 everywhere.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -62,8 +64,7 @@ def per_class_from_confusion(conf: np.ndarray, metric: str = "f1") -> np.ndarray
     return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
 
-def macro_from_confusion(conf: np.ndarray, metric: str = "f1", *,
-                         classes: Sequence[int] | None = None) -> np.ndarray:
+def macro_from_confusion(conf: np.ndarray, metric: str = "f1", *, classes: Sequence[int] | None = None) -> np.ndarray:
     """Macro average of :func:`per_class_from_confusion` over counts ``[..., K, K]``.
 
     ``classes`` (indices into K) fixes the classes averaged over; ``None`` takes,
@@ -148,7 +149,6 @@ def report(
         "macro_f1": macro_f1(t, p, labels=avg_labels),
         "uar": uar(t, p, labels=avg_labels),
         "per_class": {n: {"f1": float(f), "support": int(s)} for n, f, s in zip(names, f1, sup)},
-        "confusion": [[float(v) for v in row]
-                      for row in confusion_matrix_percent(t, p, labels=idx)],
+        "confusion": [[float(v) for v in row] for row in confusion_matrix_percent(t, p, labels=idx)],
         "labels": names,
     }

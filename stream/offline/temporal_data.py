@@ -25,21 +25,22 @@ skipped and counted.
 ``--dump-features`` output is not enough by itself: it holds each modality's window-level
 feature (for the face modality the mean of the frames' outputs), not the per-frame sequence.
 """
+
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from stream.core.labels import BASIC, FER_MINI_XCEPTION, basic_name
-from stream.modalities.temporal import FEATURE_KINDS, MIN_FACE_FRACTION, SEQ_LEN, face_sequence
 from stream.core.windows import SAMPLE_FPS, SampleClock, plan_windows
+from stream.modalities.temporal import FEATURE_KINDS, MIN_FACE_FRACTION, SEQ_LEN, face_sequence
 
 
 class DataError(Exception):
@@ -87,11 +88,16 @@ class SequenceData:
     def dim(self) -> int:
         return int(self.features.shape[2])
 
-    def labelled(self) -> "SequenceData":
+    def labelled(self) -> SequenceData:
         keep = self.labels >= 0
-        return SequenceData(self.features[keep], self.labels[keep], self.feature_kind, self.feature_labels,
-                            None if self.videos is None else self.videos[keep],
-                            None if self.windows is None else self.windows[keep])
+        return SequenceData(
+            self.features[keep],
+            self.labels[keep],
+            self.feature_kind,
+            self.feature_labels,
+            None if self.videos is None else self.videos[keep],
+            None if self.windows is None else self.windows[keep],
+        )
 
     def digest(self) -> str:
         h = hashlib.sha256()
@@ -108,9 +114,14 @@ class SequenceData:
         if self.windows is not None:
             extra["windows"] = np.asarray(self.windows, dtype=np.int64)
         with open(path, "wb") as f:
-            np.savez_compressed(f, features=self.features, labels=self.labels,
-                                feature_kind=np.array(self.feature_kind),
-                                feature_labels=np.array(self.feature_labels, dtype=str), **extra)
+            np.savez_compressed(
+                f,
+                features=self.features,
+                labels=self.labels,
+                feature_kind=np.array(self.feature_kind),
+                feature_labels=np.array(self.feature_labels, dtype=str),
+                **extra,
+            )
         return path
 
 
@@ -126,11 +137,13 @@ def _load_one(path: Path) -> SequenceData:
                 except ValueError as exc:
                     raise DataError(f"{path}: {exc}") from None
             return SequenceData(
-                z["features"], labels,
+                z["features"],
+                labels,
                 str(z["feature_kind"]) if "feature_kind" in z else "face-logits",
                 tuple(str(s) for s in z["feature_labels"]) if "feature_labels" in z else (),
                 z["videos"].astype(str) if "videos" in z else None,
-                z["windows"].astype(np.int64) if "windows" in z else None)
+                z["windows"].astype(np.int64) if "windows" in z else None,
+            )
     except DataError as exc:
         raise DataError(f"{path}: {exc}" if not str(exc).startswith(str(path)) else str(exc)) from None
     except (OSError, ValueError) as exc:
@@ -151,23 +164,30 @@ def load_sequences(path: str | Path) -> SequenceData:
     parts = [_load_one(f) for f in files]
     first = parts[0]
     for f, d in zip(files[1:], parts[1:]):
-        if d.features.shape[1:] != first.features.shape[1:] or d.feature_kind != first.feature_kind \
-                or d.feature_labels != first.feature_labels:
+        if (
+            d.features.shape[1:] != first.features.shape[1:]
+            or d.feature_kind != first.feature_kind
+            or d.feature_labels != first.feature_labels
+        ):
             raise DataError(f"{f} does not match {files[0]} (sequence shape, feature kind or feature names)")
     if len(parts) == 1:
         return first
     has_videos = all(d.videos is not None for d in parts)
     has_windows = all(d.windows is not None for d in parts)
     return SequenceData(
-        np.concatenate([d.features for d in parts]), np.concatenate([d.labels for d in parts]),
-        first.feature_kind, first.feature_labels,
+        np.concatenate([d.features for d in parts]),
+        np.concatenate([d.labels for d in parts]),
+        first.feature_kind,
+        first.feature_labels,
         np.concatenate([d.videos for d in parts]) if has_videos else None,
-        np.concatenate([d.windows for d in parts]) if has_windows else None)
+        np.concatenate([d.windows for d in parts]) if has_windows else None,
+    )
 
 
 # --------------------------------------------------------------------------- from videos
-def video_sequences(path: str | Path, analyzer, *, max_side: int = 960, min_fraction: float = MIN_FACE_FRACTION,
-                    length: int = SEQ_LEN) -> tuple[list[tuple[int, tuple[int, int], np.ndarray | None]], float]:
+def video_sequences(
+    path: str | Path, analyzer, *, max_side: int = 960, min_fraction: float = MIN_FACE_FRACTION, length: int = SEQ_LEN
+) -> tuple[list[tuple[int, tuple[int, int], np.ndarray | None]], float]:
     """Decode ``path`` on the 5 fps grid, analyse faces and cut windows.
 
     Returns ``([(window index, (first frame, last frame exclusive), sequence [L, D] or None)],
@@ -217,14 +237,24 @@ def temporal_features_main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="cer-stream temporal-features",
         description="Make training data for `cer-stream train-temporal` from labelled videos "
-                    "(per-window sequences of the face model's per-frame outputs).")
+        "(per-window sequences of the face model's per-frame outputs).",
+    )
     p.add_argument("videos", nargs="+", type=Path, metavar="VIDEO")
-    p.add_argument("--labels", required=True, metavar="PATH",
-                   help="ABAW-style per-frame label files (a directory of VIDEO.txt, or one file) or a "
-                        "CSV video,index,label of window labels; BASIC classes (index or name)")
+    p.add_argument(
+        "--labels",
+        required=True,
+        metavar="PATH",
+        help="ABAW-style per-frame label files (a directory of VIDEO.txt, or one file) or a "
+        "CSV video,index,label of window labels; BASIC classes (index or name)",
+    )
     p.add_argument("--out", required=True, type=Path, metavar="DATA.npz")
-    p.add_argument("--max-side", type=int, default=960, metavar="PX",
-                   help="scale frames to at most PX on the longer side first (default 960, as the stream)")
+    p.add_argument(
+        "--max-side",
+        type=int,
+        default=960,
+        metavar="PX",
+        help="scale frames to at most PX on the longer side first (default 960, as the stream)",
+    )
     args = p.parse_args(argv)
     try:
         labels = load_labels(args.labels, "basic")
@@ -281,9 +311,19 @@ def temporal_features_main(argv: Sequence[str] | None = None) -> int:
     order = tuple(getattr(analyzer.model, "labels", FER_MINI_XCEPTION))
     data = SequenceData(np.stack(feats), np.asarray(ys), "face-logits", order, np.asarray(vids), np.asarray(idxs))
     data.save(args.out)
-    print(json.dumps({"out": str(args.out), "windows": len(data), "skipped_no_face": skipped_face,
-                      "skipped_no_label": skipped_label, "seq_len": data.seq_len, "dim": data.dim,
-                      "classes": {BASIC[c]: int(n) for c, n in enumerate(np.bincount(data.labels, minlength=8)) if n}}))
+    print(
+        json.dumps(
+            {
+                "out": str(args.out),
+                "windows": len(data),
+                "skipped_no_face": skipped_face,
+                "skipped_no_label": skipped_label,
+                "seq_len": data.seq_len,
+                "dim": data.dim,
+                "classes": {BASIC[c]: int(n) for c, n in enumerate(np.bincount(data.labels, minlength=8)) if n},
+            }
+        )
+    )
     return 0
 
 

@@ -24,6 +24,7 @@ Training: AdamW, class-balanced cross-entropy, a seeded split that holds out who
 where the data names them, early stopping on validation macro-F1 (ties: lower loss), the
 best epoch's weights kept.  torch is imported only by this module.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,15 +36,16 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from stream.core.labels import BASIC
-from stream.offline.metrics import macro_f1
 from stream.modalities.temporal import FORMAT, FORMAT_VERSION, TemporalModel
+from stream.offline.metrics import macro_f1
 from stream.offline.temporal_data import DataError, SequenceData, load_sequences
 
 ARCHS: tuple[str, ...] = ("transformer", "mamba")
@@ -140,13 +142,15 @@ def _modules():
             return self.out_proj(y * F.silu(z))
 
     class MambaEncoder(nn.Module):
-        def __init__(self, in_dim: int, hidden: int, layers: int, dropout: float, *, d_state: int,
-                     expand: int, d_conv: int) -> None:
+        def __init__(
+            self, in_dim: int, hidden: int, layers: int, dropout: float, *, d_state: int, expand: int, d_conv: int
+        ) -> None:
             super().__init__()
             self.proj = nn.Linear(in_dim, hidden)
             self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers))
-            self.blocks = nn.ModuleList(SelectiveSSM(hidden, d_state=d_state, expand=expand, d_conv=d_conv)
-                                        for _ in range(layers))
+            self.blocks = nn.ModuleList(
+                SelectiveSSM(hidden, d_state=d_state, expand=expand, d_conv=d_conv) for _ in range(layers)
+            )
             self.drop = nn.Dropout(dropout)
 
         def forward(self, x):
@@ -156,15 +160,15 @@ def _modules():
             return h
 
     class TransformerEncoder(nn.Module):
-        def __init__(self, in_dim: int, hidden: int, layers: int, dropout: float, *, heads: int,
-                     seq_len: int) -> None:
+        def __init__(self, in_dim: int, hidden: int, layers: int, dropout: float, *, heads: int, seq_len: int) -> None:
             super().__init__()
             self.proj = nn.Linear(in_dim, hidden)
             self.pos = nn.Parameter(torch.zeros(1, seq_len, hidden))
             nn.init.trunc_normal_(self.pos, std=0.02)
             self.drop = nn.Dropout(dropout)
-            layer = nn.TransformerEncoderLayer(hidden, heads, 4 * hidden, dropout, activation="gelu",
-                                               batch_first=True, norm_first=True)
+            layer = nn.TransformerEncoderLayer(
+                hidden, heads, 4 * hidden, dropout, activation="gelu", batch_first=True, norm_first=True
+            )
             self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
             # nn.TransformerEncoder deep-copies one layer, so every layer would start with the
             # same weights: give each its own initialisation
@@ -186,11 +190,19 @@ def _modules():
             self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).reshape(1, 1, in_dim))
             self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).reshape(1, 1, in_dim))
             if opts.arch == "transformer":
-                self.encoder = TransformerEncoder(in_dim, opts.hidden, opts.layers, opts.dropout,
-                                                  heads=opts.heads, seq_len=seq_len)
+                self.encoder = TransformerEncoder(
+                    in_dim, opts.hidden, opts.layers, opts.dropout, heads=opts.heads, seq_len=seq_len
+                )
             else:
-                self.encoder = MambaEncoder(in_dim, opts.hidden, opts.layers, opts.dropout,
-                                            d_state=opts.d_state, expand=opts.expand, d_conv=opts.d_conv)
+                self.encoder = MambaEncoder(
+                    in_dim,
+                    opts.hidden,
+                    opts.layers,
+                    opts.dropout,
+                    d_state=opts.d_state,
+                    expand=opts.expand,
+                    d_conv=opts.d_conv,
+                )
             self.norm = nn.LayerNorm(opts.hidden)
             self.drop = nn.Dropout(opts.dropout)
             self.head = nn.Linear(opts.hidden, len(BASIC))
@@ -263,24 +275,30 @@ class TrainResult:
     seconds: float
 
     def summary(self) -> dict[str, Any]:
-        return {"epochs_run": self.epochs_run, "best_epoch": self.best_epoch,
-                "val_macro_f1": round(self.val_macro_f1, 4), "val_accuracy": round(self.val_accuracy, 4),
-                "val_loss": round(self.val_loss, 4), "train_accuracy": round(self.train_accuracy, 4),
-                "n_train": self.n_train, "n_val": self.n_val, "seconds": round(self.seconds, 1)}
+        return {
+            "epochs_run": self.epochs_run,
+            "best_epoch": self.best_epoch,
+            "val_macro_f1": round(self.val_macro_f1, 4),
+            "val_accuracy": round(self.val_accuracy, 4),
+            "val_loss": round(self.val_loss, 4),
+            "train_accuracy": round(self.train_accuracy, 4),
+            "n_train": self.n_train,
+            "n_val": self.n_val,
+            "seconds": round(self.seconds, 1),
+        }
 
 
 def _evaluate(torch, model, x, y, weight) -> tuple[float, float, float, np.ndarray]:
     model.eval()
     with torch.no_grad():
-        logits = torch.cat([model(x[i:i + 256])[0] for i in range(0, len(x), 256)])
+        logits = torch.cat([model(x[i : i + 256])[0] for i in range(0, len(x), 256)])
         loss = float(torch.nn.functional.cross_entropy(logits, y, weight=weight))
         pred = logits.argmax(-1).numpy()
     truth = y.numpy()
     return loss, float((pred == truth).mean()), macro_f1(truth, pred), pred
 
 
-def train(data: SequenceData, opts: TrainOptions, *,
-          progress: Callable[[str], None] | None = None) -> TrainResult:
+def train(data: SequenceData, opts: TrainOptions, *, progress: Callable[[str], None] | None = None) -> TrainResult:
     """Train on ``data`` (labelled windows) and return the best model (see the module docstring)."""
     torch = _torch()
     data = data.labelled()
@@ -329,7 +347,7 @@ def _train(torch, data: SequenceData, opts: TrainOptions, say: Callable[[str], N
         order = torch.randperm(len(x_tr), generator=gen)
         total = 0.0
         for i in range(0, len(order), opts.batch_size):
-            batch = order[i:i + opts.batch_size]
+            batch = order[i : i + opts.batch_size]
             logits, _ = model(x_tr[batch])
             loss = torch.nn.functional.cross_entropy(logits, y_tr[batch], weight=weight)
             optim.zero_grad(set_to_none=True)
@@ -343,8 +361,10 @@ def _train(torch, data: SequenceData, opts: TrainOptions, say: Callable[[str], N
             best, best_state, best_epoch, stale = (val_f1, val_loss), copy.deepcopy(model.state_dict()), epoch, 0
         else:
             stale += 1
-        say(f"epoch {epoch:3d}/{opts.epochs}  train loss {total / len(x_tr):.4f}  val loss {val_loss:.4f}  "
-            f"val acc {val_acc:.3f}  val macro-F1 {val_f1:.3f}{'  *' if improved else ''}")
+        say(
+            f"epoch {epoch:3d}/{opts.epochs}  train loss {total / len(x_tr):.4f}  val loss {val_loss:.4f}  "
+            f"val acc {val_acc:.3f}  val macro-F1 {val_f1:.3f}{'  *' if improved else ''}"
+        )
         if stale >= opts.patience:
             say(f"early stop: no better validation macro-F1 for {opts.patience} epochs")
             break
@@ -352,8 +372,19 @@ def _train(torch, data: SequenceData, opts: TrainOptions, say: Callable[[str], N
     val_loss, val_acc, val_f1, _ = _evaluate(torch, model, x_va, y_va, weight)
     _, train_acc, _, _ = _evaluate(torch, model, x_tr, y_tr, weight)
     model.eval()
-    return TrainResult(model, opts, epoch, best_epoch, val_f1, val_acc, val_loss, train_acc, len(tr),
-                       len(va) if va is not tr else 0, time.perf_counter() - t_start)
+    return TrainResult(
+        model,
+        opts,
+        epoch,
+        best_epoch,
+        val_f1,
+        val_acc,
+        val_loss,
+        train_acc,
+        len(tr),
+        len(va) if va is not tr else 0,
+        time.perf_counter() - t_start,
+    )
 
 
 # --------------------------------------------------------------------------- export
@@ -370,10 +401,16 @@ def export_onnx(model, path: str | Path, *, seq_len: int, dim: int, metadata: di
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notes
-            torch.onnx.export(wrapper, (torch.zeros(1, seq_len, dim),), tmp, dynamo=False, opset_version=OPSET,
-                              input_names=["features"], output_names=["probs", "embedding"],
-                              dynamic_axes={"features": {0: "batch"}, "probs": {0: "batch"},
-                                            "embedding": {0: "batch"}})
+            torch.onnx.export(
+                wrapper,
+                (torch.zeros(1, seq_len, dim),),
+                tmp,
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=["features"],
+                output_names=["probs", "embedding"],
+                dynamic_axes={"features": {0: "batch"}, "probs": {0: "batch"}, "embedding": {0: "batch"}},
+            )
         proto = onnx.load(tmp)
         del proto.metadata_props[:]
         for key, value in metadata.items():
@@ -391,15 +428,17 @@ def export_onnx(model, path: str | Path, *, seq_len: int, dim: int, metadata: di
 def model_metadata(result: TrainResult, data: SequenceData, *, source: str = "") -> dict[str, str]:
     opts = result.options
     return {
-        "cer.format": FORMAT, "cer.version": str(FORMAT_VERSION),
+        "cer.format": FORMAT,
+        "cer.version": str(FORMAT_VERSION),
         "cer.labels": json.dumps(list(BASIC)),
         "cer.input_shape": json.dumps(["batch", data.seq_len, data.dim]),
         "cer.feature_kind": data.feature_kind,
         "cer.feature_labels": json.dumps(list(data.feature_labels)),
         "cer.arch": opts.arch,
         "cer.options": json.dumps(asdict(opts), sort_keys=True),
-        "cer.training": json.dumps({**result.summary(), "data": source, "data_sha256": data.digest(),
-                                    "windows": len(data)}, sort_keys=True),
+        "cer.training": json.dumps(
+            {**result.summary(), "data": source, "data_sha256": data.digest(), "windows": len(data)}, sort_keys=True
+        ),
         "cer.outputs": "probs: softmax over cer.labels; embedding: time-pooled, layer-normed encoder output",
     }
 
@@ -426,9 +465,10 @@ def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cer-stream train-temporal",
         description="Train the dynamic face model on labelled per-window feature sequences and export it "
-                    "to ONNX (use it with `cer-stream --temporal-model FILE.onnx`).",
+        "to ONNX (use it with `cer-stream --temporal-model FILE.onnx`).",
         epilog="Training data: .npz files with features [N, 20, D] and labels [N] (BASIC order); make them "
-               "from labelled videos with `cer-stream temporal-features` (see stream/offline/temporal_data.py).")
+        "from labelled videos with `cer-stream temporal-features` (see stream/offline/temporal_data.py).",
+    )
     p.add_argument("--data", required=True, metavar="DIR_OR_FILE", help="an .npz file or a directory of them")
     p.add_argument("--arch", choices=ARCHS, default=d.arch, help=f"temporal encoder (default {d.arch})")
     p.add_argument("--out", required=True, type=Path, metavar="MODEL.onnx")
@@ -438,13 +478,21 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", type=int, default=d.heads, help=f"attention heads, transformer (default {d.heads})")
     p.add_argument("--d-state", type=int, default=d.d_state, help=f"SSM state size, mamba (default {d.d_state})")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"at most this many epochs (default {d.epochs})")
-    p.add_argument("--patience", type=int, default=d.patience,
-                   help=f"stop after this many epochs without a better validation macro-F1 (default {d.patience})")
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=d.patience,
+        help=f"stop after this many epochs without a better validation macro-F1 (default {d.patience})",
+    )
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default {d.batch_size})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr})")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"(default {d.weight_decay})")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
-                   help=f"held-out fraction (whole videos where named; default {d.val_fraction})")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=d.val_fraction,
+        help=f"held-out fraction (whole videos where named; default {d.val_fraction})",
+    )
     p.add_argument("--no-balance", action="store_true", help="plain cross-entropy (default: class-balanced)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"(default {d.seed})")
     p.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads (default: PyTorch's choice)")
@@ -460,11 +508,23 @@ def train_temporal_main(argv: Sequence[str] | None = None) -> int:
         return code
 
     try:
-        opts = TrainOptions(arch=args.arch, hidden=args.hidden, layers=args.layers, dropout=args.dropout,
-                            heads=args.heads, d_state=args.d_state, epochs=args.epochs, patience=args.patience,
-                            batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                            val_fraction=args.val_fraction, balanced=not args.no_balance, seed=args.seed,
-                            threads=args.threads)
+        opts = TrainOptions(
+            arch=args.arch,
+            hidden=args.hidden,
+            layers=args.layers,
+            dropout=args.dropout,
+            heads=args.heads,
+            d_state=args.d_state,
+            epochs=args.epochs,
+            patience=args.patience,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            val_fraction=args.val_fraction,
+            balanced=not args.no_balance,
+            seed=args.seed,
+            threads=args.threads,
+        )
         data = load_sequences(args.data)
     except (ValueError, DataError) as exc:
         return fail(str(exc))
@@ -473,8 +533,10 @@ def train_temporal_main(argv: Sequence[str] | None = None) -> int:
     say = (lambda msg: None) if args.quiet else (lambda msg: (sys.stderr.write(msg + "\n"), sys.stderr.flush()))
     labelled = data.labelled()
     counts = np.bincount(labelled.labels, minlength=len(BASIC))
-    say(f"{len(labelled)} labelled windows [{labelled.seq_len} x {labelled.dim}] ({labelled.feature_kind}); "
-        + ", ".join(f"{BASIC[c]} {n}" for c, n in enumerate(counts) if n))
+    say(
+        f"{len(labelled)} labelled windows [{labelled.seq_len} x {labelled.dim}] ({labelled.feature_kind}); "
+        + ", ".join(f"{BASIC[c]} {n}" for c, n in enumerate(counts) if n)
+    )
     try:
         result = train(labelled, opts, progress=say)
     except DataError as exc:
@@ -482,15 +544,21 @@ def train_temporal_main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as exc:
         return fail(str(exc), 1)
     try:
-        export_onnx(result.model, args.out, seq_len=labelled.seq_len, dim=labelled.dim,
-                    metadata=model_metadata(result, labelled, source=str(args.data)))
+        export_onnx(
+            result.model,
+            args.out,
+            seq_len=labelled.seq_len,
+            dim=labelled.dim,
+            metadata=model_metadata(result, labelled, source=str(args.data)),
+        )
         diff = check_onnx(result.model, args.out, labelled.features[:64])
     except Exception as exc:
         return fail(f"ONNX export failed: {type(exc).__name__}: {exc}", 1)
     if diff > ONNX_TOLERANCE:
         args.out.unlink(missing_ok=True)
-        return fail(f"the ONNX model differs from the PyTorch model by {diff:.2e} (> {ONNX_TOLERANCE:g}); "
-                    "nothing written", 1)
+        return fail(
+            f"the ONNX model differs from the PyTorch model by {diff:.2e} (> {ONNX_TOLERANCE:g}); nothing written", 1
+        )
     print(json.dumps({"out": str(args.out), "arch": opts.arch, **result.summary(), "onnx_max_abs_diff": diff}))
     return 0
 

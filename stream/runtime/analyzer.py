@@ -8,6 +8,7 @@ One analyzer handles one stream.  Its parts live in their own modules:
 end record), :mod:`~stream.runtime.observe` (the face step and observer hooks).  Most callers
 want :class:`stream.Pipeline`, which builds the models from options and yields typed records.
 """
+
 from __future__ import annotations
 
 import threading
@@ -76,11 +77,21 @@ class Analyzer:
     """Analyses one source to its end.  ``sinks`` receive each record's JSON object;
     ``on_record`` (and the observers' ``on_record``/``on_window``) the typed record."""
 
-    def __init__(self, source: Source, sinks: list[Sink], *, options: Options | None = None,
-                 face: FaceAnalyzer | None = None, modalities: list[Modality] | None = None,
-                 fuser: Fuser | None = None, features_out: Sink | None = None,
-                 notes: list[str] | None = None, observers: list[Any] | None = None,
-                 on_record: Callable[[Record], None] | None = None, log_records: Any = None) -> None:
+    def __init__(
+        self,
+        source: Source,
+        sinks: list[Sink],
+        *,
+        options: Options | None = None,
+        face: FaceAnalyzer | None = None,
+        modalities: list[Modality] | None = None,
+        fuser: Fuser | None = None,
+        features_out: Sink | None = None,
+        notes: list[str] | None = None,
+        observers: list[Any] | None = None,
+        on_record: Callable[[Record], None] | None = None,
+        log_records: Any = None,
+    ) -> None:
         self.source = source
         self.sinks = sinks
         self.opts = options or Options()
@@ -141,8 +152,14 @@ class Analyzer:
     def run(self) -> dict:
         """Analyse the source to its end (or until :meth:`stop`); returns the end record's JSON."""
         self._load_modalities()
-        self.capture = open_capture(self.source, live=self.live, realtime=self.realtime, max_side=self.opts.max_side,
-                                    open_timeout_s=self.opts.open_timeout_s, read_timeout_s=self.opts.read_timeout_s)
+        self.capture = open_capture(
+            self.source,
+            live=self.live,
+            realtime=self.realtime,
+            max_side=self.opts.max_side,
+            open_timeout_s=self.opts.open_timeout_s,
+            read_timeout_s=self.opts.read_timeout_s,
+        )
         try:
             self.capture.start()
             self.observers.capture(self.capture.pids)
@@ -165,9 +182,15 @@ class Analyzer:
 
     # ------------------------------------------------------------------ windows
     def _arrivals(self, frames: FrameRing, audio: AudioRing, state: SourceState) -> Arrivals:
-        return Arrivals(video_horizon=frames.horizon, audio_horizon=audio.horizon, video_done=state.video_done,
-                        audio_expected=state.audio_expected, audio_done=state.audio_done,
-                        frames_full=frames.policy == BLOCK and frames.full, stopping=self.stop_event.is_set())
+        return Arrivals(
+            video_horizon=frames.horizon,
+            audio_horizon=audio.horizon,
+            video_done=state.video_done,
+            audio_expected=state.audio_expected,
+            audio_done=state.audio_done,
+            frames_full=frames.policy == BLOCK and frames.full,
+            stopping=self.stop_event.is_set(),
+        )
 
     def _loop(self, info: m.StreamInfo, frames: FrameRing, audio: AudioRing, state: SourceState) -> dict:
         fps = info.fps or 25.0
@@ -178,11 +201,23 @@ class Analyzer:
         face_step = FaceStep(self.face, cache, self.stats, self.observers)
         scheduler = Scheduler(live=self.live)
         wall0 = time.monotonic()
-        self.emit(StartRecord(
-            source=self.source.kind, input=self.source.describe(), fps=fps, width=info.width, height=info.height,
-            duration=info.duration, live=self.live, audio=state.audio_expected,
-            modalities=[mod.name for mod in self.modalities], fusion=self.fuser.describe(),
-            compound_method=self.fuser.method, window_s=WINDOW_S, hop_s=HOP_S))
+        self.emit(
+            StartRecord(
+                source=self.source.kind,
+                input=self.source.describe(),
+                fps=fps,
+                width=info.width,
+                height=info.height,
+                duration=info.duration,
+                live=self.live,
+                audio=state.audio_expected,
+                modalities=[mod.name for mod in self.modalities],
+                fusion=self.fuser.describe(),
+                compound_method=self.fuser.method,
+                window_s=WINDOW_S,
+                hop_s=HOP_S,
+            )
+        )
         for note in dict.fromkeys(list(self._notes) + self.fuser.notes):
             self.warn(note)
         self._deliver_log()
@@ -238,17 +273,36 @@ class Analyzer:
         self._deliver_log()
         elapsed = time.monotonic() - wall0
         media = (total_frames / fps) if total_frames else max(frames.horizon, 0.0)
-        end = self.stats.end_record(reason=end_reason, total_frames=total_frames, media_s=media, elapsed_s=elapsed,
-                                    drops=self._drops(frames, audio, state), warnings=len(self.warnings))
+        end = self.stats.end_record(
+            reason=end_reason,
+            total_frames=total_frames,
+            media_s=media,
+            elapsed_s=elapsed,
+            drops=self._drops(frames, audio, state),
+            warnings=len(self.warnings),
+        )
         self.emit(end)
         return end.to_dict()
 
     def _drops(self, frames: FrameRing, audio: AudioRing, state: SourceState) -> dict:
-        return {"video_ring": frames.drops, "audio_ring_s": round(audio.dropped_seconds, 3),
-                "video_sender": state.sender_drops[m.VIDEO], "audio_sender": state.sender_drops[m.AUDIO]}
+        return {
+            "video_ring": frames.drops,
+            "audio_ring_s": round(audio.dropped_seconds, 3),
+            "video_sender": state.sender_drops[m.VIDEO],
+            "audio_sender": state.sender_drops[m.AUDIO],
+        }
 
-    def _window(self, w: Window, fps: float, frames: FrameRing, audio: AudioRing, state: SourceState,
-                face_step: FaceStep, timeline: Timeline, total: int | None) -> None:
+    def _window(
+        self,
+        w: Window,
+        fps: float,
+        frames: FrameRing,
+        audio: AudioRing,
+        state: SourceState,
+        face_step: FaceStep,
+        timeline: Timeline,
+        total: int | None,
+    ) -> None:
         t_start = time.perf_counter()
         items = frames.between(w.start, w.end)
         face_step(items, w.index)
@@ -269,8 +323,17 @@ class Analyzer:
         fused = self.fuser(outputs)
         if fused.scored:  # PFSA that cannot score a window adds nothing of another method's scale
             timeline.add(w.frame_range(fps, total), fused.basic, fused.compound)
-        rec = build_window_record(w, fps=fps, total=total, analysed_frames=len(items), fused=fused, outputs=outputs,
-                                  pcm=pcm, coverage=coverage, drops=self._drops(frames, audio, state))
+        rec = build_window_record(
+            w,
+            fps=fps,
+            total=total,
+            analysed_frames=len(items),
+            fused=fused,
+            outputs=outputs,
+            pcm=pcm,
+            coverage=coverage,
+            drops=self._drops(frames, audio, state),
+        )
         fusion_ms = (time.perf_counter() - t0) * 1e3
         self.stats.stage("fusion", fusion_ms)
         self.observers.stage("fusion", fusion_ms, w.index, [])
@@ -284,13 +347,26 @@ class Analyzer:
         self.stats.windows += 1
         self.emit(rec)
         if self.features_out is not None:
-            self.features_out.write({
-                "type": "window", "video": self.source.name, "index": w.index, "start": w.start, "end": w.end,
-                "frames": list(w.frame_range(fps, total)), "fps": fps,
-                "modalities": {name: {"basic": out.basic, "feature": out.feature,
-                                      **({"feature_space": out.info["feature_space"]}
-                                         if "feature_space" in out.info else {})}
-                               for name, out in outputs.items() if out.basic is not None}})
+            self.features_out.write(
+                {
+                    "type": "window",
+                    "video": self.source.name,
+                    "index": w.index,
+                    "start": w.start,
+                    "end": w.end,
+                    "frames": list(w.frame_range(fps, total)),
+                    "fps": fps,
+                    "modalities": {
+                        name: {
+                            "basic": out.basic,
+                            "feature": out.feature,
+                            **({"feature_space": out.info["feature_space"]} if "feature_space" in out.info else {}),
+                        }
+                        for name, out in outputs.items()
+                        if out.basic is not None
+                    },
+                }
+            )
         # frames before the next window's start are final; the rest stay provisional
         cut = final_before(w)
         self._emit_frames(timeline.finalize(int(cut * fps + 1e-6)), final=True)

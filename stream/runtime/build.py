@@ -3,6 +3,7 @@
 Errors a user can fix (a missing weights file, an unavailable engine, a bad calibration file)
 are raised as one-line ``RuntimeError``/``ValueError``/``FileNotFoundError``.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -17,8 +18,13 @@ def _emotion_model(opts: FaceOptions):
     from stream.modalities.face import load_face_model
 
     try:
-        return load_face_model(opts.model, profile=opts.profile, backend=opts.backend, device=opts.device,
-                               weights=None if opts.weights is None else str(opts.weights))
+        return load_face_model(
+            opts.model,
+            profile=opts.profile,
+            backend=opts.backend,
+            device=opts.device,
+            weights=None if opts.weights is None else str(opts.weights),
+        )
     except EngineUnavailable as exc:
         raise RuntimeError(str(exc)) from None
     except FileNotFoundError as exc:
@@ -70,13 +76,17 @@ def build_modalities(options: PipelineOptions, face: Any, *, live: bool) -> list
     try:
         clip = None
         if "clip" in wanted:  # before temporal: it may read CLIP's features
-            clip_opts = replace(options.clip, backend=options.clip.backend or backend,
-                                device=options.clip.device or device)
+            clip_opts = replace(
+                options.clip, backend=options.clip.backend or backend, device=options.clip.device or device
+            )
             mods.append(clip := build_clip_modality(clip_opts))
         if "temporal" in wanted:
             mods.append(temporal := build_temporal_modality(options.temporal, face_labels=face.model.labels))
-            if (clip is not None and getattr(temporal.model, "feature_kind", None) == "clip"
-                    and options.clip.frames is None):
+            if (
+                clip is not None
+                and getattr(temporal.model, "feature_kind", None) == "clip"
+                and options.clip.frames is None
+            ):
                 clip.frames_per_window = 0  # a CLIP-feature temporal model reads every frame
         if wanted & {"audio", "text"}:
             audio_opts = options.audio
@@ -88,8 +98,9 @@ def build_modalities(options: PipelineOptions, face: Any, *, live: bool) -> list
             mods += [LaggedModality(mod) if live and mod.name == "text" else mod for mod in audio_mods]
         if "scene" in wanted:
             scene = build_scene_modality(options.scene)
-            mods.append(scene if scene is not None else
-                        AbsentModality("scene", "no VLM endpoint; give one with --vlm-url"))
+            mods.append(
+                scene if scene is not None else AbsentModality("scene", "no VLM endpoint; give one with --vlm-url")
+            )
     except BaseException:
         for mod in mods:
             mod.close()

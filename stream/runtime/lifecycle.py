@@ -7,6 +7,7 @@ buffers.  :class:`InProcessCapture` does the same job for a :class:`~stream.io.s
 whose rings the caller fills.  Either way the window loop sees a :class:`FrameRing`, an
 :class:`AudioRing` and a :class:`SourceState`.
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -76,8 +77,9 @@ class Capture:
 
 
 class ProcessCapture(Capture):
-    def __init__(self, source: Source, *, live: bool, realtime: bool, max_side: int, open_timeout_s: float,
-                 read_timeout_s: float) -> None:
+    def __init__(
+        self, source: Source, *, live: bool, realtime: bool, max_side: int, open_timeout_s: float, read_timeout_s: float
+    ) -> None:
         self.source = source
         self.open_timeout_s = open_timeout_s
         self.procs: list[CaptureProcess] = []
@@ -89,16 +91,38 @@ class ProcessCapture(Capture):
         self.frames = FrameRing(FRAME_RING, policy=DROP_OLDEST if live else BLOCK)
         self.audio = AudioRing(AUDIO_RING_S)
         self.state = SourceState(av_audio=want_av_audio, mic=source.mic is not None)
-        self.receiver = Receiver(frames_endpoint=frames_ep, audio_endpoint=audio_ep if want_audio else None,
-                                 frames=self.frames, audio=self.audio, state=self.state)
-        base = {"frames_endpoint": frames_ep, "max_side": max_side, "t0_ns": 0, "open_timeout_s": open_timeout_s,
-                "read_timeout_s": read_timeout_s, "sample_fps": SAMPLE_FPS, "parent_pid": os.getpid()}
-        self.cfgs = [CaptureConfig(source=source.kind, target=str(source.target),
-                                   audio_endpoint=audio_ep if want_av_audio else None,
-                                   want_audio=want_av_audio, realtime=realtime, **base)]
+        self.receiver = Receiver(
+            frames_endpoint=frames_ep,
+            audio_endpoint=audio_ep if want_audio else None,
+            frames=self.frames,
+            audio=self.audio,
+            state=self.state,
+        )
+        base = {
+            "frames_endpoint": frames_ep,
+            "max_side": max_side,
+            "t0_ns": 0,
+            "open_timeout_s": open_timeout_s,
+            "read_timeout_s": read_timeout_s,
+            "sample_fps": SAMPLE_FPS,
+            "parent_pid": os.getpid(),
+        }
+        self.cfgs = [
+            CaptureConfig(
+                source=source.kind,
+                target=str(source.target),
+                audio_endpoint=audio_ep if want_av_audio else None,
+                want_audio=want_av_audio,
+                realtime=realtime,
+                **base,
+            )
+        ]
         if source.mic is not None:
-            self.cfgs.append(CaptureConfig(source="mic", target=source.mic, audio_endpoint=audio_ep,
-                                           **{**base, "frames_endpoint": None}))
+            self.cfgs.append(
+                CaptureConfig(
+                    source="mic", target=source.mic, audio_endpoint=audio_ep, **{**base, "frames_endpoint": None}
+                )
+            )
 
     def start(self) -> None:
         self.receiver.start()
@@ -177,12 +201,19 @@ class InProcessCapture(Capture):
         self.source.detach()
 
 
-def open_capture(source: Source, *, live: bool, realtime: bool, max_side: int, open_timeout_s: float,
-                 read_timeout_s: float) -> Capture:
+def open_capture(
+    source: Source, *, live: bool, realtime: bool, max_side: int, open_timeout_s: float, read_timeout_s: float
+) -> Capture:
     if isinstance(source, PushSource):
         return InProcessCapture(source, max_side=max_side)
-    return ProcessCapture(source, live=live, realtime=realtime, max_side=max_side, open_timeout_s=open_timeout_s,
-                          read_timeout_s=read_timeout_s)
+    return ProcessCapture(
+        source,
+        live=live,
+        realtime=realtime,
+        max_side=max_side,
+        open_timeout_s=open_timeout_s,
+        read_timeout_s=read_timeout_s,
+    )
 
 
 __all__ = [

@@ -13,6 +13,7 @@ analysed), per analysed frame ``detect``, ``validate`` and ``emotion`` (the fram
 batch), per window each modality by name and ``fusion``.  ``window_index`` is the window being
 filled or analysed.  Observers run on the window loop's thread: keep them quick.
 """
+
 from __future__ import annotations
 
 import time
@@ -221,5 +222,13 @@ class FaceStep:
         return len(todo)
 
 
-__all__ = ["FaceCall", "FaceStep", "FrameTimes", "Observer", "Observers", "TimedDetector", "TimedEmotionModel",
-           "instrument_face"]
+__all__ = [
+    "FaceCall",
+    "FaceStep",
+    "FrameTimes",
+    "Observer",
+    "Observers",
+    "TimedDetector",
+    "TimedEmotionModel",
+    "instrument_face",
+]

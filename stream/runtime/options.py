@@ -11,6 +11,7 @@ The options of a single modality live with it (``AudioOptions`` in
 ``ClipOptions`` in :mod:`stream.modalities.clip`, ``TemporalOptions`` in
 :mod:`stream.modalities.temporal`) and are re-exported here.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -123,5 +124,16 @@ class PipelineOptions:
             raise ValueError("the face modality cannot be left out (the window loop analyses faces)")
 
 
-__all__ = ["ALL_MODALITIES", "AudioOptions", "ClipOptions", "FaceOptions", "FusionOptions", "PipelineOptions",
-           "RuntimeOptions", "SceneOptions", "TemporalOptions", "TextOptions", "WindowOptions"]
+__all__ = [
+    "ALL_MODALITIES",
+    "AudioOptions",
+    "ClipOptions",
+    "FaceOptions",
+    "FusionOptions",
+    "PipelineOptions",
+    "RuntimeOptions",
+    "SceneOptions",
+    "TemporalOptions",
+    "TextOptions",
+    "WindowOptions",
+]

@@ -11,6 +11,7 @@ Models load once, when the pipeline is made (the face path) and on its first run
 source (the window modalities: a live source runs speech to text beside the stream, a file
 inline), and serve every later run until :meth:`Pipeline.close`.
 """
+
 from __future__ import annotations
 
 import queue
@@ -66,8 +67,9 @@ class Pipeline:
     run early, flushing its windows.
     """
 
-    def __init__(self, options: PipelineOptions | None = None, *, sinks: list[Any] | None = None,
-                 features_out: Any = None) -> None:
+    def __init__(
+        self, options: PipelineOptions | None = None, *, sinks: list[Any] | None = None, features_out: Any = None
+    ) -> None:
         from stream.runtime.build import build_face_analyzer
 
         self.options = options or PipelineOptions()
@@ -136,14 +138,28 @@ class Pipeline:
             if self.face.tracker is not None:
                 self.face.tracker.reset_states()
         rt = self.options.runtime
-        opts = Options(realtime=rt.realtime, max_side=rt.max_side, open_timeout_s=rt.open_timeout_s,
-                       read_timeout_s=rt.read_timeout_s, compound=self.options.fusion.compound,
-                       emit_frames=rt.emit_frames, progress=rt.progress)
+        opts = Options(
+            realtime=rt.realtime,
+            max_side=rt.max_side,
+            open_timeout_s=rt.open_timeout_s,
+            read_timeout_s=rt.read_timeout_s,
+            compound=self.options.fusion.compound,
+            emit_frames=rt.emit_frames,
+            progress=rt.progress,
+        )
         fuser = self._fusers[live]
-        self._analyzer = Analyzer(source, list(self.sinks) + list(sinks or []), options=opts, face=self.face,
-                                  modalities=run_mods, fuser=fuser, features_out=self.features_out,
-                                  log_records=self._forwarder,
-                                  observers=self.options.observers, on_record=on_record)
+        self._analyzer = Analyzer(
+            source,
+            list(self.sinks) + list(sinks or []),
+            options=opts,
+            face=self.face,
+            modalities=run_mods,
+            fuser=fuser,
+            features_out=self.features_out,
+            log_records=self._forwarder,
+            observers=self.options.observers,
+            on_record=on_record,
+        )
         self._run_owned = [m for m in run_mods if m not in mods]
         return self._analyzer
 

@@ -5,6 +5,7 @@ file or a test's ``StringIO``); ``"off"`` never.  A source of unknown length (li
 without a duration) gets an open-ended counter instead of a bar.  tqdm imports only when a bar
 is shown.
 """
+
 from __future__ import annotations
 
 import sys
@@ -30,8 +31,9 @@ class Progress:
         desc: a short label in front of the bar.
     """
 
-    def __init__(self, total_s: float | None = None, *, mode: str = "auto", file: TextIO | None = None,
-                 desc: str | None = None) -> None:
+    def __init__(
+        self, total_s: float | None = None, *, mode: str = "auto", file: TextIO | None = None, desc: str | None = None
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"bad progress mode {mode!r}: expected one of {', '.join(MODES)}")
         file = sys.stderr if file is None else file
@@ -43,8 +45,15 @@ class Progress:
             return
         from tqdm import tqdm
 
-        common = dict(file=file, desc=desc, unit="s", leave=True, mininterval=0.2, dynamic_ncols=_isatty(file),
-                      ascii=not _isatty(file))
+        common = dict(
+            file=file,
+            desc=desc,
+            unit="s",
+            leave=True,
+            mininterval=0.2,
+            dynamic_ncols=_isatty(file),
+            ascii=not _isatty(file),
+        )
         if self.total_s is not None:
             fmt = "{desc}{percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}, {rate_fmt}]"
             self._bar = tqdm(total=round(self.total_s, 3), bar_format=fmt, **common)

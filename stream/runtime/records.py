@@ -5,6 +5,7 @@ Each record's :meth:`to_dict` is exactly the JSON object the command line prints
 and scalars become lists and numbers).  :func:`build_window_record` and
 :func:`build_frames_record` are the record building the window loop does.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -163,9 +164,20 @@ def load_schema() -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- building
-def build_window_record(w: Window, *, fps: float, total: int | None, analysed_frames: int, fused,
-                        outputs: dict, pcm: np.ndarray | None, coverage: float, drops: dict,
-                        processing_ms: float = 0.0, latency_ms: float | None = None) -> WindowRecord:
+def build_window_record(
+    w: Window,
+    *,
+    fps: float,
+    total: int | None,
+    analysed_frames: int,
+    fused,
+    outputs: dict,
+    pcm: np.ndarray | None,
+    coverage: float,
+    drops: dict,
+    processing_ms: float = 0.0,
+    latency_ms: float | None = None,
+) -> WindowRecord:
     """The window record for fusion result ``fused`` of modality ``outputs``."""
     basic = None if fused.basic is None else dict(zip(BASIC, fused.basic))
     basic_label = None if fused.basic is None else BASIC[int(np.argmax(fused.basic))]
@@ -175,28 +187,49 @@ def build_window_record(w: Window, *, fps: float, total: int | None, analysed_fr
     else:  # nothing present, or the run's one compound method cannot score this window
         compound = label = None
     modalities = {
-        name: ({"present": True, "weight": fused.weights.get(name), "basic": dict(zip(BASIC, out.basic)),
-                **out.info} if out.basic is not None else {"present": False, **out.info})
-        for name, out in outputs.items()}
+        name: (
+            {"present": True, "weight": fused.weights.get(name), "basic": dict(zip(BASIC, out.basic)), **out.info}
+            if out.basic is not None
+            else {"present": False, **out.info}
+        )
+        for name, out in outputs.items()
+    }
     if pcm is not None:
         rms = float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) if pcm.size else 0.0
         audio = {"coverage": round(coverage, 3), "rms_dbfs": round(20 * np.log10(max(rms, 1e-9)), 1)}
     else:
         audio = None
-    return WindowRecord(index=w.index, start=w.start, end=w.end, frames=w.frame_range(fps, total),
-                        analysed_frames=analysed_frames, basic=basic, compound=compound, label=label,
-                        basic_label=basic_label, compound_method=fused.method,
-                        present=[name for name, out in outputs.items() if out.basic is not None],
-                        modalities=modalities, audio=audio, drops=drops, processing_ms=processing_ms,
-                        latency_ms=latency_ms, compound_reason=getattr(fused, "reason", None))
+    return WindowRecord(
+        index=w.index,
+        start=w.start,
+        end=w.end,
+        frames=w.frame_range(fps, total),
+        analysed_frames=analysed_frames,
+        basic=basic,
+        compound=compound,
+        label=label,
+        basic_label=basic_label,
+        compound_method=fused.method,
+        present=[name for name, out in outputs.items() if out.basic is not None],
+        modalities=modalities,
+        audio=audio,
+        drops=drops,
+        processing_ms=processing_ms,
+        latency_ms=latency_ms,
+        compound_reason=getattr(fused, "reason", None),
+    )
 
 
 def build_frames_record(rows, *, final: bool) -> FramesRecord:
     """Frame rows (``stream.runtime.timeline.FrameRow``) as one frames record."""
-    return FramesRecord(final=final, frame_index=[r.index for r in rows], time=[round(r.time, 4) for r in rows],
-                        label_index=[r.label for r in rows],
-                        label=[None if r.label is None else COMPOUND[r.label] for r in rows],
-                        compound=[None if r.compound is None else np.round(normalise(r.compound), 4) for r in rows])
+    return FramesRecord(
+        final=final,
+        frame_index=[r.index for r in rows],
+        time=[round(r.time, 4) for r in rows],
+        label_index=[r.label for r in rows],
+        label=[None if r.label is None else COMPOUND[r.label] for r in rows],
+        compound=[None if r.compound is None else np.round(normalise(r.compound), 4) for r in rows],
+    )
 
 
 __all__ = [

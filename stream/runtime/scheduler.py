@@ -15,6 +15,7 @@ reached the window's end, or there is no reason to wait for it: no audio, the au
 full lossless frame ring (waiting could deadlock), or a live source whose audio is more than
 ``audio_grace_s`` late.  A file analysed as fast as possible never skips.
 """
+
 from __future__ import annotations
 
 import time
@@ -75,8 +76,9 @@ Step = Wait | Run | Skip | Finish
 class Scheduler:
     """Decides, window by window, what the loop does next.  ``clock`` returns seconds (monotonic)."""
 
-    def __init__(self, *, live: bool, clock: Callable[[], float] = time.monotonic,
-                 audio_grace_s: float = AUDIO_GRACE_S) -> None:
+    def __init__(
+        self, *, live: bool, clock: Callable[[], float] = time.monotonic, audio_grace_s: float = AUDIO_GRACE_S
+    ) -> None:
         self.live = live
         self.clock = clock
         self.audio_grace_s = audio_grace_s
@@ -101,8 +103,9 @@ class Scheduler:
             return True
         if a.frames_full:
             return True
-        return (self.live and self._video_ready_at is not None
-                and self.clock() - self._video_ready_at > self.audio_grace_s)
+        return (
+            self.live and self._video_ready_at is not None and self.clock() - self._video_ready_at > self.audio_grace_s
+        )
 
     def poll(self, a: Arrivals) -> Step:
         w = self.window

