@@ -47,7 +47,11 @@ system-deps:
 run: install
 	$(VENV)/bin/cer-stream --video $(SAMPLE)
 
+# lint, format and type checks first (fast), then the tests
 test: install-test system-deps
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 
 # the long checks (marked slow), opt-in

@@ -23,6 +23,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 PROG = "cer-stream"
 
@@ -45,7 +46,7 @@ def _fail(prog: str, message: str, code: int) -> int:
     return code
 
 
-def _human(size: int | None) -> str:
+def _human(size: float | None) -> str:
     if size is None:
         return "-"
     for unit in ("B", "KB", "MB", "GB"):
@@ -105,7 +106,7 @@ def _list(args) -> int:
     from engines.models import registry as reg
 
     specs = reg.for_profile(args.profile) if args.profile else list(reg.registry().values())
-    records = []
+    records: list[dict[str, Any]] = []
     for spec in specs:
         ok, where = reg.available(spec)
         records.append(

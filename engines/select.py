@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import threading
 from pathlib import Path
+from typing import Any
 
 from engines.base import Engine
 
@@ -143,14 +144,17 @@ _ORT_OPTIONS = {"expect_metadata", "intra_op_threads", "inter_op_threads"}
 
 
 def _construct(chosen: str, onnx_path, device: str, kw: dict) -> Engine:
+    args: dict[str, Any]
     if chosen == "tensorrt":
         from engines.runtimes.tensorrt import TrtEngine
 
-        cls, allowed, args = TrtEngine, _TRT_OPTIONS, {}
+        cls: type[Engine] = TrtEngine
+        allowed, args = _TRT_OPTIONS, {}
     else:
         from engines.runtimes.onnxruntime import OrtEngine
 
-        cls, allowed, args = OrtEngine, _ORT_OPTIONS, {"device": device}
+        cls = OrtEngine
+        allowed, args = _ORT_OPTIONS, {"device": device}
     dropped = sorted(set(kw) - allowed)
     if dropped:
         log.debug("%s ignores options %s", cls.__name__, dropped)

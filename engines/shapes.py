@@ -23,7 +23,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 Shape = tuple[int, ...]
 #: A non-batch axis size: one int, a (min, opt, max) triple, or ``"batch"`` (follows the batch triple).
@@ -106,7 +106,9 @@ def batch_profiles(
                     f"input {name!r} has a dynamic axis {axis} besides the batch; give its size "
                     f"(fixed={{{name!r}: {{{axis}: SIZE}}}})"
                 )
-            lo.append(sizes[0]), mid.append(sizes[1]), hi.append(sizes[2])
+            lo.append(sizes[0])
+            mid.append(sizes[1])
+            hi.append(sizes[2])
         ranges[name] = ShapeRange(tuple(lo), tuple(mid), tuple(hi))
     return ranges
 
@@ -213,7 +215,8 @@ def requested_profiles(
         merged = {name: dict(sizes) for name, sizes in shapes.axes.items()}
         for name, sizes in (axes or {}).items():
             merged.setdefault(name, {}).update(sizes)
-        shapes = PlanShapes(tuple(int(b) for b in batch) if batch is not None else shapes.batch, merged)
+        triple = cast("tuple[int, int, int]", tuple(int(b) for b in batch)) if batch is not None else shapes.batch
+        shapes = PlanShapes(triple, merged)
     return shapes.profiles(inputs, metadata)
 
 
@@ -226,7 +229,10 @@ def runtime_onnx(spec, *, weights: str | Path | None = None, cache_dir: str | Pa
 
     spec = reg.get(spec) if isinstance(spec, str) else spec
     if spec.role == "vad" or spec.exporter in _USER_FILE_EXPORTERS:
-        return Path(reg.locate(spec, weights).path)
+        path = reg.locate(spec, weights).path
+        if path is None:
+            raise ValueError(f"{spec.name}: weights are a remote endpoint, not an ONNX file")
+        return Path(path)
     return reg.export(spec, weights=weights, cache_dir=cache_dir)
 
 

@@ -515,6 +515,7 @@ class _KerasGraph:
             and producer.op_type == "Conv"
         )
         if foldable:
+            assert producer is not None  # checked in ``foldable``
             scale = gamma / np.sqrt(var + eps)
             kernel = producer.weights["W"].astype(np.float64) * scale[:, None, None, None]
             bias = producer.weights.get("B", np.zeros(channels, np.float32)).astype(np.float64)

@@ -37,10 +37,16 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engines.models.storage import CACHE_ENV, atomic_write, default_cache_dir, package_dir, sha256_file  # noqa: F401 (CACHE_ENV re-exported)
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+    from engines.base import Engine
 
 log = logging.getLogger("cer_stream.engines")
 
@@ -373,7 +379,9 @@ def build_onnx(src_dir: str | Path | None = None):
 # ---------------------------------------------------------------------------------------------
 # Run time
 # ---------------------------------------------------------------------------------------------
-def _make_engine(path: Path, backend: str, device: str, intra_op_threads: int | None, batch_size: int, max_len: int):
+def _make_engine(
+    path: Path, backend: str, device: str, intra_op_threads: int | None, batch_size: int, max_len: int
+) -> Engine:
     """A loaded engine for ``path`` chosen by :mod:`engines.select` (TensorRT where a GPU and
     TensorRT exist and ``backend``/``device`` allow it, else ONNX Runtime). The TensorRT profile
     is the shape table's (:data:`engines.shapes.TEXT_BATCH` texts of
@@ -387,7 +395,7 @@ def _make_engine(path: Path, backend: str, device: str, intra_op_threads: int | 
         from engines.runtimes.onnxruntime import OrtEngine
 
         return OrtEngine(path, device=device, intra_op_threads=intra_op_threads, expect_metadata=expect)
-    kw = {}
+    kw: dict[str, Any] = {}
     table = plan_shapes(NAME).batch
     if batch_size > table[2]:
         log.info(
@@ -445,8 +453,8 @@ class TextEncoder:
         self.batch_size = max(1, batch_size)
         self.model_path = Path(model_path) if model_path is not None else None
         self.intra_op_threads = intra_op_threads
-        self.engine = None
-        self.tokenizer = None
+        self.engine: Engine | None = None
+        self.tokenizer: Tokenizer | None = None
 
     @property
     def dim(self) -> int:
@@ -475,6 +483,7 @@ class TextEncoder:
         """Token ids and attention mask, int64 [N, longest], right-padded with id 0."""
         if self.tokenizer is None:
             self.load()
+        assert self.tokenizer is not None  # set by load()
         return _pad([e.ids for e in self.tokenizer.encode_batch(list(texts))])
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -483,6 +492,7 @@ class TextEncoder:
             raise TypeError("encode() takes a list of texts, not one string")
         if self.engine is None:
             self.load()
+        assert self.engine is not None and self.tokenizer is not None  # set by load()
         tokens = [e.ids for e in self.tokenizer.encode_batch([str(t) for t in texts])]
         out = np.zeros((len(tokens), EMBEDDING_DIM), np.float32)
         order = np.argsort([len(t) for t in tokens], kind="stable")

@@ -268,13 +268,13 @@ def locate(spec: ModelSpec, weights: str | Path | None = None) -> Location:
                     raise WeightsNotFound(f"{spec.name}: {source.env}={value}: no such file or folder")
                 return Location(path, "local", source.env)
         elif isinstance(source, PackageFile):
-            path = _find_package_file(source)
-            if path is not None:
-                return Location(path, "package", source.package)
+            found = _find_package_file(source)
+            if found is not None:
+                return Location(found, "package", source.package)
         elif isinstance(source, HubFile):
-            path = _find_hub(source)
-            if path is not None:
-                return Location(path, "hub", source.repo_id)
+            found = _find_hub(source)
+            if found is not None:
+                return Location(found, "hub", source.repo_id)
         elif isinstance(source, Endpoint):
             value = os.environ.get(source.env)
             if value:
@@ -379,6 +379,7 @@ def _resolve(path: str) -> Callable:
 
 
 def _exporter_version(spec: ModelSpec) -> int:
+    assert spec.exporter is not None  # only called for models that have an exporter
     module = importlib.import_module(spec.exporter.partition(":")[0])
     return int(getattr(module, "EXPORT_VERSION", 1))
 
@@ -409,7 +410,10 @@ def export(
     spec = get(spec) if isinstance(spec, str) else spec
     if spec.exporter is None:
         if spec.format == "onnx":
-            path = locate(spec, weights).path  # arrives as ONNX: nothing to convert
+            found = locate(spec, weights).path  # arrives as ONNX: nothing to convert
+            if found is None:
+                raise ValueError(f"{spec.name}: weights are a remote endpoint, not an ONNX file")
+            path = found
         else:
             raise ValueError(f"{spec.name} is a {spec.format} model ({spec.runtime}); there is nothing to export")
     elif spec.exporter_kind == "ensure":
@@ -418,6 +422,10 @@ def export(
         path = Path(_resolve(spec.exporter)(Path(cache_dir).expanduser() if cache_dir else None))
     else:
         location = locate(spec, weights)
+        if location.path is None:
+            raise ValueError(
+                f"{spec.name}: weights are a remote endpoint ({location.detail}); there is nothing to export"
+            )
         cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         suffix = ".npz" if spec.format == "npz" else ".onnx"
         path = cache / f"{spec.name}-{source_digest(location.path)[:16]}-e{_exporter_version(spec)}{suffix}"

@@ -6,10 +6,14 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engines.base import Engine, TensorSpec
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 log = logging.getLogger("cer_stream.engines")
 
@@ -79,7 +83,7 @@ class OrtEngine(Engine):
         self.intra_op_threads = intra_op_threads or default_threads()
         self.inter_op_threads = inter_op_threads
         self.providers: list[str] = []
-        self._session = None
+        self._session: InferenceSession | None = None
 
     def _load(self) -> None:
         import onnxruntime as ort
@@ -101,11 +105,12 @@ class OrtEngine(Engine):
                     ort.__version__,
                 )
 
-        self._session = ort.InferenceSession(str(self.model_path), options, providers=providers)
-        self.providers = self._session.get_providers()
-        self.inputs = [self._spec(arg) for arg in self._session.get_inputs()]
-        self.outputs = [self._spec(arg) for arg in self._session.get_outputs()]
-        self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
+        session = ort.InferenceSession(str(self.model_path), options, providers=providers)
+        self._session = session
+        self.providers = session.get_providers()
+        self.inputs = [self._spec(arg) for arg in session.get_inputs()]
+        self.outputs = [self._spec(arg) for arg in session.get_outputs()]
+        self.metadata = dict(session.get_modelmeta().custom_metadata_map)
         log.debug("loaded %s with %s, %d intra-op threads", self.model_path.name, self.providers, self.intra_op_threads)
 
     @staticmethod
@@ -119,6 +124,7 @@ class OrtEngine(Engine):
         return TensorSpec(arg.name, shape, dtype)
 
     def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        assert self._session is not None  # Engine.infer refuses an engine that is not loaded
         return self._session.run(self.output_names, feed)
 
     def _close(self) -> None:

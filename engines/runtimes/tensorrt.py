@@ -55,7 +55,7 @@ import struct
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -457,7 +457,9 @@ class TrtEngine(Engine):
         if batch is not None:
             ShapeRange((batch[0],), (batch[1],), (batch[2],))  # validates the triple
         self.model = model
-        self.batch = tuple(int(b) for b in batch) if batch is not None else None
+        self.batch: tuple[int, int, int] | None = (
+            cast("tuple[int, int, int]", tuple(int(b) for b in batch)) if batch is not None else None
+        )
         self.fixed_axes = {k: dict(v) for k, v in (fixed_axes or {}).items()} or None
         self.fp16 = fp16
         self.device_id = device_id
@@ -466,15 +468,22 @@ class TrtEngine(Engine):
         self.plan_file: Path | None = None
         self.header: dict[str, Any] = {}
         self._lock = threading.Lock()
-        self._cuda = None
-        self._cuda_context = None
-        self._runtime = None
-        self._engine = None
-        self._context = None
-        self._stream = None
+        # pycuda / TensorRT objects (no type stubs); None until loaded.
+        self._cuda: Any = None
+        self._cuda_context: Any = None
+        self._runtime: Any = None
+        self._engine: Any = None
+        self._context: Any = None
+        self._stream: Any = None
         self._ranges: dict[str, ShapeRange] = {}
         self._host: dict[str, np.ndarray] = {}
         self._device: dict[str, Any] = {}
+
+    @property
+    def _plan_name(self) -> str:
+        """File name of the loaded plan (set by :meth:`_load` before any TensorRT object exists)."""
+        assert self.plan_file is not None
+        return self.plan_file.name
 
     # -- plan management (pure Python up to the build) ----------------------------------------
     def requested_profiles(self) -> dict[str, ShapeRange]:
@@ -567,7 +576,7 @@ class TrtEngine(Engine):
                 raise _Undeserializable()
             self._context = self._engine.create_execution_context()
             if self._context is None:
-                raise EngineBuildError(f"TensorRT could not create an execution context for {self.plan_file.name}")
+                raise EngineBuildError(f"TensorRT could not create an execution context for {self._plan_name}")
             self._stream = cuda.Stream()
             self._allocate(trt, cuda)
         except BaseException:
@@ -585,7 +594,7 @@ class TrtEngine(Engine):
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         host_side = [n for n in inputs if engine.is_shape_inference_io(n)]
         if host_side:  # shape tensors live in host memory; this runner stages device buffers only
-            raise EngineBuildError(f"{self.plan_file.name}: inputs {host_side} are shape tensors; not supported")
+            raise EngineBuildError(f"{self._plan_name}: inputs {host_side} are shape tensors; not supported")
         for name in inputs:
             lo, mid, hi = (tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(name, 0))
             self._ranges[name] = ShapeRange(lo, mid, hi)
@@ -607,7 +616,7 @@ class TrtEngine(Engine):
                 raise EngineBuildError(f"TensorRT refused the buffer address of {name!r}")
         log.debug(
             "loaded %s: inputs %s, outputs %s",
-            self.plan_file.name,
+            self._plan_name,
             {s.name: self._ranges[s.name].max for s in self.inputs},
             [s.name for s in self.outputs],
         )
@@ -631,7 +640,7 @@ class TrtEngine(Engine):
                     np.copyto(staged, array)
                     cuda.memcpy_htod_async(self._device[spec.name], staged, self._stream)
                 if not context.execute_async_v3(stream_handle=self._stream.handle):
-                    raise RuntimeError(f"TensorRT failed to run {self.plan_file.name}")
+                    raise RuntimeError(f"TensorRT failed to run {self._plan_name}")
                 results = []
                 for spec in self.outputs:
                     shape = tuple(int(d) for d in context.get_tensor_shape(spec.name))

@@ -134,6 +134,7 @@ def _source(args: argparse.Namespace):
     """The source the flags name; ``UsageError`` (one line) when it cannot be used."""
     from stream.io.sources import CameraSource, FileSource, RtspSource, SourceError
 
+    source: FileSource | RtspSource | CameraSource
     try:
         if args.video is not None:
             source = FileSource(args.video, realtime=args.realtime, audio=not args.no_audio)
@@ -165,7 +166,7 @@ def run_stream(argv: list[str]) -> int:
     from stream.runtime.pipeline import Pipeline
     from stream.sinks.outputs import AbawCsvSink, JsonLinesSink, ZmqPublishSink
 
-    sinks = []
+    sinks: list[JsonLinesSink | ZmqPublishSink | AbawCsvSink] = []
     try:
         if not args.quiet:
             sinks.append(JsonLinesSink(sys.stdout))
@@ -209,8 +210,8 @@ def run_stream(argv: list[str]) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+        for sig, h in old.items():
+            signal.signal(sig, h)
         pipeline.close()
         for s in sinks + ([features_out] if features_out else []):
             s.close()

@@ -216,7 +216,9 @@ def _quiet_mediapipe(module) -> None:
         _applied["mediapipe"] = "no symbol table"
         return
     lib = ctypes.CDLL(path)  # already loaded: the same handle, nothing runs
-    base = ctypes.cast(getattr(lib, _ANCHOR), ctypes.c_void_p).value - found[_ANCHOR][0]
+    anchor = ctypes.cast(getattr(lib, _ANCHOR), ctypes.c_void_p).value
+    assert anchor is not None  # the address of a symbol the library exports
+    base = anchor - found[_ANCHOR][0]
     done = []
     for name, level in _MEDIAPIPE_GLOBALS.items():
         value, size, kind = found.get(name, (0, 0, 0))

@@ -100,7 +100,7 @@ def encode(item: Item) -> list[bytes | memoryview]:
             "shape": list(img.shape),
             "drops": item.sender_drops,
         }
-        return [json.dumps(head).encode(), memoryview(img).cast("B")]
+        return [json.dumps(head).encode(), img.data.cast("B")]
     if isinstance(item, AudioChunk):
         pcm = np.ascontiguousarray(item.samples, dtype=np.float32)
         head = {
@@ -111,7 +111,7 @@ def encode(item: Item) -> list[bytes | memoryview]:
             "n": int(pcm.shape[0]),
             "drops": item.sender_drops,
         }
-        return [json.dumps(head).encode(), memoryview(pcm).cast("B")]
+        return [json.dumps(head).encode(), pcm.data.cast("B")]
     return [json.dumps(asdict(item)).encode()]
 
 

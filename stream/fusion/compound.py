@@ -254,12 +254,13 @@ class PFSA:
     @property
     def available(self) -> np.ndarray:
         """``[7]`` bool: which compounds have a prototype."""
-        self._check_fitted()
-        return np.isfinite(self.compound_prototypes).all(axis=1)
+        return np.isfinite(self._check_fitted()).all(axis=1)
 
-    def _check_fitted(self) -> None:
+    def _check_fitted(self) -> np.ndarray:
+        """The compound prototypes; raises ``RuntimeError`` when the PFSA is not fitted."""
         if self.compound_prototypes is None:
             raise RuntimeError("PFSA is not fitted: call fit() or from_dict() first")
+        return self.compound_prototypes
 
     # -- inference ---------------------------------------------------------
     def scores(self, features: np.ndarray) -> np.ndarray:
@@ -267,8 +268,7 @@ class PFSA:
 
         Compounds without a prototype score ``-inf``.
         """
-        self._check_fitted()
-        return self._cosine(features, self.compound_prototypes)
+        return self._cosine(features, self._check_fitted())
 
     def basic_scores(self, features: np.ndarray) -> np.ndarray:
         """Cosine similarity ``[..., 8]`` to the basic prototypes (``-inf`` where missing)."""
@@ -363,7 +363,9 @@ class PFSA:
     # -- serialisation -----------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe parameters; missing prototype rows are ``null``."""
-        self._check_fitted()
+        compound = self._check_fitted()
+        if self.basic_prototypes is None:
+            raise RuntimeError("PFSA is not fitted: call fit() or from_dict() first")
 
         def rows(a: np.ndarray) -> list[list[float] | None]:
             return [[float(v) for v in r] if np.isfinite(r).all() else None for r in a]
@@ -374,7 +376,7 @@ class PFSA:
             "on_missing": self.on_missing,
             "counts": list(self.counts),
             "basic_prototypes": rows(self.basic_prototypes),
-            "compound_prototypes": rows(self.compound_prototypes),
+            "compound_prototypes": rows(compound),
             "meta": dict(self.meta),
         }
 

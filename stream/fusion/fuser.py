@@ -59,8 +59,9 @@ class Fused:
         basic = None if self.basic is None else dict(zip(BASIC, self.basic))
         basic_label = None if self.basic is None else BASIC[int(np.argmax(self.basic))]
         if self.scored:
-            compound = dict(zip(COMPOUND, normalise(self.compound)))
-            label = COMPOUND[int(np.argmax(self.compound))]
+            assert self.compound is not None  # what `scored` means
+            compound: dict[str, float] | None = dict(zip(COMPOUND, normalise(self.compound)))
+            label: str | None = COMPOUND[int(np.argmax(self.compound))]
         else:
             compound = label = None
         rec = {
@@ -173,6 +174,7 @@ class Fuser:
         if out.feature is None:
             return None, f"pfsa: {name} feature absent"
         feature = np.asarray(out.feature, np.float64).reshape(-1)
+        assert self.pfsa is not None  # only called for --compound pfsa, which has prototypes
         want = int(self.pfsa.compound_prototypes.shape[1])
         if feature.size != want:
             return None, f"pfsa: {name} feature is {feature.size}-d, the prototypes are {want}-d"

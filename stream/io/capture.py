@@ -220,7 +220,7 @@ def decode_audio_file(path: str | Path) -> np.ndarray:
     capture process does it (for tests, benchmarks and offline tools)."""
     import av
 
-    out = []
+    out: list[np.ndarray] = []
     with av.open(str(path)) as container:
         resampler = av.AudioResampler(format="flt", layout="mono", rate=m.AUDIO_RATE)
         for frame in container.decode(audio=0):
@@ -256,8 +256,10 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
     """Decode a file/RTSP/camera source and push frames and audio until the end or a stop."""
     import av
 
+    if cfg.frames_endpoint is None:
+        raise ValueError(f"{cfg.source} capture needs a frames endpoint")
     stop = _Stop() if stop is None else stop
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     frames = _Sender(ctx, cfg.frames_endpoint, hwm=FRAME_HWM, blocking=cfg.lossless)
     audio = _Sender(ctx, cfg.audio_endpoint, hwm=AUDIO_HWM, blocking=cfg.lossless) if cfg.audio_endpoint else None
     streams = [m.VIDEO] + ([m.AUDIO] if audio else [])
@@ -314,6 +316,7 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
             pending_audio, pending_n = [], 0
             if audio_next is None:
                 return
+            assert audio is not None  # audio is only collected when it is sent
             start = audio_next
             audio_next += pcm.shape[0] / m.AUDIO_RATE
             if start < 0:  # samples before the first video frame
@@ -371,6 +374,7 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
                             if cfg.source == "camera" or ft is None:
                                 audio_next = (m.now_ns() - cfg.t0_ns) / 1e9
                             else:
+                                assert origin is not None  # set by the first video frame (waited for above)
                                 audio_next = ft - origin
                         pcm = rf.to_ndarray().reshape(-1).astype(np.float32, copy=False)
                         pending_audio.append(pcm)
@@ -411,8 +415,10 @@ def run_mic_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: fl
     """Record the default (or ``cfg.target``) microphone at 16 kHz mono and push it."""
     import queue
 
+    if cfg.audio_endpoint is None:
+        raise ValueError("microphone capture needs an audio endpoint")
     stop = _Stop() if stop is None else stop
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     audio = _Sender(ctx, cfg.audio_endpoint, hwm=AUDIO_HWM, blocking=False)
     streams = [m.AUDIO]
     try:
@@ -501,7 +507,7 @@ def capture_main(cfg: CaptureConfig) -> None:
         )
         log.debug("capture process failed", exc_info=True)
     finally:
-        ctx = zmq.Context.instance()
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         if failed:
             ctx.destroy(linger=1000)  # sockets a failure left open would make term() wait forever
         else:

@@ -72,7 +72,7 @@ class FaceModality:
 
     def __call__(self, inp: WindowInput) -> ModalityOutput:
         probs, n_face = window_face_probs(inp.faces)
-        info = {"frames": len(inp.faces), "frames_with_face": n_face}
+        info: dict[str, Any] = {"frames": len(inp.faces), "frames_with_face": n_face}
         if probs is None:
             reason = (
                 "no frames received"
@@ -165,6 +165,7 @@ class LaggedModality:
                 if self._stop:
                     return
                 job, self._pending = self._pending, None
+            assert job is not None  # the wait above ends on a job or on stop
             try:
                 out = self.inner(job)
             except Exception as exc:  # reported in the window record, like any failing modality

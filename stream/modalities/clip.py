@@ -33,7 +33,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,6 +42,9 @@ from stream.core.messages import VideoFrame
 from stream.core.windows import EPS, WINDOW_S
 from stream.modalities.base import AbsentModality, ModalityOutput, WindowInput
 from stream.modalities.temporal import CLIP_FEATURES
+
+if TYPE_CHECKING:
+    from engines.base import Engine
 
 log = logging.getLogger("cer_stream.clip")
 
@@ -69,7 +72,8 @@ def _resize_bicubic(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
 
         shrink = width < rgb.shape[1]
         return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
-    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.BICUBIC))
+    # Image.BICUBIC: set at import by Pillow (the typed Image.Resampling needs Pillow >= 9.1)
+    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.BICUBIC))  # type: ignore[attr-defined]
 
 
 def preprocess(
@@ -197,11 +201,13 @@ class ClipLabelModality:
             raise ValueError(f"CLIP label file: unknown compound labels {unknown}")
         self._basic_to = [BASIC.index(basic_name(n)) for n in self.labels["basic_labels"]]
         self._compound_to = [COMPOUND.index(n) for n in self.labels["compound_labels"]]
-        self.engine = None
+        self.engine: Engine | None = None
         self._error: str | None = None
         self._features_at = 0
         self._embeds_at: int | None = 1
-        self.size, self.mean, self.std = CLIP_SIZE, CLIP_MEAN, CLIP_STD
+        self.size = CLIP_SIZE
+        self.mean: tuple[float, ...] = CLIP_MEAN
+        self.std: tuple[float, ...] = CLIP_STD
         self.cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # frame index -> (features, embeds)
         self.embedded = 0  # frames run through the image tower (for stats and tests)
 
@@ -263,10 +269,12 @@ class ClipLabelModality:
     # ------------------------------------------------------------------ per window
     def _embed(self, frames: Sequence[VideoFrame]) -> None:
         """Run the image tower on ``frames`` (batched) and cache their outputs."""
+        engine = self.engine
+        assert engine is not None  # loaded before any window reaches the tower
         for a in range(0, len(frames), MAX_BATCH):
             chunk = frames[a : a + MAX_BATCH]
             batch = preprocess([f.image for f in chunk], size=self.size, mean=self.mean, std=self.std)
-            outs = self.engine.infer(batch)
+            outs = engine.infer(batch)
             feats = np.asarray(outs[self._features_at], np.float32)
             embeds = np.asarray(outs[self._embeds_at], np.float32) if self._embeds_at is not None else feats
             embeds = embeds / np.maximum(np.linalg.norm(embeds, axis=-1, keepdims=True), 1e-12)
@@ -366,7 +374,7 @@ def build_clip_modality(opts: ClipOptions) -> ClipLabelModality | AbsentModality
     image, labels = opts.image, opts.labels
     if (image is None) != (labels is None):
         raise ValueError("--clip-image and --clip-labels go together (the tower and its label embeddings)")
-    if image is not None:
+    if image is not None and labels is not None:  # given together (checked above)
         for path in (image, labels):
             if not Path(path).is_file():
                 raise FileNotFoundError(f"CLIP file not found: {path}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -68,6 +69,17 @@ def expand_box(
         min(width, int(round(x1 + dx))),
         min(height, int(round(y1 + dy))),
     )
+
+
+class FaceDetectorLike(Protocol):
+    """What :class:`FaceAnalyzer` needs of a face detector: :class:`FaceDetector` or
+    :class:`stream.modalities.landmarker.TaskFaceDetector`."""
+
+    def detect(self, rgb: np.ndarray) -> list[tuple[tuple[float, float, float, float], float]]: ...
+
+    def validate(self, rgb: np.ndarray, box: tuple[float, float, float, float]) -> bool: ...
+
+    def close(self) -> None: ...
 
 
 class FaceDetector:
@@ -191,11 +203,12 @@ class TargetTracker:
         if not boxes:
             return []
         by_size = sorted(range(len(boxes)), key=lambda i: -_area(boxes[i]))
-        if self._box is None:
+        prev = self._box
+        if prev is None:
             return by_size
         largest = _area(boxes[by_size[0]])
-        best = max(range(len(boxes)), key=lambda i: iou(boxes[i], self._box))
-        if iou(boxes[best], self._box) >= TRACK_IOU and _area(boxes[best]) >= TRACK_MIN_AREA * largest:
+        best = max(range(len(boxes)), key=lambda i: iou(boxes[i], prev))
+        if iou(boxes[best], prev) >= TRACK_IOU and _area(boxes[best]) >= TRACK_MIN_AREA * largest:
             return [best] + [i for i in by_size if i != best]
         return by_size
 
@@ -352,11 +365,12 @@ class EnsembleModel:
         self.labels = BASIC
         self.backend = ",".join(sorted({m.backend for m in members}))
         spaces = [getattr(m, "feature_space", None) for m in members]
+        known = [sp for sp in spaces if sp is not None and sp.get("dim")]
         self.feature_space: dict | None = None
-        if all(sp is not None and sp.get("dim") for sp in spaces):
+        if len(known) == len(spaces):  # every member has a feature of known size
             self.feature_space = {
-                "name": "+".join(sp["name"] for sp in spaces) + " (each L2-normalised)",
-                "dim": int(sum(sp["dim"] for sp in spaces)),
+                "name": "+".join(sp["name"] for sp in known) + " (each L2-normalised)",
+                "dim": int(sum(sp["dim"] for sp in known)),
                 "model": self.name,
             }
 
@@ -423,11 +437,11 @@ class FaceAnalyzer:
     def __init__(
         self,
         *,
-        detector: FaceDetector | None = None,
+        detector: FaceDetectorLike | None = None,
         model: EmotionModel | EnsembleModel | None = None,
         track: bool = True,
     ) -> None:
-        self.detector = detector or FaceDetector()
+        self.detector: FaceDetectorLike = detector or FaceDetector()
         self.model = model or load_face_model()
         self.tracker = TargetTracker() if track else None
         self.timings: dict[str, float] = {"detect": 0.0, "validate": 0.0, "emotion": 0.0}
@@ -466,7 +480,8 @@ class FaceAnalyzer:
                 if box is None:
                     results.append(FaceResult(index, pts, False, faces=n))
                     continue
-                res = FaceResult(index, pts, True, tuple(int(round(v)) for v in box), score, n)
+                x0, y0, x1, y1 = (int(round(v)) for v in box)
+                res = FaceResult(index, pts, True, (x0, y0, x1, y1), score, n)
                 images.append(rgb)
                 boxes.append(box)
                 owners.append(res)
@@ -523,10 +538,12 @@ def window_face_probs(
     have = [i for i, r in enumerate(results) if r.found and r.basic is not None]
     if not have or len(have) < min_fraction * len(results):
         return None, len(have)
-    rows = []
+    rows: list[np.ndarray] = []
     for i in range(len(results)):
         j = min(have, key=lambda h: (abs(h - i), h))
-        rows.append(results[j].basic)
+        basic = results[j].basic
+        assert basic is not None  # `have` holds only frames with probabilities
+        rows.append(basic)
     return np.mean(np.stack(rows), axis=0).astype(np.float32), len(have)
 
 
@@ -537,6 +554,7 @@ __all__ = [
     "FaceAnalyzer",
     "FaceCache",
     "FaceDetector",
+    "FaceDetectorLike",
     "FaceResult",
     "EmotionModel",
     "EnsembleModel",

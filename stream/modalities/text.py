@@ -76,6 +76,7 @@ class SpeechTextModality:
         if self._error is not None:
             return ModalityOutput.absent("text modality unavailable", error=self._error)
         transcript = self.asr(inp)
+        assert transcript is not None  # the recogniser returns None only without audio
         info: dict[str, Any] = transcript.info()
         if transcript.error:
             return ModalityOutput.absent("speech to text failed", **info)
@@ -84,6 +85,7 @@ class SpeechTextModality:
         rejected = self.asr.rejection(transcript)
         if rejected is not None:
             return ModalityOutput.absent(rejected, **info)
+        assert self.head is not None  # load() succeeded, so the head is set
         probs, emb = self.head.predict_with_embeddings([transcript.text])
         return ModalityOutput(probs[0], emb[0], info)
 

@@ -331,7 +331,10 @@ class Calibration:
             space = dict(self.pfsa_feature_space or {})
             space.setdefault("name", f"{self.pfsa_modality}.feature")
             space.setdefault("model", None)
-            space["dim"] = int(self.pfsa.compound_prototypes.shape[1])
+            prototypes = self.pfsa.compound_prototypes
+            if prototypes is None:
+                raise RuntimeError("PFSA is not fitted: call fit() or from_dict() first")
+            space["dim"] = int(prototypes.shape[1])
             pfsa = {**self.pfsa.to_dict(), "modality": self.pfsa_modality, "feature_space": space}
         return {
             "format": FORMAT,
@@ -377,8 +380,11 @@ def load_calibration(path: str | Path) -> Calibration:
         or len(set(mods)) != len(mods)
     ):
         raise CalibrationError(f"{p}: 'modalities' must be a list of distinct names")
+    raw_fusion = data.get("fusion")
+    if not isinstance(raw_fusion, dict):
+        raise CalibrationError(f"{p}: fusion parameters must be a JSON object")
     try:
-        fusion = Fusion.from_dict(data.get("fusion"))
+        fusion = Fusion.from_dict(raw_fusion)
     except ValueError as exc:
         raise CalibrationError(f"{p}: {exc}") from None
     if fusion.n_modalities != len(mods) or fusion.n_classes != len(BASIC):
@@ -402,10 +408,12 @@ def load_calibration(path: str | Path) -> Calibration:
         if space is not None:
             if not isinstance(space, dict):
                 raise CalibrationError(f"{p}: pfsa.feature_space must be an object")
+            assert pfsa.compound_prototypes is not None  # set by PFSA.from_dict
             dim = pfsa.compound_prototypes.shape[1]
             if space.get("dim") is not None and space.get("dim") != dim:
                 raise CalibrationError(f"{p}: pfsa.feature_space says {space.get('dim')}-d, the prototypes are {dim}-d")
-    meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
+    raw_meta = data.get("meta")
+    meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
     pfsa_space = dict(raw["feature_space"]) if pfsa is not None and raw.get("feature_space") else None
     return Calibration(tuple(mods), fusion, pfsa, pfsa_mod, meta, pfsa_space)
 

@@ -530,7 +530,13 @@ def train_temporal_main(argv: Sequence[str] | None = None) -> int:
         return fail(str(exc))
     if args.out.suffix.lower() != ".onnx":
         return fail(f"--out must end in .onnx, got {args.out}")
-    say = (lambda msg: None) if args.quiet else (lambda msg: (sys.stderr.write(msg + "\n"), sys.stderr.flush()))
+    quiet = bool(args.quiet)
+
+    def say(msg: str) -> None:
+        if not quiet:
+            sys.stderr.write(msg + "\n")
+            sys.stderr.flush()
+
     labelled = data.labelled()
     counts = np.bincount(labelled.labels, minlength=len(BASIC))
     say(

@@ -29,6 +29,7 @@ from stream.modalities.base import FaceModality, Modality, ModalityOutput, Windo
 from stream.modalities.face import FaceAnalyzer, FaceCache
 from stream.runtime.lifecycle import (  # noqa: F401
     STARTUP_GRACE_S,
+    Capture,
     CaptureProcess,
     StartupError,
     open_capture,
@@ -108,7 +109,7 @@ class Analyzer:
         self._log_records = log_records
         self.stop_event = threading.Event()
         self.stats = RunStats()
-        self.capture = None
+        self.capture: Capture | None = None
         self.warnings: list[str] = []
 
     # ------------------------------------------------------------------ output
@@ -152,7 +153,7 @@ class Analyzer:
     def run(self) -> dict:
         """Analyse the source to its end (or until :meth:`stop`); returns the end record's JSON."""
         self._load_modalities()
-        self.capture = open_capture(
+        self.capture = capture = open_capture(
             self.source,
             live=self.live,
             realtime=self.realtime,
@@ -161,12 +162,12 @@ class Analyzer:
             read_timeout_s=self.opts.read_timeout_s,
         )
         try:
-            self.capture.start()
-            self.observers.capture(self.capture.pids)
-            info = self.capture.wait_start(self.stop_event)
-            return self._loop(info, self.capture.frames, self.capture.audio, self.capture.state)
+            capture.start()
+            self.observers.capture(capture.pids)
+            info = capture.wait_start(self.stop_event)
+            return self._loop(info, capture.frames, capture.audio, capture.state)
         finally:
-            self.capture.close()
+            capture.close()
 
     def _load_modalities(self) -> None:
         """Load models before capture starts, so the first windows do not pay for it.  A
@@ -256,6 +257,7 @@ class Analyzer:
                     if fatal:
                         self.warn(fatal[0], stream="video")
                 if stopping:
+                    assert self.capture is not None  # set by run() before the loop starts
                     self.capture.stop_sources()
                 for tail in scheduler.tail(duration):
                     self._window(tail, fps, frames, audio, state, face_step, timeline, total_frames)
@@ -322,6 +324,7 @@ class Analyzer:
         t0 = time.perf_counter()
         fused = self.fuser(outputs)
         if fused.scored:  # PFSA that cannot score a window adds nothing of another method's scale
+            assert fused.basic is not None and fused.compound is not None  # what `scored` means
             timeline.add(w.frame_range(fps, total), fused.basic, fused.compound)
         rec = build_window_record(
             w,

@@ -36,10 +36,11 @@ def build_face_analyzer(opts: FaceOptions | None = None, *, validate: bool = Tru
     """The face analyzer for ``opts``.  ``track=False``/``validate=True`` suit unrelated still
     images (every detection validated, no target kept between calls).  Its detector and model
     report per-frame times to the pipeline's observers (``stream.runtime.observe``)."""
-    from stream.modalities.face import FaceAnalyzer, FaceDetector
+    from stream.modalities.face import FaceAnalyzer, FaceDetector, FaceDetectorLike
     from stream.runtime.observe import instrument_face
 
     opts = opts or FaceOptions()
+    detector: FaceDetectorLike
     if opts.detector == "tasks":
         from stream.modalities.landmarker import TaskFaceDetector
 
@@ -66,7 +67,7 @@ def build_modalities(options: PipelineOptions, face: Any, *, live: bool) -> list
     CPU cores) then runs beside the stream, one hop late, with its own voice-activity gate."""
     from stream.modalities.audio import build_audio_modalities
     from stream.modalities.base import AbsentModality, FaceModality, LaggedModality
-    from stream.modalities.clip import build_clip_modality
+    from stream.modalities.clip import ClipLabelModality, build_clip_modality
     from stream.modalities.scene import build_scene_modality
     from stream.modalities.temporal import build_temporal_modality
 
@@ -83,7 +84,7 @@ def build_modalities(options: PipelineOptions, face: Any, *, live: bool) -> list
         if "temporal" in wanted:
             mods.append(temporal := build_temporal_modality(options.temporal, face_labels=face.model.labels))
             if (
-                clip is not None
+                isinstance(clip, ClipLabelModality)  # an absent one reads no frames
                 and getattr(temporal.model, "feature_kind", None) == "clip"
                 and options.clip.frames is None
             ):

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import threading
 import time
+from typing import Any
 
 from stream.core import messages as m
 from stream.core.windows import SAMPLE_FPS
@@ -98,7 +99,7 @@ class ProcessCapture(Capture):
             audio=self.audio,
             state=self.state,
         )
-        base = {
+        base: dict[str, Any] = {
             "frames_endpoint": frames_ep,
             "max_side": max_side,
             "t0_ns": 0,

@@ -18,12 +18,15 @@ import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stream.core.logs import RecordForwarder, silence_native
 from stream.io.sources import Source
 from stream.runtime.options import PipelineOptions
 from stream.runtime.records import AnyRecord
+
+if TYPE_CHECKING:
+    from stream.runtime.analyzer import Analyzer
 
 _DONE = object()
 
@@ -80,7 +83,7 @@ class Pipeline:
         self._forwarder = RecordForwarder().install()
         self._sets: dict[bool, list] = {}
         self._fusers: dict[bool, Any] = {}
-        self._analyzer = None
+        self._analyzer: Analyzer | None = None
         self._lock = threading.Lock()
         self._closed = False
         try:

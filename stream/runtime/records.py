@@ -182,8 +182,8 @@ def build_window_record(
     basic = None if fused.basic is None else dict(zip(BASIC, fused.basic))
     basic_label = None if fused.basic is None else BASIC[int(np.argmax(fused.basic))]
     if fused.basic is not None and fused.compound is not None:
-        compound = dict(zip(COMPOUND, normalise(fused.compound)))
-        label = COMPOUND[int(np.argmax(fused.compound))]
+        compound: dict[str, Any] | None = dict(zip(COMPOUND, normalise(fused.compound)))
+        label: str | None = COMPOUND[int(np.argmax(fused.compound))]
     else:  # nothing present, or the run's one compound method cannot score this window
         compound = label = None
     modalities = {

@@ -51,7 +51,7 @@ class Timeline:
                 self._compound[i] = compound.astype(np.float64)
                 self._count[i] = 1
 
-    def _row(self, i: int, final: bool) -> FrameRow | None:
+    def _row(self, i: int, final: bool) -> FrameRow:
         n = self._count.get(i, 0)
         if n:
             return FrameRow(
@@ -73,6 +73,7 @@ class Timeline:
             row = self._row(i, True)
             rows.append(row)
             if row.windows:
+                assert row.basic is not None and row.compound is not None  # averaged rows always hold values
                 self._last = (row.basic, row.compound)
             self._basic.pop(i, None)
             self._compound.pop(i, None)

@@ -6,7 +6,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from stream.core.labels import COMPOUND
 
@@ -66,7 +66,7 @@ class ZmqPublishSink(Sink):
     def __init__(self, endpoint: str) -> None:
         import zmq
 
-        self._sock = zmq.Context.instance().socket(zmq.PUB)
+        self._sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUB)
         self._sock.setsockopt(zmq.SNDHWM, 1000)
         self._sock.setsockopt(zmq.LINGER, 1000)
         try:
@@ -74,7 +74,7 @@ class ZmqPublishSink(Sink):
         except zmq.ZMQError as exc:
             self._sock.close()
             raise ValueError(f"cannot publish on {endpoint}: {exc}") from None
-        self.endpoint = self._sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.endpoint = cast(bytes, self._sock.getsockopt(zmq.LAST_ENDPOINT)).decode()  # a bytes option
 
     def write(self, record: dict) -> None:
         import zmq

@@ -48,9 +48,12 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from faster_whisper import WhisperModel
 
 log = logging.getLogger("cer_stream.text")
 
@@ -197,13 +200,18 @@ class Transcript:
     def info(self) -> dict[str, Any]:
         out: dict[str, Any] = {"transcript": self.text, "asr_ms": round(self.seconds * 1e3, 1), "asr_calls": self.calls}
         if self.words:
+            avg_logprob, no_speech_prob = self.avg_logprob, self.no_speech_prob
+            compression_ratio, word_probability = self.compression_ratio, self.word_probability
+            # all four are None only without words
+            assert avg_logprob is not None and no_speech_prob is not None
+            assert compression_ratio is not None and word_probability is not None
             out.update(
                 {
                     "confidence": round(self.confidence, 3),
-                    "asr_avg_logprob": round(self.avg_logprob, 3),
-                    "asr_no_speech_prob": round(self.no_speech_prob, 3),
-                    "asr_compression_ratio": round(self.compression_ratio, 3),
-                    "asr_word_probability": round(self.word_probability, 3),
+                    "asr_avg_logprob": round(avg_logprob, 3),
+                    "asr_no_speech_prob": round(no_speech_prob, 3),
+                    "asr_compression_ratio": round(compression_ratio, 3),
+                    "asr_word_probability": round(word_probability, 3),
                 }
             )
             lang, p = self.language
@@ -267,6 +275,11 @@ class AsrGate:
         """The reason ``t`` is rejected, or None when it may be used."""
         if not t.words:
             return None
+        compression_ratio, avg_logprob = t.compression_ratio, t.avg_logprob
+        word_probability, no_speech_prob = t.word_probability, t.no_speech_prob
+        # all four are None only without words
+        assert compression_ratio is not None and avg_logprob is not None
+        assert word_probability is not None and no_speech_prob is not None
         lang, lang_p = t.language
         allowed = self.languages or (language,)
         if self.check_language and lang is not None and allowed and lang not in allowed:
@@ -278,16 +291,16 @@ class AsrGate:
             and lang_p < self.min_language_probability
         ):
             return "uncertain language"
-        if self.max_compression_ratio is not None and t.compression_ratio > self.max_compression_ratio:
+        if self.max_compression_ratio is not None and compression_ratio > self.max_compression_ratio:
             return "repetitive transcript (likely hallucinated)"
-        if self.min_avg_logprob is not None and t.avg_logprob < self.min_avg_logprob:
+        if self.min_avg_logprob is not None and avg_logprob < self.min_avg_logprob:
             return "low-confidence transcript"
-        if self.min_word_probability is not None and t.word_probability < self.min_word_probability:
+        if self.min_word_probability is not None and word_probability < self.min_word_probability:
             return "low-confidence transcript"
         if (
             self.max_no_speech_prob is not None
-            and t.no_speech_prob > self.max_no_speech_prob
-            and t.word_probability < self.no_speech_word_probability
+            and no_speech_prob > self.max_no_speech_prob
+            and word_probability < self.no_speech_word_probability
         ):
             return "low-confidence transcript (probably not speech)"
         if self.min_letter_fraction is not None and t.letter_fraction < self.min_letter_fraction:
@@ -486,7 +499,7 @@ class SpeechRecognizer:
         self.store = TranscriptStore(
             guard_s=options.guard_s, context_s=options.context_s, max_call_s=options.max_call_s
         )
-        self._model = None
+        self._model: WhisperModel | None = None
         self.load_error: str | None = None
         self.calls = 0  # Whisper calls so far
         self.call_seconds = 0.0  # their wall time
@@ -545,6 +558,7 @@ class SpeechRecognizer:
         detect = o.detect_language and self.multilingual
         t0 = time.perf_counter()
         try:
+            assert self._model is not None  # load() raises when it cannot load the model
             segments, info = self._model.transcribe(
                 audio,
                 language=None if detect else o.language,

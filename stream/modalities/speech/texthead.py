@@ -109,7 +109,7 @@ class TextHead:
     @classmethod
     def load(cls, kind_or_path: str | Path, *, encoder: Any = None) -> TextHead:
         """The committed head of ``kind`` ("speech", "scene"), or a head file by path."""
-        path = head_path(kind_or_path) if str(kind_or_path) in KINDS else Path(kind_or_path)
+        path = head_path(str(kind_or_path)) if str(kind_or_path) in KINDS else Path(kind_or_path)
         if not path.is_file():
             raise FileNotFoundError(f"text head not found: {path} (train one with cer-stream train-head)")
         with np.load(path, allow_pickle=False) as data:
@@ -469,6 +469,7 @@ def train_head(
                 f"training data not found: no {SCENE_GLOB} in {directory} (point --data at the shared data folder)"
             )
         data = _subset(load_scene(files), limit, seed)
+        assert data.groups is not None  # load_scene records each row's video
         tr_idx, val_idx = group_split(data.groups, holdout, seed)
 
         def pick(idx):

@@ -303,6 +303,7 @@ class SpeechGate:
             self._fed_until = start
         reused = sum(1 for pos in self._scores if pos + CHUNK_SAMPLES > start)
         pos = self._fed_until
+        assert pos is not None  # set just above, or kept because this window continues the stream
         while pos + CHUNK_SAMPLES <= end:
             self._scores[pos] = self.vad(audio[pos - start : pos - start + CHUNK_SAMPLES])
             pos += CHUNK_SAMPLES
