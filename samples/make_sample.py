@@ -29,10 +29,10 @@ import subprocess
 import sys
 import tempfile
 import wave
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import av
 import cv2
@@ -153,9 +153,7 @@ def _camera(t: float, shot: _Shot, src_hw: tuple[int, int], out_wh: tuple[int, i
     return m
 
 
-def render_frames(
-    *, seconds: float, fps: int, size: tuple[int, int], image: str = "astronaut"
-) -> Iterator[np.ndarray]:
+def render_frames(*, seconds: float, fps: int, size: tuple[int, int], image: str = "astronaut") -> Iterator[np.ndarray]:
     """Yield the clip's video frames as ``(height, width, 3)`` RGB uint8 arrays.
 
     Args:
@@ -205,8 +203,7 @@ def synthesize_speech(text: str) -> np.ndarray:
         with wave.open(str(wav_path), "rb") as w:
             if w.getsampwidth() != 2 or w.getnchannels() != 1:
                 raise RuntimeError(
-                    f"unexpected {_ESPEAK} output: {w.getnchannels()} channel(s), "
-                    f"{8 * w.getsampwidth()}-bit"
+                    f"unexpected {_ESPEAK} output: {w.getnchannels()} channel(s), {8 * w.getsampwidth()}-bit"
                 )
             rate = w.getframerate()
             pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
@@ -332,7 +329,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=10.0, help="duration (default: %(default)s)")
     parser.add_argument("--fps", type=int, default=25, help="frame rate (default: %(default)s)")
     parser.add_argument("--no-audio", action="store_true", help="write a video-only file")
-    parser.add_argument("--image", default="astronaut", choices=sorted(IMAGES), help="source image (default: %(default)s)")
+    parser.add_argument(
+        "--image", default="astronaut", choices=sorted(IMAGES), help="source image (default: %(default)s)"
+    )
     return parser.parse_args(argv)
 
 
@@ -340,9 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the process exit status."""
     args = _parse_args(argv)
     try:
-        path = make_sample(
-            args.out, seconds=args.seconds, fps=args.fps, audio=not args.no_audio, image=args.image
-        )
+        path = make_sample(args.out, seconds=args.seconds, fps=args.fps, audio=not args.no_audio, image=args.image)
     except (RuntimeError, ValueError) as exc:
         print(f"make_sample: error: {exc}", file=sys.stderr)
         return 1
