@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from stream.cli.offline import calibrate_main, calibrate_options, calibrate_parser, eval_options, eval_parser
 from stream.core.labels import BASIC, COMPOUND
 from stream.fusion.compound import PFSA
 from stream.fusion.schemes import MHPF, DirichletWeights
@@ -76,16 +76,12 @@ def _write_dataset(tmp_path: Path, seed: int = 0) -> tuple[list[Path], Path]:
     return dumps, label_dir
 
 
-def _calibrate_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    cal.add_calibrate_args(parser)
-    return parser.parse_args(argv)
+def _calibrate_args(argv: list[str]) -> cal.CalibrateOptions:
+    return calibrate_options(calibrate_parser().parse_args(argv))
 
 
-def _eval_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    cal.add_eval_args(parser)
-    return parser.parse_args(argv)
+def _eval_args(argv: list[str]) -> cal.EvalOptions:
+    return eval_options(eval_parser().parse_args(argv))
 
 
 def test_majority_label_ignores_unlabelled_and_breaks_ties_low():
@@ -287,8 +283,8 @@ def test_corrupt_inputs_raise_calibration_error(tmp_path):
     (other / "unrelated.txt").write_text("header\n0\n9\n")
     with pytest.raises(CalibrationError, match="class 9, out of range"):
         cal.load_labels(other, "basic")
-    # The module's own entry point turns the error into exit status 2.
-    assert cal.main(["calibrate", str(broken), "--labels", str(labels), "-o", "x.json"]) == 2
+    # The command's entry point turns the error into exit status 2.
+    assert calibrate_main([str(broken), "--labels", str(labels), "-o", "x.json"]) == 2
 
 
 def _eval_files(tmp_path: Path) -> tuple[Path, Path]:
@@ -403,11 +399,9 @@ def test_pfsa_on_real_face_features_end_to_end(sample, tmp_path):
         )
     )
     out = tmp_path / "cal.json"
-    parser = argparse.ArgumentParser()
-    cal.add_calibrate_args(parser)
     assert (
         cal.run_calibrate(
-            parser.parse_args(
+            _calibrate_args(
                 [
                     str(dump),
                     "--labels",

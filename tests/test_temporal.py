@@ -16,6 +16,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from stream.cli.offline import train_temporal_main  # noqa: E402
 from stream.core.labels import BASIC, FER_MINI_XCEPTION  # noqa: E402
 from stream.core.messages import VideoFrame  # noqa: E402
 from stream.core.windows import full_window  # noqa: E402
@@ -38,7 +39,6 @@ from stream.offline.temporal_train import (  # noqa: E402
     export_onnx,
     model_metadata,
     train,
-    train_temporal_main,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -332,7 +332,7 @@ def test_clip_kind_reads_shared_features(tmp_path):
 def test_temporal_features_from_a_video(tmp_path, sample, capsys):
     """`cer-stream temporal-features` on the committed clip: the same face path and windows
     as the stream, window labels from a CSV (names or indices; unlabelled windows skipped)."""
-    from stream.offline.temporal_data import temporal_features_main
+    from stream.cli.offline import temporal_features_main
 
     labels = tmp_path / "labels.csv"
     labels.write_text("video,index,label\nastronaut,0,Happiness\nastronaut,1,0\nastronaut,2,happy\n")

@@ -43,10 +43,8 @@ def run_py(code: str, *args: str, stdin: str | None = None, timeout: float = 240
     )
 
 
-TEXT_MAIN = "import sys; from stream.modalities.speech.texthead import text_main; sys.exit(text_main(sys.argv[1:]))"
-TRAIN_MAIN = (
-    "import sys; from stream.modalities.speech.texthead import train_head_main; sys.exit(train_head_main(sys.argv[1:]))"
-)
+TEXT_MAIN = "import sys; from stream.cli.offline import text_main; sys.exit(text_main(sys.argv[1:]))"
+TRAIN_MAIN = "import sys; from stream.cli.offline import train_head_main; sys.exit(train_head_main(sys.argv[1:]))"
 
 
 @pytest.fixture(scope="module")

@@ -274,23 +274,6 @@ def images_main(argv: list[str]) -> int:
     return 1 if failed else 0
 
 
-def _calibration_command(name: str, description: str, add_args: str, run: str):
-    """``calibrate`` / ``eval``: their options and logic live in :mod:`stream.offline.calibrate`."""
-
-    def main(argv: list[str]) -> int:
-        from stream.offline import calibrate
-
-        p = argparse.ArgumentParser(prog=f"{PROG} {name}", description=description)
-        getattr(calibrate, add_args)(p)
-        args = p.parse_args(argv)
-        try:
-            return getattr(calibrate, run)(args)
-        except calibrate.CalibrationError as exc:
-            return fail(str(exc))
-
-    return main
-
-
 def _lazy(module: str, function: str):
     """A subcommand whose module (and its heavy imports) loads only when it is used."""
 
@@ -304,21 +287,14 @@ def _lazy(module: str, function: str):
 
 COMMANDS = {
     "images": images_main,
-    "calibrate": _calibration_command(
-        "calibrate",
-        "Fit fusion weights and PFSA prototypes from feature dumps and labels.",
-        "add_calibrate_args",
-        "run_calibrate",
-    ),
-    "eval": _calibration_command(
-        "eval", "Score frame-wise (or window-wise) predictions against ABAW labels.", "add_eval_args", "run_eval"
-    ),
-    "text": _lazy("stream.modalities.speech.texthead", "text_main"),
-    "train-head": _lazy("stream.modalities.speech.texthead", "train_head_main"),
+    "calibrate": _lazy("stream.cli.offline", "calibrate_main"),
+    "eval": _lazy("stream.cli.offline", "eval_main"),
+    "text": _lazy("stream.cli.offline", "text_main"),
+    "train-head": _lazy("stream.cli.offline", "train_head_main"),
     "models": _lazy("engines.cli", "models_main"),
     "engines": _lazy("engines.cli", "engines_main"),
-    "train-temporal": _lazy("stream.offline.temporal_train", "train_temporal_main"),
-    "temporal-features": _lazy("stream.offline.temporal_data", "temporal_features_main"),
+    "train-temporal": _lazy("stream.cli.offline", "train_temporal_main"),
+    "temporal-features": _lazy("stream.cli.offline", "temporal_features_main"),
 }
 
 

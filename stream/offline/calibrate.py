@@ -34,13 +34,13 @@ eval
     window) and prints macro-F1, UAR, per-class F1 and support, and the
     confusion matrix (rows = true class, % per row) as JSON.
 
-Bad input raises :class:`CalibrationError` with a one-line message;
-``python -m stream.offline.calibrate {calibrate,eval} ...`` runs either command alone.
+Both take typed options (:class:`CalibrateOptions`, :class:`EvalOptions`; the command line in
+:mod:`stream.cli.offline` maps its flags onto them).  Bad input raises :class:`CalibrationError`
+with a one-line message.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -419,48 +419,54 @@ def load_calibration(path: str | Path) -> Calibration:
 
 
 # --------------------------------------------------------------------------- calibrate
-def add_calibrate_args(parser: argparse.ArgumentParser) -> None:
-    """Options of ``cer-stream calibrate``."""
-    parser.add_argument("dumps", nargs="+", metavar="DUMP.jsonl", help="feature dumps written by --dump-features")
-    parser.add_argument(
-        "--labels",
-        required=True,
-        metavar="PATH",
-        help="directory or file of ABAW frame labels (VIDEO.txt), or a CSV video,index,label of window labels",
-    )
-    parser.add_argument(
-        "--label-kind", choices=LABEL_KINDS, default="basic", help="class order of the labels (default: basic)"
-    )
-    parser.add_argument("-o", "--out", required=True, metavar="CALIBRATION.json")
-    parser.add_argument(
-        "--fusion",
-        choices=FUSION_CHOICES,
-        default="mhpf",
-        help="fusion scheme to fit (default: mhpf; equal = plain average)",
-    )
-    parser.add_argument("--heads", type=int, default=1, help="MHPF heads (default: 1)")
-    parser.add_argument("--epochs", type=int, default=100, help="MHPF epochs (default: 100)")
-    parser.add_argument("--patience", type=int, default=25, help="MHPF early-stopping patience")
-    parser.add_argument("--lr", type=float, default=1e-4, help="MHPF Adam learning rate")
-    parser.add_argument("--batch-size", type=int, default=64, help="MHPF batch size")
-    parser.add_argument(
-        "--samples", type=int, default=DIRICHLET_SAMPLES, help="Dirichlet random-search samples (default: %(default)s)"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--val-fraction", type=float, default=0.2, help="share of videos (or windows) held out for validation"
-    )
-    parser.add_argument("--modalities", metavar="A,B,...", help="modality order (default: order of first appearance)")
-    parser.add_argument(
-        "--pfsa-modality",
-        metavar="NAME",
-        help="modality whose features build PFSA prototypes (default: the first with features)",
-    )
-    parser.add_argument("--no-pfsa", action="store_true", help="do not fit PFSA")
-    parser.add_argument("--temperature", type=float, help="fixed PFSA temperature instead of fitting one")
+@dataclass(frozen=True, kw_only=True)
+class CalibrateOptions:
+    """Options of ``cer-stream calibrate`` (defaults: the command line's).
+
+    Attributes:
+        dumps: feature dumps written by ``--dump-features`` (required).
+        labels: a directory or file of ABAW frame labels (``VIDEO.txt``), or a CSV
+            ``video,index,label`` of window labels (required).
+        out: the calibration file to write (required).
+        label_kind: class order of the labels, ``"basic"`` (default) or ``"compound"``.
+        fusion: fusion scheme to fit: ``"mhpf"`` (default), ``"dirichlet"``, ``"hierarchical"``
+            or ``"equal"`` (plain average).
+        heads: MHPF heads (1).
+        epochs: MHPF epochs (100).
+        patience: MHPF early-stopping patience (25).
+        lr: MHPF Adam learning rate (1e-4).
+        batch_size: MHPF batch size (64).
+        samples: Dirichlet random-search samples (``DIRICHLET_SAMPLES``).
+        seed: random seed (0).
+        val_fraction: share of videos (or windows) held out for validation (0.2).
+        modalities: modality order, comma-separated or a sequence of names; ``None`` (default):
+            the order of first appearance in the dumps.
+        pfsa_modality: modality whose features build PFSA prototypes; ``None`` (default): the
+            first with features.
+        pfsa: fit PFSA (default ``True``).
+        temperature: a fixed PFSA temperature instead of fitting one (default ``None``: fit).
+    """
+
+    dumps: Sequence[str | Path]
+    labels: str | Path
+    out: str | Path
+    label_kind: str = "basic"
+    fusion: str = "mhpf"
+    heads: int = 1
+    epochs: int = 100
+    patience: int = 25
+    lr: float = 1e-4
+    batch_size: int = 64
+    samples: int = DIRICHLET_SAMPLES
+    seed: int = 0
+    val_fraction: float = 0.2
+    modalities: str | Sequence[str] | None = None
+    pfsa_modality: str | None = None
+    pfsa: bool = True
+    temperature: float | None = None
 
 
-def _fit_fusion(args: argparse.Namespace, probs, mask, y, tr, va, target: str) -> Fusion:
+def _fit_fusion(args: CalibrateOptions, probs, mask, y, tr, va, target: str) -> Fusion:
     p, m, t = probs[tr], mask[tr], y[tr]
     if args.fusion == "equal":
         return MHPF.equal(probs.shape[1], probs.shape[2])
@@ -501,12 +507,12 @@ def _decision_f1(fusion: Fusion, probs, mask, y, target: str) -> float | None:
 
 
 def _fit_pfsa(
-    args: argparse.Namespace, windows, modalities, y, tr, va
+    args: CalibrateOptions, windows, modalities, y, tr, va
 ) -> tuple[PFSA | None, str | None, str, dict | None]:
     """PFSA on one modality's features; returns (pfsa, modality, note for the summary, the
     feature space {"name", "dim", "model"})."""
     with_feat = [m for m in modalities if any(m in w.features for w in windows)]
-    if args.no_pfsa:
+    if not args.pfsa:
         return None, None, "PFSA: off", None
     if args.pfsa_modality is not None:
         if args.pfsa_modality not in with_feat:
@@ -580,7 +586,7 @@ def _feature_space(windows, name: str, dim: int) -> dict:
     return {"name": space.get("name") or f"{name}.feature", "dim": int(dim), "model": space.get("model")}
 
 
-def run_calibrate(args: argparse.Namespace) -> int:
+def run_calibrate(args: CalibrateOptions) -> int:
     """Fit and write a calibration file; prints a summary to stderr.  Returns 0."""
     if not 0 <= args.val_fraction < 1:
         raise CalibrationError("--val-fraction must be in [0, 1)")
@@ -591,7 +597,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     for w in windows:
         seen.extend(n for n in w.basic if n not in seen)
     if args.modalities:
-        modalities = [s.strip() for s in args.modalities.split(",") if s.strip()]
+        names = args.modalities.split(",") if isinstance(args.modalities, str) else args.modalities
+        modalities = [s.strip() for s in names if s.strip()]
         unknown = [m for m in modalities if m not in seen]
         if unknown or len(set(modalities)) != len(modalities):
             raise CalibrationError(
@@ -619,7 +626,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     f1_tr = _decision_f1(fusion, probs[tr], mask[tr], y[tr], target)
     f1_va = _decision_f1(fusion, probs[va], mask[va], y[va], target) if va.size else None
     pfsa, pfsa_mod, pfsa_note, pfsa_space = _fit_pfsa(args, windows, modalities, y, tr, va)
-    meta = {
+    meta: dict[str, Any] = {
         "fusion": args.fusion,
         "label_kind": args.label_kind,
         "seed": args.seed,
@@ -647,41 +654,29 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- eval
-def add_eval_args(parser: argparse.ArgumentParser) -> None:
-    """Options of ``cer-stream eval``."""
-    parser.add_argument(
-        "--pred",
-        required=True,
-        metavar="PATH",
-        help="the analyzer's --csv output (VIDEO/00001.jpg,CLASS rows), ABAW label "
-        "txt file(s), or with --level window a CSV video,index,label",
-    )
-    parser.add_argument(
-        "--labels",
-        required=True,
-        metavar="PATH",
-        help="ABAW label txt file or directory (or a window CSV at window level)",
-    )
-    parser.add_argument(
-        "--kind",
-        choices=LABEL_KINDS,
-        default="compound",
-        help="class order of predictions and labels (default: compound)",
-    )
-    parser.add_argument("--level", choices=("frame", "window"), default="frame")
-    parser.add_argument(
-        "--windows",
-        nargs="+",
-        metavar="DUMP.jsonl",
-        help="window level with frame labels: dumps giving each window's frames",
-    )
-    parser.add_argument(
-        "--over",
-        choices=("all", "observed"),
-        default="all",
-        help="average over all classes (ABAW) or only those that occur",
-    )
-    parser.add_argument("--plot", metavar="FILE.png", help="draw the confusion matrix")
+@dataclass(frozen=True, kw_only=True)
+class EvalOptions:
+    """Options of ``cer-stream eval`` (defaults: the command line's).
+
+    Attributes:
+        pred: the analyzer's ``--csv`` output (``VIDEO/00001.jpg,CLASS`` rows), ABAW label txt
+            file(s), or at window level a CSV ``video,index,label`` (required).
+        labels: an ABAW label txt file or directory (or a window CSV at window level; required).
+        kind: class order of predictions and labels, ``"compound"`` (default) or ``"basic"``.
+        level: ``"frame"`` (default) or ``"window"``.
+        windows: at window level with frame labels, the dumps giving each window's frames
+            (default ``None``).
+        over: average over ``"all"`` classes (ABAW; default) or only the ``"observed"`` ones.
+        plot: where to draw the confusion matrix (PNG; default ``None``: no plot).
+    """
+
+    pred: str | Path
+    labels: str | Path
+    kind: str = "compound"
+    level: str = "frame"
+    windows: Sequence[str | Path] | None = None
+    over: str = "all"
+    plot: str | Path | None = None
 
 
 def read_frame_predictions(path: str | Path, kind: str) -> dict[str, dict[int, int]]:
@@ -735,7 +730,7 @@ def _pairs_frames(pred: dict[str, dict[int, int]], labels: dict[str, np.ndarray]
     return y_true, y_pred, missing
 
 
-def _pairs_windows(args: argparse.Namespace):
+def _pairs_windows(args: EvalOptions):
     pred = read_window_labels(args.pred, args.kind)
     labels = load_labels(args.labels, args.kind)
     if labels.windows is not None:
@@ -797,7 +792,7 @@ def plot_confusion(result: dict[str, Any], path: str | Path, *, title: str = "")
         plt.close(fig)
 
 
-def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+def evaluate(args: EvalOptions) -> dict[str, Any]:
     """The result dict that ``eval`` prints."""
     names = _names(args.kind)
     if args.level == "frame":
@@ -809,33 +804,15 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         y_true, y_pred, missing = _pairs_windows(args)
     if not y_true:
         raise CalibrationError(f"no labelled {args.level} has a prediction: do the video names match?")
-    result = metrics.report(y_true, y_pred, names, over=getattr(args, "over", "all"))
+    result = metrics.report(y_true, y_pred, names, over=args.over)
     result.update({"kind": args.kind, "level": args.level, "n": len(y_true), "missing": missing})
     return result
 
 
-def run_eval(args: argparse.Namespace) -> int:
+def run_eval(args: EvalOptions) -> int:
     """Print the evaluation JSON to stdout (and draw ``--plot``).  Returns 0."""
     result = evaluate(args)
     if args.plot:
         plot_confusion(result, args.plot)
     print(json.dumps(result, indent=2))
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m stream.offline.calibrate {calibrate,eval} ...``; exit status 2 on bad input."""
-    parser = argparse.ArgumentParser(prog="python -m stream.offline.calibrate")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_calibrate_args(sub.add_parser("calibrate", help="fit fusion and PFSA"))
-    add_eval_args(sub.add_parser("eval", help="score predictions against labels"))
-    args = parser.parse_args(argv)
-    try:
-        return run_calibrate(args) if args.command == "calibrate" else run_eval(args)
-    except CalibrationError as exc:
-        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,7 +13,7 @@ File format (``.npz``, written and read without pickles)::
 
 ``cer-stream train-temporal --data`` takes one such file or a directory of them.
 
-Making it from videos (``cer-stream temporal-features``, :func:`temporal_features_main`):
+Making it from videos (``cer-stream temporal-features``, :func:`run_temporal_features`):
 each video is decoded on the analyser's 5 fps grid, every sampled frame goes through the
 same face path as the live stream (MediaPipe + mini-Xception, target tracking), windows are
 planned as in the stream (4 s, hop 2 s, tail rule) and each window's sequence is made by
@@ -28,7 +28,6 @@ feature (for the face modality the mean of the frames' outputs), not the per-fra
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import sys
@@ -230,41 +229,47 @@ def video_sequences(
     return out, fps
 
 
-def temporal_features_main(argv: Sequence[str] | None = None) -> int:
-    """``cer-stream temporal-features VIDEO... --labels L --out DATA.npz``."""
+@dataclass(frozen=True, kw_only=True)
+class TemporalFeaturesOptions:
+    """Options of ``cer-stream temporal-features``.
+
+    Attributes:
+        videos: the labelled videos (required; each video's name is its file's stem).
+        labels: ABAW-style per-frame label files (a directory of ``VIDEO.txt``, or one file) or a
+            CSV ``video,index,label`` of window labels; BASIC classes, index or name (required).
+        out: the ``.npz`` file to write (required).
+        max_side: frames are scaled to at most this many pixels on the longer side first
+            (default 960, as the stream).
+    """
+
+    videos: Sequence[str | Path]
+    labels: str | Path
+    out: str | Path
+    max_side: int = 960
+
+
+class TemporalFeaturesError(Exception):
+    """``temporal-features`` failed (one-line message); ``code`` is the exit status (2: bad
+    input, 1: a video could not be used or nothing was kept)."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def run_temporal_features(options: TemporalFeaturesOptions) -> int:
+    """Write the training data of ``options.videos``; per-video counts on stderr, a JSON summary
+    on stdout.  Returns 0; raises :class:`TemporalFeaturesError` on failure."""
     from stream.offline.calibrate import CalibrationError, load_labels, majority_label
 
-    p = argparse.ArgumentParser(
-        prog="cer-stream temporal-features",
-        description="Make training data for `cer-stream train-temporal` from labelled videos "
-        "(per-window sequences of the face model's per-frame outputs).",
-    )
-    p.add_argument("videos", nargs="+", type=Path, metavar="VIDEO")
-    p.add_argument(
-        "--labels",
-        required=True,
-        metavar="PATH",
-        help="ABAW-style per-frame label files (a directory of VIDEO.txt, or one file) or a "
-        "CSV video,index,label of window labels; BASIC classes (index or name)",
-    )
-    p.add_argument("--out", required=True, type=Path, metavar="DATA.npz")
-    p.add_argument(
-        "--max-side",
-        type=int,
-        default=960,
-        metavar="PX",
-        help="scale frames to at most PX on the longer side first (default 960, as the stream)",
-    )
-    args = p.parse_args(argv)
+    videos = [Path(v) for v in options.videos]
     try:
-        labels = load_labels(args.labels, "basic")
+        labels = load_labels(options.labels, "basic")
     except CalibrationError as exc:
-        sys.stderr.write(f"cer-stream temporal-features: error: {exc}\n")
-        return 2
-    missing = [str(v) for v in args.videos if not v.is_file()]
+        raise TemporalFeaturesError(str(exc)) from None
+    missing = [str(v) for v in videos if not v.is_file()]
     if missing:
-        sys.stderr.write(f"cer-stream temporal-features: error: no such file: {missing[0]}\n")
-        return 2
+        raise TemporalFeaturesError(f"no such file: {missing[0]}")
 
     from stream.modalities.face import FaceAnalyzer
 
@@ -272,16 +277,14 @@ def temporal_features_main(argv: Sequence[str] | None = None) -> int:
     skipped_face = skipped_label = 0
     analyzer = FaceAnalyzer()
     try:
-        for video in args.videos:
+        for video in videos:
             name = video.stem
             try:
-                wins, _ = video_sequences(video, analyzer, max_side=args.max_side)
+                wins, _ = video_sequences(video, analyzer, max_side=options.max_side)
             except DataError as exc:
-                sys.stderr.write(f"cer-stream temporal-features: error: {exc}\n")
-                return 1
+                raise TemporalFeaturesError(str(exc), 1) from None
             except Exception as exc:  # av errors: a damaged or unreadable file
-                sys.stderr.write(f"cer-stream temporal-features: error: cannot decode {video}: {exc}\n")
-                return 1
+                raise TemporalFeaturesError(f"cannot decode {video}: {exc}", 1) from None
             kept = 0
             for index, (first, last), seq in wins:
                 if labels.windows is not None:
@@ -306,15 +309,14 @@ def temporal_features_main(argv: Sequence[str] | None = None) -> int:
     finally:
         analyzer.close()
     if not feats:
-        sys.stderr.write("cer-stream temporal-features: error: no labelled window with a face\n")
-        return 1
+        raise TemporalFeaturesError("no labelled window with a face", 1)
     order = tuple(getattr(analyzer.model, "labels", FER_MINI_XCEPTION))
     data = SequenceData(np.stack(feats), np.asarray(ys), "face-logits", order, np.asarray(vids), np.asarray(idxs))
-    data.save(args.out)
+    data.save(options.out)
     print(
         json.dumps(
             {
-                "out": str(args.out),
+                "out": str(options.out),
                 "windows": len(data),
                 "skipped_no_face": skipped_face,
                 "skipped_no_label": skipped_label,
@@ -327,4 +329,12 @@ def temporal_features_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["DataError", "SequenceData", "load_sequences", "temporal_features_main", "video_sequences"]
+__all__ = [
+    "DataError",
+    "SequenceData",
+    "TemporalFeaturesError",
+    "TemporalFeaturesOptions",
+    "load_sequences",
+    "run_temporal_features",
+    "video_sequences",
+]

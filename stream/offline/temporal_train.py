@@ -27,7 +27,6 @@ best epoch's weights kept.  torch is imported only by this module.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -36,8 +35,8 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -459,78 +458,46 @@ def check_onnx(model, path: str | Path, features: np.ndarray) -> float:
         tm.close()
 
 
-# --------------------------------------------------------------------------- command line
-def train_parser() -> argparse.ArgumentParser:
-    d = TrainOptions()
-    p = argparse.ArgumentParser(
-        prog="cer-stream train-temporal",
-        description="Train the dynamic face model on labelled per-window feature sequences and export it "
-        "to ONNX (use it with `cer-stream --temporal-model FILE.onnx`).",
-        epilog="Training data: .npz files with features [N, 20, D] and labels [N] (BASIC order); make them "
-        "from labelled videos with `cer-stream temporal-features` (see stream/offline/temporal_data.py).",
-    )
-    p.add_argument("--data", required=True, metavar="DIR_OR_FILE", help="an .npz file or a directory of them")
-    p.add_argument("--arch", choices=ARCHS, default=d.arch, help=f"temporal encoder (default {d.arch})")
-    p.add_argument("--out", required=True, type=Path, metavar="MODEL.onnx")
-    p.add_argument("--hidden", type=int, default=d.hidden, help=f"hidden size (default {d.hidden})")
-    p.add_argument("--layers", type=int, default=d.layers, help=f"encoder layers (default {d.layers})")
-    p.add_argument("--dropout", type=float, default=d.dropout, help=f"dropout (default {d.dropout})")
-    p.add_argument("--heads", type=int, default=d.heads, help=f"attention heads, transformer (default {d.heads})")
-    p.add_argument("--d-state", type=int, default=d.d_state, help=f"SSM state size, mamba (default {d.d_state})")
-    p.add_argument("--epochs", type=int, default=d.epochs, help=f"at most this many epochs (default {d.epochs})")
-    p.add_argument(
-        "--patience",
-        type=int,
-        default=d.patience,
-        help=f"stop after this many epochs without a better validation macro-F1 (default {d.patience})",
-    )
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default {d.batch_size})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr})")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"(default {d.weight_decay})")
-    p.add_argument(
-        "--val-fraction",
-        type=float,
-        default=d.val_fraction,
-        help=f"held-out fraction (whole videos where named; default {d.val_fraction})",
-    )
-    p.add_argument("--no-balance", action="store_true", help="plain cross-entropy (default: class-balanced)")
-    p.add_argument("--seed", type=int, default=d.seed, help=f"(default {d.seed})")
-    p.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads (default: PyTorch's choice)")
-    p.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
-    return p
+# --------------------------------------------------------------------------- the command
+@dataclass(frozen=True, kw_only=True)
+class TrainTemporalOptions:
+    """Options of ``cer-stream train-temporal``.
+
+    Attributes:
+        data: an ``.npz`` file of labelled sequences or a directory of them (required; see
+            :mod:`stream.offline.temporal_data`).
+        out: where to write the ONNX model; must end in ``.onnx`` (required).
+        train: model and training settings (default ``TrainOptions()``: the seeds' model).
+        quiet: no per-epoch progress on stderr (default ``False``).
+    """
+
+    data: str | Path
+    out: str | Path
+    train: TrainOptions = field(default_factory=TrainOptions)
+    quiet: bool = False
 
 
-def train_temporal_main(argv: Sequence[str] | None = None) -> int:
-    args = train_parser().parse_args(argv)
+class TrainTemporalError(Exception):
+    """``train-temporal`` failed (one-line message); ``code`` is the exit status (2: bad input,
+    1: training or export failed)."""
 
-    def fail(msg: str, code: int = 2) -> int:
-        sys.stderr.write(f"cer-stream train-temporal: error: {msg}\n")
-        return code
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
 
+
+def run_train_temporal(options: TrainTemporalOptions) -> int:
+    """Train, export and check the model; prints a JSON summary on stdout.  Returns 0;
+    raises :class:`TrainTemporalError` on failure."""
+    opts = options.train
     try:
-        opts = TrainOptions(
-            arch=args.arch,
-            hidden=args.hidden,
-            layers=args.layers,
-            dropout=args.dropout,
-            heads=args.heads,
-            d_state=args.d_state,
-            epochs=args.epochs,
-            patience=args.patience,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            val_fraction=args.val_fraction,
-            balanced=not args.no_balance,
-            seed=args.seed,
-            threads=args.threads,
-        )
-        data = load_sequences(args.data)
+        data = load_sequences(options.data)
     except (ValueError, DataError) as exc:
-        return fail(str(exc))
-    if args.out.suffix.lower() != ".onnx":
-        return fail(f"--out must end in .onnx, got {args.out}")
-    quiet = bool(args.quiet)
+        raise TrainTemporalError(str(exc)) from None
+    out = Path(options.out)
+    if out.suffix.lower() != ".onnx":
+        raise TrainTemporalError(f"--out must end in .onnx, got {out}")
+    quiet = bool(options.quiet)
 
     def say(msg: str) -> None:
         if not quiet:
@@ -546,28 +513,24 @@ def train_temporal_main(argv: Sequence[str] | None = None) -> int:
     try:
         result = train(labelled, opts, progress=say)
     except DataError as exc:
-        return fail(str(exc))
+        raise TrainTemporalError(str(exc)) from None
     except RuntimeError as exc:
-        return fail(str(exc), 1)
+        raise TrainTemporalError(str(exc), 1) from None
     try:
         export_onnx(
             result.model,
-            args.out,
+            out,
             seq_len=labelled.seq_len,
             dim=labelled.dim,
-            metadata=model_metadata(result, labelled, source=str(args.data)),
+            metadata=model_metadata(result, labelled, source=str(options.data)),
         )
-        diff = check_onnx(result.model, args.out, labelled.features[:64])
+        diff = check_onnx(result.model, out, labelled.features[:64])
     except Exception as exc:
-        return fail(f"ONNX export failed: {type(exc).__name__}: {exc}", 1)
+        raise TrainTemporalError(f"ONNX export failed: {type(exc).__name__}: {exc}", 1) from None
     if diff > ONNX_TOLERANCE:
-        args.out.unlink(missing_ok=True)
-        return fail(
+        out.unlink(missing_ok=True)
+        raise TrainTemporalError(
             f"the ONNX model differs from the PyTorch model by {diff:.2e} (> {ONNX_TOLERANCE:g}); nothing written", 1
         )
-    print(json.dumps({"out": str(args.out), "arch": opts.arch, **result.summary(), "onnx_max_abs_diff": diff}))
+    print(json.dumps({"out": str(out), "arch": opts.arch, **result.summary(), "onnx_max_abs_diff": diff}))
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(train_temporal_main())

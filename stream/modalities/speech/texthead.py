@@ -1,6 +1,6 @@
 """Text emotion heads: softmax regression on all-MiniLM-L6-v2 sentence embeddings.
 
-Two heads ship in ``stream/heads/``, both trained by :func:`train_head_main`
+Two heads ship in ``stream/heads/``, both trained by :func:`run_train_head`
 (``cer-stream train-head``) on the data in ``../shared/data`` (see ``stream/heads/README.md``
 for the commands, the data's licences and the measured scores):
 
@@ -25,7 +25,6 @@ held-out score recorded in each file is the score of that file.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import json
@@ -554,81 +553,71 @@ def _threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",") if v.strip()]
+class TextHeadError(Exception):
+    """``train-head`` or ``text`` cannot run (one-line message; exit status 2)."""
 
 
-def train_head_main(argv: list[str] | None = None) -> int:
-    """``cer-stream train-head``: train a text head and write it (default: the committed file)."""
-    p = argparse.ArgumentParser(
-        prog="cer-stream train-head", description="Train a text emotion head on MiniLM embeddings."
-    )
-    p.add_argument(
-        "--kind",
-        required=True,
-        choices=KINDS,
-        help="speech: GoEmotions (Ekman) for transcripts; scene: Qwen AFEW captions",
-    )
-    p.add_argument(
-        "--data",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help=f"the shared data folder (default: ${DATA_ENV} or ../shared/data beside the repo)",
-    )
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        metavar="FILE.npz",
-        help="where to write the head (default: stream/heads/KIND.npz)",
-    )
-    p.add_argument(
-        "--limit",
-        type=int,
-        default=None,
-        metavar="N",
-        help="use a random N rows (speech: N training rows and N/4 dev rows), for quick runs",
-    )
-    p.add_argument("--l2", type=_floats, default=list(L2_GRID), metavar="A,B,...", help="L2 strengths to try")
-    p.add_argument(
-        "--weighting",
-        choices=[*WEIGHTINGS, "all"],
-        default="all",
-        help="class weighting of the loss (default: choose among all by held-out macro-F1)",
-    )
-    p.add_argument("--epochs", type=int, default=MAX_EPOCHS, help="most epochs per fit (default %(default)s)")
-    p.add_argument("--holdout", type=float, default=SCENE_HOLDOUT, help="scene: fraction of videos held out")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-cache", action="store_true", help="do not read or write cached embeddings")
-    args = p.parse_args(argv)
-    data_dir = (args.data or default_data_dir()).expanduser()
+@dataclass(frozen=True, kw_only=True)
+class TrainHeadOptions:
+    """Options of ``cer-stream train-head``.
+
+    Attributes:
+        kind: ``"speech"`` (GoEmotions, Ekman, for transcripts) or ``"scene"`` (Qwen AFEW
+            captions); required.
+        data: the shared data folder; ``None`` (default): ``$CER_STREAM_DATA`` or
+            ``../shared/data`` beside the repository.
+        out: where to write the head; ``None`` (default): ``stream/heads/KIND.npz``.
+        limit: use a random N rows (speech: N training rows and N/4 dev rows), for quick runs;
+            ``None`` (default): all.
+        l2: L2 strengths to try (default ``L2_GRID``).
+        weighting: class weighting of the loss, one of ``WEIGHTINGS`` or ``"all"`` (default:
+            choose among all by held-out macro-F1).
+        epochs: most epochs per fit (default ``MAX_EPOCHS``).
+        holdout: scene: fraction of videos held out (default ``SCENE_HOLDOUT``).
+        seed: random seed (0).
+        cache: read and write cached embeddings (default ``True``).
+    """
+
+    kind: str
+    data: Path | None = None
+    out: Path | None = None
+    limit: int | None = None
+    l2: Sequence[float] = L2_GRID
+    weighting: str = "all"
+    epochs: int = MAX_EPOCHS
+    holdout: float = SCENE_HOLDOUT
+    seed: int = 0
+    cache: bool = True
+
+
+def run_train_head(options: TrainHeadOptions) -> int:
+    """Train a text head and write it; prints its scores on stdout.  Returns 0; raises
+    :class:`TextHeadError` on bad input."""
+    data_dir = (options.data or default_data_dir()).expanduser()
     if not data_dir.is_dir():
-        print(f"cer-stream train-head: data folder not found: {data_dir} (use --data DIR)", file=sys.stderr)
-        return 2
-    weightings = WEIGHTINGS if args.weighting == "all" else (args.weighting,)
+        raise TextHeadError(f"data folder not found: {data_dir} (use --data DIR)")
+    weightings = WEIGHTINGS if options.weighting == "all" else (options.weighting,)
     t0 = time.perf_counter()
     try:
         head, meta = train_head(
-            args.kind,
+            options.kind,
             data_dir=data_dir,
-            limit=args.limit,
-            seed=args.seed,
-            l2_grid=args.l2,
+            limit=options.limit,
+            seed=options.seed,
+            l2_grid=options.l2,
             weightings=weightings,
-            max_epochs=args.epochs,
-            holdout=args.holdout,
-            cache=not args.no_cache,
+            max_epochs=options.epochs,
+            holdout=options.holdout,
+            cache=options.cache,
         )
     except (FileNotFoundError, ValueError) as exc:
-        print(f"cer-stream train-head: {exc}", file=sys.stderr)
-        return 2
+        raise TextHeadError(str(exc)) from None
     meta["train_seconds"] = round(time.perf_counter() - t0, 1)
-    out = head.save(args.out or head_path(args.kind))
+    out = head.save(options.out or head_path(options.kind))
     sel = meta["selection"]
-    which = "dev" if args.kind == "speech" else "held-out"
+    which = "dev" if options.kind == "speech" else "held-out"
     print(
-        f"{args.kind} head: {which} macro-F1 {meta['heldout_macro_f1']:.4f} on {meta['n_heldout']} texts "
+        f"{options.kind} head: {which} macro-F1 {meta['heldout_macro_f1']:.4f} on {meta['n_heldout']} texts "
         f"(l2={sel['l2']:g}, weighting={sel['weighting']}, epochs={sel['epochs']}, {meta['n_train']} training texts)"
     )
     print("per-class F1: " + ", ".join(f"{c} {f:.3f}" for c, f in meta["heldout_per_class_f1"].items()))
@@ -651,33 +640,42 @@ def _records(head: TextHead, texts: list[str]) -> list[dict]:
     ]
 
 
-def text_main(argv: list[str] | None = None, *, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
-    """``cer-stream text``: one text per input line -> one JSON line with the head's
-    8 basic probabilities and the top state. Blank lines are skipped."""
-    p = argparse.ArgumentParser(
-        prog="cer-stream text", description="Classify texts with a text emotion head (the live pipeline's)."
-    )
-    p.add_argument("input", nargs="?", default="-", metavar="FILE|-", help="one text per line (default: stdin)")
-    p.add_argument("--kind", choices=KINDS, default="speech", help="which committed head (default %(default)s)")
-    p.add_argument("--head", type=Path, default=None, metavar="FILE.npz", help="a head file instead")
-    p.add_argument("--batch", type=int, default=32, help="lines per batch when reading a file")
-    args = p.parse_args(argv)
+@dataclass(frozen=True, kw_only=True)
+class TextClassifyOptions:
+    """Options of ``cer-stream text``.
+
+    Attributes:
+        input: a file with one text per line, or ``"-"`` (default): standard input, each line
+            answered as it comes.
+        kind: which committed head, ``"speech"`` (default) or ``"scene"``.
+        head: a head file instead; ``None`` (default): the committed ``kind`` head.
+        batch: lines per batch when reading a file (32).
+    """
+
+    input: str | Path = "-"
+    kind: str = "speech"
+    head: Path | None = None
+    batch: int = 32
+
+
+def run_text(options: TextClassifyOptions, *, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    """One text per input line -> one JSON line with the head's 8 basic probabilities and the
+    top state; blank lines are skipped.  Returns 0; raises :class:`TextHeadError` when the head
+    or the input cannot be opened."""
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
     try:
-        head = TextHead.load(args.head or args.kind)
+        head = TextHead.load(options.head or options.kind)
         head.get_encoder().load()
     except Exception as exc:
-        print(f"cer-stream text: {exc}", file=sys.stderr)
-        return 2
-    if args.input == "-":
+        raise TextHeadError(str(exc)) from None
+    if options.input == "-":
         stream, batch = stdin, 1  # answer each line as it comes
     else:
         try:
-            stream, batch = open(args.input, encoding="utf-8"), max(1, args.batch)
+            stream, batch = open(options.input, encoding="utf-8"), max(1, options.batch)
         except OSError as exc:
-            print(f"cer-stream text: {exc}", file=sys.stderr)
-            return 2
+            raise TextHeadError(str(exc)) from None
     try:
         pending: list[str] = []
         for line in stream:
@@ -699,11 +697,3 @@ def text_main(argv: list[str] | None = None, *, stdin: TextIO | None = None, std
             stream.close()
         head.close()
     return 0
-
-
-if __name__ == "__main__":  # python -m stream.modalities.speech.texthead {train-head|text} ...
-    commands = {"train-head": train_head_main, "text": text_main}
-    if len(sys.argv) < 2 or sys.argv[1] not in commands:
-        print(f"usage: python -m stream.modalities.speech.texthead {{{'|'.join(commands)}}} ...", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(commands[sys.argv[1]](sys.argv[2:]))

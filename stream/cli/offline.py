@@ -1,0 +1,454 @@
+"""The offline subcommands' flags, and how they map onto the library's option classes.
+
+``calibrate`` and ``eval`` (:mod:`stream.offline.calibrate`), ``train-temporal``
+(:mod:`stream.offline.temporal_train`), ``temporal-features`` (:mod:`stream.offline.temporal_data`),
+``train-head`` and ``text`` (:mod:`stream.modalities.speech.texthead`): for each, ``*_parser()``
+declares the flags, ``*_options(args)`` turns parsed flags into the typed options and
+``*_main(argv)`` runs the library function and turns its one-line errors into exit statuses.
+The library modules (and their heavy imports) load only when a command is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from stream.cli.main import PROG, fail
+
+if TYPE_CHECKING:
+    from stream.modalities.speech.texthead import TextClassifyOptions, TrainHeadOptions
+    from stream.offline.calibrate import CalibrateOptions, EvalOptions
+    from stream.offline.temporal_data import TemporalFeaturesOptions
+    from stream.offline.temporal_train import TrainTemporalOptions
+
+
+# --------------------------------------------------------------------------- calibrate
+def calibrate_parser() -> argparse.ArgumentParser:
+    """Flags of ``cer-stream calibrate``."""
+    from stream.fusion.schemes import DIRICHLET_SAMPLES
+    from stream.offline.calibrate import FUSION_CHOICES, LABEL_KINDS
+
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} calibrate", description="Fit fusion weights and PFSA prototypes from feature dumps and labels."
+    )
+    parser.add_argument("dumps", nargs="+", metavar="DUMP.jsonl", help="feature dumps written by --dump-features")
+    parser.add_argument(
+        "--labels",
+        required=True,
+        metavar="PATH",
+        help="directory or file of ABAW frame labels (VIDEO.txt), or a CSV video,index,label of window labels",
+    )
+    parser.add_argument(
+        "--label-kind", choices=LABEL_KINDS, default="basic", help="class order of the labels (default: basic)"
+    )
+    parser.add_argument("-o", "--out", required=True, metavar="CALIBRATION.json")
+    parser.add_argument(
+        "--fusion",
+        choices=FUSION_CHOICES,
+        default="mhpf",
+        help="fusion scheme to fit (default: mhpf; equal = plain average)",
+    )
+    parser.add_argument("--heads", type=int, default=1, help="MHPF heads (default: 1)")
+    parser.add_argument("--epochs", type=int, default=100, help="MHPF epochs (default: 100)")
+    parser.add_argument("--patience", type=int, default=25, help="MHPF early-stopping patience")
+    parser.add_argument("--lr", type=float, default=1e-4, help="MHPF Adam learning rate")
+    parser.add_argument("--batch-size", type=int, default=64, help="MHPF batch size")
+    parser.add_argument(
+        "--samples", type=int, default=DIRICHLET_SAMPLES, help="Dirichlet random-search samples (default: %(default)s)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.2, help="share of videos (or windows) held out for validation"
+    )
+    parser.add_argument("--modalities", metavar="A,B,...", help="modality order (default: order of first appearance)")
+    parser.add_argument(
+        "--pfsa-modality",
+        metavar="NAME",
+        help="modality whose features build PFSA prototypes (default: the first with features)",
+    )
+    parser.add_argument("--no-pfsa", action="store_true", help="do not fit PFSA")
+    parser.add_argument("--temperature", type=float, help="fixed PFSA temperature instead of fitting one")
+    return parser
+
+
+def calibrate_options(args: argparse.Namespace) -> CalibrateOptions:
+    from stream.offline.calibrate import CalibrateOptions
+
+    return CalibrateOptions(
+        dumps=tuple(args.dumps),
+        labels=args.labels,
+        out=args.out,
+        label_kind=args.label_kind,
+        fusion=args.fusion,
+        heads=args.heads,
+        epochs=args.epochs,
+        patience=args.patience,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        samples=args.samples,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        modalities=args.modalities,
+        pfsa_modality=args.pfsa_modality,
+        pfsa=not args.no_pfsa,
+        temperature=args.temperature,
+    )
+
+
+def calibrate_main(argv: Sequence[str] | None = None) -> int:
+    """``cer-stream calibrate``; exit status 2 on bad input."""
+    from stream.offline.calibrate import CalibrationError, run_calibrate
+
+    options = calibrate_options(calibrate_parser().parse_args(argv))
+    try:
+        return run_calibrate(options)
+    except CalibrationError as exc:
+        return fail(str(exc))
+
+
+# --------------------------------------------------------------------------- eval
+def eval_parser() -> argparse.ArgumentParser:
+    """Flags of ``cer-stream eval``."""
+    from stream.offline.calibrate import LABEL_KINDS
+
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} eval", description="Score frame-wise (or window-wise) predictions against ABAW labels."
+    )
+    parser.add_argument(
+        "--pred",
+        required=True,
+        metavar="PATH",
+        help="the analyzer's --csv output (VIDEO/00001.jpg,CLASS rows), ABAW label "
+        "txt file(s), or with --level window a CSV video,index,label",
+    )
+    parser.add_argument(
+        "--labels",
+        required=True,
+        metavar="PATH",
+        help="ABAW label txt file or directory (or a window CSV at window level)",
+    )
+    parser.add_argument(
+        "--kind",
+        choices=LABEL_KINDS,
+        default="compound",
+        help="class order of predictions and labels (default: compound)",
+    )
+    parser.add_argument("--level", choices=("frame", "window"), default="frame")
+    parser.add_argument(
+        "--windows",
+        nargs="+",
+        metavar="DUMP.jsonl",
+        help="window level with frame labels: dumps giving each window's frames",
+    )
+    parser.add_argument(
+        "--over",
+        choices=("all", "observed"),
+        default="all",
+        help="average over all classes (ABAW) or only those that occur",
+    )
+    parser.add_argument("--plot", metavar="FILE.png", help="draw the confusion matrix")
+    return parser
+
+
+def eval_options(args: argparse.Namespace) -> EvalOptions:
+    from stream.offline.calibrate import EvalOptions
+
+    return EvalOptions(
+        pred=args.pred,
+        labels=args.labels,
+        kind=args.kind,
+        level=args.level,
+        windows=tuple(args.windows) if args.windows else None,
+        over=args.over,
+        plot=args.plot,
+    )
+
+
+def eval_main(argv: Sequence[str] | None = None) -> int:
+    """``cer-stream eval``; exit status 2 on bad input."""
+    from stream.offline.calibrate import CalibrationError, run_eval
+
+    options = eval_options(eval_parser().parse_args(argv))
+    try:
+        return run_eval(options)
+    except CalibrationError as exc:
+        return fail(str(exc))
+
+
+# --------------------------------------------------------------------------- train-temporal
+def train_temporal_parser() -> argparse.ArgumentParser:
+    """Flags of ``cer-stream train-temporal``."""
+    from stream.offline.temporal_train import ARCHS, TrainOptions
+
+    d = TrainOptions()
+    p = argparse.ArgumentParser(
+        prog="cer-stream train-temporal",
+        description="Train the dynamic face model on labelled per-window feature sequences and export it "
+        "to ONNX (use it with `cer-stream --temporal-model FILE.onnx`).",
+        epilog="Training data: .npz files with features [N, 20, D] and labels [N] (BASIC order); make them "
+        "from labelled videos with `cer-stream temporal-features` (see stream/offline/temporal_data.py).",
+    )
+    p.add_argument("--data", required=True, metavar="DIR_OR_FILE", help="an .npz file or a directory of them")
+    p.add_argument("--arch", choices=ARCHS, default=d.arch, help=f"temporal encoder (default {d.arch})")
+    p.add_argument("--out", required=True, type=Path, metavar="MODEL.onnx")
+    p.add_argument("--hidden", type=int, default=d.hidden, help=f"hidden size (default {d.hidden})")
+    p.add_argument("--layers", type=int, default=d.layers, help=f"encoder layers (default {d.layers})")
+    p.add_argument("--dropout", type=float, default=d.dropout, help=f"dropout (default {d.dropout})")
+    p.add_argument("--heads", type=int, default=d.heads, help=f"attention heads, transformer (default {d.heads})")
+    p.add_argument("--d-state", type=int, default=d.d_state, help=f"SSM state size, mamba (default {d.d_state})")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"at most this many epochs (default {d.epochs})")
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=d.patience,
+        help=f"stop after this many epochs without a better validation macro-F1 (default {d.patience})",
+    )
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default {d.batch_size})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr})")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"(default {d.weight_decay})")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=d.val_fraction,
+        help=f"held-out fraction (whole videos where named; default {d.val_fraction})",
+    )
+    p.add_argument("--no-balance", action="store_true", help="plain cross-entropy (default: class-balanced)")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"(default {d.seed})")
+    p.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads (default: PyTorch's choice)")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
+    return p
+
+
+def train_temporal_options(args: argparse.Namespace) -> TrainTemporalOptions:
+    """``ValueError`` (one line) on bad model or training settings."""
+    from stream.offline.temporal_train import TrainOptions, TrainTemporalOptions
+
+    return TrainTemporalOptions(
+        data=args.data,
+        out=args.out,
+        train=TrainOptions(
+            arch=args.arch,
+            hidden=args.hidden,
+            layers=args.layers,
+            dropout=args.dropout,
+            heads=args.heads,
+            d_state=args.d_state,
+            epochs=args.epochs,
+            patience=args.patience,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            val_fraction=args.val_fraction,
+            balanced=not args.no_balance,
+            seed=args.seed,
+            threads=args.threads,
+        ),
+        quiet=bool(args.quiet),
+    )
+
+
+def train_temporal_main(argv: Sequence[str] | None = None) -> int:
+    """``cer-stream train-temporal``; exit status 2 on bad input, 1 when training or export fails."""
+    from stream.offline.temporal_train import TrainTemporalError, run_train_temporal
+
+    args = train_temporal_parser().parse_args(argv)
+
+    def failed(msg: str, code: int = 2) -> int:
+        sys.stderr.write(f"cer-stream train-temporal: error: {msg}\n")
+        return code
+
+    try:
+        options = train_temporal_options(args)
+    except ValueError as exc:
+        return failed(str(exc))
+    try:
+        return run_train_temporal(options)
+    except TrainTemporalError as exc:
+        return failed(str(exc), exc.code)
+
+
+# --------------------------------------------------------------------------- temporal-features
+def temporal_features_parser() -> argparse.ArgumentParser:
+    """Flags of ``cer-stream temporal-features``."""
+    p = argparse.ArgumentParser(
+        prog="cer-stream temporal-features",
+        description="Make training data for `cer-stream train-temporal` from labelled videos "
+        "(per-window sequences of the face model's per-frame outputs).",
+    )
+    p.add_argument("videos", nargs="+", type=Path, metavar="VIDEO")
+    p.add_argument(
+        "--labels",
+        required=True,
+        metavar="PATH",
+        help="ABAW-style per-frame label files (a directory of VIDEO.txt, or one file) or a "
+        "CSV video,index,label of window labels; BASIC classes (index or name)",
+    )
+    p.add_argument("--out", required=True, type=Path, metavar="DATA.npz")
+    p.add_argument(
+        "--max-side",
+        type=int,
+        default=960,
+        metavar="PX",
+        help="scale frames to at most PX on the longer side first (default 960, as the stream)",
+    )
+    return p
+
+
+def temporal_features_options(args: argparse.Namespace) -> TemporalFeaturesOptions:
+    from stream.offline.temporal_data import TemporalFeaturesOptions
+
+    return TemporalFeaturesOptions(videos=tuple(args.videos), labels=args.labels, out=args.out, max_side=args.max_side)
+
+
+def temporal_features_main(argv: Sequence[str] | None = None) -> int:
+    """``cer-stream temporal-features VIDEO... --labels L --out DATA.npz``; exit status 2 on bad
+    input, 1 when a video cannot be used or no window is kept."""
+    from stream.offline.temporal_data import TemporalFeaturesError, run_temporal_features
+
+    options = temporal_features_options(temporal_features_parser().parse_args(argv))
+    try:
+        return run_temporal_features(options)
+    except TemporalFeaturesError as exc:
+        sys.stderr.write(f"cer-stream temporal-features: error: {exc}\n")
+        return exc.code
+
+
+# --------------------------------------------------------------------------- train-head
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+def train_head_parser() -> argparse.ArgumentParser:
+    """Flags of ``cer-stream train-head``."""
+    from stream.modalities.speech.texthead import DATA_ENV, KINDS, L2_GRID, MAX_EPOCHS, SCENE_HOLDOUT, WEIGHTINGS
+
+    p = argparse.ArgumentParser(
+        prog="cer-stream train-head", description="Train a text emotion head on MiniLM embeddings."
+    )
+    p.add_argument(
+        "--kind",
+        required=True,
+        choices=KINDS,
+        help="speech: GoEmotions (Ekman) for transcripts; scene: Qwen AFEW captions",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=f"the shared data folder (default: ${DATA_ENV} or ../shared/data beside the repo)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="FILE.npz",
+        help="where to write the head (default: stream/heads/KIND.npz)",
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="use a random N rows (speech: N training rows and N/4 dev rows), for quick runs",
+    )
+    p.add_argument("--l2", type=_floats, default=list(L2_GRID), metavar="A,B,...", help="L2 strengths to try")
+    p.add_argument(
+        "--weighting",
+        choices=[*WEIGHTINGS, "all"],
+        default="all",
+        help="class weighting of the loss (default: choose among all by held-out macro-F1)",
+    )
+    p.add_argument("--epochs", type=int, default=MAX_EPOCHS, help="most epochs per fit (default %(default)s)")
+    p.add_argument("--holdout", type=float, default=SCENE_HOLDOUT, help="scene: fraction of videos held out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-cache", action="store_true", help="do not read or write cached embeddings")
+    return p
+
+
+def train_head_options(args: argparse.Namespace) -> TrainHeadOptions:
+    from stream.modalities.speech.texthead import TrainHeadOptions
+
+    return TrainHeadOptions(
+        kind=args.kind,
+        data=args.data,
+        out=args.out,
+        limit=args.limit,
+        l2=args.l2,
+        weighting=args.weighting,
+        epochs=args.epochs,
+        holdout=args.holdout,
+        seed=args.seed,
+        cache=not args.no_cache,
+    )
+
+
+def train_head_main(argv: Sequence[str] | None = None) -> int:
+    """``cer-stream train-head``: train a text head and write it (default: the committed file)."""
+    from stream.modalities.speech.texthead import TextHeadError, run_train_head
+
+    options = train_head_options(train_head_parser().parse_args(argv))
+    try:
+        return run_train_head(options)
+    except TextHeadError as exc:
+        print(f"cer-stream train-head: {exc}", file=sys.stderr)
+        return 2
+
+
+# --------------------------------------------------------------------------- text
+def text_parser() -> argparse.ArgumentParser:
+    """Flags of ``cer-stream text``."""
+    from stream.modalities.speech.texthead import KINDS
+
+    p = argparse.ArgumentParser(
+        prog="cer-stream text", description="Classify texts with a text emotion head (the live pipeline's)."
+    )
+    p.add_argument("input", nargs="?", default="-", metavar="FILE|-", help="one text per line (default: stdin)")
+    p.add_argument("--kind", choices=KINDS, default="speech", help="which committed head (default %(default)s)")
+    p.add_argument("--head", type=Path, default=None, metavar="FILE.npz", help="a head file instead")
+    p.add_argument("--batch", type=int, default=32, help="lines per batch when reading a file")
+    return p
+
+
+def text_options(args: argparse.Namespace) -> TextClassifyOptions:
+    from stream.modalities.speech.texthead import TextClassifyOptions
+
+    return TextClassifyOptions(input=args.input, kind=args.kind, head=args.head, batch=args.batch)
+
+
+def text_main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    """``cer-stream text``: one text per input line -> one JSON line with the head's
+    8 basic probabilities and the top state. Blank lines are skipped."""
+    from stream.modalities.speech.texthead import TextHeadError, run_text
+
+    options = text_options(text_parser().parse_args(argv))
+    try:
+        return run_text(options, stdin=stdin, stdout=stdout)
+    except TextHeadError as exc:
+        print(f"cer-stream text: {exc}", file=sys.stderr)
+        return 2
+
+
+__all__ = [
+    "calibrate_main",
+    "calibrate_options",
+    "calibrate_parser",
+    "eval_main",
+    "eval_options",
+    "eval_parser",
+    "temporal_features_main",
+    "temporal_features_options",
+    "temporal_features_parser",
+    "text_main",
+    "text_options",
+    "text_parser",
+    "train_head_main",
+    "train_head_options",
+    "train_head_parser",
+    "train_temporal_main",
+    "train_temporal_options",
+    "train_temporal_parser",
+]
