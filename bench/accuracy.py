@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from stream.core.labels import BASIC, COMPOUND, COMPOUND_PAIRS  # noqa: E402
+from stream.core.labels import BASIC, COMPOUND, COMPOUND_PAIRS, basic_name  # noqa: E402
 from stream.modalities.face_crops import DEFAULT, FACEAPI, FER, CropSpec, crop_face  # noqa: E402
 
 CACHE_DIR = ROOT / "bench" / ".cache"
@@ -60,15 +60,6 @@ FACES_DEV = "faces_dev"
 
 #: The 7 posed labels of faces_dev, in BASIC order (the 8th basic state, Other, is never posed).
 CLASSES: tuple[str, ...] = BASIC[:7]
-POSED = {
-    "neutral": "Neutral",
-    "angry": "Anger",
-    "disgusted": "Disgust",
-    "fearful": "Fear",
-    "happy": "Happiness",
-    "sad": "Sadness",
-    "surprised": "Surprise",
-}
 RATED = {
     "happy": "Happiness",
     "sad": "Sadness",
@@ -123,7 +114,7 @@ def load_faces_dev(data: str | Path | None = None) -> tuple[Path, list[Item]]:
             ratings = tuple(
                 (RATED[k[6:]], float(v)) for k, v in row.items() if k.startswith("rated_") and v not in (None, "")
             )
-            items.append(Item(row["path"], CLASSES.index(POSED[row["label"]]), row["person"], ratings))
+            items.append(Item(row["path"], CLASSES.index(basic_name(row["label"])), row["person"], ratings))
     return folder, sorted(items, key=lambda it: it.path)
 
 

@@ -40,22 +40,13 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from stream.core.labels import BASIC  # noqa: E402
+from stream.core.labels import BASIC, basic_name  # noqa: E402
 from stream.modalities.face import iou  # noqa: E402
 from stream.modalities.landmarker import TaskFaceDetector, blendshape_basic_probs  # noqa: E402
 
-FACES = Path("/work/shared/data/faces_dev")
+#: faces_dev beside the checkout (``$CER_STREAM_DATA/faces_dev`` when set)
+FACES = Path(os.environ.get("CER_STREAM_DATA") or ROOT.parent / "shared" / "data") / "faces_dev"
 CACHE = ROOT / "bench" / ".cache"
-#: faces_dev's posed labels -> basic names (the 7 scored classes, BASIC order).
-LABELS = {
-    "neutral": "Neutral",
-    "angry": "Anger",
-    "disgusted": "Disgust",
-    "fearful": "Fear",
-    "happy": "Happiness",
-    "sad": "Sadness",
-    "surprised": "Surprise",
-}
 SEVEN = [n for n in BASIC if n != "Other"]
 WEIGHTS = (0.25, 0.5)
 
@@ -240,7 +231,7 @@ def bench_faces(faces: Path, kinds: list[str], use_cache: bool, face_model: str 
     rows = list(csv.DictReader(open(faces / "labels.csv", newline="")))
     boxes = faces_boxes(faces, kinds, use_cache)
     model = load_face_model(face_model)
-    y = [LABELS[r["label"]] for r in rows]
+    y = [basic_name(r["label"]) for r in rows]
     out = {"images": len(rows), "found": {}, "ms_per_image": {}, "face_model_name": model.name, "face_model": {}}
     probs = {}
     for kind in kinds:
