@@ -139,3 +139,33 @@ def test_camera_capture_where_a_device_exists():
 )
 def test_redact(text, expected):
     assert redact(text) == expected
+
+
+@pytest.mark.parametrize("password", ["p@ss", "a:b", "x/y", "p%40ss", "@:/%40@", "s3cr@t:pw/x@"])
+def test_redact_passwords_with_special_characters(password):
+    text = f"cannot open rtsp://alice:{password}@127.0.0.1:8554/x (timeout)"
+    out = redact(text)
+    assert out == "cannot open rtsp://alice:***@127.0.0.1:8554/x (timeout)"
+    assert (
+        redact(f'{{"input": "rtsp://alice:{password}@h/x", "y": "q@r"}}')
+        == '{"input": "rtsp://alice:***@h/x", "y": "q@r"}'
+    )
+
+
+def test_redact_leaves_paths_with_at_signs():
+    assert redact("rtsp://host/pa@th") == "rtsp://host/pa@th"
+    assert redact("rtsp://bob@corp.com:pw@host/x") == "rtsp://bob@corp.com:***@host/x"
+
+
+def test_redact_process_args_rewrites_proc_cmdline():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from stream.core.redact import redact_process_args; "
+        "assert redact_process_args(); print(open('/proc/self/cmdline','rb').read().decode())"
+    )
+    url = "rtsp://alice:p@ss:w/rd@127.0.0.1:8554/x"
+    proc = subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "p@ss" not in proc.stdout and "rtsp://alice:***@127.0.0.1:8554/x" in proc.stdout

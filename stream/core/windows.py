@@ -13,6 +13,8 @@ Rules (REFERENCE.md, "Windows and frames"):
 Frames are analysed on a fixed 5 fps media-time grid, so a full window holds
 20 analysed frames and two overlapping windows share the 10 frames of their
 overlap (each analysed once).  A shortened window holds proportionally fewer.
+Each grid point takes the decoded frame nearest to it, within half a grid step
+(:class:`GridSampler`), so timestamp jitter never adds or loses analysed frames.
 """
 
 from __future__ import annotations
@@ -77,23 +79,128 @@ def plan_windows(duration: float) -> list[Window]:
 
 
 def final_before(window: Window) -> float:
-    """Media time before which no later window covers any frame."""
-    return window.start + HOP_S
+    """Media time before which no later window covers any frame.
+
+    A window shorter than the hop (a stream of under 2 s) ends the stream, so
+    its end is the limit: frames after it do not exist."""
+    return min(window.start + HOP_S, max(window.end, window.start))
 
 
 class SampleClock:
-    """Decides which decoded frames are analysed: the first frame at or after
-    each tick of a fixed ``rate`` grid in media time (t = 0, 0.2, 0.4, ... s)."""
+    """Decides at once which frames are analysed (for producers that cannot wait
+    one frame, e.g. :class:`stream.io.sources.PushSource`): the first frame at or
+    after each tick of a fixed ``rate`` grid in media time (t = 0, 0.2, 0.4, ... s),
+    where "at" tolerates timestamp jitter of up to half a source frame interval
+    (``fps`` when given, else learned from the frame times; at most half a grid
+    step).  Each frame serves the grid point nearest to it, so no grid point gets
+    two frames.  :class:`GridSampler` picks the exact nearest frame."""
 
-    def __init__(self, rate: float = SAMPLE_FPS) -> None:
+    def __init__(self, rate: float = SAMPLE_FPS, fps: float | None = None) -> None:
         self.rate = rate
-        self._next = 0.0
+        self.fps = fps
+        self._next = 0  # index of the next grid point to serve
+        self._last: float | None = None
+        self._period: float | None = None
+
+    def _tolerance(self) -> float:
+        period = 1.0 / self.fps if self.fps else self._period
+        tol = 0.5 * period if period else EPS
+        return min(max(tol, EPS), 0.5 / self.rate)
 
     def __call__(self, t: float) -> bool:
-        if t + EPS < self._next:
+        if not math.isfinite(t):
             return False
-        self._next = (math.floor(t * self.rate + 1e-6) + 1) / self.rate
+        if self._last is not None and t > self._last:
+            dt = t - self._last
+            self._period = dt if self._period is None else min(self._period, dt) * 0.9 + dt * 0.1
+        self._last = t
+        tol = self._tolerance()
+        if t < self._next / self.rate - tol:
+            return False
+        # the grid point this frame serves: the last one it reaches (jitter included)
+        self._next = max(self._next, math.floor((t + tol) * self.rate + 1e-9)) + 1
         return True
 
     def reset_states(self) -> None:
-        self._next = 0.0
+        self._next = 0
+        self._last = None
+        self._period = None
+
+
+class GridSampler:
+    """Picks, for each point of a fixed ``rate`` grid in media time (0, 0.2, 0.4, ... s),
+    the decoded frame nearest to it within half a grid step: exactly one frame per
+    grid point that has one, whatever the timestamp jitter.
+
+    Deciding needs the next frame (it may be nearer), so :meth:`push` returns the
+    picks it has settled, each as ``(grid time, item)``, one frame late at most;
+    :meth:`flush` returns the last one at the end of the stream.  Times that go
+    backwards never stall it and never serve a grid point twice: a frame before the
+    current grid point's reach is passed over."""
+
+    def __init__(self, rate: float = SAMPLE_FPS) -> None:
+        self.rate = rate
+        self.half = 0.5 / rate
+        self._g = 0  # the grid point being decided
+        self._cand: tuple[float, object] | None = None  # (distance, item) nearest so far
+
+    def _settle(self, out: list) -> None:
+        if self._cand is not None:
+            out.append((self._g / self.rate, self._cand[1]))
+            self._cand = None
+        self._g += 1
+
+    def push(self, t: float, item: object) -> list[tuple[float, object]]:
+        out: list[tuple[float, object]] = []
+        if not math.isfinite(t):
+            return out
+        while True:
+            tick = self._g / self.rate
+            if t < tick - self.half:  # before this grid point's reach (times went backwards)
+                return out
+            if t <= tick + self.half:
+                d = abs(t - tick)
+                if self._cand is None or d < self._cand[0]:
+                    self._cand = (d, item)
+                if t >= tick:  # later frames are farther from this grid point
+                    self._settle(out)
+                return out
+            # past this grid point's reach: settle it and move to the one nearest t
+            had = self._cand is not None
+            self._settle(out)
+            if not had:
+                self._g = max(self._g, int(round(t * self.rate)))
+
+    def flush(self, end: float | None = None) -> list[tuple[float, object]]:
+        """The pick still waiting for a next frame (end of stream), unless its grid point is
+        at or after ``end``, the stream's end (last frame time plus one frame interval)."""
+        out: list[tuple[float, object]] = []
+        if self._cand is not None:
+            if end is not None and self._g / self.rate >= end - EPS:
+                self._cand = None
+            else:
+                self._settle(out)
+        return out
+
+
+class MediaTime:
+    """Turns a source's frame times into media time: 0 at the first frame, and never
+    going backwards (a timestamp at or before the previous one, e.g. a stream whose
+    clock restarts, continues one frame interval after the previous frame)."""
+
+    def __init__(self, fps: float) -> None:
+        self.period = 1.0 / fps if fps > 0 else 0.04
+        self.offset: float | None = None
+        self.last: float | None = None
+        self.jumps = 0
+
+    def __call__(self, ft: float) -> float:
+        if self.offset is None:
+            self.offset = -ft
+        t = ft + self.offset
+        if self.last is not None and t <= self.last:
+            self.offset += self.last + self.period - t
+            t = self.last + self.period
+            self.jumps += 1
+        self.last = t
+        return t

@@ -42,7 +42,7 @@ import zmq
 
 from stream.core import messages as m
 from stream.core.redact import redact
-from stream.core.windows import SampleClock
+from stream.core.windows import GridSampler, MediaTime
 
 log = logging.getLogger("cer_stream.capture")
 
@@ -252,6 +252,16 @@ def describe_open_error(cfg: CaptureConfig, exc: BaseException) -> str:
     return redact(f"{what} {cfg.target}: {detail}")
 
 
+def truncation_note(cfg: CaptureConfig, declared: float | None, decoded: float) -> str | None:
+    """A file whose decoded media ends well before the duration its container declares (by
+    more than max(1 s, 10 %)) was probably cut short: one line saying so, else ``None``."""
+    if cfg.source != "video" or not declared or declared <= 0:
+        return None
+    if declared - decoded <= max(1.0, 0.1 * declared):
+        return None
+    return f"file ends at {decoded:.1f} s but declares {declared:.1f} s: truncated?"
+
+
 def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: float = 0.0) -> None:
     """Decode a file/RTSP/camera source and push frames and audio until the end or a stop."""
     import av
@@ -297,9 +307,10 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
         if audio is not None and a_stream is not None:
             audio.send_control(info)
 
-        clock = SampleClock(cfg.sample_fps)
+        sampler = GridSampler(cfg.sample_fps)
+        media_time = MediaTime(fps)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=m.AUDIO_RATE) if a_stream else None
-        origin: float | None = None  # media time of the first video frame
+        origin: float | None = None  # source time of the first video frame
         wall0 = time.monotonic()
         n_frames = 0
         last_t = 0.0
@@ -330,6 +341,17 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
             audio.seq += 1
             audio.send(chunk, stop)
 
+        def send_picks(picks: list) -> None:
+            for grid_t, (index, t_cap, vframe) in picks:
+                img = vframe.to_ndarray(format="rgb24", width=out_w, height=out_h)
+                # the analysed frame stands for its grid point: its pts is the grid time, so that
+                # window membership never depends on timestamp jitter (windows.GridSampler)
+                item = m.VideoFrame(
+                    seq=frames.seq, index=index, pts=grid_t, t_capture_ns=t_cap, image=img, sender_drops=frames.drops
+                )
+                frames.seq += 1
+                frames.send(item, stop)
+
         demux = [vs] + ([a_stream] if a_stream else [])
         for packet in container.demux(*demux):
             if stop:
@@ -349,7 +371,7 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
                             ft = n_frames / fps
                         if origin is None:
                             origin = ft
-                        t = ft - origin
+                        t = media_time(ft)  # from 0, never backwards
                     index = n_frames
                     n_frames += 1
                     last_t = t
@@ -358,13 +380,7 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
                         if delay > 0:
                             time.sleep(delay)
                         t_cap = m.now_ns()  # a paced file frame is "captured" when its time comes
-                    if clock(t):
-                        img = frame.to_ndarray(format="rgb24", width=out_w, height=out_h)
-                        item = m.VideoFrame(
-                            seq=frames.seq, index=index, pts=t, t_capture_ns=t_cap, image=img, sender_drops=frames.drops
-                        )
-                        frames.seq += 1
-                        frames.send(item, stop)
+                    send_picks(sampler.push(t, (index, t_cap, frame)))
                 elif resampler is not None and audio is not None:
                     if origin is None and cfg.source != "camera":
                         continue  # wait for the first video frame to fix the origin
@@ -380,6 +396,14 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
                         pending_audio.append(pcm)
                         pending_n += pcm.shape[0]
                     flush_audio()
+        decoded_s = (last_t + 1.0 / fps) if n_frames else 0.0
+        if not stop:
+            send_picks(sampler.flush(decoded_s))
+        if media_time.jumps:
+            log.debug("frame times went backwards %d time(s); media time continued", media_time.jumps)
+        note = truncation_note(cfg, duration, decoded_s) if not stop else None
+        if note:
+            frames.send_control(m.CaptureError(note, [m.VIDEO], fatal=False))
         if resampler is not None and audio is not None:
             for rf in resampler.resample(None):
                 pcm = rf.to_ndarray().reshape(-1).astype(np.float32, copy=False)
@@ -390,7 +414,7 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
             streams=streams,
             reason="stopped" if stop else "eof",
             frames=n_frames,
-            duration=(last_t + 1.0 / fps) if n_frames else 0.0,
+            duration=decoded_s,
             sender_drops={m.VIDEO: frames.drops, m.AUDIO: audio.drops if audio else 0},
         )
         frames.send_control(end)

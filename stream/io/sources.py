@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from stream.core import messages as m
-from stream.core.redact import redact
+from stream.core.redact import redact, with_env_password
 from stream.core.windows import SAMPLE_FPS, SampleClock
 from stream.io.receiver import SourceState
 from stream.io.ringbuffer import BLOCK, DROP_OLDEST, AudioRing, FrameRing
@@ -81,7 +81,8 @@ class RtspSource(Source):
     """An RTSP stream (TCP transport).  ``audio=False`` ignores its audio track."""
 
     def __init__(self, url: str, *, audio: bool = True) -> None:
-        super().__init__("rtsp", url.strip(), audio=audio)
+        # rtsp://user@host/... takes its password from $CER_STREAM_RTSP_PASSWORD (never on a command line)
+        super().__init__("rtsp", with_env_password(url.strip()), audio=audio)
 
     def check(self) -> None:
         url = self.target
