@@ -164,20 +164,22 @@ def run_stream(argv: list[str]) -> int:
     from stream.cli.flags import pipeline_options
     from stream.runtime.lifecycle import StartupError
     from stream.runtime.pipeline import Pipeline
-    from stream.sinks.outputs import AbawCsvSink, JsonLinesSink, ZmqPublishSink
+    from stream.sinks.outputs import AbawCsvSink, JsonLinesSink, SinkError, SinkEvent, ZmqPublishSink
 
     sinks: list[JsonLinesSink | ZmqPublishSink | AbawCsvSink] = []
+    features_out = None
     try:
         if not args.quiet:
-            sinks.append(JsonLinesSink(sys.stdout))
+            sinks.append(JsonLinesSink(sys.stdout, name="stdout"))
         if args.out:
-            sinks.append(JsonLinesSink(path=args.out))
+            sinks.append(JsonLinesSink(path=args.out, option="--out"))
         if args.publish:
             sinks.append(ZmqPublishSink(args.publish))
         if args.csv:
             sinks.append(AbawCsvSink(args.csv, source.name))
-        features_out = JsonLinesSink(path=args.dump_features) if args.dump_features else None
-    except (OSError, ValueError) as exc:
+        if args.dump_features:
+            features_out = JsonLinesSink(path=args.dump_features, option="--dump-features")
+    except (SinkError, OSError, ValueError) as exc:
         for s in sinks:
             s.close()
         return fail(str(exc))
@@ -193,6 +195,14 @@ def run_stream(argv: list[str]) -> int:
             s.close()
         return fail(str(exc))
     analyzer = pipeline.analyzer(source)
+
+    def on_sink_event(ev: SinkEvent) -> None:
+        # a lost output is said once on stderr too (its `warning` record goes to the other sinks)
+        if ev.kind == "failed":
+            sys.stderr.write(f"{PROG}: error: {ev.message}\n")
+            sys.stderr.flush()
+
+    analyzer.on_sink_event = on_sink_event
 
     interrupts = [0]
 
@@ -215,9 +225,24 @@ def run_stream(argv: list[str]) -> int:
         pipeline.close()
         for s in sinks + ([features_out] if features_out else []):
             s.close()
-    if end.get("reason") == "error":
+        if analyzer.sinks_closed and "stdout" in analyzer.sinks_closed:
+            _quiet_stdout()
+    # exit status: 1 when the stream failed or an asked-for output was lost to a write error;
+    # 0 otherwise, also when stdout's reader went away (`cer-stream ... | head -1`)
+    if end.get("reason") == "error" or analyzer.sinks_failed:
         return 1
     return 0
+
+
+def _quiet_stdout() -> None:
+    """stdout's reader is gone: point stdout at /dev/null so that nothing at exit reports a
+    broken pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 # --------------------------------------------------------------------------- images
@@ -301,6 +326,10 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     from stream.core.logs import LEVELS, setup_logging, silence_native
 
+    if argv is None:  # our own command line may hold an RTSP password: `ps` shows *** instead
+        from stream.core.redact import redact_process_args
+
+        redact_process_args()
     argv = list(sys.argv[1:] if argv is None else argv)
     # native libraries (MediaPipe/absl, TFLite, ONNX Runtime, CTranslate2) are quieted per
     # library, before any of them is imported; CER_STREAM_NATIVE_LOGS=1 keeps their lines

@@ -54,7 +54,7 @@ from stream.runtime.scheduler import (  # noqa: F401
 )
 from stream.runtime.stats import RunStats
 from stream.runtime.timeline import FrameRow, Timeline
-from stream.sinks.outputs import Sink
+from stream.sinks.outputs import CLOSE_TIMEOUT_S, Sink, SinkEvent, SinkSet
 
 #: File mode: how much audio after a window is handed to the modalities with it (``shared["audio_ahead"]``).
 AUDIO_AHEAD_S = 4.0
@@ -111,20 +111,84 @@ class Analyzer:
         self.stats = RunStats()
         self.capture: Capture | None = None
         self.warnings: list[str] = []
+        # each sink behind its own queue and writer thread for the run (stream.sinks.outputs)
+        self._outputs: SinkSet | None = None
+        self._features: SinkSet | None = None
+        self._finished_sets: list[SinkSet] = []  # the last run's, for its summary after the run
+        self._emit_lock = threading.RLock()
+        self._flush_on_stop = True
+        #: called (on the analysis thread) for each sink event: dropping, failed, closed
+        self.on_sink_event: Callable[[SinkEvent], None] | None = None
 
     # ------------------------------------------------------------------ output
-    def emit(self, record: Record | dict) -> None:
+    def emit(self, record: Record | dict, *, exclude: str | None = None, timeout: float | None = None) -> None:
+        """Send a record to every sink (``exclude``: but that one) and the record hooks.  Safe
+        from any thread: each record is queued whole, in the same order for every sink."""
         d = record if isinstance(record, dict) else record.to_dict()
-        for s in self.sinks:
-            s.write(d)
-        if not isinstance(record, dict):
-            if self.on_record is not None:
-                self.on_record(record)
-            self.observers.record(record)
+        with self._emit_lock:
+            if self._outputs is not None:
+                self._outputs.put(d, exclude=exclude, timeout=timeout)
+            else:  # outside a run: written directly
+                for s in self.sinks:
+                    if getattr(s, "name", None) != exclude or exclude is None:
+                        s.write(d)
+            if not isinstance(record, dict):
+                if self.on_record is not None:
+                    self.on_record(record)
+                self.observers.record(record)
 
     def _deliver_log(self) -> None:
+        self._poll_sinks()
         if self._log_records is not None:
             self._log_records.deliver(lambda msg, name: self.warn(msg, **warning_fields(name)))
+
+    def _poll_sinks(self) -> None:
+        """Sink events become `warning` records on the other sinks; a required sink (stdout)
+        whose reader went away stops the run, without analysing its buffered windows."""
+        events = [
+            *(self._outputs.events() if self._outputs is not None else []),
+            *(self._features.events() if self._features is not None else []),
+        ]
+        for ev in events:
+            message = redact(ev.message)
+            self.warnings.append(message)
+            self.emit(WarningRecord(message, sink=ev.sink), exclude=ev.sink)
+            if self.on_sink_event is not None:
+                self.on_sink_event(ev)
+            if ev.kind == "closed" and ev.required:
+                self.stop(flush=False)
+
+    @property
+    def sink_summary(self) -> dict[str, dict[str, Any]]:
+        """Per sink: ``written``, ``dropped``, ``error`` (the end record's ``sinks``)."""
+        out: dict[str, dict[str, Any]] = {}
+        for ss in self._sink_sets:
+            out.update(ss.summary())
+        return out
+
+    @property
+    def _sink_sets(self) -> list[SinkSet]:
+        current = [ss for ss in (self._outputs, self._features) if ss is not None]
+        return current or self._finished_sets
+
+    @property
+    def sinks_failed(self) -> list[str]:
+        """Sinks a write error stopped during the last run."""
+        return [n for ss in self._sink_sets for n in ss.failed]
+
+    @property
+    def sinks_closed(self) -> list[str]:
+        """Sinks whose reader went away during the last run (stdout: the run stopped)."""
+        return [n for ss in self._sink_sets for n in ss.closed]
+
+    def _finish_sinks(self, *, force: bool = False) -> None:
+        sets = [ss for ss in (self._outputs, self._features) if ss is not None]
+        for ss in sets:
+            ss.finish(CLOSE_TIMEOUT_S, force=force)
+        self._finished_sets = sets
+        with self._emit_lock:
+            self._outputs = None
+        self._features = None
 
     def warn(self, message: str, **extra) -> None:
         message = redact(message)
@@ -146,13 +210,28 @@ class Analyzer:
     def _procs(self) -> list[CaptureProcess]:
         return list(getattr(self.capture, "procs", []))
 
-    def stop(self) -> None:
-        """Ask the run to end: capture stops, buffered windows are flushed."""
+    def stop(self, *, flush: bool = True) -> None:
+        """Ask the run to end: capture stops, buffered windows are flushed (``flush=False``:
+        left unanalysed, e.g. when stdout's reader went away)."""
+        if not flush:
+            self._flush_on_stop = False
         self.stop_event.set()
 
     def run(self) -> dict:
         """Analyse the source to its end (or until :meth:`stop`); returns the end record's JSON."""
         self._load_modalities()
+        block = not self.live  # a file run is lossless: a slow sink holds it back; a live run drops
+        self._outputs = SinkSet(self.sinks, block=block)
+        self._features = SinkSet([self.features_out], block=block) if self.features_out is not None else None
+        try:
+            end = self._run()
+        except BaseException:  # no end record: the writers are not waited for
+            self._finish_sinks(force=True)
+            raise
+        self._finish_sinks()
+        return end
+
+    def _run(self) -> dict:
         self.capture = capture = open_capture(
             self.source,
             live=self.live,
@@ -259,7 +338,7 @@ class Analyzer:
                 if stopping:
                     assert self.capture is not None  # set by run() before the loop starts
                     self.capture.stop_sources()
-                for tail in scheduler.tail(duration):
+                for tail in scheduler.tail(duration) if self._flush_on_stop or not stopping else []:
                     self._window(tail, fps, frames, audio, state, face_step, timeline, total_frames)
                 rows = timeline.finalize(total_frames if total_frames is not None else timeline.pending())
                 self._emit_frames(rows, final=True)
@@ -283,7 +362,13 @@ class Analyzer:
             drops=self._drops(frames, audio, state),
             warnings=len(self.warnings),
         )
-        self.emit(end)
+        for ss in self._sink_sets:  # the counts below are then final for the records so far
+            ss.drain(CLOSE_TIMEOUT_S)
+        self._poll_sinks()
+        end.warnings = len(self.warnings)
+        end.sinks = self.sink_summary  # before the end record itself
+        # a live run's sinks get a moment to take the end record before it counts as dropped
+        self.emit(end, timeout=CLOSE_TIMEOUT_S)
         return end.to_dict()
 
     def _drops(self, frames: FrameRing, audio: AudioRing, state: SourceState) -> dict:
@@ -350,7 +435,8 @@ class Analyzer:
         self.stats.windows += 1
         self.emit(rec)
         if self.features_out is not None:
-            self.features_out.write(
+            assert self._features is not None  # made by run() with features_out
+            self._features.put(
                 {
                     "type": "window",
                     "video": self.source.name,
@@ -372,7 +458,8 @@ class Analyzer:
             )
         # frames before the next window's start are final; the rest stay provisional
         cut = final_before(w)
-        self._emit_frames(timeline.finalize(int(cut * fps + 1e-6)), final=True)
+        before = int(cut * fps + 1e-6)  # never past the stream's last frame (short clips)
+        self._emit_frames(timeline.finalize(min(before, total) if total is not None else before), final=True)
         self._emit_frames(timeline.provisional(w.frame_range(fps, total)), final=False)
         frames.release_before(cut)
         audio.release_before(cut)

@@ -116,6 +116,7 @@ class WarningRecord(Record):
     message: str
     stream: str | None = None
     modality: str | None = None
+    sink: str | None = None  # an output that drops records, failed or went away
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type, "message": self.message}
@@ -123,6 +124,8 @@ class WarningRecord(Record):
             out["stream"] = self.stream
         if self.modality is not None:
             out["modality"] = self.modality
+        if self.sink is not None:
+            out["sink"] = self.sink
         return out
 
 
@@ -140,6 +143,9 @@ class EndRecord(Record):
     latency_ms: dict[str, float] | None
     drops: dict[str, float]
     warnings: int
+    #: per output (``stdout``, ``out``, ``publish``, ``csv``, ``dump-features``): ``written``,
+    #: ``dropped``, ``error`` (null, or why it stopped), counted before the end record itself
+    sinks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 AnyRecord = StartRecord | WindowRecord | FramesRecord | WarningRecord | EndRecord
