@@ -1227,11 +1227,10 @@ def parse_args(argv):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from stream.cli.main import silence_native_stderr
+    from stream.core.logs import setup_logging, silence_native
 
-    silence_native_stderr()  # MediaPipe/TFLite write to fd 2; our own messages still reach stderr
+    silence_native()  # MediaPipe/TFLite/ORT quieted per library, as the command line does
+    setup_logging("error")  # warnings become the runs' warning records, as in a stream run
     log(f"loading models (backend {args.backend})")
     probe = FaceProbe()
     try:
