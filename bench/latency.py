@@ -376,17 +376,11 @@ def build_pipeline(args, observers: list) -> tuple[object, dict]:
     """The command line's pipeline (``stream.Pipeline`` with its default options, or the face
     modality alone with --face-only) for --profile, --face-model, --backend, --device and
     --face-weights, so the benchmark runs what ``cer-stream`` runs."""
-    from stream import FaceOptions, Pipeline, PipelineOptions, RuntimeOptions
+    from stream import Pipeline, PipelineOptions, RuntimeOptions
+    from stream.cli.flags import face_options
 
     options = PipelineOptions(
-        face=FaceOptions(
-            profile=args.profile,
-            model=args.face_model,
-            detector=args.face_detector,
-            weights=args.face_weights,
-            backend=args.backend,
-            device=args.device,
-        ),
+        face=face_options(args),  # the same mapping of the model flags as cer-stream's
         runtime=RuntimeOptions(realtime=args.realtime, max_side=args.max_side, progress=False),
         modalities=["face"] if args.face_only else PipelineOptions().modalities,
         observers=observers,

@@ -22,7 +22,7 @@ import numpy as np
 
 from stream.core.messages import VideoFrame
 from stream.core.windows import Window
-from stream.modalities.face import FaceResult, l2_normalise, window_face_probs
+from stream.modalities.face import FaceResult, face_absence_reason, l2_normalise, window_face_probs
 
 
 @dataclass
@@ -74,14 +74,7 @@ class FaceModality:
         probs, n_face = window_face_probs(inp.faces)
         info: dict[str, Any] = {"frames": len(inp.faces), "frames_with_face": n_face}
         if probs is None:
-            reason = (
-                "no frames received"
-                if not inp.faces
-                else "no face in the window"
-                if not n_face
-                else "face in too few frames"
-            )
-            return ModalityOutput.absent(reason, **info)
+            return ModalityOutput.absent(face_absence_reason(inp.faces, n_face), **info)
         feature, space = window_face_feature(inp.faces)
         if space is not None:
             info["feature_space"] = space

@@ -82,6 +82,37 @@ class FaceDetectorLike(Protocol):
     def close(self) -> None: ...
 
 
+class SteadyTarget:
+    """The remembered validated face of a detector: a box that overlaps it (IoU >= ``iou_min``)
+    may skip landmark validation until ``every`` frames have passed since the last real check.
+    Shared by :class:`FaceDetector` and ``stream.modalities.landmarker.TaskFaceDetector``."""
+
+    def __init__(self, *, iou_min: float, every: int) -> None:
+        self.iou_min = iou_min
+        self.every = every
+        self.box: tuple[float, ...] | None = None
+        self.since_check = 0
+
+    def skip(self, box: tuple[float, ...]) -> bool:
+        """True (and ``box`` becomes the remembered one) when ``box`` needs no check now."""
+        if self.box is None or self.since_check >= self.every - 1 or iou(box, self.box) < self.iou_min:
+            return False
+        self.since_check += 1
+        self.box = box
+        return True
+
+    def checked(self, box: tuple[float, ...], ok: bool) -> None:
+        """Record a real check of ``box``: remembered when it passed; the remembered face is
+        forgotten when a box over it failed."""
+        if ok:
+            self.box, self.since_check = box, 0
+        elif self.box is not None and iou(box, self.box) >= self.iou_min:
+            self.box = None
+
+    def reset(self) -> None:
+        self.box, self.since_check = None, 0
+
+
 class FaceDetector:
     """MediaPipe BlazeFace detection, validated by FaceMesh landmarks.
 
@@ -128,8 +159,7 @@ class FaceDetector:
             else None
         )
         self.validate_every_frame = validate_every_frame
-        self._valid_box: tuple[float, ...] | None = None
-        self._since_check = 0
+        self._steady = SteadyTarget(iou_min=self.REVALIDATE_IOU, every=self.REVALIDATE_EVERY)
         self.counts = {"detect_short": 0, "detect_full": 0, "validate": 0, "validate_skipped": 0}
 
     def _detect_with(self, sel: int, rgb: np.ndarray) -> list[tuple[tuple[float, float, float, float], float]]:
@@ -161,14 +191,7 @@ class FaceDetector:
         target validated moments ago, see the class notes)."""
         if self._mesh is None:
             return True
-        if (
-            not self.validate_every_frame
-            and self._valid_box is not None
-            and self._since_check < self.REVALIDATE_EVERY - 1
-            and iou(box, self._valid_box) >= self.REVALIDATE_IOU
-        ):
-            self._since_check += 1
-            self._valid_box = box
+        if not self.validate_every_frame and self._steady.skip(box):
             self.counts["validate_skipped"] += 1
             return True
         h, w = rgb.shape[:2]
@@ -176,14 +199,11 @@ class FaceDetector:
         crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
         self.counts["validate"] += 1
         ok = crop.size > 0 and bool(self._mesh.process(crop).multi_face_landmarks)
-        if ok:
-            self._valid_box, self._since_check = box, 0
-        elif self._valid_box is not None and iou(box, self._valid_box) >= self.REVALIDATE_IOU:
-            self._valid_box = None  # the remembered face failed its re-check
+        self._steady.checked(box, ok)
         return ok
 
     def reset_states(self) -> None:
-        self._valid_box, self._since_check = None, 0
+        self._steady.reset()
 
     def close(self) -> None:
         for det in self._dets.values():
@@ -524,6 +544,13 @@ class FaceCache:
             del self.items[k]
 
 
+def face_absence_reason(faces: list[FaceResult], n_face: int) -> str:
+    """Why a window has no face prediction: no frames, no face, or a face in too few frames."""
+    if not faces:
+        return "no frames received"
+    return "no face in the window" if not n_face else "face in too few frames"
+
+
 def window_face_probs(
     results: list[FaceResult], *, min_fraction: float = MIN_FACE_FRACTION
 ) -> tuple[np.ndarray | None, int]:
@@ -557,6 +584,8 @@ __all__ = [
     "FaceDetectorLike",
     "FaceResult",
     "EmotionModel",
+    "SteadyTarget",
+    "face_absence_reason",
     "EnsembleModel",
     "l2_normalise",
     "load_face_model",

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from stream.core.labels import BASIC
-from stream.modalities.face import MIN_DETECTION, expand_box, iou
+from stream.modalities.face import MIN_DETECTION, SteadyTarget, expand_box
 
 #: Registry name of the task file.
 REGISTRY_NAME = "mediapipe-face-landmarker"
@@ -123,8 +123,7 @@ class TaskFaceDetector:
         )
         self._validate = validate
         self.validate_every_frame = validate_every_frame
-        self._valid_box: Box | None = None
-        self._since_check = 0
+        self._steady = SteadyTarget(iou_min=self.REVALIDATE_IOU, every=self.REVALIDATE_EVERY)
         #: The last face that validated by running the landmarker (None after a failed check).
         self.last_box: Box | None = None
         self.last_blendshapes: dict[str, float] | None = None
@@ -176,32 +175,22 @@ class TaskFaceDetector:
         ``box`` is the target validated moments ago; see the module notes)."""
         if not self._validate and not self.blendshapes:
             return True
-        if (
-            self._validate
-            and not self.blendshapes
-            and not self.validate_every_frame
-            and self._valid_box is not None
-            and self._since_check < self.REVALIDATE_EVERY - 1
-            and iou(box, self._valid_box) >= self.REVALIDATE_IOU
-        ):
-            self._since_check += 1
-            self._valid_box = box
+        if self._validate and not self.blendshapes and not self.validate_every_frame and self._steady.skip(box):
             self.counts["validate_skipped"] += 1
             return True
         self.counts["validate"] += 1
         found = self.landmarks(rgb, box)
         if found is None:
             self.last_box = self.last_blendshapes = self.last_landmarks = None
-            if self._valid_box is not None and iou(box, self._valid_box) >= self.REVALIDATE_IOU:
-                self._valid_box = None  # the remembered face failed its re-check
+            self._steady.checked(box, False)
             return not self._validate  # blendshapes only: a box without landmarks still counts
         self.last_blendshapes, self.last_landmarks = found
         self.last_box = box
-        self._valid_box, self._since_check = box, 0
+        self._steady.checked(box, True)
         return True
 
     def reset_states(self) -> None:
-        self._valid_box, self._since_check = None, 0
+        self._steady.reset()
         self.last_box = self.last_blendshapes = self.last_landmarks = None
 
     def close(self) -> None:

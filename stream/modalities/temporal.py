@@ -40,7 +40,7 @@ import numpy as np
 from stream.core.labels import FER_MINI_XCEPTION, basic_name, to_basic
 from stream.core.windows import FRAMES_PER_WINDOW
 from stream.modalities.base import ModalityOutput, WindowInput
-from stream.modalities.face import FaceResult
+from stream.modalities.face import FaceResult, face_absence_reason
 
 FORMAT = "cer-stream-temporal"
 FORMAT_VERSION = 1
@@ -206,14 +206,7 @@ class TemporalModality:
             face_seq, n_face = face_sequence(inp.faces, length=m.seq_len, min_fraction=self.min_fraction)
             info["frames_with_face"] = n_face
             if face_seq is None:
-                reason = (
-                    "no frames received"
-                    if not inp.faces
-                    else "no face in the window"
-                    if not n_face
-                    else "face in too few frames"
-                )
-                return ModalityOutput.absent(reason, **info)
+                return ModalityOutput.absent(face_absence_reason(inp.faces, n_face), **info)
             seq = face_seq
         probs, emb = m(seq)
         return ModalityOutput(probs, emb, info)
