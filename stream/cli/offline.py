@@ -2,7 +2,8 @@
 
 ``calibrate`` and ``eval`` (:mod:`stream.offline.calibrate`), ``train-temporal``
 (:mod:`stream.offline.temporal_train`), ``temporal-features`` (:mod:`stream.offline.temporal_data`),
-``train-head`` and ``text`` (:mod:`stream.modalities.speech.texthead`): for each, ``*_parser()``
+``train-head`` and ``text`` (:mod:`stream.modalities.speech.texthead`), ``plot``
+(:mod:`stream.offline.plot`): for each, ``*_parser()``
 declares the flags, ``*_options(args)`` turns parsed flags into the typed options and
 ``*_main(argv)`` runs the library function and turns its one-line errors into exit statuses.
 The library modules (and their heavy imports) load only when a command is used.
@@ -14,13 +15,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 from stream.cli.main import PROG, fail
 
 if TYPE_CHECKING:
     from stream.modalities.speech.texthead import TextClassifyOptions, TrainHeadOptions
     from stream.offline.calibrate import CalibrateOptions, EvalOptions
+    from stream.offline.plot import PlotOptions
     from stream.offline.temporal_data import TemporalFeaturesOptions
     from stream.offline.temporal_train import TrainTemporalOptions
 
@@ -432,6 +434,65 @@ def text_main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None,
         return 2
 
 
+# --------------------------------------------------------------------------- plot
+def plot_parser() -> argparse.ArgumentParser:
+    """Flags of ``cer-stream plot``."""
+    from stream.offline.plot import DEFAULT_DPI, DEFAULT_WIDTH_IN
+
+    p = argparse.ArgumentParser(
+        prog=f"{PROG} plot",
+        description="Draw a run's records (JSON lines) as one timeline picture: compound probabilities of the "
+        "final frames, basic probabilities per window, a lane per modality, gaps and missing windows shaded.",
+    )
+    p.add_argument("run", metavar="RUN.jsonl", help="a run's records (--out FILE, or stdout saved); - reads stdin")
+    p.add_argument("-o", "--out", required=True, type=Path, metavar="PNG", help="the picture to write")
+    p.add_argument(
+        "--width", type=float, default=DEFAULT_WIDTH_IN, metavar="IN", help="width in inches (default %(default)s)"
+    )
+    p.add_argument(
+        "--height", type=float, default=None, metavar="IN", help="height in inches (default: grows with the modalities)"
+    )
+    p.add_argument("--dpi", type=int, default=DEFAULT_DPI, help="pixels per inch (default %(default)s)")
+    p.add_argument("--from", dest="start", type=float, metavar="S", help="zoom: first media second shown")
+    p.add_argument("--to", dest="end", type=float, metavar="S", help="zoom: last media second shown")
+    return p
+
+
+def plot_options(args: argparse.Namespace) -> PlotOptions:
+    """``ValueError`` (one line) on a bad size or time range."""
+    from stream.offline.plot import PlotOptions
+
+    return PlotOptions(width=args.width, height=args.height, dpi=args.dpi, start=args.start, end=args.end)
+
+
+def plot_main(argv: Sequence[str] | None = None, *, stdin: BinaryIO | None = None) -> int:
+    """``cer-stream plot RUN.jsonl -o PNG``; exit status 2 on bad input (one line on stderr), a
+    last line cut short is a warning."""
+    from stream.offline.plot import PlotError, PlotWriteError, load_records, plot_run, require_matplotlib
+
+    args = plot_parser().parse_args(argv)
+    try:
+        options = plot_options(args)
+        require_matplotlib()
+    except (ValueError, PlotError) as exc:
+        return fail(str(exc))
+    name = "stdin" if args.run == "-" else args.run
+    try:
+        loaded = load_records((stdin or sys.stdin.buffer) if args.run == "-" else Path(args.run))
+    except PlotError as exc:
+        return fail(f"{name}: {exc}")
+    for warning in loaded.warnings:
+        sys.stderr.write(f"{PROG}: warning [plot] {name}: {warning}\n")
+    try:
+        plot_run(loaded.records, args.out, options=options)
+    except PlotWriteError as exc:
+        return fail(str(exc))
+    except PlotError as exc:
+        where = f"line {loaded.lines[exc.record]}: " if exc.record is not None else ""
+        return fail(f"{name}: {where}{exc}")
+    return 0
+
+
 __all__ = [
     "calibrate_main",
     "calibrate_options",
@@ -439,6 +500,9 @@ __all__ = [
     "eval_main",
     "eval_options",
     "eval_parser",
+    "plot_main",
+    "plot_options",
+    "plot_parser",
     "temporal_features_main",
     "temporal_features_options",
     "temporal_features_parser",
