@@ -10,6 +10,9 @@ environment does not see.  Typical use::
         pytest.skip(reason)
     with serve_rtsp(Path("samples/astronaut.mp4")) as url:
         container = av.open(url, options={"rtsp_transport": "tcp"}, timeout=10.0)
+
+A server that a test stops, kills, freezes and starts again on the same port is an
+:class:`RtspServer`; ``tests/faults.py`` has the network faults (a stalling proxy).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import signal
 import subprocess
 import tempfile
 import threading
@@ -26,7 +30,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import IO
 
-__all__ = ["SERVER_SCRIPT", "SYSTEM_PYTHON", "rtsp_available", "serve_rtsp"]
+__all__ = ["SERVER_SCRIPT", "SYSTEM_PYTHON", "RtspServer", "rtsp_available", "serve_rtsp"]
 
 #: Interpreter that has the GObject / GStreamer bindings (python3-gi).
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -81,14 +85,247 @@ def _pump_lines(stream: IO[str], lines: queue.Queue[str | None]) -> None:
 
 
 def _stop(proc: subprocess.Popen[str], grace_s: float = 5.0) -> None:
-    """Terminate ``proc`` (SIGTERM), kill it if it lingers, and reap it."""
+    """Terminate ``proc`` (SIGTERM; SIGCONT too, in case it is stopped), kill it if it
+    lingers, and reap it."""
     if proc.poll() is None:
         proc.terminate()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGCONT)  # a stopped process acts on SIGTERM only once continued
         try:
             proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=grace_s)
+
+
+#: What ``rtsp_server.py`` prints when it cannot bind its port.
+_BIND_FAILED = "cannot listen on"
+
+
+class RtspServer:
+    """An RTSP server on 127.0.0.1 that a test can stop, kill, freeze and start again on the
+    same port, so a client can lose it and find it again at the same URL.
+
+    The first :meth:`start` binds the port given (default 0: the OS picks a free one); every
+    later start binds the port the first one got.  ``rtsp_server.py`` binds with
+    ``SO_REUSEADDR`` (GStreamer's RTSP server asks for it), so a restart right after
+    :meth:`kill` works even while the old connections linger in TIME_WAIT; if the port is
+    still busy anyway, :meth:`start` retries for ``bind_retry_s`` seconds.  Each start is a
+    new server process: every connection streams the clip from its beginning (see
+    ``rtsp_server.py``).  Typical use::
+
+        with RtspServer(clip) as server:        # start() ... stop()
+            client_reads(server.url)
+            server.kill()                       # SIGKILL: the clients' connections break
+            server.start()                      # same port, same URL
+            server.pause(); server.resume()     # SIGSTOP / SIGCONT: open sockets, no data
+
+    Args:
+        clip: H.264 (+AAC) MP4 file to serve.
+        no_audio: Serve the video track only; required for a clip without audio.
+        path: Mount path of the stream.
+        port: Port for the first start (0: any free port).
+        ready_timeout: Seconds to wait for each start's READY line.
+        bind_retry_s: How long a start keeps retrying when the port is still in use.
+
+    Raises:
+        FileNotFoundError: If ``clip`` does not exist.
+    """
+
+    def __init__(
+        self,
+        clip: Path,
+        *,
+        no_audio: bool = False,
+        path: str = "/sample",
+        port: int = 0,
+        ready_timeout: float = 15.0,
+        bind_retry_s: float = 5.0,
+    ) -> None:
+        self.clip = Path(clip).resolve()
+        if not self.clip.is_file():
+            raise FileNotFoundError(self.clip)
+        self.no_audio = no_audio
+        self.path = path
+        self.ready_timeout = ready_timeout
+        self.bind_retry_s = bind_retry_s
+        self._port = port
+        self._url: str | None = None
+        self._proc: subprocess.Popen[str] | None = None
+        self._pump: threading.Thread | None = None
+        self._errlog: IO[str] | None = None
+        #: Number of successful starts so far.
+        self.starts = 0
+
+    # ---- state
+    @property
+    def url(self) -> str:
+        """``rtsp://127.0.0.1:PORT/PATH``, known once the server has started (the same after a restart)."""
+        if self._url is None:
+            raise RuntimeError("RtspServer has not been started")
+        return self._url
+
+    @property
+    def port(self) -> int:
+        """The port bound (0 before the first start when the OS is to pick it)."""
+        return self._port
+
+    @property
+    def pid(self) -> int | None:
+        """The running server process's pid, or None."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        """Whether a server process is alive (a paused one included)."""
+        return self._proc is not None and self._proc.poll() is None
+
+    # ---- control
+    def start(self) -> str:
+        """Start the server (on the first start's port when restarting) and return its URL.
+
+        Raises:
+            RuntimeError: If it is already running, or exits or is not ready in time; the
+                message includes what the server wrote to stderr.
+        """
+        if self.running:
+            raise RuntimeError("RtspServer is already running")
+        self._reap()
+        deadline = time.monotonic() + self.bind_retry_s
+        while True:
+            try:
+                url = self._start_once()
+            except _BindError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
+                continue
+            break
+        if self._port == 0:
+            self._port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+        self._url = url
+        self.starts += 1
+        return url
+
+    def stop(self) -> None:
+        """Stop the server cleanly (SIGTERM): it closes its clients' sessions first."""
+        if self._proc is not None:
+            _stop(self._proc)
+        self._reap()
+
+    def kill(self) -> None:
+        """Kill the server (SIGKILL), as a crash or a power cut would: no goodbye to the
+        clients, whose TCP connections are closed (or reset) by the kernel."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(timeout=10.0)
+        self._reap()
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open, nothing is sent or answered."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused server go on (SIGCONT)."""
+        self._signal(signal.SIGCONT)
+
+    def restart(self, down_s: float = 0.0, *, kill: bool = True) -> str:
+        """:meth:`kill` (or :meth:`stop`), wait ``down_s`` seconds, :meth:`start`; returns the URL."""
+        if kill:
+            self.kill()
+        else:
+            self.stop()
+        if down_s > 0:
+            time.sleep(down_s)
+        return self.start()
+
+    def stderr_text(self) -> str:
+        """What the current (or last) server process wrote to stderr."""
+        if self._errlog is None or self._errlog.closed:
+            return ""
+        self._errlog.flush()
+        self._errlog.seek(0)
+        return self._errlog.read()
+
+    def __enter__(self) -> RtspServer:
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- internals
+    def _signal(self, signum: int) -> None:
+        if not self.running or self._proc is None:
+            raise RuntimeError("RtspServer is not running")
+        os.kill(self._proc.pid, signum)
+
+    def _command(self) -> list[str]:
+        cmd = [SYSTEM_PYTHON, str(SERVER_SCRIPT), "--port", str(self._port), "--path", self.path]
+        cmd += ["--file", str(self.clip)]
+        if self.no_audio:
+            cmd.append("--no-audio")
+        return cmd
+
+    def _reap(self) -> None:
+        """Forget a finished server process: join its stdout pump, close its pipe."""
+        proc = self._proc
+        if proc is None or proc.poll() is None:
+            return
+        if self._pump is not None:
+            self._pump.join(timeout=5.0)  # the pipe reaches EOF once the server is gone
+        if proc.stdout is not None:
+            proc.stdout.close()
+        self._proc = None
+        self._pump = None
+
+    def _start_once(self) -> str:
+        cmd = self._command()
+        if self._errlog is not None:
+            self._errlog.close()
+        # stderr goes to a file, not a pipe, so a chatty server can never block on it.
+        self._errlog = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._errlog,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+        )
+        assert proc.stdout is not None
+        self._proc = proc
+        lines: queue.Queue[str | None] = queue.Queue()
+        self._pump = threading.Thread(target=_pump_lines, args=(proc.stdout, lines), daemon=True)
+        self._pump.start()
+
+        def fail(why: str) -> RuntimeError:
+            """Stop the server and build an error carrying its stderr."""
+            _stop(proc)
+            self._reap()
+            err = self.stderr_text().strip() or "(no stderr output)"
+            kind = _BindError if _BIND_FAILED in err else RuntimeError
+            return kind(f"RTSP server {why}: {' '.join(cmd)}\n--- server stderr ---\n{err}")
+
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise fail(f"not ready within {self.ready_timeout:g} s")
+            try:
+                line = lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise fail(f"exited before READY (exit status {proc.wait()})")
+            if line.startswith("READY "):
+                return line.split(maxsplit=1)[1].strip()
+
+
+class _BindError(RuntimeError):
+    """The server could not bind its port (still in use)."""
 
 
 @contextlib.contextmanager
@@ -105,6 +342,7 @@ def serve_rtsp(
     (no race between choosing a port and binding it); the URL from its READY
     line, ``rtsp://127.0.0.1:PORT/sample``, is yielded.  Every connection to
     it streams the clip from the start in real time (see ``rtsp_server.py``).
+    For a server a test stops and starts again, use :class:`RtspServer`.
 
     Args:
         clip: H.264 (+AAC) MP4 file to serve.
@@ -117,53 +355,5 @@ def serve_rtsp(
         RuntimeError: If the server exits or is not ready in time; the message
             includes what the server wrote to stderr.
     """
-    clip = Path(clip).resolve()
-    if not clip.is_file():
-        raise FileNotFoundError(clip)
-    cmd = [SYSTEM_PYTHON, str(SERVER_SCRIPT), "--port", "0", "--path", path, "--file", str(clip)]
-    if no_audio:
-        cmd.append("--no-audio")
-
-    with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as errlog:
-        # stderr goes to a file, not a pipe, so a chatty server can never block on it.
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=errlog,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-        )
-        assert proc.stdout is not None
-        lines: queue.Queue[str | None] = queue.Queue()
-        pump = threading.Thread(target=_pump_lines, args=(proc.stdout, lines), daemon=True)
-        pump.start()
-
-        def fail(why: str) -> RuntimeError:
-            """Stop the server and build an error carrying its stderr."""
-            _stop(proc)
-            errlog.seek(0)
-            err = errlog.read().strip() or "(no stderr output)"
-            return RuntimeError(f"RTSP server {why}: {' '.join(cmd)}\n--- server stderr ---\n{err}")
-
-        try:
-            url = None
-            deadline = time.monotonic() + timeout
-            while url is None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise fail(f"not ready within {timeout:g} s")
-                try:
-                    line = lines.get(timeout=remaining)
-                except queue.Empty:
-                    continue
-                if line is None:
-                    raise fail(f"exited before READY (exit status {proc.wait()})")
-                if line.startswith("READY "):
-                    url = line.split(maxsplit=1)[1].strip()
-            yield url
-        finally:
-            _stop(proc)
-            pump.join(timeout=5.0)  # the pipe reaches EOF once the server is gone
-            proc.stdout.close()
+    with RtspServer(clip, no_audio=no_audio, path=path, ready_timeout=timeout, bind_retry_s=0.0) as server:
+        yield server.url

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.skipif(not ok, reason=f"GStreamer RTSP server unavailab
 
 def test_rtsp_stream_end_to_end(sample):
     with serve_rtsp(sample) as url:
-        proc = cer_stream("--rtsp", url, "--timeout", "10", timeout=120)
+        proc = cer_stream("--rtsp", url, "--timeout", "10", "--reconnect", "off", timeout=120)
     assert proc.returncode == 0, proc.stderr
     recs = records(proc.stdout)
     start, end = recs[0], recs[-1]
@@ -27,7 +27,7 @@ def test_rtsp_stream_end_to_end(sample):
 
 def test_rtsp_video_only_stream(video_only):
     with serve_rtsp(video_only, no_audio=True) as url:
-        proc = cer_stream("--rtsp", url, timeout=90)
+        proc = cer_stream("--rtsp", url, "--reconnect", "off", timeout=90)
     assert proc.returncode == 0, proc.stderr
     recs = records(proc.stdout)
     assert recs[0]["audio"] is False
@@ -78,7 +78,7 @@ def _watch_for_secret(url: str, secret: str, env: dict | None = None):
     import time
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stream.cli", "--rtsp", url, "--timeout", "10"],
+        [sys.executable, "-m", "stream.cli", "--rtsp", url, "--timeout", "10", "--reconnect", "off"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -12,9 +12,15 @@ def main(argv: list[str] | None = None) -> int:
         from stream.core.redact import redact_process_args
 
         redact_process_args()
-    from stream.cli.main import main as run
+    try:
+        from stream.cli.main import main as run
 
-    return run(argv)
+        return run(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the run's own handler is in place (imports, model loading)
+        import sys
+
+        sys.stderr.write("cer-stream: interrupted\n")
+        return 130
 
 
 __all__ = ["main"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from stream.io.reconnect import parse_policy
 from stream.runtime.options import (
     AudioOptions,
     ClipOptions,
@@ -321,6 +322,7 @@ def pipeline_options(args: argparse.Namespace, *, progress: bool = False) -> Pip
             max_side=args.max_side,
             open_timeout_s=args.timeout,
             read_timeout_s=args.timeout,
+            reconnect=parse_policy(args.reconnect, max_delay_s=args.reconnect_max_delay, wait_at_start=args.wait),
             emit_frames=not args.no_frames,
             progress=progress,
         ),

@@ -107,7 +107,27 @@ def run_parser() -> argparse.ArgumentParser:
         type=float,
         default=10.0,
         metavar="S",
-        help="seconds to wait when opening or reading a network/camera source (default 10)",
+        help="seconds to wait when opening or reading a network/camera source (default 10); a live "
+        "source with no data for this long counts as lost",
+    )
+    p.add_argument(
+        "--reconnect",
+        default="forever",
+        metavar="POLICY",
+        help="RTSP/camera: reopen a source that ends, fails or stalls: forever (default), off (the run "
+        "ends with the source), or a number of attempts in a row before giving up (exit status 1)",
+    )
+    p.add_argument(
+        "--reconnect-max-delay",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="longest wait between two reopen attempts (exponential backoff with jitter; default 30)",
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="RTSP/camera: a source that is down at start is retried under --reconnect instead of failing",
     )
     add_model_args(p)
     add_clip_args(p)
@@ -228,9 +248,10 @@ def run_stream(argv: list[str]) -> int:
             s.close()
         if analyzer.sinks_closed and "stdout" in analyzer.sinks_closed:
             _quiet_stdout()
-    # exit status: 1 when the stream failed or an asked-for output was lost to a write error;
+    # exit status: 1 when the stream failed (or a live source was lost for good) or an asked-for
+    # output was lost to a write error;
     # 0 otherwise, also when stdout's reader went away (`cer-stream ... | head -1`)
-    if end.get("reason") == "error" or analyzer.sinks_failed:
+    if end.get("reason") in ("error", "source_lost") or analyzer.sinks_failed:
         return 1
     return 0
 

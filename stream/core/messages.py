@@ -63,8 +63,8 @@ class EndOfStream:
     """The sender has no more items: end of file, or it was asked to stop."""
 
     streams: list[str]
-    reason: str = "eof"  # "eof" | "stopped"
-    frames: int = 0  # frames decoded in all
+    reason: str = "eof"  # "eof" | "stopped" | "source_lost" (a live source the reconnect policy gave up on)
+    frames: int = 0  # frame numbers in all: the last frame's number + 1 (numbers come from timestamps)
     duration: float = 0.0  # media time covered by video, seconds
     sender_drops: dict[str, int] = field(default_factory=dict)
     kind: str = "end"
@@ -80,7 +80,23 @@ class CaptureError:
     kind: str = "error"
 
 
-Item = StreamInfo | VideoFrame | AudioChunk | EndOfStream | CaptureError
+@dataclass(slots=True)
+class Gap:
+    """A live source was lost (``end`` is None) or came back after being lost.
+
+    ``start`` is the media time of the last frame before the gap, ``end`` that of the first
+    frame after it: no frame lies strictly between them.  ``attempts`` counts the reopen
+    attempts it took; ``wall_time`` is the Unix time of the event."""
+
+    start: float
+    end: float | None
+    reason: str
+    attempts: int = 0
+    wall_time: float = 0.0
+    kind: str = "gap"
+
+
+Item = StreamInfo | VideoFrame | AudioChunk | EndOfStream | CaptureError | Gap
 
 
 def now_ns() -> int:
@@ -138,7 +154,7 @@ def decode(parts: list[bytes] | list[Any]) -> Item:
             return AudioChunk(
                 seq=head["seq"], pts=head["pts"], t_capture_ns=head["t"], samples=pcm, sender_drops=head["drops"]
             )
-        cls = {"info": StreamInfo, "end": EndOfStream, "error": CaptureError}[kind]
+        cls = {"info": StreamInfo, "end": EndOfStream, "error": CaptureError, "gap": Gap}[kind]
         return cls(**head)
     except (KeyError, IndexError, TypeError, json.JSONDecodeError) as exc:
         raise ValueError(f"malformed capture message: {exc}") from exc

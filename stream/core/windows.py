@@ -183,24 +183,98 @@ class GridSampler:
         return out
 
 
+#: A frame time this far from where the previous frame leads (either way, seconds) is a
+#: discontinuity in the source's clock, not missing media: media time continues one frame on.
+JUMP_S = 1.0
+#: Frame rates outside this range are not believed (a container's guess gone wrong).
+FPS_RANGE = (1.0, 240.0)
+DEFAULT_FPS = 25.0
+
+
+def sane_fps(*candidates: float | None) -> tuple[float, str | None]:
+    """The first candidate frame rate inside :data:`FPS_RANGE`, else :data:`DEFAULT_FPS`; with a
+    note (one line) when a declared rate was not believed."""
+    declared = [float(c) for c in candidates if c]
+    for fps in declared:
+        if FPS_RANGE[0] <= fps <= FPS_RANGE[1]:
+            return fps, None
+    if declared:
+        return DEFAULT_FPS, (
+            f"the source declares {declared[0]:g} fps, outside {FPS_RANGE[0]:g}-{FPS_RANGE[1]:g}; "
+            f"frame numbers assume {DEFAULT_FPS:g} fps"
+        )
+    return DEFAULT_FPS, None
+
+
 class MediaTime:
-    """Turns a source's frame times into media time: 0 at the first frame, and never
-    going backwards (a timestamp at or before the previous one, e.g. a stream whose
-    clock restarts, continues one frame interval after the previous frame)."""
+    """Turns a source's frame times into media time: 0 at the first frame (or ``start`` after
+    :meth:`restart`), never going backwards.  A timestamp at or before the previous one, or more
+    than :data:`JUMP_S` ahead of it (a clock that restarts or leaps: the media itself is
+    continuous), continues one frame interval after the previous frame; :attr:`jumps` counts
+    them and :attr:`last_jump` says the latest (``(media time, seconds jumped)``)."""
 
     def __init__(self, fps: float) -> None:
         self.period = 1.0 / fps if fps > 0 else 0.04
         self.offset: float | None = None
         self.last: float | None = None
         self.jumps = 0
+        self.last_jump: tuple[float, float] | None = None
+        self._start = 0.0
+
+    def restart(self, start: float) -> None:
+        """A new session of the same source (a reconnect): its first frame is at media time
+        ``start`` (at least one frame after the last)."""
+        self.offset = None
+        self._start = max(start, (self.last + self.period) if self.last is not None else start)
 
     def __call__(self, ft: float) -> float:
-        if self.offset is None:
-            self.offset = -ft
+        if self.offset is None:  # the first frame (of a session) anchors the source's clock
+            self.offset = self._start - ft
+            self.last = self._start
+            return self._start
         t = ft + self.offset
-        if self.last is not None and t <= self.last:
+        if self.last is not None and (t <= self.last or t > self.last + max(JUMP_S, 2 * self.period)):
+            self.last_jump = (self.last, t - self.last - self.period)
             self.offset += self.last + self.period - t
             t = self.last + self.period
             self.jumps += 1
         self.last = t
         return t
+
+    def audio_time(self, ft: float) -> float | None:
+        """Media time of an audio frame stamped ``ft`` on the source's clock (the video's
+        mapping; ``None`` before the first video frame)."""
+        return None if self.offset is None else ft + self.offset
+
+
+class FrameNumbers:
+    """Frame numbers from media time: ``round(t * fps)``, never decreasing.  A constant-rate
+    source numbers its frames 0, 1, 2...; on a variable-rate one a frame number is a time slot
+    of the declared rate (``number / fps`` is the frame's time, within half a slot), so two
+    frames faster than the declared rate may share a slot and a slower stretch skips some."""
+
+    def __init__(self, fps: float) -> None:
+        self.fps = fps
+        self.last = -1
+
+    def __call__(self, t: float) -> int:
+        n = max(int(round(t * self.fps)), self.last, 0)
+        self.last = n
+        return n
+
+    @property
+    def total(self) -> int:
+        """Frame numbers up to the last one used (the last number + 1)."""
+        return self.last + 1
+
+
+def swallowed_windows(last_before: float, first_after: float) -> range:
+    """Indices of the full windows that a gap in the video leaves without a single analysed
+    frame: no frame exists strictly between media times ``last_before`` and ``first_after``,
+    and a grid point is served by a frame within half a grid step of it."""
+    half = 0.5 / SAMPLE_FPS
+    step = 1.0 / SAMPLE_FPS
+    # window k covers grid points 2k .. 2k + 4 - step; none may be within reach of a frame
+    first = math.floor((last_before + half) / HOP_S + 1e-9) + 1  # start > last_before + half
+    last = math.ceil((first_after - half - (WINDOW_S - step)) / HOP_S - 1e-9) - 1  # end - step < first_after - half
+    return range(max(first, 0), max(last + 1, max(first, 0)))

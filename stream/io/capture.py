@@ -30,6 +30,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import random
 import signal
 import sys
 import threading
@@ -42,7 +43,8 @@ import zmq
 
 from stream.core import messages as m
 from stream.core.redact import redact
-from stream.core.windows import GridSampler, MediaTime
+from stream.core.windows import FrameNumbers, GridSampler, MediaTime, sane_fps
+from stream.io.reconnect import OFF, ReconnectPolicy
 
 log = logging.getLogger("cer_stream.capture")
 
@@ -71,6 +73,8 @@ class CaptureConfig:
     extra: dict = field(default_factory=dict)
     #: where the process writes why it failed; default: beside its ipc:// endpoint (see error_path)
     error_file: str | None = None
+    #: live sources only: reopen after an end, failure or stall (stream.io.reconnect)
+    reconnect: ReconnectPolicy = field(default_factory=lambda: OFF)
 
     @property
     def error_path(self) -> str | None:
@@ -262,10 +266,250 @@ def truncation_note(cfg: CaptureConfig, declared: float | None, decoded: float) 
     return f"file ends at {decoded:.1f} s but declares {declared:.1f} s: truncated?"
 
 
-def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: float = 0.0) -> None:
-    """Decode a file/RTSP/camera source and push frames and audio until the end or a stop."""
-    import av
+AUDIO_ANCHOR_TOL_S = 0.1
+"""Audio whose timestamps drift this far from the samples counted since its anchor is
+re-anchored to its timestamps (a gap, a clock jump, a reconnect)."""
 
+
+class _AvReader:
+    """One audio-visual source read across its sessions (a reconnect opens a new one): the
+    5 fps grid, media time, frame numbers and audio timing carry over from session to session,
+    so media time never goes backwards and the grid never serves a point twice."""
+
+    def __init__(self, cfg: CaptureConfig, stop: _Stop, frames: _Sender, audio: _Sender | None) -> None:
+        self.cfg, self.stop, self.frames, self.audio = cfg, stop, frames, audio
+        self.fps = 0.0
+        self.size = (0, 0)
+        self.sampler = GridSampler(cfg.sample_fps)
+        self.media_time: MediaTime | None = None
+        self.numbers: FrameNumbers | None = None
+        self.last_t: float | None = None  # media time of the newest frame
+        self.last_wall = 0.0  # monotonic time it arrived
+        self.decoded = 0
+        self.jump_notes = 0
+        self.audio_next: float | None = None  # media time of the next audio sample
+        self.pending: list[np.ndarray] = []
+        self.pending_n = 0
+        self.chunk_n = int(AUDIO_CHUNK_S * m.AUDIO_RATE)
+        self.wall0 = time.monotonic()
+
+    # ------------------------------------------------------------------ set-up
+    def describe(self, container) -> tuple[m.StreamInfo, object, object]:
+        """The first session fixes frame rate and output size; returns the stream info and the
+        video and audio streams to read."""
+        cfg = self.cfg
+        vs = container.streams.video[0]
+        vs.thread_type = "AUTO"
+        a_stream = container.streams.audio[0] if (container.streams.audio and cfg.want_audio) else None
+        audio_note = None
+        if a_stream is None:
+            audio_note = "audio not requested" if not cfg.want_audio else "the source has no audio track"
+        fps, fps_note = sane_fps(vs.average_rate, vs.guessed_rate, vs.base_rate)
+        if fps_note:
+            self.frames.send_control(m.CaptureError(fps_note, [m.VIDEO], fatal=False))
+        self.fps = fps
+        self.size = scaled_size(vs.codec_context.width, vs.codec_context.height, cfg.max_side)
+        self.media_time = MediaTime(fps)
+        self.numbers = FrameNumbers(fps)
+        duration = float(container.duration / 1e6) if container.duration else None
+        info = m.StreamInfo(
+            source=cfg.source,
+            streams=[m.VIDEO] + ([m.AUDIO] if a_stream else []),
+            fps=fps,
+            width=self.size[0],
+            height=self.size[1],
+            duration=duration,
+            live=cfg.live,
+            audio_note=audio_note,
+        )
+        return info, vs, a_stream
+
+    # ------------------------------------------------------------------ audio
+    def _flush_audio(self, force: bool = False) -> None:
+        if not self.pending or (self.pending_n < self.chunk_n and not force):
+            return
+        pcm = np.concatenate(self.pending)
+        self.pending, self.pending_n = [], 0
+        if self.audio_next is None or self.audio is None:
+            return
+        start = self.audio_next
+        self.audio_next += pcm.shape[0] / m.AUDIO_RATE
+        if start < 0:  # samples before the first video frame
+            cut = min(pcm.shape[0], int(round(-start * m.AUDIO_RATE)))
+            pcm, start = pcm[cut:], start + cut / m.AUDIO_RATE
+            if pcm.size == 0:
+                return
+        chunk = m.AudioChunk(
+            seq=self.audio.seq, pts=start, t_capture_ns=m.now_ns(), samples=pcm, sender_drops=self.audio.drops
+        )
+        self.audio.seq += 1
+        self.audio.send(chunk, self.stop)
+
+    def _audio_frame(self, rf) -> None:
+        """One resampled audio frame: placed by its own timestamp when it has one (re-anchored
+        whenever the count of samples drifts from it), else right after the previous one."""
+        if self.cfg.source == "camera" or rf.time is None:
+            at = (
+                (m.now_ns() - self.cfg.t0_ns) / 1e9 - rf.samples / m.AUDIO_RATE if self.cfg.source == "camera" else None
+            )
+        else:
+            assert self.media_time is not None
+            at = self.media_time.audio_time(rf.time)
+        counted = None if self.audio_next is None else self.audio_next + self.pending_n / m.AUDIO_RATE
+        if at is not None and (counted is None or abs(at - counted) > AUDIO_ANCHOR_TOL_S):
+            self._flush_audio(force=True)
+            self.audio_next = at
+        elif counted is None:
+            return  # no timing yet: wait for a stamped frame
+        pcm = rf.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+        self.pending.append(pcm)
+        self.pending_n += pcm.shape[0]
+
+    # ------------------------------------------------------------------ video
+    def _send_picks(self, picks: list) -> None:
+        out_w, out_h = self.size
+        for grid_t, (index, t_cap, vframe) in picks:
+            img = vframe.to_ndarray(format="rgb24", width=out_w, height=out_h)
+            # the analysed frame stands for its grid point: its pts is the grid time, so that
+            # window membership never depends on timestamp jitter (windows.GridSampler)
+            item = m.VideoFrame(
+                seq=self.frames.seq,
+                index=index,
+                pts=grid_t,
+                t_capture_ns=t_cap,
+                image=img,
+                sender_drops=self.frames.drops,
+            )
+            self.frames.seq += 1
+            self.frames.send(item, self.stop)
+
+    def _video_frame(self, frame, on_first) -> None:
+        cfg = self.cfg
+        assert self.media_time is not None and self.numbers is not None
+        t_cap = m.now_ns()
+        if cfg.source == "camera":
+            t = (t_cap - cfg.t0_ns) / 1e9
+            if self.last_t is not None and t <= self.last_t:
+                t = self.last_t + 1e-3
+        else:
+            ft = frame.time
+            if ft is None:
+                ft = self.decoded / self.fps
+            jumps = self.media_time.jumps
+            t = self.media_time(ft)  # from 0, never backwards, clock leaps closed up
+            # a file's clock that leaps is worth a warning; a live source's re-synchronising clock
+            # (RTSP after a reconnect) is not news
+            if self.media_time.jumps > jumps and self.jump_notes < 3 and not cfg.live:
+                self.jump_notes += 1
+                at, by = self.media_time.last_jump or (t, 0.0)
+                way = "forward" if by > 0 else "backward"
+                self.frames.send_control(
+                    m.CaptureError(
+                        f"frame times jump {way} by {abs(by):.2f} s at {at:.2f} s of media time; media time "
+                        "continues one frame on",
+                        [m.VIDEO],
+                        fatal=False,
+                    )
+                )
+        if on_first is not None:
+            on_first(t)
+        index = self.numbers(t)
+        self.decoded += 1
+        self.last_t, self.last_wall = t, time.monotonic()
+        if cfg.realtime:
+            delay = self.wall0 + t - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            t_cap = m.now_ns()  # a paced file frame is "captured" when its time comes
+        self._send_picks(self.sampler.push(t, (index, t_cap, frame)))
+
+    # ------------------------------------------------------------------ one session
+    def session(self, container, vs, a_stream, on_first=None) -> None:
+        """Read one opened container to its end (returns) or a failure (raises)."""
+        import av
+
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=m.AUDIO_RATE) if a_stream else None
+        demux = [vs] + ([a_stream] if a_stream else [])
+        first = [on_first]
+
+        def video(frame) -> None:
+            self._video_frame(frame, first[0])
+            first[0] = None
+
+        try:
+            for packet in container.demux(*demux):
+                if self.stop:
+                    break
+                try:
+                    decoded = packet.decode()
+                except av.error.InvalidDataError:
+                    continue  # a damaged packet: skip it, keep the stream going
+                for frame in decoded:
+                    if packet.stream.type == "video":
+                        video(frame)
+                    elif resampler is not None and self.audio is not None:
+                        if self.last_t is None and self.cfg.source != "camera":
+                            continue  # wait for the first video frame to fix the origin
+                        for rf in resampler.resample(frame):
+                            self._audio_frame(rf)
+                        self._flush_audio()
+        finally:
+            if resampler is not None and self.audio is not None and self.last_t is not None:
+                try:
+                    for rf in resampler.resample(None):
+                        self._audio_frame(rf)
+                except Exception:  # noqa: BLE001 - a half-read session's resampler may be unusable
+                    pass
+                self._flush_audio(force=True)
+
+    # ------------------------------------------------------------------ the end
+    @property
+    def duration(self) -> float:
+        return (self.last_t + 1.0 / self.fps) if self.last_t is not None else 0.0
+
+    def finish(self) -> None:
+        if not self.stop:
+            self._send_picks(self.sampler.flush(self.duration))
+
+    def end(self, reason: str) -> m.EndOfStream:
+        return m.EndOfStream(
+            streams=[m.VIDEO] + ([m.AUDIO] if self.audio else []),
+            reason=reason,
+            frames=self.numbers.total if self.numbers is not None else 0,
+            duration=self.duration,
+            sender_drops={m.VIDEO: self.frames.drops, m.AUDIO: self.audio.drops if self.audio else 0},
+        )
+
+
+def describe_session_end(cfg: CaptureConfig, exc: BaseException | None) -> str:
+    """Why a live session ended, in one line: ``no data for N s from rtsp://…`` for a read
+    that timed out, ``end of stream from …`` for a source that closed, else the error."""
+    where = redact(f"camera {cfg.target}" if cfg.source == "camera" else cfg.target)
+    if exc is None:
+        return f"end of stream from {where}"
+    if _is_timeout(exc):
+        return f"no data for {cfg.read_timeout_s:g} s from {where}"
+    detail = getattr(exc, "strerror", None) or str(exc).strip() or type(exc).__name__
+    return redact(f"lost {where}: {detail}")
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    """FFmpeg's interrupt callback (PyAV's read timeout) ends a read with AVERROR_EXIT, or a
+    socket read times out with ETIMEDOUT."""
+    import errno
+
+    code = getattr(exc, "errno", None)
+    return code in (-1414092869, 1414092869, errno.ETIMEDOUT, -errno.ETIMEDOUT) or "Immediate exit" in str(exc)
+
+
+def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: float = 0.0) -> None:
+    """Decode a file/RTSP/camera source and push frames and audio until the end or a stop.
+
+    A live source is reopened under ``cfg.reconnect`` when it ends, fails or stalls: a
+    :class:`~stream.core.messages.Gap` goes out when it is lost and again when it is back (with
+    the media times of the last frame before and the first frame after), and media time goes on
+    by the wall-clock time the gap took.  When the policy gives up, the stream ends with reason
+    ``source_lost``."""
     if cfg.frames_endpoint is None:
         raise ValueError(f"{cfg.source} capture needs a frames endpoint")
     stop = _Stop() if stop is None else stop
@@ -273,166 +517,138 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
     frames = _Sender(ctx, cfg.frames_endpoint, hwm=FRAME_HWM, blocking=cfg.lossless)
     audio = _Sender(ctx, cfg.audio_endpoint, hwm=AUDIO_HWM, blocking=cfg.lossless) if cfg.audio_endpoint else None
     streams = [m.VIDEO] + ([m.AUDIO] if audio else [])
-    container = None
+    policy = cfg.reconnect if cfg.live and cfg.source != "mic" else OFF
+    reader = _AvReader(cfg, stop, frames, audio)
+    rng = random.Random()
+    info: m.StreamInfo | None = None
+    vs = a_stream = None
+    attempt = 0  # reopen attempts since the source was last delivering
+    lost: tuple[float, str, float] | None = None  # (last media time, why, monotonic time) of an open gap
+    end_reason = "eof"
+
+    def send_both(item: m.Item) -> None:
+        frames.send_control(item)
+        if audio is not None and info is not None and m.AUDIO in info.streams:
+            audio.send_control(item)
+
+    def back(t_first: float) -> None:
+        nonlocal lost, attempt
+        if lost is not None:
+            start, why, _ = lost
+            frames.send_control(m.Gap(start, t_first, why, attempts=attempt, wall_time=time.time()))
+            lost = None
+        attempt = 0
+
     try:
-        try:
-            container = _open_container(cfg)
-        except Exception as exc:  # av.error.* and OSError: report, never a traceback
-            _send_error(frames, cfg, describe_open_error(cfg, exc), streams)
-            return
-        if not container.streams.video:
-            _send_error(frames, cfg, redact(f"no video stream in {cfg.target}"), streams)
-            return
-        vs = container.streams.video[0]
-        vs.thread_type = "AUTO"
-        a_stream = container.streams.audio[0] if (container.streams.audio and cfg.want_audio) else None
-        audio_note = None
-        if a_stream is None:
-            audio_note = "audio not requested" if not cfg.want_audio else "the source has no audio track"
-        fps = float(vs.average_rate or vs.guessed_rate or 0) or 25.0
-        width, height = vs.codec_context.width, vs.codec_context.height
-        out_w, out_h = scaled_size(width, height, cfg.max_side)
-        duration = float(container.duration / 1e6) if container.duration else None
-        info = m.StreamInfo(
-            source=cfg.source,
-            streams=[m.VIDEO] + ([m.AUDIO] if a_stream else []),
-            fps=fps,
-            width=out_w,
-            height=out_h,
-            duration=duration,
-            live=cfg.live,
-            audio_note=audio_note,
-        )
-        frames.send_control(info)
-        if audio is not None and a_stream is not None:
-            audio.send_control(info)
-
-        sampler = GridSampler(cfg.sample_fps)
-        media_time = MediaTime(fps)
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=m.AUDIO_RATE) if a_stream else None
-        origin: float | None = None  # source time of the first video frame
-        wall0 = time.monotonic()
-        n_frames = 0
-        last_t = 0.0
-        audio_next: float | None = None  # media time of the next audio sample
-        pending_audio: list[np.ndarray] = []
-        pending_n = 0
-        chunk_n = int(AUDIO_CHUNK_S * m.AUDIO_RATE)
-
-        def flush_audio(force: bool = False) -> None:
-            nonlocal pending_audio, pending_n, audio_next
-            if not pending_audio or (pending_n < chunk_n and not force):
-                return
-            pcm = np.concatenate(pending_audio)
-            pending_audio, pending_n = [], 0
-            if audio_next is None:
-                return
-            assert audio is not None  # audio is only collected when it is sent
-            start = audio_next
-            audio_next += pcm.shape[0] / m.AUDIO_RATE
-            if start < 0:  # samples before the first video frame
-                cut = min(pcm.shape[0], int(round(-start * m.AUDIO_RATE)))
-                pcm, start = pcm[cut:], start + cut / m.AUDIO_RATE
-                if pcm.size == 0:
-                    return
-            chunk = m.AudioChunk(
-                seq=audio.seq, pts=start, t_capture_ns=m.now_ns(), samples=pcm, sender_drops=audio.drops
-            )
-            audio.seq += 1
-            audio.send(chunk, stop)
-
-        def send_picks(picks: list) -> None:
-            for grid_t, (index, t_cap, vframe) in picks:
-                img = vframe.to_ndarray(format="rgb24", width=out_w, height=out_h)
-                # the analysed frame stands for its grid point: its pts is the grid time, so that
-                # window membership never depends on timestamp jitter (windows.GridSampler)
-                item = m.VideoFrame(
-                    seq=frames.seq, index=index, pts=grid_t, t_capture_ns=t_cap, image=img, sender_drops=frames.drops
-                )
-                frames.seq += 1
-                frames.send(item, stop)
-
-        demux = [vs] + ([a_stream] if a_stream else [])
-        for packet in container.demux(*demux):
+        while not stop:
+            container = None
+            try:
+                container = _open_container(cfg)
+                if not container.streams.video:
+                    raise _NoVideo(redact(f"no video stream in {cfg.target}"))
+            except Exception as exc:  # av.error.* and OSError: report, never a traceback
+                if container is not None:
+                    container.close()
+                why = str(exc) if isinstance(exc, _NoVideo) else describe_open_error(cfg, exc)
+                waiting = info is None and policy.wait_at_start
+                if not policy.enabled or (info is None and not waiting):
+                    if info is None:
+                        _send_error(frames, cfg, why, streams)
+                        return
+                    end_reason = "source_lost"
+                    frames.send_control(m.CaptureError(why, [m.VIDEO], fatal=False))
+                    break
+                attempt += 1
+                if policy.gives_up(attempt):
+                    tries = attempt - 1
+                    note = f"gave up on {redact(cfg.target)} after {tries} reconnect attempt(s): {why}"
+                    if info is None:
+                        _send_error(frames, cfg, note, streams)
+                        return
+                    frames.send_control(m.CaptureError(note, [m.VIDEO], fatal=False))
+                    end_reason = "source_lost"
+                    break
+                delay = policy.delay(attempt, rng)
+                if info is None:
+                    frames.send_control(
+                        m.CaptureError(
+                            f"waiting for {redact(cfg.target)}: {why}; attempt {attempt + 1} in {delay:.1f} s",
+                            [m.VIDEO],
+                            fatal=False,
+                        )
+                    )
+                log.info("%s; reopening in %.1f s (attempt %d)", why, delay, attempt)
+                stop.event.wait(delay)
+                continue
+            try:
+                if info is None:
+                    info, vs, a_stream = reader.describe(container)
+                    send_both(info)
+                else:
+                    vs = container.streams.video[0]
+                    vs.thread_type = "AUTO"
+                    a_stream = container.streams.audio[0] if (container.streams.audio and audio) else None
+                    assert reader.media_time is not None
+                    # media time goes on by the time the source was away (a camera's clock does so itself)
+                    gone = time.monotonic() - reader.last_wall
+                    reader.media_time.restart((reader.last_t or 0.0) + gone)
+                    reader.audio_next = None  # re-anchored to the new session's first stamped audio
+                failure: BaseException | None = None
+                try:
+                    reader.session(container, vs, a_stream, on_first=back)
+                except Exception as exc:  # a failure mid-stream: reconnect or end
+                    failure = exc
+                    log.debug("capture session ended by an error", exc_info=True)
+            finally:
+                container.close()
             if stop:
                 break
-            try:
-                decoded = packet.decode()
-            except av.error.InvalidDataError:
-                continue  # a damaged packet: skip it, keep the stream going
-            for frame in decoded:
-                if packet.stream.type == "video":
-                    t_cap = m.now_ns()
-                    if cfg.source == "camera":
-                        t = (t_cap - cfg.t0_ns) / 1e9
-                    else:
-                        ft = frame.time
-                        if ft is None:
-                            ft = n_frames / fps
-                        if origin is None:
-                            origin = ft
-                        t = media_time(ft)  # from 0, never backwards
-                    index = n_frames
-                    n_frames += 1
-                    last_t = t
-                    if cfg.realtime:
-                        delay = wall0 + t - time.monotonic()
-                        if delay > 0:
-                            time.sleep(delay)
-                        t_cap = m.now_ns()  # a paced file frame is "captured" when its time comes
-                    send_picks(sampler.push(t, (index, t_cap, frame)))
-                elif resampler is not None and audio is not None:
-                    if origin is None and cfg.source != "camera":
-                        continue  # wait for the first video frame to fix the origin
-                    for rf in resampler.resample(frame):
-                        if audio_next is None:
-                            ft = rf.time
-                            if cfg.source == "camera" or ft is None:
-                                audio_next = (m.now_ns() - cfg.t0_ns) / 1e9
-                            else:
-                                assert origin is not None  # set by the first video frame (waited for above)
-                                audio_next = ft - origin
-                        pcm = rf.to_ndarray().reshape(-1).astype(np.float32, copy=False)
-                        pending_audio.append(pcm)
-                        pending_n += pcm.shape[0]
-                    flush_audio()
-        decoded_s = (last_t + 1.0 / fps) if n_frames else 0.0
-        if not stop:
-            send_picks(sampler.flush(decoded_s))
-        if media_time.jumps:
-            log.debug("frame times went backwards %d time(s); media time continued", media_time.jumps)
-        note = truncation_note(cfg, duration, decoded_s) if not stop else None
-        if note:
-            frames.send_control(m.CaptureError(note, [m.VIDEO], fatal=False))
-        if resampler is not None and audio is not None:
-            for rf in resampler.resample(None):
-                pcm = rf.to_ndarray().reshape(-1).astype(np.float32, copy=False)
-                pending_audio.append(pcm)
-                pending_n += pcm.shape[0]
-            flush_audio(force=True)
-        end = m.EndOfStream(
-            streams=streams,
-            reason="stopped" if stop else "eof",
-            frames=n_frames,
-            duration=decoded_s,
-            sender_drops={m.VIDEO: frames.drops, m.AUDIO: audio.drops if audio else 0},
-        )
-        frames.send_control(end)
-        if audio is not None:
-            audio.send_control(end)
+            if not policy.enabled:
+                if failure is not None:
+                    raise failure
+                break
+            why = describe_session_end(cfg, failure)
+            if lost is None:
+                lost = (reader.last_t if reader.last_t is not None else 0.0, why, time.monotonic())
+                frames.send_control(m.Gap(lost[0], None, why, attempts=0, wall_time=time.time()))
+            attempt += 1
+            if policy.gives_up(attempt):
+                frames.send_control(
+                    m.CaptureError(
+                        f"gave up on {redact(cfg.target)} after {attempt - 1} reconnect attempt(s): {why}",
+                        [m.VIDEO],
+                        fatal=False,
+                    )
+                )
+                end_reason = "source_lost"
+                break
+            delay = policy.delay(attempt, rng)
+            log.info("%s; reopening in %.1f s (attempt %d)", why, delay, attempt)
+            stop.event.wait(delay)
+        if info is None:  # stopped before the source ever opened
+            return
+        reader.finish()
+        if reader.media_time is not None and reader.media_time.jumps:
+            log.debug("frame times jumped %d time(s); media time continued", reader.media_time.jumps)
+        truncated = truncation_note(cfg, info.duration, reader.duration) if not stop else None
+        if truncated:
+            frames.send_control(m.CaptureError(truncated, [m.VIDEO], fatal=False))
+        send_both(reader.end("stopped" if stop else end_reason))
     except Exception as exc:  # decoding failed mid-stream: say so, end cleanly
         msg = redact(f"capture failed: {type(exc).__name__}: {exc}")
         log.debug("capture failed", exc_info=True)
         _send_error(frames, cfg, msg, streams)
     finally:
-        if container is not None:
-            container.close()
         # Stay connected until the analyzer says it is done (SIGTERM): the last items may still
         # sit in kernel socket buffers, and ZeroMQ discards them when the sending end goes away.
         stop.event.wait(hold_s)
         frames.close()
         if audio is not None:
             audio.close()
+
+
+class _NoVideo(Exception):
+    """The source opened but has no video stream."""
 
 
 def run_mic_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: float = 0.0) -> None:

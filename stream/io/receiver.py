@@ -36,6 +36,11 @@ class SourceState:
     errors: list[m.CaptureError] = field(default_factory=list)
     sender_drops: dict[str, int] = field(default_factory=lambda: {m.VIDEO: 0, m.AUDIO: 0})
     malformed: int = 0
+    #: every Gap message, in order (lost: ``end`` None; back: ``end`` set)
+    gap_events: list[m.Gap] = field(default_factory=list)
+    #: closed gaps as (last media time before, first after)
+    gaps: list[tuple[float, float]] = field(default_factory=list)
+    gap_open: m.Gap | None = None
 
     @property
     def video_done(self) -> bool:
@@ -128,6 +133,15 @@ class Receiver(threading.Thread):
                     st.mic_done = True
                 if not video:
                     st.sender_drops[m.AUDIO] = max(st.sender_drops[m.AUDIO], item.sender_drops.get(m.AUDIO, 0))
+                st.cond.notify_all()
+        elif isinstance(item, m.Gap):
+            with st.cond:
+                st.gap_events.append(item)
+                if item.end is None:
+                    st.gap_open = item
+                else:
+                    st.gap_open = None
+                    st.gaps.append((item.start, item.end))
                 st.cond.notify_all()
         elif isinstance(item, m.CaptureError):
             with st.cond:

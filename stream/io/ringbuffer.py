@@ -34,6 +34,7 @@ class FrameRing:
         self._items: deque[VideoFrame] = deque()
         self._cond = threading.Condition()
         self._horizon = -1.0  # pts of the newest frame ever put
+        self.last_index = -1  # frame number of the newest frame ever put
 
     def put(self, frame: VideoFrame, *, timeout: float | None = None) -> bool:
         """Add a frame.  In ``block`` mode waits up to ``timeout`` for room and
@@ -49,6 +50,7 @@ class FrameRing:
                         self.drops += 1
             self._items.append(frame)
             self._horizon = max(self._horizon, frame.pts)
+            self.last_index = max(self.last_index, frame.index)
             self._cond.notify_all()
             return True
 

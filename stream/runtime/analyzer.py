@@ -20,9 +20,10 @@ from typing import Any
 from stream.core import messages as m
 from stream.core.logs import warning_fields
 from stream.core.redact import redact
-from stream.core.windows import EPS, HOP_S, WINDOW_S, Window, final_before
+from stream.core.windows import EPS, HOP_S, WINDOW_S, Window, final_before, swallowed_windows
 from stream.fusion.fuser import Fuser
 from stream.io.receiver import SourceState
+from stream.io.reconnect import ReconnectPolicy
 from stream.io.ringbuffer import BLOCK, AudioRing, FrameRing
 from stream.io.sources import FRAME_RING, Source  # noqa: F401  (FRAME_RING: re-exported)
 from stream.modalities.base import FaceModality, Modality, ModalityOutput, WindowInput
@@ -37,6 +38,7 @@ from stream.runtime.lifecycle import (  # noqa: F401
 from stream.runtime.observe import FaceStep, Observers
 from stream.runtime.progress import Progress
 from stream.runtime.records import (
+    GapRecord,
     Record,
     StartRecord,
     WarningRecord,
@@ -47,6 +49,7 @@ from stream.runtime.scheduler import (  # noqa: F401
     AUDIO_GRACE_S,
     Arrivals,
     Finish,
+    Missing,
     Run,
     Scheduler,
     Skip,
@@ -69,6 +72,7 @@ class Options:
     max_side: int = 960
     open_timeout_s: float = 10.0
     read_timeout_s: float = 10.0
+    reconnect: ReconnectPolicy | None = None  # live sources; None: forever, at most 30 s apart
     compound: str = "ppa"  # ppa | rule1 | rule2 | pfsa
     emit_frames: bool = True
     progress: bool = False
@@ -239,6 +243,7 @@ class Analyzer:
             max_side=self.opts.max_side,
             open_timeout_s=self.opts.open_timeout_s,
             read_timeout_s=self.opts.read_timeout_s,
+            reconnect=self.opts.reconnect,
         )
         try:
             capture.start()
@@ -270,6 +275,29 @@ class Analyzer:
             audio_done=state.audio_done,
             frames_full=frames.policy == BLOCK and frames.full,
             stopping=self.stop_event.is_set(),
+            gaps=tuple(state.gaps),
+        )
+
+    def _gap(self, gap: m.Gap, fps: float, timeline: Timeline) -> None:
+        """A live source was lost (a warning) or is back (a gap record; the frame numbers it left
+        empty never appear in the frame records)."""
+        if gap.end is None:
+            self.warn(f"{gap.reason}; reconnecting", stream="video")
+            return
+        gone = swallowed_windows(gap.start, gap.end)
+        timeline.skip(int(round(gap.start * fps)) + 1, int(round(gap.end * fps)))
+        self.stats.gaps += 1
+        self.stats.gap_s += gap.end - gap.start
+        self.stats.reconnects += 1
+        self.emit(
+            GapRecord(
+                start=round(gap.start, 4),
+                end=round(gap.end, 4),
+                reason=redact(gap.reason),
+                attempts=gap.attempts,
+                windows_missing=(gone.start, gone.stop - 1) if len(gone) else None,
+                wall_time=round(gap.wall_time, 3),
+            )
         )
 
     def _loop(self, info: m.StreamInfo, frames: FrameRing, audio: AudioRing, state: SourceState) -> dict:
@@ -305,12 +333,20 @@ class Analyzer:
         if not state.audio_expected:
             self.warn(f"no audio: {info.audio_note or 'audio disabled'}; running video-only")
         seen_errors = 0
+        seen_gaps = 0
         end_reason = "eof"
         total_frames: int | None = None
         while True:
             self._deliver_log()
-            with state.cond:
+            with state.cond:  # gaps and arrivals seen together: a gap is handled before its windows
+                gaps = state.gap_events[seen_gaps:]
+                seen_gaps += len(gaps)
                 step = scheduler.poll(self._arrivals(frames, audio, state))
+            for gap in gaps:
+                self._gap(gap, fps, timeline)
+            if isinstance(step, Missing):
+                self.stats.windows_missing += step.missing
+                continue
             if isinstance(step, Wait):
                 # analyse frames as they arrive, so that little is left when the window closes
                 w = step.window
@@ -326,26 +362,50 @@ class Analyzer:
             if isinstance(step, Finish):
                 # the stream has ended: its length is known, finish with the tail rule
                 stopping = self.stop_event.is_set()
+                if stopping:
+                    assert self.capture is not None  # set by run() before the loop starts
+                    self.capture.stop_sources()  # its end message says how far it got
+                    with state.cond:
+                        state.cond.wait_for(lambda: state.video_done, 1.0)
                 if state.video_end is not None:
                     duration, total_frames = state.video_end.duration, state.video_end.frames
                     end_reason = state.video_end.reason if not stopping else "interrupted"
                 else:
                     duration = frames.horizon + 1.0 / fps if frames.horizon >= 0 else 0.0
+                    # the frames that exist: up to the newest one received, final like any other
+                    total_frames = frames.last_index + 1 if frames.last_index >= 0 else None
                     fatal = [e.message for e in state.errors if e.fatal and m.VIDEO in e.streams]
                     end_reason = "interrupted" if stopping else ("error" if fatal else "eof")
                     if fatal:
                         self.warn(fatal[0], stream="video")
-                if stopping:
-                    assert self.capture is not None  # set by run() before the loop starts
-                    self.capture.stop_sources()
-                for tail in scheduler.tail(duration) if self._flush_on_stop or not stopping else []:
+                with state.cond:
+                    late = state.gap_events[seen_gaps:]
+                    seen_gaps += len(late)
+                    open_gap, closed = state.gap_open, tuple(state.gaps)
+                for gap in late:
+                    self._gap(gap, fps, timeline)
+                if open_gap is not None:  # the run ended in a gap (the policy gave up, or a stop)
+                    self.stats.gaps += 1
+                    self.emit(
+                        GapRecord(
+                            start=round(open_gap.start, 4),
+                            end=None,
+                            reason=redact(open_gap.reason),
+                            attempts=open_gap.attempts,
+                            windows_missing=None,
+                            wall_time=round(time.time(), 3),
+                        )
+                    )
+                for tail in scheduler.tail(duration, closed) if self._flush_on_stop or not stopping else []:
                     self._window(tail, fps, frames, audio, state, face_step, timeline, total_frames)
                 rows = timeline.finalize(total_frames if total_frames is not None else timeline.pending())
                 self._emit_frames(rows, final=True)
                 break
             if isinstance(step, Skip):
                 self.stats.windows_skipped += step.skipped
-                self.warn(f"analysis fell behind the live source; skipped {step.skipped} window(s)")
+                self.stats.windows_missing += step.missing
+                if step.skipped:
+                    self.warn(f"analysis fell behind the live source; skipped {step.skipped} window(s)")
                 continue
             w = step.window
             self._window(w, fps, frames, audio, state, face_step, timeline, None)
@@ -430,6 +490,8 @@ class Analyzer:
             stamps += [t for t in [audio.capture_ns_before(w.end)] if t is not None]
         rec.processing_ms = (time.perf_counter() - t_start) * 1e3
         rec.latency_ms = (m.now_ns() - max(stamps)) / 1e6 if stamps else None
+        if self.live:
+            rec.wall_time = round(time.time(), 3)
         if rec.latency_ms is not None:
             self.stats.latencies_ms.append(rec.latency_ms)
         self.stats.windows += 1

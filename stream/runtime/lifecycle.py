@@ -22,6 +22,7 @@ from stream.core import messages as m
 from stream.core.windows import SAMPLE_FPS
 from stream.io.capture import CaptureConfig, capture_main, describe_capture_exit
 from stream.io.receiver import Receiver, SourceState
+from stream.io.reconnect import OFF, ReconnectPolicy
 from stream.io.ringbuffer import BLOCK, DROP_OLDEST, AudioRing, FrameRing
 from stream.io.sources import AUDIO_RING_S, FRAME_RING, PushSource, Source
 
@@ -79,9 +80,21 @@ class Capture:
 
 class ProcessCapture(Capture):
     def __init__(
-        self, source: Source, *, live: bool, realtime: bool, max_side: int, open_timeout_s: float, read_timeout_s: float
+        self,
+        source: Source,
+        *,
+        live: bool,
+        realtime: bool,
+        max_side: int,
+        open_timeout_s: float,
+        read_timeout_s: float,
+        reconnect: ReconnectPolicy | None = None,
     ) -> None:
         self.source = source
+        # RTSP and cameras reopen by default; a file (even paced in real time) ends with itself
+        self.reconnect = (
+            (ReconnectPolicy() if reconnect is None else reconnect) if source.kind in ("rtsp", "camera") else OFF
+        )
         self.open_timeout_s = open_timeout_s
         self.procs: list[CaptureProcess] = []
         self._tmp = tempfile.mkdtemp(prefix="cer-stream-")
@@ -115,6 +128,7 @@ class ProcessCapture(Capture):
                 audio_endpoint=audio_ep if want_av_audio else None,
                 want_audio=want_av_audio,
                 realtime=realtime,
+                reconnect=self.reconnect,
                 **base,
             )
         ]
@@ -150,7 +164,7 @@ class ProcessCapture(Capture):
                         # its own reason when it left one, else its exit code or signal
                         raise StartupError(describe_capture_exit(self.cfgs[0], self.procs[0].proc.exitcode))
                     continue
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline and not self.reconnect.wait_at_start:
                     raise StartupError(f"timed out opening {self.source.describe()}")
                 state.cond.wait(0.1)
             return state.info
@@ -203,7 +217,14 @@ class InProcessCapture(Capture):
 
 
 def open_capture(
-    source: Source, *, live: bool, realtime: bool, max_side: int, open_timeout_s: float, read_timeout_s: float
+    source: Source,
+    *,
+    live: bool,
+    realtime: bool,
+    max_side: int,
+    open_timeout_s: float,
+    read_timeout_s: float,
+    reconnect: ReconnectPolicy | None = None,
 ) -> Capture:
     if isinstance(source, PushSource):
         return InProcessCapture(source, max_side=max_side)
@@ -214,6 +235,7 @@ def open_capture(
         max_side=max_side,
         open_timeout_s=open_timeout_s,
         read_timeout_s=read_timeout_s,
+        reconnect=reconnect,
     )
 
 

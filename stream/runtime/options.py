@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stream.io.reconnect import ReconnectPolicy
 from stream.modalities.audio import AudioOptions
 from stream.modalities.clip import ClipOptions
 from stream.modalities.scene import SceneOptions
@@ -76,7 +77,11 @@ class RuntimeOptions:
     Attributes:
         realtime: pace a file at media speed and treat it as live (``--realtime``).
         max_side: frames are scaled so the longer side is at most this many pixels (960).
-        open_timeout_s, read_timeout_s: network/camera time limits (10 s each).
+        open_timeout_s, read_timeout_s: network/camera time limits (10 s each); a live source
+            with no data for ``read_timeout_s`` counts as lost.
+        reconnect: what a live source (RTSP, camera) does when it ends, fails or stalls
+            (:class:`stream.io.reconnect.ReconnectPolicy`); default: reopen forever, at most 30 s
+            apart (``ReconnectPolicy(attempts=0)`` ends the run with the source instead).
         emit_frames: emit provisional ``frames`` records (final ones are always emitted).
         progress: draw a progress bar on stderr.
     """
@@ -85,6 +90,7 @@ class RuntimeOptions:
     max_side: int = 960
     open_timeout_s: float = 10.0
     read_timeout_s: float = 10.0
+    reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
     emit_frames: bool = True
     progress: bool = False
 

@@ -146,6 +146,7 @@ class Pipeline:
             max_side=rt.max_side,
             open_timeout_s=rt.open_timeout_s,
             read_timeout_s=rt.read_timeout_s,
+            reconnect=rt.reconnect,
             compound=self.options.fusion.compound,
             emit_frames=rt.emit_frames,
             progress=rt.progress,

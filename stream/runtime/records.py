@@ -89,11 +89,14 @@ class WindowRecord(Record):
     #: why ``compound`` is null in a window that has ``basic`` (``--compound pfsa`` without its
     #: feature); absent from the JSON otherwise
     compound_reason: str | None = None
+    #: live runs: Unix time when the window was analysed (absent from a file run's JSON)
+    wall_time: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
-        if out.get("compound_reason") is None:
-            out.pop("compound_reason", None)
+        for optional in ("compound_reason", "wall_time"):
+            if out.get(optional) is None:
+                out.pop(optional, None)
         return out
 
 
@@ -130,9 +133,24 @@ class WarningRecord(Record):
 
 
 @dataclass
+class GapRecord(Record):
+    """A live source was lost and came back (``end`` None: the run ended in the gap).  No frame
+    exists between media times ``start`` (the last frame before) and ``end`` (the first after);
+    ``windows_missing`` are the first and last index of the windows it left without a frame."""
+
+    type: ClassVar[str] = "gap"
+    start: float
+    end: float | None
+    reason: str
+    attempts: int
+    windows_missing: tuple[int, int] | None
+    wall_time: float
+
+
+@dataclass
 class EndRecord(Record):
     type: ClassVar[str] = "end"
-    reason: str  # eof | interrupted | error
+    reason: str  # eof | interrupted | error | stopped | source_lost
     windows: int
     windows_skipped: int
     frames: int | None
@@ -146,10 +164,16 @@ class EndRecord(Record):
     #: per output (``stdout``, ``out``, ``publish``, ``csv``, ``dump-features``): ``written``,
     #: ``dropped``, ``error`` (null, or why it stopped), counted before the end record itself
     sinks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gaps: int = 0  # gap records (live sources lost, and reopened unless the run ended in the gap)
+    gap_s: float = 0.0  # media seconds the gaps took
+    windows_missing: int = 0  # windows gaps left without a frame
+    reconnects: int = 0  # times the source was reopened after a loss
 
 
-AnyRecord = StartRecord | WindowRecord | FramesRecord | WarningRecord | EndRecord
-RECORD_TYPES: dict[str, type] = {c.type: c for c in (StartRecord, WindowRecord, FramesRecord, WarningRecord, EndRecord)}
+AnyRecord = StartRecord | WindowRecord | FramesRecord | WarningRecord | GapRecord | EndRecord
+RECORD_TYPES: dict[str, type] = {
+    c.type: c for c in (StartRecord, WindowRecord, FramesRecord, WarningRecord, GapRecord, EndRecord)
+}
 
 
 def from_dict(d: dict[str, Any]) -> AnyRecord:
@@ -158,6 +182,8 @@ def from_dict(d: dict[str, Any]) -> AnyRecord:
     cls = RECORD_TYPES[d.pop("type")]
     if cls is WindowRecord:
         d["frames"] = tuple(d["frames"])
+    if cls is GapRecord and d.get("windows_missing") is not None:
+        d["windows_missing"] = tuple(d["windows_missing"])
     return cls(**d)
 
 
@@ -243,6 +269,7 @@ __all__ = [
     "AnyRecord",
     "EndRecord",
     "FramesRecord",
+    "GapRecord",
     "Record",
     "StartRecord",
     "WarningRecord",

@@ -7,6 +7,8 @@ what to do next (:meth:`Scheduler.poll`):
 * :class:`Run`: analyse window ``w`` now;
 * :class:`Skip`: a live source is more than a hop ahead of the window: jump to the newest complete
   window (the skipped ones are never analysed);
+* :class:`Missing`: a gap in a live source (a reconnect) left the next windows without a single
+  frame: they are passed over and accounted for as missing (the gap record names them);
 * :class:`Finish`: the stream ended (or a stop was asked for): analyse :meth:`Scheduler.tail`'s
   windows and end.
 
@@ -30,6 +32,7 @@ from stream.core.windows import (
     Window,
     full_window,
     plan_windows,
+    swallowed_windows,
 )
 
 #: How long a live window waits for late audio once its video is complete.
@@ -47,6 +50,7 @@ class Arrivals:
     audio_done: bool = False
     frames_full: bool = False  # a lossless (blocking) frame ring is full
     stopping: bool = False  # a stop was asked for
+    gaps: tuple[tuple[float, float], ...] = ()  # closed gaps: (last media time before, first after)
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,14 @@ class Run:
 
 @dataclass(frozen=True)
 class Skip:
-    skipped: int  # windows jumped over
+    skipped: int  # windows jumped over (analysis fell behind)
+    to: int  # index of the next window
+    missing: int = 0  # of the windows jumped over, those a gap had left without a frame
+
+
+@dataclass(frozen=True)
+class Missing:
+    missing: int  # windows passed over (a gap left them without a frame)
     to: int  # index of the next window
 
 
@@ -70,7 +81,12 @@ class Finish:
     next_index: int  # the first window not yet analysed; tail windows start here
 
 
-Step = Wait | Run | Skip | Finish
+Step = Wait | Run | Skip | Missing | Finish
+
+
+def _gap_time(gaps: tuple[tuple[float, float], ...], a: float, b: float) -> float:
+    """Seconds of ``[a, b]`` that gaps cover."""
+    return sum(max(0.0, min(g1, b) - max(g0, a)) for g0, g1 in gaps)
 
 
 class Scheduler:
@@ -108,6 +124,13 @@ class Scheduler:
         )
 
     def poll(self, a: Arrivals) -> Step:
+        for start, end in a.gaps:
+            gone = swallowed_windows(start, end)
+            if self.k in gone:
+                n = gone.stop - self.k
+                self.k = gone.stop
+                self._video_ready_at = None
+                return Missing(n, self.k)
         w = self.window
         if self._video_ready_at is None:
             if not self.video_ready(a):
@@ -118,21 +141,25 @@ class Scheduler:
         self._video_ready_at = None
         if a.video_done or a.stopping:
             return Finish(self.k)
-        if self.live and a.video_horizon - w.end > HOP_S + EPS:
+        # behind: more than a hop of media received past this window (time in gaps is not media)
+        if self.live and a.video_horizon - w.end - _gap_time(a.gaps, w.end, a.video_horizon) > HOP_S + EPS:
             newest = int((a.video_horizon - WINDOW_S) // HOP_S)
             if newest > self.k:
-                n = newest - self.k
+                empty = [swallowed_windows(g0, g1) for g0, g1 in a.gaps]
+                missing = sum(1 for k in range(self.k, newest) if any(k in g for g in empty))
+                n = newest - self.k - missing
                 self.skipped += n
                 self.k = newest
-                return Skip(n, newest)
+                return Skip(n, newest, missing)
         self.k += 1
         return Run(w)
 
-    def tail(self, duration: float) -> list[Window]:
+    def tail(self, duration: float, gaps: tuple[tuple[float, float], ...] = ()) -> list[Window]:
         """The windows left once the stream's length is known (tail rule: a last stretch under
         1 s is dropped, a longer one gets a shortened window; a stream of at most 4 s is one
-        window)."""
-        return [w for w in plan_windows(duration) if w.index >= self.k]
+        window), less those a gap left without a frame."""
+        gone = [swallowed_windows(a, b) for a, b in gaps]
+        return [w for w in plan_windows(duration) if w.index >= self.k and not any(w.index in g for g in gone)]
 
 
-__all__ = ["AUDIO_GRACE_S", "Arrivals", "Finish", "Run", "Scheduler", "Skip", "Step", "Wait"]
+__all__ = ["AUDIO_GRACE_S", "Arrivals", "Finish", "Missing", "Run", "Scheduler", "Skip", "Step", "Wait"]

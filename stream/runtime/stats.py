@@ -16,6 +16,10 @@ class RunStats:
     frames_analysed: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     stage_ms: dict[str, list[float]] = field(default_factory=dict)
+    gaps: int = 0
+    gap_s: float = 0.0
+    windows_missing: int = 0
+    reconnects: int = 0
 
     def stage(self, name: str, ms: float) -> None:
         self.stage_ms.setdefault(name, []).append(ms)
@@ -41,6 +45,10 @@ class RunStats:
             latency_ms=self.latency_summary(),
             drops=drops,
             warnings=warnings,
+            gaps=self.gaps,
+            gap_s=round(self.gap_s, 3),
+            windows_missing=self.windows_missing,
+            reconnects=self.reconnects,
         )
 
 

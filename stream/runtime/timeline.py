@@ -37,6 +37,15 @@ class Timeline:
         self._count: dict[int, int] = {}
         self.next_final = 0  # first frame not yet emitted as final
         self._last: tuple[np.ndarray, np.ndarray] | None = None
+        self._skipped: list[tuple[int, int]] = []  # frame numbers [a, b) that do not exist
+
+    def skip(self, a: int, b: int) -> None:
+        """Frame numbers ``[a, b)`` do not exist (a gap in the source): never emitted."""
+        if b > a:
+            self._skipped.append((a, b))
+
+    def _exists(self, i: int) -> bool:
+        return not any(a <= i < b for a, b in self._skipped)
 
     def add(self, frames: tuple[int, int], basic: np.ndarray, compound: np.ndarray) -> None:
         """Add one window's prediction to frames ``[a, b)``."""
@@ -70,6 +79,8 @@ class Timeline:
         """Mark frames ``< before`` final and return them (each once)."""
         rows = []
         for i in range(self.next_final, before):
+            if not self._exists(i):
+                continue
             row = self._row(i, True)
             rows.append(row)
             if row.windows:
@@ -79,12 +90,13 @@ class Timeline:
             self._compound.pop(i, None)
             self._count.pop(i, None)
         self.next_final = max(self.next_final, before)
+        self._skipped = [(a, b) for a, b in self._skipped if b > self.next_final]
         return rows
 
     def provisional(self, frames: tuple[int, int]) -> list[FrameRow]:
         """Current (not yet final) values of frames in ``[a, b)``."""
         a, b = frames
-        return [self._row(i, False) for i in range(max(a, self.next_final), b)]
+        return [self._row(i, False) for i in range(max(a, self.next_final), b) if self._exists(i)]
 
     def pending(self) -> int:
         """The highest frame number holding a prediction, plus one."""

@@ -1,0 +1,85 @@
+"""When and how often a live source is reopened after it ends, fails or stalls.
+
+A :class:`ReconnectPolicy` says how many reopen attempts a capture process makes in a row
+(``None``: forever; ``0``: none, the stream ends with its source) and how long it waits before
+each: exponential backoff from ``base_delay_s``, capped at ``max_delay_s``, with "equal jitter"
+(half the delay fixed, half random), so that many analyzers that lost the same server do not
+all knock on it at the same moment when it comes back.  The attempt count starts again once a
+reopened source delivers a frame.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+#: Defaults of the command line and of :class:`stream.runtime.options.RuntimeOptions`.
+DEFAULT_MAX_DELAY_S = 30.0
+BASE_DELAY_S = 0.5
+
+
+@dataclass(frozen=True)
+class ReconnectPolicy:
+    """``attempts``: reopen attempts in a row before giving up (``None``: forever, ``0``: off);
+    ``max_delay_s``: the longest wait between two attempts; ``wait_at_start``: a source that
+    cannot be opened at start is retried under the same policy (else it is a start-up error)."""
+
+    attempts: int | None = None
+    max_delay_s: float = DEFAULT_MAX_DELAY_S
+    base_delay_s: float = BASE_DELAY_S
+    wait_at_start: bool = False
+
+    def __post_init__(self) -> None:
+        if self.attempts is not None and self.attempts < 0:
+            raise ValueError(f"reconnect attempts must be >= 0, got {self.attempts}")
+        if self.max_delay_s <= 0 or self.base_delay_s <= 0:
+            raise ValueError("reconnect delays must be positive")
+
+    @property
+    def enabled(self) -> bool:
+        return self.attempts != 0
+
+    def gives_up(self, attempt: int) -> bool:
+        """Whether attempt number ``attempt`` (1-based) is past the policy's limit."""
+        return self.attempts is not None and attempt > self.attempts
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before attempt ``attempt`` (1-based): between half and all of
+        ``min(max_delay_s, base_delay_s * 2 ** (attempt - 1))``."""
+        cap = min(self.max_delay_s, self.base_delay_s * 2.0 ** min(max(attempt - 1, 0), 30))
+        r = (rng or random).random()
+        return cap / 2 + r * cap / 2
+
+    def describe(self) -> str:
+        if not self.enabled:
+            return "off"
+        n = "forever" if self.attempts is None else f"{self.attempts} attempt(s)"
+        return f"{n}, at most {self.max_delay_s:g} s apart"
+
+
+OFF = ReconnectPolicy(attempts=0)
+
+
+def parse_policy(
+    text: str, *, max_delay_s: float = DEFAULT_MAX_DELAY_S, wait_at_start: bool = False
+) -> ReconnectPolicy:
+    """``forever``, ``off`` or a number of attempts (the ``--reconnect`` flag); ``ValueError``
+    with one line otherwise."""
+    value = text.strip().lower()
+    if value in ("forever", "on", "always"):
+        attempts: int | None = None
+    elif value in ("off", "no", "never", "0"):
+        attempts = 0
+    else:
+        try:
+            attempts = int(value)
+        except ValueError:
+            raise ValueError(f"--reconnect takes forever, off or a number of attempts, not {text!r}") from None
+        if attempts < 0:
+            raise ValueError(f"--reconnect takes forever, off or a number of attempts, not {text!r}")
+    if max_delay_s <= 0:
+        raise ValueError(f"--reconnect-max-delay must be positive, got {max_delay_s:g}")
+    return ReconnectPolicy(attempts=attempts, max_delay_s=max_delay_s, wait_at_start=wait_at_start)
+
+
+__all__ = ["BASE_DELAY_S", "DEFAULT_MAX_DELAY_S", "OFF", "ReconnectPolicy", "parse_policy"]
