@@ -195,6 +195,14 @@ def versions() -> dict:
                 break
             except PackageNotFoundError:
                 continue
+    rev, dirty = git_revision()
+    out["cer-stream"] = (rev + ("+dirty" if dirty else "")) if rev else None
+    return out
+
+
+def git_revision() -> tuple[str | None, bool]:
+    """``(short revision, dirty)``: dirty means tracked files differ from HEAD (untracked files
+    do not count); ``(None, False)`` outside a git checkout."""
     try:
         rev = subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
@@ -205,10 +213,9 @@ def versions() -> dict:
             text=True,
             timeout=10,
         ).stdout.strip()
-        out["cer-stream"] = (rev + ("+dirty" if dirty else "")) if rev else None
     except (OSError, subprocess.SubprocessError):
-        out["cer-stream"] = None
-    return out
+        return None, False
+    return rev or None, bool(dirty)
 
 
 # --------------------------------------------------------------------------- resources
