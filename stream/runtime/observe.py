@@ -7,6 +7,8 @@ An observer is any object with some of these methods (each optional)::
     on_record(record)                          # every record (typed), as it is emitted
     on_face_call(call)                         # one face-analysis call: a FaceCall
     on_capture(pids)                           # the capture processes' pids, once they run
+    on_frame(frame, face)                      # each analysed frame (a VideoFrame: index, pts,
+                                               # image) and its FaceResult (box, found), once
 
 Stages: ``face_analysis`` (one call of the face analyzer; ``frames`` are the frame numbers it
 analysed), per analysed frame ``detect``, ``validate`` and ``emotion`` (the frame's share of its
@@ -59,6 +61,9 @@ class Observers:
 
     def capture(self, pids: list[int]) -> None:
         self._call("on_capture", pids)
+
+    def frame(self, frame: Any, face: Any) -> None:
+        self._call("on_frame", frame, face)
 
 
 # --------------------------------------------------------------------------- face timing
@@ -188,7 +193,8 @@ class FaceStep:
 
     def __call__(self, frames: Sequence[Any], window_index: int | None = None) -> int:
         """Analyse those of ``frames`` (VideoFrames) that are not cached; returns how many."""
-        todo = [(f.index, f.pts, f.image) for f in frames if f.index not in self.cache.items]
+        new = [f for f in frames if f.index not in self.cache.items]
+        todo = [(f.index, f.pts, f.image) for f in new]
         if not todo:
             return 0
         timer = getattr(self.face, "_cer_timer", None) if self.observers else None
@@ -203,6 +209,9 @@ class FaceStep:
         wall = (time.perf_counter() - t0) * 1e3
         for r in results:
             self.cache.items[r.index] = r
+        if self.observers:
+            for f in new:
+                self.observers.frame(f, self.cache.items.get(f.index))
         self.stats.stage("face_analysis", wall)
         self.stats.frames_analysed += len(todo)
         if self.observers:
