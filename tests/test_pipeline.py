@@ -196,6 +196,7 @@ def test_signal_flushes_and_leaves_no_child(sample, sig):
     final = [i for r in recs if r["type"] == "frames" and r["final"] for i in r["frame_index"]]
     first = next(r for r in recs if r["type"] == "window")
     assert final == list(range(len(final))) and len(final) >= 100, first  # flushed: every frame is final
+    assert len(final) == recs[-1]["frames"]  # ... up to the last one received, none left provisional
     assert children, "the analyzer should have started capture processes"
     time.sleep(0.5)
     assert not [c for c in children if _alive(c)], "a capture process outlived the analyzer"
@@ -302,3 +303,28 @@ def test_live_source_never_waits_for_a_slow_analyzer(sample):
     assert len(wins) < 4 and end["reason"] == "eof"
     assert all(w["modalities"]["slow"] == {"present": False, "reason": "test modality"} for w in wins)
     assert elapsed < 10.5 + 3 * 4.5  # never more than the tail windows behind the clip
+
+
+@pytest.mark.parametrize("delay", [0.2, 1.0, 2.5])
+def test_ctrl_c_at_any_moment_is_one_line_at_most(sample, delay):
+    """SIGINT while Python starts, while models load, or as the stream starts: never a
+    traceback; one line on stderr at most, exit 130 before the run's handler is in place, 0
+    after (the run then ends with its end record)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream.cli", "--video", str(sample), "--realtime"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    assert len(err.strip().splitlines()) <= 1, err
+    if proc.returncode == 130:
+        assert err.strip() in ("", "cer-stream: interrupted")
+    else:
+        assert proc.returncode == 0, err
+        assert records(out)[-1]["type"] == "end"

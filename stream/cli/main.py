@@ -237,6 +237,9 @@ def run_stream(argv: list[str]) -> int:
     try:
         end = analyzer.run()
     except StartupError as exc:
+        if interrupts[0]:  # Ctrl-C (or SIGTERM) before the stream started: not an error
+            sys.stderr.write(f"{PROG}: interrupted\n")
+            return 130
         return fail(str(exc))
     except KeyboardInterrupt:
         return 130
