@@ -137,3 +137,4 @@ def test_timeline_never_emits_frame_numbers_a_gap_left_empty():
     rows = tl.finalize(100)
     assert [r.index for r in rows] == list(range(50)) + list(range(80, 100))
     assert tl.provisional((0, 100)) == []
+    assert tl.pending() == 100 and not tl._count  # nothing held for the frames that do not exist

@@ -79,7 +79,10 @@ class Timeline:
         """Mark frames ``< before`` final and return them (each once)."""
         rows = []
         for i in range(self.next_final, before):
-            if not self._exists(i):
+            if not self._exists(i):  # a window straddling a gap covered it: forget its values
+                self._basic.pop(i, None)
+                self._compound.pop(i, None)
+                self._count.pop(i, None)
                 continue
             row = self._row(i, True)
             rows.append(row)
