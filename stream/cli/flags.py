@@ -307,6 +307,33 @@ def scene_options(args: argparse.Namespace) -> SceneOptions | None:
     )
 
 
+# --------------------------------------------------------------------------- analysis of a file
+def add_analysis_args(p: argparse.ArgumentParser) -> None:
+    """``--no-audio``, ``--no-frames``, ``--compound``, ``--fusion`` and ``--max-side``: how a
+    stream is analysed, for the commands that analyse files (``batch``)."""
+    p.add_argument("--no-audio", action="store_true", help="ignore the source's audio track")
+    p.add_argument("--no-frames", action="store_true", help="leave provisional frame records out of the output")
+    p.add_argument(
+        "--compound",
+        default="ppa",
+        choices=["ppa", "rule1", "rule2", "pfsa"],
+        help="basic-to-compound conversion (default ppa; pfsa needs --fusion with prototypes)",
+    )
+    p.add_argument(
+        "--fusion",
+        metavar="FILE",
+        type=Path,
+        help="calibration file from `cer-stream calibrate` (default: equal weights)",
+    )
+    p.add_argument(
+        "--max-side",
+        type=int,
+        default=960,
+        metavar="PX",
+        help="scale frames so the longer side is at most PX before analysis (default 960)",
+    )
+
+
 # --------------------------------------------------------------------------- the whole run command
 def pipeline_options(args: argparse.Namespace, *, progress: bool = False) -> PipelineOptions:
     """The run command's flags as :class:`PipelineOptions` (``ValueError`` on bad values)."""
@@ -330,6 +357,7 @@ def pipeline_options(args: argparse.Namespace, *, progress: bool = False) -> Pip
 
 
 __all__ = [
+    "add_analysis_args",
     "add_audio_args",
     "add_clip_args",
     "add_model_args",

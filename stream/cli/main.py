@@ -30,6 +30,7 @@ SUBCOMMANDS = {
     "images": "analyse still images (largest face each)",
     "text": "classify text with the speech or scene head",
     "calibrate": "fit fusion weights and PFSA prototypes from feature dumps",
+    "batch": "analyse many files (local processes or a Ray cluster), resumably",
     "eval": "score frame-wise predictions against ABAW labels",
     "plot": "draw a run's records as a timeline picture",
     "models": "list, fetch and export models",
@@ -42,6 +43,7 @@ SUBCOMMANDS = {
 
 def run_parser() -> argparse.ArgumentParser:
     from stream.cli.flags import (
+        add_analysis_args,
         add_audio_args,
         add_clip_args,
         add_model_args,
@@ -68,8 +70,8 @@ def run_parser() -> argparse.ArgumentParser:
         metavar="DEVICE",
         help="add microphone audio (camera input); DEVICE defaults to the system default",
     )
-    p.add_argument("--no-audio", action="store_true", help="ignore the source's audio track")
     p.add_argument("--realtime", action="store_true", help="pace a file at media speed, like a live source")
+    add_analysis_args(p)  # --no-audio, --no-frames, --compound, --fusion, --max-side (shared with batch)
     p.add_argument("--out", metavar="FILE.jsonl", type=Path, help="also write every record to this file")
     p.add_argument(
         "--publish", metavar="ENDPOINT", help="also publish records on a ZeroMQ PUB socket, e.g. tcp://127.0.0.1:5556"
@@ -93,31 +95,11 @@ def run_parser() -> argparse.ArgumentParser:
         help="allow --serve on an address other machines can reach (the page has no authentication)",
     )
     p.add_argument("--quiet", action="store_true", help="print nothing on stdout (use with --out/--publish/--csv)")
-    p.add_argument("--no-frames", action="store_true", help="leave provisional frame records out of the output")
-    p.add_argument(
-        "--compound",
-        default="ppa",
-        choices=["ppa", "rule1", "rule2", "pfsa"],
-        help="basic-to-compound conversion (default ppa; pfsa needs --fusion with prototypes)",
-    )
-    p.add_argument(
-        "--fusion",
-        metavar="FILE",
-        type=Path,
-        help="calibration file from `cer-stream calibrate` (default: equal weights)",
-    )
     p.add_argument(
         "--dump-features",
         metavar="OUT.jsonl",
         type=Path,
         help="write each window's per-modality probabilities and features (for calibrate)",
-    )
-    p.add_argument(
-        "--max-side",
-        type=int,
-        default=960,
-        metavar="PX",
-        help="scale frames so the longer side is at most PX before analysis (default 960)",
     )
     p.add_argument(
         "--timeout",
@@ -370,6 +352,7 @@ def _lazy(module: str, function: str):
 COMMANDS = {
     "images": images_main,
     "calibrate": _lazy("stream.cli.offline", "calibrate_main"),
+    "batch": _lazy("stream.cli.offline", "batch_main"),
     "eval": _lazy("stream.cli.offline", "eval_main"),
     "plot": _lazy("stream.cli.offline", "plot_main"),
     "text": _lazy("stream.cli.offline", "text_main"),

@@ -3,7 +3,7 @@
 ``calibrate`` and ``eval`` (:mod:`stream.offline.calibrate`), ``train-temporal``
 (:mod:`stream.offline.temporal_train`), ``temporal-features`` (:mod:`stream.offline.temporal_data`),
 ``train-head`` and ``text`` (:mod:`stream.modalities.speech.texthead`), ``plot``
-(:mod:`stream.offline.plot`): for each, ``*_parser()``
+(:mod:`stream.offline.plot`), ``batch`` (:mod:`stream.batch`): for each, ``*_parser()``
 declares the flags, ``*_options(args)`` turns parsed flags into the typed options and
 ``*_main(argv)`` runs the library function and turns its one-line errors into exit statuses.
 The library modules (and their heavy imports) load only when a command is used.
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, BinaryIO, TextIO
 from stream.cli.main import PROG, fail
 
 if TYPE_CHECKING:
+    from stream.batch.run import BatchOptions
     from stream.modalities.speech.texthead import TextClassifyOptions, TrainHeadOptions
     from stream.offline.calibrate import CalibrateOptions, EvalOptions
     from stream.offline.plot import PlotOptions
@@ -493,7 +494,145 @@ def plot_main(argv: Sequence[str] | None = None, *, stdin: BinaryIO | None = Non
     return 0
 
 
+# --------------------------------------------------------------------------- batch
+def batch_parser() -> argparse.ArgumentParser:
+    """Flags of ``cer-stream batch``: its own, and the run command's analysis and model flags."""
+    from stream.cli.flags import (
+        add_analysis_args,
+        add_audio_args,
+        add_clip_args,
+        add_model_args,
+        add_scene_args,
+        add_temporal_args,
+    )
+
+    p = argparse.ArgumentParser(
+        prog=f"{PROG} batch",
+        description="Analyse many files, each as `cer-stream --video FILE` would, on local processes or a Ray "
+        "cluster. Per file, named after it, in DIR: NAME.jsonl (every record), NAME.csv (ABAW frame "
+        "predictions), NAME.features.jsonl (--dump-features) and NAME.done.json (written last); then "
+        "summary.csv and summary.json. A rerun skips the files that are done and retries the others.",
+        epilog="exit status: 0 every file done, 1 some failed (see the summary), 2 bad input or models that "
+        "cannot load, 130 interrupted (a rerun goes on where it stopped)",
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="video files, folders (searched recursively for video files), glob patterns ('clips/**/*.mp4'), "
+        "or manifest CSVs with a 'path' column (and an optional 'name' column naming the outputs)",
+    )
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="the output folder (made when missing)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="worker processes, each loading the models once (default 1); with --ray, actors (default: as "
+        "many as the cluster's CPUs hold)",
+    )
+    p.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run the workers as Ray actors on a cluster: auto (the one this machine belongs to), HOST:PORT, "
+        "ray://HOST:10001, or local (start one here); needs the ray extra",
+    )
+    p.add_argument("--worker-cpus", type=float, default=1.0, metavar="N", help="CPUs a Ray actor reserves (default 1)")
+    p.add_argument("--worker-gpus", type=float, default=0.0, metavar="N", help="GPUs a Ray actor reserves (default 0)")
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        metavar="N",
+        help="retry a file this many times when its worker process dies under it (default 1)",
+    )
+    p.add_argument(
+        "--dump-features",
+        action="store_true",
+        help="also write NAME.features.jsonl (each window's per-modality probabilities, for calibrate)",
+    )
+    p.add_argument("--no-csv", action="store_true", help="do not write NAME.csv")
+    p.add_argument(
+        "--progress",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="progress bar over the files on stderr (auto: when stderr is a terminal)",
+    )
+    p.add_argument("--quiet", action="store_true", help="do not print the summary table on stdout")
+    add_analysis_args(p)
+    add_model_args(p)
+    add_clip_args(p)
+    add_temporal_args(p)
+    add_audio_args(p)
+    add_scene_args(p)
+    # a file is read as `--video` reads it: lossless, no reconnecting
+    p.set_defaults(realtime=False, timeout=10.0, reconnect="off", reconnect_max_delay=30.0, wait=False)
+    return p
+
+
+def batch_options(args: argparse.Namespace) -> BatchOptions:
+    """``ValueError`` (one line) on bad values."""
+    from stream.batch.run import BatchOptions
+    from stream.cli.flags import pipeline_options
+
+    return BatchOptions(
+        inputs=tuple(args.inputs),
+        out=args.out,
+        pipeline=pipeline_options(args),
+        audio=not args.no_audio,
+        csv=not args.no_csv,
+        features=bool(args.dump_features),
+        workers=args.workers,
+        ray=args.ray,
+        worker_cpus=args.worker_cpus,
+        worker_gpus=args.worker_gpus,
+        retries=args.retries,
+        progress=args.progress,
+    )
+
+
+def batch_main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None) -> int:
+    """``cer-stream batch INPUT... --out DIR``; prints the summary table on stdout (unless
+    ``--quiet``); exit status 0, 1 (some files failed), 2 (bad input, models that cannot load,
+    an unreachable Ray cluster) or 130 (interrupted)."""
+    import signal
+    import threading
+
+    from stream.batch import BatchError, format_table, run_batch
+
+    args = batch_parser().parse_args(argv)
+    try:
+        options = batch_options(args)
+    except ValueError as exc:
+        return fail(str(exc))
+
+    def on_term(signum, _frame):
+        raise KeyboardInterrupt  # SIGTERM ends a batch as Ctrl-C does: workers stopped, summary written
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, on_term) if main_thread else None
+    try:
+        result = run_batch(options)
+    except BatchError as exc:
+        return fail(str(exc))
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, old)
+    if not args.quiet:
+        out = stdout or sys.stdout
+        out.write(format_table(result) + "\n")
+        out.flush()
+    if result.error:
+        return fail(result.error)
+    if result.status == 130:
+        sys.stderr.write(f"{PROG}: interrupted\n")
+    return result.status
+
+
 __all__ = [
+    "batch_main",
+    "batch_options",
+    "batch_parser",
     "calibrate_main",
     "calibrate_options",
     "calibrate_parser",
