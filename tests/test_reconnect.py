@@ -5,18 +5,16 @@ and never emit a frame that does not exist."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
+import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from conftest import ROOT
 from faults import StallProxy, make_looped_clip
+from live_process import LiveProcess
 from rtsp_util import RtspServer, rtsp_available
 
 ok, why = rtsp_available()
@@ -26,42 +24,11 @@ pytestmark = pytest.mark.skipif(not ok, reason=f"GStreamer RTSP server unavailab
 LIGHT = ["--no-asr", "--no-clip", "--no-frames", "--reconnect-max-delay", "1"]
 
 
-class LiveRun:
+class LiveRun(LiveProcess):
     """`cer-stream` as a user runs it, its records read as they come."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stream.cli", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        self.records: list[dict] = []
-        self.cond = threading.Condition()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-        self.stderr = ""
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self.cond:
-                self.records.append(json.loads(line))
-                self.cond.notify_all()
-
-    def wait_for(self, pred, timeout: float, what: str) -> dict:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                hit = next((r for r in self.records if pred(r)), None)
-                if hit is not None:
-                    return hit
-                left = deadline - time.monotonic()
-                if left <= 0 or self.proc.poll() is not None:
-                    raise AssertionError(f"no {what} within {timeout:g} s; records: {self.records[-5:]}")
-                self.cond.wait(min(left, 0.5))
+        super().__init__([sys.executable, "-m", "stream.cli", *args])
 
     def windows_after(self, t: float, n: int, timeout: float) -> None:
         self.wait_for(
@@ -73,19 +40,6 @@ class LiveRun:
     def _first_after(self, t: float) -> int:
         wins = [r["index"] for r in self.records if r["type"] == "window" and r["start"] >= t]
         return min(wins) if wins else 10**9
-
-    def finish(self, *, interrupt: bool = True, timeout: float = 60) -> int:
-        if interrupt and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-        self.reader.join(10)
-        assert self.proc.stderr is not None
-        self.stderr = self.proc.stderr.read()
-        return self.proc.returncode
 
     def of(self, kind: str) -> list[dict]:
         return [r for r in self.records if r["type"] == kind]
@@ -181,9 +135,19 @@ def test_source_down_at_start_is_waited_for_when_asked(long_clip):
     assert run.records[0]["type"] == "start"
 
 
-def test_down_at_start_without_wait_or_past_the_policy_is_one_line(long_clip):
-    with RtspServer(long_clip) as server:
-        url = server.url
+def test_down_at_start_without_wait_or_past_the_policy_is_one_line():
+    # a port bound but not listening, held for the whole test: connections are refused, and no
+    # other process can take the port meanwhile (a port freed by a stopped server can be)
+    hold = socket.socket()
+    hold.bind(("127.0.0.1", 0))
+    url = f"rtsp://127.0.0.1:{hold.getsockname()[1]}/sample"
+    try:
+        _down_at_start(url)
+    finally:
+        hold.close()
+
+
+def _down_at_start(url: str) -> None:
     for extra, expect in (([], "cannot open RTSP stream"), (["--wait", "--reconnect", "2"], "gave up on")):
         proc = subprocess.run(
             [sys.executable, "-m", "stream.cli", "--rtsp", url, "--timeout", "2", *extra, *LIGHT],

@@ -3,8 +3,8 @@
 ``calibrate`` and ``eval`` (:mod:`stream.offline.calibrate`), ``train-temporal``
 (:mod:`stream.offline.temporal_train`), ``temporal-features`` (:mod:`stream.offline.temporal_data`),
 ``train-head`` and ``text`` (:mod:`stream.modalities.speech.texthead`), ``plot``
-(:mod:`stream.offline.plot`), ``batch`` (:mod:`stream.batch`): for each, ``*_parser()``
-declares the flags, ``*_options(args)`` turns parsed flags into the typed options and
+(:mod:`stream.offline.plot`), ``batch`` (:mod:`stream.batch`), ``serve`` (:mod:`stream.serve`):
+for each, ``*_parser()`` declares the flags, ``*_options(args)`` turns parsed flags into the typed options and
 ``*_main(argv)`` runs the library function and turns its one-line errors into exit statuses.
 The library modules (and their heavy imports) load only when a command is used.
 """
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from stream.offline.plot import PlotOptions
     from stream.offline.temporal_data import TemporalFeaturesOptions
     from stream.offline.temporal_train import TrainTemporalOptions
+    from stream.serve.config import ServeConfig
 
 
 # --------------------------------------------------------------------------- calibrate
@@ -629,6 +630,166 @@ def batch_main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = Non
     return result.status
 
 
+# --------------------------------------------------------------------------- serve
+def serve_parser() -> argparse.ArgumentParser:
+    """Flags of ``cer-stream serve``; analyzer flags for every stream follow ``--``."""
+    from stream.serve.config import DEFAULT_RESTART_MAX_DELAY_S
+
+    p = argparse.ArgumentParser(
+        prog=f"{PROG} serve",
+        usage=f"{PROG} serve [CONFIG.toml | --rtsp URL ... --camera N ...] [options] [-- ANALYZER FLAGS]",
+        description="Run one supervised analyzer process per live source. Every record gets the stream's id "
+        "(`stream_id`) and goes to stdout (JSON lines), the --publish socket and DIR/ID.jsonl; an analyzer that "
+        "exits is restarted with exponential backoff and `supervisor` records say so. Ctrl-C (or SIGTERM) stops "
+        "every analyzer (each writes its end record); exit status 0.",
+        epilog="CONFIG.toml: [[stream]] tables (id, rtsp or camera, args, password_env) and the top-level keys "
+        "publish, out_dir, args, max_restarts, restart_max_delay (see README, 'Many live streams'). Flags after "
+        "-- go to every stream's analyzer, e.g. -- --no-asr --vlm-url http://gpu:8000/v1. Exit status: 0 "
+        "stopped, 1 every stream given up, 2 bad input.",
+    )
+    p.add_argument("config", nargs="?", type=Path, metavar="CONFIG.toml", help="the streams to run (TOML)")
+    p.add_argument(
+        "--rtsp",
+        action="append",
+        dest="sources",
+        type=lambda v: ("rtsp", v),
+        metavar="URL",
+        help="an RTSP stream (repeat for more; ids s0, s1, ... in the order given, --camera included); "
+        "rtsp://user@host/... takes its password from $CER_STREAM_RTSP_PASSWORD",
+    )
+    p.add_argument(
+        "--camera", action="append", dest="sources", type=lambda v: ("camera", v), metavar="N", help="a V4L2 camera"
+    )
+    p.add_argument(
+        "--publish",
+        metavar="ENDPOINT",
+        help="publish every stream's records on one ZeroMQ PUB socket, e.g. tcp://127.0.0.1:5556",
+    )
+    p.add_argument("--out-dir", type=Path, metavar="DIR", help="also write each stream's records to DIR/ID.jsonl")
+    p.add_argument("--quiet", action="store_true", help="print no records on stdout (use with --publish/--out-dir)")
+    p.add_argument(
+        "--max-restarts",
+        metavar="N",
+        help="give a stream up after N exits in a row without a window in between (default: forever)",
+    )
+    p.add_argument(
+        "--restart-max-delay",
+        type=float,
+        default=None,
+        metavar="S",
+        help=f"longest wait before restarting an analyzer (exponential backoff with jitter; default "
+        f"{DEFAULT_RESTART_MAX_DELAY_S:g})",
+    )
+    p.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run each stream's analyzer under a Ray actor (restarted by Ray when its process or node dies): "
+        "auto, HOST:PORT, ray://HOST:10001, or local; records still come here; needs the ray extra",
+    )
+    p.add_argument(
+        "--worker-cpus", type=float, default=1.0, metavar="N", help="CPUs a stream's actor reserves (default 1)"
+    )
+    p.add_argument(
+        "--worker-gpus", type=float, default=0.0, metavar="N", help="GPUs a stream's actor reserves (default 0)"
+    )
+    return p
+
+
+def serve_options(args: argparse.Namespace, analyzer_args: Sequence[str] = ()) -> ServeConfig:
+    """The streams and outputs the flags (and the config file) name; ``ConfigError`` (one line)."""
+    import dataclasses
+
+    from stream.serve.config import ConfigError, check_args, from_flags, load_config
+
+    max_restarts: int | None = None
+    if args.max_restarts is not None and args.max_restarts.strip().lower() != "forever":
+        try:
+            max_restarts = int(args.max_restarts)
+        except ValueError:
+            raise ConfigError(f"--max-restarts takes a number or forever, not {args.max_restarts!r}") from None
+    if args.config is not None:
+        if args.sources:
+            raise ConfigError("give a config file or --rtsp/--camera, not both")
+        config = load_config(args.config)
+        check_args(analyzer_args, "analyzer flags after --", per_stream=False)
+        changes: dict = {"args": (*config.args, *analyzer_args)}
+        if args.publish is not None:
+            changes["publish"] = args.publish
+        if args.out_dir is not None:
+            changes["out_dir"] = args.out_dir
+        if args.max_restarts is not None:
+            if max_restarts is not None and max_restarts < 0:
+                raise ConfigError("--max-restarts must be >= 0")
+            changes["max_restarts"] = max_restarts
+        if args.restart_max_delay is not None:
+            if args.restart_max_delay <= 0:
+                raise ConfigError("--restart-max-delay must be positive")
+            changes["restart_max_delay_s"] = args.restart_max_delay
+        return dataclasses.replace(config, **changes)
+    if not args.sources:
+        raise ConfigError("no stream to serve: give a CONFIG.toml or --rtsp/--camera")
+    kw: dict = {}
+    if args.restart_max_delay is not None:
+        kw["restart_max_delay_s"] = args.restart_max_delay
+    return from_flags(
+        args.sources,
+        publish=args.publish,
+        out_dir=args.out_dir,
+        args=analyzer_args,
+        max_restarts=max_restarts,
+        **kw,
+    )
+
+
+def serve_main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None) -> int:
+    """``cer-stream serve CONFIG.toml`` or ``cer-stream serve --rtsp URL --rtsp URL2 ... [-- FLAGS]``:
+    runs until Ctrl-C or SIGTERM (exit status 0); 1 when every stream was given up; 2 on bad input."""
+    import signal
+    import threading
+
+    from stream.serve.config import ConfigError
+    from stream.serve.supervisor import Supervisor, check_analyzer_flags
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    analyzer_args: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, analyzer_args = argv[:i], argv[i + 1 :]
+    args = serve_parser().parse_args(argv)
+    try:
+        config = serve_options(args, analyzer_args)
+        check_analyzer_flags(config)
+    except ConfigError as exc:
+        return fail(f"serve: {exc}")
+    supervisor: Supervisor
+    if args.ray:
+        from stream.serve.ray_backend import RaySupervisor
+
+        if args.worker_cpus < 0 or args.worker_gpus < 0:
+            return fail("serve: --worker-cpus and --worker-gpus must be >= 0")
+        supervisor = RaySupervisor(
+            config, address=args.ray, cpus=args.worker_cpus, gpus=args.worker_gpus, stdout=stdout, quiet=args.quiet
+        )
+    else:
+        supervisor = Supervisor(config, stdout=stdout, quiet=args.quiet)
+    stop_requested, kill_requested = threading.Event(), threading.Event()
+
+    def on_signal(_signum, _frame):
+        if stop_requested.is_set():
+            kill_requested.set()  # a second Ctrl-C: kill the analyzers now
+        stop_requested.set()
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+    try:
+        return supervisor.run(stop_requested, kill_requested)
+    except (ConfigError, ValueError) as exc:
+        return fail(f"serve: {exc}")
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 __all__ = [
     "batch_main",
     "batch_options",
@@ -642,6 +803,9 @@ __all__ = [
     "plot_main",
     "plot_options",
     "plot_parser",
+    "serve_main",
+    "serve_options",
+    "serve_parser",
     "temporal_features_main",
     "temporal_features_options",
     "temporal_features_parser",

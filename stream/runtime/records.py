@@ -8,6 +8,7 @@ and scalars become lists and numbers).  :func:`build_window_record` and
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -180,6 +181,9 @@ def from_dict(d: dict[str, Any]) -> AnyRecord:
     """The typed record for a record's JSON object (the inverse of ``to_dict``)."""
     d = dict(d)
     cls = RECORD_TYPES[d.pop("type")]
+    # fields a record type does not have (``stream_id`` from ``cer-stream serve``) are left out
+    fields = {f.name for f in dataclasses.fields(cls)}
+    d = {k: v for k, v in d.items() if k in fields}
     if cls is WindowRecord:
         d["frames"] = tuple(d["frames"])
     if cls is GapRecord and d.get("windows_missing") is not None:

@@ -1,0 +1,446 @@
+"""Many live streams, one analyzer process each, supervised.
+
+A :class:`Supervisor` runs one child process per stream (``python -m stream.serve.child``,
+which is ``cer-stream --rtsp URL ...`` fed its flags on stdin, so no URL is ever on a command
+line) and one thread per child that reads the child's JSON lines from its stdout, adds
+``"stream_id": ID`` to each and hands it to the shared outputs: the supervisor's stdout, one
+ZeroMQ PUB socket (:class:`~stream.sinks.outputs.ZmqPublishSink`, two-part ``[type, json]``)
+and, per stream, ``OUT_DIR/ID.jsonl``.  Each child's stderr lines go to the supervisor's
+stderr behind ``cer-stream serve [ID]:``, credentials redacted.
+
+A child that exits while the supervisor is not stopping (a crash, an error, a kill) is started
+again after an exponential backoff with jitter (:meth:`ReconnectPolicy.delay`), and
+``supervisor`` records say so::
+
+    {"type": "supervisor", "stream_id": "door", "event": "exited", "exit_code": -9,
+     "signal": "SIGKILL", "restarts": 0, "delay_s": 0.37, "message": "...", "wall_time": ...}
+    {"type": "supervisor", "stream_id": "door", "event": "restarted", "pid": 4242, "restarts": 1, ...}
+
+The backoff grows with crashes in a row and starts again once a child has emitted a window;
+past ``max_restarts`` crashes in a row the stream is given up (``gave_up``) and the others go
+on.  :meth:`Supervisor.stop` (SIGINT/SIGTERM in ``cer-stream serve``) sends each child SIGINT:
+it flushes, writes its ``end`` record and exits; a child still running after
+``stop_grace_s`` is killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any, TextIO
+
+from stream.io.reconnect import ReconnectPolicy
+from stream.serve.config import STREAM_KEY, ConfigError, ServeConfig, StreamSpec, child_environment
+
+PROG = "cer-stream serve"
+
+#: Seconds a child has after SIGINT to flush and write its end record before it is killed.
+STOP_GRACE_S = float(os.environ.get("CER_STREAM_SERVE_STOP_GRACE", "20"))
+#: First restart delay (then doubling up to the config's ``restart_max_delay``).
+RESTART_BASE_DELAY_S = 0.5
+#: Longest child stderr line kept for a supervisor record's ``message``.
+_MESSAGE_MAX = 300
+
+
+def child_command(spec: StreamSpec, python: str | None = None) -> list[str]:
+    """The child's command line: the stream id only, never its source."""
+    return [python or sys.executable, "-m", "stream.serve.child", "--id", spec.id]
+
+
+def check_analyzer_flags(config: ServeConfig) -> None:
+    """Parse every child's flags as ``cer-stream`` would, now: ``ConfigError`` (one line,
+    naming the stream) for a flag the analyzer does not take, rather than a child that
+    fails the same way at every restart."""
+    import contextlib
+    import io
+
+    from stream.cli.main import run_parser
+
+    parser = run_parser()
+    for spec in config.streams:
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                parser.parse_args(config.child_args(spec))
+        except SystemExit:
+            lines = err.getvalue().strip().splitlines() or ["bad analyzer flags"]
+            message = lines[-1].split("error: ", 1)[-1]
+            raise ConfigError(f"stream {spec.id!r}: analyzer flags: {message}") from None
+
+
+def _signal_name(code: int | None) -> str | None:
+    if code is None or code >= 0:
+        return None
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+class _StreamRunner:
+    """One stream: its child process, the thread that starts, reads and restarts it."""
+
+    def __init__(self, sup: Supervisor, spec: StreamSpec, env: dict[str, str]) -> None:
+        self.sup = sup
+        self.spec = spec
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self.gave_up = False
+        self.last_error = ""
+        self._healthy = False
+        self.thread = threading.Thread(target=self._run, name=f"cer-serve-{spec.id}", daemon=True)
+
+    # ---- the child
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            child_command(self.spec, self.sup.python),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=self.env,
+            # its own session: a Ctrl-C in the terminal reaches the supervisor only, which
+            # stops each child once (a second SIGINT would make a child stop without its end record)
+            start_new_session=True,
+        )
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write((json.dumps({"argv": self.sup.config.child_args(self.spec)}) + "\n").encode())
+            proc.stdin.flush()  # stdin stays open: its end of file tells the child we are gone
+        except OSError:
+            pass  # it died at once; its exit is handled as any other
+        return proc
+
+    def _read_stderr(self, stream: IO[bytes]) -> None:
+        from stream.core.redact import redact
+
+        try:
+            for raw in stream:
+                line = redact(raw.decode("utf-8", "replace").rstrip())
+                if not line:
+                    continue
+                self.last_error = line[:_MESSAGE_MAX]
+                self.sup.write_stderr(f"{PROG} [{self.spec.id}]: {line}")
+        except (OSError, ValueError):  # the pipe closed under us (a child whose heir kept it open)
+            pass
+
+    def _read_stdout(self, stream: IO[bytes]) -> None:
+        from stream.core.redact import redact
+
+        try:
+            for raw in stream:
+                text = raw.decode("utf-8", "replace").strip()
+                if not text:
+                    continue
+                try:
+                    record = json.loads(text)
+                    if not isinstance(record, dict):
+                        raise ValueError
+                except ValueError:
+                    record = {
+                        "type": "warning",
+                        "message": f"analyzer wrote a line that is not a record: {redact(text)[:200]}",
+                    }
+                if record.get("type") == "window":
+                    self._healthy = True
+                self.sup.emit(self.spec.id, record)
+        except (OSError, ValueError):  # the pipe failed under us: the child's exit says the rest
+            pass
+
+    # ---- the loop
+    def _run(self) -> None:
+        policy = ReconnectPolicy(
+            attempts=self.sup.config.max_restarts,
+            max_delay_s=self.sup.config.restart_max_delay_s,
+            base_delay_s=min(RESTART_BASE_DELAY_S, self.sup.config.restart_max_delay_s),
+        )
+        failures = 0  # exits in a row without a window in between
+        while True:
+            with self.sup.lock:
+                if self.sup.stopping:
+                    return
+                self._healthy = False
+                self.last_error = ""
+                try:
+                    proc = self._spawn()
+                except OSError as exc:
+                    proc = None
+                    self.last_error = f"cannot start the analyzer: {exc.strerror or exc}"
+                self.proc = proc
+            code: int | None = None
+            if proc is not None:
+                event = "restarted" if self.restarts else "started"
+                self.sup.supervisor_record(self.spec.id, event, pid=proc.pid, restarts=self.restarts)
+                assert proc.stdout is not None and proc.stderr is not None
+                err = threading.Thread(target=self._read_stderr, args=(proc.stderr,), daemon=True)
+                err.start()
+                self._read_stdout(proc.stdout)
+                code = proc.wait()
+                err.join(5.0)
+                for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                    try:
+                        if pipe is not None:
+                            pipe.close()
+                    except OSError:
+                        pass
+            if self.sup.stopping:
+                self.sup.supervisor_record(
+                    self.spec.id, "stopped", exit_code=code, signal=_signal_name(code), restarts=self.restarts
+                )
+                return
+            failures = 1 if self._healthy else failures + 1
+            if policy.gives_up(failures):
+                self.gave_up = True
+                self.sup.supervisor_record(
+                    self.spec.id,
+                    "gave_up",
+                    exit_code=code,
+                    signal=_signal_name(code),
+                    restarts=self.restarts,
+                    message=self.last_error or None,
+                )
+                self.sup.write_stderr(
+                    f"{PROG}: stream {self.spec.id} gave up after {failures} exit(s) in a row"
+                    + (f": {self.last_error}" if self.last_error else "")
+                )
+                self.sup.wake()
+                return
+            delay = policy.delay(failures)
+            self.sup.supervisor_record(
+                self.spec.id,
+                "exited",
+                exit_code=code,
+                signal=_signal_name(code),
+                restarts=self.restarts,
+                delay_s=round(delay, 3),
+                message=self.last_error or None,
+            )
+            if self.sup.wait_stopping(delay):
+                self.sup.supervisor_record(self.spec.id, "stopped", exit_code=code, restarts=self.restarts)
+                return
+            self.restarts += 1
+
+    # ---- control (under the supervisor's lock)
+    def send(self, signum: int) -> None:
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            try:
+                os.kill(proc.pid, signum)
+            except ProcessLookupError:
+                pass
+
+
+class Supervisor:
+    """Runs ``config``'s streams until :meth:`stop`.  Records go to ``stdout`` (default
+    ``sys.stdout``; none with ``quiet``), the config's ``publish`` socket and ``out_dir``
+    files, and to ``on_record`` (called on the reading thread).  ``env``: variables the
+    children get on top of ours.  Thread-safe :meth:`stop`; :meth:`run` is the whole life in
+    one call."""
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        *,
+        stdout: TextIO | None = None,
+        quiet: bool = False,
+        stop_grace_s: float = STOP_GRACE_S,
+        python: str | None = None,
+        stderr: Callable[[str], None] | None = None,
+        on_record: Callable[[dict[str, Any]], None] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.config = config
+        self.env = env
+        self.quiet = quiet
+        self.stop_grace_s = stop_grace_s
+        self.python = python
+        self.lock = threading.RLock()
+        self.publish_endpoint: str | None = None
+        self._stdout = stdout
+        self._stderr = stderr
+        self._on_record = on_record
+        self._stderr_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._common: Any = None  # SinkSet of stdout and publish
+        self._files: dict[str, Any] = {}  # stream id -> SinkSet of its file
+        self._sinks: list[Any] = []
+        self.runners: list[_StreamRunner] = []
+
+    # ---- outputs
+    def _open(self) -> None:
+        """Open every output; ``ValueError`` (one line) when one cannot be used."""
+        from stream.sinks.outputs import JsonLinesSink, SinkError, SinkSet, ZmqPublishSink
+
+        common: list[Any] = []
+        try:
+            if not self.quiet:
+                out = JsonLinesSink(self._stdout or sys.stdout, name="stdout")
+                out.required = True  # its reader going away ends the run (also for a copy of fd 1)
+                common.append(out)
+            if self.config.publish:
+                pub = ZmqPublishSink(self.config.publish)
+                self.publish_endpoint = pub.endpoint
+                common.append(pub)
+            self._sinks.extend(common)
+            files: dict[str, JsonLinesSink] = {}
+            if self.config.out_dir is not None:
+                try:
+                    self.config.out_dir.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise SinkError(f"cannot make out_dir {self.config.out_dir}: {exc.strerror or exc}") from None
+                for spec in self.config.streams:
+                    files[spec.id] = JsonLinesSink(
+                        path=Path(self.config.out_dir) / f"{spec.id}.jsonl", option="out_dir"
+                    )
+                    self._sinks.append(files[spec.id])
+        except (SinkError, ValueError, OSError) as exc:
+            for s in self._sinks:
+                s.close()
+            self._sinks.clear()
+            raise ValueError(str(exc)) from None
+        # stdout and files are lossless: a reader that falls behind holds the readers back, the
+        # children's pipes fill and each child drops records on its own side (a live run never
+        # waits) and counts them in its end record; ZeroMQ never waits
+        self._common = SinkSet(common, block=True)
+        self._files = {sid: SinkSet([f], block=True) for sid, f in files.items()}
+
+    def emit(self, stream_id: str, record: dict[str, Any]) -> None:
+        """Send one stream's record to every output, tagged with its stream id (right after
+        ``type``)."""
+        tagged = {"type": record.get("type"), STREAM_KEY: stream_id}
+        tagged.update((k, v) for k, v in record.items() if k not in ("type", STREAM_KEY))
+        if self._on_record is not None:
+            self._on_record(tagged)
+        if self._common is not None:
+            self._common.put(tagged)
+        files = self._files.get(stream_id)
+        if files is not None:
+            files.put(tagged)
+
+    def supervisor_record(self, stream_id: str, event: str, **fields: Any) -> None:
+        record: dict[str, Any] = {"type": "supervisor", "event": event}
+        record.update((k, v) for k, v in fields.items() if v is not None)
+        record["wall_time"] = round(time.time(), 3)
+        self.emit(stream_id, record)
+
+    def write_stderr(self, line: str) -> None:
+        if self._stderr is not None:
+            self._stderr(line)
+            return
+        with self._stderr_lock:
+            try:
+                sys.stderr.write(line + "\n")
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+
+    # ---- life
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def wait_stopping(self, timeout: float) -> bool:
+        return self._stopping.wait(timeout)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        """Open the outputs and start every stream's child; ``ValueError``/``ConfigError``
+        (one line) when an output or a stream's environment cannot be used."""
+        base = None if self.env is None else {**os.environ, **self.env}
+        envs = {spec.id: child_environment(spec, base) for spec in self.config.streams}
+        self._open()
+        self.runners = [_StreamRunner(self, spec, envs[spec.id]) for spec in self.config.streams]
+        for r in self.runners:
+            r.thread.start()
+
+    def stop(self, signum: int = signal.SIGINT) -> None:
+        """Stop every child (``signum``, default SIGINT: each flushes and writes its end record)
+        and restart none; returns at once (:meth:`join` waits)."""
+        with self.lock:
+            self._stopping.set()
+            for r in self.runners:
+                r.send(signum)
+        self._wake.set()
+
+    def kill(self) -> None:
+        """Kill every child still running (SIGKILL)."""
+        with self.lock:
+            self._stopping.set()
+            for r in self.runners:
+                r.send(signal.SIGKILL)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for every stream's thread to end; whether they all did."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for r in self.runners:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            r.thread.join(left)
+        return not any(r.thread.is_alive() for r in self.runners)
+
+    @property
+    def active(self) -> list[str]:
+        """Streams not given up."""
+        return [r.spec.id for r in self.runners if not r.gave_up]
+
+    def output_closed(self) -> bool:
+        """Whether stdout's reader went away (or writing to it failed): nothing more to say."""
+        return self._common is not None and "stdout" in (*self._common.closed, *self._common.failed)
+
+    def report_sink_events(self) -> None:
+        sets = [self._common, *self._files.values()] if self._common is not None else []
+        for s in sets:
+            for ev in s.events():
+                if ev.kind == "failed":
+                    self.write_stderr(f"{PROG}: error: {ev.message}")
+
+    def close(self) -> None:
+        """Let the outputs write what they hold (a few seconds at most), then close them."""
+        for s in [self._common, *self._files.values()]:
+            if s is not None:
+                s.finish(10.0, force=True)
+        for sink in self._sinks:
+            sink.close()
+        self._sinks.clear()
+
+    def run(self, stop_requested: threading.Event | None = None, kill_requested: threading.Event | None = None) -> int:
+        """Start, run until ``stop_requested`` is set (or every stream has given up, or
+        stdout's reader went away), stop the children and close the outputs.  Exit status 0,
+        or 1 when every stream gave up."""
+        stop_requested = stop_requested or threading.Event()
+        kill_requested = kill_requested or threading.Event()
+        try:
+            self.start()
+            if self.publish_endpoint:
+                self.write_stderr(f"{PROG}: publishing on {self.publish_endpoint}")
+            while not stop_requested.is_set():
+                self._wake.wait(0.2)
+                self._wake.clear()
+                self.report_sink_events()
+                if not self.active or self.output_closed():
+                    break
+            self.stop()
+            deadline = time.monotonic() + self.stop_grace_s
+            while not self.join(0.2):
+                if kill_requested.is_set() or time.monotonic() >= deadline:
+                    self.kill()
+                    self.join(10.0)
+                    break
+        finally:
+            self.stop()
+            self.close()
+        if not self.active and not stop_requested.is_set():
+            return 1
+        return 0
+
+
+__all__ = ["PROG", "STOP_GRACE_S", "Supervisor", "check_analyzer_flags", "child_command"]
