@@ -465,12 +465,7 @@ def live_round(
 
 
 # --------------------------------------------------------------------------- report
-def _f(v: Any, nd: int = 1) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.{nd}f}"
-    return str(v)
+_f = soak._f  # one cell formatter for both reports
 
 
 def markdown(res: dict) -> str:
