@@ -379,3 +379,47 @@ def test_create_engine_uses_tensorrt_and_rebuilds_an_undeserializable_plan(tmp_p
         assert again.infer(np.zeros((2, 1, 64, 64), np.float32))[0].shape == (2, 7)
     assert any("could not deserialize" in r.getMessage() for r in caplog.records)
     assert trtb.read_plan(plan)[1] != bytes(len(body))
+
+
+@pytest.mark.parametrize("env, arena", [(None, False), ("1", True), ("0", False)])
+def test_onnxruntime_memory_arena_is_off_unless_asked(tmp_path, monkeypatch, env, arena):
+    """The CPU arena (and memory patterns) grow to every new input shape and never give memory
+    back; off by default, CER_STREAM_ORT_ARENA=1 restores them.  Results are the same."""
+    from engines.runtimes.onnxruntime import ARENA_ENV
+
+    if env is None:
+        monkeypatch.delenv(ARENA_ENV, raising=False)
+    else:
+        monkeypatch.setenv(ARENA_ENV, env)
+    path, w, b = tiny_onnx(tmp_path / "tiny.onnx")
+    eng = OrtEngine(path, device="cpu").load()
+    opts = eng._session.get_session_options()
+    assert opts.enable_cpu_mem_arena is arena and opts.enable_mem_pattern is arena
+    for n in (1, 7, 3):  # batches of new sizes, as after a reconnect
+        x = np.random.default_rng(n).normal(size=(n, 4)).astype(np.float32)
+        np.testing.assert_allclose(eng.infer({"x": x})[0], reference(x, w, b), rtol=1e-5, atol=1e-6)
+
+
+def test_trim_and_malloc_tuning():
+    """glibc (this project's Linux): malloc_trim and mallopt are reachable; the trimmer trims when
+    asked and once per period."""
+    import platform
+
+    from engines import memory
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    assert memory.trim() is True
+    assert memory.keep_freed_memory() is True and memory.keep_freed_memory() is True  # once, then a no-op
+    now = [100.0]
+    t = memory.Trimmer(every_s=60.0, clock=lambda: now[0])
+    t.maybe()
+    assert t.count == 0
+    now[0] += 59.9
+    t.maybe()
+    assert t.count == 0
+    now[0] += 0.2
+    t.maybe()
+    assert t.count == 1 and t.last == now[0]
+    t.now()
+    assert t.count == 2

@@ -26,6 +26,20 @@ MAX_DEFAULT_THREADS = 4
 
 DEVICES = ("auto", "cpu", "cuda")
 
+#: ``CER_STREAM_ORT_ARENA=1`` turns ONNX Runtime's CPU memory arena and memory patterns back on.
+#: They are off by default: the arena keeps every block it ever took and grows by doubling
+#: whenever a model sees a new input shape (a batch of a different size after a reconnect, a
+#: shorter audio slice), so a live process grew in steps of 16-50 MB that it never gave back
+#: (bench/soak.py: +42 MB in 7 minutes with a reconnect every minute; +14 MB with the arena off,
+#: all of it malloc's own free space, which the analyzer returns, see engines/memory.py).
+#: The models here are small, and plain malloc costs them no measurable time (bench/engines.py).
+ARENA_ENV = "CER_STREAM_ORT_ARENA"
+
+
+def arena_default() -> bool:
+    return os.environ.get(ARENA_ENV, "0").strip().lower() in ("1", "true", "yes", "on")
+
+
 # ONNX element type strings as reported by onnxruntime -> numpy dtypes.
 _ORT_DTYPES = {
     "tensor(float)": np.float32,
@@ -93,6 +107,13 @@ class OrtEngine(Engine):
         options.inter_op_num_threads = self.inter_op_threads
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        arena = arena_default()  # see ARENA_ENV
+        options.enable_cpu_mem_arena = arena
+        options.enable_mem_pattern = arena
+        if not arena:
+            from engines.memory import keep_freed_memory
+
+            keep_freed_memory()  # malloc then keeps the freed tensors for the next run
 
         providers = ["CPUExecutionProvider"]
         if self.device != "cpu":

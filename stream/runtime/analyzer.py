@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from engines.memory import Trimmer
 from stream.core import messages as m
 from stream.core.logs import warning_fields
 from stream.core.redact import redact
@@ -309,6 +310,7 @@ class Analyzer:
         cache = FaceCache()
         face_step = FaceStep(self.face, cache, self.stats, self.observers)
         scheduler = Scheduler(live=self.live)
+        trimmer = Trimmer()
         wall0 = time.monotonic()
         self.emit(
             StartRecord(
@@ -345,6 +347,8 @@ class Analyzer:
                 step = scheduler.poll(self._arrivals(frames, audio, state))
             for gap in gaps:
                 self._gap(gap, fps, timeline)
+                if gap.end is not None:  # back from a gap: its buffers are garbage now
+                    trimmer.now()
             if isinstance(step, Missing):
                 self.stats.windows_missing += step.missing
                 continue
@@ -411,6 +415,7 @@ class Analyzer:
             w = step.window
             self._window(w, fps, frames, audio, state, face_step, timeline, None)
             progress.update(w.end)
+            trimmer.maybe()  # freed memory back to the system, at most once a minute
         progress.close()
         self._deliver_log()
         elapsed = time.monotonic() - wall0

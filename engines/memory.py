@@ -1,0 +1,108 @@
+"""Giving freed memory back to the system, so that a live process's size stays flat.
+
+glibc's ``malloc`` keeps memory that the program freed inside its heaps for later use; after a
+burst of large temporary buffers (a reconnect: a window that straddles the gap, models run on
+batches of a new size, a decoder opened again) the heap has many free pages that still count
+as resident memory.  ``malloc_trim(0)`` hands those pages back (``madvise(MADV_DONTNEED)`` on
+every arena) without moving anything in use.  Measured on the analyzer after six reconnects:
+546.6 MB resident before, 519.4 MB after (``bench/soak.py``, a probe of ``mallinfo2``).
+
+:func:`trim` does that where the C library is glibc and does nothing elsewhere (musl, macOS).
+It takes a few milliseconds on a ~300 MB heap, so the analyzer calls it after a gap and at most
+once a minute between windows (:data:`TRIM_EVERY_S`), never on a window's critical path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import time
+from typing import Any
+
+log = logging.getLogger("cer_stream.memory")
+
+#: Least seconds between two trims between windows.
+TRIM_EVERY_S = 60.0
+#: glibc ``mallopt`` parameters (malloc.h) and the values :func:`keep_freed_memory` sets.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+TRIM_THRESHOLD = 256 << 20
+MMAP_THRESHOLD = 32 << 20  # glibc's upper bound on 64-bit systems
+
+_trim_fn: Any = None
+_looked = False
+
+
+def _malloc_trim() -> Any:
+    global _trim_fn, _looked
+    if not _looked:
+        _looked = True
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            fn = libc.malloc_trim
+            fn.argtypes = [ctypes.c_size_t]
+            fn.restype = ctypes.c_int
+            _trim_fn = fn
+        except (OSError, AttributeError):  # not glibc
+            _trim_fn = None
+    return _trim_fn
+
+
+_tuned = False
+
+
+def keep_freed_memory() -> bool:
+    """Let malloc keep freed memory for reuse instead of returning it at every ``free``: blocks
+    up to 32 MB come from the heap rather than their own ``mmap``, and the heap is not shrunk
+    automatically (``mallopt`` thresholds; :func:`trim` returns the free pages when the
+    analyzer chooses).  ONNX Runtime's own arena is off (``engines/runtimes/onnxruntime.py``),
+    so its models' large temporary tensors come from malloc on every run: without this each
+    run mapped and faulted them in anew (faceapi-expression on a batch of 20: 53-59 ms against
+    33 ms, ``bench/engines.py``).  Once per process, glibc only; whether it applied."""
+    global _tuned
+    if _tuned:
+        return True
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    ok = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    _tuned = ok
+    return ok
+
+
+def trim() -> bool:
+    """Return the heap's free pages to the system; whether the C library could (glibc)."""
+    fn = _malloc_trim()
+    if fn is None:
+        return False
+    t0 = time.perf_counter()
+    fn(0)
+    log.debug("malloc_trim: %.1f ms", (time.perf_counter() - t0) * 1000.0)
+    return True
+
+
+class Trimmer:
+    """Calls :func:`trim` when asked (:meth:`now`) or when :meth:`maybe` finds that
+    ``every_s`` seconds have passed since the last trim."""
+
+    def __init__(self, every_s: float = TRIM_EVERY_S, clock: Any = time.monotonic) -> None:
+        self.every_s = every_s
+        self.clock = clock
+        self.last = clock()
+        self.count = 0
+
+    def now(self) -> None:
+        if trim():
+            self.count += 1
+        self.last = self.clock()
+
+    def maybe(self) -> None:
+        if self.clock() - self.last >= self.every_s:
+            self.now()
+
+
+__all__ = ["TRIM_EVERY_S", "Trimmer", "keep_freed_memory", "trim"]
