@@ -25,7 +25,7 @@ from stream.sinks.web import is_loopback, parse_bind
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-BOX_RGB = (255, 0, 255)  # app.js BOX_COLOUR
+BOX_RGB = (255, 0, 255)  # frame.js BOX_COLOUR
 
 
 def _free_port() -> int:
@@ -239,7 +239,17 @@ def test_sink_state_events_frame_and_host_guard():
         assert info.value.code == 421
         with urllib.request.urlopen(url, timeout=5) as res:
             assert "default-src 'none'" in res.headers["Content-Security-Policy"]
-            assert b'src="/static/vendor/uPlot.iife.min.js"' in res.read()
+            page = res.read()
+            assert b'src="/static/vendor/uPlot.iife.min.js"' in page
+        # the files it shares with the dashboard: linked before its own, served here too
+        assert page.index(b'href="/static/base.css"') < page.index(b'href="/static/style.css"')
+        assert page.index(b'src="/static/frame.js"') < page.index(b'src="/static/app.js"')
+        for name, kind, needle in (
+            ("frame.js", "text/javascript", b"window.cerFrame"),
+            ("base.css", "text/css", b":root"),
+        ):
+            with urllib.request.urlopen(f"{url}static/{name}", timeout=5) as res:
+                assert res.headers["Content-Type"].startswith(kind) and needle in res.read(), name
         with urllib.request.urlopen(f"{url}static/vendor/uPlot.iife.min.js", timeout=5) as res:
             assert len(res.read()) > 40_000
     finally:

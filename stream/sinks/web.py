@@ -1,17 +1,18 @@
 """``--serve HOST:PORT``: a live page of the run (Starlette app on uvicorn, in a thread).
 
-The page (``stream/web/``: ``index.html``, ``app.js``, ``style.css``) shows the newest analysed
-frame with the face box and the compound label drawn over it on a canvas, the compound
-probabilities of the last minute as a chart (uPlot, from npm, fetched at install time:
-:mod:`stream.sinks.web_assets`), each modality's presence and fusion weight, the transcript and
-the scene caption, drops, latency and warnings.
+The page (``stream/web/``: ``index.html``, ``app.js``, ``style.css``; ``frame.js`` and
+``base.css`` are shared with the dashboard) shows the newest analysed frame with the face box
+and the compound label drawn over it on a canvas, the compound probabilities of the last minute
+as a chart (uPlot, from npm, fetched at install time: :mod:`stream.sinks.web_assets`), each
+modality's presence and fusion weight, the transcript and the scene caption, drops, latency and
+warnings.
 
 :class:`WebSink` is both a sink (``write(record)``, on its own writer thread behind a bounded
 queue, see :mod:`stream.sinks.outputs`; never lossless: a live page never holds a run back)
 and an observer (``on_frame(frame, face)``, on the analysis thread: it only keeps a reference to
 the newest frame and its box; the JPEG is encoded when asked for, at most once per frame).
 
-Routes: ``/`` (the page), ``/static/...`` (its script and stylesheet), ``/static/vendor/...``
+Routes: ``/`` (the page), ``/static/...`` (its scripts and stylesheets), ``/static/vendor/...``
 (uPlot), ``/events`` (server-sent events: one ``state`` event with the run so far, the last
 :data:`HISTORY_S` seconds of windows included, then ``start``, ``window``, ``warning``, ``gap``,
 ``end`` records as they come and ``frame`` events, at most :data:`FRAME_EVENT_HZ` a second, with
@@ -24,6 +25,11 @@ Records are applied to the server's state on the event loop's thread (handed ove
 ``public=True`` (``--serve-public``).  A loopback server answers only requests whose ``Host``
 is a loopback name (a web page elsewhere cannot reach it through DNS rebinding).  The page
 loads nothing from other hosts (its ``Content-Security-Policy`` says so).
+
+The pieces any such server is made of are shared with the dashboard of ``cer-stream serve``
+(:mod:`stream.serve.dashboard`): :func:`bind_socket`, :func:`host_guard`, :class:`PageFiles`
+(a page, its files and the chart library), :class:`ServerThread` (uvicorn in a thread) and
+:class:`EventHub` (server-sent events behind bounded per-page queues).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,13 +64,20 @@ CLIENT_QUEUE = 256
 WARNINGS_KEPT = 50
 JPEG_QUALITY = 85
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
-#: The page's own files, served under /static/.
-PAGE_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
+JS = "text/javascript; charset=utf-8"
+CSS = "text/css; charset=utf-8"
+#: The files this page and the dashboard's share (linked before their own): the frame with the
+#: face box drawn on a canvas, and the colours and type.
+SHARED_FILES = {"frame.js": JS, "base.css": CSS}
+#: The page's own files (and the shared ones), served under /static/.
+PAGE_FILES = {**SHARED_FILES, "app.js": JS, "style.css": CSS}
 VENDOR_FILES = {"uPlot.iife.min.js": "text/javascript; charset=utf-8", "uPlot.min.css": "text/css; charset=utf-8"}
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' blob: data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+#: Headers of every response that must not be cached (the page, its files, state, frames).
+NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 _END = object()
 
@@ -105,11 +119,14 @@ def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind_socket(host: str, port: int, what: str = "") -> socket.socket:
+    """A listening, non-blocking socket on ``host:port``; ``SinkError`` (one line: ``cannot
+    serve WHAT on HOST:PORT: why``) when it cannot be had (a port in use, an unknown name)."""
+    where = f"{what} on " if what else "on "
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise SinkError(f"cannot serve on {url_host(host)}:{port}: {exc.strerror or exc}") from None
+        raise SinkError(f"cannot serve {where}{url_host(host)}:{port}: {exc.strerror or exc}") from None
     last: OSError | None = None
     for family, kind, proto, _, addr in infos:
         sock = socket.socket(family, kind, proto)
@@ -123,7 +140,7 @@ def _bind(host: str, port: int) -> socket.socket:
             sock.close()
             last = exc
     why = (last.strerror if last is not None else None) or str(last)
-    raise SinkError(f"cannot serve on {url_host(host)}:{port}: {why}")
+    raise SinkError(f"cannot serve {where}{url_host(host)}:{port}: {why}")
 
 
 def _host_allowed(header: str, allowed: set[str]) -> bool:
@@ -135,6 +152,269 @@ def _host_allowed(header: str, allowed: set[str]) -> bool:
     else:
         name = name.partition(":")[0]
     return name in allowed or is_loopback(name)
+
+
+# --------------------------------------------------------------------------- shared by the pages' servers
+def host_guard(app: Any, allowed: set[str]) -> Any:
+    """``app`` (ASGI) answering only HTTP requests whose ``Host`` is one of ``allowed`` or a
+    loopback name; others get 421 (a web page elsewhere cannot read a loopback server through
+    DNS rebinding)."""
+
+    async def guarded(scope, receive, send):
+        if scope["type"] == "http":
+            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+            if not _host_allowed(host, allowed):
+                await send(
+                    {"type": "http.response.start", "status": 421, "headers": [(b"content-type", b"text/plain")]}
+                )
+                await send({"type": "http.response.body", "body": b"this server answers loopback names only\n"})
+                return
+        await app(scope, receive, send)
+
+    return guarded
+
+
+def allowed_hosts(host: str) -> set[str]:
+    """The ``Host`` names a server bound to ``host`` answers (with :func:`host_guard`)."""
+    return {host.lower()} | _LOOPBACK_NAMES
+
+
+def require_web_extra(what: str) -> None:
+    """``SinkError`` (one line: ``WHAT needs the web extra ...``) when Starlette or uvicorn is
+    not installed."""
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise SinkError(f"{what} needs the web extra ({exc.name} is missing): pip install 'cer-stream[web]'") from None
+
+
+class PageFiles:
+    """A page (``stream/web/PAGE``), its own files (served under ``/static/NAME``) and the chart
+    library (``/static/vendor/NAME``), read once; ``SinkError`` (one line) when one is missing."""
+
+    def __init__(self, page: str, files: Mapping[str, str], *, what: str) -> None:
+        from stream.sinks.web_assets import AssetsMissing, vendor_dir
+
+        try:
+            vendor = vendor_dir(what=what)
+        except AssetsMissing as exc:
+            raise SinkError(str(exc)) from None
+        self.types = dict(files)
+        try:
+            self.page = (WEB_DIR / page).read_bytes()
+            self.files = {name: (WEB_DIR / name).read_bytes() for name in self.types}
+            self.vendor = {name: (vendor / name).read_bytes() for name in VENDOR_FILES}
+        except OSError as exc:
+            raise SinkError(f"{what}: cannot read the page's files: {exc.strerror or exc} ({exc.filename})") from None
+
+    def routes(self, *page_paths: str) -> list[Any]:
+        """Starlette routes: the page at each of ``page_paths``, ``/static/NAME`` and
+        ``/static/vendor/NAME``."""
+        from starlette.requests import Request
+        from starlette.responses import PlainTextResponse, Response
+        from starlette.routing import Route
+
+        async def page(request: Request) -> Response:
+            return Response(
+                self.page,
+                media_type="text/html; charset=utf-8",
+                headers={**NO_STORE, "Content-Security-Policy": CSP, "Referrer-Policy": "no-referrer"},
+            )
+
+        async def static(request: Request) -> Response:
+            name = request.path_params["name"]
+            if name not in self.types:
+                return PlainTextResponse("not found", status_code=404)
+            return Response(self.files[name], media_type=self.types[name], headers=NO_STORE)
+
+        async def vendor(request: Request) -> Response:
+            name = request.path_params["name"]
+            if name not in VENDOR_FILES:
+                return PlainTextResponse("not found", status_code=404)
+            return Response(
+                self.vendor[name],
+                media_type=VENDOR_FILES[name],
+                headers={"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"},
+            )
+
+        return [
+            *(Route(path, page) for path in page_paths),
+            Route("/static/vendor/{name}", vendor),
+            Route("/static/{name}", static),
+        ]
+
+    def app(self, routes: list[Any], *, public: bool, allowed: set[str]) -> Any:
+        """The page's app: the page (at ``/`` and ``/index.html``) and its files, then ``routes``;
+        behind :func:`host_guard` unless ``public``."""
+        from starlette.applications import Starlette
+
+        app = Starlette(routes=[*self.routes("/", "/index.html"), *routes])
+        return app if public else host_guard(app, allowed)
+
+
+class ServerThread:
+    """``app`` served by uvicorn on ``sock`` in a daemon thread with its own event loop.
+    :meth:`start` waits until it listens; :attr:`loop` is that loop (for
+    ``call_soon_threadsafe``); ``cleanup`` is awaited on the loop once the server has stopped."""
+
+    def __init__(
+        self, app: Any, sock: socket.socket, *, name: str, cleanup: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        import uvicorn
+
+        config = uvicorn.Config(
+            app, log_level="warning", access_log=False, lifespan="off", ws="none", timeout_graceful_shutdown=1
+        )
+        self.server = uvicorn.Server(config)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.error: BaseException | None = None
+        self._sock = sock
+        self._cleanup = cleanup
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+
+    def _serve(self) -> None:
+        async def main() -> None:
+            self.loop = asyncio.get_running_loop()
+            try:
+                await self.server.serve(sockets=[self._sock])
+            finally:
+                if self._cleanup is not None:
+                    await self._cleanup()
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # noqa: BLE001 - reported by start() or the log
+            self.error = exc
+            log.error("the web server stopped: %s", exc)
+        finally:
+            self._sock.close()
+
+    def start(self, timeout: float = 10.0) -> bool:
+        """Start the thread; whether the server listens within ``timeout`` seconds."""
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return bool(self.server.started)
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the server's loop (from any thread); nothing once it has stopped."""
+        loop = self.loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop has stopped
+            pass
+
+    def stop(self, first: Callable[[], Any] | None = None) -> None:
+        """Stop the server (waits up to 3 s, then forces it); ``first`` runs on its loop before
+        (e.g. :meth:`EventHub.end_all`: the pages' event streams end)."""
+        if first is not None:
+            self.call_soon(first)
+        self.server.should_exit = True
+        if self._thread.ident is None:
+            self._sock.close()
+            return
+        self._thread.join(3.0)
+        if self._thread.is_alive():
+            self.server.force_exit = True
+            self._thread.join(1.0)
+
+
+def start_server(
+    app: Any, sock: socket.socket, *, name: str, where: str, cleanup: Callable[[], Awaitable[None]] | None = None
+) -> ServerThread:
+    """``app`` served on ``sock`` by a started :class:`ServerThread`; ``SinkError`` (one line:
+    ``cannot serve WHERE: why``) when the server cannot be made or does not start."""
+    try:
+        server = ServerThread(app, sock, name=name, cleanup=cleanup)
+    except Exception as exc:
+        sock.close()
+        raise SinkError(f"cannot serve {where}: {exc}") from None
+    if not server.start():
+        server.stop()
+        why = f": {server.error}" if server.error else ""
+        raise SinkError(f"cannot serve {where}: the server did not start{why}")
+    return server
+
+
+def sse_event(kind: str, data: str) -> str:
+    """One server-sent event named ``kind`` with ``data`` (one line of JSON)."""
+    return f"event: {kind}\ndata: {data}\n\n"
+
+
+class EventHub:
+    """Server-sent events to every connected page, each behind a bounded queue (touched on the
+    event loop's thread only).  A page whose queue is full is dropped: its stream ends and its
+    browser reconnects to a fresh ``state``."""
+
+    def __init__(self, maxsize: int = CLIENT_QUEUE) -> None:
+        self.maxsize = maxsize
+        self._clients: set[asyncio.Queue] = set()
+
+    def response(self, first: str, *, period: float = 1.0, poll: Callable[[], str | None] | None = None) -> Any:
+        """A page's event stream: ``first`` (its ``state`` event), then every event published
+        from now on.  Called on the loop's thread in the same step as ``first`` is made, so
+        each event reaches the page once: in ``first`` or after it.  ``poll`` (optional) is
+        asked every ``period`` seconds for an extra event."""
+        from starlette.responses import StreamingResponse
+
+        q: asyncio.Queue = asyncio.Queue(maxsize=self.maxsize)
+        self._clients.add(q)
+        return StreamingResponse(
+            self._stream(q, first, period, poll),
+            media_type="text/event-stream",
+            headers={**NO_STORE, "X-Accel-Buffering": "no"},
+        )
+
+    async def _stream(
+        self, q: asyncio.Queue, first: str, period: float, poll: Callable[[], str | None] | None
+    ) -> AsyncIterator[str]:
+        try:
+            yield first
+            last_sent = time.monotonic()
+            while True:
+                try:
+                    item = await asyncio.wait_for(q.get(), timeout=period)
+                except asyncio.TimeoutError:
+                    item = None
+                if item is _END:
+                    return
+                if item is not None:
+                    yield item
+                    last_sent = time.monotonic()
+                extra = poll() if poll is not None else None
+                if extra is not None:
+                    yield extra
+                    last_sent = time.monotonic()
+                elif time.monotonic() - last_sent > KEEPALIVE_S:
+                    yield ": keep-alive\n\n"
+                    last_sent = time.monotonic()
+        finally:
+            self._clients.discard(q)
+
+    def publish(self, event: str) -> None:
+        """Queue ``event`` for every page (on the loop's thread)."""
+        for q in list(self._clients):
+            try:
+                q.put_nowait(event)
+            except asyncio.QueueFull:  # a page that does not read: its stream ends, it reconnects
+                self._clients.discard(q)
+                q.get_nowait()
+                q.put_nowait(_END)
+
+    def end_all(self) -> None:
+        """End every page's stream (on the loop's thread)."""
+        for q in list(self._clients):
+            while True:
+                try:
+                    q.put_nowait(_END)
+                    break
+                except asyncio.QueueFull:
+                    q.get_nowait()
+        self._clients.clear()
 
 
 # --------------------------------------------------------------------------- state
@@ -158,10 +438,6 @@ class _Frame:
         }
 
 
-def _event(kind: str, data: str) -> str:
-    return f"event: {kind}\ndata: {data}\n\n"
-
-
 def _summary(record: dict) -> dict[str, Any]:
     """A window record's point on the chart."""
     return {
@@ -174,8 +450,8 @@ def _summary(record: dict) -> dict[str, Any]:
     }
 
 
-class _State:
-    """The run as a page needs it; touched on the event loop's thread only."""
+class RunState:
+    """The run as a page needs it (one stream's, on the dashboard); touched on the event loop's thread only."""
 
     def __init__(self) -> None:
         self.start: dict | None = None
@@ -232,122 +508,39 @@ class WebSink(Sink):
                 f"--serve {url_host(host)}:{port} would let other machines see the page; "
                 "add --serve-public to allow it (the page has no authentication)"
             )
-        try:
-            import starlette  # noqa: F401
-            import uvicorn  # noqa: F401
-        except ImportError as exc:
-            raise SinkError(
-                f"--serve needs the web extra ({exc.name} is missing): pip install 'cer-stream[web]'"
-            ) from None
-        from stream.sinks.web_assets import AssetsMissing, vendor_dir
-
-        try:
-            vendor = vendor_dir()
-        except AssetsMissing as exc:
-            raise SinkError(str(exc)) from None
-        try:
-            self._files = {
-                "index.html": (WEB_DIR / "index.html").read_bytes(),
-                **{name: (WEB_DIR / name).read_bytes() for name in PAGE_FILES},
-            }
-            self._vendor = {name: (vendor / name).read_bytes() for name in VENDOR_FILES}
-        except OSError as exc:
-            raise SinkError(f"--serve: cannot read the page's files: {exc.strerror or exc} ({exc.filename})") from None
+        require_web_extra("--serve")
+        self._files = PageFiles("index.html", PAGE_FILES, what="--serve")
         self.public = public
-        self._allowed_hosts = {host.lower()} | _LOOPBACK_NAMES
-        self._state = _State()
-        self._clients: set[asyncio.Queue] = set()
+        self._allowed_hosts = allowed_hosts(host)
+        self._state = RunState()
+        self._hub = EventHub()
         self._frame: _Frame | None = None  # replaced whole by on_frame (one reference assignment)
         self._jpeg_lock = threading.Lock()
         self._jpeg: tuple[int, bytes] | None = None
         self.jpeg_encodes = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
-        sock = _bind(host, port)
+        sock = bind_socket(host, port)
         self.host, self.port = host, int(sock.getsockname()[1])
         self.url = f"http://{url_host(host)}:{self.port}/"
-        import uvicorn
-
-        try:
-            config = uvicorn.Config(
-                self._app(),
-                log_level="warning",
-                access_log=False,
-                lifespan="off",
-                ws="none",
-                timeout_graceful_shutdown=1,
-            )
-            self._server = uvicorn.Server(config)
-        except Exception as exc:
-            sock.close()
-            raise SinkError(f"cannot serve on {url_host(host)}:{self.port}: {exc}") from None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._serve, args=(sock,), name="cer-serve", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10.0
-        while not self._server.started and self._thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if not self._server.started:
-            self.close()
-            why = f": {self._error}" if self._error else ""
-            raise SinkError(f"cannot serve on {url_host(host)}:{self.port}: the server did not start{why}")
+        self._server = start_server(self._app(), sock, name="cer-serve", where=f"on {url_host(host)}:{self.port}")
 
     # ------------------------------------------------------------------ server thread
-    def _serve(self, sock: socket.socket) -> None:
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            await self._server.serve(sockets=[sock])
-
-        try:
-            asyncio.run(main())
-        except BaseException as exc:  # noqa: BLE001 - reported by the constructor or close()
-            self._error = exc
-            log.error("--serve: the server stopped: %s", exc)
-        finally:
-            sock.close()
-
     def _app(self):
-        from starlette.applications import Starlette
         from starlette.requests import Request
-        from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+        from starlette.responses import JSONResponse, Response
         from starlette.routing import Route
 
-        no_store = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
-
-        async def index(request: Request) -> Response:
-            return Response(
-                self._files["index.html"],
-                media_type="text/html; charset=utf-8",
-                headers={**no_store, "Content-Security-Policy": CSP, "Referrer-Policy": "no-referrer"},
-            )
-
-        async def static(request: Request) -> Response:
-            name = request.path_params["name"]
-            if name not in PAGE_FILES:
-                return PlainTextResponse("not found", status_code=404)
-            return Response(self._files[name], media_type=PAGE_FILES[name], headers=no_store)
-
-        async def vendor(request: Request) -> Response:
-            name = request.path_params["name"]
-            if name not in VENDOR_FILES:
-                return PlainTextResponse("not found", status_code=404)
-            return Response(
-                self._vendor[name],
-                media_type=VENDOR_FILES[name],
-                headers={"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"},
-            )
-
         async def state(request: Request) -> Response:
-            return JSONResponse(self._snapshot(), headers=no_store)
+            return JSONResponse(self._snapshot(), headers=NO_STORE)
 
         def frame_jpg(request: Request) -> Response:  # a plain def: Starlette runs it in its thread pool
             got = self.jpeg()
             if got is None:
-                return Response(status_code=204, headers=no_store)
+                return Response(status_code=204, headers=NO_STORE)
             data, meta = got
             box = meta["box"]
             headers = {
-                **no_store,
+                **NO_STORE,
                 "X-Frame-Index": str(meta["index"]),
                 "X-Frame-Time": f"{meta['time']:.3f}",
                 "X-Frame-Box": ",".join(str(v) for v in box) if box else "",
@@ -355,74 +548,22 @@ class WebSink(Sink):
             return Response(data, media_type="image/jpeg", headers=headers)
 
         async def events(request: Request) -> Response:
-            q: asyncio.Queue = asyncio.Queue(maxsize=CLIENT_QUEUE)
             # registered and snapshotted in one step of the loop: each record reaches this page
             # once, in the snapshot or in the queue
-            self._clients.add(q)
-            first = _event("state", json.dumps(self._snapshot(), ensure_ascii=False))
-            return StreamingResponse(
-                self._stream(q, first),
-                media_type="text/event-stream",
-                headers={**no_store, "X-Accel-Buffering": "no"},
-            )
+            first = sse_event("state", json.dumps(self._snapshot(), ensure_ascii=False))
+            last_frame: list[int | None] = [None]
 
-        app = Starlette(
-            routes=[
-                Route("/", index),
-                Route("/index.html", index),
-                Route("/static/vendor/{name}", vendor),
-                Route("/static/{name}", static),
-                Route("/state.json", state),
-                Route("/frame.jpg", frame_jpg),
-                Route("/events", events),
-            ]
-        )
-        if self.public:
-            return app
-        return self._host_guard(app)
-
-    def _host_guard(self, app):
-        allowed = self._allowed_hosts
-
-        async def guarded(scope, receive, send):
-            if scope["type"] == "http":
-                host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
-                if not _host_allowed(host, allowed):
-                    await send(
-                        {"type": "http.response.start", "status": 421, "headers": [(b"content-type", b"text/plain")]}
-                    )
-                    await send({"type": "http.response.body", "body": b"this server answers loopback names only\n"})
-                    return
-            await app(scope, receive, send)
-
-        return guarded
-
-    async def _stream(self, q: asyncio.Queue, first: str):
-        try:
-            yield first
-            last_frame: int | None = None
-            last_sent = time.monotonic()
-            period = 1.0 / FRAME_EVENT_HZ
-            while True:
-                try:
-                    item = await asyncio.wait_for(q.get(), timeout=period)
-                except asyncio.TimeoutError:
-                    item = None
-                if item is _END:
-                    return
-                if item is not None:
-                    yield item
-                    last_sent = time.monotonic()
+            def frame_event() -> str | None:
                 frame = self._frame
-                if frame is not None and frame.index != last_frame:
-                    last_frame = frame.index
-                    yield _event("frame", json.dumps(frame.meta()))
-                    last_sent = time.monotonic()
-                elif time.monotonic() - last_sent > KEEPALIVE_S:
-                    yield ": keep-alive\n\n"
-                    last_sent = time.monotonic()
-        finally:
-            self._clients.discard(q)
+                if frame is None or frame.index == last_frame[0]:
+                    return None
+                last_frame[0] = frame.index
+                return sse_event("frame", json.dumps(frame.meta()))
+
+            return self._hub.response(first, period=1.0 / FRAME_EVENT_HZ, poll=frame_event)
+
+        routes = [Route("/state.json", state), Route("/frame.jpg", frame_jpg), Route("/events", events)]
+        return self._files.app(routes, public=self.public, allowed=self._allowed_hosts)
 
     def _snapshot(self) -> dict[str, Any]:
         frame = self._frame
@@ -431,24 +572,7 @@ class WebSink(Sink):
     def _apply(self, kind: str, record: dict, text: str) -> None:
         """On the loop's thread: update the state, then queue the event for every page."""
         self._state.apply(kind, record)
-        event = _event(kind, text)
-        for q in list(self._clients):
-            try:
-                q.put_nowait(event)
-            except asyncio.QueueFull:  # a page that does not read: its stream ends, it reconnects
-                self._clients.discard(q)
-                q.get_nowait()
-                q.put_nowait(_END)
-
-    def _broadcast_end(self) -> None:
-        for q in list(self._clients):
-            while True:
-                try:
-                    q.put_nowait(_END)
-                    break
-                except asyncio.QueueFull:
-                    q.get_nowait()
-        self._clients.clear()
+        self._hub.publish(sse_event(kind, text))
 
     # ------------------------------------------------------------------ sink and observer
     def write(self, record: dict) -> None:
@@ -456,13 +580,9 @@ class WebSink(Sink):
         if kind not in ("start", "window", "warning", "gap", "end"):
             return  # frames records: the page has the window records and the newest frame
         text = dumps(record)
-        loop = self._loop
-        if loop is None or self._closed:
+        if self._closed:
             return
-        try:
-            loop.call_soon_threadsafe(self._apply, kind, json.loads(text), text)
-        except RuntimeError:  # the loop has stopped
-            pass
+        self._server.call_soon(self._apply, kind, json.loads(text), text)
 
     def on_frame(self, frame: Any, face: Any) -> None:
         """Each analysed frame (analysis thread): keep the newest frame and its face box."""
@@ -498,17 +618,27 @@ class WebSink(Sink):
         if self._closed:
             return
         self._closed = True
-        loop = self._loop
-        if loop is not None:
-            try:
-                loop.call_soon_threadsafe(self._broadcast_end)
-            except RuntimeError:
-                pass
-        self._server.should_exit = True
-        self._thread.join(3.0)
-        if self._thread.is_alive():
-            self._server.force_exit = True
-            self._thread.join(1.0)
+        self._server.stop(first=self._hub.end_all)
 
 
-__all__ = ["CSP", "HISTORY_S", "WebSink", "is_loopback", "parse_bind", "url_host"]
+__all__ = [
+    "CSP",
+    "CSS",
+    "HISTORY_S",
+    "JS",
+    "NO_STORE",
+    "EventHub",
+    "PageFiles",
+    "RunState",
+    "SHARED_FILES",
+    "ServerThread",
+    "WebSink",
+    "allowed_hosts",
+    "bind_socket",
+    "host_guard",
+    "is_loopback",
+    "parse_bind",
+    "require_web_extra",
+    "sse_event",
+    "url_host",
+]

@@ -79,10 +79,10 @@ def fetch(
     return fetch_files(files, cache_folder(cache_dir), tarball=tarball, timeout=timeout, error=FetchError)
 
 
-def vendor_dir(cache_dir: str | Path | None = None) -> Path:
+def vendor_dir(cache_dir: str | Path | None = None, *, what: str = "--serve") -> Path:
     """The folder holding the chart library: ``$CER_STREAM_WEB_VENDOR``, else the cache folder.
     Never fetches; a missing or altered file is a one-line :class:`AssetsMissing` naming
-    ``cer-stream models fetch web-chart``."""
+    ``cer-stream models fetch web-chart`` (and ``what`` needs it: ``--serve``, the dashboard)."""
     if os.environ.get(VENDOR_ENV):
         folder, where = Path(os.environ[VENDOR_ENV]).expanduser(), VENDOR_ENV
     else:
@@ -90,7 +90,7 @@ def vendor_dir(cache_dir: str | Path | None = None) -> Path:
     missing = [name for name in FILES if name != "LICENSE" and not (folder / name).is_file()]
     if missing:
         raise AssetsMissing(
-            f"--serve needs the chart library {NPM_SPEC}: {', '.join(missing)} not found in {folder} "
+            f"{what} needs the chart library {NPM_SPEC}: {', '.join(missing)} not found in {folder} "
             f"({where}); run `{FETCH_COMMAND}` (or `make install`)"
         )
     return folder

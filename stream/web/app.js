@@ -1,10 +1,11 @@
-// cer-stream live page: server-sent events from /events, the newest frame from /frame.jpg,
-// the chart drawn by uPlot (served from /static/vendor/, fetched with npm at install time).
+// cer-stream live page: server-sent events from /events, the newest frame from /frame.jpg
+// (drawn by frame.js, loaded first), the chart drawn by uPlot (served from /static/vendor/,
+// fetched with npm at install time).
 // Everything the server sends is put on the page as text (textContent), never as HTML.
 "use strict";
 
 (function () {
-  const BOX_COLOUR = "#ff00ff"; // the face box; no chart series uses it
+  const FRAME_SIZES = { lineDivisor: 200, fontDivisor: 40, plateDivisor: 30 }; // see cerFrame.draw
   const SERIES_COLOURS = ["#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#17becf", "#bcbd22"];
   const $ = (id) => document.getElementById(id);
 
@@ -198,14 +199,11 @@
         cer.frameWanted = null;
         const res = await fetch("/frame.jpg", { cache: "no-store" });
         if (res.status !== 200) break;
-        const boxText = res.headers.get("X-Frame-Box") || "";
-        const box = boxText ? boxText.split(",").map(Number) : null;
-        const index = res.headers.get("X-Frame-Index");
-        const time = Number(res.headers.get("X-Frame-Time"));
+        const m = cerFrame.meta(res);
         const bitmap = await createImageBitmap(await res.blob());
-        drawFrame(bitmap, box);
+        drawFrame(bitmap, m.box);
         bitmap.close();
-        text("frame-info", "frame " + index + " at " + fmt(time, 2) + " s" + (box ? "" : " (no face)"));
+        text("frame-info", cerFrame.info(m));
       }
     } catch (err) {
       // the server went away between two frames: keep the last picture
@@ -215,33 +213,7 @@
   }
 
   function drawFrame(bitmap, box) {
-    const canvas = $("frame");
-    if (canvas.width !== bitmap.width || canvas.height !== bitmap.height) {
-      canvas.width = bitmap.width;
-      canvas.height = bitmap.height;
-    }
-    const ctx = canvas.getContext("2d");
-    ctx.drawImage(bitmap, 0, 0);
-    cer.lastBox = null;
-    if (box && box.length === 4) {
-      const [x0, y0, x1, y1] = box;
-      const lw = Math.max(3, Math.round(canvas.width / 200));
-      ctx.lineWidth = lw;
-      ctx.strokeStyle = BOX_COLOUR;
-      ctx.strokeRect(x0, y0, x1 - x0, y1 - y0);
-      cer.lastBox = [x0, y0, x1, y1, lw];
-      if (cer.label) {
-        ctx.font = "bold " + Math.max(14, Math.round(canvas.width / 40)) + "px system-ui, sans-serif";
-        const w = ctx.measureText(cer.label).width + 10;
-        const h = Math.max(20, Math.round(canvas.width / 30));
-        const ty = y0 - lw - h >= 0 ? y0 - lw - h : y1 + lw;
-        ctx.fillStyle = "rgba(0, 0, 0, 0.75)";
-        ctx.fillRect(x0 - lw / 2, ty, w, h);
-        ctx.fillStyle = "#ffffff";
-        ctx.textBaseline = "middle";
-        ctx.fillText(cer.label, x0 - lw / 2 + 5, ty + h / 2);
-      }
-    }
+    cer.lastBox = cerFrame.draw($("frame"), bitmap, box, cer.label, FRAME_SIZES);
     cer.framesDrawn += 1;
   }
 
