@@ -18,15 +18,13 @@ import csv
 import json
 import logging
 import os
-import select
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
+from vlm_util import MODEL, FakeVLM
 
 from stream.core.labels import BASIC
 from stream.core.messages import VideoFrame
@@ -50,7 +48,6 @@ DATA = Path(os.environ.get("CER_STREAM_DATA", ROOT / ".." / "shared" / "data"))
 CAPTIONS_CSV = DATA / "qwen_scene" / "cexprdb_unlabeled_qwen2.5-vl-32b_prompt1.csv"
 KEY_ENV = "CER_STREAM_TEST_VLM_KEY"
 KEY = "sk-test-9f3b2c71d4e8a6"
-MODEL = "qwen2.5-vl-test"
 
 #: Short intervals so that every test takes a second or two.
 FAST = dict(every_s=0.1, timeout_s=0.5, key_env=KEY_ENV, retries=1, backoff_s=0.05, backoff_max_s=0.1, model=MODEL)
@@ -112,161 +109,6 @@ class KeywordHead:
         for row, t in zip(out, texts):
             row[BASIC.index("Happiness" if ("joy" in t.lower() or "smil" in t.lower()) else "Neutral")] = 0.86
         return out
-
-
-class FakeVLM:
-    """A chat-completions server on 127.0.0.1 with a chosen behaviour."""
-
-    def __init__(
-        self,
-        captions: list[str],
-        *,
-        mode: str = "ok",
-        delay: float = 0.0,
-        fail_first: int = 0,
-        redirect: int | None = None,
-    ):
-        self.redirect = redirect  # an HTTP status: requests outside /moved/ are sent there
-        self.connections: set[tuple[str, int]] = set()  # client (address, port): one per TCP connection
-        self.captions = captions
-        self.mode = mode
-        self.delay = delay
-        self.fail_first = fail_first
-        self.requests: list[dict] = []
-        self.answered: list[str] = []
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self.lock = threading.Lock()
-        self.release = threading.Event()  # set at teardown: hung handlers return
-        vlm = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # keep the test output clean
-                pass
-
-            def do_POST(self):
-                with vlm.lock:
-                    vlm.in_flight += 1
-                    vlm.max_in_flight = max(vlm.max_in_flight, vlm.in_flight)
-                try:
-                    vlm.handle(self)
-                finally:
-                    with vlm.lock:
-                        vlm.in_flight -= 1
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request, client_address):
-                import sys
-
-                if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that gave up
-                    super().handle_error(request, client_address)
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def handle(self, h: BaseHTTPRequestHandler) -> None:
-        body = h.rfile.read(int(h.headers.get("Content-Length", 0)))
-        try:
-            req = json.loads(body)
-        except ValueError:
-            req = None
-        if self.redirect and "/moved/" not in h.path:
-            with self.lock:
-                self.requests.append(
-                    {
-                        "path": h.path,
-                        "headers": dict(h.headers),
-                        "body": req,
-                        "t": time.monotonic(),
-                        "redirected": True,
-                        "client": h.client_address,
-                    }
-                )
-            h.send_response(self.redirect)
-            h.send_header("Location", "/moved" + h.path)
-            h.send_header("Content-Length", "0")
-            h.end_headers()
-            return
-        with self.lock:
-            n = len([r for r in self.requests if not r.get("redirected")])
-            self.connections.add(h.client_address)
-            self.requests.append(
-                {
-                    "path": h.path,
-                    "headers": dict(h.headers),
-                    "body": req,
-                    "t": time.monotonic(),
-                    "client": h.client_address,
-                }
-            )
-        mode = self.mode if n >= self.fail_first else "500"
-        if self.delay:
-            self.release.wait(self.delay)
-        if mode == "hang":  # until the client gives up (closes its end) or the test ends
-            sock = h.connection
-            while not self.release.wait(0.01):
-                readable, _, _ = select.select([sock], [], [], 0)
-                if readable and sock.recv(1, socket.MSG_PEEK) == b"":
-                    return
-            return
-        if mode == "500":
-            echo = json.dumps({"error": {"message": "internal error", "request_headers": dict(h.headers)}})
-            return self.reply(h, 500, echo.encode())
-        if mode == "garbage":
-            return self.reply(h, 200, b"<html>{not json at all")
-        if mode == "empty":
-            return self.reply(h, 200, json.dumps(self.completion("  \n ")).encode())
-        caption = self.captions[n % len(self.captions)]
-        self.answered.append(caption)
-        # the real text with the line breaks a VLM might add
-        payload = json.dumps(self.completion(caption.replace(". ", ".\n", 1))).encode()
-        if mode == "chunked":  # as Go's net/http (Ollama) sends a large answer
-            h.send_response(200)
-            h.send_header("Content-Type", "application/json")
-            h.send_header("Transfer-Encoding", "chunked")
-            h.end_headers()
-            for i in range(0, len(payload), 300):
-                part = payload[i : i + 300]
-                h.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
-            h.wfile.write(b"0\r\n\r\n")
-        elif mode == "eof":  # no length: the body ends when the server closes
-            h.send_response(200)
-            h.send_header("Content-Type", "application/json")
-            h.send_header("Connection", "close")
-            h.end_headers()
-            h.wfile.write(payload)
-            h.close_connection = True
-        else:
-            self.reply(h, 200, payload)
-
-    @staticmethod
-    def completion(text: str) -> dict:
-        return {
-            "id": "chatcmpl-test",
-            "object": "chat.completion",
-            "model": MODEL,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100},
-        }
-
-    @staticmethod
-    def reply(h: BaseHTTPRequestHandler, status: int, payload: bytes) -> None:
-        h.send_response(status)
-        h.send_header("Content-Type", "application/json")
-        h.send_header("Content-Length", str(len(payload)))
-        h.end_headers()
-        h.wfile.write(payload)
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
