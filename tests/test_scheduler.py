@@ -113,3 +113,25 @@ def test_stop_finishes_at_once_without_waiting():
     s = Scheduler(live=True, clock=FakeClock())
     assert isinstance(s.poll(Arrivals(video_horizon=1.0, audio_expected=True)), Wait)
     assert isinstance(s.poll(Arrivals(video_horizon=1.0, audio_expected=True, stopping=True)), Finish)
+
+
+def test_a_resumed_stream_starts_at_its_window_and_its_gap_swallows_the_windows_without_frames():
+    """`cer-stream serve` restarted the analyzer: it starts at window K (the previous process
+    wrote up to K - 1), the time since is a gap from just before K's first grid point, and the
+    windows that only the new run's frames could serve but do not reach are missing, not run."""
+    from stream.io.reconnect import Resume
+    from stream.runtime.scheduler import Missing
+
+    k = 6
+    after = k * HOP_S - 0.5 / SAMPLE_FPS - 1e-3  # as the supervisor bounds it
+    resume = Resume(window=k, after_s=after, wall_time=1.0e9, reason="the analyzer exited (SIGKILL); restarted")
+    first_frame = 18.84  # the new run's first frame: windows 6 [12, 16) and 7 [14, 18) get none
+    s = Scheduler(live=True, clock=FakeClock(), first=resume.window)
+    assert s.window.index == k
+    gap = ((resume.after_s, first_frame),)
+    assert s.poll(Arrivals(video_horizon=first_frame, gaps=gap)) == Missing(2, 8)
+    assert isinstance(s.poll(Arrivals(video_horizon=first_frame, gaps=gap)), Wait)  # window 8 [16, 20)
+    step = s.poll(Arrivals(video_horizon=19.8, gaps=gap))
+    assert isinstance(step, Run) and step.window.index == 8
+    # media time goes on by the time the stream was without an analyzer
+    assert resume.media_start(1.0e9 + 7.0) == after + 7.0 and resume.media_start(1.0e9 - 5.0) == after

@@ -91,6 +91,29 @@ def test_config_file_errors_name_the_file(tmp_path):
         assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
 
 
+def test_a_restart_resumes_after_the_last_window_and_final_frame():
+    """What the supervisor hands a restarted analyzer (--resume): the window after the last one
+    written, media time from the last final frame, never past half a grid step before that
+    window's first grid point (its frames must come from the new run)."""
+    from stream.serve.supervisor import _StreamRunner
+
+    config = from_flags([("rtsp", "rtsp://cam/x")])
+    r = _StreamRunner(None, config.streams[0], {})  # type: ignore[arg-type]
+    assert r._resume() is None  # a first start
+    r.restarts = 1
+    assert r._resume() is None  # no window yet: start afresh
+    r._progress({"type": "start", "fps": 25.0})
+    r._progress({"type": "window", "index": 4, "start": 8.0, "end": 12.0})
+    r._progress({"type": "frames", "final": True, "frame_index": [198, 199], "time": [7.92, 7.96]})
+    r.exit_note = "the analyzer exited (SIGKILL)"
+    res = r._resume()
+    assert res is not None and res.window == 5 and res.after_s == 7.96  # the last final frame
+    assert res.reason == "the analyzer exited (SIGKILL); restarted" and res.wall_time > 1e9
+    r._progress({"type": "frames", "final": True, "frame_index": [248, 249], "time": [9.92, 9.96]})
+    res = r._resume()
+    assert res is not None and res.after_s == pytest.approx(10.0 - 0.1 - 1e-3)  # bounded: window 5 starts at 10 s
+
+
 def _serve_cmd() -> list[str]:
     """`cer-stream serve` once the subcommand is registered; `python -m stream.serve` before."""
     from stream.cli.main import COMMANDS
@@ -282,6 +305,28 @@ def test_two_streams_one_lost_one_analyzer_killed(long_clip, tmp_path):
         assert end["reason"] == "interrupted"
     assert run.of("end", "s0")[0]["reconnects"] == 1
     assert len(run.of("start", "s1")) == 2 and len(run.of("start", "s0")) == 1
+    # the restarted analyzer went on where the killed one left s1: window indices, media time and
+    # frame numbers continue, the time between is a gap on record, no window or frame twice
+    first_start, second_start = run.of("start", "s1")
+    assert "resumed" not in first_start
+    cut = run.records.index(exited)
+    before = [r for r in run.records[:cut] if r["type"] == "window" and r[STREAM_KEY] == "s1"]
+    after = [r for r in run.records[cut:] if r["type"] == "window" and r[STREAM_KEY] == "s1"]
+    resumed = second_start["resumed"]
+    assert resumed["window"] == before[-1]["index"] + 1 and "SIGKILL" in resumed["reason"]
+    assert after and after[0]["index"] >= resumed["window"] and after[0]["start"] > before[-1]["start"]
+    indices = [r["index"] for r in before + after]
+    assert indices == sorted(set(indices))
+    (restart_gap,) = [g for g in run.of("gap", "s1")]
+    assert restart_gap["reason"] == resumed["reason"] and restart_gap["start"] == resumed["after_s"]
+    assert before[-1]["start"] < restart_gap["end"] <= after[0]["end"]
+    if restart_gap["windows_missing"] is not None:
+        lo, hi = restart_gap["windows_missing"]
+        assert resumed["window"] <= lo <= hi < after[0]["index"]
+    final = [i for r in run.of("frames", "s1") if r["final"] for i in r["frame_index"]]
+    assert final == sorted(set(final)) and final[0] == 0
+    (end1,) = run.of("end", "s1")
+    assert end1["reconnects"] == 0 and end1["gaps"] == 1  # a restart is no reconnect
     # s1 went on while s0's server was down: two windows between s0's loss and its gap record
     gap_at = next(n for n, r in enumerate(run.records) if r["type"] == "gap" and r[STREAM_KEY] == "s0")
     assert i < j < gap_at
@@ -333,12 +378,17 @@ def _ppid(pid: int) -> int:
 
 
 @needs_rtsp
-def test_ray_actor_killed_is_restarted_by_ray(long_clip):
+def test_ray_actor_killed_is_restarted_by_ray(long_clip, tmp_path):
     """`serve --ray local`: the stream's analyzer runs under a Ray actor; the actor's process is
     killed, Ray starts it again, the supervisor records say so and the windows come back."""
     pytest.importorskip("ray")
     with RtspServer(long_clip) as a:
-        run = Serve("--ray", "local", "--rtsp", a.url, "--", *LIGHT)
+        # Ray chosen by the config file's [ray] table (the --ray flag would override it)
+        config = tmp_path / "serve.toml"
+        config.write_text(
+            f'args = {json.dumps(LIGHT)}\n[ray]\naddress = "local"\n[[stream]]\nid = "s0"\nrtsp = "{a.url}"\n'
+        )
+        run = Serve(str(config))
         try:
             run.wait_for(is_("window", "s0"), 90, "a window")
             (started,) = run.of("supervisor", "s0")
@@ -358,3 +408,99 @@ def test_ray_actor_killed_is_restarted_by_ray(long_clip):
     (end,) = run.of("end", "s0")  # the killed actor's analyzer had no one to hand its end record to
     assert end["reason"] == "interrupted"
     assert len(run.of("start", "s0")) == 2
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@needs_rtsp
+def test_two_streams_share_one_vlm_queue_and_one_dashboard(long_clip, tmp_path, monkeypatch):
+    """A [vlm] table: both analyzers ask a slow VLM endpoint through the supervisor's gateway,
+    which holds the endpoint's key (no analyzer has it) and keeps one request at the endpoint at
+    a time; both streams still get captions, and vlm_queue records say who waited how long.  The
+    dashboard serves both streams' state and their frames from one address."""
+    import httpx
+    import jsonschema
+    from vlm_util import MODEL, FakeVLM
+
+    from stream.runtime.records import load_schema
+
+    key_env, key = "CER_STREAM_TEST_SERVE_VLM_KEY", "sk-serve-test-7d2a"
+    monkeypatch.setenv(key_env, key)
+    monkeypatch.setenv("CER_STREAM_SERVE_VLM_REPORT_S", "3")
+    captions = ["A smiling woman in a white spacesuit poses cheerfully in front of a flag."]
+    up = FakeVLM(captions, delay=0.5)
+    port = _free_port()
+    config = tmp_path / "serve.toml"
+    with RtspServer(long_clip) as a, RtspServer(long_clip) as b:
+        config.write_text(
+            f"args = {json.dumps(LIGHT)}\n"
+            f'dashboard = "127.0.0.1:{port}"\n'
+            f'[vlm]\nurl = "{up.url}"\nmodel = "{MODEL}"\nkey_env = "{key_env}"\nevery = 1\n'
+            f'[[stream]]\nid = "a"\nrtsp = "{a.url}"\n'
+            f'[[stream]]\nid = "b"\nrtsp = "{b.url}"\n'
+        )
+        run = Serve(str(config))
+        try:
+
+            def captioned(sid):
+                return lambda r: is_("window", sid)(r) and (r["modalities"].get("scene") or {}).get("present")
+
+            run.wait_for(captioned("a"), 90, "a window of a with a caption")
+            run.wait_for(captioned("b"), 60, "a window of b with a caption")
+            run.wait_for(lambda r: r["type"] == "vlm_queue", 10, "a vlm_queue record")
+            children = {r[STREAM_KEY]: r for r in run.of("supervisor") if r["event"] == "started"}
+            environs = {sid: Path(f"/proc/{r['pid']}/environ").read_bytes() for sid, r in children.items()}
+            cmdlines = {sid: Path(f"/proc/{r['pid']}/cmdline").read_bytes() for sid, r in children.items()}
+            # the dashboard: one address for both streams, frames proxied from each analyzer's page
+            state = httpx.get(f"http://127.0.0.1:{port}/state.json", timeout=5).json()
+            frames = {sid: httpx.get(f"http://127.0.0.1:{port}/streams/{sid}/frame.jpg", timeout=5) for sid in "ab"}
+        finally:
+            code = run.finish()
+            up.close()
+    assert code == 0, run.stderr
+    assert not run.junk
+
+    # the endpoint saw one request at a time, with the real key, from both streams
+    assert up.max_in_flight == 1
+    assert {r["headers"].get("Authorization") for r in up.requests} == {f"Bearer {key}"}
+    assert all(r["path"] == "/v1/chat/completions" and r["body"]["model"] == MODEL for r in up.requests)
+    # the analyzers never had the key: not in their environment, nor their command line
+    for sid in "ab":
+        assert key.encode() not in environs[sid] and key.encode() not in cmdlines[sid]
+    # the windows' scene entries came through the gateway
+    for sid in "ab":
+        scenes = [
+            r["modalities"]["scene"] for r in run.of("window", sid) if r["modalities"].get("scene", {}).get("present")
+        ]
+        assert scenes and all(s["caption"] == captions[0] for s in scenes)
+        assert all(
+            s["vlm"]["endpoint"].startswith("http://127.0.0.1:") and f"/streams/{sid}/" in s["vlm"]["endpoint"]
+            for s in scenes
+        )
+    # vlm_queue records: both streams served, none an error; the last one at the end
+    queues = [r for r in run.records if r["type"] == "vlm_queue"]
+    assert len(queues) >= 2 and run.records[-1]["type"] in ("vlm_queue", "supervisor", "end")
+    last = queues[-1]["streams"]
+    assert last["a"]["ok"] >= 1 and last["b"]["ok"] >= 1 and last["a"]["errors"] == last["b"]["errors"] == 0
+    assert sum(s["forwarded"] for s in last.values()) == len(up.requests)  # the last may still be in flight
+    assert "VLM requests of every stream queue at http://127.0.0.1:" in run.stderr
+    validator = jsonschema.Draft202012Validator(load_schema())
+    for r in run.records:
+        errors = list(validator.iter_errors(r))
+        assert not errors, (r["type"], errors[0].message[:200])
+    # the dashboard knew both streams and showed their frames
+    assert f"dashboard http://127.0.0.1:{port}/" in run.stderr
+    cards = {c["stream_id"]: c for c in state["streams"]}
+    assert set(cards) == {"a", "b"}
+    assert all(c["status"] == "running" and c["frame_source"] and c["counts"]["windows"] >= 1 for c in cards.values())
+    for sid in "ab":
+        assert frames[sid].status_code == 200 and frames[sid].headers["content-type"] == "image/jpeg"
+        assert frames[sid].content[:2] == b"\xff\xd8"
+    started = [r for r in run.of("supervisor") if r["event"] == "started"]
+    assert all(r["page"].startswith("http://127.0.0.1:") for r in started)

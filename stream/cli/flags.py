@@ -352,6 +352,7 @@ def pipeline_options(args: argparse.Namespace, *, progress: bool = False) -> Pip
             reconnect=parse_policy(args.reconnect, max_delay_s=args.reconnect_max_delay, wait_at_start=args.wait),
             emit_frames=not args.no_frames,
             progress=progress,
+            resume=getattr(args, "resume", None),
         ),
     )
 

@@ -42,6 +42,15 @@ SUBCOMMANDS = {
 }
 
 
+def _resume(text: str):
+    from stream.io.reconnect import Resume
+
+    try:
+        return Resume.from_json(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def run_parser() -> argparse.ArgumentParser:
     from stream.cli.flags import (
         add_analysis_args,
@@ -129,6 +138,8 @@ def run_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="RTSP/camera: a source that is down at start is retried under --reconnect instead of failing",
     )
+    # set by `cer-stream serve` when it restarts a stream's analyzer (stream.io.reconnect.Resume)
+    p.add_argument("--resume", type=_resume, default=None, help=argparse.SUPPRESS)
     add_model_args(p)
     add_clip_args(p)
     add_temporal_args(p)

@@ -642,10 +642,12 @@ def serve_parser() -> argparse.ArgumentParser:
         "(`stream_id`) and goes to stdout (JSON lines), the --publish socket and DIR/ID.jsonl; an analyzer that "
         "exits is restarted with exponential backoff and `supervisor` records say so. Ctrl-C (or SIGTERM) stops "
         "every analyzer (each writes its end record); exit status 0.",
-        epilog="CONFIG.toml: [[stream]] tables (id, rtsp or camera, args, password_env) and the top-level keys "
-        "publish, out_dir, args, max_restarts, restart_max_delay (see README, 'Many live streams'). Flags after "
-        "-- go to every stream's analyzer, e.g. -- --no-asr --vlm-url http://gpu:8000/v1. Exit status: 0 "
-        "stopped, 1 every stream given up, 2 bad input.",
+        epilog="CONFIG.toml: [[stream]] tables (id, rtsp or camera, args, password_env), the top-level keys "
+        "publish, out_dir, args, max_restarts, restart_max_delay, dashboard, dashboard_public, and the tables "
+        "[vlm] (url, model, key_env, concurrency, every, timeout, max_wait, listen) and [ray] (address, "
+        "worker_cpus, worker_gpus) (see README, 'Many live streams'). Flags given here override the file's. "
+        "Flags after -- go to every stream's analyzer, e.g. -- --no-asr. Exit status: 0 stopped, 1 every stream "
+        "given up, 2 bad input.",
     )
     p.add_argument("config", nargs="?", type=Path, metavar="CONFIG.toml", help="the streams to run (TOML)")
     p.add_argument(
@@ -687,10 +689,33 @@ def serve_parser() -> argparse.ArgumentParser:
         "auto, HOST:PORT, ray://HOST:10001, or local; records still come here; needs the ray extra",
     )
     p.add_argument(
-        "--worker-cpus", type=float, default=1.0, metavar="N", help="CPUs a stream's actor reserves (default 1)"
+        "--worker-cpus", type=float, default=None, metavar="N", help="CPUs a stream's actor reserves (default 1)"
     )
     p.add_argument(
-        "--worker-gpus", type=float, default=0.0, metavar="N", help="GPUs a stream's actor reserves (default 0)"
+        "--worker-gpus", type=float, default=None, metavar="N", help="GPUs a stream's actor reserves (default 0)"
+    )
+    p.add_argument(
+        "--dashboard",
+        metavar="HOST:PORT",
+        help="serve one live page for every stream (frame, label, last minute's chart, status, restarts), "
+        "e.g. 127.0.0.1:8080; loopback only unless --dashboard-public; needs the web extra",
+    )
+    p.add_argument(
+        "--dashboard-public",
+        action="store_true",
+        help="allow --dashboard on an address other machines can reach (the page has no authentication)",
+    )
+    p.add_argument(
+        "--vlm",
+        metavar="URL",
+        help="a VLM endpoint every stream asks through one request queue (e.g. http://gpu-box:8000/v1; its key "
+        "from $CER_STREAM_VLM_API_KEY); the [vlm] table of a config file says more",
+    )
+    p.add_argument(
+        "--vlm-model", metavar="NAME", help="the model name sent to --vlm (default Qwen/Qwen2.5-VL-7B-Instruct)"
+    )
+    p.add_argument(
+        "--vlm-concurrency", type=int, metavar="N", help="requests in flight to the VLM endpoint at most (default 1)"
     )
     return p
 
@@ -725,20 +750,62 @@ def serve_options(args: argparse.Namespace, analyzer_args: Sequence[str] = ()) -
             if args.restart_max_delay <= 0:
                 raise ConfigError("--restart-max-delay must be positive")
             changes["restart_max_delay_s"] = args.restart_max_delay
-        return dataclasses.replace(config, **changes)
-    if not args.sources:
-        raise ConfigError("no stream to serve: give a CONFIG.toml or --rtsp/--camera")
-    kw: dict = {}
-    if args.restart_max_delay is not None:
-        kw["restart_max_delay_s"] = args.restart_max_delay
-    return from_flags(
-        args.sources,
-        publish=args.publish,
-        out_dir=args.out_dir,
-        args=analyzer_args,
-        max_restarts=max_restarts,
-        **kw,
-    )
+        config = dataclasses.replace(config, **changes)
+    else:
+        if not args.sources:
+            raise ConfigError("no stream to serve: give a CONFIG.toml or --rtsp/--camera")
+        kw: dict = {}
+        if args.restart_max_delay is not None:
+            kw["restart_max_delay_s"] = args.restart_max_delay
+        config = from_flags(
+            args.sources,
+            publish=args.publish,
+            out_dir=args.out_dir,
+            args=analyzer_args,
+            max_restarts=max_restarts,
+            **kw,
+        )
+    return _serve_services(config, args)
+
+
+def _serve_services(config: ServeConfig, args: argparse.Namespace) -> ServeConfig:
+    """``config`` with the dashboard, VLM gateway and Ray flags applied over the file's keys."""
+    import dataclasses
+
+    from stream.serve.config import ConfigError, check_vlm_flags
+    from stream.serve.vlm_gateway import VlmConfig
+
+    changes: dict = {}
+    if args.dashboard is not None:
+        changes["dashboard"] = args.dashboard
+    if args.dashboard_public:
+        changes["dashboard_public"] = True
+    if args.ray is not None:
+        changes["ray_address"] = args.ray
+    for flag, key in (("worker_cpus", "worker_cpus"), ("worker_gpus", "worker_gpus")):
+        value = getattr(args, flag)
+        if value is not None:
+            if value < 0:
+                raise ConfigError("--worker-cpus and --worker-gpus must be >= 0")
+            changes[key] = value
+    vlm = config.vlm
+    if args.vlm is None and vlm is None and (args.vlm_model is not None or args.vlm_concurrency is not None):
+        raise ConfigError("--vlm-model and --vlm-concurrency go with --vlm URL (or a [vlm] table)")
+    if args.vlm is not None or vlm is not None:
+        kw = dataclasses.asdict(vlm) if vlm is not None else {}
+        if args.vlm is not None:
+            kw["url"] = args.vlm
+        if args.vlm_model is not None:
+            kw["model"] = args.vlm_model
+        if args.vlm_concurrency is not None:
+            kw["concurrency"] = args.vlm_concurrency
+        try:
+            changes["vlm"] = VlmConfig(**kw)
+        except ValueError as exc:
+            raise ConfigError(f"--vlm: {exc}") from None
+    config = dataclasses.replace(config, **changes)
+    check_vlm_flags(config)
+    return config
 
 
 def serve_main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None) -> int:
@@ -762,13 +829,16 @@ def serve_main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = Non
     except ConfigError as exc:
         return fail(f"serve: {exc}")
     supervisor: Supervisor
-    if args.ray:
+    if config.ray_address:
         from stream.serve.ray_backend import RaySupervisor
 
-        if args.worker_cpus < 0 or args.worker_gpus < 0:
-            return fail("serve: --worker-cpus and --worker-gpus must be >= 0")
         supervisor = RaySupervisor(
-            config, address=args.ray, cpus=args.worker_cpus, gpus=args.worker_gpus, stdout=stdout, quiet=args.quiet
+            config,
+            address=config.ray_address,
+            cpus=config.worker_cpus,
+            gpus=config.worker_gpus,
+            stdout=stdout,
+            quiet=args.quiet,
         )
     else:
         supervisor = Supervisor(config, stdout=stdout, quiet=args.quiet)

@@ -86,13 +86,15 @@ class Gap:
 
     ``start`` is the media time of the last frame before the gap, ``end`` that of the first
     frame after it: no frame lies strictly between them.  ``attempts`` counts the reopen
-    attempts it took; ``wall_time`` is the Unix time of the event."""
+    attempts it took; ``wall_time`` is the Unix time of the event; ``resumed``: the gap is the
+    time between the analyzer process that had the stream and this one (not a reconnect)."""
 
     start: float
     end: float | None
     reason: str
     attempts: int = 0
     wall_time: float = 0.0
+    resumed: bool = False  # the gap between another analyzer process and this one (a restart)
     kind: str = "gap"
 
 

@@ -44,7 +44,7 @@ import zmq
 from stream.core import messages as m
 from stream.core.redact import redact
 from stream.core.windows import FrameNumbers, GridSampler, MediaTime, sane_fps
-from stream.io.reconnect import OFF, ReconnectPolicy
+from stream.io.reconnect import OFF, ReconnectPolicy, Resume
 
 log = logging.getLogger("cer_stream.capture")
 
@@ -75,6 +75,8 @@ class CaptureConfig:
     error_file: str | None = None
     #: live sources only: reopen after an end, failure or stall (stream.io.reconnect)
     reconnect: ReconnectPolicy = field(default_factory=lambda: OFF)
+    #: live sources only: go on from where another analyzer process left the stream
+    resume: Resume | None = None
 
     @property
     def error_path(self) -> str | None:
@@ -282,6 +284,7 @@ class _AvReader:
         self.size = (0, 0)
         self.sampler = GridSampler(cfg.sample_fps)
         self.media_time: MediaTime | None = None
+        self.camera_start = 0.0  # a camera's media time at the run's start (a resumed stream's)
         self.numbers: FrameNumbers | None = None
         self.last_t: float | None = None  # media time of the newest frame
         self.last_wall = 0.0  # monotonic time it arrived
@@ -387,8 +390,8 @@ class _AvReader:
         cfg = self.cfg
         assert self.media_time is not None and self.numbers is not None
         t_cap = m.now_ns()
-        if cfg.source == "camera":
-            t = (t_cap - cfg.t0_ns) / 1e9
+        if cfg.source == "camera":  # its media time: the wall clock since the run began (a resumed
+            t = self.camera_start + (t_cap - cfg.t0_ns) / 1e9  # stream's: since its previous run left)
             if self.last_t is not None and t <= self.last_t:
                 t = self.last_t + 1e-3
         else:
@@ -524,6 +527,7 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
     vs = a_stream = None
     attempt = 0  # reopen attempts since the source was last delivering
     lost: tuple[float, str, float] | None = None  # (last media time, why, monotonic time) of an open gap
+    resumed = False  # the open gap is the one between another analyzer process and this one
     end_reason = "eof"
 
     def send_both(item: m.Item) -> None:
@@ -532,11 +536,11 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
             audio.send_control(item)
 
     def back(t_first: float) -> None:
-        nonlocal lost, attempt
+        nonlocal lost, attempt, resumed
         if lost is not None:
             start, why, _ = lost
-            frames.send_control(m.Gap(start, t_first, why, attempts=attempt, wall_time=time.time()))
-            lost = None
+            frames.send_control(m.Gap(start, t_first, why, attempts=attempt, wall_time=time.time(), resumed=resumed))
+            lost, resumed = None, False
         attempt = 0
 
     try:
@@ -584,6 +588,15 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
                 if info is None:
                     info, vs, a_stream = reader.describe(container)
                     send_both(info)
+                    if cfg.resume is not None and cfg.live:
+                        # another analyzer process had this stream: go on from where it left it,
+                        # the stretch since then a gap (closed by the first frame, see back())
+                        assert reader.media_time is not None
+                        start = cfg.resume.media_start(time.time())
+                        reader.media_time.restart(start)
+                        reader.camera_start = start - (m.now_ns() - cfg.t0_ns) / 1e9
+                        lost = (cfg.resume.after_s, cfg.resume.reason, time.monotonic())
+                        resumed = True
                 else:
                     vs = container.streams.video[0]
                     vs.thread_type = "AUTO"

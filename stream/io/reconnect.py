@@ -82,4 +82,44 @@ def parse_policy(
     return ReconnectPolicy(attempts=attempts, max_delay_s=max_delay_s, wait_at_start=wait_at_start)
 
 
-__all__ = ["BASE_DELAY_S", "DEFAULT_MAX_DELAY_S", "OFF", "ReconnectPolicy", "parse_policy"]
+@dataclass(frozen=True)
+class Resume:
+    """Where a stream that another analyzer process left goes on (``cer-stream serve`` restarting
+    a crashed analyzer): ``window`` is the first window index this run may emit (the one after
+    the last that was written), ``after_s`` the media time of the last frame already written as
+    final, ``wall_time`` the Unix time it was written, ``reason`` why the stream changed process.
+
+    Media time goes on from ``after_s`` by the wall-clock time away; the stretch between is a
+    gap (a ``gap`` record with ``reason``, its windows missing), as when a source reconnects."""
+
+    window: int
+    after_s: float
+    wall_time: float
+    reason: str = "analyzer restarted"
+
+    def __post_init__(self) -> None:
+        if self.window < 0 or not (self.after_s >= 0) or not (self.wall_time > 0):
+            raise ValueError("resume: window >= 0, after_s >= 0 and a wall_time are required")
+
+    @classmethod
+    def from_json(cls, text: str) -> Resume:
+        """From ``{"window": K, "after_s": T, "wall_time": W, "reason": "..."}``; ``ValueError``."""
+        import json
+
+        try:
+            d = json.loads(text)
+            return cls(
+                window=int(d["window"]),
+                after_s=float(d["after_s"]),
+                wall_time=float(d["wall_time"]),
+                reason=str(d.get("reason") or "analyzer restarted")[:300],
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"--resume: expected a JSON object with window, after_s, wall_time ({exc})") from None
+
+    def media_start(self, now: float) -> float:
+        """The media time the first frame of the new run gets at Unix time ``now``."""
+        return self.after_s + max(0.0, now - self.wall_time)
+
+
+__all__ = ["BASE_DELAY_S", "DEFAULT_MAX_DELAY_S", "OFF", "ReconnectPolicy", "Resume", "parse_policy"]

@@ -24,7 +24,7 @@ from stream.core.redact import redact
 from stream.core.windows import EPS, HOP_S, WINDOW_S, Window, final_before, swallowed_windows
 from stream.fusion.fuser import Fuser
 from stream.io.receiver import SourceState
-from stream.io.reconnect import ReconnectPolicy
+from stream.io.reconnect import ReconnectPolicy, Resume
 from stream.io.ringbuffer import BLOCK, AudioRing, FrameRing
 from stream.io.sources import FRAME_RING, Source  # noqa: F401  (FRAME_RING: re-exported)
 from stream.modalities.base import FaceModality, Modality, ModalityOutput, WindowInput
@@ -74,6 +74,7 @@ class Options:
     open_timeout_s: float = 10.0
     read_timeout_s: float = 10.0
     reconnect: ReconnectPolicy | None = None  # live sources; None: forever, at most 30 s apart
+    resume: Resume | None = None  # live sources: go on from where another analyzer process left
     compound: str = "ppa"  # ppa | rule1 | rule2 | pfsa
     emit_frames: bool = True
     progress: bool = False
@@ -246,6 +247,7 @@ class Analyzer:
             open_timeout_s=self.opts.open_timeout_s,
             read_timeout_s=self.opts.read_timeout_s,
             reconnect=self.opts.reconnect,
+            resume=self.opts.resume,
         )
         try:
             capture.start()
@@ -290,7 +292,8 @@ class Analyzer:
         timeline.skip(int(round(gap.start * fps)) + 1, int(round(gap.end * fps)))
         self.stats.gaps += 1
         self.stats.gap_s += gap.end - gap.start
-        self.stats.reconnects += 1
+        if not gap.resumed:  # the gap since another process had the stream is no reconnect
+            self.stats.reconnects += 1
         self.emit(
             GapRecord(
                 start=round(gap.start, 4),
@@ -306,10 +309,13 @@ class Analyzer:
         fps = info.fps or 25.0
         if self.face is None:
             self.face = FaceAnalyzer()
-        timeline = Timeline(fps)
+        resume = self.opts.resume if self.live else None
+        # a resumed stream: frames up to the last one the previous process made final, and
+        # windows up to its last, are that process's; this run goes on after them
+        timeline = Timeline(fps, first=int(round(resume.after_s * fps)) + 1 if resume else 0)
         cache = FaceCache()
         face_step = FaceStep(self.face, cache, self.stats, self.observers)
-        scheduler = Scheduler(live=self.live)
+        scheduler = Scheduler(live=self.live, first=resume.window if resume else 0)
         trimmer = Trimmer()
         wall0 = time.monotonic()
         self.emit(
@@ -327,6 +333,11 @@ class Analyzer:
                 compound_method=self.fuser.method,
                 window_s=WINDOW_S,
                 hop_s=HOP_S,
+                resumed=(
+                    {"window": resume.window, "after_s": round(resume.after_s, 4), "reason": redact(resume.reason)}
+                    if resume
+                    else None
+                ),
             )
         )
         for note in dict.fromkeys(list(self._notes) + self.fuser.notes):

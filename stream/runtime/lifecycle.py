@@ -22,7 +22,7 @@ from stream.core import messages as m
 from stream.core.windows import SAMPLE_FPS
 from stream.io.capture import CaptureConfig, capture_main, describe_capture_exit
 from stream.io.receiver import Receiver, SourceState
-from stream.io.reconnect import OFF, ReconnectPolicy
+from stream.io.reconnect import OFF, ReconnectPolicy, Resume
 from stream.io.ringbuffer import BLOCK, DROP_OLDEST, AudioRing, FrameRing
 from stream.io.sources import AUDIO_RING_S, FRAME_RING, PushSource, Source
 
@@ -89,6 +89,7 @@ class ProcessCapture(Capture):
         open_timeout_s: float,
         read_timeout_s: float,
         reconnect: ReconnectPolicy | None = None,
+        resume: Resume | None = None,
     ) -> None:
         self.source = source
         # RTSP and cameras reopen by default; a file (even paced in real time) ends with itself
@@ -129,6 +130,7 @@ class ProcessCapture(Capture):
                 want_audio=want_av_audio,
                 realtime=realtime,
                 reconnect=self.reconnect,
+                resume=resume if source.kind in ("rtsp", "camera") else None,
                 **base,
             )
         ]
@@ -225,6 +227,7 @@ def open_capture(
     open_timeout_s: float,
     read_timeout_s: float,
     reconnect: ReconnectPolicy | None = None,
+    resume: Resume | None = None,
 ) -> Capture:
     if isinstance(source, PushSource):
         return InProcessCapture(source, max_side=max_side)
@@ -236,6 +239,7 @@ def open_capture(
         open_timeout_s=open_timeout_s,
         read_timeout_s=read_timeout_s,
         reconnect=reconnect,
+        resume=resume,
     )
 
 

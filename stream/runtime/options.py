@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stream.io.reconnect import ReconnectPolicy
+from stream.io.reconnect import ReconnectPolicy, Resume
 from stream.modalities.audio import AudioOptions
 from stream.modalities.clip import ClipOptions
 from stream.modalities.scene import SceneOptions
@@ -84,6 +84,9 @@ class RuntimeOptions:
             apart (``ReconnectPolicy(attempts=0)`` ends the run with the source instead).
         emit_frames: emit provisional ``frames`` records (final ones are always emitted).
         progress: draw a progress bar on stderr.
+        resume: a live source only: go on from where another analyzer process left the stream
+            (:class:`stream.io.reconnect.Resume`: window indices, media time and frame numbers
+            continue, the time between is a gap); ``cer-stream serve`` sets it on a restart.
     """
 
     realtime: bool = False
@@ -93,6 +96,7 @@ class RuntimeOptions:
     reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
     emit_frames: bool = True
     progress: bool = False
+    resume: Resume | None = None
 
 
 #: The window settings are runtime options (window and hop lengths are fixed by the method).

@@ -147,6 +147,7 @@ class Pipeline:
             open_timeout_s=rt.open_timeout_s,
             read_timeout_s=rt.read_timeout_s,
             reconnect=rt.reconnect,
+            resume=rt.resume if live else None,
             compound=self.options.fusion.compound,
             emit_frames=rt.emit_frames,
             progress=rt.progress,

@@ -62,6 +62,15 @@ class StartRecord(Record):
     hop_s: float
     basic_labels: list[str] = field(default_factory=lambda: list(BASIC))
     compound_labels: list[str] = field(default_factory=lambda: list(COMPOUND))
+    #: ``cer-stream serve`` restarted this stream's analyzer: ``{"window", "after_s", "reason"}``
+    #: (window indices, media time and frame numbers go on; absent otherwise)
+    resumed: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if out.get("resumed") is None:
+            out.pop("resumed", None)
+        return out
 
 
 @dataclass

@@ -93,12 +93,17 @@ class Scheduler:
     """Decides, window by window, what the loop does next.  ``clock`` returns seconds (monotonic)."""
 
     def __init__(
-        self, *, live: bool, clock: Callable[[], float] = time.monotonic, audio_grace_s: float = AUDIO_GRACE_S
+        self,
+        *,
+        live: bool,
+        clock: Callable[[], float] = time.monotonic,
+        audio_grace_s: float = AUDIO_GRACE_S,
+        first: int = 0,
     ) -> None:
         self.live = live
         self.clock = clock
         self.audio_grace_s = audio_grace_s
-        self.k = 0  # index of the next full window
+        self.k = first  # index of the next full window (``first``: a resumed stream's next)
         self.skipped = 0
         self._video_ready_at: float | None = None
 

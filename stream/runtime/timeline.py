@@ -30,12 +30,12 @@ class FrameRow:
 
 
 class Timeline:
-    def __init__(self, fps: float) -> None:
+    def __init__(self, fps: float, first: int = 0) -> None:
         self.fps = fps
         self._basic: dict[int, np.ndarray] = {}
         self._compound: dict[int, np.ndarray] = {}
         self._count: dict[int, int] = {}
-        self.next_final = 0  # first frame not yet emitted as final
+        self.next_final = first  # first frame not yet emitted as final (a resumed stream: past the last one)
         self._last: tuple[np.ndarray, np.ndarray] | None = None
         self._skipped: list[tuple[int, int]] = []  # frame numbers [a, b) that do not exist
 

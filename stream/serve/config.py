@@ -8,6 +8,18 @@ From a TOML file::
     max_restarts = 10                    # crashes in a row before a stream is given up (default: forever)
     restart_max_delay = 30               # longest wait before a restart, seconds (default 30)
 
+    dashboard = "127.0.0.1:8080"         # one live page for every stream (optional; needs the web extra)
+
+    [vlm]                                # one request queue to a shared VLM endpoint (optional)
+    url = "http://gpu-box:8000/v1"
+    model = "Qwen/Qwen2.5-VL-7B-Instruct"
+    key_env = "VLM_API_KEY"              # the endpoint's key, read by the supervisor only
+    concurrency = 2                      # requests in flight to the endpoint at most (default 1)
+
+    [ray]                                # run each stream under a Ray actor (optional; --ray overrides)
+    address = "auto"
+    worker_cpus = 1
+
     [[stream]]
     id = "door"
     rtsp = "rtsp://viewer@cam-door/stream"
@@ -31,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stream.serve.vlm_gateway import VlmConfig
+
 #: The key the supervisor adds to every record: which stream it came from.  (Not ``stream``:
 #: ``warning`` records already use that for the media track, ``video`` or ``audio``.)
 STREAM_KEY = "stream_id"
@@ -51,15 +65,31 @@ RESERVED_FLAGS = {
     "--out": "use out_dir (ID.jsonl per stream)",
     "--publish": "use the top-level publish (one socket for every stream)",
     "--progress": "a child has no terminal",
+    "--resume": "serve sets it when it restarts an analyzer",
     "--help": "not an analysis flag",
     "-h": "not an analysis flag",
     "--version": "not an analysis flag",
 }
 #: Flags that only make sense once per machine: allowed in a stream's own args, not the common ones.
 PER_STREAM_ONLY = {"--serve": "each stream's page needs its own port: give --serve in that stream's args"}
+#: Analyzer flags the ``[vlm]`` table sets for every stream (the gateway's address and token).
+VLM_FLAGS = ("--vlm-url", "--vlm-model", "--vlm-key-env", "--vlm-every", "--vlm-timeout")
 
-_TOP_KEYS = ("stream", "publish", "out_dir", "args", "max_restarts", "restart_max_delay")
+_TOP_KEYS = (
+    "stream",
+    "publish",
+    "out_dir",
+    "args",
+    "max_restarts",
+    "restart_max_delay",
+    "dashboard",
+    "dashboard_public",
+    "vlm",
+    "ray",
+)
 _STREAM_KEYS = ("id", "rtsp", "camera", "args", "password_env")
+_VLM_KEYS = ("url", "model", "key_env", "concurrency", "every", "timeout", "max_wait", "listen")
+_RAY_KEYS = ("address", "worker_cpus", "worker_gpus")
 
 
 class ConfigError(ValueError):
@@ -94,6 +124,12 @@ class ServeConfig:
     args: tuple[str, ...] = ()
     max_restarts: int | None = None
     restart_max_delay_s: float = DEFAULT_RESTART_MAX_DELAY_S
+    dashboard: str | None = None
+    dashboard_public: bool = False
+    vlm: VlmConfig | None = None
+    ray_address: str | None = None
+    worker_cpus: float = 1.0
+    worker_gpus: float = 0.0
     source_file: Path | None = field(default=None, compare=False)
 
     def child_args(self, spec: StreamSpec) -> list[str]:
@@ -196,6 +232,11 @@ def parse_config(data: Mapping[str, Any], *, source_file: Path | None = None) ->
     out_dir = Path(_string(data["out_dir"], "out_dir")) if "out_dir" in data else None
     if out_dir is not None and source_file is not None and not out_dir.is_absolute():
         out_dir = source_file.parent / out_dir  # relative to the file, as a manifest's paths are
+    dashboard = _string(data["dashboard"], "dashboard") if "dashboard" in data else None
+    dashboard_public = data.get("dashboard_public", False)
+    if not isinstance(dashboard_public, bool):
+        raise ConfigError(f"dashboard_public must be true or false, not {dashboard_public!r}")
+    ray: dict[str, Any] = _ray(data["ray"]) if "ray" in data else {}
     return make_config(
         streams,
         publish=publish,
@@ -203,8 +244,59 @@ def parse_config(data: Mapping[str, Any], *, source_file: Path | None = None) ->
         args=_args(data.get("args", []), "args", per_stream=False),
         max_restarts=_int_or_none(data.get("max_restarts"), "max_restarts"),
         restart_max_delay_s=_positive(data.get("restart_max_delay", DEFAULT_RESTART_MAX_DELAY_S), "restart_max_delay"),
+        dashboard=dashboard,
+        dashboard_public=dashboard_public,
+        vlm=_vlm(data["vlm"]) if "vlm" in data else None,
         source_file=source_file,
+        **ray,
     )
+
+
+def _table(value: Any, name: str, keys: Sequence[str]) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{name} must be a table ([{name}] with {', '.join(keys)})")
+    for key in value:
+        if key not in keys:
+            raise ConfigError(f"{name}.{key}: unknown key ([{name}] takes {', '.join(keys)})")
+    return value
+
+
+def _vlm(value: Any) -> VlmConfig:
+    """The ``[vlm]`` table: the shared endpoint every stream asks through one queue."""
+    table = _table(value, "vlm", _VLM_KEYS)
+    if "url" not in table:
+        raise ConfigError("vlm.url is missing (the endpoint's base URL, e.g. http://gpu-box:8000/v1)")
+    kw: dict[str, Any] = {"url": _string(table["url"], "vlm.url")}
+    for key in ("model", "key_env", "listen"):
+        if key in table:
+            kw[key] = _string(table[key], f"vlm.{key}")
+    if "concurrency" in table:
+        n = table["concurrency"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"vlm.concurrency must be a whole number >= 1, not {n!r}")
+        kw["concurrency"] = n
+    for key, name in (("every", "every_s"), ("timeout", "timeout_s"), ("max_wait", "max_wait_s")):
+        if key in table:
+            kw[name] = _positive(table[key], f"vlm.{key}")
+    try:
+        return VlmConfig(**kw)
+    except ValueError as exc:
+        raise ConfigError(f"vlm: {exc}") from None
+
+
+def _ray(value: Any) -> dict[str, Any]:
+    """The ``[ray]`` table: ``ServeConfig`` fields."""
+    table = _table(value, "ray", _RAY_KEYS)
+    out: dict[str, Any] = {}
+    if "address" in table:
+        out["ray_address"] = _string(table["address"], "ray.address")
+    for key in ("worker_cpus", "worker_gpus"):
+        if key in table:
+            v = table[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ConfigError(f"ray.{key} must be a number >= 0, not {v!r}")
+            out[key] = float(v)
+    return out
 
 
 def make_config(streams: Sequence[StreamSpec], **kw: Any) -> ServeConfig:
@@ -216,7 +308,22 @@ def make_config(streams: Sequence[StreamSpec], **kw: Any) -> ServeConfig:
         seen.add(s.id)
     if not streams:
         raise ConfigError("no stream to serve (give a config file or --rtsp/--camera)")
-    return ServeConfig(streams=tuple(streams), **kw)
+    config = ServeConfig(streams=tuple(streams), **kw)
+    check_vlm_flags(config)
+    return config
+
+
+def check_vlm_flags(config: ServeConfig) -> None:
+    """``ConfigError`` when a ``[vlm]`` table is given and some analyzer flags set what it sets."""
+    if config.vlm is None:
+        return
+    for key, args in [("args", config.args), *((f"stream {s.id!r}: args", s.args) for s in config.streams)]:
+        for a in args:
+            flag = a.split("=", 1)[0]
+            if flag in VLM_FLAGS:
+                raise ConfigError(
+                    f"{key}: {flag} cannot be given with a [vlm] table (the table sets it for every stream)"
+                )
 
 
 def load_config(path: str | Path) -> ServeConfig:
@@ -299,11 +406,13 @@ __all__ = [
     "DEFAULT_RESTART_MAX_DELAY_S",
     "ID_PATTERN",
     "STREAM_KEY",
+    "VLM_FLAGS",
     "ConfigError",
     "ServeConfig",
     "StreamSpec",
     "check_args",
     "check_id",
+    "check_vlm_flags",
     "child_environment",
     "from_flags",
     "load_config",

@@ -44,7 +44,14 @@ class StreamActor:
     """One stream on a Ray node: its analyzer child, supervised there (made remote at run time,
     so that this module imports without Ray)."""
 
-    def __init__(self, config: ServeConfig, env: dict[str, str], stop_grace_s: float = STOP_GRACE_S) -> None:
+    def __init__(
+        self,
+        config: ServeConfig,
+        env: dict[str, str],
+        stop_grace_s: float = STOP_GRACE_S,
+        child_pages: bool = False,
+        unset_env: tuple[str, ...] = (),
+    ) -> None:
         self.instance = f"{socket.gethostname()}:{os.getpid()}"
         self._q: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.sup = Supervisor(
@@ -54,6 +61,8 @@ class StreamActor:
             on_record=lambda r: self._q.put(("record", r)),
             stderr=lambda line: self._q.put(("stderr", line)),
             env=env,
+            child_pages=child_pages,
+            unset_env=unset_env,
         )
         self.sup.start()
 
@@ -270,14 +279,25 @@ class RaySupervisor(Supervisor):
             max_task_retries=0,
             max_concurrency=4,  # a stop while a poll waits
         )
+        unset: tuple[str, ...] = ()
+        if self.config.vlm is not None:  # the analyzers ask through this machine's gateway
+            from stream.serve.vlm_gateway import TOKEN_ENV
+
+            unset = (self.config.vlm.key_env,)
+            for env in envs.values():
+                env[TOKEN_ENV] = self.gateway.token
         for spec in self.config.streams:
+            extra = self.config.vlm.analyzer_args(self.gateway.url_for(spec.id)) if self.config.vlm else []
             one = dataclasses.replace(
                 self.config,
-                streams=(dataclasses.replace(spec, password_env=None),),
+                streams=(dataclasses.replace(spec, password_env=None, args=(*spec.args, *extra)),),
                 publish=None,
                 out_dir=None,
+                dashboard=None,
+                vlm=None,
+                ray_address=None,
             )
-            actor = actor_class.remote(one, envs[spec.id], self.stop_grace_s)
+            actor = actor_class.remote(one, envs[spec.id], self.stop_grace_s, bool(self.config.dashboard), unset)
             runner = _RayStreamRunner(self, spec, actor)
             self.ray_runners.append(runner)
             runner.thread.start()

@@ -25,9 +25,11 @@ it flushes, writes its ``end`` record and exits; a child still running after
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -36,7 +38,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any, TextIO
 
-from stream.io.reconnect import ReconnectPolicy
+from stream.io.reconnect import ReconnectPolicy, Resume
 from stream.serve.config import STREAM_KEY, ConfigError, ServeConfig, StreamSpec, child_environment
 
 PROG = "cer-stream serve"
@@ -45,6 +47,8 @@ PROG = "cer-stream serve"
 STOP_GRACE_S = float(os.environ.get("CER_STREAM_SERVE_STOP_GRACE", "20"))
 #: First restart delay (then doubling up to the config's ``restart_max_delay``).
 RESTART_BASE_DELAY_S = 0.5
+#: Seconds between two ``vlm_queue`` records (with a ``[vlm]`` gateway; one more at the end).
+VLM_REPORT_S = float(os.environ.get("CER_STREAM_SERVE_VLM_REPORT_S", "30"))
 #: Longest child stderr line kept for a supervisor record's ``message``.
 _MESSAGE_MAX = 300
 
@@ -75,6 +79,25 @@ def check_analyzer_flags(config: ServeConfig) -> None:
             raise ConfigError(f"stream {spec.id!r}: analyzer flags: {message}") from None
 
 
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    """The value of the last ``flag VALUE`` or ``flag=VALUE`` in ``argv``."""
+    value = None
+    for i, a in enumerate(argv):
+        if a == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif a.startswith(flag + "="):
+            value = a.split("=", 1)[1]
+    return value
+
+
+def _free_port() -> int:
+    """A loopback port free now (the analyzer binds it a moment later; if another process took it
+    meanwhile, the analyzer fails to start and is restarted on another)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _signal_name(code: int | None) -> str | None:
     if code is None or code >= 0:
         return None
@@ -95,11 +118,19 @@ class _StreamRunner:
         self.restarts = 0
         self.gave_up = False
         self.last_error = ""
+        self.page: str | None = None  # the child's own live page (when the dashboard shows its frames)
+        # how far the stream got (its analyzers' records): where a restarted analyzer goes on
+        self.fps: float | None = None
+        self.last_window: int | None = None
+        self.last_final_t: float | None = None
+        self.last_wall = 0.0
+        self.exit_note = ""
         self._healthy = False
         self.thread = threading.Thread(target=self._run, name=f"cer-serve-{spec.id}", daemon=True)
 
     # ---- the child
     def _spawn(self) -> subprocess.Popen[bytes]:
+        argv, self.page = self.sup.spawn_args(self.spec, self._resume())
         proc = subprocess.Popen(
             child_command(self.spec, self.sup.python),
             stdin=subprocess.PIPE,
@@ -112,7 +143,7 @@ class _StreamRunner:
         )
         assert proc.stdin is not None
         try:
-            proc.stdin.write((json.dumps({"argv": self.sup.config.child_args(self.spec)}) + "\n").encode())
+            proc.stdin.write((json.dumps({"argv": argv}) + "\n").encode())
             proc.stdin.flush()  # stdin stays open: its end of file tells the child we are gone
         except OSError:
             pass  # it died at once; its exit is handled as any other
@@ -148,11 +179,43 @@ class _StreamRunner:
                         "type": "warning",
                         "message": f"analyzer wrote a line that is not a record: {redact(text)[:200]}",
                     }
-                if record.get("type") == "window":
-                    self._healthy = True
+                self._progress(record)
                 self.sup.emit(self.spec.id, record)
         except (OSError, ValueError):  # the pipe failed under us: the child's exit says the rest
             pass
+
+    def _progress(self, record: dict[str, Any]) -> None:
+        """Note how far the stream got: its last window and its last final frame."""
+        kind = record.get("type")
+        if kind == "start" and isinstance(record.get("fps"), (int, float)) and record["fps"] > 0:
+            self.fps = float(record["fps"])
+        elif kind == "window" and isinstance(record.get("index"), int):
+            self._healthy = True
+            self.last_window = max(record["index"], self.last_window if self.last_window is not None else -1)
+            self.last_wall = time.time()
+        elif kind == "frames" and record.get("final") and record.get("time"):
+            try:
+                t = float(max(record["time"]))
+            except (TypeError, ValueError):
+                return
+            self.last_final_t = max(t, self.last_final_t or 0.0)
+            self.last_wall = time.time()
+
+    def _resume(self) -> Resume | None:
+        """Where a restarted analyzer goes on (``None`` at the first start, or before any window):
+        the window after the last one written, media time from the last final frame (or, without
+        frame records, the frame before that next window)."""
+        if not self.restarts or self.last_window is None:
+            return None
+        from stream.core.windows import HOP_S, SAMPLE_FPS
+
+        # no later than half a grid step before the next window's first grid point, so that the
+        # new run's windows are served by its own frames only (the previous run's frames after it,
+        # already final there, lie inside the restart's gap and are never emitted again)
+        bound = (self.last_window + 1) * HOP_S - 0.5 / SAMPLE_FPS - 1e-3
+        after = max(0.0, min(self.last_final_t if self.last_final_t is not None else bound, bound))
+        why = self.exit_note or "the analyzer exited"
+        return Resume(window=self.last_window + 1, after_s=after, wall_time=self.last_wall, reason=f"{why}; restarted")
 
     # ---- the loop
     def _run(self) -> None:
@@ -177,7 +240,9 @@ class _StreamRunner:
             code: int | None = None
             if proc is not None:
                 event = "restarted" if self.restarts else "started"
-                self.sup.supervisor_record(self.spec.id, event, pid=proc.pid, restarts=self.restarts)
+                self.sup.supervisor_record(
+                    self.spec.id, event, pid=proc.pid, restarts=self.restarts, page=self.page, host=self.sup.hostname
+                )
                 assert proc.stdout is not None and proc.stderr is not None
                 err = threading.Thread(target=self._read_stderr, args=(proc.stderr,), daemon=True)
                 err.start()
@@ -213,6 +278,8 @@ class _StreamRunner:
                 self.sup.wake()
                 return
             delay = policy.delay(failures)
+            sig = _signal_name(code)
+            self.exit_note = f"the analyzer exited ({sig or f'exit status {code}'})"
             self.sup.supervisor_record(
                 self.spec.id,
                 "exited",
@@ -255,9 +322,17 @@ class Supervisor:
         stderr: Callable[[str], None] | None = None,
         on_record: Callable[[dict[str, Any]], None] | None = None,
         env: Mapping[str, str] | None = None,
+        child_pages: bool | None = None,
+        unset_env: tuple[str, ...] = (),
     ) -> None:
         self.config = config
         self.env = env
+        # each analyzer serves its own page on a free loopback port (the dashboard shows its frames)
+        self.child_pages = bool(config.dashboard) if child_pages is None else child_pages
+        self.unset_env = unset_env  # variables the children must not inherit (the VLM key on a Ray node)
+        self.hostname = socket.gethostname()
+        self.gateway: Any = None  # VlmGateway of the config's [vlm] table
+        self.dashboard: Any = None  # Dashboard of the config's dashboard address
         self.quiet = quiet
         self.stop_grace_s = stop_grace_s
         self.python = python
@@ -275,10 +350,73 @@ class Supervisor:
         self.runners: list[_StreamRunner] = []
 
     # ---- outputs
+    def vlm_env(self, env: dict[str, str]) -> dict[str, str]:
+        """A child's environment with the gateway's token and without the endpoint's key (only the
+        gateway holds that); unchanged without a ``[vlm]`` table."""
+        if self.config.vlm is None:
+            return env
+        from stream.serve.vlm_gateway import TOKEN_ENV
+
+        env = dict(env)
+        env.pop(self.config.vlm.key_env, None)
+        if self.gateway is not None:
+            env[TOKEN_ENV] = self.gateway.token
+        return env
+
+    def _open_services(self) -> None:
+        """Start the ``[vlm]`` gateway and the dashboard; ``ValueError`` (one line) when one
+        cannot start."""
+        from stream.serve.vlm_gateway import GatewayError, VlmGateway
+
+        ids = [s.id for s in self.config.streams]
+        try:
+            if self.config.vlm is not None and self.gateway is None:
+                self.gateway = VlmGateway(self.config.vlm, ids)
+                self.write_stderr(
+                    f"{PROG}: VLM requests of every stream queue at {self.gateway.base_url} "
+                    f"({self.config.vlm.concurrency} in flight at most)"
+                )
+            if self.config.dashboard and self.dashboard is None:
+                from stream.serve.dashboard import Dashboard, DashboardError
+                from stream.sinks.web import is_loopback, parse_bind, url_host
+
+                try:
+                    host, port = parse_bind(self.config.dashboard)
+                except ValueError as exc:
+                    raise ValueError(f"dashboard: {str(exc).replace('--serve ', '')}") from None
+                try:
+                    self.dashboard = Dashboard(host, port, stream_ids=ids, public=self.config.dashboard_public)
+                except DashboardError as exc:
+                    raise ValueError(str(exc)) from None
+                if not is_loopback(host):
+                    self.write_stderr(
+                        f"{PROG}: warning: the dashboard on {url_host(host)}:{self.dashboard.port} is reachable "
+                        "from other machines; it has no authentication"
+                    )
+                self.write_stderr(f"{PROG}: dashboard {self.dashboard.url}")
+        except GatewayError as exc:
+            self._close_services()
+            raise ValueError(str(exc)) from None
+        except ValueError:
+            self._close_services()
+            raise
+
+    def _close_services(self) -> None:
+        for service in (self.dashboard, self.gateway):
+            if service is not None:
+                service.close()
+
+    def report_vlm(self) -> None:
+        """A ``vlm_queue`` record: the gateway's queue and what each stream got from it."""
+        if self.gateway is not None:
+            self.emit_common({"type": "vlm_queue", **self.gateway.stats(), "wall_time": round(time.time(), 3)})
+
     def _open(self) -> None:
-        """Open every output; ``ValueError`` (one line) when one cannot be used."""
+        """Open every output (and the gateway and dashboard); ``ValueError`` (one line) when one
+        cannot be used."""
         from stream.sinks.outputs import JsonLinesSink, SinkError, SinkSet, ZmqPublishSink
 
+        self._open_services()
         common: list[Any] = []
         try:
             if not self.quiet:
@@ -305,6 +443,7 @@ class Supervisor:
             for s in self._sinks:
                 s.close()
             self._sinks.clear()
+            self._close_services()
             raise ValueError(str(exc)) from None
         # stdout and files are lossless: a reader that falls behind holds the readers back, the
         # children's pipes fill and each child drops records on its own side (a live run never
@@ -324,6 +463,58 @@ class Supervisor:
         files = self._files.get(stream_id)
         if files is not None:
             files.put(tagged)
+        if self.dashboard is not None:
+            if tagged["type"] == "supervisor":
+                self._frame_source(stream_id, tagged)
+            self.dashboard.write(tagged)
+
+    def _frame_source(self, stream_id: str, record: dict[str, Any]) -> None:
+        """Point the dashboard at a (re)started analyzer's frames: only one on this machine can
+        be reached (its page listens on loopback)."""
+        event = record.get("event")
+        if event in ("started", "restarted"):
+            page = record.get("page")
+            here = record.get("host") == self.hostname
+            self.dashboard.set_frame_source(stream_id, f"{page}frame.jpg" if page and here else None)
+        elif event in ("exited", "gave_up", "stopped"):
+            self.dashboard.set_frame_source(stream_id, None)
+
+    def emit_common(self, record: dict[str, Any]) -> None:
+        """A record of no one stream (``vlm_queue``): stdout, the publish socket, the dashboard."""
+        if self._on_record is not None:
+            self._on_record(record)
+        if self._common is not None:
+            self._common.put(record)
+        if self.dashboard is not None:
+            self.dashboard.write(record)
+
+    def spawn_args(self, spec: StreamSpec, resume: Resume | None = None) -> tuple[list[str], str | None]:
+        """One start of ``spec``'s analyzer: its flags and the URL of its own page (``None``
+        without one).  A restart goes on from ``resume`` (window indices, media time and frame
+        numbers continue).  With a ``[vlm]`` gateway it asks the VLM through it; with the
+        dashboard on it serves its page on a free loopback port, unless its args give ``--serve``."""
+        argv = self.config.child_args(spec)
+        if resume is not None:
+            argv += ["--resume", json.dumps(dataclasses.asdict(resume))]
+        if self.gateway is not None:
+            argv += self.config.vlm.analyzer_args(self.gateway.url_for(spec.id))  # type: ignore[union-attr]
+        page = None
+        if self.child_pages:
+            given = _flag_value(argv, "--serve")
+            if given is None:
+                port = _free_port()
+                argv += ["--serve", f"127.0.0.1:{port}"]
+                page = f"http://127.0.0.1:{port}/"
+            else:
+                from stream.sinks.web import is_loopback, parse_bind, url_host
+
+                try:
+                    host, port = parse_bind(given)
+                except ValueError:
+                    host, port = "", 0  # the analyzer says what is wrong with it
+                if port and (is_loopback(host) or host in ("0.0.0.0", "::")):
+                    page = f"http://127.0.0.1:{port}/" if not is_loopback(host) else f"http://{url_host(host)}:{port}/"
+        return argv, page
 
     def supervisor_record(self, stream_id: str, event: str, **fields: Any) -> None:
         record: dict[str, Any] = {"type": "supervisor", "event": event}
@@ -356,9 +547,10 @@ class Supervisor:
     def start(self) -> None:
         """Open the outputs and start every stream's child; ``ValueError``/``ConfigError``
         (one line) when an output or a stream's environment cannot be used."""
-        base = None if self.env is None else {**os.environ, **self.env}
+        base = {**{k: v for k, v in os.environ.items() if k not in self.unset_env}, **(self.env or {})}
         envs = {spec.id: child_environment(spec, base) for spec in self.config.streams}
         self._open()
+        envs = {sid: self.vlm_env(env) for sid, env in envs.items()}  # the gateway's token, now it runs
         self.runners = [_StreamRunner(self, spec, envs[spec.id]) for spec in self.config.streams]
         for r in self.runners:
             r.thread.start()
@@ -405,12 +597,16 @@ class Supervisor:
 
     def close(self) -> None:
         """Let the outputs write what they hold (a few seconds at most), then close them."""
+        if self._common is not None:
+            self.report_vlm()
         for s in [self._common, *self._files.values()]:
             if s is not None:
                 s.finish(10.0, force=True)
         for sink in self._sinks:
             sink.close()
         self._sinks.clear()
+        self._close_services()
+        self.gateway = self.dashboard = None
 
     def run(self, stop_requested: threading.Event | None = None, kill_requested: threading.Event | None = None) -> int:
         """Start, run until ``stop_requested`` is set (or every stream has given up, or
@@ -422,10 +618,14 @@ class Supervisor:
             self.start()
             if self.publish_endpoint:
                 self.write_stderr(f"{PROG}: publishing on {self.publish_endpoint}")
+            next_vlm = time.monotonic() + VLM_REPORT_S
             while not stop_requested.is_set():
                 self._wake.wait(0.2)
                 self._wake.clear()
                 self.report_sink_events()
+                if time.monotonic() >= next_vlm:
+                    self.report_vlm()
+                    next_vlm = time.monotonic() + VLM_REPORT_S
                 if not self.active or self.output_closed():
                     break
             self.stop()
