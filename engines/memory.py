@@ -8,8 +8,9 @@ every arena) without moving anything in use.  Measured on the analyzer after six
 546.6 MB resident before, 519.4 MB after (``bench/soak.py``, a probe of ``mallinfo2``).
 
 :func:`trim` does that where the C library is glibc and does nothing elsewhere (musl, macOS).
-It takes a few milliseconds on a ~300 MB heap, so the analyzer calls it after a gap and at most
-once a minute between windows (:data:`TRIM_EVERY_S`), never on a window's critical path.
+It takes 10-35 ms on a fragmented ~300 MB heap, so the analyzer asks for it after a gap and at
+most once a minute (:data:`TRIM_EVERY_S`), and :class:`Trimmer` runs it on a thread of its own,
+off the window loop (glibc's arenas are locked one at a time meanwhile, as for any ``free``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import threading
 import time
 from typing import Any
 
@@ -86,19 +88,35 @@ def trim() -> bool:
 
 
 class Trimmer:
-    """Calls :func:`trim` when asked (:meth:`now`) or when :meth:`maybe` finds that
-    ``every_s`` seconds have passed since the last trim."""
+    """Runs :func:`trim` on a thread of its own when asked (:meth:`now`) or when :meth:`maybe`
+    finds that ``every_s`` seconds have passed since the last one; one at a time (a request
+    while one runs is dropped).  ``background=False`` trims in the caller's thread."""
 
-    def __init__(self, every_s: float = TRIM_EVERY_S, clock: Any = time.monotonic) -> None:
+    def __init__(self, every_s: float = TRIM_EVERY_S, clock: Any = time.monotonic, *, background: bool = True) -> None:
         self.every_s = every_s
         self.clock = clock
+        self.background = background
         self.last = clock()
         self.count = 0
+        self._thread: threading.Thread | None = None
 
-    def now(self) -> None:
+    def _run(self) -> None:
         if trim():
             self.count += 1
+
+    def now(self) -> None:
         self.last = self.clock()
+        if not self.background:
+            self._run()
+            return
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._thread = threading.Thread(target=self._run, name="cer-trim", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     def maybe(self) -> None:
         if self.clock() - self.last >= self.every_s:

@@ -412,7 +412,7 @@ def test_trim_and_malloc_tuning():
     assert memory.trim() is True
     assert memory.keep_freed_memory() is True and memory.keep_freed_memory() is True  # once, then a no-op
     now = [100.0]
-    t = memory.Trimmer(every_s=60.0, clock=lambda: now[0])
+    t = memory.Trimmer(every_s=60.0, clock=lambda: now[0], background=False)
     t.maybe()
     assert t.count == 0
     now[0] += 59.9
@@ -423,3 +423,24 @@ def test_trim_and_malloc_tuning():
     assert t.count == 1 and t.last == now[0]
     t.now()
     assert t.count == 2
+
+
+def test_trimmer_runs_off_the_calling_thread():
+    import platform
+    import threading
+
+    from engines import memory
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    seen: list[str] = []
+    real = memory.trim
+    memory_trim = lambda: seen.append(threading.current_thread().name) or real()  # noqa: E731
+    t = memory.Trimmer()
+    try:
+        memory.trim = memory_trim
+        t.now()
+        t.join(5)
+    finally:
+        memory.trim = real
+    assert seen == ["cer-trim"] and t.count == 1
