@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -303,6 +304,35 @@ def test_live_source_never_waits_for_a_slow_analyzer(sample):
     assert len(wins) < 4 and end["reason"] == "eof"
     assert all(w["modalities"]["slow"] == {"present": False, "reason": "test modality"} for w in wins)
     assert elapsed < 10.5 + 3 * 4.5  # never more than the tail windows behind the clip
+
+
+@pytest.mark.parametrize("kind", [ImportError, RuntimeError, KeyboardInterrupt])
+def test_an_interrupted_start_is_the_interrupt_whatever_it_turned_into(monkeypatch, capsys, kind):
+    """Ctrl-C inside a native module's initialisation comes out as that module's ImportError
+    ("numpy._core.multiarray failed to import"); once SIGINT was seen, the start-up's failure is
+    the interrupt: one line, 130.  Without SIGINT the same error is not swallowed."""
+    import stream.cli as cli
+    import stream.cli.main as cli_main
+
+    def failing(argv):
+        os.kill(os.getpid(), signal.SIGINT)  # handled by cli.main's handler: noted, then raised
+        time.sleep(1.0)
+        raise kind("numpy._core.multiarray failed to import")
+
+    monkeypatch.setattr(cli_main, "main", failing)
+    monkeypatch.setattr(cli, "_interrupted", threading.Event())
+    old = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as a fresh process has it
+    try:
+        assert cli.entry(["--video", "x.mp4"]) == 130
+        assert capsys.readouterr().err == "cer-stream: interrupted\n"
+        # no interrupt: the error is the error
+        monkeypatch.setattr(cli_main, "main", lambda argv: (_ for _ in ()).throw(ImportError("broken")))
+        monkeypatch.setattr(cli, "_interrupted", threading.Event())
+        with pytest.raises(ImportError):
+            cli.entry(["--video", "x.mp4"])
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 @pytest.mark.parametrize("delay", [0.2, 1.0, 2.5])

@@ -2,25 +2,70 @@
 
 ``main`` scrubs credentials from this process's own command line (what ``ps`` shows) before
 anything else is imported, so no child forked while modules load can show them either.
+
+Ctrl-C before a run's own handler is in place (while Python imports NumPy, OpenCV, MediaPipe,
+ONNX Runtime... or loads models) is one line, ``cer-stream: interrupted``, and exit status 130.
+That takes more than catching ``KeyboardInterrupt``: a native extension interrupted inside its
+initialisation turns it into an ``ImportError`` of its own ("numpy._core.multiarray failed to
+import", pybind11's "initialization failed"), which would read as a broken install.  So
+:func:`main` installs a SIGINT handler first that notes the interrupt (:func:`interrupted`)
+before raising it, and whatever an interrupted start-up ends with is reported as the interrupt.
 """
 
 from __future__ import annotations
 
+import threading
+
+_interrupted = threading.Event()
+
+
+def interrupted() -> bool:
+    """Whether Ctrl-C (SIGINT) arrived while the command started (see the module's docstring)."""
+    return _interrupted.is_set()
+
+
+def _on_sigint(signum, frame):
+    _interrupted.set()
+    raise KeyboardInterrupt
+
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:
+    import signal
+
+    as_program = argv is None
+    if as_program:
         from stream.core.redact import redact_process_args
 
         redact_process_args()
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_sigint)
     try:
         from stream.cli.main import main as run
 
         return run(argv)
-    except KeyboardInterrupt:  # Ctrl-C before the run's own handler is in place (imports, model loading)
+    except BaseException as exc:
+        if not (isinstance(exc, KeyboardInterrupt) or (_interrupted.is_set() and isinstance(exc, Exception))):
+            raise
+        import os
         import sys
 
         sys.stderr.write("cer-stream: interrupted\n")
-        return 130
+        if not as_program:
+            return 130
+        # CPython 3.11 remembers a KeyboardInterrupt that ended code run from C (an extension's
+        # initialisation) and then ends the process with SIGINT whatever the exit status asked;
+        # nothing has started yet that needs cleaning up, so leave with 130 now
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(130)
 
 
-__all__ = ["main"]
+#: :func:`main` under a name that stays: importing the submodule ``stream.cli.main`` rebinds the
+#: package's ``main`` attribute to that module.
+entry = main
+
+__all__ = ["entry", "interrupted", "main"]

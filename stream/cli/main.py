@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from stream import __version__
+from stream.cli import interrupted
 
 PROG = "cer-stream"
 
@@ -240,6 +241,8 @@ def run_stream(argv: list[str]) -> int:
             pipeline.close()
         for s in sinks + ([features_out] if features_out else []):
             s.close()
+        if interrupted():  # Ctrl-C while models loaded, turned into an error by a native import
+            raise KeyboardInterrupt from None
         return fail(str(exc))
     analyzer = pipeline.analyzer(source)
 

@@ -50,13 +50,9 @@ def main() -> int:
         sys.stderr.write('cer-stream serve child: error: expected a JSON line {"argv": [...]} on stdin\n')
         return 2
     threading.Thread(target=_watch_stdin, args=(fd,), name="cer-serve-stdin", daemon=True).start()
-    try:
-        from stream.cli.main import main as run
+    from stream.cli import entry as run  # Ctrl-C (serve's stop) while it starts: one line, 130
 
-        return run(argv)
-    except KeyboardInterrupt:  # stopped before the run's own handler was in place (imports, models)
-        sys.stderr.write("cer-stream: interrupted\n")
-        return 130
+    return run(argv)
 
 
 if __name__ == "__main__":  # pragma: no cover
