@@ -262,7 +262,7 @@ def test_the_vlm_table():
         (
             {"url": "http://g/v1"},
             {"args": ["--vlm-url", "http://x/v1"]},
-            "--vlm-url cannot be given with a [vlm] table",
+            "--vlm-url cannot be given with a [vlm] table or --vlm",
         ),
     ],
 )

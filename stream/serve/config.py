@@ -317,12 +317,13 @@ def check_vlm_flags(config: ServeConfig) -> None:
     """``ConfigError`` when a ``[vlm]`` table is given and some analyzer flags set what it sets."""
     if config.vlm is None:
         return
-    for key, args in [("args", config.args), *((f"stream {s.id!r}: args", s.args) for s in config.streams)]:
+    common = ("args (or the flags after --)", config.args)
+    for key, args in [common, *((f"stream {s.id!r}: args", s.args) for s in config.streams)]:
         for a in args:
             flag = a.split("=", 1)[0]
             if flag in VLM_FLAGS:
                 raise ConfigError(
-                    f"{key}: {flag} cannot be given with a [vlm] table (the table sets it for every stream)"
+                    f"{key}: {flag} cannot be given with a [vlm] table or --vlm (they set it for every stream)"
                 )
 
 
