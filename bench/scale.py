@@ -44,7 +44,7 @@ not, 2 for a usage or set-up error, 130 when interrupted (nothing is written the
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import os
 import resource
@@ -83,23 +83,12 @@ def log(msg: str) -> None:
     sys.stderr.flush()
 
 
-def _bench_module(name: str) -> Any:
-    """bench/NAME.py, loaded by path once (as bench/soak.py loads bench/latency.py)."""
-    key = f"_bench_{name}"
-    if key in sys.modules:
-        return sys.modules[key]
-    spec = importlib.util.spec_from_file_location(key, BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[key] = module  # its dataclasses look the module up while it loads
-    spec.loader.exec_module(module)
-    return module
-
-
+# bench/ is a namespace package under ROOT (not on sys.path itself: bench/engines.py would shadow
+# the project's engines), so its scripts import each other as bench.NAME, each loaded once
 #: machine_info, versions, git_revision, quantiles, system_cpu
-latency = _bench_module("latency")
+latency: Any = importlib.import_module("bench.latency")
 #: children, rss_mb, role, RecordReader, stop_analyzer, make_looped_clip
-soak = _bench_module("soak")
+soak: Any = importlib.import_module("bench.soak")
 
 
 # --------------------------------------------------------------------------- processes, CPU and memory

@@ -44,7 +44,7 @@ Exit status: 0 when every check passes, 1 when one fails, 2 for a usage or set-u
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import os
 import re
@@ -91,13 +91,9 @@ def log(msg: str) -> None:
 
 
 def _latency_module() -> Any:
-    """bench/latency.py, for its machine description and quantiles (loaded by path)."""
-    spec = importlib.util.spec_from_file_location("_bench_latency", BENCH / "latency.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look the module up while it loads
-    spec.loader.exec_module(module)
-    return module
+    """bench/latency.py, for its machine description and quantiles (``bench`` is a namespace
+    package under ROOT; imported once)."""
+    return importlib.import_module("bench.latency")
 
 
 # --------------------------------------------------------------------------- git

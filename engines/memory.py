@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import threading
 import time
@@ -31,23 +32,17 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 TRIM_THRESHOLD = 256 << 20
 MMAP_THRESHOLD = 32 << 20  # glibc's upper bound on 64-bit systems
 
-_trim_fn: Any = None
-_looked = False
 
-
-def _malloc_trim() -> Any:
-    global _trim_fn, _looked
-    if not _looked:
-        _looked = True
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            fn = libc.malloc_trim
-            fn.argtypes = [ctypes.c_size_t]
-            fn.restype = ctypes.c_int
-            _trim_fn = fn
-        except (OSError, AttributeError):  # not glibc
-            _trim_fn = None
-    return _trim_fn
+@functools.cache
+def _glibc(name: str, argtypes: tuple[Any, ...]) -> Any:
+    """The C library's function ``name`` where the C library is glibc (``None`` elsewhere)."""
+    try:
+        fn = getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):  # not glibc
+        return None
+    fn.argtypes = list(argtypes)
+    fn.restype = ctypes.c_int
+    return fn
 
 
 _tuned = False
@@ -64,21 +59,16 @@ def keep_freed_memory() -> bool:
     global _tuned
     if _tuned:
         return True
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc
+    mallopt = _glibc("mallopt", (ctypes.c_int, ctypes.c_int))
+    if mallopt is None:
         return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    ok = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-    _tuned = ok
-    return ok
+    _tuned = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return _tuned
 
 
 def trim() -> bool:
     """Return the heap's free pages to the system; whether the C library could (glibc)."""
-    fn = _malloc_trim()
+    fn = _glibc("malloc_trim", (ctypes.c_size_t,))
     if fn is None:
         return False
     t0 = time.perf_counter()

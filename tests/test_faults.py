@@ -3,10 +3,9 @@ and bench/soak.py's windows accounting: each check takes a few seconds at most."
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import shutil
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
@@ -278,12 +277,7 @@ def test_rtsp_through_a_stalling_proxy(sample):
 
 # --------------------------------------------------------------------------- bench/soak.py
 def _soak():
-    spec = importlib.util.spec_from_file_location("_bench_soak", ROOT / "bench" / "soak.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look the module up while it loads
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("bench.soak")
 
 
 def test_soak_windows_accounting():

@@ -164,16 +164,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_flushes_and_leaves_no_child(sample, sig):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
+def _realtime_run(sample) -> subprocess.Popen:
+    """`cer-stream --video SAMPLE --realtime` as a user starts it, its output in pipes."""
+    return subprocess.Popen(
         [sys.executable, "-m", "stream.cli", "--video", str(sample), "--realtime"],
-        env=env,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_flushes_and_leaves_no_child(sample, sig):
+    proc = _realtime_run(sample)
     children: set[int] = set()
     lines = []
     try:
@@ -340,14 +344,7 @@ def test_ctrl_c_at_any_moment_is_one_line_at_most(sample, delay):
     """SIGINT while Python starts, while models load, or as the stream starts: never a
     traceback; one line on stderr at most, exit 130 before the run's handler is in place, 0
     after (the run then ends with its end record)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stream.cli", "--video", str(sample), "--realtime"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _realtime_run(sample)
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)

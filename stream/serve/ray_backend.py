@@ -279,13 +279,10 @@ class RaySupervisor(Supervisor):
             max_task_retries=0,
             max_concurrency=4,  # a stop while a poll waits
         )
-        unset: tuple[str, ...] = ()
-        if self.config.vlm is not None:  # the analyzers ask through this machine's gateway
-            from stream.serve.vlm_gateway import TOKEN_ENV
-
-            unset = (self.config.vlm.key_env,)
-            for env in envs.values():
-                env[TOKEN_ENV] = self.gateway.token
+        # the analyzers ask through this machine's gateway: its token, never the endpoint's key
+        # (which the actor's node may have in its own environment)
+        envs = {sid: self.vlm_env(env) for sid, env in envs.items()}
+        unset = (self.config.vlm.key_env,) if self.config.vlm is not None else ()
         for spec in self.config.streams:
             extra = self.config.vlm.analyzer_args(self.gateway.url_for(spec.id)) if self.config.vlm else []
             one = dataclasses.replace(

@@ -261,13 +261,14 @@ class _StreamRunner:
                 )
                 return
             failures = 1 if self._healthy else failures + 1
+            sig = _signal_name(code)
             if policy.gives_up(failures):
                 self.gave_up = True
                 self.sup.supervisor_record(
                     self.spec.id,
                     "gave_up",
                     exit_code=code,
-                    signal=_signal_name(code),
+                    signal=sig,
                     restarts=self.restarts,
                     message=self.last_error or None,
                 )
@@ -278,13 +279,12 @@ class _StreamRunner:
                 self.sup.wake()
                 return
             delay = policy.delay(failures)
-            sig = _signal_name(code)
             self.exit_note = f"the analyzer exited ({sig or f'exit status {code}'})"
             self.sup.supervisor_record(
                 self.spec.id,
                 "exited",
                 exit_code=code,
-                signal=_signal_name(code),
+                signal=sig,
                 restarts=self.restarts,
                 delay_s=round(delay, 3),
                 message=self.last_error or None,
@@ -456,17 +456,12 @@ class Supervisor:
         ``type``)."""
         tagged = {"type": record.get("type"), STREAM_KEY: stream_id}
         tagged.update((k, v) for k, v in record.items() if k not in ("type", STREAM_KEY))
-        if self._on_record is not None:
-            self._on_record(tagged)
-        if self._common is not None:
-            self._common.put(tagged)
         files = self._files.get(stream_id)
         if files is not None:
             files.put(tagged)
-        if self.dashboard is not None:
-            if tagged["type"] == "supervisor":
-                self._frame_source(stream_id, tagged)
-            self.dashboard.write(tagged)
+        if self.dashboard is not None and tagged["type"] == "supervisor":
+            self._frame_source(stream_id, tagged)
+        self.emit_common(tagged)
 
     def _frame_source(self, stream_id: str, record: dict[str, Any]) -> None:
         """Point the dashboard at a (re)started analyzer's frames: only one on this machine can
@@ -480,7 +475,8 @@ class Supervisor:
             self.dashboard.set_frame_source(stream_id, None)
 
     def emit_common(self, record: dict[str, Any]) -> None:
-        """A record of no one stream (``vlm_queue``): stdout, the publish socket, the dashboard."""
+        """A record to the outputs every stream shares: ``on_record``, stdout, the publish socket,
+        the dashboard (a stream's own file is :meth:`emit`'s; a ``vlm_queue`` record has none)."""
         if self._on_record is not None:
             self._on_record(record)
         if self._common is not None:
@@ -512,8 +508,8 @@ class Supervisor:
                     host, port = parse_bind(given)
                 except ValueError:
                     host, port = "", 0  # the analyzer says what is wrong with it
-                if port and (is_loopback(host) or host in ("0.0.0.0", "::")):
-                    page = f"http://127.0.0.1:{port}/" if not is_loopback(host) else f"http://{url_host(host)}:{port}/"
+                if port and (is_loopback(host) or host in ("0.0.0.0", "::")):  # reachable from here
+                    page = f"http://{url_host(host) if is_loopback(host) else '127.0.0.1'}:{port}/"
         return argv, page
 
     def supervisor_record(self, stream_id: str, event: str, **fields: Any) -> None:
