@@ -123,8 +123,11 @@ def test_a_resumed_stream_starts_at_its_window_and_its_gap_swallows_the_windows_
     from stream.runtime.scheduler import Missing
 
     k = 6
-    after = k * HOP_S - 0.5 / SAMPLE_FPS - 1e-3  # as the supervisor bounds it
-    resume = Resume(window=k, after_s=after, wall_time=1.0e9, reason="the analyzer exited (SIGKILL); restarted")
+    after = k * HOP_S - 0.5 / SAMPLE_FPS - 1e-3  # as Resume bounds it
+    # the previous run's last final frame (11.96 s) serves window 6's first grid point (12 s):
+    # Resume holds after_s before it, so that window 6 is the new run's
+    resume = Resume(window=k, after_s=11.96, wall_time=1.0e9, reason="the analyzer exited (SIGKILL); restarted")
+    assert resume.after_s == after
     first_frame = 18.84  # the new run's first frame: windows 6 [12, 16) and 7 [14, 18) get none
     s = Scheduler(live=True, clock=FakeClock(), first=resume.window)
     assert s.window.index == k

@@ -90,7 +90,10 @@ class Resume:
     final, ``wall_time`` the Unix time it was written, ``reason`` why the stream changed process.
 
     Media time goes on from ``after_s`` by the wall-clock time away; the stretch between is a
-    gap (a ``gap`` record with ``reason``, its windows missing), as when a source reconnects."""
+    gap (a ``gap`` record with ``reason``, its windows missing), as when a source reconnects.
+    ``after_s`` is held to half a grid step before ``window``'s first grid point at most, so that
+    this run's windows are served by its own frames only (the previous run's frames after that,
+    already final there, lie inside the gap and are never emitted again)."""
 
     window: int
     after_s: float
@@ -100,6 +103,10 @@ class Resume:
     def __post_init__(self) -> None:
         if self.window < 0 or not (self.after_s >= 0) or not (self.wall_time > 0):
             raise ValueError("resume: window >= 0, after_s >= 0 and a wall_time are required")
+        from stream.core.windows import HOP_S, SAMPLE_FPS
+
+        bound = max(0.0, self.window * HOP_S - 0.5 / SAMPLE_FPS - 1e-3)
+        object.__setattr__(self, "after_s", min(self.after_s, bound))
 
     @classmethod
     def from_json(cls, text: str) -> Resume:

@@ -203,19 +203,17 @@ class _StreamRunner:
 
     def _resume(self) -> Resume | None:
         """Where a restarted analyzer goes on (``None`` at the first start, or before any window):
-        the window after the last one written, media time from the last final frame (or, without
-        frame records, the frame before that next window)."""
+        the window after the last one written, media time from the last final frame (without
+        frame records, the next window's start; :class:`Resume` holds it before that window's
+        first grid point)."""
         if not self.restarts or self.last_window is None:
             return None
-        from stream.core.windows import HOP_S, SAMPLE_FPS
+        from stream.core.windows import HOP_S
 
-        # no later than half a grid step before the next window's first grid point, so that the
-        # new run's windows are served by its own frames only (the previous run's frames after it,
-        # already final there, lie inside the restart's gap and are never emitted again)
-        bound = (self.last_window + 1) * HOP_S - 0.5 / SAMPLE_FPS - 1e-3
-        after = max(0.0, min(self.last_final_t if self.last_final_t is not None else bound, bound))
+        window = self.last_window + 1
+        after = self.last_final_t if self.last_final_t is not None else window * HOP_S
         why = self.exit_note or "the analyzer exited"
-        return Resume(window=self.last_window + 1, after_s=after, wall_time=self.last_wall, reason=f"{why}; restarted")
+        return Resume(window=window, after_s=after, wall_time=self.last_wall, reason=f"{why}; restarted")
 
     # ---- the loop
     def _run(self) -> None:
