@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import select
+import selectors
 import socket
 import sys
 import threading
@@ -59,7 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # --------------------------------------------------------------------------- the proxy
 
-#: How long a proxy thread blocks in select() before it looks at its flags again.
+#: How long a proxy thread blocks waiting for a socket before it looks at its flags again.
 _POLL_S = 0.1
 _CHUNK = 65536
 
@@ -80,7 +80,7 @@ class StallProxy:
     """A TCP proxy on loopback in front of ``target_host:target_port`` that can stall or drop.
 
     Every accepted connection gets its own connection to the target and one thread that
-    forwards both ways (non-blocking sockets, ``select`` with a short timeout, so the flags
+    forwards both ways (non-blocking sockets, a selector with a short timeout, so the flags
     below take effect within :data:`_POLL_S`).
 
     * :meth:`stall`: from the moment it returns, no byte is read from or written to any
@@ -118,9 +118,23 @@ class StallProxy:
         """Bind, listen and start accepting (in a daemon thread); returns ``self``."""
         if self._listener is not None:
             raise RuntimeError("StallProxy already started")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(self._listen_addr)
+        held: list[socket.socket] = []
+        while True:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(self._listen_addr)
+            # Port 0 may hand back a port just freed, the target's among them: a proxy in front
+            # of itself accepts its own connections without end.  Keep that port bound (so the
+            # next bind gets another) and try again; a fixed port equal to the target is an error.
+            if self._forwards_to(sock.getsockname()[:2]):
+                if self._listen_addr[1]:
+                    sock.close()
+                    raise ValueError(f"StallProxy on {self._listen_addr} would forward to itself")
+                held.append(sock)
+                continue
+            break
+        for h in held:
+            h.close()
         sock.listen(64)
         sock.settimeout(_POLL_S)
         self._listener = sock
@@ -128,6 +142,17 @@ class StallProxy:
         t.start()
         self._threads.append(t)
         return self
+
+    def _forwards_to(self, addr: tuple[str, int]) -> bool:
+        host, port = self.target
+        if port != addr[1]:
+            return False
+        try:
+            target_ip = socket.gethostbyname(host)
+        except OSError:
+            return False
+        both_loopback = target_ip.startswith("127.") and addr[0].startswith("127.")
+        return target_ip == addr[0] or addr[0] == "0.0.0.0" or both_loopback
 
     def close(self) -> None:
         """Stop accepting, close every connection (FIN) and wait for the threads."""
@@ -253,14 +278,19 @@ class StallProxy:
         """Move bytes both ways until both directions ended, or the pair is dropped."""
         other = {pair.client: pair.upstream, pair.upstream: pair.client}
         open_in = {pair.client, pair.upstream}  # sockets we still read from (no EOF yet)
+        # a selector, not select(): the test process may hold descriptors past 1023
+        sel = selectors.PollSelector()
+        for s in open_in:
+            sel.register(s, selectors.EVENT_READ)
         try:
             while open_in and not pair.closing:
                 with self._cond:
                     if self._stalled:
                         self._cond.wait(_POLL_S)
                         continue
-                readable = select.select(list(open_in), [], [], _POLL_S)[0]
+                readable = [key.fileobj for key, _ in sel.select(_POLL_S)]
                 for src in readable:
+                    assert isinstance(src, socket.socket)
                     dst = other[src]
                     with self._cond:
                         if self._stalled or pair.closing:
@@ -271,6 +301,7 @@ class StallProxy:
                             continue
                     if not data:  # EOF one way: pass it on, keep the other way open
                         open_in.discard(src)
+                        sel.unregister(src)
                         try:
                             dst.shutdown(socket.SHUT_WR)
                         except OSError:
@@ -280,6 +311,7 @@ class StallProxy:
         except OSError:
             pass
         finally:
+            sel.close()
             with self._cond:
                 self._pairs.discard(pair)
             for s in (pair.client, pair.upstream):
@@ -294,24 +326,32 @@ class StallProxy:
     def _send(self, pair: _Pair, dst: socket.socket, data: bytes, *, up: bool) -> None:
         """Write all of ``data`` to ``dst``, pausing while stalled; raises OSError when dropped."""
         view = memoryview(data)
-        while view:
-            if pair.closing:
-                raise OSError("dropped")
-            with self._cond:
-                if self._stalled:
-                    self._cond.wait(_POLL_S)
-                    continue
-                try:
-                    n = dst.send(view)
-                except BlockingIOError:
-                    n = 0
-                if up:
-                    self.bytes_up += n
-                else:
-                    self.bytes_down += n
-            view = view[n:]
-            if view:
-                select.select([], [dst], [], _POLL_S)
+        writable: selectors.BaseSelector | None = None  # made when dst first pushes back
+        try:
+            while view:
+                if pair.closing:
+                    raise OSError("dropped")
+                with self._cond:
+                    if self._stalled:
+                        self._cond.wait(_POLL_S)
+                        continue
+                    try:
+                        n = dst.send(view)
+                    except BlockingIOError:
+                        n = 0
+                    if up:
+                        self.bytes_up += n
+                    else:
+                        self.bytes_down += n
+                view = view[n:]
+                if view:
+                    if writable is None:
+                        writable = selectors.PollSelector()
+                        writable.register(dst, selectors.EVENT_WRITE)
+                    writable.select(_POLL_S)
+        finally:
+            if writable is not None:
+                writable.close()
 
 
 # --------------------------------------------------------------------------- media

@@ -4,6 +4,7 @@ and bench/soak.py's windows accounting: each check takes a few seconds at most."
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 import socket
 import threading
@@ -134,14 +135,42 @@ def test_proxy_drop_closes_connections_and_keeps_accepting(echo):
 
 
 def test_proxy_with_its_target_down():
-    with socket.create_server(("127.0.0.1", 0)) as s:
-        port = s.getsockname()[1]  # a port nobody listens on once closed
-    with StallProxy("127.0.0.1", port) as proxy:
-        client = socket.create_connection(proxy.address, timeout=5)
-        with client:
-            assert _recv_exactly(client, 1) == b""
-        assert proxy.wait_connections(1) and proxy.failed == 1
-        assert proxy.proxied(f"rtsp://u:p@127.0.0.1:{port}/x?y=1") == f"rtsp://u:p@127.0.0.1:{proxy.port}/x?y=1"
+    # A port bound but not listening refuses connections, and stays ours for the whole test:
+    # a port closed before the proxy starts can come back as the proxy's own (it once did, in
+    # CI, and the proxy forwarded to itself until the process ran out of low descriptors).
+    with socket.socket() as dead:
+        dead.bind(("127.0.0.1", 0))
+        port = dead.getsockname()[1]
+        with StallProxy("127.0.0.1", port) as proxy:
+            client = socket.create_connection(proxy.address, timeout=5)
+            with client:
+                assert _recv_exactly(client, 1) == b""
+            assert proxy.wait_connections(1) and proxy.failed == 1
+            assert proxy.connections == 1
+            assert proxy.proxied(f"rtsp://u:p@127.0.0.1:{port}/x?y=1") == f"rtsp://u:p@127.0.0.1:{proxy.port}/x?y=1"
+
+
+def test_proxy_forwards_on_descriptors_past_1023(echo):
+    # select() refuses descriptor numbers of 1024 and more; a long test process can hold that many
+    fillers = [os.open(os.devnull, os.O_RDONLY) for _ in range(max(0, 1100 - len(os.listdir("/proc/self/fd"))))]
+    try:
+        with StallProxy("127.0.0.1", echo.port) as proxy:
+            client = socket.create_connection(proxy.address, timeout=5)
+            with client:
+                assert client.fileno() > 1023
+                client.sendall(b"x" * 300_000)  # more than the socket buffers: the proxy's sends wait too
+                assert _recv_exactly(client, 300_000) == b"x" * 300_000
+    finally:
+        for fd in fillers:
+            os.close(fd)
+
+
+def test_proxy_never_listens_on_its_own_target():
+    with socket.socket() as spare:
+        spare.bind(("127.0.0.1", 0))
+        port = spare.getsockname()[1]
+    with pytest.raises(ValueError, match="forward to itself"):
+        StallProxy("127.0.0.1", port, listen_port=port).start()
 
 
 # --------------------------------------------------------------------------- media generators

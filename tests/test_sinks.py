@@ -161,6 +161,32 @@ def test_file_run_waits_for_a_slow_stdout_reader_and_loses_nothing(sample):
 
 
 # --------------------------------------------------------------------------- write errors
+def test_nonblocking_pipe_past_descriptor_1023_waits_and_loses_nothing():
+    # a pipe that pushes back makes the sink wait for it to drain (poll, not select: select()
+    # refuses descriptor numbers past 1023, which an embedding process may well use)
+    r, w = os.pipe()
+    high = os.dup2(w, 1500)
+    os.close(w)
+    fcntl.fcntl(high, fcntl.F_SETFL, fcntl.fcntl(high, fcntl.F_GETFL) | os.O_NONBLOCK)
+    got = bytearray()
+
+    def drain():
+        time.sleep(0.3)  # let the pipe fill first
+        while chunk := os.read(r, 65536):
+            got.extend(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    with os.fdopen(high, "w") as out:
+        sink = JsonLinesSink(stream=out)
+        for i in range(2000):
+            sink.write({"type": "window", "i": i, "pad": "p" * 100})
+    reader.join(10)
+    os.close(r)
+    lines = got.decode().splitlines()
+    assert [json.loads(x)["i"] for x in lines] == list(range(2000))
+
+
 def test_full_disk_loses_that_output_only(sample, tmp_path):
     """/dev/full: every write fails with ENOSPC, as on a full disk."""
     if not Path("/dev/full").is_char_device():

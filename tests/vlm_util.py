@@ -114,9 +114,10 @@ class FakeVLM:
             self.release.wait(self.delay)
         if mode == "hang":  # until the client gives up (closes its end) or the test ends
             sock = h.connection
+            poller = select.poll()  # not select(): the test process may hold fds past 1023
+            poller.register(sock, select.POLLIN)
             while not self.release.wait(0.01):
-                readable, _, _ = select.select([sock], [], [], 0)
-                if readable and sock.recv(1, socket.MSG_PEEK) == b"":
+                if poller.poll(0) and sock.recv(1, socket.MSG_PEEK) == b"":
                     return
             return
         if mode == "500":

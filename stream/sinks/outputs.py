@@ -85,6 +85,14 @@ def open_output(path: Path, option: str) -> TextIO:
     return f
 
 
+def _wait_writable(fd: int, timeout_s: float) -> None:
+    """Block until ``fd`` takes more bytes or ``timeout_s`` passes (``poll``: any fd number,
+    where ``select`` refuses descriptors past 1023 in a process that holds many)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    poller.poll(timeout_s * 1000)
+
+
 def _close_quietly(f: Any) -> None:
     try:
         f.close()
@@ -148,7 +156,7 @@ class JsonLinesSink(Sink):
             try:
                 n = os.write(self._fd, data)
             except BlockingIOError:  # a non-blocking pipe: wait until it takes more
-                select.select([], [self._fd], [], 0.5)
+                _wait_writable(self._fd, 0.5)
                 continue
             except InterruptedError:
                 continue
