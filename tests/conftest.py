@@ -49,6 +49,19 @@ def records(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+@pytest.fixture
+def refused_port():
+    """A loopback port that refuses connections for the whole test: bound, never listening.
+
+    Not a port bound and closed again: the next bind to port 0 (a proxy's, a gateway's, a
+    server's in the same test) can get exactly that port back, and then forwards to itself."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def sample() -> Path:
     assert SAMPLE.exists(), "samples/astronaut.mp4 is committed with the project"

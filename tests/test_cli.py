@@ -1,7 +1,6 @@
 """The command line's behaviour on good and bad input (real subprocesses)."""
 
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -86,10 +85,8 @@ def test_bad_rtsp_url():
     _one_line_error(cer_stream("--rtsp", "http://127.0.0.1/stream"), "bad RTSP URL")
 
 
-def test_unreachable_rtsp_never_shows_the_password():
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def test_unreachable_rtsp_never_shows_the_password(refused_port):
+    port = refused_port
     line = _one_line_error(
         cer_stream("--rtsp", f"rtsp://admin:hunter2@127.0.0.1:{port}/live", "--timeout", "3"),
         "cannot open RTSP stream",

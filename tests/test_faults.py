@@ -134,20 +134,17 @@ def test_proxy_drop_closes_connections_and_keeps_accepting(echo):
         assert proxy.connections == 3
 
 
-def test_proxy_with_its_target_down():
-    # A port bound but not listening refuses connections, and stays ours for the whole test:
-    # a port closed before the proxy starts can come back as the proxy's own (it once did, in
-    # CI, and the proxy forwarded to itself until the process ran out of low descriptors).
-    with socket.socket() as dead:
-        dead.bind(("127.0.0.1", 0))
-        port = dead.getsockname()[1]
-        with StallProxy("127.0.0.1", port) as proxy:
-            client = socket.create_connection(proxy.address, timeout=5)
-            with client:
-                assert _recv_exactly(client, 1) == b""
-            assert proxy.wait_connections(1) and proxy.failed == 1
-            assert proxy.connections == 1
-            assert proxy.proxied(f"rtsp://u:p@127.0.0.1:{port}/x?y=1") == f"rtsp://u:p@127.0.0.1:{proxy.port}/x?y=1"
+def test_proxy_with_its_target_down(refused_port):
+    # the dead port is held for the whole test: one closed before the proxy started once came
+    # back (in CI) as the proxy's own, which forwarded to itself until descriptors ran past 1023
+    port = refused_port
+    with StallProxy("127.0.0.1", port) as proxy:
+        client = socket.create_connection(proxy.address, timeout=5)
+        with client:
+            assert _recv_exactly(client, 1) == b""
+        assert proxy.wait_connections(1) and proxy.failed == 1
+        assert proxy.connections == 1
+        assert proxy.proxied(f"rtsp://u:p@127.0.0.1:{port}/x?y=1") == f"rtsp://u:p@127.0.0.1:{proxy.port}/x?y=1"
 
 
 def test_proxy_forwards_on_descriptors_past_1023(echo):
@@ -169,6 +166,7 @@ def test_proxy_never_listens_on_its_own_target():
     with socket.socket() as spare:
         spare.bind(("127.0.0.1", 0))
         port = spare.getsockname()[1]
+    # a fixed port equal to the target is refused (port 0 is asked again until it differs)
     with pytest.raises(ValueError, match="forward to itself"):
         StallProxy("127.0.0.1", port, listen_port=port).start()
 

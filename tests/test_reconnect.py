@@ -5,7 +5,6 @@ and never emit a frame that does not exist."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -135,16 +134,10 @@ def test_source_down_at_start_is_waited_for_when_asked(long_clip):
     assert run.records[0]["type"] == "start"
 
 
-def test_down_at_start_without_wait_or_past_the_policy_is_one_line():
-    # a port bound but not listening, held for the whole test: connections are refused, and no
-    # other process can take the port meanwhile (a port freed by a stopped server can be)
-    hold = socket.socket()
-    hold.bind(("127.0.0.1", 0))
-    url = f"rtsp://127.0.0.1:{hold.getsockname()[1]}/sample"
-    try:
-        _down_at_start(url)
-    finally:
-        hold.close()
+def test_down_at_start_without_wait_or_past_the_policy_is_one_line(refused_port):
+    # held for the whole test: no other process can take the port meanwhile (a port freed by a
+    # stopped server can be)
+    _down_at_start(f"rtsp://127.0.0.1:{refused_port}/sample")
 
 
 def _down_at_start(url: str) -> None:

@@ -18,7 +18,6 @@ import csv
 import json
 import logging
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -272,13 +271,10 @@ def test_stream_of_windows_never_waits_and_never_overlaps(vlm_factory, key_env, 
         ("refused", "connection refused"),
     ],
 )
-def test_failing_endpoint_leaves_scene_absent(vlm_factory, key_env, frames, caplog, capsys, mode, expect):
+def test_failing_endpoint_leaves_scene_absent(vlm_factory, key_env, frames, caplog, capsys, mode, expect, refused_port):
     caplog.set_level(logging.DEBUG)
     if mode == "refused":
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
-        s.close()  # nothing listens there now
+        url = f"http://127.0.0.1:{refused_port}/v1"
         vlm = None
     else:
         vlm = vlm_factory(mode=mode)

@@ -348,16 +348,11 @@ def test_two_streams_one_lost_one_analyzer_killed(long_clip, tmp_path):
     assert "publishing on ipc://" in run.stderr
 
 
-def test_a_stream_that_keeps_failing_is_given_up():
+def test_a_stream_that_keeps_failing_is_given_up(refused_port):
     """A source that refuses every connection, analyzers that may not reconnect: each exits (2),
     is restarted once, then given up; with no stream left serve exits 1.  The password in the
     URL shows nowhere."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens there once the socket is closed
-    url = f"rtsp://viewer:hunter2@127.0.0.1:{port}/x"
+    url = f"rtsp://viewer:hunter2@127.0.0.1:{refused_port}/x"
     run = Serve("--rtsp", url, "--max-restarts", "1", "--restart-max-delay", "0.5", "--", *LIGHT, "--reconnect", "off")
     time.sleep(1.5)
     cmdline = Path(f"/proc/{run.proc.pid}/cmdline").read_bytes() if run.proc.poll() is None else b""

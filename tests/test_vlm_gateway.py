@@ -197,12 +197,11 @@ def test_the_gateway_answers_its_analyzers_only(vlm, gateways):
 
 
 @pytest.mark.parametrize("mode", ["down", "hang", "500"])
-def test_endpoint_failures_reach_the_analyzer_as_its_own_errors(vlm, gateways, keyframes, monkeypatch, mode):
+def test_endpoint_failures_reach_the_analyzer_as_its_own_errors(
+    vlm, gateways, keyframes, monkeypatch, mode, refused_port
+):
     if mode == "down":
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"  # nothing listens there once closed
-        gw = gateways(url, timeout_s=0.5)
+        gw = gateways(f"http://127.0.0.1:{refused_port}/v1", timeout_s=0.5)
     else:
         up = vlm(mode=mode)
         gw = gateways(up.url, timeout_s=0.5)
