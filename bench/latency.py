@@ -992,10 +992,13 @@ def _per_run(rows: list[dict], runs: list[RunResult]) -> list[list[dict]]:
 
 # --------------------------------------------------------------------------- reports
 def _f(v, nd=1) -> str:
+    """A table cell: ``nd`` decimals for a float, counts and words as they are, a dash for none."""
     if v is None:
         return "–"
     if isinstance(v, bool):
         return "yes" if v else "no"
+    if isinstance(v, (int, str)):
+        return str(v)
     return f"{v:.{nd}f}"
 
 

@@ -91,8 +91,8 @@ def log(msg: str) -> None:
 
 
 def _latency_module() -> Any:
-    """bench/latency.py, for its machine description and quantiles (``bench`` is a namespace
-    package under ROOT; imported once)."""
+    """bench/latency.py, for its machine description, quantiles and table cells (``bench`` is a
+    namespace package under ROOT; imported once)."""
     return importlib.import_module("bench.latency")
 
 
@@ -652,15 +652,8 @@ def run_soak(args: argparse.Namespace, plan: Plan, tmp: Path) -> dict:
 
 
 # --------------------------------------------------------------------------- report
-def _f(v: Any, nd: int = 1) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.{nd}f}"
-    return str(v)
-
-
 def markdown(res: dict) -> str:
+    _f = _latency_module()._f
     cfg, m = res["config"], res["machine"]
     L = [f"## cer-stream soak: RTSP, server killed every {cfg['restart_every_min']:g} min", ""]
     L += [f"`{res['command']}`", ""]
