@@ -117,7 +117,8 @@ class Analyzer:
         self.stop_event = threading.Event()
         self.stats = RunStats()
         self.capture: Capture | None = None
-        self.warnings: list[str] = []
+        self.warnings = 0  # warning records emitted (a count: a live run may emit them for days)
+        self._warnings_lock = threading.Lock()  # warn() is called from any thread
         # each sink behind its own queue and writer thread for the run (stream.sinks.outputs)
         self._outputs: SinkSet | None = None
         self._features: SinkSet | None = None
@@ -158,7 +159,7 @@ class Analyzer:
         ]
         for ev in events:
             message = redact(ev.message)
-            self.warnings.append(message)
+            self._count_warning()
             self.emit(WarningRecord(message, sink=ev.sink), exclude=ev.sink)
             if self.on_sink_event is not None:
                 self.on_sink_event(ev)
@@ -198,9 +199,12 @@ class Analyzer:
         self._features = None
 
     def warn(self, message: str, **extra) -> None:
-        message = redact(message)
-        self.warnings.append(message)
-        self.emit(WarningRecord(message, **extra))
+        self._count_warning()
+        self.emit(WarningRecord(redact(message), **extra))
+
+    def _count_warning(self) -> None:
+        with self._warnings_lock:
+            self.warnings += 1
 
     # ------------------------------------------------------------------ run
     @property
@@ -437,12 +441,12 @@ class Analyzer:
             media_s=media,
             elapsed_s=elapsed,
             drops=self._drops(frames, audio, state),
-            warnings=len(self.warnings),
+            warnings=self.warnings,
         )
         for ss in self._sink_sets:  # the counts below are then final for the records so far
             ss.drain(CLOSE_TIMEOUT_S)
         self._poll_sinks()
-        end.warnings = len(self.warnings)
+        end.warnings = self.warnings
         end.sinks = self.sink_summary  # before the end record itself
         # a live run's sinks get a moment to take the end record before it counts as dropped
         self.emit(end, timeout=CLOSE_TIMEOUT_S)
