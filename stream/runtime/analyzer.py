@@ -504,7 +504,6 @@ class Analyzer:
             drops=self._drops(frames, audio, state),
         )
         fusion_ms = (time.perf_counter() - t0) * 1e3
-        self.stats.stage("fusion", fusion_ms)
         self.observers.stage("fusion", fusion_ms, w.index, [])
         stamps = [f.t_capture_ns for f in items]
         if pcm is not None:
@@ -514,7 +513,7 @@ class Analyzer:
         if self.live:
             rec.wall_time = round(time.time(), 3)
         if rec.latency_ms is not None:
-            self.stats.latencies_ms.append(rec.latency_ms)
+            self.stats.latency_ms.add(rec.latency_ms)
         self.stats.windows += 1
         self.emit(rec)
         if self.features_out is not None:
@@ -561,7 +560,6 @@ class Analyzer:
                 self._modality_errors[mod.name] = msg
                 out = ModalityOutput.absent("error", error=redact(msg))
             ms = (time.perf_counter() - t0) * 1e3
-            self.stats.stage(mod.name, ms)
             self.observers.stage(mod.name, ms, inp.window.index, [f.index for f in inp.frames])
             outputs[mod.name] = out
         return outputs

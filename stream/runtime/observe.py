@@ -212,7 +212,6 @@ class FaceStep:
         if self.observers:
             for f in new:
                 self.observers.frame(f, self.cache.items.get(f.index))
-        self.stats.stage("face_analysis", wall)
         self.stats.frames_analysed += len(todo)
         if self.observers:
             indices = [i for i, _, _ in todo]

@@ -1,4 +1,5 @@
-"""Run statistics: counts, latencies and stage times, and the end record built from them."""
+"""Run statistics: counts and latencies, and the end record built from them (constant memory:
+a live run may go on for days)."""
 
 from __future__ import annotations
 
@@ -9,26 +10,57 @@ import numpy as np
 from stream.runtime.records import EndRecord
 
 
+class RunningQuantiles:
+    """p50 / p95 / max of a series that may run for days, in constant memory.
+
+    The first :data:`EXACT` values are kept, and their quantiles are exact (``np.percentile``);
+    past that, they come from a histogram with geometric bins 1 % wide (0.01 ms to 10^7 ms), so
+    within about 1 % of the exact value.  The maximum is always exact.
+    """
+
+    EXACT = 8192
+    _LO, _RATIO, _BINS = 0.01, 1.01, 2084
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.max = -np.inf
+        self._values = np.empty(self.EXACT)
+        self._hist = np.zeros(self._BINS, dtype=np.int64)
+
+    def add(self, value: float) -> None:
+        if self.n < self.EXACT:
+            self._values[self.n] = value
+        self.n += 1
+        self.max = max(self.max, value)
+        i = int(np.floor(np.log(max(value, self._LO) / self._LO) / np.log(self._RATIO)))
+        self._hist[min(i, self._BINS - 1)] += 1
+
+    def quantile(self, q: float) -> float:
+        if self.n == 0:
+            raise ValueError("no values")
+        if self.n <= self.EXACT:
+            return float(np.percentile(self._values[: self.n], 100 * q))
+        rank = q * (self.n - 1)  # the value np.percentile would interpolate at, to within a bin
+        i = int(np.searchsorted(np.cumsum(self._hist), rank, side="right"))
+        mid = self._LO * self._RATIO ** (i + 0.5)
+        return float(min(mid, self.max))
+
+    def summary(self) -> dict[str, float] | None:
+        if self.n == 0:
+            return None
+        return {"p50": self.quantile(0.5), "p95": self.quantile(0.95), "max": float(self.max)}
+
+
 @dataclass
 class RunStats:
     windows: int = 0
     windows_skipped: int = 0
     frames_analysed: int = 0
-    latencies_ms: list[float] = field(default_factory=list)
-    stage_ms: dict[str, list[float]] = field(default_factory=dict)
+    latency_ms: RunningQuantiles = field(default_factory=RunningQuantiles)
     gaps: int = 0
     gap_s: float = 0.0
     windows_missing: int = 0
     reconnects: int = 0
-
-    def stage(self, name: str, ms: float) -> None:
-        self.stage_ms.setdefault(name, []).append(ms)
-
-    def latency_summary(self) -> dict[str, float] | None:
-        if not self.latencies_ms:
-            return None
-        lat = np.asarray(self.latencies_ms)
-        return {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)), "max": float(lat.max())}
 
     def end_record(
         self, *, reason: str, total_frames: int | None, media_s: float, elapsed_s: float, drops: dict, warnings: int
@@ -42,7 +74,7 @@ class RunStats:
             media_s=media_s,
             elapsed_s=elapsed_s,
             real_time_factor=elapsed_s / media_s if media_s > 0 else None,
-            latency_ms=self.latency_summary(),
+            latency_ms=self.latency_ms.summary(),
             drops=drops,
             warnings=warnings,
             gaps=self.gaps,
@@ -52,4 +84,4 @@ class RunStats:
         )
 
 
-__all__ = ["RunStats"]
+__all__ = ["RunStats", "RunningQuantiles"]
