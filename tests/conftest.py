@@ -49,6 +49,32 @@ def records(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def free_port() -> int:
+    """A loopback port that is free now, for a server another process binds a moment later.
+
+    Picked below the kernel's ephemeral range: a port from ``bind(port 0)`` that is closed again
+    can be handed straight back to the next ``bind`` to port 0 (this process's, a proxy's, a
+    browser driver's), while a port outside the range goes only to whoever asks for it by number.
+    """
+    import random
+    import socket
+
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    pick = random.SystemRandom()
+    for _ in range(200):
+        port = pick.randrange(10000, max(low, 10001))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port in 10000-{low}")
+
+
 @pytest.fixture
 def refused_port():
     """A loopback port that refuses connections for the whole test: bound, never listening.

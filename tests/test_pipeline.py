@@ -10,7 +10,7 @@ import time
 
 import pytest
 import zmq
-from conftest import ROOT, CollectSink, cer_stream, records
+from conftest import ROOT, CollectSink, cer_stream, free_port, records
 
 from stream.core.labels import BASIC, COMPOUND
 from stream.sinks.outputs import CSV_HEADER
@@ -118,7 +118,7 @@ def test_no_face_window_is_absent_and_stream_goes_on(faceless, tmp_path):
 
 
 def test_publish_over_zeromq(sample, tmp_path):
-    port = _free_port()
+    port = free_port()
     sub = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"window")
     sub.connect(f"tcp://127.0.0.1:{port}")
@@ -154,14 +154,6 @@ def test_publish_over_zeromq(sample, tmp_path):
     import json
 
     assert json.loads(got[0][1])["type"] == "window"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _realtime_run(sample) -> subprocess.Popen:

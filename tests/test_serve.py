@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, free_port
 from faults import make_looped_clip
 from live_process import LiveProcess
 from rtsp_util import RtspServer, rtsp_available
@@ -405,14 +405,6 @@ def test_ray_actor_killed_is_restarted_by_ray(long_clip, tmp_path):
     assert len(run.of("start", "s0")) == 2
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @needs_rtsp
 def test_two_streams_share_one_vlm_queue_and_one_dashboard(long_clip, tmp_path, monkeypatch):
     """A [vlm] table: both analyzers ask a slow VLM endpoint through the supervisor's gateway,
@@ -430,7 +422,7 @@ def test_two_streams_share_one_vlm_queue_and_one_dashboard(long_clip, tmp_path, 
     monkeypatch.setenv("CER_STREAM_SERVE_VLM_REPORT_S", "3")
     captions = ["A smiling woman in a white spacesuit poses cheerfully in front of a flag."]
     up = FakeVLM(captions, delay=0.5)
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "serve.toml"
     with RtspServer(long_clip) as a, RtspServer(long_clip) as b:
         config.write_text(

@@ -9,7 +9,6 @@ import fcntl
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import zmq
-from conftest import ROOT, CollectSink, cer_stream, records
+from conftest import ROOT, CollectSink, cer_stream, free_port, records
 
 from stream.runtime.records import load_schema
 from stream.sinks.outputs import JsonLinesSink, SinkSet
@@ -34,12 +33,6 @@ def _validate(recs: list[dict]) -> None:
     for r in recs:
         errors = list(v.iter_errors(r))
         assert not errors, (r["type"], [e.message[:200] for e in errors[:3]])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _small_pipe() -> tuple[int, int]:
@@ -62,7 +55,7 @@ def _read_all(fd: int) -> bytes:
 def test_zmq_keeps_receiving_while_stdout_does_not_read(sample):
     """A live run (--realtime) whose stdout reader reads nothing: the ZeroMQ subscriber still gets
     every window and the end record on time; stdout drops (counted, with a warning)."""
-    port = _free_port()
+    port = free_port()
     r, w = _small_pipe()
     os.write(w, b"\n" * 4096)  # the pipe is full before the first record
     ctx = zmq.Context.instance()

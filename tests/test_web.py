@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, cer_stream
+from conftest import ROOT, cer_stream, free_port
 
 from stream.core.labels import COMPOUND
 from stream.sinks import web_assets
@@ -26,12 +26,6 @@ from stream.sinks.web import is_loopback, parse_bind
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 BOX_RGB = (255, 0, 255)  # frame.js BOX_COLOUR
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _one_line_error(proc, *needles: str) -> str:
@@ -343,7 +337,7 @@ def test_live_page_in_headless_chromium(sample, tmp_path):
     """During a --realtime run the page shows the label and the chart updating at least three
     times; the screenshot has the face box drawn over the frame; /frame.jpg is the frame."""
     _need_browser()
-    port = _free_port()
+    port = free_port()
     driver = _driver()  # the browser first: the page opens as soon as the server listens
     proc = subprocess.Popen(
         [
