@@ -573,8 +573,8 @@ def run_soak(args: argparse.Namespace, plan: Plan, tmp: Path) -> dict:
                 break
             if kills and now >= kills[0]:
                 kills.pop(0)
+                event("kill")  # stamped first: the analyzer can see the loss before kill() returns
                 server.kill()
-                event("kill")
                 log(f"{_fmt_t(now)} server killed")
                 pending_start = now + plan.down_s
             if pending_start is not None and now >= pending_start:
