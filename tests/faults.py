@@ -64,6 +64,14 @@ _POLL_S = 0.1
 _CHUNK = 65536
 
 
+def _wait_writable(sock: socket.socket, timeout_s: float) -> None:
+    """Until ``sock`` takes more bytes, or ``timeout_s`` (a poll selector, not select(): the test
+    process may hold descriptors past 1023)."""
+    with selectors.PollSelector() as sel:
+        sel.register(sock, selectors.EVENT_WRITE)
+        sel.select(timeout_s)
+
+
 class _Pair:
     """One proxied connection: the client's socket and ours to the target."""
 
@@ -278,8 +286,7 @@ class StallProxy:
         """Move bytes both ways until both directions ended, or the pair is dropped."""
         other = {pair.client: pair.upstream, pair.upstream: pair.client}
         open_in = {pair.client, pair.upstream}  # sockets we still read from (no EOF yet)
-        # a selector, not select(): the test process may hold descriptors past 1023
-        sel = selectors.PollSelector()
+        sel = selectors.PollSelector()  # as in _wait_writable
         for s in open_in:
             sel.register(s, selectors.EVENT_READ)
         try:
@@ -326,32 +333,24 @@ class StallProxy:
     def _send(self, pair: _Pair, dst: socket.socket, data: bytes, *, up: bool) -> None:
         """Write all of ``data`` to ``dst``, pausing while stalled; raises OSError when dropped."""
         view = memoryview(data)
-        writable: selectors.BaseSelector | None = None  # made when dst first pushes back
-        try:
-            while view:
-                if pair.closing:
-                    raise OSError("dropped")
-                with self._cond:
-                    if self._stalled:
-                        self._cond.wait(_POLL_S)
-                        continue
-                    try:
-                        n = dst.send(view)
-                    except BlockingIOError:
-                        n = 0
-                    if up:
-                        self.bytes_up += n
-                    else:
-                        self.bytes_down += n
-                view = view[n:]
-                if view:
-                    if writable is None:
-                        writable = selectors.PollSelector()
-                        writable.register(dst, selectors.EVENT_WRITE)
-                    writable.select(_POLL_S)
-        finally:
-            if writable is not None:
-                writable.close()
+        while view:
+            if pair.closing:
+                raise OSError("dropped")
+            with self._cond:
+                if self._stalled:
+                    self._cond.wait(_POLL_S)
+                    continue
+                try:
+                    n = dst.send(view)
+                except BlockingIOError:
+                    n = 0
+                if up:
+                    self.bytes_up += n
+                else:
+                    self.bytes_down += n
+            view = view[n:]
+            if view:
+                _wait_writable(dst, _POLL_S)
 
 
 # --------------------------------------------------------------------------- media
