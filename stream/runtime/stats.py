@@ -3,6 +3,7 @@ a live run may go on for days)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +21,7 @@ class RunningQuantiles:
 
     EXACT = 8192
     _LO, _RATIO, _BINS = 0.01, 1.01, 2084
+    _LOG_RATIO = math.log(_RATIO)
 
     def __init__(self) -> None:
         self.n = 0
@@ -32,7 +34,7 @@ class RunningQuantiles:
             self._values[self.n] = value
         self.n += 1
         self.max = max(self.max, value)
-        i = int(np.floor(np.log(max(value, self._LO) / self._LO) / np.log(self._RATIO)))
+        i = math.floor(math.log(max(value, self._LO) / self._LO) / self._LOG_RATIO)
         self._hist[min(i, self._BINS - 1)] += 1
 
     def quantile(self, q: float) -> float:
