@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from vlm_util import MODEL, FakeVLM
+from vlm_util import MODEL, FakeVLM, fake_vlms
 
 from stream.core.labels import BASIC
 from stream.core.messages import VideoFrame
@@ -112,15 +112,8 @@ class KeywordHead:
 
 @pytest.fixture
 def vlm_factory(captions):
-    servers: list[FakeVLM] = []
-
-    def make(**kw) -> FakeVLM:
-        servers.append(FakeVLM(captions, **kw))
-        return servers[-1]
-
-    yield make
-    for s in servers:
-        s.close()
+    with fake_vlms(captions) as make:
+        yield make
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 import httpx  # noqa: E402
-from vlm_util import MODEL, FakeVLM  # noqa: E402
+from vlm_util import MODEL, fake_vlms  # noqa: E402
 
 from stream.modalities.scene import SceneOptions, SceneWorker  # noqa: E402
 from stream.serve.config import ConfigError, parse_config  # noqa: E402
@@ -34,15 +34,8 @@ CAPTIONS = [
 
 @pytest.fixture
 def vlm():
-    servers: list[FakeVLM] = []
-
-    def make(**kw) -> FakeVLM:
-        servers.append(FakeVLM(CAPTIONS, **kw))
-        return servers[-1]
-
-    yield make
-    for s in servers:
-        s.close()
+    with fake_vlms(CAPTIONS) as make:
+        yield make
 
 
 @pytest.fixture

@@ -8,11 +8,13 @@ might), garbage, an empty caption, a redirect, a chunked answer, an answer witho
 
 from __future__ import annotations
 
+import contextlib
 import json
 import select
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MODEL = "qwen2.5-vl-test"
@@ -172,3 +174,20 @@ class FakeVLM:
         self.release.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+@contextlib.contextmanager
+def fake_vlms(captions: list[str]) -> Iterator[Callable[..., FakeVLM]]:
+    """A maker of :class:`FakeVLM` servers answering with ``captions`` (keyword arguments as
+    FakeVLM's); every server it made is closed on exit."""
+    servers: list[FakeVLM] = []
+
+    def make(**kw) -> FakeVLM:
+        servers.append(FakeVLM(captions, **kw))
+        return servers[-1]
+
+    try:
+        yield make
+    finally:
+        for s in servers:
+            s.close()
