@@ -40,8 +40,9 @@ class FakeVLM:
         self.fail_first = fail_first
         self.requests: list[dict] = []
         self.answered: list[str] = []
-        self.in_flight = 0
+        self.in_flight = 0  # requests whose client still waits (its connection is open)
         self.max_in_flight = 0
+        self._waiting: set[socket.socket] = set()
         self.lock = threading.Lock()
         self.release = threading.Event()  # set at teardown: hung handlers return
         vlm = self
@@ -53,14 +54,11 @@ class FakeVLM:
                 pass
 
             def do_POST(self):
-                with vlm.lock:
-                    vlm.in_flight += 1
-                    vlm.max_in_flight = max(vlm.max_in_flight, vlm.in_flight)
+                vlm._arrived(self.connection)
                 try:
                     vlm.handle(self)
                 finally:
-                    with vlm.lock:
-                        vlm.in_flight -= 1
+                    vlm._left(self.connection)
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True
@@ -115,11 +113,8 @@ class FakeVLM:
         if self.delay:
             self.release.wait(self.delay)
         if mode == "hang":  # until the client gives up (closes its end) or the test ends
-            sock = h.connection
-            poller = select.poll()  # not select(): the test process may hold fds past 1023
-            poller.register(sock, select.POLLIN)
             while not self.release.wait(0.01):
-                if poller.poll(0) and sock.recv(1, socket.MSG_PEEK) == b"":
+                if _peer_closed(h.connection):
                     return
             return
         if mode == "500":
@@ -162,6 +157,21 @@ class FakeVLM:
             "usage": {"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100},
         }
 
+    def _arrived(self, conn: socket.socket) -> None:
+        """Count a request in flight.  A request whose client gave up (closed its connection)
+        no longer is, even if its handler has not seen the close yet: a hung handler looks every
+        10 ms, and a client's next request can come sooner than that after a timeout."""
+        with self.lock:
+            self._waiting = {s for s in self._waiting if not _peer_closed(s)}
+            self._waiting.add(conn)
+            self.in_flight = len(self._waiting)
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def _left(self, conn: socket.socket) -> None:
+        with self.lock:
+            self._waiting.discard(conn)
+            self.in_flight = len(self._waiting)
+
     @staticmethod
     def reply(h: BaseHTTPRequestHandler, status: int, payload: bytes) -> None:
         h.send_response(status)
@@ -174,6 +184,16 @@ class FakeVLM:
         self.release.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """Whether the other end closed ``sock`` (it reads as end of file now, without consuming)."""
+    poller = select.poll()  # not select(): the test process may hold fds past 1023
+    poller.register(sock, select.POLLIN)
+    try:
+        return bool(poller.poll(0)) and sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):  # reset, or already closed here
+        return True
 
 
 @contextlib.contextmanager
