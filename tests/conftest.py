@@ -15,6 +15,15 @@ SAMPLE = ROOT / "samples" / "astronaut.mp4"
 sys.path.insert(0, str(ROOT / "samples"))
 
 
+def alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie (an exited child its parent has not reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # the name in (...) may hold spaces
+    except FileNotFoundError:
+        return False
+
+
 def cer_stream(*args: str, timeout: float = 180, check: bool = False, **kw) -> subprocess.CompletedProcess:
     """Run the real command line (``python -m stream.cli.main``) in a subprocess."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

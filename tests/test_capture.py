@@ -74,7 +74,7 @@ def test_stop_request_ends_a_realtime_reader_early(sample, tmp_path):
         want_audio=False,
         realtime=True,
     )
-    threading.Timer(1.0, stop.event.set).start()
+    threading.Timer(1.0, stop.set).start()
     got = _collect({"f": cfg.frames_endpoint}, lambda: run_av_capture(cfg, stop))
     end = got["f"][-1]
     assert isinstance(end, m.EndOfStream) and end.reason == "stopped"
@@ -85,7 +85,7 @@ def test_microphone_reader_reports_what_it_finds(tmp_path):
     """No microphone (or no PortAudio) here: a clear error; with a device: audio flows."""
     stop = _Stop()
     cfg = CaptureConfig(source="mic", target="default", frames_endpoint=None, audio_endpoint=f"ipc://{tmp_path}/a")
-    threading.Timer(1.5, stop.event.set).start()
+    threading.Timer(1.5, stop.set).start()
     got = _collect({"a": cfg.audio_endpoint}, lambda: run_mic_capture(cfg, stop))
     first = got["a"][0]
     if isinstance(first, m.CaptureError):

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import zmq
-from conftest import ROOT, CollectSink, cer_stream, free_port, records
+from conftest import ROOT, CollectSink, alive, cer_stream, free_port, records
 
 from stream.core.labels import BASIC, COMPOUND
 from stream.sinks.outputs import CSV_HEADER
@@ -196,7 +196,7 @@ def test_signal_flushes_and_leaves_no_child(sample, sig):
     assert len(final) == recs[-1]["frames"]  # ... up to the last one received, none left provisional
     assert children, "the analyzer should have started capture processes"
     time.sleep(0.5)
-    assert not [c for c in children if _alive(c)], "a capture process outlived the analyzer"
+    assert not [c for c in children if alive(c)], "a capture process outlived the analyzer"
 
 
 def _read_to_end(proc: subprocess.Popen, *, timeout: float) -> tuple[str, str]:
@@ -230,14 +230,6 @@ def _children(pid: int) -> set[int]:
     return {int(x) for x in out.split()}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_kill_of_analyzer_takes_capture_down(sample):
     """Even SIGKILL (no cleanup possible) leaves no capture process: they die with their parent."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -255,9 +247,9 @@ def test_kill_of_analyzer_takes_capture_down(sample):
     proc.wait(10)
     assert children
     deadline = time.monotonic() + 10
-    while any(_alive(c) for c in children) and time.monotonic() < deadline:
+    while any(alive(c) for c in children) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not [c for c in children if _alive(c)]
+    assert not [c for c in children if alive(c)]
 
 
 class _SlowModality:

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import threading
 
-_interrupted = threading.Event()
+from stream.core.signals import SignalEvent
+
+_interrupted = SignalEvent()  # set by a signal handler: see stream.core.signals
 
 
 def interrupted() -> bool:

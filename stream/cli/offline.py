@@ -814,6 +814,7 @@ def serve_main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = Non
     import signal
     import threading
 
+    from stream.core.signals import SignalEvent
     from stream.serve.config import ConfigError
     from stream.serve.supervisor import Supervisor, check_analyzer_flags
 
@@ -842,7 +843,7 @@ def serve_main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = Non
         )
     else:
         supervisor = Supervisor(config, stdout=stdout, quiet=args.quiet)
-    stop_requested, kill_requested = threading.Event(), threading.Event()
+    stop_requested, kill_requested = SignalEvent(), SignalEvent()  # set by signal handlers
 
     def on_signal(_signum, _frame):
         if stop_requested.is_set():

@@ -33,7 +33,6 @@ import os
 import random
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ import zmq
 
 from stream.core import messages as m
 from stream.core.redact import redact
+from stream.core.signals import SignalEvent
 from stream.core.windows import FrameNumbers, GridSampler, MediaTime, sane_fps
 from stream.io.reconnect import OFF, ReconnectPolicy, Resume
 
@@ -98,19 +98,18 @@ class CaptureConfig:
         return self.source == "video" and not self.realtime
 
 
-class _Stop:
-    """Set by SIGTERM (the parent's way of asking a capture process to end)."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
+class _Stop(SignalEvent):
+    """Set by SIGTERM: the parent's way of asking a capture process to end, and the signal
+    Linux sends (once per thread of the parent) when the parent dies.  A
+    :class:`~stream.core.signals.SignalEvent`, so a burst of them cannot deadlock the handler."""
 
     def install(self) -> None:
-        signal.signal(signal.SIGTERM, lambda *_: self.event.set())
+        signal.signal(signal.SIGTERM, lambda *_: self.set())
         # Ctrl-C reaches the whole process group; the parent coordinates shutdown.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def __bool__(self) -> bool:
-        return self.event.is_set()
+        return self.is_set()
 
 
 def _die_with_parent(parent_pid: int) -> bool:
@@ -582,7 +581,7 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
                         )
                     )
                 log.info("%s; reopening in %.1f s (attempt %d)", why, delay, attempt)
-                stop.event.wait(delay)
+                stop.wait(delay)
                 continue
             try:
                 if info is None:
@@ -637,7 +636,7 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
                 break
             delay = policy.delay(attempt, rng)
             log.info("%s; reopening in %.1f s (attempt %d)", why, delay, attempt)
-            stop.event.wait(delay)
+            stop.wait(delay)
         if info is None:  # stopped before the source ever opened
             return
         reader.finish()
@@ -654,7 +653,7 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
     finally:
         # Stay connected until the analyzer says it is done (SIGTERM): the last items may still
         # sit in kernel socket buffers, and ZeroMQ discards them when the sending end goes away.
-        stop.event.wait(hold_s)
+        stop.wait(hold_s)
         frames.close()
         if audio is not None:
             audio.close()
@@ -722,7 +721,7 @@ def run_mic_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: fl
             m.EndOfStream(streams=streams, reason="stopped", sender_drops={m.AUDIO: audio.drops + lost[0]})
         )
     finally:
-        stop.event.wait(hold_s)
+        stop.wait(hold_s)
         audio.close()
 
 

@@ -21,6 +21,7 @@ from engines.memory import Trimmer
 from stream.core import messages as m
 from stream.core.logs import warning_fields
 from stream.core.redact import redact
+from stream.core.signals import SignalEvent
 from stream.core.windows import EPS, HOP_S, WINDOW_S, Window, final_before, swallowed_windows
 from stream.fusion.fuser import Fuser
 from stream.io.receiver import SourceState
@@ -114,7 +115,7 @@ class Analyzer:
         # a stream.core.logs.RecordForwarder: every cer_stream warning logged during the run
         # (any thread, any time) becomes a `warning` record, delivered on this thread
         self._log_records = log_records
-        self.stop_event = threading.Event()
+        self.stop_event = SignalEvent()  # set by signal handlers: see stream.core.signals
         self.stats = RunStats()
         self.capture: Capture | None = None
         self.warnings = 0  # warning records emitted (a count: a live run may emit them for days)

@@ -14,11 +14,11 @@ import multiprocessing as mp
 import os
 import shutil
 import tempfile
-import threading
 import time
 from typing import Any
 
 from stream.core import messages as m
+from stream.core.signals import SignalEvent
 from stream.core.windows import SAMPLE_FPS
 from stream.io.capture import CaptureConfig, capture_main, describe_capture_exit
 from stream.io.receiver import Receiver, SourceState
@@ -64,7 +64,7 @@ class Capture:
     def start(self) -> None:
         raise NotImplementedError
 
-    def wait_start(self, stop_event: threading.Event) -> m.StreamInfo:
+    def wait_start(self, stop_event: SignalEvent) -> m.StreamInfo:
         raise NotImplementedError
 
     def stop_sources(self) -> None:
@@ -150,7 +150,7 @@ class ProcessCapture(Capture):
             p.start()
             self.procs.append(p)
 
-    def wait_start(self, stop_event: threading.Event) -> m.StreamInfo:
+    def wait_start(self, stop_event: SignalEvent) -> m.StreamInfo:
         state = self.state
         deadline = time.monotonic() + self.open_timeout_s + STARTUP_GRACE_S
         with state.cond:
@@ -202,7 +202,7 @@ class InProcessCapture(Capture):
     def start(self) -> None:
         pass
 
-    def wait_start(self, stop_event: threading.Event) -> m.StreamInfo:
+    def wait_start(self, stop_event: SignalEvent) -> m.StreamInfo:
         state = self.state
         with state.cond:
             while state.info is None:

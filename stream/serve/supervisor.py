@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any, TextIO
 
+from stream.core.signals import Flag, SignalEvent
 from stream.io.reconnect import ReconnectPolicy, Resume
 from stream.serve.config import STREAM_KEY, ConfigError, ServeConfig, StreamSpec, child_environment
 
@@ -602,12 +603,13 @@ class Supervisor:
         self._close_services()
         self.gateway = self.dashboard = None
 
-    def run(self, stop_requested: threading.Event | None = None, kill_requested: threading.Event | None = None) -> int:
+    def run(self, stop_requested: Flag | None = None, kill_requested: Flag | None = None) -> int:
         """Start, run until ``stop_requested`` is set (or every stream has given up, or
         stdout's reader went away), stop the children and close the outputs.  Exit status 0,
-        or 1 when every stream gave up."""
-        stop_requested = stop_requested or threading.Event()
-        kill_requested = kill_requested or threading.Event()
+        or 1 when every stream gave up.  Events set by a signal handler should be
+        :class:`~stream.core.signals.SignalEvent` (a ``threading.Event`` can deadlock there)."""
+        stop_requested = SignalEvent() if stop_requested is None else stop_requested
+        kill_requested = SignalEvent() if kill_requested is None else kill_requested
         try:
             self.start()
             if self.publish_endpoint:
