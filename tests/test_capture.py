@@ -1,12 +1,13 @@
 """Capture readers driven directly, over real ZeroMQ sockets."""
 
+import os
 import threading
 
 import numpy as np
 import zmq
 
 from stream.core import messages as m
-from stream.io.capture import CaptureConfig, _Stop, run_av_capture, run_mic_capture, scaled_size
+from stream.io.capture import CaptureConfig, _Sender, _Stop, run_av_capture, run_mic_capture, scaled_size
 
 
 def _collect(endpoints, target, timeout_s=30.0):
@@ -99,3 +100,33 @@ def test_scaled_size_keeps_aspect_and_even_numbers():
     assert scaled_size(1920, 1080, 960) == (960, 540)
     assert scaled_size(640, 480, 960) == (640, 480)
     assert scaled_size(1081, 721, 500) == (500, 334)
+
+
+def test_no_control_messages_wait_for_an_analyzer_that_is_gone(tmp_path):
+    """A capture whose analyzer died (it was reparented) sends no end or error message and
+    closes without lingering: nobody would read them, and they held its exit up for seconds."""
+    import time
+
+    not_our_parent = 1 if os.getppid() != 1 else 2
+    ep_gone, ep_here = f"ipc://{tmp_path}/gone", f"ipc://{tmp_path}/here"
+    gone_ctx, ctx = zmq.Context(), zmq.Context.instance()
+    gone = _Sender(gone_ctx, ep_gone, hwm=8, blocking=False, parent_pid=not_our_parent)
+    here = _Sender(ctx, ep_here, hwm=8, blocking=False, parent_pid=os.getppid())
+    end = m.EndOfStream(streams=[m.VIDEO], reason="stopped")
+    gone.send_control(end)
+    here.send_control(end)  # queued until a reader binds: the analyzer may still be starting
+    received = {}
+    for name, ep in (("gone", ep_gone), ("here", ep_here)):
+        sock = ctx.socket(zmq.PULL)
+        sock.bind(ep)
+        received[name] = [m.decode(sock.recv_multipart())] if sock.poll(2000) else []
+        sock.close(linger=0)
+    assert received["gone"] == []
+    assert [type(x) for x in received["here"]] == [m.EndOfStream]
+    here.close()
+    # an item still queued (its reader never came) does not hold the exit for the 3 s linger
+    assert gone.send(end)
+    gone.close()
+    t0 = time.monotonic()
+    gone_ctx.term()
+    assert time.monotonic() - t0 < 1.5

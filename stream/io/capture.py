@@ -122,6 +122,11 @@ def _die_with_parent(parent_pid: int) -> bool:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+    return _parent_alive(parent_pid)
+
+
+def _parent_alive(parent_pid: int) -> bool:
+    """False once the analyzer that started this process is gone (this one was reparented)."""
     return parent_pid <= 0 or os.getppid() == parent_pid
 
 
@@ -178,7 +183,8 @@ def _send_error(sender: _Sender, cfg: CaptureConfig, message: str, streams: list
 
 
 class _Sender:
-    def __init__(self, ctx: zmq.Context, endpoint: str, *, hwm: int, blocking: bool) -> None:
+    def __init__(self, ctx: zmq.Context, endpoint: str, *, hwm: int, blocking: bool, parent_pid: int = 0) -> None:
+        self.parent_pid = parent_pid
         self.sock = ctx.socket(zmq.PUSH)
         self.sock.setsockopt(zmq.SNDHWM, hwm)
         self.sock.setsockopt(zmq.LINGER, 3000)
@@ -204,12 +210,19 @@ class _Sender:
                 return False
 
     def send_control(self, item: m.Item) -> None:
-        """Control messages (info, end, error) wait briefly for room rather than drop."""
-        if self.sock.poll(3000, zmq.POLLOUT):
-            self.sock.send_multipart(m.encode(item))
+        """Control messages (info, end, error) wait briefly for room rather than drop (not when
+        the analyzer is gone: nobody would read them)."""
+        deadline = time.monotonic() + 3.0
+        while _parent_alive(self.parent_pid):
+            if self.sock.poll(100, zmq.POLLOUT):
+                self.sock.send_multipart(m.encode(item))
+                return
+            if time.monotonic() >= deadline:
+                return
 
     def close(self) -> None:
-        self.sock.close()
+        # without a reader (the analyzer gone) the queued items would only hold up the exit
+        self.sock.close(linger=None if _parent_alive(self.parent_pid) else 0)
 
 
 def scaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -516,8 +529,12 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
         raise ValueError(f"{cfg.source} capture needs a frames endpoint")
     stop = _Stop() if stop is None else stop
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-    frames = _Sender(ctx, cfg.frames_endpoint, hwm=FRAME_HWM, blocking=cfg.lossless)
-    audio = _Sender(ctx, cfg.audio_endpoint, hwm=AUDIO_HWM, blocking=cfg.lossless) if cfg.audio_endpoint else None
+    frames = _Sender(ctx, cfg.frames_endpoint, hwm=FRAME_HWM, blocking=cfg.lossless, parent_pid=cfg.parent_pid)
+    audio = (
+        _Sender(ctx, cfg.audio_endpoint, hwm=AUDIO_HWM, blocking=cfg.lossless, parent_pid=cfg.parent_pid)
+        if cfg.audio_endpoint
+        else None
+    )
     streams = [m.VIDEO] + ([m.AUDIO] if audio else [])
     policy = cfg.reconnect if cfg.live and cfg.source != "mic" else OFF
     reader = _AvReader(cfg, stop, frames, audio)
@@ -671,7 +688,7 @@ def run_mic_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: fl
         raise ValueError("microphone capture needs an audio endpoint")
     stop = _Stop() if stop is None else stop
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-    audio = _Sender(ctx, cfg.audio_endpoint, hwm=AUDIO_HWM, blocking=False)
+    audio = _Sender(ctx, cfg.audio_endpoint, hwm=AUDIO_HWM, blocking=False, parent_pid=cfg.parent_pid)
     streams = [m.AUDIO]
     try:
         try:
@@ -760,7 +777,9 @@ def capture_main(cfg: CaptureConfig) -> None:
         log.debug("capture process failed", exc_info=True)
     finally:
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-        if failed:
+        if not _parent_alive(cfg.parent_pid):
+            ctx.destroy(linger=0)  # the analyzer is gone: what is still queued has no reader
+        elif failed:
             ctx.destroy(linger=1000)  # sockets a failure left open would make term() wait forever
         else:
             ctx.term()
