@@ -14,6 +14,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from conftest import free_port
 from faults import StallProxy, make_looped_clip, make_pts_jump_clip, make_vfr_clip
 from rtsp_util import RtspServer, rtsp_available
 
@@ -163,9 +164,7 @@ def test_proxy_forwards_on_descriptors_past_1023(echo):
 
 
 def test_proxy_never_listens_on_its_own_target():
-    with socket.socket() as spare:
-        spare.bind(("127.0.0.1", 0))
-        port = spare.getsockname()[1]
+    port = free_port()  # the proxy binds it: a bound-and-closed port 0 could be taken meanwhile
     # a fixed port equal to the target is refused (port 0 is asked again until it differs)
     with pytest.raises(ValueError, match="forward to itself"):
         StallProxy("127.0.0.1", port, listen_port=port).start()
