@@ -29,11 +29,18 @@ stream after the last frame.
 A clip without an audio track must be served with ``--no-audio``; the
 server checks this at start-up and exits with an error otherwise (left
 unchecked, clients would only see PyAV's "Invalid data found").
+
+``--user NAME`` asks every client for that user name and the password in the
+environment variable ``RTSP_SERVER_PASSWORD`` (HTTP basic authentication, as a
+camera would; the password is not taken on the command line, which every user
+of the machine can read).  A client with other credentials, or none, gets
+``401 Unauthorized``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import struct
 import sys
@@ -48,6 +55,8 @@ from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
 #: The only address the server listens on.
 BIND_ADDRESS = "127.0.0.1"
+#: The environment variable the password of ``--user`` comes from.
+PASSWORD_ENV = "RTSP_SERVER_PASSWORD"
 
 
 def _quote(value: str) -> str:
@@ -142,6 +151,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--path", default="/sample", help="mount path (default: %(default)s)")
     parser.add_argument("--file", type=Path, required=True, help="H.264 (+AAC) .mp4 clip to serve")
     parser.add_argument("--no-audio", action="store_true", help="serve the video track only")
+    parser.add_argument("--user", help=f"require basic authentication: this user, the password in ${PASSWORD_ENV}")
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error(f"invalid port {args.port}")
@@ -149,7 +159,23 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.path = "/" + args.path
     if not args.file.is_file():
         parser.error(f"no such file: {args.file}")
+    if args.user is not None and PASSWORD_ENV not in os.environ:
+        parser.error(f"--user needs the password in ${PASSWORD_ENV}")
     return args
+
+
+def require_basic_auth(server: GstRtspServer.RTSPServer, factory: GstRtspServer.RTSPMediaFactory, user: str) -> None:
+    """Let only ``user`` with the password of :data:`PASSWORD_ENV` play ``factory``'s media:
+    clients without those credentials are answered ``401 Unauthorized``."""
+    auth = GstRtspServer.RTSPAuth()
+    token = GstRtspServer.RTSPToken()
+    token.set_string("media.factory.role", "viewer")
+    auth.add_basic(GstRtspServer.RTSPAuth.make_basic(user, os.environ[PASSWORD_ENV]), token)
+    server.set_auth(auth)
+    permissions = GstRtspServer.RTSPPermissions()
+    for name in ("media.factory.access", "media.factory.construct"):
+        permissions.add_permission_for_role("viewer", name, True)
+    factory.set_permissions(permissions)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     server.set_address(BIND_ADDRESS)
     server.set_service(str(args.port))
     server.get_mount_points().add_factory(args.path, factory)
+    if args.user is not None:
+        require_basic_auth(server, factory, args.user)
 
     loop = GLib.MainLoop()
 

@@ -127,6 +127,10 @@ class RtspServer:
         port: Port for the first start (0: any free port).
         ready_timeout: Seconds to wait for each start's READY line.
         bind_retry_s: How long a start keeps retrying when the port is still in use.
+        user: Ask clients for this user name and ``password`` (basic authentication; the
+            server gets the password in its environment, never on its command line); clients
+            without them get ``401 Unauthorized``.  ``url`` holds no credentials either way.
+        password: The password of ``user``; any characters.
 
     Raises:
         FileNotFoundError: If ``clip`` does not exist.
@@ -141,7 +145,13 @@ class RtspServer:
         port: int = 0,
         ready_timeout: float = 15.0,
         bind_retry_s: float = 5.0,
+        user: str | None = None,
+        password: str | None = None,
     ) -> None:
+        if (user is None) != (password is None):
+            raise ValueError("give both user and password, or neither")
+        self.user = user
+        self.password = password
         self.clip = Path(clip).resolve()
         if not self.clip.is_file():
             raise FileNotFoundError(self.clip)
@@ -266,6 +276,8 @@ class RtspServer:
         cmd += ["--file", str(self.clip)]
         if self.no_audio:
             cmd.append("--no-audio")
+        if self.user is not None:
+            cmd += ["--user", self.user]
         return cmd
 
     def _reap(self) -> None:
@@ -286,8 +298,10 @@ class RtspServer:
             self._errlog.close()
         # stderr goes to a file, not a pipe, so a chatty server can never block on it.
         self._errlog = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
+        env = None if self.password is None else {**os.environ, "RTSP_SERVER_PASSWORD": self.password}
         proc = subprocess.Popen(
             cmd,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._errlog,

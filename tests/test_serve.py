@@ -130,7 +130,7 @@ def _serve_cmd() -> list[str]:
         (["--rtsp", "http://cam/x"], "not an rtsp:// URL"),
         (["--rtsp", "rtsp://cam/x", "--", "--no-such-flag"], "stream 's0': analyzer flags: unrecognized arguments"),
         (["--rtsp", "rtsp://cam/x", "--", "--publish", "tcp://127.0.0.1:1"], "--publish cannot be given here"),
-        (["--rtsp", "rtsp://u:secret@cam/x", "--max-restarts", "some"], "--max-restarts takes a number"),
+        (["--rtsp", "rtsp://u:secret@cam/x", "--max-restarts", "some"], "--max-restarts: takes a number"),
     ],
 )
 def test_command_line_mistakes_are_one_line(args, expect):
@@ -348,24 +348,39 @@ def test_two_streams_one_lost_one_analyzer_killed(long_clip, tmp_path):
     assert "publishing on ipc://" in run.stderr
 
 
-def test_a_stream_that_keeps_failing_is_given_up(refused_port):
-    """A source that refuses every connection, analyzers that may not reconnect: each exits (2),
-    is restarted once, then given up; with no stream left serve exits 1.  The password in the
-    URL shows nowhere."""
-    url = f"rtsp://viewer:hunter2@127.0.0.1:{refused_port}/x"
-    run = Serve("--rtsp", url, "--max-restarts", "1", "--restart-max-delay", "0.5", "--", *LIGHT, "--reconnect", "off")
-    time.sleep(1.5)
-    cmdline = Path(f"/proc/{run.proc.pid}/cmdline").read_bytes() if run.proc.poll() is None else b""
-    code = run.finish(90, interrupt=False)
+def test_a_stream_that_keeps_failing_is_given_up(refused_port, tmp_path):
+    """A source that refuses every connection, analyzers that may not reconnect: each exits (2);
+    max_restarts = 2 restarts it twice, the third exit in a row gives it up, and with no stream
+    left serve exits 1.  The password in the URL (a space, quotes, "/", "#", "@" in it) shows
+    nowhere: stdout, stderr, ID.jsonl, and the command lines of serve and its children."""
+    from secret_watch import CmdlineWatch, leaks
+
+    password = "hunter2 \"sp/#@'"
+    url = f"rtsp://viewer:{password}@127.0.0.1:{refused_port}/x"
+    out_dir = tmp_path / "out"
+    args = ["--rtsp", url, "--max-restarts", "2", "--restart-max-delay", "0.5", "--out-dir", str(out_dir)]
+    run = Serve(*args, "--", *LIGHT, "--reconnect", "off")
+    watch = CmdlineWatch(run.proc.pid, [*_serve_cmd(), *args, "--", *LIGHT, "--reconnect", "off"])
+    try:
+        code = run.finish(120, interrupt=False)
+    finally:
+        watch.stop()
     assert code == 1, run.stderr
-    assert b"hunter2" not in cmdline
     events = run.of("supervisor", "s0")
-    assert [r["event"] for r in events] == ["started", "exited", "restarted", "gave_up"]
-    assert events[1]["exit_code"] == 2 and 0 < events[1]["delay_s"] <= 0.5
-    assert events[3]["exit_code"] == 2 and events[3]["restarts"] == 1 and events[3]["message"]
-    assert "gave up after 2 exit(s) in a row" in run.stderr
-    assert "hunter2" not in run.stderr and not any("hunter2" in json.dumps(r) for r in run.records)
+    assert [r["event"] for r in events] == ["started", "exited", "restarted", "exited", "restarted", "gave_up"]
+    exits = [r for r in events if r["event"] in ("exited", "gave_up")]
+    assert len(exits) == 2 + 1 and all(r["exit_code"] == 2 for r in exits)
+    assert [r["restarts"] for r in exits] == [0, 1, 2] and all(0 < r["delay_s"] <= 0.5 for r in exits[:2])
+    assert exits[-1]["message"] and "viewer:***@" in exits[-1]["message"]
+    assert "gave up after 3 exit(s) in a row" in run.stderr
     assert "viewer:***@" in run.stderr
+    file = (out_dir / "s0.jsonl").read_text()
+    assert [json.loads(x) for x in file.splitlines()] == run.records
+    assert not run.junk
+    for text in (run.stderr, file, json.dumps(run.records)):
+        assert not leaks(text, password), text
+    assert watch.rewritten and watch.children_seen() >= 1
+    assert not watch.leaks(password)
 
 
 def _ppid(pid: int) -> int:

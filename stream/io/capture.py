@@ -41,7 +41,7 @@ import numpy as np
 import zmq
 
 from stream.core import messages as m
-from stream.core.redact import redact
+from stream.core.redact import redact, remember_url
 from stream.core.signals import SignalEvent
 from stream.core.windows import FrameNumbers, GridSampler, MediaTime, sane_fps
 from stream.io.reconnect import OFF, ReconnectPolicy, Resume
@@ -758,6 +758,7 @@ def capture_main(cfg: CaptureConfig) -> None:
     """Entry point of a capture process.  An unexpected failure ends it with exit status 1,
     its reason left for the analyzer (:func:`describe_capture_exit`); the traceback is logged
     at debug level (``--log-level debug``)."""
+    remember_url(cfg.target)  # this process's texts hide the source's password too (a fresh registry)
     stop = _Stop()
     stop.install()
     if not _die_with_parent(cfg.parent_pid):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from stream.core import messages as m
-from stream.core.redact import redact, with_env_password
+from stream.core.redact import redact, redact_url, split_credentials, with_env_password
 from stream.core.windows import SAMPLE_FPS, SampleClock
 from stream.io.receiver import SourceState
 from stream.io.ringbuffer import BLOCK, DROP_OLDEST, AudioRing, FrameRing
@@ -54,7 +54,9 @@ class Source:
         return {"camera": "camera" + str(self.target), "rtsp": "rtsp"}.get(self.kind, self.kind)
 
     def describe(self) -> str:
-        return redact(self.target if self.kind != "camera" else f"camera {self.target}")
+        if self.kind == "camera":
+            return redact(f"camera {self.target}")
+        return redact(redact_url(self.target))
 
     def check(self) -> None:
         """Raise :class:`SourceError` (one line) when the source cannot be opened as given."""
@@ -78,16 +80,23 @@ class FileSource(Source):
 
 
 class RtspSource(Source):
-    """An RTSP stream (TCP transport).  ``audio=False`` ignores its audio track."""
+    """An RTSP stream (TCP transport).  ``audio=False`` ignores its audio track.
+
+    A password in the URL may hold any character, raw or percent-encoded (``%XX`` stands for
+    its byte; see :func:`stream.core.redact.split_credentials` for where it ends); ``target``
+    is the URL as FFmpeg gets it, user and password percent-encoded.  ``rtsp://user@host/...``
+    takes its password from ``$CER_STREAM_RTSP_PASSWORD`` (never on a command line).  The
+    password is remembered, so no text this process writes shows it."""
 
     def __init__(self, url: str, *, audio: bool = True) -> None:
-        # rtsp://user@host/... takes its password from $CER_STREAM_RTSP_PASSWORD (never on a command line)
         super().__init__("rtsp", with_env_password(url.strip()), audio=audio)
 
     def check(self) -> None:
         url = self.target
-        if not url.lower().startswith(("rtsp://", "rtsps://")) or len(url.split("://", 1)[1]) == 0:
-            raise SourceError(f"bad RTSP URL {url!r}: expected rtsp://HOST[:PORT]/PATH")
+        parts = split_credentials(url)
+        host = (parts.rest if parts else url.partition("://")[2]).split("/", 1)[0]
+        if not url.lower().startswith(("rtsp://", "rtsps://")) or not host:
+            raise SourceError(f"bad RTSP URL {redact(redact_url(url))!r}: expected rtsp://HOST[:PORT]/PATH")
 
 
 @dataclass(frozen=True)

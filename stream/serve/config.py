@@ -32,6 +32,10 @@ From a TOML file::
 
 or from the command line (:func:`from_flags`: ids ``s0``, ``s1``, ... in the order given).
 Every problem is a :class:`ConfigError` with one line that names the key.
+
+Every RTSP password a configuration holds (in a URL, or in a ``password_env`` variable) is
+remembered when it is loaded (:func:`stream.core.redact.remember_secret`), so nothing ``serve``
+writes shows it, whatever characters it holds.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stream.core.redact import RTSP_PASSWORD_ENV, redact, redact_url, remember_secret, remember_url
 from stream.serve.vlm_gateway import VlmConfig
 
 #: The key the supervisor adds to every record: which stream it came from.  (Not ``stream``:
@@ -205,8 +210,8 @@ def _stream(table: Any, i: int) -> StreamSpec:
     if kind == "camera" and isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     source = _string(value, _where(prefix, kind))
-    if kind == "rtsp" and not source.lower().startswith(("rtsp://", "rtsps://")):
-        raise ConfigError(f"{prefix}rtsp must be an rtsp:// URL")
+    if kind == "rtsp":
+        _rtsp_source(source, f"{prefix}rtsp must be an rtsp:// URL")
     args = _args(table.get("args", []), _where(prefix, "args"), per_stream=True)
     password_env = None
     if "password_env" in table:
@@ -214,6 +219,14 @@ def _stream(table: Any, i: int) -> StreamSpec:
         if kind != "rtsp":
             raise ConfigError(f"{prefix}password_env is for rtsp streams")
     return StreamSpec(id=sid, kind=kind, source=source, args=args, password_env=password_env)
+
+
+def _rtsp_source(url: str, error: str) -> None:
+    """Remember ``url``'s password (nothing serve writes shows it); ``ConfigError(error)`` when
+    it is not an rtsp:// URL."""
+    remember_url(url)
+    if not url.lower().startswith(("rtsp://", "rtsps://")):
+        raise ConfigError(error)
 
 
 def parse_config(data: Mapping[str, Any], *, source_file: Path | None = None) -> ServeConfig:
@@ -371,8 +384,8 @@ def from_flags(
     check_args(args, "analyzer flags after --", per_stream=False)
     streams = []
     for i, (kind, source) in enumerate(sources):
-        if kind == "rtsp" and not source.strip().lower().startswith(("rtsp://", "rtsps://")):
-            raise ConfigError(f"--rtsp {source!r}: not an rtsp:// URL")
+        if kind == "rtsp":
+            _rtsp_source(source.strip(), f"--rtsp {redact(redact_url(source.strip()))!r}: not an rtsp:// URL")
         streams.append(StreamSpec(id=f"s{i}", kind=kind, source=source.strip()))
     if max_restarts is not None and max_restarts < 0:
         raise ConfigError("--max-restarts must be >= 0")
@@ -391,15 +404,15 @@ def from_flags(
 def child_environment(spec: StreamSpec, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of ``spec``'s child: ours, with its RTSP password (from
     ``password_env``) as ``CER_STREAM_RTSP_PASSWORD``; ``ConfigError`` when that variable is
-    not set."""
-    from stream.core.redact import RTSP_PASSWORD_ENV
-
+    not set.  The password is remembered (nothing serve writes shows it)."""
     env = dict(os.environ if base is None else base)
     if spec.password_env is not None:
         value = env.get(spec.password_env)
         if not value:
             raise ConfigError(f"stream {spec.id!r}: password_env {spec.password_env} is not set")
         env[RTSP_PASSWORD_ENV] = value
+    if spec.kind == "rtsp" and env.get(RTSP_PASSWORD_ENV):
+        remember_secret(env[RTSP_PASSWORD_ENV])
     return env
 
 

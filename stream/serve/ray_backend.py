@@ -252,7 +252,7 @@ class RaySupervisor(Supervisor):
         (one line) when the cluster cannot be reached or a password variable is missing."""
         from stream.batch.plan import BatchError
         from stream.batch.ray_backend import connect, import_ray
-        from stream.core.redact import RTSP_PASSWORD_ENV
+        from stream.core.redact import RTSP_PASSWORD_ENV, remember_secret
 
         envs: dict[str, dict[str, str]] = {}
         for spec in self.config.streams:
@@ -262,6 +262,7 @@ class RaySupervisor(Supervisor):
             if spec.password_env is not None and not value:
                 raise ConfigError(f"stream {spec.id!r}: password_env {name} is not set")
             if value and spec.kind == "rtsp":
+                remember_secret(value)
                 env[RTSP_PASSWORD_ENV] = value
             envs[spec.id] = env
         if self._stdout is None and not self.quiet:

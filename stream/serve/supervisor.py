@@ -6,7 +6,8 @@ line) and one thread per child that reads the child's JSON lines from its stdout
 ``"stream_id": ID`` to each and hands it to the shared outputs: the supervisor's stdout, one
 ZeroMQ PUB socket (:class:`~stream.sinks.outputs.ZmqPublishSink`, two-part ``[type, json]``)
 and, per stream, ``OUT_DIR/ID.jsonl``.  Each child's stderr lines go to the supervisor's
-stderr behind ``cer-stream serve [ID]:``, credentials redacted.
+stderr behind ``cer-stream serve [ID]:``, credentials redacted (the supervisor remembers every
+stream's password: :func:`stream.core.redact.redact` hides it whatever characters it holds).
 
 A child that exits while the supervisor is not stopping (a crash, an error, a kill) is started
 again after an exponential backoff with jitter (:meth:`ReconnectPolicy.delay`), and
@@ -324,7 +325,11 @@ class Supervisor:
         child_pages: bool | None = None,
         unset_env: tuple[str, ...] = (),
     ) -> None:
+        from stream.core.redact import remember_url
+
         self.config = config
+        for spec in config.streams:  # a config that came through Ray was not loaded here
+            remember_url(spec.source)
         self.env = env
         # each analyzer serves its own page on a free loopback port (the dashboard shows its frames)
         self.child_pages = bool(config.dashboard) if child_pages is None else child_pages
