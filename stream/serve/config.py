@@ -5,7 +5,7 @@ From a TOML file::
     publish = "tcp://127.0.0.1:5556"     # one ZeroMQ PUB socket for every stream (optional)
     out_dir = "runs/live"                # ID.jsonl per stream (optional)
     args = ["--no-clip"]                 # analyzer flags every stream gets (optional)
-    max_restarts = 10                    # crashes in a row before a stream is given up (default: forever)
+    max_restarts = 10                    # restarts in a row before a stream is given up (default: forever)
     restart_max_delay = 30               # longest wait before a restart, seconds (default 30)
 
     dashboard = "127.0.0.1:8080"         # one live page for every stream (optional; needs the web extra)
@@ -120,8 +120,10 @@ class StreamSpec:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """Every stream and the outputs they share.  ``max_restarts``: restarts in a row (without
-    a window in between) before a stream is given up (``None``: forever)."""
+    """Every stream and the outputs they share.  ``max_restarts``: how many times in a row
+    (without a window in between) a stream's analyzer is restarted after it exits; the exit
+    after that gives the stream up, so ``max_restarts = 2`` allows 3 exits in a row (``0``: the
+    first exit gives it up; ``None``: restarted forever)."""
 
     streams: tuple[StreamSpec, ...]
     publish: str | None = None

@@ -17,11 +17,12 @@ again after an exponential backoff with jitter (:meth:`ReconnectPolicy.delay`), 
      "signal": "SIGKILL", "restarts": 0, "delay_s": 0.37, "message": "...", "wall_time": ...}
     {"type": "supervisor", "stream_id": "door", "event": "restarted", "pid": 4242, "restarts": 1, ...}
 
-The backoff grows with crashes in a row and starts again once a child has emitted a window;
-past ``max_restarts`` crashes in a row the stream is given up (``gave_up``) and the others go
-on.  :meth:`Supervisor.stop` (SIGINT/SIGTERM in ``cer-stream serve``) sends each child SIGINT:
-it flushes, writes its ``end`` record and exits; a child still running after
-``stop_grace_s`` is killed.
+The backoff grows with exits in a row and starts again once a child has emitted a window; a
+stream is restarted ``max_restarts`` times in a row at most: the exit after that gives it up
+(``gave_up``; ``max_restarts = 2``: the third exit in a row) and the others go on.
+:meth:`Supervisor.stop` (SIGINT/SIGTERM in ``cer-stream serve``) sends each child SIGINT: it
+flushes, writes its ``end`` record and exits; a child still running after ``stop_grace_s`` is
+killed.
 """
 
 from __future__ import annotations
@@ -262,7 +263,7 @@ class _StreamRunner:
                 return
             failures = 1 if self._healthy else failures + 1
             sig = _signal_name(code)
-            if policy.gives_up(failures):
+            if policy.gives_up(failures):  # exit max_restarts + 1 in a row: max_restarts restarts made
                 self.gave_up = True
                 self.sup.supervisor_record(
                     self.spec.id,
