@@ -58,7 +58,8 @@ def split_credentials(url: str) -> Credentials | None:
     ``://`` and the LAST ``@``, the user name everything before its first ``:``: a password may
     hold any character, ``@``, ``/``, ``#``, ``?`` and spaces included.  An ``@`` after a user
     name that holds ``/``, ``?`` or ``#`` is in the path or query: no user information.  (So in
-    a URL with a password, an ``@`` of the path must be written ``%40``.)"""
+    a URL with a password or a port, an ``@`` of the path must be written ``%40``:
+    ``rtsp://cam:554/a@b`` reads as user ``cam``, password ``554/a``.)"""
     scheme, sep, after = url.partition("://")
     if not sep or not _SCHEME.fullmatch(scheme):
         return None
