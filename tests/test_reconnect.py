@@ -184,3 +184,68 @@ def test_a_proxy_that_stalls_then_recovers(long_clip):
     assert code == 0, run.stderr
     assert gap["reason"] == f"no data for 2 s from {url}"
     check_accounting(run)
+
+
+def _cut_windows_before(run: LiveRun, gap: dict, position: int) -> list[dict]:
+    """The windows the loss cut short: some of their grid points (0.2 s apart) are within half a
+    step of a frame from before ``gap``, their last is not.  Each must be among the first
+    ``position`` records."""
+    reach = gap["start"] + 0.1
+    cut = [w for w in run.of("window") if w["start"] <= reach < w["end"] - 0.2]
+    assert cut, "no window was cut short by the loss"
+    late = [w["index"] for w in cut if run.records.index(w) >= position]
+    assert not late, f"windows {late} waited for the source to come back"
+    return cut
+
+
+@pytest.mark.parametrize("timeout", [5, 2])
+def test_a_stall_is_noticed_within_the_timeout_and_its_windows_come_out_at_once(long_clip, timeout):
+    # FFmpeg's own read timeout hands out one more queued packet when it first fires and fails
+    # only at the second: a stall used to be noticed after twice --timeout, and the windows
+    # holding the last frames before it waited for the source to come back (also with a
+    # timeout shorter than a window, when the windows after the loss are not yet complete)
+    with RtspServer(long_clip) as server:
+        run = LiveRun("--rtsp", server.url, "--timeout", str(timeout), "--no-audio", *LIGHT)
+        run.wait_for(lambda r: r["type"] == "window" and r["index"] >= 1, 60, "two windows")
+        server.pause()
+        frozen = time.monotonic()
+        run.wait_for(lambda r: r["type"] == "warning" and "reconnecting" in r["message"], 15, "a warning")
+        noticed = time.monotonic() - frozen
+        time.sleep(3.0)  # the source stays frozen: whatever comes now did not wait for it
+        position = len(run.records)
+        server.resume()
+        gap = run.wait_for(lambda r: r["type"] == "gap", 40, "a gap record")
+        run.windows_after(gap["end"], 2, 30)
+        code = run.finish()
+    assert code == 0, run.stderr
+    assert noticed < timeout + 2.0, f"a {timeout} s stall noticed after {noticed:.1f} s"
+    assert gap["reason"] == f"no data for {timeout} s from {server.url}"
+    for w in _cut_windows_before(run, gap, position):
+        assert w["analysed_frames"] < 20  # analysed with the frames that came before the loss
+    check_accounting(run)
+
+
+def test_media_time_keeps_to_the_wall_clock_over_ten_reconnects(long_clip):
+    # a reopened RTSP session delivers what the server sent while the connection was set up
+    # (about a second of frames) in a burst: anchoring the first of them to the moment the
+    # session was open ran media time about a second ahead of the wall clock per reconnect
+    with RtspServer(long_clip) as server, StallProxy("127.0.0.1", server.port) as proxy:
+        run = LiveRun("--rtsp", proxy.proxied(server.url), "--timeout", "3", "--no-audio", *LIGHT)
+        first = run.wait_for(lambda r: r["type"] == "window", 60, "a window")
+        after = 0
+        for n in range(10):
+            assert proxy.drop() >= 1
+            after, gap = run.wait_at(lambda r: r["type"] == "gap" and r["end"] is not None, 30, f"gap {n}", after=after)
+            after += 1
+            after, _ = run.wait_at(
+                lambda r, g=gap: r["type"] == "window" and r["start"] >= g["end"], 30, "a window", after=after
+            )
+            after += 1
+        run.windows_after(run.of("gap")[-1]["end"], 2, 30)
+        code = run.finish()
+    assert code == 0, run.stderr
+    end = check_accounting(run)
+    assert end["reconnects"] == 10
+    last = run.of("window")[-1]
+    drift = (last["end"] - first["end"]) - (last["wall_time"] - first["wall_time"])
+    assert abs(drift) < 1.0, f"media time {drift:+.2f} s off the wall clock after 10 reconnects"

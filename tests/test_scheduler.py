@@ -3,7 +3,7 @@ processes, no threads, no models."""
 
 from __future__ import annotations
 
-from stream.core.windows import HOP_S, SAMPLE_FPS, WINDOW_S
+from stream.core.windows import HOP_S, SAMPLE_FPS, WINDOW_S, full_window
 from stream.runtime.scheduler import (
     AUDIO_GRACE_S,
     Arrivals,
@@ -138,3 +138,18 @@ def test_a_resumed_stream_starts_at_its_window_and_its_gap_swallows_the_windows_
     assert isinstance(step, Run) and step.window.index == 8
     # media time goes on by the time the stream was without an analyzer
     assert resume.media_start(1.0e9 + 7.0) == after + 7.0 and resume.media_start(1.0e9 - 5.0) == after
+
+
+def test_windows_a_loss_cuts_short_run_at_once_and_the_rest_wait_for_the_return():
+    # the source is lost after its frame at 6.5 s (an open gap): windows 2 [4, 8) and 3 [6, 10)
+    # hold frames from before the loss and run now, with the frames they have, audio or not;
+    # window 4 [8, 12) holds none of them and waits for the source to come back (or a gap
+    # record that says it is missing)
+    s = Scheduler(live=True, clock=FakeClock(), first=2)
+    lost = Arrivals(video_horizon=6.5, audio_horizon=6.0, audio_expected=True, lost=6.5)
+    assert isinstance(s.poll(Arrivals(video_horizon=6.5, audio_horizon=6.0, audio_expected=True)), Wait)
+    assert [s.poll(lost), s.poll(lost)] == [Run(full_window(2)), Run(full_window(3))]
+    assert s.poll(lost) == Wait(full_window(4))
+    # a frame within half a grid step of window 4's first grid point serves it: it is cut too
+    s = Scheduler(live=True, clock=FakeClock(), first=4)
+    assert s.poll(Arrivals(video_horizon=7.95, lost=7.95)) == Run(full_window(4))

@@ -32,7 +32,9 @@ import logging
 import os
 import random
 import signal
+import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,13 +254,15 @@ def _open_container(cfg: CaptureConfig):
 
     if cfg.source == "video":
         return av.open(cfg.target, mode="r")
+    # FFmpeg's own read timeout is only a backstop: the session's watchdog (_Watchdog) notices a
+    # stall after read_timeout_s; FFmpeg's RTSP reader hands out one more (queued) packet when its
+    # timeout first fires and fails only at the second, so on its own it took twice as long
+    backstop = cfg.read_timeout_s + WATCHDOG_SLACK_S
     if cfg.source == "rtsp":
-        return av.open(
-            cfg.target, mode="r", options={"rtsp_transport": "tcp"}, timeout=(cfg.open_timeout_s, cfg.read_timeout_s)
-        )
+        return av.open(cfg.target, mode="r", options={"rtsp_transport": "tcp"}, timeout=(cfg.open_timeout_s, backstop))
     if cfg.source == "camera":
         device = f"/dev/video{cfg.target}" if str(cfg.target).isdigit() else cfg.target
-        return av.open(device, mode="r", format="v4l2", timeout=(cfg.open_timeout_s, cfg.read_timeout_s))
+        return av.open(device, mode="r", format="v4l2", timeout=(cfg.open_timeout_s, backstop))
     raise ValueError(f"unknown source kind {cfg.source!r}")
 
 
@@ -279,6 +283,11 @@ def truncation_note(cfg: CaptureConfig, declared: float | None, decoded: float) 
         return None
     return f"file ends at {decoded:.1f} s but declares {declared:.1f} s: truncated?"
 
+
+#: How much later than the watchdog FFmpeg's own read timeout fires (seconds).
+WATCHDOG_SLACK_S = 1.0
+#: How often the watchdog looks at the time since the last packet (seconds).
+WATCHDOG_POLL_S = 0.1
 
 AUDIO_ANCHOR_TOL_S = 0.1
 """Audio whose timestamps drift this far from the samples counted since its anchor is
@@ -307,6 +316,16 @@ class _AvReader:
         self.pending_n = 0
         self.chunk_n = int(AUDIO_CHUNK_S * m.AUDIO_RATE)
         self.wall0 = time.monotonic()
+        # a live source's loss and return, shared with the session's watchdog thread: the
+        # reader holds ``lock`` while it handles a packet (never while FFmpeg waits for one),
+        # so the two threads never send on the ZeroMQ sockets at the same time
+        self.lock = threading.Lock()
+        self.last_packet = time.monotonic()  # when the session's last video packet came
+        self.stalled = False  # the watchdog found this session silent for read_timeout_s
+        self.lost: tuple[float, str] | None = None  # (last media time, why) of an open gap
+        self.resumed = False  # the open gap is the one between another analyzer process and this one
+        self.origin: float | None = None  # monotonic time of media time 0 (live sources)
+        self.attempt = 0  # reopen attempts since the source was last delivering
 
     # ------------------------------------------------------------------ set-up
     def describe(self, container) -> tuple[m.StreamInfo, object, object]:
@@ -438,9 +457,48 @@ class _AvReader:
             t_cap = m.now_ns()  # a paced file frame is "captured" when its time comes
         self._send_picks(self.sampler.push(t, (index, t_cap, frame)))
 
+    # ------------------------------------------------------------------ loss and return
+    def declare_lost(self, why: str) -> None:
+        """The source is lost (its session ended, failed or stalled): the frame waiting for a
+        next one to settle its grid point goes out, then a :class:`~stream.core.messages.Gap`
+        with no end, on which the analyzer finishes the windows that hold the last frames at
+        once, with the frames they have.  Called with :attr:`lock` held; once per gap."""
+        if self.lost is not None:
+            return
+        last = self.last_t if self.last_t is not None else 0.0
+        if not self.stop:
+            self._send_picks(self.sampler.flush(self.duration))
+        self._flush_audio(force=True)
+        self.lost = (last, why)
+        self.frames.send_control(m.Gap(last, None, why, attempts=0, wall_time=time.time()))
+
+    def back(self, t_first: float) -> None:
+        """The first frame after a gap (media time ``t_first``): the gap closes on record."""
+        if self.lost is not None:
+            start, why = self.lost
+            gap = m.Gap(start, t_first, why, attempts=self.attempt, wall_time=time.time(), resumed=self.resumed)
+            self.frames.send_control(gap)
+            self.lost, self.resumed = None, False
+        self.attempt = 0
+
+    def restart_media_time(self, opened_at: float) -> None:
+        """A reopened live source: its first frame's media time is the time since media time 0
+        by the monotonic clock, taken when the reopen began, never at or before the last frame.
+        From media time 0, not from the last frame: how far a session's frame times ran from
+        the wall clock does not carry over.  From when the reopen began, not when the session
+        was open: a server's first frames are what it sent while the connection was set up (a
+        second or so, delivered in a burst), older than their arrival; counting from the open
+        ran media time a second or more ahead of the wall clock per reconnect."""
+        assert self.media_time is not None
+        anchor = (opened_at - self.origin) if self.origin is not None else (self.last_t or 0.0)
+        self.media_time.restart(anchor)
+        self.audio_next = None  # re-anchored to the new session's first stamped audio
+
     # ------------------------------------------------------------------ one session
     def session(self, container, vs, a_stream, on_first=None) -> None:
-        """Read one opened container to its end (returns) or a failure (raises)."""
+        """Read one opened container to its end (returns) or a failure (raises).  A live
+        session runs under a :class:`_Watchdog`: no video packet for ``read_timeout_s`` seconds
+        declares the source lost and ends the session."""
         import av
 
         resampler = av.AudioResampler(format="flt", layout="mono", rate=m.AUDIO_RATE) if a_stream else None
@@ -451,31 +509,43 @@ class _AvReader:
             self._video_frame(frame, first[0])
             first[0] = None
 
+        self.stalled = False
+        self.last_packet = time.monotonic()
+        watchdog = _Watchdog(self, declare=self.cfg.reconnect.enabled) if self.cfg.live else None
         try:
             for packet in container.demux(*demux):
-                if self.stop:
-                    break
-                try:
-                    decoded = packet.decode()
-                except av.error.InvalidDataError:
-                    continue  # a damaged packet: skip it, keep the stream going
-                for frame in decoded:
+                with self.lock:
+                    if self.stop or self.stalled:
+                        break
                     if packet.stream.type == "video":
-                        video(frame)
-                    elif resampler is not None and self.audio is not None:
-                        if self.last_t is None and self.cfg.source != "camera":
-                            continue  # wait for the first video frame to fix the origin
-                        for rf in resampler.resample(frame):
-                            self._audio_frame(rf)
-                        self._flush_audio()
+                        self.last_packet = time.monotonic()
+                    try:
+                        decoded = packet.decode()
+                    except av.error.InvalidDataError:
+                        continue  # a damaged packet: skip it, keep the stream going
+                    for frame in decoded:
+                        if packet.stream.type == "video":
+                            video(frame)
+                        elif resampler is not None and self.audio is not None:
+                            if self.last_t is None and self.cfg.source != "camera":
+                                continue  # wait for the first video frame to fix the origin
+                            for rf in resampler.resample(frame):
+                                self._audio_frame(rf)
+                            self._flush_audio()
+        except Exception:
+            if not self.stalled:  # the watchdog cut the connection: the stall is the reason
+                raise
         finally:
-            if resampler is not None and self.audio is not None and self.last_t is not None:
-                try:
-                    for rf in resampler.resample(None):
-                        self._audio_frame(rf)
-                except Exception:  # noqa: BLE001 - a half-read session's resampler may be unusable
-                    pass
-                self._flush_audio(force=True)
+            if watchdog is not None:
+                watchdog.close()
+            with self.lock:
+                if resampler is not None and self.audio is not None and self.last_t is not None and not self.stalled:
+                    try:
+                        for rf in resampler.resample(None):
+                            self._audio_frame(rf)
+                    except Exception:  # noqa: BLE001 - a half-read session's resampler may be unusable
+                        pass
+                    self._flush_audio(force=True)
 
     # ------------------------------------------------------------------ the end
     @property
@@ -496,6 +566,100 @@ class _AvReader:
         )
 
 
+class _Watchdog:
+    """Watches a live session from a thread of its own: when no video packet has come for
+    ``read_timeout_s`` seconds, it marks the session stalled and cuts its TCP connection
+    (``shutdown``, see :func:`_cut_connections`), so that the read FFmpeg waits in returns now,
+    not when FFmpeg's own timeout fires, and the reader declares the loss.  A V4L2 camera has no
+    connection to cut: the watchdog then declares the loss itself (``declare``: when the source
+    is to be reopened), under the reader's lock, and the read ends when FFmpeg's timeout does."""
+
+    def __init__(self, reader: _AvReader, *, declare: bool) -> None:
+        self.reader = reader
+        self.declare = declare
+        self.done = threading.Event()
+        self.peers = _peer_addresses(reader.cfg) if reader.cfg.source == "rtsp" else set()
+        self.thread = threading.Thread(target=self._run, name="capture-watchdog", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        r = self.reader
+        timeout = r.cfg.read_timeout_s
+        while not self.done.wait(WATCHDOG_POLL_S):
+            if r.stop or time.monotonic() - r.last_packet < timeout:
+                continue
+            if not r.lock.acquire(timeout=WATCHDOG_POLL_S):
+                continue  # the reader is handling a packet: it is not stalled
+            try:
+                if self.done.is_set() or time.monotonic() - r.last_packet < timeout:
+                    continue
+                r.stalled = True
+            finally:
+                r.lock.release()
+            cut = _cut_connections(self.peers)
+            log.info("no data for %g s: %d connection(s) cut", timeout, cut)
+            if not cut and self.declare:
+                with r.lock:
+                    r.declare_lost(describe_stall(r.cfg))
+            return
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=2.0)
+
+
+def _peer_addresses(cfg: CaptureConfig) -> set[tuple[str, int]]:
+    """The (address, port) pairs an RTSP URL's server may be reached at (empty when the URL's
+    host cannot be resolved: nothing is cut then, and FFmpeg's own timeout ends the read)."""
+    from urllib.parse import urlsplit
+
+    try:
+        url = urlsplit(cfg.target)
+        host, port = url.hostname, url.port or (322 if url.scheme.lower() == "rtsps" else 554)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM) if host else []
+    except (OSError, ValueError):
+        return set()
+    return {(str(info[4][0]), int(info[4][1])) for info in infos}
+
+
+def _cut_connections(peers: set[tuple[str, int]]) -> int:
+    """Shut down this process's TCP connections to ``peers`` (both directions), so that a read
+    FFmpeg is waiting in returns at once; the descriptors stay FFmpeg's to close.  Returns how
+    many were cut."""
+    if not peers:
+        return 0
+    cut = 0
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return 0
+    for name in fds:
+        try:
+            fd = int(name)
+            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                continue
+            dup = os.dup(fd)
+        except (ValueError, OSError):
+            continue
+        try:
+            with socket.socket(fileno=dup) as sock:  # closes the duplicate only
+                if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+                    continue
+                peer = sock.getpeername()
+                if (str(peer[0]), int(peer[1])) in peers:
+                    sock.shutdown(socket.SHUT_RDWR)
+                    cut += 1
+        except OSError:
+            continue
+    return cut
+
+
+def describe_stall(cfg: CaptureConfig) -> str:
+    """``no data for N s from rtsp://…``: a live session that went silent."""
+    where = redact(f"camera {cfg.target}" if cfg.source == "camera" else cfg.target)
+    return f"no data for {cfg.read_timeout_s:g} s from {where}"
+
+
 def describe_session_end(cfg: CaptureConfig, exc: BaseException | None) -> str:
     """Why a live session ended, in one line: ``no data for N s from rtsp://…`` for a read
     that timed out, ``end of stream from …`` for a source that closed, else the error."""
@@ -503,7 +667,7 @@ def describe_session_end(cfg: CaptureConfig, exc: BaseException | None) -> str:
     if exc is None:
         return f"end of stream from {where}"
     if _is_timeout(exc):
-        return f"no data for {cfg.read_timeout_s:g} s from {where}"
+        return describe_stall(cfg)
     detail = getattr(exc, "strerror", None) or str(exc).strip() or type(exc).__name__
     return redact(f"lost {where}: {detail}")
 
@@ -520,11 +684,12 @@ def _is_timeout(exc: BaseException) -> bool:
 def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: float = 0.0) -> None:
     """Decode a file/RTSP/camera source and push frames and audio until the end or a stop.
 
-    A live source is reopened under ``cfg.reconnect`` when it ends, fails or stalls: a
-    :class:`~stream.core.messages.Gap` goes out when it is lost and again when it is back (with
-    the media times of the last frame before and the first frame after), and media time goes on
-    by the wall-clock time the gap took.  When the policy gives up, the stream ends with reason
-    ``source_lost``."""
+    A live source is reopened under ``cfg.reconnect`` when it ends, fails or stalls (no video
+    packet for ``read_timeout_s``: :class:`_Watchdog`): a :class:`~stream.core.messages.Gap`
+    goes out when it is lost and again when it is back (with the media times of the last frame
+    before and the first frame after), and media time goes on by the wall-clock time away
+    (:meth:`_AvReader.restart_media_time`).  When the policy gives up, the stream ends with
+    reason ``source_lost``."""
     if cfg.frames_endpoint is None:
         raise ValueError(f"{cfg.source} capture needs a frames endpoint")
     stop = _Stop() if stop is None else stop
@@ -541,9 +706,6 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
     rng = random.Random()
     info: m.StreamInfo | None = None
     vs = a_stream = None
-    attempt = 0  # reopen attempts since the source was last delivering
-    lost: tuple[float, str, float] | None = None  # (last media time, why, monotonic time) of an open gap
-    resumed = False  # the open gap is the one between another analyzer process and this one
     end_reason = "eof"
 
     def send_both(item: m.Item) -> None:
@@ -551,17 +713,10 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
         if audio is not None and info is not None and m.AUDIO in info.streams:
             audio.send_control(item)
 
-    def back(t_first: float) -> None:
-        nonlocal lost, attempt, resumed
-        if lost is not None:
-            start, why, _ = lost
-            frames.send_control(m.Gap(start, t_first, why, attempts=attempt, wall_time=time.time(), resumed=resumed))
-            lost, resumed = None, False
-        attempt = 0
-
     try:
         while not stop:
             container = None
+            opened_at = time.monotonic()
             try:
                 container = _open_container(cfg)
                 if not container.streams.video:
@@ -578,9 +733,9 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
                     end_reason = "source_lost"
                     frames.send_control(m.CaptureError(why, [m.VIDEO], fatal=False))
                     break
-                attempt += 1
-                if policy.gives_up(attempt):
-                    tries = attempt - 1
+                reader.attempt += 1
+                if policy.gives_up(reader.attempt):
+                    tries = reader.attempt - 1
                     note = f"gave up on {redact(cfg.target)} after {tries} reconnect attempt(s): {why}"
                     if info is None:
                         _send_error(frames, cfg, note, streams)
@@ -588,22 +743,23 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
                     frames.send_control(m.CaptureError(note, [m.VIDEO], fatal=False))
                     end_reason = "source_lost"
                     break
-                delay = policy.delay(attempt, rng)
+                delay = policy.delay(reader.attempt, rng)
                 if info is None:
                     frames.send_control(
                         m.CaptureError(
-                            f"waiting for {redact(cfg.target)}: {why}; attempt {attempt + 1} in {delay:.1f} s",
+                            f"waiting for {redact(cfg.target)}: {why}; attempt {reader.attempt + 1} in {delay:.1f} s",
                             [m.VIDEO],
                             fatal=False,
                         )
                     )
-                log.info("%s; reopening in %.1f s (attempt %d)", why, delay, attempt)
+                log.info("%s; reopening in %.1f s (attempt %d)", why, delay, reader.attempt)
                 stop.wait(delay)
                 continue
             try:
                 if info is None:
                     info, vs, a_stream = reader.describe(container)
                     send_both(info)
+                    reader.origin = opened_at  # media time 0: the first frame, sent from about now
                     if cfg.resume is not None and cfg.live:
                         # another analyzer process had this stream: go on from where it left it,
                         # the stretch since then a gap (closed by the first frame, see back())
@@ -611,20 +767,18 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
                         start = cfg.resume.media_start(time.time())
                         reader.media_time.restart(start)
                         reader.camera_start = start - (m.now_ns() - cfg.t0_ns) / 1e9
-                        lost = (cfg.resume.after_s, cfg.resume.reason, time.monotonic())
-                        resumed = True
+                        reader.origin = opened_at - start
+                        reader.lost = (cfg.resume.after_s, cfg.resume.reason)
+                        reader.resumed = True
                 else:
                     vs = container.streams.video[0]
                     vs.thread_type = "AUTO"
                     a_stream = container.streams.audio[0] if (container.streams.audio and audio) else None
-                    assert reader.media_time is not None
                     # media time goes on by the time the source was away (a camera's clock does so itself)
-                    gone = time.monotonic() - reader.last_wall
-                    reader.media_time.restart((reader.last_t or 0.0) + gone)
-                    reader.audio_next = None  # re-anchored to the new session's first stamped audio
+                    reader.restart_media_time(opened_at)
                 failure: BaseException | None = None
                 try:
-                    reader.session(container, vs, a_stream, on_first=back)
+                    reader.session(container, vs, a_stream, on_first=reader.back)
                 except Exception as exc:  # a failure mid-stream: reconnect or end
                     failure = exc
                     log.debug("capture session ended by an error", exc_info=True)
@@ -633,26 +787,28 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
             if stop:
                 break
             if not policy.enabled:
-                if failure is not None:
+                if reader.stalled:  # silent for --timeout: not an end of stream, the source is lost
+                    frames.send_control(m.CaptureError(describe_stall(cfg), [m.VIDEO], fatal=False))
+                    end_reason = "source_lost"
+                elif failure is not None:
                     raise failure
                 break
-            why = describe_session_end(cfg, failure)
-            if lost is None:
-                lost = (reader.last_t if reader.last_t is not None else 0.0, why, time.monotonic())
-                frames.send_control(m.Gap(lost[0], None, why, attempts=0, wall_time=time.time()))
-            attempt += 1
-            if policy.gives_up(attempt):
+            why = describe_stall(cfg) if reader.stalled else describe_session_end(cfg, failure)
+            with reader.lock:
+                reader.declare_lost(why)
+            reader.attempt += 1
+            if policy.gives_up(reader.attempt):
                 frames.send_control(
                     m.CaptureError(
-                        f"gave up on {redact(cfg.target)} after {attempt - 1} reconnect attempt(s): {why}",
+                        f"gave up on {redact(cfg.target)} after {reader.attempt - 1} reconnect attempt(s): {why}",
                         [m.VIDEO],
                         fatal=False,
                     )
                 )
                 end_reason = "source_lost"
                 break
-            delay = policy.delay(attempt, rng)
-            log.info("%s; reopening in %.1f s (attempt %d)", why, delay, attempt)
+            delay = policy.delay(reader.attempt, rng)
+            log.info("%s; reopening in %.1f s (attempt %d)", why, delay, reader.attempt)
             stop.wait(delay)
         if info is None:  # stopped before the source ever opened
             return

@@ -126,6 +126,8 @@ class Analyzer:
         self._finished_sets: list[SinkSet] = []  # the last run's, for its summary after the run
         self._emit_lock = threading.RLock()
         self._flush_on_stop = True
+        #: media time of the last frame before a loss of the live source (an open gap), or None
+        self._lost_at: float | None = None
         #: called (on the analysis thread) for each sink event: dropping, failed, closed
         self.on_sink_event: Callable[[SinkEvent], None] | None = None
 
@@ -285,14 +287,17 @@ class Analyzer:
             frames_full=frames.policy == BLOCK and frames.full,
             stopping=self.stop_event.is_set(),
             gaps=tuple(state.gaps),
+            lost=state.gap_open.start if state.gap_open is not None else None,
         )
 
     def _gap(self, gap: m.Gap, fps: float, timeline: Timeline) -> None:
         """A live source was lost (a warning) or is back (a gap record; the frame numbers it left
         empty never appear in the frame records)."""
         if gap.end is None:
+            self._lost_at = gap.start
             self.warn(f"{gap.reason}; reconnecting", stream="video")
             return
+        self._lost_at = None
         gone = swallowed_windows(gap.start, gap.end)
         timeline.skip(int(round(gap.start * fps)) + 1, int(round(gap.end * fps)))
         self.stats.gaps += 1
@@ -487,12 +492,17 @@ class Analyzer:
             # with this window's in one call (stream.modalities.speech.asr: the next windows then need no call)
             inp.shared["audio_ahead"] = audio.slice(w.end, min(audio.horizon, w.end + AUDIO_AHEAD_S))[0]
         outputs = self._run_modalities(inp)
+        span = w.frame_range(fps, total)
+        held = None  # while the source is lost, frames after its last one may not exist
+        if self._lost_at is not None:
+            held = int(round(self._lost_at * fps)) + 1
+            span = (min(span[0], held), min(span[1], held))
 
         t0 = time.perf_counter()
         fused = self.fuser(outputs)
         if fused.scored:  # PFSA that cannot score a window adds nothing of another method's scale
             assert fused.basic is not None and fused.compound is not None  # what `scored` means
-            timeline.add(w.frame_range(fps, total), fused.basic, fused.compound)
+            timeline.add(span, fused.basic, fused.compound)
         rec = build_window_record(
             w,
             fps=fps,
@@ -542,8 +552,9 @@ class Analyzer:
         # frames before the next window's start are final; the rest stay provisional
         cut = final_before(w)
         before = int(cut * fps + 1e-6)  # never past the stream's last frame (short clips)
-        self._emit_frames(timeline.finalize(min(before, total) if total is not None else before), final=True)
-        self._emit_frames(timeline.provisional(w.frame_range(fps, total)), final=False)
+        before = min([before] + [n for n in (total, held) if n is not None])
+        self._emit_frames(timeline.finalize(before), final=True)
+        self._emit_frames(timeline.provisional(span), final=False)
         frames.release_before(cut)
         audio.release_before(cut)
         cache.forget_before(int(cut * fps + 1e-6))

@@ -4,7 +4,8 @@ The scheduler looks at a snapshot of the ring buffers (:class:`Arrivals`) and a 
 what to do next (:meth:`Scheduler.poll`):
 
 * :class:`Wait`: the next window's media has not all arrived (analyse what has, then wait);
-* :class:`Run`: analyse window ``w`` now;
+* :class:`Run`: analyse window ``w`` now (also a window a lost live source cut short: it is
+  analysed with the frames it has when the loss is declared, not held until the source returns);
 * :class:`Skip`: a live source is more than a hop ahead of the window: jump to the newest complete
   window (the skipped ones are never analysed);
 * :class:`Missing`: a gap in a live source (a reconnect) left the next windows without a single
@@ -51,6 +52,8 @@ class Arrivals:
     frames_full: bool = False  # a lossless (blocking) frame ring is full
     stopping: bool = False  # a stop was asked for
     gaps: tuple[tuple[float, float], ...] = ()  # closed gaps: (last media time before, first after)
+    #: media time of the last frame before a loss of the source (an open gap), or None
+    lost: float | None = None
 
 
 @dataclass(frozen=True)
@@ -111,14 +114,20 @@ class Scheduler:
     def window(self) -> Window:
         return full_window(self.k)
 
+    def cut_short(self, a: Arrivals) -> bool:
+        """The source was lost (:attr:`Arrivals.lost`) after frames of this window: it is
+        analysed now with the frames it has (what comes after the gap feeds later windows)."""
+        return a.lost is not None and self.window.start <= a.lost + 0.5 / SAMPLE_FPS + EPS
+
     def video_ready(self, a: Arrivals) -> bool:
-        """The window's last analysed frame has arrived (or the stream ended / is stopping)."""
-        if a.stopping or a.video_done:
+        """The window's last analysed frame has arrived (or the stream ended / is stopping, or
+        the source was lost after the window's last frame)."""
+        if a.stopping or a.video_done or self.cut_short(a):
             return True
         return a.video_horizon >= self.window.end - 1.0 / SAMPLE_FPS - EPS
 
     def audio_ready(self, a: Arrivals) -> bool:
-        if a.stopping or a.video_done:
+        if a.stopping or a.video_done or self.cut_short(a):
             return True
         if not a.audio_expected or a.audio_done or a.audio_horizon >= self.window.end - EPS:
             return True
