@@ -327,6 +327,10 @@ def test_two_streams_one_lost_one_analyzer_killed(long_clip, tmp_path):
     assert final == sorted(set(final)) and final[0] == 0
     (end1,) = run.of("end", "s1")
     assert end1["reconnects"] == 0 and end1["gaps"] == 1  # a restart is no reconnect
+    # its real-time factor is over the media it analysed itself, from its first frame (the gap's
+    # end) on: it was over the whole stream's, the previous process's media included
+    own_media = end1["media_s"] - restart_gap["end"]
+    assert end1["real_time_factor"] == pytest.approx(end1["elapsed_s"] / own_media, rel=0.02), end1
     # s1 went on while s0's server was down: two windows between s0's loss and its gap record
     gap_at = next(n for n, r in enumerate(run.records) if r["type"] == "gap" and r[STREAM_KEY] == "s0")
     assert i < j < gap_at

@@ -304,6 +304,8 @@ class Analyzer:
         self.stats.gap_s += gap.end - gap.start
         if not gap.resumed:  # the gap since another process had the stream is no reconnect
             self.stats.reconnects += 1
+        else:
+            self.stats.resumed_gap_s += gap.end - gap.start
         self.emit(
             GapRecord(
                 start=round(gap.start, 4),
@@ -445,6 +447,9 @@ class Analyzer:
             reason=end_reason,
             total_frames=total_frames,
             media_s=media,
+            # a resumed stream: this process analysed the media after the previous one's last
+            # final frame, less the time between the two processes
+            run_media_s=media - (resume.after_s + self.stats.resumed_gap_s if resume else 0.0),
             elapsed_s=elapsed,
             drops=self._drops(frames, audio, state),
             warnings=self.warnings,

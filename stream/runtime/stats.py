@@ -63,10 +63,22 @@ class RunStats:
     gap_s: float = 0.0
     windows_missing: int = 0
     reconnects: int = 0
+    resumed_gap_s: float = 0.0  # the time between the previous analyzer process and this one
 
     def end_record(
-        self, *, reason: str, total_frames: int | None, media_s: float, elapsed_s: float, drops: dict, warnings: int
+        self,
+        *,
+        reason: str,
+        total_frames: int | None,
+        media_s: float,
+        elapsed_s: float,
+        drops: dict,
+        warnings: int,
+        run_media_s: float | None = None,
     ) -> EndRecord:
+        """``media_s``: where the stream's media time ended; ``run_media_s``: how much of it this
+        run analysed (default all of it), what the real-time factor is taken over."""
+        run_media_s = media_s if run_media_s is None else run_media_s
         return EndRecord(
             reason=reason,
             windows=self.windows,
@@ -75,7 +87,7 @@ class RunStats:
             frames_analysed=self.frames_analysed,
             media_s=media_s,
             elapsed_s=elapsed_s,
-            real_time_factor=elapsed_s / media_s if media_s > 0 else None,
+            real_time_factor=elapsed_s / run_media_s if run_media_s > 0 else None,
             latency_ms=self.latency_ms.summary(),
             drops=drops,
             warnings=warnings,
