@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,17 +19,41 @@ def readme_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", section, re.DOTALL)
 
 
-def test_readme_code_runs(monkeypatch, capsys):
-    """The README's "Use it from Python" code, as written, on samples/astronaut.mp4."""
+def _python(tmp_path: Path, code: str, *, how: str = "file") -> str:
+    """Run ``code`` the way a user does, from the repository's folder: saved as a script and run
+    (``file``), fed to ``python -`` (``stdin``: like a notebook, no ``__main__`` file to import),
+    or inside a thread of that script (``thread``); its standard output."""
+    if how == "thread":
+        body = "\n".join("    " + line for line in code.splitlines())
+        code = f"import threading\n\n\ndef job():\n{body}\n\n\nt = threading.Thread(target=job)\nt.start()\nt.join()\n"
+    script = tmp_path / "example.py"
+    script.write_text(code, encoding="utf-8")
+    cmd = [sys.executable, "-"] if how == "stdin" else [sys.executable, str(script)]
+    proc = subprocess.run(
+        cmd, input=code if how == "stdin" else None, capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_readme_code_runs_as_scripts(tmp_path):
+    """The README's "Use it from Python" code, as written, saved to a file and run with python
+    (no main guard: the capture process must not re-import the user's script), on
+    samples/astronaut.mp4."""
     blocks = readme_blocks()
     assert len(blocks) == 2
-    monkeypatch.chdir(ROOT)
-    for block in blocks:
-        exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
-    out = capsys.readouterr().out.splitlines()
+    out = _python(tmp_path, blocks[0]).splitlines()
     assert [line.split()[0] for line in out[:4]] == ["0", "1", "2", "3"]  # the four windows
     assert "Happily Surprised" in out[0] and "'reason': 'eof'" in out[4]
-    assert out[5].startswith("['Happily Surprised'") and "'detect'" in out[5] and "'emotion'" in out[5]
+    out = _python(tmp_path, blocks[1]).splitlines()
+    assert out[0].startswith("['Happily Surprised'") and "'detect'" in out[0] and "'emotion'" in out[0]
+
+
+@pytest.mark.parametrize("how", ["stdin", "thread"])
+def test_a_pipeline_starts_from_a_notebook_or_a_thread(tmp_path, how):
+    block = readme_blocks()[0]
+    out = _python(tmp_path, block, how=how).splitlines()
+    assert [line.split()[0] for line in out[:4]] == ["0", "1", "2", "3"] and "'reason': 'eof'" in out[4]
 
 
 class Recorder:

@@ -220,10 +220,6 @@ class Analyzer:
             return bool(getattr(self.source, "live", True))
         return self.source.kind != "video" or self.realtime
 
-    @property
-    def _procs(self) -> list[CaptureProcess]:
-        return list(getattr(self.capture, "procs", []))
-
     def stop(self, *, flush: bool = True) -> None:
         """Ask the run to end: capture stops, buffered windows are flushed (``flush=False``:
         left unanalysed, e.g. when stdout's reader went away)."""

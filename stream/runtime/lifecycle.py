@@ -1,8 +1,9 @@
 """Capture lifecycle: start the sources, wait for the start-up handshake, stop them.
 
-:class:`ProcessCapture` runs the capture processes of a file, RTSP or camera source (spawned, so
-they inherit nothing; SIGTERM, then SIGKILL after a grace period; they also die with this
-process if it is killed outright) and the receiver thread that drains them into the ring
+:class:`ProcessCapture` runs the capture processes of a file, RTSP or camera source (programs of
+their own, :mod:`stream.io.worker`, so they inherit nothing and never re-import the caller's
+``__main__``; SIGTERM, then SIGKILL after a grace period; they also die with this process if it
+is killed outright) and the receiver thread that drains them into the ring
 buffers.  :class:`InProcessCapture` does the same job for a :class:`~stream.io.sources.PushSource`,
 whose rings the caller fills.  Either way the window loop sees a :class:`FrameRing`, an
 :class:`AudioRing` and a :class:`SourceState`.
@@ -10,17 +11,20 @@ whose rings the caller fills.  Either way the window loop sees a :class:`FrameRi
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
+import pickle
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from stream.core import messages as m
 from stream.core.signals import SignalEvent
 from stream.core.windows import SAMPLE_FPS
-from stream.io.capture import CaptureConfig, capture_main, describe_capture_exit
+from stream.io.capture import CaptureConfig, describe_capture_exit
 from stream.io.receiver import Receiver, SourceState
 from stream.io.reconnect import OFF, ReconnectPolicy, Resume
 from stream.io.ringbuffer import BLOCK, DROP_OLDEST, AudioRing, FrameRing
@@ -34,24 +38,73 @@ class StartupError(RuntimeError):
 
 
 class CaptureProcess:
-    """A capture process started with ``spawn`` (no state inherited from the analyzer)."""
+    """A capture process: the program ``python -m stream.io.worker`` (:mod:`stream.io.worker`),
+    its configuration pickled on its standard input.  It inherits nothing but the environment
+    and the standard error (so a native crash message still reaches the terminal), never
+    re-imports the caller's ``__main__`` (a script without a main guard, a notebook, a thread of
+    an application all start pipelines alike), and dies with the analyzer (``PR_SET_PDEATHSIG``,
+    :func:`stream.io.capture.capture_main`)."""
 
     def __init__(self, cfg: CaptureConfig) -> None:
-        ctx = mp.get_context("spawn")
-        self.proc = ctx.Process(target=capture_main, args=(cfg,), name=f"cer-capture-{cfg.source}", daemon=True)
+        self.cfg = cfg
+        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc.start()
+        env = dict(os.environ)
+        # the package this analyzer runs, whatever put it on sys.path (a checkout, an install)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stream.io.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=None if _fd_open(2) else subprocess.DEVNULL,
+            env=env,
+            close_fds=True,
+        )
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(pickle.dumps(self.cfg))
+            self.proc.stdin.close()
+        except OSError:  # it died at once: its exit code says how
+            pass
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def exitcode(self) -> int | None:
+        """``None`` while it runs; negative: killed by that signal (like multiprocessing's)."""
+        return self.proc.poll() if self.proc is not None else None
+
+    def is_alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def stop(self, grace_s: float = 3.0) -> None:
-        if self.proc.pid is None:
+        if self.proc is None:
             return
-        if self.proc.is_alive():
+        if self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.join(grace_s)
-        if self.proc.is_alive():
-            self.proc.kill()
-        self.proc.join(1.0)
+            try:
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        try:
+            self.proc.wait(1.0)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+#: The folder that holds the ``stream`` package (put on the capture process's ``PYTHONPATH``).
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def _fd_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 class Capture:
@@ -160,11 +213,11 @@ class ProcessCapture(Capture):
                     raise StartupError(fatal[0].message)
                 if stop_event.is_set():
                     raise StartupError("interrupted before the stream started")
-                if not self.procs[0].proc.is_alive() and state.info is None:
+                if not self.procs[0].is_alive() and state.info is None:
                     state.cond.wait(0.5)  # its last message may still be in flight
                     if state.info is None and not state.errors:
                         # its own reason when it left one, else its exit code or signal
-                        raise StartupError(describe_capture_exit(self.cfgs[0], self.procs[0].proc.exitcode))
+                        raise StartupError(describe_capture_exit(self.cfgs[0], self.procs[0].exitcode))
                     continue
                 if time.monotonic() > deadline and not self.reconnect.wait_at_start:
                     raise StartupError(f"timed out opening {self.source.describe()}")
@@ -188,7 +241,7 @@ class ProcessCapture(Capture):
 
     @property
     def pids(self) -> list[int]:
-        return [p.proc.pid for p in self.procs if p.proc.pid]
+        return [p.pid for p in self.procs if p.pid]
 
 
 class InProcessCapture(Capture):
