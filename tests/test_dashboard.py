@@ -568,3 +568,25 @@ def test_dashboard_in_headless_chromium(run_records):
         driver.quit()
         d.close()
         sink.close()
+
+
+def test_a_public_dashboard_answers_only_with_its_token(monkeypatch, capsys):
+    _need_web()
+    from stream.serve.dashboard import Dashboard
+    from stream.sinks.web import TOKEN_ENV, announce_token
+
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    d = Dashboard("127.0.0.1", 0, stream_ids=["a"], public=True)
+    try:
+        for path in ("", "state.json", "streams/a/frame.jpg", "static/dashboard.js"):
+            with pytest.raises(urllib.error.HTTPError) as info:
+                urllib.request.urlopen(d.url + path, timeout=5)
+            assert info.value.code == 401, path
+        req = urllib.request.Request(f"{d.url}state.json", headers={"Authorization": f"Bearer {d.token}"})
+        with urllib.request.urlopen(req, timeout=5) as res:
+            assert res.status == 200 and [s["stream_id"] for s in json.load(res)["streams"]] == ["a"]
+        announce_token(d, "the dashboard")
+        err = capsys.readouterr().err
+        assert err.count(d.login_url) == 1 and d.token in d.login_url  # shown once, where asked
+    finally:
+        d.close()

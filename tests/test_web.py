@@ -441,3 +441,69 @@ def test_live_page_in_headless_chromium(sample, tmp_path):
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, "".join(err.lines)
+
+
+def test_a_public_page_answers_only_with_its_token(monkeypatch):
+    """--serve-public: the page, its files, state, events and frames need the token (made up, or
+    from $CER_STREAM_SERVE_TOKEN); the printed address sets a cookie and drops the token from the
+    address bar; a script sends it as a bearer token."""
+    pytest.importorskip("uvicorn", reason="the web extra is in the test extra: pip install -e '.[test]'")
+    from stream.sinks.web import TOKEN_COOKIE, TOKEN_ENV, SinkError, WebSink
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+
+    def status(url: str, **headers: str) -> tuple[int, dict]:
+        try:
+            with opener.open(urllib.request.Request(url, headers=headers), timeout=5) as res:
+                return res.status, dict(res.headers)
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers)
+
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    sink = WebSink("127.0.0.1", 0, public=True)
+    try:
+        token = sink.token
+        assert token and len(token) >= 32 and sink.login_url == f"{sink.url}?token={token}"
+        for path in (
+            "",
+            "index.html",
+            "static/app.js",
+            "static/vendor/uPlot.min.css",
+            "state.json",
+            "events",
+            "frame.jpg",
+        ):
+            assert status(sink.url + path)[0] == 401, path
+            assert status(f"{sink.url}{path}?token=wrong-{token}")[0] == 401, path
+            assert status(sink.url + path, Authorization=f"Bearer {token[:-1]}")[0] == 401, path
+            assert status(sink.url + path, Cookie=f"{TOKEN_COOKIE}=x{token}")[0] == 401, path
+        code, headers = status(sink.login_url)
+        assert code == 303 and headers["location"] == "/"
+        cookie = headers["set-cookie"]
+        assert cookie.startswith(f"{TOKEN_COOKIE}={token};") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        assert status(sink.url, Cookie=f"{TOKEN_COOKIE}={token}")[0] == 200
+        assert status(f"{sink.url}state.json", Authorization=f"Bearer {token}")[0] == 200
+        assert status(f"{sink.url}frame.jpg", Cookie=f"{TOKEN_COOKIE}={token}")[0] == 204
+    finally:
+        sink.close()
+    # a token of one's own, from the environment; one too short to guess at is refused
+    monkeypatch.setenv(TOKEN_ENV, "my-own-page-token-1234")
+    sink = WebSink("127.0.0.1", 0, public=True)
+    try:
+        assert sink.token == "my-own-page-token-1234"
+        assert status(f"{sink.url}state.json", Authorization="Bearer my-own-page-token-1234")[0] == 200
+    finally:
+        sink.close()
+    monkeypatch.setenv(TOKEN_ENV, "short")
+    with pytest.raises(SinkError, match=TOKEN_ENV):
+        WebSink("127.0.0.1", 0, public=True)
+    # a loopback page without --serve-public has no token (as before)
+    sink = WebSink("127.0.0.1", 0)
+    try:
+        assert sink.token is None and sink.login_url == sink.url and status(sink.url)[0] == 200
+    finally:
+        sink.close()

@@ -65,6 +65,7 @@ from stream.sinks.web import (
     allowed_hosts,
     bind_socket,
     is_loopback,
+    page_token,
     require_web_extra,
     sse_event,
     start_server,
@@ -182,16 +183,20 @@ class Dashboard:
     one line, when it cannot); ``stream_ids`` are the cards it shows (a record of another id
     adds one).  :meth:`close` stops the server."""
 
-    def __init__(self, host: str, port: int, *, stream_ids: Sequence[str], public: bool = False) -> None:
+    def __init__(
+        self, host: str, port: int, *, stream_ids: Sequence[str], public: bool = False, token: str | None = None
+    ) -> None:
         if not public and not is_loopback(host):
             raise DashboardError(
                 f"the dashboard on {url_host(host)}:{port} would let other machines see the page; "
-                "allow it with --dashboard-public or dashboard_public = true (the page has no authentication)"
+                "allow it with --dashboard-public or dashboard_public = true (the page then asks for a token)"
             )
         try:
             require_web_extra("the dashboard")
             self._files = PageFiles("dashboard.html", PAGE_FILES, what="the dashboard")
-        except SinkError as exc:
+            #: what a public dashboard asks for (stream.sinks.web.token_guard); None on loopback
+            self.token = page_token(token) if public else token
+        except (SinkError, ValueError) as exc:
             raise DashboardError(str(exc)) from None
         self.public = public
         self._allowed_hosts = allowed_hosts(host)
@@ -206,6 +211,7 @@ class Dashboard:
             raise DashboardError(str(exc)) from None
         self.host, self.port = host, int(sock.getsockname()[1])
         self.url = f"http://{url_host(host)}:{self.port}/"
+        self.login_url = f"{self.url}?token={self.token}" if self.token else self.url
         where = f"the dashboard on {url_host(host)}:{self.port}"
         try:
             self._server = start_server(
@@ -239,7 +245,7 @@ class Dashboard:
             return Response(data, media_type="image/jpeg", headers={**NO_STORE, **headers})
 
         routes = [Route("/state.json", state), Route("/events", events), Route("/streams/{sid}/frame.jpg", frame)]
-        return self._files.app(routes, public=self.public, allowed=self._allowed_hosts)
+        return self._files.app(routes, public=self.public, allowed=self._allowed_hosts, token=self.token)
 
     async def _fetch_frame(self, url: str) -> tuple[bytes, dict[str, str]] | None:
         """The analyzer's newest frame and its X-Frame-* headers, or None (no frame yet, or it

@@ -383,7 +383,7 @@ class Supervisor:
                 )
             if self.config.dashboard and self.dashboard is None:
                 from stream.serve.dashboard import Dashboard, DashboardError
-                from stream.sinks.web import is_loopback, parse_bind, url_host
+                from stream.sinks.web import announce_token, parse_bind, url_host
 
                 try:
                     host, port = parse_bind(self.config.dashboard)
@@ -393,12 +393,9 @@ class Supervisor:
                     self.dashboard = Dashboard(host, port, stream_ids=ids, public=self.config.dashboard_public)
                 except DashboardError as exc:
                     raise ValueError(str(exc)) from None
-                if not is_loopback(host):
-                    self.write_stderr(
-                        f"{PROG}: warning: the dashboard on {url_host(host)}:{self.dashboard.port} is reachable "
-                        "from other machines; it has no authentication"
-                    )
                 self.write_stderr(f"{PROG}: dashboard {self.dashboard.url}")
+                if self.dashboard.token is not None:
+                    announce_token(self.dashboard, f"the dashboard on {url_host(host)}:{self.dashboard.port}")
         except GatewayError as exc:
             self._close_services()
             raise ValueError(str(exc)) from None

@@ -22,7 +22,8 @@ time and face box in ``X-Frame-Index``, ``X-Frame-Time``, ``X-Frame-Box``), ``/s
 Records are applied to the server's state on the event loop's thread (handed over with
 ``call_soon_threadsafe``), so a page that connects gets each record exactly once: in its
 ``state`` event or after it.  Bound to loopback by default; another address needs
-``public=True`` (``--serve-public``).  A loopback server answers only requests whose ``Host``
+``public=True`` (``--serve-public``), and a public page answers only requests that carry its
+token (:func:`token_guard`: given, from ``$CER_STREAM_SERVE_TOKEN``, or made up and printed once).  A loopback server answers only requests whose ``Host``
 is a loopback name (a web page elsewhere cannot reach it through DNS rebinding).  The page
 loads nothing from other hosts (its ``Content-Security-Policy`` says so).
 
@@ -174,6 +175,125 @@ def host_guard(app: Any, allowed: set[str]) -> Any:
     return guarded
 
 
+#: Where a public page's token can come from instead of being made up (never a flag: command
+#: lines are visible to every user of the machine).
+TOKEN_ENV = "CER_STREAM_SERVE_TOKEN"
+#: The cookie a browser keeps the token in once it has opened the page's address with ``?token=``.
+TOKEN_COOKIE = "cer_stream_token"
+
+
+def page_token(given: str | None = None) -> str:
+    """The token a public page asks for: ``given``, else ``$CER_STREAM_SERVE_TOKEN``, else a new
+    random one (32 URL-safe characters).  ``ValueError`` for one that is not at least 16 characters
+    that may stand in an address as they are."""
+    import os
+    import secrets
+
+    token = given if given is not None else os.environ.get(TOKEN_ENV)
+    if token is None:
+        return secrets.token_urlsafe(24)
+    import re
+
+    token = token.strip()
+    if not re.fullmatch(r"[A-Za-z0-9._~-]{16,}", token):
+        raise ValueError(f"{TOKEN_ENV}: a page token is at least 16 of A-Z a-z 0-9 . _ ~ - (it goes in an address)")
+    return token
+
+
+def announce_token(page: Any, what: str) -> None:
+    """Say on standard error, once, how to open a public ``page`` (a :class:`WebSink` or the
+    dashboard): its address with the token in it when cer-stream made the token up (the one
+    place it is ever shown: records, logs and errors hide ``token=`` values), or that the token
+    is the one in ``$CER_STREAM_SERVE_TOKEN``."""
+    import os
+    import sys
+
+    if os.environ.get(TOKEN_ENV):
+        line = f"cer-stream: {what} asks for the token in ${TOKEN_ENV}: open {page.url}?token=TOKEN\n"
+    else:
+        line = (
+            f"cer-stream: {what} is reachable from other machines and asks for a token; open it at "
+            f"{page.login_url} (shown once; set ${TOKEN_ENV} to choose the token)\n"
+        )
+    try:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+    except (AttributeError, OSError, ValueError):  # no stderr (closed at start): nowhere to say it
+        pass
+
+
+def token_guard(app: Any, token: str) -> Any:
+    """``app`` (ASGI) answering only requests that carry ``token``: in the ``Authorization:
+    Bearer`` header (scripts), the page's cookie (browsers), or the address's ``token=`` query
+    (the link printed once at start: a page opened with it gets the cookie, ``HttpOnly`` and
+    ``SameSite=Strict``, and is sent on to the same address without the token, so it does not
+    stay in the address bar or the history).  Others get 401 and nothing of the run."""
+    import hmac
+    from http.cookies import SimpleCookie
+    from urllib.parse import parse_qsl, urlencode
+
+    expected = token.encode("utf-8")
+
+    def same(candidate: str | None) -> bool:
+        return candidate is not None and hmac.compare_digest(candidate.encode("utf-8"), expected)
+
+    async def guarded(scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            await app(scope, receive, send)
+            return
+        headers = {k.lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        auth = headers.get(b"authorization", "")
+        cookie: SimpleCookie = SimpleCookie()
+        try:
+            cookie.load(headers.get(b"cookie", ""))
+        except Exception:  # noqa: BLE001 - a malformed cookie header is no token
+            pass
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        in_query = next((v for k, v in query if k == "token"), None)
+        if same(auth[7:].strip() if auth.lower().startswith("bearer ") else None) or (
+            TOKEN_COOKIE in cookie and same(cookie[TOKEN_COOKIE].value)
+        ):
+            await app(scope, receive, send)
+            return
+        if same(in_query) and scope["type"] == "http":
+            rest = urlencode([(k, v) for k, v in query if k != "token"])
+            location = scope.get("path", "/") + (f"?{rest}" if rest else "")
+            set_cookie = f"{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 303,
+                    "headers": [
+                        (b"location", location.encode("latin-1")),
+                        (b"set-cookie", set_cookie.encode("latin-1")),
+                        (b"cache-control", b"no-store"),
+                        (b"referrer-policy", b"no-referrer"),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [(b"content-type", b"text/plain"), (b"www-authenticate", b"Bearer")],
+            }
+        )
+        await send(
+            {
+                "type": "http.response.body",
+                "body": b"this page needs its token: open the address cer-stream printed at start "
+                b"(...?token=...) or send Authorization: Bearer TOKEN\n",
+            }
+        )
+
+    return guarded
+
+
 def allowed_hosts(host: str) -> set[str]:
     """The ``Host`` names a server bound to ``host`` answers (with :func:`host_guard`)."""
     return {host.lower()} | _LOOPBACK_NAMES
@@ -244,12 +364,15 @@ class PageFiles:
             Route("/static/{name}", static),
         ]
 
-    def app(self, routes: list[Any], *, public: bool, allowed: set[str]) -> Any:
+    def app(self, routes: list[Any], *, public: bool, allowed: set[str], token: str | None = None) -> Any:
         """The page's app: the page (at ``/`` and ``/index.html``) and its files, then ``routes``;
-        behind :func:`host_guard` unless ``public``."""
+        behind :func:`host_guard` unless ``public``, and behind :func:`token_guard` when a
+        ``token`` is given (a public page always has one)."""
         from starlette.applications import Starlette
 
-        app = Starlette(routes=[*self.routes("/", "/index.html"), *routes])
+        app: Any = Starlette(routes=[*self.routes("/", "/index.html"), *routes])
+        if token is not None:
+            app = token_guard(app, token)
         return app if public else host_guard(app, allowed)
 
 
@@ -502,15 +625,22 @@ class WebSink(Sink):
     name = "serve"
     lossless = False
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 8080, *, public: bool = False) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 8080, *, public: bool = False, token: str | None = None
+    ) -> None:
         if not public and not is_loopback(host):
             raise SinkError(
                 f"--serve {url_host(host)}:{port} would let other machines see the page; "
-                "add --serve-public to allow it (the page has no authentication)"
+                "add --serve-public to allow it (the page then asks for a token)"
             )
         require_web_extra("--serve")
         self._files = PageFiles("index.html", PAGE_FILES, what="--serve")
         self.public = public
+        try:
+            #: what a public page asks for (:func:`token_guard`); None: a loopback page, no token
+            self.token = page_token(token) if public else token
+        except ValueError as exc:
+            raise SinkError(str(exc)) from None
         self._allowed_hosts = allowed_hosts(host)
         self._state = RunState()
         self._hub = EventHub()
@@ -522,6 +652,8 @@ class WebSink(Sink):
         sock = bind_socket(host, port)
         self.host, self.port = host, int(sock.getsockname()[1])
         self.url = f"http://{url_host(host)}:{self.port}/"
+        #: the address to open: with the token in it when the page asks for one (print it once)
+        self.login_url = f"{self.url}?token={self.token}" if self.token else self.url
         self._server = start_server(self._app(), sock, name="cer-serve", where=f"on {url_host(host)}:{self.port}")
 
     # ------------------------------------------------------------------ server thread
@@ -563,7 +695,7 @@ class WebSink(Sink):
             return self._hub.response(first, period=1.0 / FRAME_EVENT_HZ, poll=frame_event)
 
         routes = [Route("/state.json", state), Route("/frame.jpg", frame_jpg), Route("/events", events)]
-        return self._files.app(routes, public=self.public, allowed=self._allowed_hosts)
+        return self._files.app(routes, public=self.public, allowed=self._allowed_hosts, token=self.token)
 
     def _snapshot(self) -> dict[str, Any]:
         frame = self._frame
