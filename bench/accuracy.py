@@ -5,6 +5,7 @@ One command, from the repository root with the project's environment::
 
     .venv/bin/python bench/accuracy.py [--limit N] [--models minixception,faceapi]
         [--variants 'm0.1-*,fer*'] [--no-text] [--plot] [--json OUT] [--md OUT]
+    .venv/bin/python bench/accuracy.py --smoke [--smoke-dir DIR] [--data DIR]
 
 What it measures (see bench/README.md, "Face crops and accuracy"):
 
@@ -25,6 +26,12 @@ What it measures (see bench/README.md, "Face crops and accuracy"):
 
 :func:`evaluate_default` is the default face path (whatever ``stream.modalities.face.FaceAnalyzer`` runs
 without arguments) on a list of images; ``tests/test_accuracy_floor.py`` keeps it above a floor.
+
+``--smoke`` checks that the benchmark still runs (``tests/test_bench_smoke.py``): 14 images
+(2 per class) of faces_dev where the shared data is there, else a stand-in of 14 frames of
+``samples/astronaut.mp4`` with made-up labels (it says which); a few crop variants, no cache, no
+text heads (they read whole held-out sets); every report into ``--smoke-dir`` (default a new
+temporary folder, never ``bench/results/``); exit 0 only when the scores came out.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import argparse
 import csv
 import fnmatch
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -48,12 +56,16 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+BENCH = Path(__file__).resolve().parent
+# As in latency.py: `python bench/X.py` puts bench/ on sys.path, where bench/engines.py would
+# shadow the project's `engines` package (even behind PYTHONPATH=.): drop it, the root first.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
+sys.path.insert(0, str(ROOT))
 
 from stream.core.labels import BASIC, COMPOUND, COMPOUND_PAIRS, basic_name  # noqa: E402
 from stream.modalities.face_crops import DEFAULT, FACEAPI, FER, CropSpec, crop_face  # noqa: E402
 
+_smoke = importlib.import_module("bench._smoke")  # --smoke
 CACHE_DIR = ROOT / "bench" / ".cache"
 RESULTS_DIR = ROOT / "bench" / "results"
 FACES_DEV = "faces_dev"
@@ -73,6 +85,9 @@ BLEND_MIN = 0.3
 NO_FACE = len(CLASSES)  # prediction index of an image without a face
 BATCH = 256
 BOOTSTRAP_ROUNDS = 1000
+#: --smoke: images per class, and the crop variants scored.
+SMOKE_PER_CLASS = 2
+SMOKE_VARIANTS = "m0.1-none,m0-expand,fer,fer-haar,faceapi-convention"
 
 
 class DataMissing(FileNotFoundError):
@@ -986,7 +1001,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--md", type=Path, default=None)
+    _smoke.add_args(
+        p, f"{SMOKE_PER_CLASS * len(CLASSES)} images, {len(SMOKE_VARIANTS.split(','))} crop variants, no text heads"
+    )
     args = p.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv
+    folder = None
+    if args.smoke:
+        _smoke.refuse_outputs(p, args, ("json", "md", "plot", "limit"))
+        try:
+            folder = _smoke.out_dir("accuracy", args.smoke_dir)
+        except ValueError as exc:
+            p.error(str(exc))
+        args.variants = args.variants or SMOKE_VARIANTS
+        args.no_cache, args.no_text = True, True
+        args.json, args.md, args.plot = folder / "accuracy.json", folder / "accuracy.md", str(folder / "accuracy.png")
     chosen = select_variants(args.variants)
     if args.list_variants:
         for v in chosen:
@@ -994,11 +1023,44 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t_start = time.perf_counter()
     data = data_dir(args.data)
+    if folder is not None:
+        data, items = smoke_data(data, folder)
+        faces = data / FACES_DEV
+    else:
+        try:
+            faces, items = load_faces_dev(data)
+        except DataMissing as exc:
+            print(f"accuracy.py: error: {exc}", file=sys.stderr)
+            return 2
+    status = measure(args, chosen, data, faces, items, t_start)
+    if folder is None or status != 0:
+        return status
+    res = json.loads(args.json.read_text())
+    numbers = [f"face/{m}/{DEFAULT_VARIANT}/macro_f1" for m in res["models"]]
+    numbers += [f"pipeline/models/{m}/macro_f1" for m in res["pipeline"]["models"]] or ["pipeline/models"]
+    numbers += [f"compound/{m}/{DEFAULT_VARIANT}/n" for m in res["models"]]
+    return _smoke.finish("accuracy", res, numbers, folder)
+
+
+def smoke_data(data: Path, folder: Path) -> tuple[Path, list[Item]]:
+    """--smoke's images: :data:`SMOKE_PER_CLASS` per class of faces_dev in ``data`` when it is
+    there, else of a stand-in built in ``folder`` (a fresh clone has no shared data)."""
     try:
-        folder, items = load_faces_dev(data)
+        _faces, items = load_faces_dev(data)
+        _smoke.say("accuracy", f"{SMOKE_PER_CLASS} images per class of faces_dev in {data} ({len(items)} there)")
     except DataMissing as exc:
-        print(f"accuracy.py: error: {exc}", file=sys.stderr)
-        return 2
+        _smoke.say("accuracy", f"{exc}; using a stand-in: frames of the sample with made-up labels")
+        data = _smoke.standin_faces_dev(folder / "data", SMOKE_PER_CLASS * len(CLASSES))
+        _faces, items = load_faces_dev(data)
+    return data, fixed_subset(items, per_class=SMOKE_PER_CLASS)
+
+
+def measure(
+    args: argparse.Namespace, chosen: list[Variant], data: Path, folder: Path, items: list[Item], t_start: float
+) -> int:
+    """The benchmark on ``items`` of faces_dev in ``folder``: every model x variant, the
+    ensemble, the intervals, the compound check, the face path as it runs, the text heads, the
+    reports."""
     if args.limit:
         items = fixed_subset(items, per_class=max(1, math.ceil(args.limit / len(CLASSES))))[: args.limit]
     stem = RESULTS_DIR / "accuracy" if not args.limit else CACHE_DIR / f"accuracy-limit{args.limit}"
@@ -1089,7 +1151,7 @@ def main(argv: list[str] | None = None) -> int:
         "what": "faces_dev macro-F1 per face model x crop variant; compound blends; text heads",
         "revision": git_revision(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "command": " ".join(["python", "bench/accuracy.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(["python", "bench/accuracy.py", *args.argv]),
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(),

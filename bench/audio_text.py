@@ -3,6 +3,7 @@
 
     PYTHONPATH=. python bench/audio_text.py [--repeats N] [--clip samples/astronaut.mp4]
                                             [--only stages,gate,calls]
+    python bench/audio_text.py --smoke [--smoke-dir DIR]
 
 ``stages``: VAD, Whisper and MiniLM + head per 4 s window (warmed up, then ``--repeats``
 times; median, p95, min in ms). ``gate``: espeak-ng sentences in English (four voices and
@@ -14,11 +15,17 @@ calls per window and ASR seconds per media second, before (one call per speech w
 window's 4 s) and after (the transcript store: file mode with the audio ahead, live mode
 without), on the clip and on ~40 s of espeak-ng speech, with the word error rate of the
 stitched transcript. Needs espeak-ng for ``gate`` and the long file.
+
+``--smoke`` checks that the benchmark still runs (``tests/test_bench_smoke.py``): Whisper on its
+default threads only, 2 repeats, one English and one German sentence for the gate (one voice),
+the clip alone for ``calls`` (one run, one sentence for the WER), the report into
+``--smoke-dir`` (default a new temporary folder); exit 0 only when it holds its numbers.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.metadata
 import json
 import os
@@ -35,6 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RATE = 16000
+_smoke = importlib.import_module("bench._smoke")  # --smoke
 
 #: Sentences per language (the same meanings where it was easy); espeak-ng voice = language code.
 CORPUS = {
@@ -231,7 +239,7 @@ def section_stages(args, report: dict) -> None:
 
     stream_pass()
     stages["vad_window_streaming"] = stats([stream_pass() for _ in range(args.repeats)])
-    for threads in (1, 2, 0):
+    for threads in args.asr_threads:
         asr = SpeechRecognizer(device="cpu", cpu_threads=threads).load()
         key = f"asr_window_{threads or 'default'}_threads"
         stages[key] = stats(timed(lambda: asr.transcribe(wins[1][1]), args.repeats, warmup=1))  # noqa: B023 (called here)
@@ -252,8 +260,8 @@ def section_gate(args, report: dict, tmp: Path) -> None:
         f"{'lang':6} {'voice':12} {'logprob':>7} {'nospeech':>8} {'compr':>6} {'wordp':>6}  {'gated?':34} transcript",
         file=sys.stderr,
     )
-    for lang, sents in CORPUS.items():
-        voices = EN_VOICES if lang == "en" else [(lang, [])]
+    for lang, sents in args.corpus.items():
+        voices = args.en_voices if lang == "en" else [(lang, [])]
         for voice, extra in voices:
             for text in sents:
                 audio = speak(text, tmp / "s.wav", voice, extra)
@@ -279,7 +287,7 @@ def section_gate(args, report: dict, tmp: Path) -> None:
                     file=sys.stderr,
                 )
     summary = {}
-    for lang in CORPUS:
+    for lang in args.corpus:
         mine = [r for r in rows if r["language"] == lang]
         summary[lang] = {"sentences": len(mine), "passed": sum(r["gated"] is None for r in mine)}
     report["gate_sentences"] = {"summary": summary, "rows": rows}
@@ -288,8 +296,8 @@ def section_gate(args, report: dict, tmp: Path) -> None:
     # continuous speech, windowed as the analyzer does: file mode (audio ahead) and live mode
     cont = {}
     print("\nGate, continuous speech in 4 s windows (speech windows passed; file mode | live mode):", file=sys.stderr)
-    for lang, sents in CORPUS.items():
-        for voice, extra in EN_VOICES if lang == "en" else [(lang, [])]:
+    for lang, sents in args.corpus.items():
+        for voice, extra in args.en_voices if lang == "en" else [(lang, [])]:
             audio = speak(" ".join(sents), tmp / "c.wav", voice, extra)
             key = " ".join([voice, *extra])
             cont[key] = {"language": lang, "media_s": round(audio.shape[0] / RATE, 1)}
@@ -320,7 +328,7 @@ def section_calls(args, report: dict, tmp: Path) -> None:
     from stream.modalities.speech.vad import SpeechGate
 
     files = {"clip": (decode_audio_file(args.clip), None)}
-    if shutil.which("espeak-ng"):
+    if shutil.which("espeak-ng") and not args.smoke:
         files["espeak_40s"] = (speak(LONG_TEXT, tmp / "long.wav"), LONG_TEXT)
     asr = SpeechRecognizer(device="cpu").load()
     asr.transcribe(np.zeros(RATE, np.float32))  # warm up
@@ -382,7 +390,7 @@ def section_calls(args, report: dict, tmp: Path) -> None:
     # WER of the test sentences, one call each (tests/test_asr.py)
     if shutil.which("espeak-ng"):
         errors = words = 0
-        for text in CORPUS["en"][:5]:
+        for text in CORPUS["en"][: args.wer_sentences]:
             t = asr.transcribe(speak(text, tmp / "w.wav"))
             e, n = word_errors(text, t.text)
             errors, words = errors + e, words + n
@@ -390,13 +398,44 @@ def section_calls(args, report: dict, tmp: Path) -> None:
     report["calls"] = out
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+#: --smoke: the figures its report must hold (the gate's only where espeak-ng is installed).
+SMOKE_NUMBERS = (
+    "stages_ms/vad_window_streaming/median",
+    "stages_ms/asr_window_default_threads/median",
+    "stages_ms/text_head_window/median",
+    "calls/clip/before/asr_s_per_media_s",
+    "calls/clip/after_file/calls_per_window",
+    "calls/clip/after_live/asr_s_per_media_s",
+    "calls/sentence_wer/wer",
+)
+SMOKE_GATE_NUMBERS = ("gate_sentences/summary/en/sentences", "gate_windows/en/file/speech_windows")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench/audio_text.py", description=__doc__.splitlines()[0])
     p.add_argument("--clip", type=Path, default=ROOT / "samples" / "astronaut.mp4")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--only", default="stages,gate,calls", help="comma-separated sections (stages, gate, calls)")
     p.add_argument("--call-repeats", type=int, default=3, help="runs of each mode in `calls` (fastest kept)")
-    args = p.parse_args()
+    _smoke.add_args(p, "default threads, 2 repeats, two sentences for the gate, the clip alone for calls")
+    args = p.parse_args(argv)
+    args.asr_threads, args.corpus, args.en_voices, args.wer_sentences = (1, 2, 0), CORPUS, EN_VOICES, 5
+    if args.smoke:
+        args.only, args.repeats, args.call_repeats = "stages,gate,calls", 2, 1
+        args.asr_threads, args.en_voices, args.wer_sentences = (0,), EN_VOICES[:1], 1
+        args.corpus = {"en": CORPUS["en"][:1], "de": CORPUS["de"][:1]}
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    folder = None
+    if args.smoke:
+        try:
+            folder = _smoke.out_dir("audio_text", args.smoke_dir)
+        except ValueError as exc:
+            print(f"bench/audio_text.py: error: {exc}", file=sys.stderr)
+            return 2
     sections = set(args.only.split(","))
     report: dict = {
         "machine": {
@@ -417,8 +456,15 @@ def main() -> int:
         if "calls" in sections:
             section_calls(args, report, Path(tmp))
     report["machine"]["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
-    print(json.dumps(report, indent=2, default=str))
-    return 0
+    text = json.dumps(report, indent=2, default=str)
+    print(text)
+    if folder is None:
+        return 0
+    (folder / "audio_text.json").write_text(text + "\n", encoding="utf-8")
+    gate = SMOKE_GATE_NUMBERS if shutil.which("espeak-ng") else ()
+    if not gate:
+        _smoke.say("audio_text", "espeak-ng is not installed: the gate section was skipped")
+    return _smoke.finish("audio_text", report, (*SMOKE_NUMBERS, *gate), folder)
 
 
 if __name__ == "__main__":

@@ -2,17 +2,23 @@
 
     python -m bench.engines [--models NAME ...] [--backends onnxruntime tensorrt] [--batches 1 20]
                             [--runs 50] [--warmup 5] [--json OUT.json] [--markdown OUT.md]
+    python -m bench.engines --smoke [--smoke-dir DIR] [--backends ...]
 
 For every available ONNX model of the registry (exported and cached on first use), every
 backend this machine has and every batch size: warm-up runs first, then ``--runs`` timed
 calls of ``engine.infer`` (host arrays in, host arrays out, so copies are included);
 reported as median, p95 and min in milliseconds, with per-item median. The machine and the
 library versions are printed beside the numbers (JSON and a markdown table).
+
+``--smoke`` checks that the benchmark still runs (``tests/test_bench_smoke.py``): every model,
+batch 1, 1 warm-up and 3 timed calls, the reports into ``--smoke-dir`` (default a new temporary
+folder, never ``bench/results/``); exit 0 only when every model and backend gave its times.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.metadata
 import json
 import os
@@ -25,12 +31,17 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+BENCH = Path(__file__).resolve().parent
+# As in latency.py: `python bench/X.py` puts bench/ on sys.path, where bench/engines.py would
+# shadow the project's `engines` package (even behind PYTHONPATH=.): drop it, the root first.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
+sys.path.insert(0, str(ROOT))
 
 from engines.cli import tensorrt_axes  # noqa: E402
 from engines.models import registry as reg  # noqa: E402
 from engines.select import create_engine, tensorrt_status  # noqa: E402
+
+_smoke = importlib.import_module("bench._smoke")  # --smoke
 
 #: Sizes for dynamic axes other than the batch, by input name.
 SEQUENCE_LENGTH = 32
@@ -153,7 +164,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: the engine's choice)")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--markdown", type=Path, help="write the table here")
+    _smoke.add_args(p, "batch 1, 1 warm-up and 3 timed calls per model and backend")
     args = p.parse_args(argv)
+    folder = None
+    if args.smoke:
+        _smoke.refuse_outputs(p, args, ("json", "markdown"))
+        try:
+            folder = _smoke.out_dir("engines", args.smoke_dir)
+        except ValueError as exc:
+            p.error(str(exc))
+        args.batches, args.runs, args.warmup = [1], 3, 1
+        args.json, args.markdown = folder / "engines.json", folder / "engines.md"
 
     ok, _ = tensorrt_status()
     backends = args.backends or (["onnxruntime", "tensorrt"] if ok else ["onnxruntime"])
@@ -216,7 +237,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.markdown:
         args.markdown.write_text(table + "\n")
-    return 0
+    if folder is None:
+        return 0
+    failed = [f"{r['model']} on {r['backend']}: {r['error']}" for r in results if "error" in r]
+    if failed:
+        _smoke.say("engines", f"FAILED: {'; '.join(failed)}")
+        return 1
+    # every row's time (no row at all: "0/median_ms" is missing)
+    paths = [f"{i}/median_ms" for i in range(len(results))] or ["0/median_ms"]
+    return _smoke.finish("engines", results, paths, folder)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,12 @@ passes with OpenCV's default threads, then one pass on one OpenCV thread) and
 writes a JSON report.
 
     PEER_PYTHON bench/fer_peer.py FRAMES.npy --out PEER.json [--warmup 3] [--repeat 1]
+    PEER_PYTHON bench/fer_peer.py --smoke [--smoke-dir DIR]
+
+``--smoke`` checks that the script still runs (``tests/test_bench_smoke.py``): 3 frames of
+``samples/astronaut.mp4``, 1 warm-up call, 1 pass, the report into ``--smoke-dir`` (default a new
+temporary folder); exit 0 only when it holds a time per frame, 77 after one line where fer does
+not import (any environment but the peer's: run it with ``bench/.peer-venv/bin/python``).
 
 The RGB -> BGR conversion that fer's input convention needs is done before
 timing: a camera read through OpenCV already delivers BGR.
@@ -23,6 +29,7 @@ import os
 import platform
 import sys
 import time
+from pathlib import Path
 
 
 def _version(dist: str) -> str | None:
@@ -34,14 +41,69 @@ def _version(dist: str) -> str | None:
         return None
 
 
+#: --smoke: frames of the sample given to fer, and the figures the report must hold.
+SMOKE_FRAMES = 3
+SMOKE_NUMBERS = ("per_frame_ms/0", "per_frame_ms_1thread/0", "load_s", "cpu_cores_used")
+
+
 def main(argv: list[str] | None = None) -> int:
+    import _smoke  # bench/_smoke.py: this script's folder is first on sys.path
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("frames", help="(N, H, W, 3) uint8 RGB .npy")
-    p.add_argument("--out", required=True, help="JSON report")
+    p.add_argument("frames", nargs="?", help="(N, H, W, 3) uint8 RGB .npy")
+    p.add_argument("--out", help="JSON report")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
     p.add_argument("--repeat", type=int, default=1, help="timed passes over the frames (default 1)")
+    _smoke.add_args(p, f"{SMOKE_FRAMES} frames of the sample, 1 warm-up call, 1 pass")
     args = p.parse_args(argv)
+    if not args.smoke:
+        if args.frames is None or args.out is None:
+            p.error("FRAMES.npy and --out are required (or --smoke)")
+        return measure(args)
+    _smoke.refuse_outputs(p, args, ("out",))
+    if args.frames is not None:
+        p.error("--smoke reads frames of its own, not FRAMES.npy")
+    try:
+        import fer.fer  # noqa: F401
+    except Exception as exc:  # fer needs TensorFlow and pkg_resources: the peer's environment
+        why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return _smoke.skip("fer_peer", f"fer does not import here ({why}); run it with bench/.peer-venv/bin/python")
+    try:
+        folder = _smoke.out_dir("fer_peer", args.smoke_dir)
+    except ValueError as exc:
+        p.error(str(exc))
+    args.frames, args.out = str(smoke_frames(folder / "frames.npy")), str(folder / "peer.json")
+    args.warmup, args.repeat = 1, 1
+    status = measure(args)
+    if status != 0:
+        return status
+    with open(args.out, encoding="utf-8") as fh:
+        return _smoke.finish("fer_peer", json.load(fh), SMOKE_NUMBERS, folder)
 
+
+def smoke_frames(path: Path) -> Path:
+    """The sample's first :data:`SMOKE_FRAMES` frames as an (N, H, W, 3) RGB .npy, read with
+    the peer's own OpenCV (its environment has no PyAV)."""
+    import _smoke
+    import cv2
+    import numpy as np
+
+    cap = cv2.VideoCapture(str(_smoke.SAMPLE))
+    frames = []
+    while len(frames) < SMOKE_FRAMES:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        frames.append(bgr[:, :, ::-1])
+    cap.release()
+    if not frames:
+        raise SystemExit(f"fer_peer: cannot read {_smoke.SAMPLE} with OpenCV")
+    np.save(path, np.stack(frames))
+    return path
+
+
+def measure(args: argparse.Namespace) -> int:
+    """fer on the frames: warm-up, the timed passes, one pass on one OpenCV thread, the report."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import warnings
 

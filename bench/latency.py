@@ -6,6 +6,7 @@ physical floor (decode only) and a peer (the ``fer`` package) in the same run.
                             [--json OUT.json] [--md OUT.md] [--plot OUT.png]
                             [--profile lite|paper] [--face-model NAME] [--face-weights PATH]
                             [--backend auto|onnxruntime|tensorrt] [--device auto|cpu|cuda]
+    python bench/latency.py --smoke [--smoke-dir DIR] [--video FILE]
 
 What runs
   * the pipeline, in this process: ``stream.Pipeline`` (the command line's own
@@ -26,11 +27,16 @@ What runs
 Everything it measures is written as JSON (``--json``), a markdown report
 (stdout, and ``--md``) and a figure (``--plot``).  Progress goes to stderr.
 See bench/README.md for what each number means.
+
+``--smoke`` checks that the benchmark still runs (``tests/test_bench_smoke.py``): the first
+2 s of the clip, one run, no peer, every report into ``--smoke-dir`` (default a new temporary
+folder), never ``bench/results/``; exit 0 only when the report holds its headline numbers.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import json
 import logging
@@ -48,6 +54,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,6 +64,7 @@ BENCH = Path(__file__).resolve().parent
 # project's `engines` package: drop it and put the repository root first.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
 sys.path.insert(0, str(ROOT))
+_smoke: Any = importlib.import_module("bench._smoke")  # --smoke (bench/ is a namespace package under ROOT)
 PEER_SCRIPT = BENCH / "fer_peer.py"
 PEER_VENV = BENCH / ".peer-venv"
 #: What the peer environment holds.  fer is installed without its declared dependencies
@@ -76,6 +84,16 @@ DECODE_PASSES = 3
 ISOLATED_PASSES = 3
 #: How often the capture process's memory is sampled, seconds.
 SAMPLE_S = 0.05
+#: --smoke: seconds of the clip analysed (one window), and the figures it must produce.
+SMOKE_S = 2.0
+SMOKE_NUMBERS = (
+    "real_time_factor",
+    "busy_factor",
+    "latency_ms/p95",
+    "stages_ms/per_frame/face total/median",
+    "decode_only/wall_s",
+    "peak_rss_mb",
+)
 
 PACKAGES = {
     "numpy": "numpy",
@@ -1205,7 +1223,10 @@ def plot(res: dict, path: str) -> None:
 # --------------------------------------------------------------------------- main
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="bench/latency.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--video", required=True, help="video file (the same clip is decoded for the floor and the peer)")
+    p.add_argument(
+        "--video",
+        help="video file (the same clip is decoded for the floor and the peer); with --smoke, default the sample",
+    )
     p.add_argument("--realtime", action="store_true", help="pace the file at media speed, as a live source")
     p.add_argument("--json", metavar="OUT.json")
     p.add_argument("--md", metavar="OUT.md")
@@ -1221,7 +1242,13 @@ def parse_args(argv):
     from stream.cli.flags import add_model_args
 
     add_model_args(p)  # --profile, --face-weights, --backend, --device: the same as cer-stream's
+    _smoke.add_args(p, f"the first {SMOKE_S:g} s of the clip, one run, no peer")
     args = p.parse_args(argv)
+    if args.smoke:
+        _smoke.refuse_outputs(p, args, ("json", "md", "plot"))
+        args.video = args.video or str(_smoke.SAMPLE)
+    if args.video is None:
+        p.error("the following arguments are required: --video")
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
     if not Path(args.video).is_file():
@@ -1229,8 +1256,34 @@ def parse_args(argv):
     return args
 
 
+def smoke_setup(args) -> Path:
+    """--smoke: the clip cut to :data:`SMOKE_S` seconds, one run, no peer (its environment needs
+    PyPI once; bench/fer_peer.py --smoke checks the peer's script), every report written into the
+    smoke folder."""
+    folder = _smoke.out_dir("latency", args.smoke_dir)
+    args.video = str(_smoke.short_clip(folder / "clip.mp4", SMOKE_S, Path(args.video)))
+    args.repeat, args.no_peer = 1, True
+    args.json, args.md, args.plot = (str(folder / f"latency.{ext}") for ext in ("json", "md", "png"))
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if not args.smoke:
+        return measure(args)
+    try:
+        folder = smoke_setup(args)
+    except ValueError as exc:
+        log(f"error: {exc}")
+        return 2
+    status = measure(args)
+    if status != 0:
+        return status
+    return _smoke.finish("latency", json.loads(Path(args.json).read_text()), SMOKE_NUMBERS, folder)
+
+
+def measure(args) -> int:
+    """The benchmark itself: models, warm-up, the runs, the floor, the peer and the reports."""
     from stream.core.logs import setup_logging, silence_native
 
     silence_native()  # MediaPipe/TFLite/ORT quieted per library, as the command line does

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/mediapipe_tasks.py [--video samples/astronaut.mp4] [--faces DIR]
                                               [--no-cache] [--skip-frames] [--skip-faces]
+    .venv/bin/python bench/mediapipe_tasks.py --smoke [--smoke-dir DIR] [--faces DIR]
 
 Measures, on this machine:
 
@@ -21,12 +22,18 @@ Measures, on this machine:
 Runs without the legacy API too (mediapipe >= 0.10.30): the legacy rows are then left out.
 Boxes and blendshapes per image are cached in ``bench/.cache/`` (git-ignored), keyed by the
 versions used. Prints a markdown report, then one JSON object, on stdout; progress on stderr.
+
+``--smoke`` checks that the benchmark still runs (``tests/test_bench_smoke.py``): the video's
+first second, 2 images per class of faces_dev where the shared data is there, else a stand-in
+of 14 frames of the sample with made-up labels (it says which), no cache; the report also into
+``--smoke-dir`` (default a new temporary folder); exit 0 only when it holds its numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import json
 import os
 import platform
@@ -47,6 +54,9 @@ from stream.modalities.landmarker import TaskFaceDetector, blendshape_basic_prob
 #: faces_dev beside the checkout (``$CER_STREAM_DATA/faces_dev`` when set)
 FACES = Path(os.environ.get("CER_STREAM_DATA") or ROOT.parent / "shared" / "data") / "faces_dev"
 CACHE = ROOT / "bench" / ".cache"
+_smoke = importlib.import_module("bench._smoke")  # --smoke
+#: --smoke: seconds of the video, images per class of faces_dev.
+SMOKE_S, SMOKE_PER_CLASS = 1.0, 2
 SEVEN = [n for n in BASIC if n != "Other"]
 WEIGHTS = (0.25, 0.5)
 
@@ -176,14 +186,30 @@ def bench_frames(video: Path, kinds: list[str]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-def faces_boxes(faces: Path, kinds: list[str], use_cache: bool) -> dict:
-    """{kind: {path: {"box", "n", "blend"}}} for every faces_dev image."""
+def read_rows(faces: Path, per_class: int | None = None) -> list[dict]:
+    """faces_dev's labels.csv rows: all of them, or the first ``per_class`` of each label."""
+    with open(faces / "labels.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if per_class is None:
+        return rows
+    taken: dict[str, int] = {}
+    out = []
+    for r in rows:
+        taken[r["label"]] = taken.get(r["label"], 0) + 1
+        if taken[r["label"]] <= per_class:
+            out.append(r)
+    return out
+
+
+def faces_boxes(faces: Path, rows: list[dict], kinds: list[str], use_cache: bool, keep: bool = True) -> dict:
+    """{kind: {path: {"box", "n", "blend"}}} for every image of ``rows``; kept in the cache
+    only when ``keep`` (a run on some of the images must not replace the whole set's)."""
     import cv2
 
-    rows = list(csv.DictReader(open(faces / "labels.csv", newline="")))
     v = versions()
     key = f"mp{v['mediapipe']}"
-    CACHE.mkdir(parents=True, exist_ok=True)
+    if keep:
+        CACHE.mkdir(parents=True, exist_ok=True)
     out = {}
     for kind in kinds:
         cache = CACHE / f"faces_dev_{kind}_{key}.json"
@@ -202,7 +228,8 @@ def faces_boxes(faces: Path, kinds: list[str], use_cache: bool) -> dict:
             res[r["path"]] = {"box": list(box) if box else None, "n": n, "blend": blend}
         det.close()
         res["_ms"] = stats(ms)
-        cache.write_text(json.dumps(res))
+        if keep:
+            cache.write_text(json.dumps(res))
         out[kind] = res
         log(
             f"  faces_dev {kind}: {sum(1 for k, x in res.items() if k != '_ms' and x['box'])} found, "
@@ -223,13 +250,16 @@ def top7(b: np.ndarray) -> str:
     return SEVEN[int(np.argmax(b[: len(SEVEN)]))]  # BASIC order, Other last
 
 
-def bench_faces(faces: Path, kinds: list[str], use_cache: bool, face_model: str | None = None) -> dict:
+def bench_faces(
+    faces: Path, kinds: list[str], use_cache: bool, face_model: str | None = None, per_class: int | None = None
+) -> dict:
+    """The faces_dev part (all images, or ``per_class`` of each label: then nothing is cached)."""
     import cv2
 
     from stream.modalities.face import load_face_model
 
-    rows = list(csv.DictReader(open(faces / "labels.csv", newline="")))
-    boxes = faces_boxes(faces, kinds, use_cache)
+    rows = read_rows(faces, per_class)
+    boxes = faces_boxes(faces, rows, kinds, use_cache and per_class is None, keep=per_class is None)
     model = load_face_model(face_model)
     y = [basic_name(r["label"]) for r in rows]
     out = {"images": len(rows), "found": {}, "ms_per_image": {}, "face_model_name": model.name, "face_model": {}}
@@ -371,7 +401,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--face-model", default=None, help="the face model classifying each path's boxes (default: the lite profile's)"
     )
+    _smoke.add_args(ap, f"the video's first {SMOKE_S:g} s, {SMOKE_PER_CLASS} images per class, no cache")
     args = ap.parse_args(argv)
+    folder = None
+    if args.smoke:
+        try:
+            folder = smoke_setup(args)
+        except ValueError as exc:
+            ap.error(str(exc))
     legacy = legacy_available()
     kinds = (["legacy", "legacy_every"] if legacy else []) + ["tasks", "tasks_blend"]
     rep = {
@@ -384,12 +421,40 @@ def main(argv: list[str] | None = None) -> int:
         rep["frames"] = bench_frames(args.video, kinds)
     if not args.skip_faces:
         rep["faces_dev"] = bench_faces(
-            args.faces, [k for k in kinds if k != "legacy_every"], not args.no_cache, args.face_model
+            args.faces,
+            [k for k in kinds if k != "legacy_every"],
+            not args.no_cache,
+            args.face_model,
+            SMOKE_PER_CLASS if args.smoke else None,
         )
     print(markdown(rep))
     print()
     print(json.dumps(rep))
-    return 0
+    if folder is None:
+        return 0
+    (folder / "mediapipe_tasks.json").write_text(json.dumps(rep) + "\n", encoding="utf-8")
+    (folder / "mediapipe_tasks.md").write_text(markdown(rep) + "\n", encoding="utf-8")
+    numbers = [f"frames/runs/{k}/locate_ms/median" for k in kinds] if not args.skip_frames else []
+    if not args.skip_faces:
+        numbers += [f"faces_dev/face_model/{k}/macro_f1_all" for k in kinds if k != "legacy_every"]
+        numbers += ["faces_dev/evidence/images"]
+    return _smoke.finish("mediapipe_tasks", rep, numbers, folder)
+
+
+def smoke_setup(args: argparse.Namespace) -> Path:
+    """--smoke: the video cut to :data:`SMOKE_S` seconds and, when faces_dev is not at
+    ``--faces``, a stand-in for it, both in the smoke folder; no cache read or written."""
+    folder = _smoke.out_dir("mediapipe_tasks", args.smoke_dir)
+    args.video = _smoke.short_clip(folder / "clip.mp4", SMOKE_S, args.video)
+    args.no_cache = True
+    if (args.faces / "labels.csv").is_file():
+        _smoke.say("mediapipe_tasks", f"{SMOKE_PER_CLASS} images per class of {args.faces}")
+    else:
+        _smoke.say(
+            "mediapipe_tasks", f"no {args.faces / 'labels.csv'}: a stand-in, frames of the sample with made-up labels"
+        )
+        args.faces = _smoke.standin_faces_dev(folder / "data", SMOKE_PER_CLASS * 7) / "faces_dev"
+    return folder
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ machine holds at once.
     python bench/scale.py [--source MP4] [--clips N] [--workers-list 1,2] [--max-streams K]
                           [--stagger-s S] [--live-s S] [--p95-ms MS] [--quick] [--allow-dirty]
                           [--json OUT.json] [--md OUT.md] [-- ANALYZER ARGS...]
+    python bench/scale.py --smoke [--smoke-dir DIR] [--source MP4] [-- ANALYZER ARGS...]
 
 What runs (each ``cer-stream`` process is ``python -m stream.cli`` in its own session, from
 the repository root; the args after ``--`` go to every one of them, batch and live alike:
@@ -34,6 +35,10 @@ analysis and model flags such as ``--no-audio`` or ``--face-model NAME``)
 Reported (stdout as markdown, ``--json``/``--md`` files; default ``bench/results/scale.*``,
 ``scale-quick.*`` with ``--quick``): the machine, package versions, the git revision and the
 exact command.  ``--quick``: 2 clips, 1 worker, up to 2 streams on the 10 s clip as it is.
+``--smoke`` checks that the benchmark still runs (``tests/test_bench_smoke.py``): the first 2 s
+of the clip, one copy, 1 worker, 1 live stream, reports into ``--smoke-dir`` (default a new
+temporary folder, never ``bench/results/``), a dirty tree allowed; exit 0 when the figures came
+out and every process ended on its own, whatever the latency (no target is checked).
 
 The results name the git revision; a tree with uncommitted changes to tracked files is refused
 before anything runs unless ``--allow-dirty`` (the revision is then recorded with ``+dirty``).
@@ -76,6 +81,17 @@ LIVE_SLACK_S = 120.0
 STOP_GRACE_S = 20.0
 #: Pause between runs, so that one run's processes are gone before the next starts.
 COOL_DOWN_S = 2.0
+#: --smoke: seconds of the sample used (batch and live), and the figures it must produce.
+SMOKE_S = 2.0
+SMOKE_NUMBERS = (
+    "batch/0/clips_per_hour",
+    "batch/0/media_s_per_wall_s",
+    "batch/0/rss/peak_total_mb",
+    "live/0/windows",
+    "live/0/latency_ms/p95",
+    "live/0/cpu_cores_ours",
+    "live/0/rss/peak_total_mb",
+)
 
 
 def log(msg: str) -> None:
@@ -89,6 +105,8 @@ def log(msg: str) -> None:
 latency: Any = importlib.import_module("bench.latency")
 #: children, rss_mb, role, RecordReader, stop_analyzer, make_looped_clip
 soak: Any = importlib.import_module("bench.soak")
+#: --smoke: out_dir, short_clip, finish
+_smoke: Any = importlib.import_module("bench._smoke")
 
 
 # --------------------------------------------------------------------------- processes, CPU and memory
@@ -454,7 +472,7 @@ def live_round(
 
 
 # --------------------------------------------------------------------------- report
-_f = soak._f  # one cell formatter for both reports
+_f = latency._f  # one cell formatter for every benchmark's report
 
 
 def markdown(res: dict) -> str:
@@ -586,8 +604,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--json", metavar="OUT.json", help="default bench/results/scale.json (scale-quick.json with --quick)"
     )
     p.add_argument("--md", metavar="OUT.md", help="default bench/results/scale.md (scale-quick.md with --quick)")
+    _smoke.add_args(p, f"one {SMOKE_S:g} s copy of the clip, 1 worker, 1 live stream")
     args = p.parse_args(argv)
     args.analyzer_args = extra
+    args.watch_s, args.pause_s = BACKGROUND_S, COOL_DOWN_S
+    if args.smoke:
+        _smoke.refuse_outputs(p, args, ("json", "md"))
+        # the smoke run's batch and live stream both take the cut clip, as it is (smoke_setup)
+        args.clips, args.workers_list, args.max_streams, args.live_s, args.stagger_s = 1, [1], 1, 0.0, 0.0
     if args.quick:
         args.clips, args.workers_list, args.max_streams, args.live_s = 2, [1], 2, 0.0
     if args.clips < 1 or args.max_streams < 1 or args.stagger_s < 0 or args.live_s < 0 or args.p95_ms <= 0:
@@ -610,16 +634,34 @@ def media_seconds(path: Path) -> float:
         return float((s.duration or 0) * (s.time_base or 0))
 
 
+def smoke_setup(args: argparse.Namespace) -> Path:
+    """--smoke: the source cut to :data:`SMOKE_S` seconds in the smoke folder, the reports beside
+    it; a dirty tree is fine (its figures are never reported), the pauses are left out."""
+    folder = _smoke.out_dir("scale", args.smoke_dir)
+    args.source = _smoke.short_clip(folder / f"clip{args.source.suffix}", SMOKE_S, args.source)
+    args.json, args.md = folder / "scale.json", folder / "scale.md"
+    args.allow_dirty = True
+    args.watch_s, args.pause_s = 0.5, 0.0
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    folder = None
+    if args.smoke:
+        try:
+            folder = smoke_setup(args)
+        except ValueError as exc:
+            log(f"error: {exc}")
+            return 2
     rev, dirty = latency.git_revision()
     if dirty and not args.allow_dirty:
         log("error: tracked files have uncommitted changes; commit them, or pass --allow-dirty")
         return 2
     source_s = media_seconds(args.source)
-    log(f"watching the machine for {BACKGROUND_S:g} s before starting")
-    bg = background()
+    log(f"watching the machine for {args.watch_s:g} s before starting")
+    bg = background(args.watch_s)
     log(f"  load {bg['loadavg_1_5_15']}, {bg['busy_cores']} cores busy")
     batch: list[dict] = []
     live: list[dict] = []
@@ -634,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
                 for n in args.workers_list:
                     timeout = 300.0 + 10.0 * source_s * args.clips
                     batch.append(run_batch(clips, tmp / f"out-w{n}", n, args.analyzer_args, tmp, timeout))
-                    time.sleep(COOL_DOWN_S)
+                    time.sleep(args.pause_s)
             if not args.no_live:
                 clip = args.source
                 if args.live_s > source_s:
@@ -646,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
                     live.append(r)
                     if not r["holds"]:
                         break
-                    time.sleep(COOL_DOWN_S)
+                    time.sleep(args.pause_s)
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted: the processes were stopped")
@@ -664,6 +706,7 @@ def main(argv: list[str] | None = None) -> int:
             "p95_ms": args.p95_ms,
             "analyzer_args": args.analyzer_args,
             "quick": args.quick,
+            "smoke": args.smoke,
         },
         "machine": latency.machine_info(),
         "versions": latency.versions(),
@@ -684,6 +727,14 @@ def main(argv: list[str] | None = None) -> int:
     args.json.write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
     args.md.write_text(md, encoding="utf-8")
     failed = [f"batch with {b['workers']} worker(s)" for b in batch if b["exit_status"] != 0 or b["ok"] != b["files"]]
+    if folder is not None:
+        # a smoke run checks that the figures come out, not that this machine meets a target
+        # (skips, drops and latency depend on what else runs: reported, not checked)
+        failed += [why for r in live for why in r["why_not"] if why.startswith("stream ")]
+        if failed:
+            log(f"smoke: FAILED: {'; '.join(failed)}")
+            return 1
+        return _smoke.finish("scale", res, SMOKE_NUMBERS, folder)
     if live and not held:
         failed.append("not even one live stream holds")
     log(f"wrote {args.json} and {args.md}" + (f"; FAILED: {'; '.join(failed)}" if failed else ""))

@@ -4,6 +4,7 @@
     python bench/soak.py [--minutes M] [--restart-every MIN] [--down-s S] [--sample-s S]
                          [--warmup-s S] [--clip-minutes MIN] [--source MP4] [--smoke]
                          [--allow-dirty] [--json OUT.json] [--md OUT.md] [-- ANALYZER ARGS...]
+    python bench/soak.py --smoke [--smoke-dir DIR] [-- ANALYZER ARGS...]
 
 What runs
   * a looped clip: ``samples/astronaut.mp4`` (10 s, H.264 + AAC) copied end to end into one
@@ -19,10 +20,13 @@ started again on the same port ``--down-s`` seconds later; a restart is only sch
 least 30 s of the run remain after it.  Every ``--sample-s`` seconds the resident memory
 (VmRSS) of the analyzer and of each of its descendants is read from /proc (one progress line
 on stderr per sample).  After ``--minutes`` the analyzer gets SIGINT and its end record is
-collected.  ``--smoke``: 90 s with one restart at 30 s, a sample every 5 s.
+collected.  ``--smoke`` checks that the benchmark still runs (``tests/test_bench_smoke.py``):
+20 s counted from the analyzer's first window, the server killed once 4 s in and back 2 s later,
+a sample every 2 s, reports into ``--smoke-dir`` (default a new temporary folder, never
+``bench/results/``), a dirty tree allowed; exit 0 when every check passes and the figures came
+out, 77 (after one line) where GStreamer's RTSP server is missing.
 
-Reported (stdout as markdown, ``--json``/``--md`` files; default ``bench/results/soak.*``,
-``soak-smoke.*`` with ``--smoke``):
+Reported (stdout as markdown, ``--json``/``--md`` files; default ``bench/results/soak.*``):
   * memory per process (named by command line: analyzer, capture, ...; a process that is
     replaced gets ``#2``...) and in total: first / last / min / max MB, and the slope in MB per
     hour of a least-squares line through the samples after ``--warmup-s`` (default 120 s);
@@ -72,6 +76,8 @@ sys.path.insert(1, str(ROOT / "tests"))  # the fault-injection tools: rtsp_util,
 from faults import make_looped_clip  # noqa: E402
 from rtsp_util import RtspServer, rtsp_available  # noqa: E402
 
+_smoke: Any = importlib.import_module("bench._smoke")  # --smoke (bench/ is a namespace package under ROOT)
+
 SAMPLE = ROOT / "samples" / "astronaut.mp4"
 RESULTS = BENCH / "results"
 #: A restart is scheduled only when this much of the run remains once the server is back.
@@ -80,6 +86,19 @@ RECOVER_S = 30.0
 CLIP_MARGIN_S = 60.0
 #: Seconds the analyzer gets to write its end record after SIGINT (then SIGTERM, SIGKILL).
 END_GRACE_S = 60.0
+#: Seconds the analyzer gets to emit its first window when the clock waits for it (--smoke).
+FIRST_WINDOW_S = 120.0
+#: --smoke: seconds from the analyzer's first window to its SIGINT, when the server is killed
+#: (once) and for how long, how often memory is sampled; and the figures it must produce.
+SMOKE_S, SMOKE_KILL_S, SMOKE_DOWN_S, SMOKE_SAMPLE_S = 20.0, 4.0, 2.0, 2.0
+SMOKE_NUMBERS = (
+    "latency_ms/p95",
+    "rss/analyzer/last_mb",
+    "rss/total/max_mb",
+    "gaps/gap_records",
+    "gaps/per_restart/0/recovered_after_server_s",
+    "windows_accounting/windows",
+)
 #: Window hop of the analyzer (index k covers [HOP_S * k, HOP_S * k + 4) s of media time).
 HOP_S = 2.0
 SKIP_WARNING = re.compile(r"skipped (\d+) window")
@@ -166,8 +185,10 @@ def role(pid: int) -> str:
         return "resource-tracker"
     if b"forkserver" in cmd:
         return "forkserver"
+    if b"stream.io.worker" in cmd:
+        return "capture"  # the analyzer starts its capture processes (stream.runtime.lifecycle)
     if b"spawn_main" in cmd or b"multiprocessing" in cmd:
-        return "capture"  # the analyzer spawns its capture processes (stream.runtime.lifecycle)
+        return "capture"  # (before stream.io.worker: multiprocessing spawn children)
     if b"stream.cli" in cmd:
         return "analyzer-fork"
     try:
@@ -467,20 +488,29 @@ class Plan:
     warmup_s: float
     restarts: list[float] = field(default_factory=list)
     clip_s: float = 0.0
+    #: The clock starts at the analyzer's first window record, not at its start (--smoke: a run
+    #: of seconds must not kill the server before the analyzer has even connected).
+    from_first_window: bool = False
 
 
 def make_plan(
-    minutes: float, restart_every: float, down_s: float, sample_s: float, warmup_s: float, clip_minutes: float | None
+    minutes: float,
+    restart_every: float,
+    down_s: float,
+    sample_s: float,
+    warmup_s: float,
+    clip_minutes: float | None,
+    recover_s: float = RECOVER_S,
 ) -> Plan:
     """When the server is killed (a restart every ``restart_every`` minutes, while at least
-    :data:`RECOVER_S` remain after it is back) and how long the looped clip must be: the
+    ``recover_s`` remain after it is back) and how long the looped clip must be: the
     longest stretch the server stays up (each start serves the clip from its beginning)
     plus :data:`CLIP_MARGIN_S`, unless ``clip_minutes`` says."""
     total = minutes * 60.0
     every = restart_every * 60.0
     restarts = []
     k = 1
-    while every > 0 and k * every + down_s + RECOVER_S <= total:
+    while every > 0 and k * every + down_s + recover_s <= total:
         restarts.append(k * every)
         k += 1
     ups = [0.0] + [r + down_s for r in restarts]
@@ -512,6 +542,17 @@ def stop_analyzer(proc: subprocess.Popen, grace_s: float = END_GRACE_S) -> str:
         proc.kill()
         proc.wait(timeout=10)
         return "SIGKILL"
+
+
+def wait_first_window(proc: subprocess.Popen, reader: RecordReader, limit_s: float = FIRST_WINDOW_S) -> float:
+    """Wait until the analyzer's first window record arrives (or it exits, or ``limit_s``
+    passes: the run then goes on and its checks say what went wrong); the time it came."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(r["type"] == "window" for r in reader.snapshot()):
+            break
+        time.sleep(0.1)
+    return time.monotonic()
 
 
 def run_soak(args: argparse.Namespace, plan: Plan, tmp: Path) -> dict:
@@ -563,6 +604,10 @@ def run_soak(args: argparse.Namespace, plan: Plan, tmp: Path) -> dict:
         events.append({"what": what, "t": round(time.monotonic() - t0, 2), "wall": time.time(), **kw})
 
     try:
+        if plan.from_first_window:
+            first = wait_first_window(proc, reader)
+            log(f"first window {first - t0:.1f} s after the analyzer started: the clock starts now")
+            t0, wall0 = first, time.time()
         while True:
             now = time.monotonic() - t0
             if now >= plan.total_s:
@@ -773,37 +818,58 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--source", type=Path, default=SAMPLE, help="MP4 (H.264 + AAC) to loop (default samples/astronaut.mp4)"
     )
-    p.add_argument("--smoke", action="store_true", help="a quick check: 90 s, one restart at 30 s, a sample every 5 s")
     p.add_argument(
         "--allow-dirty", action="store_true", help="run and write results from a tree with uncommitted changes"
     )
-    p.add_argument("--json", metavar="OUT.json", help="default bench/results/soak.json (soak-smoke.json with --smoke)")
-    p.add_argument("--md", metavar="OUT.md", help="default bench/results/soak.md (soak-smoke.md with --smoke)")
+    p.add_argument("--json", metavar="OUT.json", help="default bench/results/soak.json")
+    p.add_argument("--md", metavar="OUT.md", help="default bench/results/soak.md")
+    _smoke.add_args(
+        p,
+        f"{SMOKE_S:g} s from the analyzer's first window, the server killed {SMOKE_KILL_S:g} s in "
+        f"and back {SMOKE_DOWN_S:g} s later, a sample every {SMOKE_SAMPLE_S:g} s",
+    )
     args = p.parse_args(argv)
     args.analyzer_args = extra
     if args.smoke:
-        args.minutes, args.restart_every, args.sample_s, args.warmup_s = 1.5, 0.5, 5.0, 30.0
+        _smoke.refuse_outputs(p, args, ("json", "md"))
+        args.minutes, args.restart_every = SMOKE_S / 60.0, SMOKE_KILL_S / 60.0
+        args.down_s, args.sample_s, args.warmup_s = SMOKE_DOWN_S, SMOKE_SAMPLE_S, SMOKE_KILL_S
+        args.allow_dirty = True  # its figures go to a folder of its own, never reported
     if args.minutes <= 0 or args.sample_s <= 0 or args.down_s < 0 or args.restart_every < 0:
         p.error("--minutes and --sample-s must be positive, --down-s and --restart-every not negative")
     if not args.source.is_file():
         p.error(f"no such file: {args.source}")
-    stem = "soak-smoke" if args.smoke else "soak"
-    args.json = Path(args.json) if args.json else RESULTS / f"{stem}.json"
-    args.md = Path(args.md) if args.md else RESULTS / f"{stem}.md"
+    args.json = Path(args.json) if args.json else RESULTS / "soak.json"
+    args.md = Path(args.md) if args.md else RESULTS / "soak.md"
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    folder = None
+    if args.smoke:
+        try:
+            folder = _smoke.out_dir("soak", args.smoke_dir)
+        except ValueError as exc:
+            log(f"error: {exc}")
+            return 2
+        args.json, args.md = folder / "soak.json", folder / "soak.md"
     rev, dirty = git_revision()
     if dirty and not args.allow_dirty:
         log("error: tracked files have uncommitted changes; commit them, or pass --allow-dirty")
         return 2
     ok, why = rtsp_available()
+    if not ok and args.smoke:
+        return _smoke.skip("soak", f"GStreamer's RTSP server is unavailable: {why}")
     if not ok:
         log(f"error: GStreamer's RTSP server is unavailable: {why}")
         return 2
-    plan = make_plan(args.minutes, args.restart_every, args.down_s, args.sample_s, args.warmup_s, args.clip_minutes)
+    # --smoke: the one restart leaves the rest of the run to recover in
+    recover = SMOKE_S - SMOKE_KILL_S - SMOKE_DOWN_S if args.smoke else RECOVER_S
+    plan = make_plan(
+        args.minutes, args.restart_every, args.down_s, args.sample_s, args.warmup_s, args.clip_minutes, recover
+    )
+    plan.from_first_window = args.smoke
     with tempfile.TemporaryDirectory(prefix="cer-soak-") as tmp:
         res = run_soak(args, plan, Path(tmp))
     latency = _latency_module()
@@ -834,6 +900,8 @@ def main(argv: list[str] | None = None) -> int:
     args.md.write_text(md, encoding="utf-8")
     failed = [name for name, ok_ in res["checks"].items() if not ok_]
     log(f"wrote {args.json} and {args.md}" + (f"; FAILED: {'; '.join(failed)}" if failed else "; all checks pass"))
+    if folder is not None and not failed:
+        return _smoke.finish("soak", res, SMOKE_NUMBERS, folder)
     return 1 if failed else 0
 
 
