@@ -15,12 +15,15 @@ on the analysis thread.
   decoder, every frame) and writes frame *k* once frame *k*'s value is final, at the source's
   size (even), frame rate and timestamps, with the first audio stream kept (stream-copied when
   it is AAC, re-encoded to AAC otherwise).  A run stopped early ends the copy at the last frame
-  received.
+  received.  The copy is written under a temporary name beside ``OUT`` (``.OUT.cer-stream-XXXXXXXX.tmp``)
+  and renamed over it when finished, so an existing ``OUT`` is replaced only by a finished copy
+  (a plain MP4 is unplayable until its end is written anyway).
 * **Live sources** (RTSP, camera, ``--realtime``, pushed frames): the copy holds the analysed
   frames (5 fps grid, at the analysed size) and no audio; each is written once its frame has a
   value (provisional or final) or, past :data:`LIVE_HOLD_S`, with the newest value known.  MP4 is
   written fragmented (a fragment every 2 s), so even a killed run leaves a playable file; a
-  stop (Ctrl-C) finishes the file cleanly.
+  stop (Ctrl-C) finishes the file cleanly.  It is written in place, from its first frame on (a
+  run that fails before that leaves an existing ``OUT`` as it was).
 """
 
 from __future__ import annotations
@@ -41,12 +44,13 @@ import numpy as np
 from stream.core.windows import FrameNumbers, MediaTime
 from stream.io.sources import Source
 from stream.sinks.draw import draw_overlay, scale_box
-from stream.sinks.outputs import Sink, SinkError
+from stream.sinks.outputs import Sink, SinkError, move_into_place, same_file, temp_beside
 
 log = logging.getLogger("cer_stream.annotate")
 
-#: Output containers (by suffix).
-SUFFIXES = (".mp4", ".mkv")
+#: Output containers (by suffix), as FFmpeg names them (a temporary file's name says nothing).
+FORMATS = {".mp4": "mp4", ".mkv": "matroska"}
+SUFFIXES = tuple(FORMATS)
 #: Live sources: analysed frames (images) the analysis thread may hand over before they drop.
 FRAME_QUEUE = int(os.environ.get("CER_STREAM_ANNOTATE_QUEUE", "64"))
 #: Files: analysed frames' boxes held for the writer (small; the record queue paces the run).
@@ -108,7 +112,7 @@ def check_path(path: str | os.PathLike, source: Source | None = None) -> Path:
         why = "is a directory"
     elif p.exists() and not p.is_file():
         why = "not a regular file"
-    elif source is not None and source.kind == "video" and _same_file(p, Path(source.target)):
+    elif source is not None and source.kind == "video" and same_file(p, source.target):
         why = "it is the input file"
     if why is None:
         existed = p.exists()
@@ -123,15 +127,6 @@ def check_path(path: str | os.PathLike, source: Source | None = None) -> Path:
     if why is not None:
         raise SinkError(f"cannot write --annotate {p}: {why}")
     return p
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-        return a.resolve() == b.resolve()
-    except OSError:
-        return False
 
 
 class AnnotateSink(Sink):
@@ -184,6 +179,7 @@ class AnnotateSink(Sink):
         self._final_upto = -1
         # output
         self._out: Any = None  # av.container.OutputContainer
+        self._temp: Path | None = None  # files: what the copy is written to until it is finished
         self._vout: Any = None
         self._size: tuple[int, int] | None = None
         self._last_pts: int | None = None
@@ -320,10 +316,13 @@ class AnnotateSink(Sink):
             if self._out is not None:
                 self._out.close()
                 self._out = None
+            if self._temp is not None and self.frames_written > 0:
+                move_into_place(self._temp, Path(os.path.realpath(self.path)))
+                self._temp = None
         finally:
             self._finished = True
             self._close_containers()
-            if self.frames_written == 0 and not self._existed:
+            if self.frames_written == 0 and not self._existed and self._temp is None:
                 try:  # nothing to show (the run never started): leave no empty file behind
                     self.path.unlink()
                 except OSError:
@@ -337,6 +336,9 @@ class AnnotateSink(Sink):
                 except Exception:  # a broken output is already reported
                     pass
         self._out = self._in = None
+        if self._temp is not None:  # an unfinished copy: the target stays as it was
+            self._temp.unlink(missing_ok=True)
+            self._temp = None
 
     def _take(self) -> list[_Analysed]:
         out = []
@@ -366,10 +368,15 @@ class AnnotateSink(Sink):
         import av
 
         options = {}
+        where = self.path
         if self.live and self.path.suffix.lower() == ".mp4":
             # fragmented: what is written is playable even if the process is killed
             options["movflags"] = "frag_keyframe+empty_moov+default_base_moof"
-        self._out = av.open(str(self.path), "w", options=options)
+        elif not self.live:  # a finished copy replaces the target, never a part of one
+            fd, self._temp = temp_beside(Path(os.path.realpath(self.path)))
+            os.close(fd)
+            where = self._temp
+        self._out = av.open(str(where), "w", format=FORMATS[self.path.suffix.lower()], options=options)
         vout = self._out.add_stream("libx264", rate=rate, options={"preset": self.preset, "crf": str(self.crf)})
         vout.width, vout.height, vout.pix_fmt = width, height, "yuv420p"
         vout.time_base = time_base

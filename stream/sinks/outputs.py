@@ -21,20 +21,26 @@ from __future__ import annotations
 
 import csv
 import errno
+import io
 import json
+import logging
 import math
 import os
 import queue
+import secrets
 import select
 import stat
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO, cast
 
 from stream.core.labels import COMPOUND
+
+log = logging.getLogger("cer_stream.outputs")
 
 #: Records a sink's queue holds before it blocks (file runs) or drops (live runs).
 QUEUE_SIZE = int(os.environ.get("CER_STREAM_SINK_QUEUE", "256"))
@@ -63,12 +69,136 @@ class SinkError(Exception):
     """An output that cannot be used (one line: which option, which path, why)."""
 
 
-def open_output(path: Path, option: str) -> TextIO:
+# --------------------------------------------------------------------------- output files
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether ``a`` and ``b`` are one file: the same device and inode when both exist (so a
+    symlink or a hard link is caught, not only the same name), else the same resolved path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_outputs(outputs: Sequence[tuple[str, Path]], inputs: Sequence[tuple[str, Path]] = ()) -> None:
+    """``SinkError`` (one line) when an output is one of the ``inputs`` or two outputs are one
+    file: checked before anything is opened, since opening an output truncates it.  Each item is
+    ``(option, path)``; ``/dev/null`` may take any number of outputs."""
+    for i, (option, path) in enumerate(outputs):
+        if same_file(path, os.devnull):
+            continue
+        for in_option, in_path in inputs:
+            if same_file(path, in_path):
+                raise SinkError(f"cannot write {option} {path}: it is the input file ({in_option} {in_path})")
+        for other, other_path in outputs[:i]:
+            if same_file(path, other_path):
+                raise SinkError(f"{other} and {option} name the same file ({path}): give each output its own file")
+
+
+def temp_beside(target: Path) -> tuple[int, Path]:
+    """A new file beside ``target`` that is renamed over it once written, named
+    ``.NAME.cer-stream-XXXXXXXX.tmp`` (one a SIGKILL leaves behind is recognisably ours), with
+    ``target``'s permissions when it exists; an open descriptor and its path."""
+    while True:
+        temp = target.with_name(f".{target.name}.cer-stream-{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        except FileExistsError:
+            continue
+        try:
+            os.fchmod(fd, stat.S_IMODE(os.stat(target).st_mode))
+        except OSError:  # a new target: the umask's mode
+            pass
+        return fd, temp
+
+
+def move_into_place(temp: Path, target: Path) -> None:
+    """Rename a finished ``temp`` over ``target`` (atomic: readers see the old file or the new)."""
+    os.replace(temp, target)
+
+
+def _direct_only(path: Path) -> bool:
+    """Whether ``path`` must be written where it is: a FIFO, a device, or an alias of an open
+    descriptor (``/dev/stdout``, ``/proc/self/fd/N``: a rename would replace what the alias
+    points at, not write into it)."""
+    if Path(os.path.abspath(path)).parts[1:2] in (("dev",), ("proc",)):
+        return True
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+class OutputFile(io.TextIOWrapper):
+    """A text output of a run (UTF-8, ``\\n``).  :meth:`close` keeps what was written: a file
+    written under a temporary name (``temp``) is renamed over ``target`` then.  :meth:`discard`
+    is for a run that never started: it removes what this run made (the temporary file, or the
+    file when the open created it), so an existing ``target`` is left exactly as it was."""
+
+    def __init__(self, fd: int, target: Path, *, temp: Path | None = None, created: bool = False) -> None:
+        super().__init__(io.BufferedWriter(io.FileIO(fd, "w")), encoding="utf-8", newline="")
+        self.target, self.temp, self.created = target, temp, created
+        self._keep = True
+
+    def discard(self) -> None:
+        self._keep = False
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            if self.temp is not None and self._keep:
+                self.flush()
+                os.fsync(self.fileno())
+        finally:
+            try:
+                super().close()
+            finally:
+                self._settle()
+
+    def _settle(self) -> None:
+        if self._keep and self.temp is not None:
+            try:
+                move_into_place(self.temp, self.target)
+            except OSError as exc:
+                log.error("cannot move %s over %s: %s; the output is left there", self.temp, self.target, exc)
+        elif not self._keep:
+            made = self.temp if self.temp is not None else (self.target if self.created else None)
+            if made is not None:
+                try:
+                    os.unlink(made)
+                except OSError:
+                    pass
+
+
+def _open_file(path: Path, staged: bool) -> OutputFile:
+    """Open ``path`` for writing: through a temporary file beside it when ``staged`` and it is
+    an existing regular file, else in place (a temporary file that cannot be made, e.g. in a
+    folder that is not writable, falls back to writing in place)."""
+    if staged and path.is_file() and not _direct_only(path):
+        real = Path(os.path.realpath(path))  # a symlink keeps pointing at the new file
+        try:
+            fd, temp = temp_beside(real)
+        except OSError:
+            pass
+        else:
+            return OutputFile(fd, real, temp=temp)
+    existed = os.path.lexists(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    return OutputFile(fd, path, created=not existed)
+
+
+def open_output(path: Path, option: str, *, staged: bool = False) -> OutputFile:
     """Open ``path`` for writing, checking that it takes data: ``SinkError`` (one line) for a
     missing folder, a directory, a read-only or pseudo file (``/proc/version``).  Character
-    devices and FIFOs (``/dev/null``, ``/dev/full``, a pipe) are opened as they are."""
+    devices and FIFOs (``/dev/null``, ``/dev/full``, a pipe) are opened as they are.
+
+    ``staged``: an existing regular file is not truncated now but written under a temporary
+    name beside it and replaced when the file is closed (:class:`OutputFile`), so a run that
+    fails at start leaves it as it was; a new file is written in place (its records show as they
+    come) and a discarded one is removed."""
     try:
-        f = open(path, "w", encoding="utf-8", newline="")
+        f = _open_file(Path(path), staged)
     except OSError as exc:
         raise SinkError(f"cannot write {option} {path}: {exc.strerror or exc}") from None
     try:
@@ -80,7 +210,10 @@ def open_output(path: Path, option: str) -> TextIO:
             f.truncate(0)
             f.seek(0)
     except OSError as exc:
-        _close_quietly(f)
+        try:
+            f.discard()
+        except OSError:
+            pass
         raise SinkError(f"cannot write {option} {path}: {exc.strerror or exc}") from None
     return f
 
@@ -115,11 +248,27 @@ class Sink:
     def close(self) -> None:
         pass
 
+    def discard(self) -> None:
+        """Close, for a run that never started: an output file made for it is removed and an
+        existing one left as it was (where the sink can; else as :meth:`close`)."""
+        self.close()
+
+
+def _discard_quietly(f: Any) -> None:
+    if isinstance(f, OutputFile):
+        try:
+            f.discard()
+        except (OSError, ValueError):
+            pass
+    else:
+        _close_quietly(f)
+
 
 class JsonLinesSink(Sink):
     """One JSON object per line; ``stream`` defaults to stdout.  A stream with a file
     descriptor is written with ``os.write`` (whole lines, nothing left buffered in Python at
-    exit); others (``io.StringIO``) with ``write`` + ``flush``."""
+    exit); others (``io.StringIO``) with ``write`` + ``flush``.  ``staged``: see
+    :func:`open_output`."""
 
     def __init__(
         self,
@@ -129,9 +278,10 @@ class JsonLinesSink(Sink):
         types: set[str] | None = None,
         name: str | None = None,
         option: str = "--out",
+        staged: bool = False,
     ) -> None:
         self._own = path is not None
-        self.stream: TextIO = open_output(path, option) if path is not None else (stream or sys.stdout)
+        self.stream: TextIO = open_output(path, option, staged=staged) if path is not None else (stream or sys.stdout)
         self.types = types
         self.name = name or ("stdout" if self.stream is sys.stdout else option.lstrip("-") if path else "stream")
         self.required = self.stream is sys.stdout
@@ -165,6 +315,10 @@ class JsonLinesSink(Sink):
     def close(self) -> None:
         if self._own:
             _close_quietly(self.stream)
+
+    def discard(self) -> None:
+        if self._own:
+            _discard_quietly(self.stream)
 
 
 class ZmqPublishSink(Sink):
@@ -208,19 +362,20 @@ class AbawCsvSink(Sink):
 
     Frames before the stream's first prediction (no face or speech yet) take the first
     prediction that follows, the mirror of the rule that uncovered frames take the previous
-    frame's value; if the stream never predicts anything they are left out.
+    frame's value; if the stream never predicts anything they are left out.  ``staged``: see
+    :func:`open_output`.
     """
 
-    def __init__(self, path: Path, video_name: str) -> None:
+    def __init__(self, path: Path, video_name: str, *, staged: bool = False) -> None:
         self.name = "csv"
-        self.f = open_output(path, "--csv")
+        self.f = open_output(path, "--csv", staged=staged)
         self.video = video_name
         self._csv = csv.writer(self.f, lineterminator="\n")
         self._csv.writerow(CSV_HEADER.split(","))
         try:
             self.f.flush()
         except OSError as exc:
-            _close_quietly(self.f)
+            _discard_quietly(self.f)
             raise SinkError(f"cannot write --csv {path}: {exc.strerror or exc}") from None
         self._waiting: list[int] = []
 
@@ -242,6 +397,9 @@ class AbawCsvSink(Sink):
 
     def close(self) -> None:
         _close_quietly(self.f)
+
+    def discard(self) -> None:
+        _discard_quietly(self.f)
 
 
 # --------------------------------------------------------------------------- workers
@@ -473,12 +631,17 @@ __all__ = [
     "CSV_HEADER",
     "AbawCsvSink",
     "JsonLinesSink",
+    "OutputFile",
     "Sink",
     "SinkError",
     "SinkEvent",
     "SinkSet",
     "SinkWorker",
     "ZmqPublishSink",
+    "check_outputs",
     "dumps",
+    "move_into_place",
     "open_output",
+    "same_file",
+    "temp_beside",
 ]
