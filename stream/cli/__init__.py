@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import threading
 
-from stream.core.signals import SignalEvent
+from stream.core.logs import fill_closed_std_streams
+
+fill_closed_std_streams()  # before anything here opens a file (SignalEvent's pipe): see there
+
+from stream.core.signals import SignalEvent  # noqa: E402
 
 _interrupted = SignalEvent()  # set by a signal handler: see stream.core.signals
 

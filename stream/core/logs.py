@@ -16,6 +16,8 @@ and every warning of a run forwarded into its ``warning`` records.
   WARNING+ record, from any thread and at any time in a run, to a callback
   ``(message, logger_name)``; :func:`warning_fields` turns the logger name into the record's
   ``modality``/``stream`` fields.
+* :func:`fill_closed_std_streams` gives a stdin, stdout or stderr that was closed when the
+  program started (``2>&-``, as services and cron jobs may start it) ``/dev/null``.
 """
 
 from __future__ import annotations
@@ -75,7 +77,37 @@ class _StderrHandler(logging.StreamHandler):
     def emit(self, record: logging.LogRecord) -> None:
         if self._follow:
             self.stream = sys.stderr
+        if self.stream is None:  # stderr closed (``2>&-``) in a program that did not fill it
+            return
         super().emit(record)
+
+
+def fill_closed_std_streams() -> None:
+    """Give a closed stdin, stdout or stderr ``/dev/null``; call it before anything opens a file.
+
+    Services and cron jobs may start a program with descriptor 1 or 2 closed (``2>&-``).  Python
+    then makes ``sys.stdout``/``sys.stderr`` ``None``, so a write or ``isatty()`` raises; the
+    first file or pipe opened takes the free number (a record file, or a signal pipe, would
+    receive what is meant for stderr); and spawned children (the capture process) inherit the
+    hole.  On ``/dev/null`` instead, what would have been printed there is dropped and every
+    other output works as usual."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        try:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        except OSError:
+            continue
+        if getattr(sys, name) is None:
+            stream = open(fd, mode, encoding="utf-8", closefd=False)
+            setattr(sys, name, stream)
+            setattr(sys, f"__{name}__", stream)
 
 
 def setup_logging(level: str | int = "warning", stream: TextIO | None = None) -> logging.Logger:
