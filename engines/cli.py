@@ -247,9 +247,10 @@ def engines_parser() -> argparse.ArgumentParser:
     b.add_argument("--weights", metavar="PATH", type=Path, help="weights for the one --model given")
     b.add_argument(
         "--batch",
+        type=_parse_batch,
         default=None,
         metavar="MIN,OPT,MAX",
-        help="override the batch sizes of the optimisation profile (default: each model's, from "
+        help="override the batch sizes of the optimisation profile (1 <= MIN <= OPT <= MAX; default: each model's, from "
         "engines/shapes.py, which is what a run asks for; a plan built with other sizes is "
         "not used by a run)",
     )
@@ -273,12 +274,13 @@ def _info(args) -> int:
 
 
 def _parse_batch(text: str) -> tuple[int, int, int]:
+    """``--batch MIN,OPT,MAX``, checked when the flags are parsed (one line, exit status 2)."""
     try:
         lo, mid, hi = (int(v) for v in text.split(","))
     except ValueError:
-        raise ValueError(f"--batch {text!r}: expected MIN,OPT,MAX, e.g. 1,20,20") from None
+        raise argparse.ArgumentTypeError(f"expected MIN,OPT,MAX, e.g. 1,20,20, got {text!r}") from None
     if not 1 <= lo <= mid <= hi:
-        raise ValueError(f"--batch {text!r}: need 1 <= MIN <= OPT <= MAX")
+        raise argparse.ArgumentTypeError(f"need 1 <= MIN <= OPT <= MAX, got {text!r}")
     return lo, mid, hi
 
 
@@ -312,7 +314,7 @@ def _build(args) -> int:
     from engines.models import registry as reg
     from engines.select import create_engine, resolve
 
-    batch = _parse_batch(args.batch) if args.batch else None
+    batch = args.batch
     backend, device = resolve(args.backend, "auto")  # EngineUnavailable -> exit 2 before any work
     if args.weights is not None and (not args.model or len(args.model) != 1):
         raise ValueError("--weights needs exactly one --model")

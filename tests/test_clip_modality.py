@@ -11,6 +11,7 @@ installed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -366,8 +367,10 @@ def test_absent_without_weights(monkeypatch, tmp_path, frames):
         build_clip_modality(parse(["--clip-weights", str(tmp_path / "nope")]))
     with pytest.raises(ValueError, match="go together"):
         build_clip_modality(parse(["--clip-image", str(tmp_path / "a.onnx")]))
+    with pytest.raises(SystemExit):  # refused when the flags are parsed (stream.cli.flags)
+        parse(["--clip-frames", "-1"])
     with pytest.raises(ValueError, match="--clip-frames"):
-        build_clip_modality(parse(["--clip-frames", "-1"]))
+        build_clip_modality(dataclasses.replace(parse([]), frames=-1))
 
 
 def test_exported_files_from_the_command_line(files, frames):

@@ -204,7 +204,7 @@ def _lines(path: Path) -> list[str]:
         ("missing", "run.jsonl: No such file or directory"),
         ("after_end", "run.jsonl: nothing to draw after 20 s: the run covers 0-10 s"),
         ("bad_range", "--to (2 s) must be after --from (5 s)"),
-        ("bad_size", "the width must be a positive number of inches, not 0"),
+        ("bad_size", "a width of 300 in at 100 dpi is over 20000 pixels"),  # a width <= 0: refused at parse time
         ("unwritable", "cannot write {out}: No such file or directory"),
     ],
 )
@@ -235,7 +235,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(case, message, run_file, tmp_path,
         extra = {
             "after_end": ["--from", "20"],
             "bad_range": ["--from", "5", "--to", "2"],
-            "bad_size": ["--width", "0"],
+            "bad_size": ["--width", "300"],
             "unwritable": [],
         }[case]
         if case == "unwritable":

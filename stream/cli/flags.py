@@ -2,12 +2,21 @@
 
 This is the only place that knows both argparse and the option classes: ``add_*_args`` declare
 the flags, ``*_options(args)`` turn parsed flags into typed options.
+
+Every numeric flag of every subcommand is checked here, at parse time: its ``type=`` is a
+:class:`Checked` range (:func:`float_range`, :func:`int_range` and the named ones below), so
+``--timeout -1``, ``--timeout nan`` or ``--max-side 0`` is one line and exit status 2 before
+anything runs, and ``--help`` states each flag's range.  :class:`Parser` makes argparse's own
+errors one line too.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Generic, NoReturn, TypeVar
 
 from stream.io.reconnect import parse_policy
 from stream.runtime.options import (
@@ -20,6 +29,122 @@ from stream.runtime.options import (
     SceneOptions,
     TemporalOptions,
 )
+
+# --------------------------------------------------------------------------- checked values
+N = TypeVar("N", int, float)
+
+#: Smallest --max-side: below 64 px even a face that fills the frame is too small for the face
+#: detector and the expression model (the sample's face changes label at 48 px, is lost at 1).
+MIN_MAX_SIDE = 64
+#: Longest --timeout: a day (FFmpeg takes it in microseconds; larger values help nobody).
+MAX_TIMEOUT_S = 86400.0
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, ``PROG: error: MESSAGE``, exit status 2: a bad flag
+    reads like every other bad input (no usage block in front of it; ``-h`` shows the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        from stream.core.redact import redact  # a stray argument may be an RTSP URL with a password
+
+        self.exit(2, f"{self.prog}: error: {redact(message)}\n")
+
+
+def _number(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+def _span(lo: float | None, hi: float | None, *, lo_open: bool, hi_open: bool) -> str:
+    """The accepted range in words, as ``--help`` and the errors say it: ``> 0``, ``0-1``..."""
+    if lo is not None and hi is not None and not lo_open and not hi_open:
+        return f"{_number(lo)}-{_number(hi)}"
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>' if lo_open else '>='} {_number(lo)}")
+    if hi is not None:
+        parts.append(f"{'<' if hi_open else '<='} {_number(hi)}")
+    return " and ".join(parts) or "any number"
+
+
+class Checked(Generic[N]):
+    """An argparse ``type=``: parses the text, then refuses nan, inf and values outside
+    ``[lo, hi]`` (``lo_open``/``hi_open``: the bound itself is refused) with one line naming the
+    range (argparse puts the flag in front).  ``span``: that range in words, for ``--help``."""
+
+    def __init__(
+        self,
+        parse: Callable[[str], N],
+        what: str,
+        lo: float | None,
+        hi: float | None,
+        *,
+        lo_open: bool = False,
+        hi_open: bool = False,
+    ) -> None:
+        self.parse: Callable[[str], N] = parse
+        self.what = what
+        self.lo, self.hi, self.lo_open, self.hi_open = lo, hi, lo_open, hi_open
+        self.span = _span(lo, hi, lo_open=lo_open, hi_open=hi_open)
+
+    def __call__(self, text: str) -> N:
+        try:
+            value = self.parse(text.strip())
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"expected {self.what} ({self.span}), got {text!r}") from None
+        if not self.accepts(value):
+            raise argparse.ArgumentTypeError(f"must be {self.span}, got {text.strip()}")
+        return value
+
+    def accepts(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+
+
+def float_range(
+    lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False
+) -> Checked[float]:
+    """A finite number in ``[lo, hi]`` (``lo_open``/``hi_open``: the bound itself is refused)."""
+    return Checked(float, "a number", lo, hi, lo_open=lo_open, hi_open=hi_open)
+
+
+def int_range(lo: int | None = None, hi: int | None = None) -> Checked[int]:
+    """A whole number in ``[lo, hi]``."""
+    return Checked(int, "a whole number", lo, hi)
+
+
+#: Seconds that must pass: > 0 and finite (0 or less would mean "never wait" or "wait forever").
+positive_float = float_range(0, lo_open=True)
+#: A share or probability, 0-1.
+probability = float_range(0, 1)
+#: A share that cannot be all of it (a held-out fraction, a dropout): 0 <= F < 1.
+fraction = float_range(0, 1, hi_open=True)
+#: A share strictly between nothing and everything: 0 < F < 1.
+open_fraction = float_range(0, 1, lo_open=True, hi_open=True)
+#: An amount that may be zero (a weight decay, CPUs a worker reserves, a media time).
+non_negative_float = float_range(0)
+#: A count of at least one (workers, epochs, a batch size...).
+positive_int = int_range(1)
+#: A count that may be zero (retries...).
+count = int_range(0)
+#: A random seed (NumPy's range).
+seed = int_range(0, 2**32 - 1)
+#: --max-side.
+max_side = int_range(MIN_MAX_SIDE)
+#: --timeout.
+timeout_s = float_range(0, MAX_TIMEOUT_S, lo_open=True)
+
+
+def reconnect_policy(text: str) -> str:
+    """``--reconnect``: forever, off or a number of attempts >= 0, checked when the flags are
+    parsed and kept as text (:func:`pipeline_options` combines it with the other flags)."""
+    try:
+        parse_policy(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes forever, off or a number of attempts >= 0, not {text!r}") from None
+    return text
 
 
 # --------------------------------------------------------------------------- models and engines
@@ -106,11 +231,11 @@ def add_clip_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--clip-frames",
         metavar="N",
-        type=int,
+        type=count,
         default=None,
         help=f"frames embedded per window, on a fixed grid so overlapping windows share them "
-        f"(default {DEFAULT_FRAMES}: 2 new a window, about 0.3 s on a 2-core CPU; 0: every analysed "
-        f"frame, the default with a CLIP-feature temporal model)",
+        f"(>= 0; default {DEFAULT_FRAMES}: 2 new a window, about 0.3 s on a 2-core CPU; 0: every "
+        f"analysed frame, the default with a CLIP-feature temporal model)",
     )
     g.add_argument("--no-clip", action="store_true", help="do not run the clip modality even where weights exist")
 
@@ -151,16 +276,6 @@ def temporal_options(args: argparse.Namespace) -> TemporalOptions:
 
 
 # --------------------------------------------------------------------------- audio and text
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
-    return value
-
-
 def add_audio_args(parser: argparse.ArgumentParser) -> None:
     """Options of the audio ("audio") and speech-text ("text") modalities."""
     d = AudioOptions()
@@ -181,16 +296,20 @@ def add_audio_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-asr", action="store_true", help="no speech to text (and so no text modality)")
     g.add_argument("--no-text", action="store_true", help="no text modality (and no speech to text)")
     g.add_argument(
-        "--asr-beam-size", type=int, default=d.asr_beam_size, metavar="N", help="Whisper beam size (default 1: greedy)"
+        "--asr-beam-size",
+        type=positive_int,
+        default=d.asr_beam_size,
+        metavar="N",
+        help="Whisper beam size (>= 1; default 1: greedy)",
     )
     g.add_argument("--asr-language", default=d.language, metavar="CODE", help="spoken language (default en)")
     g.add_argument(
         "--asr-min-word-prob",
-        type=_probability,
+        type=probability,
         default=d.asr_min_word_probability,
         metavar="P",
         help="a window's transcript is used only when its mean word probability is at least P "
-        "(default 0.55; see stream.modalities.speech.asr.AsrGate for the other rules)",
+        "(0-1; default 0.55; see stream.modalities.speech.asr.AsrGate for the other rules)",
     )
     g.add_argument(
         "--asr-languages",
@@ -205,17 +324,17 @@ def add_audio_args(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--vad-threshold",
-        type=float,
+        type=probability,
         default=d.vad_threshold,
         metavar="P",
-        help="Silero VAD speech probability threshold (default 0.5)",
+        help="Silero VAD speech probability threshold (0-1; default 0.5)",
     )
     g.add_argument(
         "--min-speech-fraction",
-        type=float,
+        type=probability,
         default=d.min_speech_fraction,
         metavar="F",
-        help="a window is speech when more than this fraction of it is (default 0.10)",
+        help="a window is speech when more than this fraction of it is (0-1; default 0.10)",
     )
 
 
@@ -265,16 +384,16 @@ def add_scene_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--vlm-every",
         metavar="S",
-        type=float,
+        type=positive_float,
         default=DEFAULT_EVERY_S,
-        help=f"seconds between scene refreshes (default {DEFAULT_EVERY_S:g})",
+        help=f"seconds between scene refreshes (> 0; default {DEFAULT_EVERY_S:g})",
     )
     g.add_argument(
         "--vlm-timeout",
         metavar="S",
-        type=float,
+        type=positive_float,
         default=DEFAULT_TIMEOUT_S,
-        help=f"seconds one VLM request may take (default {DEFAULT_TIMEOUT_S:g})",
+        help=f"seconds one VLM request may take (> 0; default {DEFAULT_TIMEOUT_S:g})",
     )
     g.add_argument(
         "--vlm-key-env",
@@ -286,9 +405,9 @@ def add_scene_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--vlm-max-age",
         metavar="S",
-        type=float,
+        type=positive_float,
         default=None,
-        help=f"ignore captions older than S seconds of media time (default 2 x --vlm-every + {WINDOW_S:g})",
+        help=f"ignore captions older than S seconds of media time (> 0; default 2 x --vlm-every + {WINDOW_S:g})",
     )
 
 
@@ -327,10 +446,12 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-side",
-        type=int,
+        type=max_side,
         default=960,
         metavar="PX",
-        help="scale frames so the longer side is at most PX before analysis (default 960)",
+        help=f"scale frames so the longer side is at most PX before analysis (default 960; "
+        f"{max_side.span}: below {MIN_MAX_SIDE} px even a face that fills the frame is too small to be "
+        f"found and read)",
     )
 
 

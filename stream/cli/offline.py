@@ -17,6 +17,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
+from stream.cli.flags import (
+    Parser,
+    count,
+    fraction,
+    max_side,
+    non_negative_float,
+    open_fraction,
+    positive_float,
+    positive_int,
+    seed,
+)
 from stream.cli.main import PROG, fail
 
 if TYPE_CHECKING:
@@ -35,7 +46,7 @@ def calibrate_parser() -> argparse.ArgumentParser:
     from stream.fusion.schemes import DIRICHLET_SAMPLES
     from stream.offline.calibrate import FUSION_CHOICES, LABEL_KINDS
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=f"{PROG} calibrate", description="Fit fusion weights and PFSA prototypes from feature dumps and labels."
     )
     parser.add_argument("dumps", nargs="+", metavar="DUMP.jsonl", help="feature dumps written by --dump-features")
@@ -55,17 +66,25 @@ def calibrate_parser() -> argparse.ArgumentParser:
         default="mhpf",
         help="fusion scheme to fit (default: mhpf; equal = plain average)",
     )
-    parser.add_argument("--heads", type=int, default=1, help="MHPF heads (default: 1)")
-    parser.add_argument("--epochs", type=int, default=100, help="MHPF epochs (default: 100)")
-    parser.add_argument("--patience", type=int, default=25, help="MHPF early-stopping patience")
-    parser.add_argument("--lr", type=float, default=1e-4, help="MHPF Adam learning rate")
-    parser.add_argument("--batch-size", type=int, default=64, help="MHPF batch size")
+    parser.add_argument("--heads", type=positive_int, default=1, help="MHPF heads (>= 1; default: 1)")
+    parser.add_argument("--epochs", type=positive_int, default=100, help="MHPF epochs (>= 1; default: 100)")
     parser.add_argument(
-        "--samples", type=int, default=DIRICHLET_SAMPLES, help="Dirichlet random-search samples (default: %(default)s)"
+        "--patience", type=positive_int, default=25, help="MHPF early-stopping patience (>= 1; default: 25)"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=positive_float, default=1e-4, help="MHPF Adam learning rate (> 0; default: 1e-4)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="MHPF batch size (>= 1; default: 64)")
     parser.add_argument(
-        "--val-fraction", type=float, default=0.2, help="share of videos (or windows) held out for validation"
+        "--samples",
+        type=positive_int,
+        default=DIRICHLET_SAMPLES,
+        help="Dirichlet random-search samples (>= 1; default: %(default)s)",
+    )
+    parser.add_argument("--seed", type=seed, default=0, help=f"random seed ({seed.span}; default: 0)")
+    parser.add_argument(
+        "--val-fraction",
+        type=fraction,
+        default=0.2,
+        help="share of videos (or windows) held out for validation (0 <= F < 1; default: 0.2)",
     )
     parser.add_argument("--modalities", metavar="A,B,...", help="modality order (default: order of first appearance)")
     parser.add_argument(
@@ -74,7 +93,9 @@ def calibrate_parser() -> argparse.ArgumentParser:
         help="modality whose features build PFSA prototypes (default: the first with features)",
     )
     parser.add_argument("--no-pfsa", action="store_true", help="do not fit PFSA")
-    parser.add_argument("--temperature", type=float, help="fixed PFSA temperature instead of fitting one")
+    parser.add_argument(
+        "--temperature", type=positive_float, help="fixed PFSA temperature instead of fitting one (> 0)"
+    )
     return parser
 
 
@@ -118,7 +139,7 @@ def eval_parser() -> argparse.ArgumentParser:
     """Flags of ``cer-stream eval``."""
     from stream.offline.calibrate import LABEL_KINDS
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=f"{PROG} eval", description="Score frame-wise (or window-wise) predictions against ABAW labels."
     )
     parser.add_argument(
@@ -188,7 +209,7 @@ def train_temporal_parser() -> argparse.ArgumentParser:
     from stream.offline.temporal_train import ARCHS, TrainOptions
 
     d = TrainOptions()
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="cer-stream train-temporal",
         description="Train the dynamic face model on labelled per-window feature sequences and export it "
         "to ONNX (use it with `cer-stream --temporal-model FILE.onnx`).",
@@ -198,30 +219,40 @@ def train_temporal_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="DIR_OR_FILE", help="an .npz file or a directory of them")
     p.add_argument("--arch", choices=ARCHS, default=d.arch, help=f"temporal encoder (default {d.arch})")
     p.add_argument("--out", required=True, type=Path, metavar="MODEL.onnx")
-    p.add_argument("--hidden", type=int, default=d.hidden, help=f"hidden size (default {d.hidden})")
-    p.add_argument("--layers", type=int, default=d.layers, help=f"encoder layers (default {d.layers})")
-    p.add_argument("--dropout", type=float, default=d.dropout, help=f"dropout (default {d.dropout})")
-    p.add_argument("--heads", type=int, default=d.heads, help=f"attention heads, transformer (default {d.heads})")
-    p.add_argument("--d-state", type=int, default=d.d_state, help=f"SSM state size, mamba (default {d.d_state})")
-    p.add_argument("--epochs", type=int, default=d.epochs, help=f"at most this many epochs (default {d.epochs})")
+    p.add_argument("--hidden", type=positive_int, default=d.hidden, help=f"hidden size (>= 1; default {d.hidden})")
+    p.add_argument("--layers", type=positive_int, default=d.layers, help=f"encoder layers (>= 1; default {d.layers})")
+    p.add_argument("--dropout", type=fraction, default=d.dropout, help=f"dropout (0 <= P < 1; default {d.dropout})")
+    p.add_argument(
+        "--heads", type=positive_int, default=d.heads, help=f"attention heads, transformer (>= 1; default {d.heads})"
+    )
+    p.add_argument(
+        "--d-state", type=positive_int, default=d.d_state, help=f"SSM state size, mamba (>= 1; default {d.d_state})"
+    )
+    p.add_argument(
+        "--epochs", type=positive_int, default=d.epochs, help=f"at most this many epochs (>= 1; default {d.epochs})"
+    )
     p.add_argument(
         "--patience",
-        type=int,
+        type=positive_int,
         default=d.patience,
-        help=f"stop after this many epochs without a better validation macro-F1 (default {d.patience})",
+        help=f"stop after this many epochs without a better validation macro-F1 (>= 1; default {d.patience})",
     )
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default {d.batch_size})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr})")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"(default {d.weight_decay})")
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help=f"(>= 1; default {d.batch_size})")
+    p.add_argument("--lr", type=positive_float, default=d.lr, help=f"AdamW learning rate (> 0; default {d.lr})")
+    p.add_argument(
+        "--weight-decay", type=non_negative_float, default=d.weight_decay, help=f"(>= 0; default {d.weight_decay})"
+    )
     p.add_argument(
         "--val-fraction",
-        type=float,
+        type=fraction,
         default=d.val_fraction,
-        help=f"held-out fraction (whole videos where named; default {d.val_fraction})",
+        help=f"held-out fraction (whole videos where named; 0 <= F < 1; default {d.val_fraction})",
     )
     p.add_argument("--no-balance", action="store_true", help="plain cross-entropy (default: class-balanced)")
-    p.add_argument("--seed", type=int, default=d.seed, help=f"(default {d.seed})")
-    p.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads (default: PyTorch's choice)")
+    p.add_argument("--seed", type=seed, default=d.seed, help=f"({seed.span}; default {d.seed})")
+    p.add_argument(
+        "--threads", type=positive_int, default=None, help="PyTorch CPU threads (>= 1; default: PyTorch's choice)"
+    )
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
     return p
 
@@ -277,7 +308,7 @@ def train_temporal_main(argv: Sequence[str] | None = None) -> int:
 # --------------------------------------------------------------------------- temporal-features
 def temporal_features_parser() -> argparse.ArgumentParser:
     """Flags of ``cer-stream temporal-features``."""
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="cer-stream temporal-features",
         description="Make training data for `cer-stream train-temporal` from labelled videos "
         "(per-window sequences of the face model's per-frame outputs).",
@@ -293,10 +324,10 @@ def temporal_features_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, metavar="DATA.npz")
     p.add_argument(
         "--max-side",
-        type=int,
+        type=max_side,
         default=960,
         metavar="PX",
-        help="scale frames to at most PX on the longer side first (default 960, as the stream)",
+        help=f"scale frames to at most PX on the longer side first ({max_side.span}; default 960, as the stream)",
     )
     return p
 
@@ -321,17 +352,19 @@ def temporal_features_main(argv: Sequence[str] | None = None) -> int:
 
 
 # --------------------------------------------------------------------------- train-head
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",") if v.strip()]
+def _l2_list(text: str) -> list[float]:
+    """``--l2 A,B,...``: L2 strengths, each a finite number >= 0."""
+    values = [non_negative_float(v) for v in text.split(",") if v.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected numbers >= 0 separated by commas, got {text!r}")
+    return values
 
 
 def train_head_parser() -> argparse.ArgumentParser:
     """Flags of ``cer-stream train-head``."""
     from stream.modalities.speech.texthead import DATA_ENV, KINDS, L2_GRID, MAX_EPOCHS, SCENE_HOLDOUT, WEIGHTINGS
 
-    p = argparse.ArgumentParser(
-        prog="cer-stream train-head", description="Train a text emotion head on MiniLM embeddings."
-    )
+    p = Parser(prog="cer-stream train-head", description="Train a text emotion head on MiniLM embeddings.")
     p.add_argument(
         "--kind",
         required=True,
@@ -354,21 +387,30 @@ def train_head_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--limit",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
-        help="use a random N rows (speech: N training rows and N/4 dev rows), for quick runs",
+        help="use a random N rows (>= 1; speech: N training rows and N/4 dev rows), for quick runs",
     )
-    p.add_argument("--l2", type=_floats, default=list(L2_GRID), metavar="A,B,...", help="L2 strengths to try")
+    p.add_argument(
+        "--l2", type=_l2_list, default=list(L2_GRID), metavar="A,B,...", help="L2 strengths to try (each >= 0)"
+    )
     p.add_argument(
         "--weighting",
         choices=[*WEIGHTINGS, "all"],
         default="all",
         help="class weighting of the loss (default: choose among all by held-out macro-F1)",
     )
-    p.add_argument("--epochs", type=int, default=MAX_EPOCHS, help="most epochs per fit (default %(default)s)")
-    p.add_argument("--holdout", type=float, default=SCENE_HOLDOUT, help="scene: fraction of videos held out")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--epochs", type=positive_int, default=MAX_EPOCHS, help="most epochs per fit (>= 1; default %(default)s)"
+    )
+    p.add_argument(
+        "--holdout",
+        type=open_fraction,
+        default=SCENE_HOLDOUT,
+        help="scene: fraction of videos held out (0 < F < 1; default %(default)s)",
+    )
+    p.add_argument("--seed", type=seed, default=0, help=f"random seed ({seed.span}; default 0)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write cached embeddings")
     return p
 
@@ -407,13 +449,13 @@ def text_parser() -> argparse.ArgumentParser:
     """Flags of ``cer-stream text``."""
     from stream.modalities.speech.texthead import KINDS
 
-    p = argparse.ArgumentParser(
-        prog="cer-stream text", description="Classify texts with a text emotion head (the live pipeline's)."
-    )
+    p = Parser(prog="cer-stream text", description="Classify texts with a text emotion head (the live pipeline's).")
     p.add_argument("input", nargs="?", default="-", metavar="FILE|-", help="one text per line (default: stdin)")
     p.add_argument("--kind", choices=KINDS, default="speech", help="which committed head (default %(default)s)")
     p.add_argument("--head", type=Path, default=None, metavar="FILE.npz", help="a head file instead")
-    p.add_argument("--batch", type=int, default=32, help="lines per batch when reading a file")
+    p.add_argument(
+        "--batch", type=positive_int, default=32, help="lines per batch when reading a file (>= 1; default 32)"
+    )
     return p
 
 
@@ -441,7 +483,7 @@ def plot_parser() -> argparse.ArgumentParser:
     """Flags of ``cer-stream plot``."""
     from stream.offline.plot import DEFAULT_DPI, DEFAULT_WIDTH_IN
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=f"{PROG} plot",
         description="Draw a run's records (JSON lines) as one timeline picture: compound probabilities of the "
         "final frames, basic probabilities per window, a lane per modality, gaps and missing windows shaded.",
@@ -449,14 +491,26 @@ def plot_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN.jsonl", help="a run's records (--out FILE, or stdout saved); - reads stdin")
     p.add_argument("-o", "--out", required=True, type=Path, metavar="PNG", help="the picture to write")
     p.add_argument(
-        "--width", type=float, default=DEFAULT_WIDTH_IN, metavar="IN", help="width in inches (default %(default)s)"
+        "--width",
+        type=positive_float,
+        default=DEFAULT_WIDTH_IN,
+        metavar="IN",
+        help="width in inches (> 0; default %(default)s)",
     )
     p.add_argument(
-        "--height", type=float, default=None, metavar="IN", help="height in inches (default: grows with the modalities)"
+        "--height",
+        type=positive_float,
+        default=None,
+        metavar="IN",
+        help="height in inches (> 0; default: grows with the modalities)",
     )
-    p.add_argument("--dpi", type=int, default=DEFAULT_DPI, help="pixels per inch (default %(default)s)")
-    p.add_argument("--from", dest="start", type=float, metavar="S", help="zoom: first media second shown")
-    p.add_argument("--to", dest="end", type=float, metavar="S", help="zoom: last media second shown")
+    p.add_argument("--dpi", type=positive_int, default=DEFAULT_DPI, help="pixels per inch (>= 1; default %(default)s)")
+    p.add_argument(
+        "--from", dest="start", type=non_negative_float, metavar="S", help="zoom: first media second shown (>= 0)"
+    )
+    p.add_argument(
+        "--to", dest="end", type=non_negative_float, metavar="S", help="zoom: last media second shown (>= 0)"
+    )
     return p
 
 
@@ -507,7 +561,7 @@ def batch_parser() -> argparse.ArgumentParser:
         add_temporal_args,
     )
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=f"{PROG} batch",
         description="Analyse many files, each as `cer-stream --video FILE` would, on local processes or a Ray "
         "cluster. Per file, named after it, in DIR: NAME.jsonl (every record), NAME.csv (ABAW frame "
@@ -526,10 +580,10 @@ def batch_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="the output folder (made when missing)")
     p.add_argument(
         "--workers",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
-        help="worker processes, each loading the models once (default 1); with --ray, actors (default: as "
+        help="worker processes, each loading the models once (>= 1; default 1); with --ray, actors (default: as "
         "many as the cluster's CPUs hold)",
     )
     p.add_argument(
@@ -538,14 +592,26 @@ def batch_parser() -> argparse.ArgumentParser:
         help="run the workers as Ray actors on a cluster: auto (the one this machine belongs to), HOST:PORT, "
         "ray://HOST:10001, or local (start one here); needs the ray extra",
     )
-    p.add_argument("--worker-cpus", type=float, default=1.0, metavar="N", help="CPUs a Ray actor reserves (default 1)")
-    p.add_argument("--worker-gpus", type=float, default=0.0, metavar="N", help="GPUs a Ray actor reserves (default 0)")
+    p.add_argument(
+        "--worker-cpus",
+        type=non_negative_float,
+        default=1.0,
+        metavar="N",
+        help="CPUs a Ray actor reserves (>= 0; default 1)",
+    )
+    p.add_argument(
+        "--worker-gpus",
+        type=non_negative_float,
+        default=0.0,
+        metavar="N",
+        help="GPUs a Ray actor reserves (>= 0; default 0)",
+    )
     p.add_argument(
         "--retries",
-        type=int,
+        type=count,
         default=1,
         metavar="N",
-        help="retry a file this many times when its worker process dies under it (default 1)",
+        help="retry a file this many times when its worker process dies under it (>= 0; default 1)",
     )
     p.add_argument(
         "--dump-features",
@@ -631,11 +697,19 @@ def batch_main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = Non
 
 
 # --------------------------------------------------------------------------- serve
+def _restarts(text: str) -> str:
+    """``--max-restarts``: a whole number >= 0 or ``forever``, checked here and kept as text
+    (:func:`serve_options` tells "not given" from "forever")."""
+    if text.strip().lower() != "forever" and not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"takes a number >= 0 or forever, not {text!r}")
+    return text
+
+
 def serve_parser() -> argparse.ArgumentParser:
     """Flags of ``cer-stream serve``; analyzer flags for every stream follow ``--``."""
     from stream.serve.config import DEFAULT_RESTART_MAX_DELAY_S
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=f"{PROG} serve",
         usage=f"{PROG} serve [CONFIG.toml | --rtsp URL ... --camera N ...] [options] [-- ANALYZER FLAGS]",
         description="Run one supervised analyzer process per live source. Every record gets the stream's id "
@@ -672,14 +746,15 @@ def serve_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-restarts",
         metavar="N",
-        help="give a stream up after N exits in a row without a window in between (default: forever)",
+        type=_restarts,
+        help="give a stream up after N exits in a row without a window in between (>= 0 or forever; default: forever)",
     )
     p.add_argument(
         "--restart-max-delay",
-        type=float,
+        type=positive_float,
         default=None,
         metavar="S",
-        help=f"longest wait before restarting an analyzer (exponential backoff with jitter; default "
+        help=f"longest wait before restarting an analyzer (> 0; exponential backoff with jitter; default "
         f"{DEFAULT_RESTART_MAX_DELAY_S:g})",
     )
     p.add_argument(
@@ -689,10 +764,18 @@ def serve_parser() -> argparse.ArgumentParser:
         "auto, HOST:PORT, ray://HOST:10001, or local; records still come here; needs the ray extra",
     )
     p.add_argument(
-        "--worker-cpus", type=float, default=None, metavar="N", help="CPUs a stream's actor reserves (default 1)"
+        "--worker-cpus",
+        type=non_negative_float,
+        default=None,
+        metavar="N",
+        help="CPUs a stream's actor reserves (>= 0; default 1)",
     )
     p.add_argument(
-        "--worker-gpus", type=float, default=None, metavar="N", help="GPUs a stream's actor reserves (default 0)"
+        "--worker-gpus",
+        type=non_negative_float,
+        default=None,
+        metavar="N",
+        help="GPUs a stream's actor reserves (>= 0; default 0)",
     )
     p.add_argument(
         "--dashboard",
@@ -715,7 +798,10 @@ def serve_parser() -> argparse.ArgumentParser:
         "--vlm-model", metavar="NAME", help="the model name sent to --vlm (default Qwen/Qwen2.5-VL-7B-Instruct)"
     )
     p.add_argument(
-        "--vlm-concurrency", type=int, metavar="N", help="requests in flight to the VLM endpoint at most (default 1)"
+        "--vlm-concurrency",
+        type=positive_int,
+        metavar="N",
+        help="requests in flight to the VLM endpoint at most (>= 1; default 1)",
     )
     return p
 
