@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from stream import __version__
 from stream.cli import interrupted
@@ -54,16 +55,20 @@ def _resume(text: str):
 
 def run_parser() -> argparse.ArgumentParser:
     from stream.cli.flags import (
+        Parser,
         add_analysis_args,
         add_audio_args,
         add_clip_args,
         add_model_args,
         add_scene_args,
         add_temporal_args,
+        positive_float,
+        reconnect_policy,
+        timeout_s,
     )
 
     width = max(len(n) for n in SUBCOMMANDS)
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=PROG,
         description="Real-time zero-shot compound expression recognition.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -83,7 +88,12 @@ def run_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--realtime", action="store_true", help="pace a file at media speed, like a live source")
     add_analysis_args(p)  # --no-audio, --no-frames, --compound, --fusion, --max-side (shared with batch)
-    p.add_argument("--out", metavar="FILE.jsonl", type=Path, help="also write every record to this file")
+    p.add_argument(
+        "--out",
+        metavar="FILE.jsonl",
+        type=Path,
+        help="also write every record to this file (an existing file is replaced when the run ends)",
+    )
     p.add_argument(
         "--publish", metavar="ENDPOINT", help="also publish records on a ZeroMQ PUB socket, e.g. tcp://127.0.0.1:5556"
     )
@@ -114,14 +124,15 @@ def run_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--timeout",
-        type=float,
+        type=timeout_s,
         default=10.0,
         metavar="S",
-        help="seconds to wait when opening or reading a network/camera source (default 10); a live "
-        "source with no data for this long counts as lost",
+        help=f"seconds to wait when opening or reading a network/camera source ({timeout_s.span}; "
+        "default 10); a live source with no data for this long counts as lost",
     )
     p.add_argument(
         "--reconnect",
+        type=reconnect_policy,
         default="forever",
         metavar="POLICY",
         help="RTSP/camera: reopen a source that ends, fails or stalls: forever (default), off (the run "
@@ -129,10 +140,10 @@ def run_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--reconnect-max-delay",
-        type=float,
+        type=positive_float,
         default=30.0,
         metavar="S",
-        help="longest wait between two reopen attempts (exponential backoff with jitter; default 30)",
+        help="longest wait between two reopen attempts (> 0; exponential backoff with jitter; default 30)",
     )
     p.add_argument(
         "--wait",
@@ -188,63 +199,120 @@ def _source(args: argparse.Namespace):
         raise UsageError(str(exc)) from None
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """``UsageError`` when an output file is the input or another output's file (by device and
+    inode: a symlink or a hard link counts): checked before anything is opened, since opening an
+    output truncates it."""
+    from stream.sinks.outputs import SinkError, check_outputs
+
+    names = ("out", "csv", "dump_features", "annotate")
+    outputs = [(f"--{n.replace('_', '-')}", Path(getattr(args, n))) for n in names if getattr(args, n)]
+    inputs = [("--video", Path(args.video))] if args.video is not None else []
+    try:
+        check_outputs(outputs, inputs)
+    except SinkError as exc:
+        raise UsageError(str(exc)) from None
+
+
+class _Outputs:
+    """The run's sinks and feature dump.  :meth:`close` keeps what they wrote once the run has
+    started (its first record), else discards it: a run that fails at start (a bad input, a
+    model that cannot load, an interrupt) leaves existing output files as they were."""
+
+    def __init__(self) -> None:
+        self.sinks: list = []
+        self.features: Any = None
+        self.started = False
+        self._closed = False
+
+    def mark_started(self, _record: object = None) -> None:
+        self.started = True
+
+    def close(self) -> None:
+        """Idempotent (the run closes them before it reports; an early return here)."""
+        if self._closed:
+            return
+        self._closed = True
+        for s in self.sinks + ([self.features] if self.features is not None else []):
+            if self.started:
+                s.close()
+            else:
+                s.discard()
+
+
 def run_stream(argv: list[str]) -> int:
     args = run_parser().parse_args(argv)
     try:
+        _check_outputs(args)
         source = _source(args)
     except UsageError as exc:
         return fail(str(exc))
+    outputs = _Outputs()
+    try:
+        return _run(args, source, outputs)
+    finally:
+        outputs.close()
+
+
+def _open_outputs(args: argparse.Namespace, source, outputs: _Outputs) -> None:
+    """Open every output the flags ask for into ``outputs`` (``SinkError``, ``OSError`` or
+    ``ValueError``, one line, when one cannot be used).  Files are staged: an existing one is
+    replaced only when the run ends (:func:`stream.sinks.outputs.open_output`)."""
+    from stream.sinks.annotate import AnnotateSink
+    from stream.sinks.outputs import AbawCsvSink, JsonLinesSink, ZmqPublishSink
+    from stream.sinks.web import WebSink, is_loopback, parse_bind, url_host
+
+    sinks = outputs.sinks
+    if not args.quiet:
+        sinks.append(JsonLinesSink(sys.stdout, name="stdout"))
+    if args.out:
+        sinks.append(JsonLinesSink(path=args.out, option="--out", staged=True))
+    if args.publish:
+        sinks.append(ZmqPublishSink(args.publish))
+    if args.csv:
+        sinks.append(AbawCsvSink(args.csv, source.name, staged=True))
+    if args.annotate:
+        sinks.append(AnnotateSink(args.annotate, source, max_side=args.max_side))
+    if args.serve:
+        host, port = parse_bind(args.serve)
+        web = WebSink(host, port, public=args.serve_public)
+        sinks.append(web)
+        if not is_loopback(host):
+            sys.stderr.write(
+                f"{PROG}: warning: --serve {url_host(host)}:{web.port} is reachable from other machines; "
+                "the page has no authentication\n"
+            )
+        sys.stderr.write(f"{PROG}: serving {web.url}\n")
+        sys.stderr.flush()
+    if args.dump_features:
+        outputs.features = JsonLinesSink(path=args.dump_features, option="--dump-features", staged=True)
+
+
+def _run(args: argparse.Namespace, source, outputs: _Outputs) -> int:
+    """The run command once its source is known: outputs, models, the analysis; exit status."""
     from stream.cli.flags import pipeline_options
     from stream.runtime.lifecycle import StartupError
     from stream.runtime.pipeline import Pipeline
-    from stream.sinks.annotate import AnnotateSink
-    from stream.sinks.outputs import AbawCsvSink, JsonLinesSink, SinkError, SinkEvent, ZmqPublishSink
-    from stream.sinks.web import WebSink, is_loopback, parse_bind, url_host
+    from stream.sinks.outputs import SinkError, SinkEvent
 
-    sinks: list[JsonLinesSink | ZmqPublishSink | AbawCsvSink | AnnotateSink | WebSink] = []
-    features_out = None
     try:
-        if not args.quiet:
-            sinks.append(JsonLinesSink(sys.stdout, name="stdout"))
-        if args.out:
-            sinks.append(JsonLinesSink(path=args.out, option="--out"))
-        if args.publish:
-            sinks.append(ZmqPublishSink(args.publish))
-        if args.csv:
-            sinks.append(AbawCsvSink(args.csv, source.name))
-        if args.annotate:
-            sinks.append(AnnotateSink(args.annotate, source, max_side=args.max_side))
-        if args.serve:
-            host, port = parse_bind(args.serve)
-            web = WebSink(host, port, public=args.serve_public)
-            sinks.append(web)
-            if not is_loopback(host):
-                sys.stderr.write(
-                    f"{PROG}: warning: --serve {url_host(host)}:{web.port} is reachable from other machines; "
-                    "the page has no authentication\n"
-                )
-            sys.stderr.write(f"{PROG}: serving {web.url}\n")
-            sys.stderr.flush()
-        if args.dump_features:
-            features_out = JsonLinesSink(path=args.dump_features, option="--dump-features")
+        _open_outputs(args, source, outputs)
     except (SinkError, OSError, ValueError) as exc:
-        for s in sinks:
-            s.close()
         return fail(str(exc))
     progress = {"on": True, "off": False}.get(args.progress, sys.stderr.isatty() and source.kind == "video")
     pipeline = None
     try:
-        pipeline = Pipeline(pipeline_options(args, progress=progress), sinks=sinks, features_out=features_out)
+        pipeline = Pipeline(
+            pipeline_options(args, progress=progress), sinks=outputs.sinks, features_out=outputs.features
+        )
         pipeline.prepare(source)
+        analyzer = pipeline.analyzer(source, on_record=outputs.mark_started)
     except (RuntimeError, ValueError, FileNotFoundError) as exc:
         if pipeline is not None:
             pipeline.close()
-        for s in sinks + ([features_out] if features_out else []):
-            s.close()
         if interrupted():  # Ctrl-C while models loaded, turned into an error by a native import
             raise KeyboardInterrupt from None
         return fail(str(exc))
-    analyzer = pipeline.analyzer(source)
 
     def on_sink_event(ev: SinkEvent) -> None:
         # a lost output is said once on stderr too (its `warning` record goes to the other sinks)
@@ -270,14 +338,14 @@ def run_stream(argv: list[str]) -> int:
             sys.stderr.write(f"{PROG}: interrupted\n")
             return 130
         return fail(str(exc))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a second Ctrl-C: what was written is kept (closed below)
+        sys.stderr.write(f"{PROG}: interrupted\n")
         return 130
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
         pipeline.close()
-        for s in sinks + ([features_out] if features_out else []):
-            s.close()
+        outputs.close()
         if analyzer.sinks_closed and "stdout" in analyzer.sinks_closed:
             _quiet_stdout()
     # exit status: 1 when the stream failed (or a live source was lost for good) or an asked-for
@@ -301,12 +369,11 @@ def _quiet_stdout() -> None:
 
 # --------------------------------------------------------------------------- images
 def images_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog=f"{PROG} images", description="Analyse still images (largest face each); one JSON line per image."
-    )
+    from stream.cli.flags import Parser, add_model_args, face_options
+
+    p = Parser(prog=f"{PROG} images", description="Analyse still images (largest face each); one JSON line per image.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files (anything OpenCV reads)")
     p.add_argument("--no-validate", action="store_true", help="skip FaceMesh validation of detections")
-    from stream.cli.flags import add_model_args, face_options
 
     add_model_args(p)
     args = p.parse_args(argv)
