@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     _smoke.refuse_outputs(p, args, ("out",))
     if args.frames is not None:
         p.error("--smoke reads frames of its own, not FRAMES.npy")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads, as measure() does
     try:
         import fer.fer  # noqa: F401
     except Exception as exc:  # fer needs TensorFlow and pkg_resources: the peer's environment
