@@ -56,9 +56,10 @@ def test_non_loopback_bind_needs_serve_public(sample):
     assert "0.0.0.0:8080" in line
 
 
-def test_serve_public_warns(sample, tmp_path, monkeypatch, capsys):
-    """--serve-public on a non-loopback address: a warning line on stderr (the server is a stub
-    here, so nothing listens beyond loopback; the run then stops at an unwritable output)."""
+def test_serve_public_shows_its_token_once(sample, tmp_path, monkeypatch, capsys):
+    """--serve-public on a non-loopback address: the page asks for a token, and stderr says once
+    where to open it (the server is a stub here, so nothing listens beyond loopback; the run then
+    stops at an unwritable output)."""
     import stream.sinks.web as web
     from stream.cli.main import run_stream
 
@@ -66,8 +67,11 @@ def test_serve_public_warns(sample, tmp_path, monkeypatch, capsys):
         def __init__(self, host: str, port: int, *, public: bool = False) -> None:
             assert public
             self.port, self.url = port, f"http://{web.url_host(host)}:{port}/"
+            self.token = web.page_token()
+            self.login_url = f"{self.url}?token={self.token}"
 
     monkeypatch.setattr(web, "WebSink", Stub)
+    monkeypatch.delenv(web.TOKEN_ENV, raising=False)
     code = run_stream(
         [
             "--video",
@@ -81,10 +85,10 @@ def test_serve_public_warns(sample, tmp_path, monkeypatch, capsys):
     )
     err = capsys.readouterr().err.splitlines()
     assert code == 2
-    assert err[0] == (
-        "cer-stream: warning: --serve 0.0.0.0:8080 is reachable from other machines; the page has no authentication"
-    )
-    assert err[1] == "cer-stream: serving http://0.0.0.0:8080/" and err[2].startswith("cer-stream: error: ")
+    assert err[0] == "cer-stream: serving http://0.0.0.0:8080/"
+    assert err[1].startswith("cer-stream: --serve 0.0.0.0:8080 is reachable from other machines and asks for a token")
+    assert "http://0.0.0.0:8080/?token=" in err[1] and len(err[1].split("?token=")[1].split()[0]) >= 32
+    assert err[2].startswith("cer-stream: error: ") and "token" not in err[2]
 
 
 def test_port_in_use_is_one_line(sample):

@@ -113,9 +113,16 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--serve-public",
         action="store_true",
-        help="allow --serve on an address other machines can reach (the page has no authentication)",
+        help="allow --serve on an address other machines can reach; the page then asks for a token "
+        "(made up and shown once on stderr, or taken from $CER_STREAM_SERVE_TOKEN)",
     )
     p.add_argument("--quiet", action="store_true", help="print nothing on stdout (use with --out/--publish/--csv)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="JSON lines on stdout even when it is a terminal (where a person gets one readable line per "
+        "window instead); a pipe or a file always gets JSON lines",
+    )
     p.add_argument(
         "--dump-features",
         metavar="OUT.jsonl",
@@ -254,17 +261,33 @@ def run_stream(argv: list[str]) -> int:
         outputs.close()
 
 
+def human_view(args: argparse.Namespace) -> bool:
+    """Whether stdout shows readable lines (:class:`stream.sinks.terminal.TerminalSink`): on a
+    terminal, unless ``--json``; JSON lines everywhere else."""
+    if args.quiet or args.json:
+        return False
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 def _open_outputs(args: argparse.Namespace, source, outputs: _Outputs) -> None:
     """Open every output the flags ask for into ``outputs`` (``SinkError``, ``OSError`` or
     ``ValueError``, one line, when one cannot be used).  Files are staged: an existing one is
     replaced only when the run ends (:func:`stream.sinks.outputs.open_output`)."""
     from stream.sinks.annotate import AnnotateSink
     from stream.sinks.outputs import AbawCsvSink, JsonLinesSink, ZmqPublishSink
-    from stream.sinks.web import WebSink, is_loopback, parse_bind, url_host
+    from stream.sinks.web import WebSink, announce_token, parse_bind, url_host
 
     sinks = outputs.sinks
     if not args.quiet:
-        sinks.append(JsonLinesSink(sys.stdout, name="stdout"))
+        if human_view(args):
+            from stream.sinks.terminal import TerminalSink
+
+            sinks.append(TerminalSink(sys.stdout))
+        else:
+            sinks.append(JsonLinesSink(sys.stdout, name="stdout"))
     if args.out:
         sinks.append(JsonLinesSink(path=args.out, option="--out", staged=True))
     if args.publish:
@@ -277,13 +300,10 @@ def _open_outputs(args: argparse.Namespace, source, outputs: _Outputs) -> None:
         host, port = parse_bind(args.serve)
         web = WebSink(host, port, public=args.serve_public)
         sinks.append(web)
-        if not is_loopback(host):
-            sys.stderr.write(
-                f"{PROG}: warning: --serve {url_host(host)}:{web.port} is reachable from other machines; "
-                "the page has no authentication\n"
-            )
         sys.stderr.write(f"{PROG}: serving {web.url}\n")
         sys.stderr.flush()
+        if web.token is not None:
+            announce_token(web, f"--serve {url_host(host)}:{web.port}")
     if args.dump_features:
         outputs.features = JsonLinesSink(path=args.dump_features, option="--dump-features", staged=True)
 
@@ -299,7 +319,10 @@ def _run(args: argparse.Namespace, source, outputs: _Outputs) -> int:
         _open_outputs(args, source, outputs)
     except (SinkError, OSError, ValueError) as exc:
         return fail(str(exc))
-    progress = {"on": True, "off": False}.get(args.progress, sys.stderr.isatty() and source.kind == "video")
+    # auto: a bar for a file when stderr is a terminal and stdout is not showing the human view
+    # (whose lines say as much, and would break the bar's line)
+    auto = sys.stderr.isatty() and source.kind == "video" and (args.quiet or not human_view(args))
+    progress = {"on": True, "off": False}.get(args.progress, auto)
     pipeline = None
     try:
         pipeline = Pipeline(

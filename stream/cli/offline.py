@@ -747,7 +747,8 @@ def serve_parser() -> argparse.ArgumentParser:
         "--max-restarts",
         metavar="N",
         type=_restarts,
-        help="give a stream up after N exits in a row without a window in between (>= 0 or forever; default: forever)",
+        help="restart a stream at most N times in a row (without a window in between); the next exit gives it "
+        "up (>= 0 or forever; default: forever)",
     )
     p.add_argument(
         "--restart-max-delay",
