@@ -215,6 +215,25 @@ def test_bad_batch_input_is_one_line_exit_2(tmp_path, capsys):
     assert err == [f"cer-stream: error: no such file or folder: {tmp_path / 'missing.mp4'}"]
 
 
+def test_a_batch_never_writes_over_its_inputs(clips, tmp_path, capsys):
+    # a manifest kept in the output folder as summary.csv (a name the batch writes) would be
+    # replaced at the end; a hard link to a video named like an output likewise
+    out = tmp_path / "o"
+    out.mkdir()
+    manifest = out / "summary.csv"
+    manifest.write_text(f"path\n{clips / 'two.mp4'}\n")
+    before = manifest.read_bytes()
+    assert batch(str(manifest), "--out", str(out))[0] == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "over its input" in err[0] and str(manifest) in err[0], err
+    assert manifest.read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["summary.csv"]
+    out2 = tmp_path / "o2"
+    out2.mkdir()
+    os.link(clips / "two.mp4", out2 / "two.jsonl")
+    assert batch(str(clips / "two.mp4"), "--out", str(out2))[0] == 2
+    assert "over its input" in capsys.readouterr().err
+
+
 def test_ray_missing_is_one_line(clips, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as where it is not installed
     code, _ = batch(str(clips / "two.mp4"), "--out", str(tmp_path / "o"), "--ray", "auto")

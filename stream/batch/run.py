@@ -27,7 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from stream.batch.plan import BatchError, BatchItem, is_done, outputs, plan, settings_digest, write_atomic
+from stream.batch.plan import (
+    BatchError,
+    BatchItem,
+    is_done,
+    marker_name,
+    outputs,
+    plan,
+    settings_digest,
+    write_atomic,
+)
 from stream.batch.worker import FIELDS, WorkerConfig, summary_row
 from stream.runtime.options import PipelineOptions
 
@@ -161,6 +170,25 @@ def _backend(options: BatchOptions, todo: list[BatchItem], config: WorkerConfig)
     return run_local(todo, config, workers=options.workers or 1, retries=options.retries)
 
 
+def _check_inputs_survive(options: BatchOptions, items: list[BatchItem], out: Path) -> None:
+    """:class:`BatchError` (one line) when a file the batch would write in ``out`` is one of its
+    inputs (a video, or a manifest kept in the output folder under a name the batch writes,
+    e.g. ``summary.csv``): it would be replaced at the end.  Same device and inode, so links
+    count, not only names."""
+    from stream.sinks.outputs import same_file
+
+    written = [out / SUMMARY_CSV, out / SUMMARY_JSON]
+    for item in items:
+        written += [out / n for n in outputs(item.name, csv=options.csv, features=options.features).values()]
+        written.append(out / marker_name(item.name))
+    inputs = [Path(item.path) for item in items]
+    inputs += [Path(p) for p in map(str, options.inputs) if p.lower().endswith(".csv") and Path(p).is_file()]
+    for src in inputs:
+        for dst in written:
+            if dst.exists() and same_file(src, dst):
+                raise BatchError(f"the batch would write {dst} over its input {src}: use another --out folder")
+
+
 def run_batch(options: BatchOptions, *, progress_file: TextIO | None = None) -> BatchResult:
     """Analyse every file of ``options.inputs`` that is not done yet; see :class:`BatchResult`.
     Raises :class:`~stream.batch.plan.BatchError` (one line) for bad inputs, an output folder
@@ -176,6 +204,7 @@ def run_batch(options: BatchOptions, *, progress_file: TextIO | None = None) -> 
         raise BatchError(f"cannot make the output folder {out}: {exc.strerror or exc}") from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise BatchError(f"cannot write in the output folder {out}")
+    _check_inputs_survive(options, items, out)
     settings = settings_digest(options.pipeline, audio=options.audio)
     rows: dict[str, dict[str, Any]] = {}
     todo: list[BatchItem] = []
