@@ -206,7 +206,7 @@ def requested_profiles(
     """The profile a TensorRT plan of ``onnx_path`` is built for (by ``engines build`` and at
     run time alike). ``batch``/``axes`` override the table (a plan the runtime will then not
     find unless it is given the same overrides)."""
-    from engines.runtimes.tensorrt import onnx_input_shapes, onnx_metadata
+    from engines.onnx_info import onnx_input_shapes, onnx_metadata
 
     inputs = onnx_input_shapes(onnx_path)
     metadata = onnx_metadata(onnx_path)

@@ -6,7 +6,7 @@ fork of face-api.js by Vincent Mühler, MIT). Only two data files of it are used
 (TF.js weights, uint8-quantised: ``value = q * scale + min``). :func:`fetch` gets them with
 ``npm pack`` (the tarball's sha512 checked against the registry's integrity string, the two
 files' sha256 against :data:`FILE_SHA256`) into ``$CER_STREAM_CACHE/faceapi-1.7.15/``; nothing
-here fetches implicitly: a missing file is a one-line :class:`~engines.models.registry.WeightsNotFound`
+here fetches implicitly: a missing file is a one-line :class:`~engines.models.errors.WeightsNotFound`
 naming ``cer-stream models fetch faceapi-expression``.
 
 The network (face-api's ``FaceExpressionNet`` over ``FaceFeatureExtractor``), as ported:
@@ -42,8 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.models.errors import WeightsNotFound
+from engines.models.metadata import DescribedModel, write_metadata
 from engines.models.npm import NpmFetchError, NpmFiles, fetch_files
-from engines.models.registry import WeightsNotFound
 from engines.models.storage import atomic_write, default_cache_dir, sha256_file
 
 log = logging.getLogger("cer_stream.engines")
@@ -361,12 +362,13 @@ def _source_description(folder: Path) -> dict:
     return description
 
 
-def build_onnx(folder: str | Path):
-    """The ONNX model (``onnx.ModelProto``, checked) from a folder holding the two files."""
+def build_onnx(folder: str | Path, spec: DescribedModel):
+    """The ONNX model (``onnx.ModelProto``, checked) from a folder holding the two files;
+    ``spec`` (the registry's entry, which the registry hands to :func:`convert`) is written into
+    it as ``cer.*`` metadata.  The cached file comes from
+    ``engines.models.registry.export("faceapi-expression")``."""
     import onnx
     from onnx import helper
-
-    from engines.models import registry
 
     folder = weights_dir(folder)
     graph = build_graph(load_weights(folder))
@@ -381,9 +383,9 @@ def build_onnx(folder: str | Path):
     source = _source_description(folder)
     if "npm" not in source:
         log.warning("%s: the weights in %s are not the pinned %s files; exporting them anyway", NAME, folder, NPM_SPEC)
-    registry.write_metadata(
+    write_metadata(
         model,
-        registry.get(NAME),
+        spec,
         source=source,
         extra={"layout": LAYOUT, "outputs": list(OUTPUT_NAMES), "feature_dim": FEATURE_DIM},
     )
@@ -391,26 +393,11 @@ def build_onnx(folder: str | Path):
     return model
 
 
-def convert(source: Path, target: Path, spec=None) -> None:
+def convert(source: Path, target: Path, spec: DescribedModel) -> None:
     """The registry's exporter (``exporter_kind="convert"``): weights folder -> ONNX file at ``target``."""
-    model = build_onnx(source)
+    model = build_onnx(source, spec)
     atomic_write(target, model.SerializeToString())
     log.info("exported %s from %s to %s", NAME, source, target)
-
-
-def ensure_onnx(cache_dir: str | Path | None = None, weights: str | Path | None = None) -> Path:
-    """The ONNX file, exported on first use and cached as
-    ``CACHE/faceapi-expression-<sha256 of the weights folder>[:16]-e<EXPORT_VERSION>.onnx``
-    (through :func:`engines.models.registry.export`). Never fetches: missing weights raise
-    :class:`WeightsNotFound` naming ``cer-stream models fetch faceapi-expression``."""
-    from engines.models import registry
-
-    spec = registry.get(NAME)
-    if weights is None:
-        found = weights_dir(None, cache_dir)  # the one-line error naming the fetch command
-        if cache_dir is not None:  # weights fetched into that cache: not where the registry looks
-            weights = found
-    return registry.export(spec, weights=weights, cache_dir=cache_dir)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -522,7 +509,6 @@ __all__ = [
     "build_onnx",
     "cache_folder",
     "convert",
-    "ensure_onnx",
     "fetch",
     "load_weights",
     "pad_to_square",

