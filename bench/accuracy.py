@@ -565,7 +565,7 @@ def predictions(basic: np.ndarray) -> np.ndarray:
 def score(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
     """Macro-F1 over the 7 posed classes (no-face images count as misses), per-class F1,
     confusion in % of each true class (columns: the 7 classes + "no face")."""
-    from stream.offline.metrics import confusion_matrix, per_class_from_confusion
+    from stream.core.metrics import confusion_matrix, per_class_from_confusion
 
     k = len(CLASSES) + 1
     conf = confusion_matrix(y_true, y_pred, labels=list(range(k)))[: len(CLASSES)]
@@ -629,8 +629,8 @@ def bootstrap(
 
 def compound_score(items: Sequence[Item], basic: np.ndarray) -> dict[str, Any]:
     """PPA on the natural blends whose top two rated emotions make a compound."""
+    from stream.core.metrics import confusion_matrix, per_class_from_confusion
     from stream.fusion.compound import ppa
-    from stream.offline.metrics import confusion_matrix, per_class_from_confusion
 
     idx = [i for i, it in enumerate(items) if blend_compound(it) is not None]
     truth = np.array([blend_compound(items[i]) for i in idx], np.int64)
@@ -726,8 +726,8 @@ def evaluate_pipeline(folder: Path, items: Sequence[Item], names: Sequence[str])
 def text_heads(data: Path) -> dict[str, Any]:
     """The committed heads on their held-out data, through stream.modalities.speech.texthead's code (no training)."""
     from engines.models.minilm import TextEncoder, default_cache_dir
+    from stream.core.metrics import macro_f1, per_class_f1
     from stream.modalities.speech import texthead as T
-    from stream.offline.metrics import macro_f1, per_class_f1
 
     out: dict[str, Any] = {}
     for kind in T.KINDS:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stream.core import metrics
 from stream.fusion.schemes import (
     MHPF,
     DirichletWeights,
@@ -17,7 +18,6 @@ from stream.fusion.schemes import (
     hierarchical_grid,
     train_mhpf,
 )
-from stream.offline import metrics
 
 P0 = np.array([0.6, 0.3, 0.1])
 P1 = np.array([0.2, 0.2, 0.6])

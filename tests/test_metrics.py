@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import confusion_matrix as sk_confusion
 from sklearn.metrics import f1_score, recall_score
 
-from stream.offline import metrics
+from stream.core import metrics
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -39,8 +39,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from stream.core import metrics
 from stream.fusion.compound import PPA_MATRIX
-from stream.offline import metrics
 
 Metric = str | Callable[[np.ndarray, np.ndarray], float]
 
@@ -53,7 +53,7 @@ EXHAUSTIVE_LIMIT: int = 20_000
 #: Targets a fusion can be fitted for: fused basic classes, or their PPA compounds.
 TARGETS: tuple[str, ...] = ("basic", "compound")
 
-# Metric names accepted by the weight searches -> per-class metric of stream.offline.metrics.
+# Metric names accepted by the weight searches -> per-class metric of stream.core.metrics.
 _NAMED_METRICS = {"macro_f1": "f1", "uar": "recall"}
 # Candidate chunks are sized so that one chunk of fused scores holds about this many floats.
 _CHUNK_FLOATS = 2_000_000

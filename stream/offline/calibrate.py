@@ -51,10 +51,10 @@ from typing import Any
 
 import numpy as np
 
+from stream.core import metrics
 from stream.core.labels import BASIC, COMPOUND, basic_name
 from stream.fusion.compound import PFSA, TEMPERATURE_BOUNDS, ppa
 from stream.fusion.schemes import DIRICHLET_SAMPLES, MHPF, DirichletWeights, Fusion, HierarchicalWeights, train_mhpf
-from stream.offline import metrics
 
 FORMAT = "cer-stream-calibration"
 VERSION = 1

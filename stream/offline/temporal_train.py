@@ -43,8 +43,8 @@ from typing import Any
 import numpy as np
 
 from stream.core.labels import BASIC
+from stream.core.metrics import macro_f1
 from stream.modalities.temporal import FORMAT, FORMAT_VERSION, TemporalModel
-from stream.offline.metrics import macro_f1
 from stream.offline.temporal_data import DataError, SequenceData, load_sequences
 
 ARCHS: tuple[str, ...] = ("transformer", "mamba")

@@ -39,7 +39,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from stream.core.labels import BASIC, basic_name, to_basic
-from stream.offline.metrics import macro_f1
+from stream.core.metrics import macro_f1
 
 KINDS = ("speech", "scene")
 HEADS_DIR = Path(__file__).resolve().parents[2] / "heads"  # stream/heads
@@ -506,7 +506,7 @@ def train_head(
     )
     pred = np.argmax(x_val @ best.weight.T.astype(np.float32) + best.bias.astype(np.float32), axis=1)
     score = macro_f1(val.labels, pred, labels=list(range(len(classes))))
-    from stream.offline.metrics import per_class_f1
+    from stream.core.metrics import per_class_f1
 
     per_class = per_class_f1(val.labels, pred, labels=list(range(len(classes))))
     encoder.load()
