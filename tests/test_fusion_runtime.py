@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from stream.core.labels import BASIC
+from stream.fusion.calibration import Calibration
 from stream.fusion.compound import PFSA, ppa, rule1, rule2
 from stream.fusion.fuser import Fuser
 from stream.fusion.schemes import MHPF, DirichletWeights, HierarchicalWeights
 from stream.modalities.base import ModalityOutput
-from stream.offline.calibrate import Calibration
 
 FACE = np.array([0.05, 0.05, 0.05, 0.05, 0.60, 0.05, 0.10, 0.05])
 TEXT = np.array([0.10, 0.05, 0.05, 0.05, 0.20, 0.05, 0.45, 0.05])

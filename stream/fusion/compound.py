@@ -256,6 +256,11 @@ class PFSA:
         """``[7]`` bool: which compounds have a prototype."""
         return np.isfinite(self._check_fitted()).all(axis=1)
 
+    @property
+    def feature_dim(self) -> int:
+        """The length of the features the prototypes live in (``RuntimeError`` when not fitted)."""
+        return int(self._check_fitted().shape[1])
+
     def _check_fitted(self) -> np.ndarray:
         """The compound prototypes; raises ``RuntimeError`` when the PFSA is not fitted."""
         if self.compound_prototypes is None:

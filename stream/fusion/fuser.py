@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from stream.core.labels import BASIC, COMPOUND
+from stream.fusion.calibration import Calibration
 from stream.fusion.compound import METHODS, convert, normalise
 from stream.fusion.schemes import MHPF, Fusion
 from stream.modalities.base import ModalityOutput
@@ -89,7 +90,7 @@ class Fuser:
         modalities: list[str],
         *,
         method: str = "ppa",
-        calibration=None,
+        calibration: Calibration | None = None,
         feature_spaces: dict[str, dict | None] | None = None,
     ) -> None:
         if method not in METHODS:
@@ -113,11 +114,11 @@ class Fuser:
             self.kind = "equal"
         if method == "pfsa" and (calibration is None or calibration.pfsa is None):
             raise ValueError("--compound pfsa needs a calibration file with PFSA prototypes (--fusion FILE)")
-        self.pfsa_modality = getattr(calibration, "pfsa_modality", None) if calibration is not None else None
-        self.pfsa = calibration.pfsa if method == "pfsa" else None
-        self.pfsa_space: dict = dict(getattr(calibration, "pfsa_feature_space", None) or {}) if self.pfsa else {}
+        self.pfsa_modality = calibration.pfsa_modality if calibration is not None else None
+        self.pfsa = calibration.pfsa if calibration is not None and method == "pfsa" else None
+        self.pfsa_space: dict = dict(calibration.pfsa_feature_space or {}) if calibration and self.pfsa else {}
         if self.pfsa is not None:
-            self.pfsa_space.setdefault("dim", int(self.pfsa.compound_prototypes.shape[1]))
+            self.pfsa_space.setdefault("dim", self.pfsa.feature_dim)
             if self.pfsa_modality not in modalities:
                 raise ValueError(
                     f"--compound pfsa: the calibration's PFSA modality {self.pfsa_modality!r} "
@@ -175,7 +176,7 @@ class Fuser:
             return None, f"pfsa: {name} feature absent"
         feature = np.asarray(out.feature, np.float64).reshape(-1)
         assert self.pfsa is not None  # only called for --compound pfsa, which has prototypes
-        want = int(self.pfsa.compound_prototypes.shape[1])
+        want = self.pfsa.feature_dim
         if feature.size != want:
             return None, f"pfsa: {name} feature is {feature.size}-d, the prototypes are {want}-d"
         if not np.isfinite(feature).all() or not np.any(feature):

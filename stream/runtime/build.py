@@ -116,7 +116,7 @@ def build_fuser(opts: FusionOptions, names: list[str], face=None):
 
     calibration = None
     if opts.calibration is not None:
-        from stream.offline.calibrate import CalibrationError, load_calibration
+        from stream.fusion.calibration import CalibrationError, load_calibration
 
         try:
             calibration = load_calibration(opts.calibration)
