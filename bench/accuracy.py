@@ -109,7 +109,7 @@ def data_dir(path: str | Path | None = None) -> Path:
     """The shared data folder: ``path``, else ``$CER_STREAM_DATA``, else ``../shared/data``."""
     if path is not None:
         return Path(path).expanduser()
-    from stream.modalities.speech.texthead import default_data_dir
+    from stream.offline.texthead_train import default_data_dir
 
     return default_data_dir()
 
@@ -727,7 +727,7 @@ def text_heads(data: Path) -> dict[str, Any]:
     """The committed heads on their held-out data, through stream.modalities.speech.texthead's code (no training)."""
     from engines.models.minilm import TextEncoder, default_cache_dir
     from stream.core.metrics import macro_f1, per_class_f1
-    from stream.modalities.speech import texthead as T
+    from stream.offline import texthead_train as T
 
     out: dict[str, Any] = {}
     for kind in T.KINDS:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from stream.core.labels import BASIC
-from stream.modalities.speech import texthead as T
+from stream.offline import texthead_train as T
 from stream.offline.metrics import macro_f1
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@
 
 ``calibrate`` and ``eval`` (:mod:`stream.offline.calibrate`), ``train-temporal``
 (:mod:`stream.offline.temporal_train`), ``temporal-features`` (:mod:`stream.offline.temporal_data`),
-``train-head`` and ``text`` (:mod:`stream.modalities.speech.texthead`), ``plot``
+``train-head`` and ``text`` (:mod:`stream.offline.texthead_train`), ``plot``
 (:mod:`stream.offline.plot`), ``batch`` (:mod:`stream.batch`), ``serve`` (:mod:`stream.serve`):
 for each, ``*_parser()`` declares the flags, ``*_options(args)`` turns parsed flags into the typed options and
 ``*_main(argv)`` runs the library function and turns its one-line errors into exit statuses.
@@ -32,11 +32,11 @@ from stream.cli.main import PROG, fail
 
 if TYPE_CHECKING:
     from stream.batch.run import BatchOptions
-    from stream.modalities.speech.texthead import TextClassifyOptions, TrainHeadOptions
     from stream.offline.calibrate import CalibrateOptions, EvalOptions
     from stream.offline.plot import PlotOptions
     from stream.offline.temporal_data import TemporalFeaturesOptions
     from stream.offline.temporal_train import TrainTemporalOptions
+    from stream.offline.texthead_train import TextClassifyOptions, TrainHeadOptions
     from stream.serve.config import ServeConfig
 
 
@@ -362,7 +362,7 @@ def _l2_list(text: str) -> list[float]:
 
 def train_head_parser() -> argparse.ArgumentParser:
     """Flags of ``cer-stream train-head``."""
-    from stream.modalities.speech.texthead import DATA_ENV, KINDS, L2_GRID, MAX_EPOCHS, SCENE_HOLDOUT, WEIGHTINGS
+    from stream.offline.texthead_train import DATA_ENV, KINDS, L2_GRID, MAX_EPOCHS, SCENE_HOLDOUT, WEIGHTINGS
 
     p = Parser(prog="cer-stream train-head", description="Train a text emotion head on MiniLM embeddings.")
     p.add_argument(
@@ -416,7 +416,7 @@ def train_head_parser() -> argparse.ArgumentParser:
 
 
 def train_head_options(args: argparse.Namespace) -> TrainHeadOptions:
-    from stream.modalities.speech.texthead import TrainHeadOptions
+    from stream.offline.texthead_train import TrainHeadOptions
 
     return TrainHeadOptions(
         kind=args.kind,
@@ -434,7 +434,7 @@ def train_head_options(args: argparse.Namespace) -> TrainHeadOptions:
 
 def train_head_main(argv: Sequence[str] | None = None) -> int:
     """``cer-stream train-head``: train a text head and write it (default: the committed file)."""
-    from stream.modalities.speech.texthead import TextHeadError, run_train_head
+    from stream.offline.texthead_train import TextHeadError, run_train_head
 
     options = train_head_options(train_head_parser().parse_args(argv))
     try:
@@ -447,7 +447,7 @@ def train_head_main(argv: Sequence[str] | None = None) -> int:
 # --------------------------------------------------------------------------- text
 def text_parser() -> argparse.ArgumentParser:
     """Flags of ``cer-stream text``."""
-    from stream.modalities.speech.texthead import KINDS
+    from stream.offline.texthead_train import KINDS
 
     p = Parser(prog="cer-stream text", description="Classify texts with a text emotion head (the live pipeline's).")
     p.add_argument("input", nargs="?", default="-", metavar="FILE|-", help="one text per line (default: stdin)")
@@ -460,7 +460,7 @@ def text_parser() -> argparse.ArgumentParser:
 
 
 def text_options(args: argparse.Namespace) -> TextClassifyOptions:
-    from stream.modalities.speech.texthead import TextClassifyOptions
+    from stream.offline.texthead_train import TextClassifyOptions
 
     return TextClassifyOptions(input=args.input, kind=args.kind, head=args.head, batch=args.batch)
 
@@ -468,7 +468,7 @@ def text_options(args: argparse.Namespace) -> TextClassifyOptions:
 def text_main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     """``cer-stream text``: one text per input line -> one JSON line with the head's
     8 basic probabilities and the top state. Blank lines are skipped."""
-    from stream.modalities.speech.texthead import TextHeadError, run_text
+    from stream.offline.texthead_train import TextHeadError, run_text
 
     options = text_options(text_parser().parse_args(argv))
     try:
