@@ -9,7 +9,9 @@ The public API (imported lazily, so ``import stream`` stays light)::
             ...
 
 Options: :mod:`stream.runtime.options`; sources: :mod:`stream.io.sources`; records:
-:mod:`stream.runtime.records`; observers: :mod:`stream.runtime.observe`.
+:mod:`stream.runtime.records`.  The extension points are base classes with every optional
+method a no-op: :class:`Observer` (:mod:`stream.runtime.observe`), :class:`Modality`
+(:mod:`stream.modalities.base`) and :class:`Sink` (:mod:`stream.runtime.delivery`).
 """
 
 __version__ = "0.1.0"
@@ -42,6 +44,10 @@ _EXPORTS = {
     "EndRecord": "stream.runtime.records",
     "Observer": "stream.runtime.observe",
     "FaceCall": "stream.runtime.observe",
+    "Modality": "stream.modalities.base",
+    "ModalityOutput": "stream.modalities.base",
+    "WindowInput": "stream.modalities.base",
+    "Sink": "stream.runtime.delivery",
 }
 
 __all__ = [
@@ -73,6 +79,10 @@ __all__ = [
     "EndRecord",
     "Observer",
     "FaceCall",
+    "Modality",
+    "ModalityOutput",
+    "WindowInput",
+    "Sink",
 ]  # noqa: RUF022
 
 

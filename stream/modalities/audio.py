@@ -110,7 +110,7 @@ class SpeechEmotionModel:
             self.engine.close()
 
 
-class SpeechEmotionModality:
+class SpeechEmotionModality(Modality):
     """Modality "audio": the speech-emotion model on speech windows."""
 
     name = "audio"

@@ -15,8 +15,9 @@ absent for that window; the stream goes on.
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
@@ -47,16 +48,33 @@ class ModalityOutput:
         return cls(None, None, {"reason": reason, **info})
 
 
-@runtime_checkable
-class Modality(Protocol):
+class Modality(ABC):
+    """One modality of the window loop: subclass it and implement :meth:`__call__`.
+
+    The analyzer calls :meth:`load` once before capture starts (a modality that cannot load is
+    reported and stays absent), the modality once per window, :meth:`reset` between two runs of
+    a :class:`stream.Pipeline` (so no state of one stream leaks into the next) and :meth:`close`
+    when the pipeline is closed.  Every method but :meth:`__call__` is a no-op here.
+    """
+
+    #: the key of its results in window records (``modalities.NAME``) and in fusion
     name: str
 
-    def __call__(self, inp: WindowInput) -> ModalityOutput: ...
+    @abstractmethod
+    def __call__(self, inp: WindowInput) -> ModalityOutput:
+        """This window's 8 basic probabilities, or :meth:`ModalityOutput.absent` with the reason."""
 
-    def close(self) -> None: ...
+    def load(self) -> None:  # noqa: B027 (optional hook: a no-op unless overridden)
+        """Load models now (before the first window), not on the first call."""
+
+    def reset(self) -> None:  # noqa: B027 (optional hook: a no-op unless overridden)
+        """Forget the previous stream (trackers, transcripts, pending captions)."""
+
+    def close(self) -> None:  # noqa: B027 (optional hook: a no-op unless overridden)
+        """Free models and threads."""
 
 
-class FaceModality:
+class FaceModality(Modality):
     """Static face model: the window's per-frame face probabilities, averaged
     (frames without a face borrow the nearest face).
 
@@ -79,9 +97,6 @@ class FaceModality:
         if space is not None:
             info["feature_space"] = space
         return ModalityOutput(probs, feature, info)
-
-    def close(self) -> None:
-        pass
 
 
 def window_face_feature(faces: list[FaceResult]) -> tuple[np.ndarray | None, dict | None]:
@@ -107,7 +122,7 @@ def window_face_feature(faces: list[FaceResult]) -> tuple[np.ndarray | None, dic
     return mean.astype(np.float32), space
 
 
-class AbsentModality:
+class AbsentModality(Modality):
     """A modality that is not running in this configuration: every window records why."""
 
     def __init__(self, name: str, reason: str) -> None:
@@ -117,11 +132,8 @@ class AbsentModality:
     def __call__(self, inp: WindowInput) -> ModalityOutput:
         return ModalityOutput.absent(self.reason)
 
-    def close(self) -> None:
-        pass
 
-
-class LaggedModality:
+class LaggedModality(Modality):
     """Runs a slow modality (speech-to-text) off the window thread for live sources.
 
     Each call hands the window to a worker thread (when it is busy, the newest waiting window
@@ -146,9 +158,10 @@ class LaggedModality:
         self._thread.start()
 
     def load(self) -> None:
-        load = getattr(self.inner, "load", None)
-        if load is not None:
-            load()
+        self.inner.load()
+
+    def reset(self) -> None:
+        self.inner.reset()
 
     def _work(self) -> None:
         while True:

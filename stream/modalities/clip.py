@@ -40,7 +40,7 @@ import numpy as np
 from stream.core.labels import BASIC, COMPOUND, basic_name
 from stream.core.messages import VideoFrame
 from stream.core.windows import EPS, WINDOW_S
-from stream.modalities.base import AbsentModality, ModalityOutput, WindowInput
+from stream.modalities.base import AbsentModality, Modality, ModalityOutput, WindowInput
 from stream.modalities.temporal import CLIP_FEATURES
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ def _meta_value(meta: dict[str, str], key: str) -> Any:
         return value
 
 
-class ClipLabelModality:
+class ClipLabelModality(Modality):
     """CLIP scene-label matching.
 
     Args:
@@ -317,7 +317,7 @@ class ClipLabelModality:
         }
         return ModalityOutput(basic.astype(np.float32), embeds.mean(axis=0).astype(np.float32), info)
 
-    def reset_states(self) -> None:
+    def reset(self) -> None:
         self.cache.clear()
 
     def close(self) -> None:

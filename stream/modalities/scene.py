@@ -54,7 +54,8 @@ import numpy as np
 from stream.core.labels import BASIC
 from stream.core.redact import redact
 from stream.core.windows import WINDOW_S
-from stream.modalities.base import ModalityOutput, WindowInput
+from stream.modalities.base import Modality, ModalityOutput, WindowInput
+from stream.modalities.speech.texthead import TextHead
 
 if TYPE_CHECKING:  # imported when the worker starts: `images` and tests of other parts never pay for it
     import httpx
@@ -675,12 +676,8 @@ class CaptionHead(Protocol):
     def predict(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
-def load_scene_head() -> CaptionHead:
+def load_scene_head() -> TextHead:
     """The project's caption head (MiniLM + linear head trained on Qwen2.5-VL captions)."""
-    try:
-        from stream.modalities.speech.texthead import TextHead
-    except ImportError as exc:
-        raise RuntimeError(f"the scene caption head is not available: {exc}") from exc
     try:
         return TextHead.load("scene")
     except (OSError, ValueError, RuntimeError) as exc:
@@ -689,16 +686,15 @@ def load_scene_head() -> CaptionHead:
 
 class _HeadCall:
     """The caption head as the worker's ``postprocess``: text -> (probabilities [8], embedding
-    or None).  The embedding (a head's ``predict_with_embeddings``, e.g. MiniLM's 384-d
-    sentence vector) becomes the modality's feature."""
+    or None).  The embedding (the project's :class:`TextHead`: MiniLM's 384-d sentence vector)
+    becomes the modality's feature; another head gives probabilities only."""
 
     def __init__(self, head: CaptionHead) -> None:
         self.head = head
 
     def __call__(self, text: str) -> tuple[np.ndarray, np.ndarray | None]:
-        with_emb = getattr(self.head, "predict_with_embeddings", None)
-        if with_emb is not None:
-            probs, emb = with_emb([text])
+        if isinstance(self.head, TextHead):
+            probs, emb = self.head.predict_with_embeddings([text])
             emb = np.asarray(emb, dtype=np.float32)[0]
         else:
             probs, emb = self.head.predict([text]), None
@@ -708,7 +704,7 @@ class _HeadCall:
         return probs[0], emb
 
 
-class SceneModality:
+class SceneModality(Modality):
     """The scene modality (name ``"scene"``): submits each window's keyframes to the worker and
     uses the newest caption no older than ``options.caption_max_age_s``.
 
@@ -726,8 +722,10 @@ class SceneModality:
 
     def __init__(self, options: SceneOptions, *, head: CaptionHead | None = None) -> None:
         self.options = options
-        self._own_head = head is None
-        self.head = head if head is not None else load_scene_head()
+        self._own_head: TextHead | None = None  # loaded here: closed with the modality
+        if head is None:
+            head = self._own_head = load_scene_head()
+        self.head: CaptionHead = head
         self.worker = SceneWorker(options, postprocess=_HeadCall(self.head))
 
     def __call__(self, inp: WindowInput) -> ModalityOutput:
@@ -755,14 +753,14 @@ class SceneModality:
             {"caption": cap.text, "caption_age_s": age, "caption_window": cap.window_index, "vlm": status},
         )
 
-    def reset_states(self) -> None:
+    def reset(self) -> None:
         """Forget the cached caption (a new stream starts)."""
         self.worker.reset()
 
     def close(self) -> None:
         self.worker.close()
-        if self._own_head and hasattr(self.head, "close"):
-            self.head.close()
+        if self._own_head is not None:
+            self._own_head.close()
 
 
 # --------------------------------------------------------------------------- building

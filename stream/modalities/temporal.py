@@ -39,7 +39,7 @@ import numpy as np
 
 from stream.core.labels import FER_MINI_XCEPTION, basic_name, to_basic
 from stream.core.windows import FRAMES_PER_WINDOW
-from stream.modalities.base import ModalityOutput, WindowInput
+from stream.modalities.base import Modality, ModalityOutput, WindowInput
 from stream.modalities.face import FaceResult, face_absence_reason
 
 FORMAT = "cer-stream-temporal"
@@ -153,7 +153,7 @@ class TemporalModel:
         self.engine.close()
 
 
-class TemporalModality:
+class TemporalModality(Modality):
     """The dynamic face modality (name ``"temporal"``).
 
     Args:
@@ -211,7 +211,7 @@ class TemporalModality:
         probs, emb = m(seq)
         return ModalityOutput(probs, emb, info)
 
-    def reset_states(self) -> None:
+    def reset(self) -> None:
         pass
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from stream.modalities.base import ModalityOutput, WindowInput
+from stream.modalities.base import Modality, ModalityOutput, WindowInput
 from stream.modalities.speech.asr import SpeechRecognizer
 from stream.modalities.speech.texthead import TextHead
 from stream.modalities.speech.vad import SpeechGate
@@ -27,7 +27,7 @@ from stream.modalities.speech.vad import SpeechGate
 log = logging.getLogger("cer_stream.text")
 
 
-class SpeechTextModality:
+class SpeechTextModality(Modality):
     name = "text"
 
     def __init__(

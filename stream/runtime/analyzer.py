@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ from stream.io.ringbuffer import BLOCK, AudioRing, FrameRing
 from stream.io.sources import FRAME_RING, Source  # noqa: F401  (FRAME_RING: re-exported)
 from stream.modalities.base import FaceModality, Modality, ModalityOutput, WindowInput
 from stream.modalities.face import FaceAnalyzer, FaceCache
+from stream.runtime.delivery import CLOSE_TIMEOUT_S, RecordWriter, Sink, SinkEvent, SinkSet, as_sink
 from stream.runtime.lifecycle import (  # noqa: F401
     STARTUP_GRACE_S,
     Capture,
@@ -37,7 +38,7 @@ from stream.runtime.lifecycle import (  # noqa: F401
     StartupError,
     open_capture,
 )
-from stream.runtime.observe import FaceStep, Observers
+from stream.runtime.observe import FaceStep, Observer, Observers
 from stream.runtime.progress import Progress
 from stream.runtime.records import (
     GapRecord,
@@ -59,7 +60,6 @@ from stream.runtime.scheduler import (  # noqa: F401
 )
 from stream.runtime.stats import RunStats
 from stream.runtime.timeline import FrameRow, Timeline
-from stream.sinks.outputs import CLOSE_TIMEOUT_S, Sink, SinkEvent, SinkSet
 
 #: File mode: how much audio after a window is handed to the modalities with it (``shared["audio_ahead"]``).
 AUDIO_AHEAD_S = 4.0
@@ -88,27 +88,27 @@ class Analyzer:
     def __init__(
         self,
         source: Source,
-        sinks: list[Sink],
+        sinks: Sequence[Sink | RecordWriter],
         *,
         options: Options | None = None,
         face: FaceAnalyzer | None = None,
         modalities: list[Modality] | None = None,
         fuser: Fuser | None = None,
-        features_out: Sink | None = None,
+        features_out: Sink | RecordWriter | None = None,
         notes: list[str] | None = None,
-        observers: list[Any] | None = None,
+        observers: Sequence[object] | None = None,
         on_record: Callable[[Record], None] | None = None,
         log_records: Any = None,
     ) -> None:
         self.source = source
-        self.sinks = sinks
+        self.sinks = [as_sink(s) for s in sinks]
         self.opts = options or Options()
         self.face = face
         self.modalities: list[Modality] = modalities if modalities is not None else [FaceModality()]
         self.fuser = fuser or Fuser([m.name for m in self.modalities], method=self.opts.compound)
-        self.features_out = features_out
-        # a sink that also observes analysed frames (the annotated video) is told about them
-        self.observers = Observers([*(observers or []), *(s for s in sinks if hasattr(s, "on_frame"))])
+        self.features_out = as_sink(features_out) if features_out is not None else None
+        # a sink that is an Observer too (the annotated video, the live page) sees the analysed frames
+        self.observers = Observers([*(observers or []), *(s for s in self.sinks if isinstance(s, Observer))])
         self.on_record = on_record
         self._modality_errors: dict[str, str] = {}
         self._notes = notes if notes is not None else []  # warnings from start-up, emitted after `start`
@@ -141,7 +141,7 @@ class Analyzer:
                 self._outputs.put(d, exclude=exclude, timeout=timeout)
             else:  # outside a run: written directly
                 for s in self.sinks:
-                    if getattr(s, "name", None) != exclude or exclude is None:
+                    if s.name != exclude or exclude is None:
                         s.write(d)
             if not isinstance(record, dict):
                 if self.on_record is not None:
@@ -264,11 +264,8 @@ class Analyzer:
         """Load models before capture starts, so the first windows do not pay for it.  A
         modality that cannot load is reported and stays absent; the stream goes on."""
         for mod in self.modalities:
-            load = getattr(mod, "load", None)
-            if load is None:
-                continue
             try:
-                load()
+                mod.load()
             except Exception as exc:
                 self._notes.append(redact(f"modality {mod.name} could not load: {type(exc).__name__}: {exc}"))
 

@@ -1,6 +1,7 @@
 """Observer hooks, and the face-analysis step of the window loop.
 
-An observer is any object with some of these methods (each optional)::
+An observer subclasses :class:`Observer` and overrides some of these hooks (each a no-op
+there), or is any object with some of these methods, wrapped once by :func:`as_observer`::
 
     on_stage(name, ms, window_index, frames)  # a timed stage
     on_window(record)                          # a WindowRecord, as it is emitted
@@ -19,51 +20,92 @@ filled or analysed.  Observers run on the window loop's thread: keep them quick.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
+
+from stream.core.messages import VideoFrame
+from stream.modalities.face import FaceResult
+from stream.runtime.records import Record, WindowRecord
 
 
-@runtime_checkable
-class Observer(Protocol):
-    """The full observer interface (implement only the methods you need)."""
+class Observer:
+    """Told about stage timings, records and analysed frames: subclass it and override the hooks
+    you need (each is a no-op here).  Any other object with some of the ``on_*`` methods works
+    too: :func:`as_observer` wraps it once, when the pipeline or analyzer is made."""
 
-    def on_stage(self, name: str, ms: float, window_index: int | None, frames: Sequence[int]) -> None: ...
+    def on_stage(self, name: str, ms: float, window_index: int | None, frames: Sequence[int]) -> None:
+        """A timed stage (see the module docstring for the names)."""
 
-    def on_window(self, record: Any) -> None: ...
+    def on_window(self, record: WindowRecord) -> None:
+        """A window record, as it is emitted."""
+
+    def on_record(self, record: Record) -> None:
+        """Every record (typed), as it is emitted."""
+
+    def on_face_call(self, call: FaceCall) -> None:
+        """One call of the face analyzer."""
+
+    def on_capture(self, pids: list[int]) -> None:
+        """The capture processes' pids, once they run."""
+
+    def on_frame(self, frame: VideoFrame, face: FaceResult | None) -> None:
+        """Each analysed frame and its face result, once."""
+
+
+#: The hooks of :class:`Observer`.
+HOOKS = ("on_stage", "on_window", "on_record", "on_face_call", "on_capture", "on_frame")
+
+
+class _HookObserver(Observer):
+    """An object with some of the hooks, as an :class:`Observer`: its methods are looked up
+    once, here, and the hooks it lacks stay no-ops."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        for hook in HOOKS:
+            method = getattr(inner, hook, None)
+            if callable(method):
+                setattr(self, hook, method)
+
+
+def as_observer(observer: object) -> Observer:
+    """``observer`` itself when it is an :class:`Observer`, else wrapped once."""
+    return observer if isinstance(observer, Observer) else _HookObserver(observer)
 
 
 class Observers:
-    """Fans each event out to the observers that have the method."""
+    """Fans each event out to the observers."""
 
-    def __init__(self, observers: Iterable[Any] = ()) -> None:
-        self.items = list(observers)
+    def __init__(self, observers: Iterable[object] = ()) -> None:
+        self.items = [as_observer(ob) for ob in observers]
 
     def __bool__(self) -> bool:
         return bool(self.items)
 
-    def _call(self, method: str, *args: Any) -> None:
-        for ob in self.items:
-            fn = getattr(ob, method, None)
-            if fn is not None:
-                fn(*args)
-
     def stage(self, name: str, ms: float, window_index: int | None = None, frames: Sequence[int] = ()) -> None:
-        self._call("on_stage", name, ms, window_index, list(frames))
+        for ob in self.items:
+            ob.on_stage(name, ms, window_index, list(frames))
 
-    def record(self, record: Any) -> None:
-        self._call("on_record", record)
-        if getattr(record, "type", None) == "window":
-            self._call("on_window", record)
+    def record(self, record: Record) -> None:
+        for ob in self.items:
+            ob.on_record(record)
+        if isinstance(record, WindowRecord):
+            for ob in self.items:
+                ob.on_window(record)
 
     def face_call(self, call: FaceCall) -> None:
-        self._call("on_face_call", call)
+        for ob in self.items:
+            ob.on_face_call(call)
 
     def capture(self, pids: list[int]) -> None:
-        self._call("on_capture", pids)
+        for ob in self.items:
+            ob.on_capture(pids)
 
-    def frame(self, frame: Any, face: Any) -> None:
-        self._call("on_frame", frame, face)
+    def frame(self, frame: VideoFrame, face: FaceResult | None) -> None:
+        for ob in self.items:
+            ob.on_frame(frame, face)
 
 
 # --------------------------------------------------------------------------- face timing
@@ -171,15 +213,19 @@ class TimedEmotionModel:
         return getattr(self._inner, name)
 
 
+#: The timer of each instrumented face analyzer (kept beside it: nothing is added to the object).
+_TIMERS: weakref.WeakKeyDictionary[Any, _FaceTimer] = weakref.WeakKeyDictionary()
+
+
 def instrument_face(face: Any) -> Any:
     """Let ``face`` (a FaceAnalyzer) report per-frame stage times to a :class:`FaceStep`; no-op
     when already done.  Wraps its detector and model in timing proxies (composition, no
     patching of methods)."""
-    if getattr(face, "_cer_timer", None) is None:
+    if face not in _TIMERS:
         timer = _FaceTimer()
         face.detector = TimedDetector(face.detector, timer)
         face.model = TimedEmotionModel(face.model, timer)
-        face._cer_timer = timer
+        _TIMERS[face] = timer
     return face
 
 
@@ -197,7 +243,7 @@ class FaceStep:
         todo = [(f.index, f.pts, f.image) for f in new]
         if not todo:
             return 0
-        timer = getattr(self.face, "_cer_timer", None) if self.observers else None
+        timer = _TIMERS.get(self.face) if self.observers else None
         if timer is not None:
             timer.arm(todo)
         t0 = time.perf_counter()
@@ -234,8 +280,10 @@ __all__ = [
     "FaceCall",
     "FaceStep",
     "FrameTimes",
+    "HOOKS",
     "Observer",
     "Observers",
+    "as_observer",
     "TimedDetector",
     "TimedEmotionModel",
     "instrument_face",

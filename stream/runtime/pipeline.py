@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from stream.core.logs import RecordForwarder, silence_native
 from stream.io.sources import Source
+from stream.modalities.base import Modality, ModalityOutput, WindowInput
+from stream.runtime.delivery import RecordWriter, Sink, as_sink
+from stream.runtime.observe import as_observer
 from stream.runtime.options import PipelineOptions
 from stream.runtime.records import AnyRecord
 
@@ -31,53 +34,51 @@ if TYPE_CHECKING:
 _DONE = object()
 
 
-class _Borrowed:
+class _Borrowed(Modality):
     """A modality lent to one run's wrapper: closing the wrapper does not close it."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Modality) -> None:
         self.inner = inner
         self.name = inner.name
 
-    def __call__(self, inp):
+    def __call__(self, inp: WindowInput) -> ModalityOutput:
         return self.inner(inp)
 
     def load(self) -> None:
-        load = getattr(self.inner, "load", None)
-        if load is not None:
-            load()
+        self.inner.load()
 
-    def close(self) -> None:
-        pass
-
-
-def _reset(mod: Any) -> None:
-    for name in ("reset_states", "reset"):
-        fn = getattr(mod, name, None)
-        if callable(fn):
-            fn()
-            return
+    def reset(self) -> None:
+        self.inner.reset()
 
 
 class Pipeline:
-    """Compound expression recognition over a source, from typed options.
+    r"""Compound expression recognition over a source, from typed options.
 
     ``Pipeline(options)`` loads the face path (raising ``RuntimeError``/``ValueError``/
     ``FileNotFoundError`` with a one-line message when a model or file is missing);
     :meth:`run` analyses one source and yields its records (``StartRecord``, ``WarningRecord``,
     ``WindowRecord``, ``FramesRecord``, ``EndRecord``); ``record.to_dict()`` is the JSON the
-    command line prints.  ``sinks`` (``stream.sinks.outputs``) and ``features_out`` receive each
-    record's JSON as well.  One run at a time; :meth:`stop` (from any thread) ends the current
+    command line prints.  ``sinks`` (:class:`stream.Sink`\ s, e.g. those of
+    ``stream.sinks.outputs``, or any object with ``write(record)`` and ``close()``) and
+    ``features_out`` receive each record's JSON as well.  One run at a time; :meth:`stop` (from any thread) ends the current
     run early, flushing its windows.
     """
 
     def __init__(
-        self, options: PipelineOptions | None = None, *, sinks: list[Any] | None = None, features_out: Any = None
+        self,
+        options: PipelineOptions | None = None,
+        *,
+        sinks: Sequence[Sink | RecordWriter] | None = None,
+        features_out: Sink | RecordWriter | None = None,
     ) -> None:
         from stream.runtime.build import build_face_analyzer
 
         self.options = options or PipelineOptions()
-        self.sinks = list(sinks or [])
-        self.features_out = features_out
+        self.sinks = [as_sink(s) for s in sinks or []]
+        self.features_out = as_sink(features_out) if features_out is not None else None
+        # duck-typed observers are wrapped once, here (stream.runtime.observe.as_observer)
+        self.observers = [as_observer(ob) for ob in self.options.observers]
+        self._run_owned: list[Modality] = []
         silence_native()  # before the face path imports MediaPipe (idempotent)
         # every cer_stream warning, at start or an hour in, becomes a `warning` record of the run
         self._forwarder = RecordForwarder().install()
@@ -117,7 +118,7 @@ class Pipeline:
         return self._sets[live]
 
     # ------------------------------------------------------------------ runs
-    def analyzer(self, source: Source, *, sinks: list[Any] | None = None, on_record=None):
+    def analyzer(self, source: Source, *, sinks: Sequence[Sink | RecordWriter] | None = None, on_record=None):
         """The :class:`~stream.runtime.analyzer.Analyzer` for one run of ``source`` (for callers
         that drive it themselves, like the command line: ``analyzer.run()`` returns the end
         record's JSON)."""
@@ -137,7 +138,7 @@ class Pipeline:
             run_mods.append(mod)
         if self._analyzer is not None:  # a later run: forget the previous stream's state
             for mod in mods:
-                _reset(mod)
+                mod.reset()
             if self.face.tracker is not None:
                 self.face.tracker.reset_states()
         rt = self.options.runtime
@@ -162,7 +163,7 @@ class Pipeline:
             fuser=fuser,
             features_out=self.features_out,
             log_records=self._forwarder,
-            observers=self.options.observers,
+            observers=self.observers,
             on_record=on_record,
         )
         self._run_owned = [m for m in run_mods if m not in mods]
@@ -208,7 +209,7 @@ class Pipeline:
             self._lock.release()
 
     def _close_run_mods(self) -> None:
-        for mod in getattr(self, "_run_owned", []):
+        for mod in self._run_owned:
             mod.close()
         self._run_owned = []
 

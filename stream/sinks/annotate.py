@@ -43,6 +43,7 @@ import numpy as np
 
 from stream.core.windows import FrameNumbers, MediaTime
 from stream.io.sources import Source
+from stream.runtime.observe import Observer
 from stream.sinks.draw import draw_overlay, scale_box
 from stream.sinks.outputs import Sink, SinkError, move_into_place, same_file, temp_beside
 
@@ -129,7 +130,7 @@ def check_path(path: str | os.PathLike, source: Source | None = None) -> Path:
     return p
 
 
-class AnnotateSink(Sink):
+class AnnotateSink(Sink, Observer):
     """Writes an annotated copy of ``source`` to ``path`` (.mp4 or .mkv; ``SinkError``, one
     line, when it cannot).  ``max_side``: the analysis scale (``--max-side``); a live copy,
     made of the analysed frames, is at most that size.  ``live``: write the analysed frames

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from stream.core.labels import BASIC, COMPOUND
+from stream.runtime.observe import Observer
 from stream.sinks.outputs import Sink, SinkError, dumps
 
 log = logging.getLogger("cer_stream.web")
@@ -617,7 +618,7 @@ class RunState:
 
 
 # --------------------------------------------------------------------------- sink
-class WebSink(Sink):
+class WebSink(Sink, Observer):
     """Serves the live page on ``host:port`` from the moment it is made (``SinkError``, one
     line, when it cannot: a non-loopback ``host`` without ``public``, a port in use, the web
     extra or the chart library missing).  :meth:`close` stops the server."""
