@@ -13,6 +13,7 @@ import zmq
 from conftest import ROOT, CollectSink, alive, cer_stream, free_port, records
 
 from stream.core.labels import BASIC, COMPOUND
+from stream.modalities.base import Modality, ModalityOutput
 from stream.sinks.outputs import CSV_HEADER
 
 
@@ -252,7 +253,7 @@ def test_kill_of_analyzer_takes_capture_down(sample):
     assert not [c for c in children if alive(c)]
 
 
-class _SlowModality:
+class _SlowModality(Modality):
     """A modality that takes longer than the hop, to make the analyzer fall behind."""
 
     name = "slow"
@@ -261,26 +262,22 @@ class _SlowModality:
         self.seconds = seconds
 
     def __call__(self, inp):
-        from stream.modalities.base import ModalityOutput
-
         time.sleep(self.seconds)
         return ModalityOutput.absent("test modality")
-
-    def close(self):
-        pass
 
 
 def test_live_source_never_waits_for_a_slow_analyzer(sample):
     """--realtime behaves as a live source: when analysis is slower than media time the analyzer
     skips to the newest complete window and says so; capture is never held up."""
     from stream.modalities.base import FaceModality
-    from stream.runtime.analyzer import Analyzer, Options, Source
+    from stream.runtime.analyzer import Analyzer, Source
+    from stream.runtime.options import RuntimeOptions
 
     sink = CollectSink()
     an = Analyzer(
         Source("video", str(sample)),
         [sink],
-        options=Options(realtime=True),
+        options=RuntimeOptions(realtime=True),
         modalities=[FaceModality(), _SlowModality(4.5)],
     )
     t0 = time.monotonic()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from engines.memory import Trimmer
@@ -25,7 +24,6 @@ from stream.core.signals import SignalEvent
 from stream.core.windows import EPS, HOP_S, WINDOW_S, Window, final_before, swallowed_windows
 from stream.fusion.fuser import Fuser
 from stream.io.receiver import SourceState
-from stream.io.reconnect import ReconnectPolicy, Resume
 from stream.io.ringbuffer import BLOCK, AudioRing, FrameRing
 from stream.io.sources import FRAME_RING, Source  # noqa: F401  (FRAME_RING: re-exported)
 from stream.modalities.base import FaceModality, Modality, ModalityOutput, WindowInput
@@ -39,6 +37,7 @@ from stream.runtime.lifecycle import (  # noqa: F401
     open_capture,
 )
 from stream.runtime.observe import FaceStep, Observer, Observers
+from stream.runtime.options import RuntimeOptions
 from stream.runtime.progress import Progress
 from stream.runtime.records import (
     GapRecord,
@@ -65,32 +64,18 @@ from stream.runtime.timeline import FrameRow, Timeline
 AUDIO_AHEAD_S = 4.0
 
 
-@dataclass
-class Options:
-    """The analyzer's runtime settings (:class:`stream.runtime.options.RuntimeOptions` plus the
-    compound method)."""
-
-    realtime: bool = False  # pace a file at media speed (and treat it as live)
-    max_side: int = 960
-    open_timeout_s: float = 10.0
-    read_timeout_s: float = 10.0
-    reconnect: ReconnectPolicy | None = None  # live sources; None: forever, at most 30 s apart
-    resume: Resume | None = None  # live sources: go on from where another analyzer process left
-    compound: str = "ppa"  # ppa | rule1 | rule2 | pfsa
-    emit_frames: bool = True
-    progress: bool = False
-
-
 class Analyzer:
     """Analyses one source to its end.  ``sinks`` receive each record's JSON object;
-    ``on_record`` (and the observers' ``on_record``/``on_window``) the typed record."""
+    ``on_record`` (and the observers' ``on_record``/``on_window``) the typed record.
+    ``options`` are the pipeline's own :class:`~stream.runtime.options.RuntimeOptions` (not a
+    copy of their fields); the compound method is the ``fuser``'s."""
 
     def __init__(
         self,
         source: Source,
         sinks: Sequence[Sink | RecordWriter],
         *,
-        options: Options | None = None,
+        options: RuntimeOptions | None = None,
         face: FaceAnalyzer | None = None,
         modalities: list[Modality] | None = None,
         fuser: Fuser | None = None,
@@ -102,10 +87,10 @@ class Analyzer:
     ) -> None:
         self.source = source
         self.sinks = [as_sink(s) for s in sinks]
-        self.opts = options or Options()
+        self.opts = options or RuntimeOptions()
         self.face = face
         self.modalities: list[Modality] = modalities if modalities is not None else [FaceModality()]
-        self.fuser = fuser or Fuser([m.name for m in self.modalities], method=self.opts.compound)
+        self.fuser = fuser or Fuser([m.name for m in self.modalities])
         self.features_out = as_sink(features_out) if features_out is not None else None
         # a sink that is an Observer too (the annotated video, the live page) sees the analysed frames
         self.observers = Observers([*(observers or []), *(s for s in self.sinks if isinstance(s, Observer))])
@@ -250,7 +235,7 @@ class Analyzer:
             open_timeout_s=self.opts.open_timeout_s,
             read_timeout_s=self.opts.read_timeout_s,
             reconnect=self.opts.reconnect,
-            resume=self.opts.resume,
+            resume=self.opts.resume if self.live else None,
         )
         try:
             capture.start()
@@ -580,4 +565,4 @@ class Analyzer:
         self.emit(build_frames_record(rows, final=final))
 
 
-__all__ = ["AUDIO_AHEAD_S", "Analyzer", "Options", "Source", "StartupError"]
+__all__ = ["AUDIO_AHEAD_S", "Analyzer", "Source", "StartupError"]

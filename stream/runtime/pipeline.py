@@ -123,7 +123,7 @@ class Pipeline:
         that drive it themselves, like the command line: ``analyzer.run()`` returns the end
         record's JSON)."""
         from stream.modalities.base import LaggedModality
-        from stream.runtime.analyzer import Analyzer, Options
+        from stream.runtime.analyzer import Analyzer
 
         if self._closed:
             raise RuntimeError("the pipeline is closed")
@@ -141,23 +141,11 @@ class Pipeline:
                 mod.reset()
             if self.face.tracker is not None:
                 self.face.tracker.reset_states()
-        rt = self.options.runtime
-        opts = Options(
-            realtime=rt.realtime,
-            max_side=rt.max_side,
-            open_timeout_s=rt.open_timeout_s,
-            read_timeout_s=rt.read_timeout_s,
-            reconnect=rt.reconnect,
-            resume=rt.resume if live else None,
-            compound=self.options.fusion.compound,
-            emit_frames=rt.emit_frames,
-            progress=rt.progress,
-        )
         fuser = self._fusers[live]
         self._analyzer = Analyzer(
             source,
             list(self.sinks) + list(sinks or []),
-            options=opts,
+            options=self.options.runtime,
             face=self.face,
             modalities=run_mods,
             fuser=fuser,
