@@ -6,7 +6,9 @@ doing.  The reentrancy tests below run a nested ``set()`` at *every* call bounda
 run; ``threading.Event`` is shown to deadlock under the same harness, so the harness can fail.
 """
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -139,3 +141,30 @@ def test_capture_stop_survives_a_burst_of_parent_death_signals(tmp_path, round_)
         parent.wait(10)
         if child is not None and alive(child):
             os.kill(child, 9)
+
+
+def test_a_run_started_with_sigint_blocked_still_stops_on_it(sample):
+    # a signal mask is inherited across fork and exec: Ray's worker threads block SIGINT, so a
+    # `serve --ray` actor's analyzer started with it blocked never got its stop and was killed
+    # after the grace time, without its end record
+    started: list[subprocess.Popen] = []
+
+    def start() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        cmd = [sys.executable, "-m", "stream.cli", "--video", str(sample), "--realtime", "--no-asr", "--no-clip"]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        started.append(
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+        )
+
+    t = threading.Thread(target=start)
+    t.start()
+    t.join()
+    proc = started[0]
+    assert proc.stdout is not None
+    first = json.loads(proc.stdout.readline())  # the start record: the run is under way
+    assert first["type"] == "start"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    end = json.loads(out.strip().splitlines()[-1])
+    assert end["type"] == "end" and end["reason"] == "interrupted", err

@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
 
         redact_process_args()
     main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:
+        from stream.core.signals import unblock_stop_signals
+
+        unblock_stop_signals()  # a parent's thread may have handed us a mask that blocks them
     if main_thread and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_sigint)
     try:

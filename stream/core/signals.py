@@ -68,4 +68,18 @@ class SignalEvent:
         return self._flag
 
 
-__all__ = ["Flag", "SignalEvent"]
+def unblock_stop_signals() -> None:
+    """Unblock SIGINT and SIGTERM in the calling thread (call it from the main thread at start).
+
+    A signal mask is inherited across ``fork`` and ``exec``: a process started from a thread that
+    blocks them (Ray's worker threads block SIGINT, so every analyzer a ``serve --ray`` actor
+    started had it blocked) would never receive the stop it is sent, and be killed after the
+    grace time without its end record.  (multiprocessing's resource tracker used to unblock them
+    as a side effect, while capture processes were multiprocessing children.)"""
+    import signal
+
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+__all__ = ["Flag", "SignalEvent", "unblock_stop_signals"]

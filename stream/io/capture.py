@@ -106,6 +106,9 @@ class _Stop(SignalEvent):
     :class:`~stream.core.signals.SignalEvent`, so a burst of them cannot deadlock the handler."""
 
     def install(self) -> None:
+        from stream.core.signals import unblock_stop_signals
+
+        unblock_stop_signals()  # the analyzer's mask may block SIGTERM (see that function)
         signal.signal(signal.SIGTERM, lambda *_: self.set())
         # Ctrl-C reaches the whole process group; the parent coordinates shutdown.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
