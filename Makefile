@@ -61,6 +61,7 @@ test: install-test system-deps
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+	@site=$$(mktemp -d); $(PY) -m mkdocs build --strict --site-dir "$$site"; status=$$?; rm -rf "$$site"; exit $$status
 	$(PY) -m pytest -q
 
 # the long checks (marked slow), opt-in

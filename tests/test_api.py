@@ -13,10 +13,23 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def python_blocks(path: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), re.DOTALL)
+
+
 def readme_blocks() -> list[str]:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text.split("## Use it from Python", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    """The Python API page's examples (docs/python.md)."""
+    return python_blocks(ROOT / "docs" / "python.md")
+
+
+#: Every other Python block of the README and the documentation, as (file, block number): the
+#: API page's two are run (and their output read) by test_readme_code_runs_as_scripts.
+DOC_BLOCKS = [
+    (path.relative_to(ROOT).as_posix(), i)
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    for i in range(len(python_blocks(path)))
+    if path.name != "python.md"
+]
 
 
 def _python(tmp_path: Path, code: str, *, how: str = "file") -> str:
@@ -37,7 +50,7 @@ def _python(tmp_path: Path, code: str, *, how: str = "file") -> str:
 
 
 def test_readme_code_runs_as_scripts(tmp_path):
-    """The README's "Use it from Python" code, as written, saved to a file and run with python
+    """The Python API page's code (docs/python.md), as written, saved to a file and run with python
     (no main guard: the capture process must not re-import the user's script), on
     samples/astronaut.mp4."""
     blocks = readme_blocks()
@@ -47,6 +60,14 @@ def test_readme_code_runs_as_scripts(tmp_path):
     assert "Happily Surprised" in out[0] and "'reason': 'eof'" in out[4]
     out = _python(tmp_path, blocks[1]).splitlines()
     assert out[0].startswith("['Happily Surprised'") and "'detect'" in out[0] and "'emotion'" in out[0]
+
+
+def test_every_python_block_of_the_docs_runs_as_a_script(tmp_path):
+    """Whatever the README and docs/ show in Python runs when saved to a file and run as written
+    (the API page's two examples, whose output is read too, are the next test's)."""
+    assert len(python_blocks(ROOT / "docs" / "python.md")) == 2  # the scan finds what is there
+    for where, number in DOC_BLOCKS:
+        _python(tmp_path, python_blocks(ROOT / where)[number])
 
 
 @pytest.mark.parametrize("how", ["stdin", "thread"])

@@ -719,7 +719,7 @@ def serve_parser() -> argparse.ArgumentParser:
         epilog="CONFIG.toml: [[stream]] tables (id, rtsp or camera, args, password_env), the top-level keys "
         "publish, out_dir, args, max_restarts, restart_max_delay, dashboard, dashboard_public, and the tables "
         "[vlm] (url, model, key_env, concurrency, every, timeout, max_wait, listen) and [ray] (address, "
-        "worker_cpus, worker_gpus) (see README, 'Many live streams'). Flags given here override the file's. "
+        "worker_cpus, worker_gpus) (see docs/serve.md). Flags given here override the file's. "
         "Flags after -- go to every stream's analyzer, e.g. -- --no-asr. Exit status: 0 stopped, 1 every stream "
         "given up, 2 bad input.",
     )

@@ -5,7 +5,7 @@ reader that went away).  During a run each sink is driven by its own :class:`Sin
 (:mod:`stream.runtime.delivery`, where :class:`Sink` is declared), a bounded queue and one
 writer thread, so a slow or failing sink never stalls the analysis or
 the other sinks, and each record reaches a sink whole (one writer per sink: lines never
-interleave).  The policy (see README "Outputs"):
+interleave).  The policy (see docs/outputs.md):
 
 * a **file run** (``--video`` without ``--realtime``) is lossless: a lossless sink (stdout,
   ``--out``, ``--csv``, ``--dump-features``) whose queue is full holds the analysis back
