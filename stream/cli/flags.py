@@ -135,6 +135,8 @@ seed = int_range(0, 2**32 - 1)
 max_side = int_range(MIN_MAX_SIDE)
 #: --timeout.
 timeout_s = float_range(0, MAX_TIMEOUT_S, lo_open=True)
+#: --timeout's default: the options' (one flag sets the open and the read time limit alike).
+DEFAULT_TIMEOUT_S = RuntimeOptions().open_timeout_s
 
 
 def reconnect_policy(text: str) -> str:
@@ -447,9 +449,9 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-side",
         type=max_side,
-        default=960,
+        default=RuntimeOptions().max_side,
         metavar="PX",
-        help=f"scale frames so the longer side is at most PX before analysis (default 960; "
+        help=f"scale frames so the longer side is at most PX before analysis (default {RuntimeOptions().max_side}; "
         f"{max_side.span}: below {MIN_MAX_SIDE} px even a face that fills the frame is too small to be "
         f"found and read)",
     )

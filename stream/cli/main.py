@@ -56,6 +56,7 @@ def _resume(text: str):
 
 def run_parser() -> argparse.ArgumentParser:
     from stream.cli.flags import (
+        DEFAULT_TIMEOUT_S,
         Parser,
         add_analysis_args,
         add_audio_args,
@@ -133,10 +134,10 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--timeout",
         type=timeout_s,
-        default=10.0,
+        default=DEFAULT_TIMEOUT_S,
         metavar="S",
         help=f"seconds to wait when opening or reading a network/camera source ({timeout_s.span}; "
-        "default 10); a live source with no data for this long counts as lost",
+        f"default {DEFAULT_TIMEOUT_S:g}); a live source with no data for this long counts as lost",
     )
     p.add_argument(
         "--reconnect",

@@ -52,7 +52,12 @@ log = logging.getLogger("cer_stream.capture")
 
 FRAME_HWM = 8
 AUDIO_HWM = 256
+#: The defaults of :class:`stream.runtime.options.RuntimeOptions` (``max_side``, ``open_timeout_s``,
+#: ``read_timeout_s``), named here once because this layer cannot import that one; a
+#: :class:`CaptureConfig` built directly (a test, a tool) gets the same ones.
 DEFAULT_MAX_SIDE = 960
+DEFAULT_OPEN_TIMEOUT_S = 10.0
+DEFAULT_READ_TIMEOUT_S = 10.0
 AUDIO_CHUNK_S = 0.1
 #: How long a finished reader waits for the analyzer to collect its last items.
 END_HOLD_S = 3600.0
@@ -60,6 +65,11 @@ END_HOLD_S = 3600.0
 
 @dataclass
 class CaptureConfig:
+    """What one capture process needs, pickled to it (:mod:`stream.io.worker`).
+
+    A run builds it from its :class:`~stream.runtime.options.RuntimeOptions` in one place,
+    :func:`stream.runtime.lifecycle.capture_configs`; its defaults are that class's."""
+
     source: str  # "video" | "rtsp" | "camera" | "mic"
     target: str  # path, URL, or device index
     frames_endpoint: str | None
@@ -68,8 +78,8 @@ class CaptureConfig:
     realtime: bool = False  # pace a file at media speed
     max_side: int = DEFAULT_MAX_SIDE
     t0_ns: int = 0  # origin of live media time (monotonic ns)
-    open_timeout_s: float = 10.0
-    read_timeout_s: float = 10.0
+    open_timeout_s: float = DEFAULT_OPEN_TIMEOUT_S
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
     sample_fps: float = 5.0
     parent_pid: int = 0  # the analyzer; the reader ends if it is gone
     extra: dict = field(default_factory=dict)

@@ -64,9 +64,11 @@ class Source:
 
 class FileSource(Source):
     """A media file, analysed as fast as possible (nothing dropped) or, with ``realtime``,
-    paced at media speed like a live source.  ``audio=False`` ignores its audio track."""
+    paced at media speed like a live source.  ``audio=False`` ignores its audio track.
+    ``realtime=None`` (default) takes the pipeline's ``RuntimeOptions.realtime``, so setting
+    that option alone paces a file."""
 
-    def __init__(self, path: str | os.PathLike, *, realtime: bool = False, audio: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike, *, realtime: bool | None = None, audio: bool = True) -> None:
         super().__init__("video", str(path), audio=audio, realtime=realtime)
 
     def check(self) -> None:

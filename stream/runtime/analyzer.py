@@ -34,7 +34,9 @@ from stream.runtime.lifecycle import (  # noqa: F401
     Capture,
     CaptureProcess,
     StartupError,
+    is_live,
     open_capture,
+    paced,
 )
 from stream.runtime.observe import FaceStep, Observer, Observers
 from stream.runtime.options import RuntimeOptions
@@ -197,13 +199,11 @@ class Analyzer:
     # ------------------------------------------------------------------ run
     @property
     def realtime(self) -> bool:
-        return self.opts.realtime if self.source.realtime is None else self.source.realtime
+        return paced(self.source, self.opts)
 
     @property
     def live(self) -> bool:
-        if self.source.kind == "push":
-            return bool(getattr(self.source, "live", True))
-        return self.source.kind != "video" or self.realtime
+        return is_live(self.source, self.opts)
 
     def stop(self, *, flush: bool = True) -> None:
         """Ask the run to end: capture stops, buffered windows are flushed (``flush=False``:
@@ -227,16 +227,7 @@ class Analyzer:
         return end
 
     def _run(self) -> dict:
-        self.capture = capture = open_capture(
-            self.source,
-            live=self.live,
-            realtime=self.realtime,
-            max_side=self.opts.max_side,
-            open_timeout_s=self.opts.open_timeout_s,
-            read_timeout_s=self.opts.read_timeout_s,
-            reconnect=self.opts.reconnect,
-            resume=self.opts.resume if self.live else None,
-        )
+        self.capture = capture = open_capture(self.source, self.opts)
         try:
             capture.start()
             self.observers.capture(capture.pids)

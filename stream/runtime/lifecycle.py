@@ -26,9 +26,10 @@ from stream.core.signals import SignalEvent
 from stream.core.windows import SAMPLE_FPS
 from stream.io.capture import CaptureConfig, describe_capture_exit
 from stream.io.receiver import Receiver, SourceState
-from stream.io.reconnect import OFF, ReconnectPolicy, Resume
+from stream.io.reconnect import OFF
 from stream.io.ringbuffer import BLOCK, DROP_OLDEST, AudioRing, FrameRing
 from stream.io.sources import AUDIO_RING_S, FRAME_RING, PushSource, Source
+from stream.runtime.options import RuntimeOptions
 
 STARTUP_GRACE_S = 5.0
 
@@ -131,68 +132,87 @@ class Capture:
         return []
 
 
-class ProcessCapture(Capture):
-    def __init__(
-        self,
-        source: Source,
-        *,
-        live: bool,
-        realtime: bool,
-        max_side: int,
-        open_timeout_s: float,
-        read_timeout_s: float,
-        reconnect: ReconnectPolicy | None = None,
-        resume: Resume | None = None,
-    ) -> None:
-        self.source = source
-        # RTSP and cameras reopen by default; a file (even paced in real time) ends with itself
-        self.reconnect = (
-            (ReconnectPolicy() if reconnect is None else reconnect) if source.kind in ("rtsp", "camera") else OFF
+#: The sources that reopen after a loss and can resume another analyzer's stream.
+LIVE_KINDS = ("rtsp", "camera")
+
+
+def paced(source: Source, runtime: RuntimeOptions) -> bool:
+    """Whether a source is read at media speed: its own ``realtime`` when it sets one, else
+    the run's (:attr:`RuntimeOptions.realtime`)."""
+    return runtime.realtime if source.realtime is None else source.realtime
+
+
+def is_live(source: Source, runtime: RuntimeOptions) -> bool:
+    """Whether a run of ``source`` is live (frames dropped and windows skipped when analysis
+    falls behind, never held back): RTSP, a camera, a paced file, a ``live`` push source."""
+    if isinstance(source, PushSource):
+        return source.live
+    return source.kind != "video" or paced(source, runtime)
+
+
+def capture_configs(
+    source: Source, runtime: RuntimeOptions, *, frames_endpoint: str, audio_endpoint: str
+) -> list[CaptureConfig]:
+    """The capture processes' settings for a run: the one place :class:`RuntimeOptions` become
+    :class:`CaptureConfig` fields (the audio-visual reader first, then the microphone if any).
+
+    RTSP and cameras reopen under ``runtime.reconnect`` and go on from ``runtime.resume``; a
+    file (even paced in real time) ends with itself and has nothing to resume.
+    """
+    live_kind = source.kind in LIVE_KINDS
+    common: dict[str, Any] = {
+        "max_side": runtime.max_side,
+        "open_timeout_s": runtime.open_timeout_s,
+        "read_timeout_s": runtime.read_timeout_s,
+        "sample_fps": SAMPLE_FPS,
+        "parent_pid": os.getpid(),
+    }
+    cfgs = [
+        CaptureConfig(
+            source=source.kind,
+            target=str(source.target),
+            frames_endpoint=frames_endpoint,
+            audio_endpoint=audio_endpoint if source.audio else None,
+            want_audio=source.audio,
+            realtime=paced(source, runtime),
+            reconnect=runtime.reconnect if live_kind else OFF,
+            resume=runtime.resume if live_kind else None,
+            **common,
         )
-        self.open_timeout_s = open_timeout_s
+    ]
+    if source.mic is not None:
+        cfgs.append(
+            CaptureConfig(
+                source="mic", target=source.mic, frames_endpoint=None, audio_endpoint=audio_endpoint, **common
+            )
+        )
+    return cfgs
+
+
+class ProcessCapture(Capture):
+    """A file, RTSP or camera source (and a microphone beside it) read by capture processes; a
+    live one's full frame ring drops its oldest frame instead of holding the reader back."""
+
+    def __init__(self, source: Source, runtime: RuntimeOptions) -> None:
+        self.source = source
         self.procs: list[CaptureProcess] = []
         self._tmp = tempfile.mkdtemp(prefix="cer-stream-")
         frames_ep = f"ipc://{self._tmp}/frames"
         audio_ep = f"ipc://{self._tmp}/audio"
-        want_av_audio = source.audio
-        want_audio = want_av_audio or source.mic is not None
-        self.frames = FrameRing(FRAME_RING, policy=DROP_OLDEST if live else BLOCK)
+        self.cfgs = capture_configs(source, runtime, frames_endpoint=frames_ep, audio_endpoint=audio_ep)
+        av = self.cfgs[0]
+        self.reconnect = av.reconnect
+        self.open_timeout_s = av.open_timeout_s
+        self.frames = FrameRing(FRAME_RING, policy=DROP_OLDEST if is_live(source, runtime) else BLOCK)
         self.audio = AudioRing(AUDIO_RING_S)
-        self.state = SourceState(av_audio=want_av_audio, mic=source.mic is not None)
+        self.state = SourceState(av_audio=av.want_audio, mic=source.mic is not None)
         self.receiver = Receiver(
             frames_endpoint=frames_ep,
-            audio_endpoint=audio_ep if want_audio else None,
+            audio_endpoint=audio_ep if av.want_audio or source.mic is not None else None,
             frames=self.frames,
             audio=self.audio,
             state=self.state,
         )
-        base: dict[str, Any] = {
-            "frames_endpoint": frames_ep,
-            "max_side": max_side,
-            "t0_ns": 0,
-            "open_timeout_s": open_timeout_s,
-            "read_timeout_s": read_timeout_s,
-            "sample_fps": SAMPLE_FPS,
-            "parent_pid": os.getpid(),
-        }
-        self.cfgs = [
-            CaptureConfig(
-                source=source.kind,
-                target=str(source.target),
-                audio_endpoint=audio_ep if want_av_audio else None,
-                want_audio=want_av_audio,
-                realtime=realtime,
-                reconnect=self.reconnect,
-                resume=resume if source.kind in ("rtsp", "camera") else None,
-                **base,
-            )
-        ]
-        if source.mic is not None:
-            self.cfgs.append(
-                CaptureConfig(
-                    source="mic", target=source.mic, audio_endpoint=audio_ep, **{**base, "frames_endpoint": None}
-                )
-            )
 
     def start(self) -> None:
         self.receiver.start()
@@ -247,10 +267,10 @@ class ProcessCapture(Capture):
 class InProcessCapture(Capture):
     """A :class:`PushSource`: the caller fills the rings; nothing to spawn."""
 
-    def __init__(self, source: PushSource, *, max_side: int) -> None:
+    def __init__(self, source: PushSource, runtime: RuntimeOptions) -> None:
         self.source = source
         self.frames, self.audio, self.state = source.frames, source.audio_ring, source.state
-        source.attach(max_side)
+        source.attach(runtime.max_side)
 
     def start(self) -> None:
         pass
@@ -271,29 +291,11 @@ class InProcessCapture(Capture):
         self.source.detach()
 
 
-def open_capture(
-    source: Source,
-    *,
-    live: bool,
-    realtime: bool,
-    max_side: int,
-    open_timeout_s: float,
-    read_timeout_s: float,
-    reconnect: ReconnectPolicy | None = None,
-    resume: Resume | None = None,
-) -> Capture:
+def open_capture(source: Source, runtime: RuntimeOptions) -> Capture:
+    """The capture of a run, from the run's own options (not a copy of their fields)."""
     if isinstance(source, PushSource):
-        return InProcessCapture(source, max_side=max_side)
-    return ProcessCapture(
-        source,
-        live=live,
-        realtime=realtime,
-        max_side=max_side,
-        open_timeout_s=open_timeout_s,
-        read_timeout_s=read_timeout_s,
-        reconnect=reconnect,
-        resume=resume,
-    )
+        return InProcessCapture(source, runtime)
+    return ProcessCapture(source, runtime)
 
 
 __all__ = [
@@ -303,5 +305,8 @@ __all__ = [
     "InProcessCapture",
     "ProcessCapture",
     "StartupError",
+    "capture_configs",
+    "is_live",
     "open_capture",
+    "paced",
 ]

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stream.io.capture import DEFAULT_MAX_SIDE, DEFAULT_OPEN_TIMEOUT_S, DEFAULT_READ_TIMEOUT_S
 from stream.io.reconnect import ReconnectPolicy, Resume
 from stream.modalities.audio import AudioOptions
 from stream.modalities.clip import ClipOptions
@@ -74,6 +75,10 @@ class FusionOptions:
 class RuntimeOptions:
     """How a stream is read and what is emitted.
 
+    A run hands this object itself to the analyzer and its capture
+    (:func:`stream.runtime.lifecycle.open_capture`), which turns it into the capture processes'
+    settings in one place (:func:`stream.runtime.lifecycle.capture_configs`).
+
     Attributes:
         realtime: pace a file at media speed and treat it as live (``--realtime``).
         max_side: frames are scaled so the longer side is at most this many pixels (960).
@@ -90,9 +95,9 @@ class RuntimeOptions:
     """
 
     realtime: bool = False
-    max_side: int = 960
-    open_timeout_s: float = 10.0
-    read_timeout_s: float = 10.0
+    max_side: int = DEFAULT_MAX_SIDE
+    open_timeout_s: float = DEFAULT_OPEN_TIMEOUT_S
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
     reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
     emit_frames: bool = True
     progress: bool = False

@@ -95,10 +95,9 @@ class Pipeline:
 
     # ------------------------------------------------------------------ models
     def live(self, source: Source) -> bool:
-        if source.kind == "push":
-            return bool(getattr(source, "live", True))
-        realtime = self.options.runtime.realtime if source.realtime is None else source.realtime
-        return source.kind != "video" or realtime
+        from stream.runtime.lifecycle import is_live
+
+        return is_live(source, self.options.runtime)
 
     def prepare(self, source: Source) -> list:
         """Build (once) the modalities and fuser a run of ``source`` uses; returns the modalities.
