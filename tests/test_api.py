@@ -211,6 +211,19 @@ def test_sources_check_their_input(tmp_path):
     assert (cam.kind, cam.target, cam.mic, cam.audio, cam.name) == ("camera", "0", "hw:1", False, "camera0")
 
 
+def test_every_exported_options_name_is_a_class_of_its_own():
+    """No alias classes (WindowOptions was RuntimeOptions, TextOptions AudioOptions): each option
+    class has one name, and there are no window options (the method's 4 s / 2 s windows)."""
+    import stream
+
+    options = [n for n in stream.__all__ if n.endswith("Options")]
+    classes = [getattr(stream, n) for n in options]
+    assert all(c.__name__ == n for n, c in zip(options, classes))
+    assert len(set(classes)) == len(classes)
+    for gone in ("WindowOptions", "TextOptions"):
+        assert not hasattr(stream, gone)
+
+
 def test_options_are_typed_keyword_only_with_the_command_lines_defaults():
     from stream import FaceOptions, PipelineOptions
     from stream.cli.flags import pipeline_options

@@ -9,7 +9,13 @@ flags onto these classes.
 The options of a single modality live with it (``AudioOptions`` in
 :mod:`stream.modalities.audio`, ``SceneOptions`` in :mod:`stream.modalities.scene`,
 ``ClipOptions`` in :mod:`stream.modalities.clip`, ``TemporalOptions`` in
-:mod:`stream.modalities.temporal`) and are re-exported here.
+:mod:`stream.modalities.temporal`) and are re-exported here.  ``AudioOptions`` holds the
+speech-to-text ("text") settings too: the text modality reads the audio's transcript.
+
+There are no window options: windows are 4 s long and start every 2 s
+(:data:`stream.core.windows.WINDOW_S`, :data:`~stream.core.windows.HOP_S`), the method's
+windows (the seeds' rule), fixed so that the records, the calibration files and the temporal
+models trained on them all mean the same windows.
 """
 
 from __future__ import annotations
@@ -28,9 +34,6 @@ from stream.modalities.temporal import TemporalOptions
 
 #: The six modalities of the method, in the order they run.
 ALL_MODALITIES = ("face", "clip", "temporal", "audio", "text", "scene")
-
-#: ``AudioOptions`` bundles the speech-to-text ("text") settings with the speech-emotion ones.
-TextOptions = AudioOptions
 
 
 @dataclass(kw_only=True)
@@ -104,10 +107,6 @@ class RuntimeOptions:
     resume: Resume | None = None
 
 
-#: The window settings are runtime options (window and hop lengths are fixed by the method).
-WindowOptions = RuntimeOptions
-
-
 @dataclass(kw_only=True)
 class PipelineOptions:
     """Everything a :class:`stream.Pipeline` needs.
@@ -149,6 +148,4 @@ __all__ = [
     "RuntimeOptions",
     "SceneOptions",
     "TemporalOptions",
-    "TextOptions",
-    "WindowOptions",
 ]
