@@ -1,7 +1,8 @@
 """Label orders used across cer-stream.
 
-The seeds' models disagree on class order, so every conversion between them
-goes by name (see ``../shared/REFERENCE.md``), never by index.
+The seeds' models disagree on class order (the 8 ABAW basic states of SMIL-SPCRAS/ICCVW_25,
+the 7 classes of the EmoAffectNet model in ElenaRyumina/AVCER, fer's mini-Xception's 7), so
+every conversion between them goes by name, never by index.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Window arithmetic: 4 s windows every 2 s in media time.
 
-Rules (REFERENCE.md, "Windows and frames"):
+Rules (4 s windows every 2 s, 20 frames each: the 9th ABAW CER paper of team RAS, 2025; the
+tail and frame rules: its published code, SMIL-SPCRAS/ICCVW_25):
 
 * windows are ``[k*2, k*2 + 4)`` seconds of media time;
 * a stream of at most 4 s is one window covering all of it;

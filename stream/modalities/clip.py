@@ -7,7 +7,8 @@ cosine similarity x CLIP's logit scale -> softmax over the labels -> per-frame
 probabilities, averaged over the frames.  The 8 basic labels give the modality's
 probabilities; the 7 compound prompts are matched the same way and recorded in ``info``
 (``compound``).  The published code forgot the logit scale (its softmax over cosines of about
-0.2-0.3 is almost uniform); here it is applied (REFERENCE.md, "Face path").
+0.2-0.3 is almost uniform: SMIL-SPCRAS/ICCVW_25, the code of the 9th ABAW CER paper of team
+RAS, 2025); here it is applied.
 
 Run time needs the image tower's ONNX file and the label ``.npz`` only: no torch, no tokenizer.
 

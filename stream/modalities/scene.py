@@ -8,7 +8,8 @@ description is refreshed *asynchronously* (DESIGN.md, "Scene refresh is asynchro
 * the worker, an asyncio event loop in its own thread, takes the newest keyframes at most
   every ``every_s`` seconds (wall time), JPEG-encodes them and asks an OpenAI-compatible
   chat-completions endpoint (vLLM, Ollama, llama.cpp server...) to describe the person and
-  the scene with the seeds' prompt 1 (REFERENCE.md, own wording below).  One request is in
+  the scene with the seeds' first prompt (the 9th ABAW CER paper of team RAS, 2025; own
+  wording below).  One request is in
   flight at most; each has a timeout; transient failures are retried a bounded number of
   times with exponential backoff;
 * an answer is turned into probabilities by the caption head (MiniLM + linear head, see
@@ -62,7 +63,8 @@ if TYPE_CHECKING:  # imported when the worker starts: `images` and tests of othe
 
 log = logging.getLogger("cer_stream.scene")
 
-#: The seeds' prompt 1 (REFERENCE.md, "Scene prompts"), in this project's words.
+#: The seeds' first prompt (a free-form emotional reading of behaviour and scene: the 9th ABAW
+#: CER paper of team RAS, 2025, and its code, SMIL-SPCRAS/ICCVW_25), in this project's words.
 PROMPT = (
     "You are an expert in multimodal emotion recognition. The images are frames taken in order "
     "from a short video clip of a person. Analyse the person's facial expressions, body posture, "

@@ -2,7 +2,8 @@
 
 The seeds' dynamic model reads one feature vector per analysed frame of a window (20 frames
 at 5 fps) with a Transformer or a Mamba-style encoder and classifies the window into the 8
-basic states (REFERENCE.md, "Face path").  Here the model is an ONNX file made by
+basic states (the 9th ABAW CER paper of team RAS, 2025; sizes from its published code,
+SMIL-SPCRAS/ICCVW_25).  Here the model is an ONNX file made by
 ``cer-stream train-temporal`` (``stream/offline/temporal_train.py``) and run through the engines layer
 (ONNX Runtime); no trained model ships, so the modality is absent unless one is given.
 

@@ -1,7 +1,8 @@
 """``cer-stream train-temporal``: train the dynamic face model and export it to ONNX.
 
-Two encoders over a window's per-frame features ``[L = 20, D]`` (REFERENCE.md: hidden 512,
-4 layers, dropout 0.15), each followed by mean pooling over time, LayerNorm and a linear layer
+Two encoders over a window's per-frame features ``[L = 20, D]`` (hidden 512, 4 layers,
+dropout 0.15: the seeds' model in SMIL-SPCRAS/ICCVW_25, the code of the 9th ABAW CER paper of
+team RAS, 2025), each followed by mean pooling over time, LayerNorm and a linear layer
 to the 8 basic states:
 
 * ``transformer``: a linear projection, learned position embeddings and a pre-norm
@@ -56,7 +57,7 @@ ONNX_TOLERANCE = 1e-4
 
 @dataclass(frozen=True, kw_only=True)
 class TrainOptions:
-    """Model and training settings (defaults: the seeds' model; REFERENCE.md)."""
+    """Model and training settings (defaults: the seeds' model, SMIL-SPCRAS/ICCVW_25)."""
 
     arch: str = "transformer"
     hidden: int = 512

@@ -17,7 +17,8 @@ The model's contract (v5/v6, the file shipped since silero-vad 5):
 :class:`SileroVAD` is the stateful callable (``__call__(chunk) -> probability``,
 ``reset_states()``). :class:`SpeechGate` turns a window's audio into a :class:`VadResult`
 (per-chunk probabilities, speech segments, the speech fraction and the decision: speech when
-more than 10 % of the window is speech, REFERENCE.md), computed once per window and left in
+more than 10 % of the window is speech, the rule of the seeds' published code,
+SMIL-SPCRAS/ICCVW_25), computed once per window and left in
 ``WindowInput.shared["vad"]`` for the speech-emotion and speech-text modalities.
 
 Overlapping windows (4 s every 2 s) share 2 s of audio. The gate runs the VAD as one stream on
@@ -97,7 +98,8 @@ class VadOptions:
     min_speech_ms: float = 250.0
     min_silence_ms: float = 100.0
     speech_pad_ms: float = 30.0
-    #: A window is speech when its speech segments cover more than this fraction (REFERENCE.md).
+    #: A window is speech when its speech segments cover more than this fraction (the published
+    #: code of the 9th ABAW CER paper of team RAS, SMIL-SPCRAS/ICCVW_25).
     min_speech_fraction: float = 0.10
 
     @property
