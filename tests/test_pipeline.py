@@ -297,6 +297,7 @@ def test_an_interrupted_start_is_the_interrupt_whatever_it_turned_into(monkeypat
     ("numpy._core.multiarray failed to import"); once SIGINT was seen, the start-up's failure is
     the interrupt: one line, 130.  Without SIGINT the same error is not swallowed."""
     import stream.cli as cli
+    import stream.cli.interrupt as cli_interrupt
     import stream.cli.main as cli_main
 
     def failing(argv):
@@ -305,7 +306,7 @@ def test_an_interrupted_start_is_the_interrupt_whatever_it_turned_into(monkeypat
         raise kind("numpy._core.multiarray failed to import")
 
     monkeypatch.setattr(cli_main, "main", failing)
-    monkeypatch.setattr(cli, "_interrupted", threading.Event())
+    monkeypatch.setattr(cli_interrupt, "_interrupted", threading.Event())
     old = signal.getsignal(signal.SIGINT)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # as a fresh process has it
     try:
@@ -313,7 +314,7 @@ def test_an_interrupted_start_is_the_interrupt_whatever_it_turned_into(monkeypat
         assert capsys.readouterr().err == "cer-stream: interrupted\n"
         # no interrupt: the error is the error
         monkeypatch.setattr(cli_main, "main", lambda argv: (_ for _ in ()).throw(ImportError("broken")))
-        monkeypatch.setattr(cli, "_interrupted", threading.Event())
+        monkeypatch.setattr(cli_interrupt, "_interrupted", threading.Event())
         with pytest.raises(ImportError):
             cli.entry(["--video", "x.mp4"])
     finally:

@@ -8,8 +8,9 @@ ONNX Runtime... or loads models) is one line, ``cer-stream: interrupted``, and e
 That takes more than catching ``KeyboardInterrupt``: a native extension interrupted inside its
 initialisation turns it into an ``ImportError`` of its own ("numpy._core.multiarray failed to
 import", pybind11's "initialization failed"), which would read as a broken install.  So
-:func:`main` installs a SIGINT handler first that notes the interrupt (:func:`interrupted`)
-before raising it, and whatever an interrupted start-up ends with is reported as the interrupt.
+:func:`main` installs a SIGINT handler first that notes the interrupt
+(:mod:`stream.cli.interrupt`, a module of its own so that :mod:`stream.cli.main` can ask
+:func:`interrupted` without importing this package) before raising it, and whatever an interrupted start-up ends with is reported as the interrupt.
 """
 
 from __future__ import annotations
@@ -20,19 +21,7 @@ from stream.core.logs import fill_closed_std_streams
 
 fill_closed_std_streams()  # before anything here opens a file (SignalEvent's pipe): see there
 
-from stream.core.signals import SignalEvent  # noqa: E402
-
-_interrupted = SignalEvent()  # set by a signal handler: see stream.core.signals
-
-
-def interrupted() -> bool:
-    """Whether Ctrl-C (SIGINT) arrived while the command started (see the module's docstring)."""
-    return _interrupted.is_set()
-
-
-def _on_sigint(signum, frame):
-    _interrupted.set()
-    raise KeyboardInterrupt
+from stream.cli.interrupt import interrupted, note_sigint  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,13 +38,13 @@ def main(argv: list[str] | None = None) -> int:
 
         unblock_stop_signals()  # a parent's thread may have handed us a mask that blocks them
     if main_thread and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _on_sigint)
+        signal.signal(signal.SIGINT, note_sigint)
     try:
         from stream.cli.main import main as run
 
         return run(argv)
     except BaseException as exc:
-        if not (isinstance(exc, KeyboardInterrupt) or (_interrupted.is_set() and isinstance(exc, Exception))):
+        if not (isinstance(exc, KeyboardInterrupt) or (interrupted() and isinstance(exc, Exception))):
             raise
         import os
         import sys

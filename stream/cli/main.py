@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from stream import __version__
-from stream.cli import interrupted
+from stream.cli.interrupt import interrupted
 
 PROG = "cer-stream"
 
