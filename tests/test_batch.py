@@ -249,7 +249,7 @@ def test_models_that_cannot_load_stop_the_batch_with_one_line(clips, tmp_path, c
     code, _ = batch(str(clips / "two.mp4"), "--out", str(out), "--profile", "paper", "--face-weights", str(missing))
     assert code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"cer-stream: error: emoaffectnet-resnet50: --weights {missing}: no such file or folder"
+        f"cer-stream: error: emoaffectnet-resnet50: --face-weights {missing}: no such file or folder"
     ]
     assert summary(out)["two"]["status"] == "not run" and not list(out.glob("two*"))
 

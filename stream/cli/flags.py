@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Generic, NoReturn, TypeVar
@@ -29,6 +30,54 @@ from stream.runtime.options import (
     SceneOptions,
     TemporalOptions,
 )
+
+# --------------------------------------------------------------------------- library errors
+#: The option fields the library's errors name, and the flag that sets each: the one table that
+#: knows both.  A :class:`stream.Pipeline` caller set a field, so the library names the field
+#: (``FusionOptions.compound = "pfsa" needs ...``); the command line reports the same error
+#: with its flags (``--compound pfsa needs ...``) through :func:`flag_names`.
+FLAGS: dict[str, str] = {
+    "FaceOptions.profile": "--profile",
+    "FaceOptions.model": "--face-model",
+    "FaceOptions.detector": "--face-detector",
+    "FaceOptions.weights": "--face-weights",
+    "FaceOptions.backend": "--backend",
+    "FaceOptions.device": "--device",
+    "ClipOptions.weights": "--clip-weights",
+    "ClipOptions.image": "--clip-image",
+    "ClipOptions.labels": "--clip-labels",
+    "ClipOptions.frames": "--clip-frames",
+    "TemporalOptions.model": "--temporal-model",
+    "AudioOptions.speech_emotion": "--speech-emotion",
+    "AudioOptions.asr_model": "--asr-model",
+    "SceneOptions.url": "--vlm-url",
+    "SceneOptions.model": "--vlm-model",
+    "SceneOptions.every_s": "--vlm-every",
+    "SceneOptions.timeout_s": "--vlm-timeout",
+    "SceneOptions.key_env": "--vlm-key-env",
+    "SceneOptions.max_age_s": "--vlm-max-age",
+    "FusionOptions.compound": "--compound",
+    "FusionOptions.calibration": "--fusion",
+    "RuntimeOptions.realtime": "--realtime",
+    "RuntimeOptions.max_side": "--max-side",
+}
+
+#: A field of :data:`FLAGS`, optionally with the value it was set to (``= "pfsa"``).
+_FIELD = re.compile(
+    r"(?<![\w.])(" + "|".join(re.escape(f) for f in sorted(FLAGS, key=len, reverse=True)) + r')\b(?: = "([^"]*)")?'
+)
+
+
+def flag_names(message: str) -> str:
+    """A library error in the command line's words: each option field it names becomes the
+    flag that sets it (``FusionOptions.compound = "pfsa"`` -> ``--compound pfsa``)."""
+
+    def flag(match: re.Match[str]) -> str:
+        name, value = FLAGS[match.group(1)], match.group(2)
+        return name if value is None else f"{name} {value}"
+
+    return _FIELD.sub(flag, message)
+
 
 # --------------------------------------------------------------------------- checked values
 N = TypeVar("N", int, float)
@@ -481,6 +530,7 @@ def pipeline_options(args: argparse.Namespace, *, progress: bool = False) -> Pip
 
 
 __all__ = [
+    "FLAGS",
     "add_analysis_args",
     "add_audio_args",
     "add_clip_args",
@@ -490,6 +540,7 @@ __all__ = [
     "audio_options",
     "clip_options",
     "face_options",
+    "flag_names",
     "pipeline_options",
     "scene_options",
     "temporal_options",

@@ -20,9 +20,11 @@ class UsageError(Exception):
 
 
 def fail(message: str, code: int = 2) -> int:
+    """One line, ``cer-stream: error: ...``; a library error's option fields become flags."""
+    from stream.cli.flags import flag_names
     from stream.core.redact import redact
 
-    sys.stderr.write(f"{PROG}: error: {redact(message)}\n")
+    sys.stderr.write(f"{PROG}: error: {redact(flag_names(message))}\n")
     return code
 
 

@@ -3,7 +3,7 @@
 :class:`Fuser` turns the per-modality outputs of one window into fused 8-class
 probabilities, the 7 compound scores and each modality's effective weight.
 Without a calibration file every present modality weighs the same; with one
-(``--fusion FILE`` from ``cer-stream calibrate``) the fitted scheme (MHPF,
+(``FusionOptions.calibration``, a file from ``cer-stream calibrate``) the fitted scheme (MHPF,
 Dirichlet or hierarchical) is used, masked to the modalities present.
 
 A modality may also report how much its own evidence is worth in this window
@@ -36,6 +36,10 @@ from stream.fusion.calibration import Calibration
 from stream.fusion.compound import METHODS, convert, normalise
 from stream.fusion.schemes import MHPF, Fusion
 from stream.modalities.base import ModalityOutput
+
+#: How the errors about PFSA name the option that chose it: a library error names the option
+#: field a caller set (the command line says its flag instead: stream.cli.flags.flag_names).
+PFSA = 'FusionOptions.compound = "pfsa"'
 
 
 @dataclass
@@ -113,7 +117,10 @@ class Fuser:
             self.fusion = MHPF.equal(max(1, len(self.names)), len(BASIC))
             self.kind = "equal"
         if method == "pfsa" and (calibration is None or calibration.pfsa is None):
-            raise ValueError("--compound pfsa needs a calibration file with PFSA prototypes (--fusion FILE)")
+            raise ValueError(
+                f"{PFSA} needs a calibration with PFSA prototypes "
+                "(FusionOptions.calibration: a file from `cer-stream calibrate`)"
+            )
         self.pfsa_modality = calibration.pfsa_modality if calibration is not None else None
         self.pfsa = calibration.pfsa if calibration is not None and method == "pfsa" else None
         self.pfsa_space: dict = dict(calibration.pfsa_feature_space or {}) if calibration and self.pfsa else {}
@@ -121,7 +128,7 @@ class Fuser:
             self.pfsa_space.setdefault("dim", self.pfsa.feature_dim)
             if self.pfsa_modality not in modalities:
                 raise ValueError(
-                    f"--compound pfsa: the calibration's PFSA modality {self.pfsa_modality!r} "
+                    f"{PFSA}: the calibration's PFSA modality {self.pfsa_modality!r} "
                     f"is not running (running: {', '.join(modalities) or 'none'})"
                 )
             if feature_spaces is not None and self.pfsa_modality in feature_spaces:
@@ -175,7 +182,7 @@ class Fuser:
         if out.feature is None:
             return None, f"pfsa: {name} feature absent"
         feature = np.asarray(out.feature, np.float64).reshape(-1)
-        assert self.pfsa is not None  # only called for --compound pfsa, which has prototypes
+        assert self.pfsa is not None  # only called for PFSA, which has prototypes
         want = self.pfsa.feature_dim
         if feature.size != want:
             return None, f"pfsa: {name} feature is {feature.size}-d, the prototypes are {want}-d"
@@ -243,13 +250,13 @@ def check_feature_space(modality: str, calibrated: dict, running: dict | None) -
     "model"}``) cannot score the running model's features (``running``; None: it has none)."""
     if running is None:
         raise ValueError(
-            f"--compound pfsa: the running {modality} model exports no features; the "
+            f"{PFSA}: the running {modality} model exports no features; the "
             f"calibration's PFSA prototypes are {_describe_space(calibrated)}"
         )
     want, have = calibrated.get("dim"), running.get("dim")
     if want is not None and have is not None and int(want) != int(have):
         raise ValueError(
-            f"--compound pfsa: the calibration's PFSA prototypes are {_describe_space(calibrated)} "
+            f"{PFSA}: the calibration's PFSA prototypes are {_describe_space(calibrated)} "
             f"but the running {modality} model gives {_describe_space(running)} features; "
             f"calibrate again with this model, or run the model the calibration was made with"
         )
@@ -261,7 +268,7 @@ def check_feature_space(modality: str, calibrated: dict, running: dict | None) -
         and calibrated["name"] != running["name"]
     ):
         raise ValueError(
-            f"--compound pfsa: the calibration's PFSA prototypes are in {calibrated['name']} "
+            f"{PFSA}: the calibration's PFSA prototypes are in {calibrated['name']} "
             f"(model {calibrated['model']}) but the running {modality} model gives "
             f"{running['name']} (model {running['model']}); calibrate again with this model"
         )

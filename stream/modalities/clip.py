@@ -354,7 +354,7 @@ class ClipOptions:
 def _frames_option(opts: ClipOptions) -> int:
     n = DEFAULT_FRAMES if opts.frames is None else int(opts.frames)
     if n < 0:
-        raise ValueError(f"--clip-frames must be >= 0 (0: every frame), got {n}")
+        raise ValueError(f"ClipOptions.frames must be >= 0 (0: every frame), got {n}")
     return n
 
 
@@ -374,7 +374,7 @@ def build_clip_modality(opts: ClipOptions) -> ClipLabelModality | AbsentModality
     backend, device = opts.backend or "auto", opts.device or "auto"
     image, labels = opts.image, opts.labels
     if (image is None) != (labels is None):
-        raise ValueError("--clip-image and --clip-labels go together (the tower and its label embeddings)")
+        raise ValueError("ClipOptions.image and ClipOptions.labels go together (the tower and its label embeddings)")
     if image is not None and labels is not None:  # given together (checked above)
         for path in (image, labels):
             if not Path(path).is_file():
@@ -383,7 +383,7 @@ def build_clip_modality(opts: ClipOptions) -> ClipLabelModality | AbsentModality
     weights = opts.weights
     image_spec, labels_spec = registry.get(IMAGE_MODEL), registry.get(LABELS_MODEL)
     if weights is not None and not Path(weights).expanduser().exists():
-        raise FileNotFoundError(f"--clip-weights {weights}: no such file or folder")
+        raise FileNotFoundError(f"ClipOptions.weights {weights}: no such file or folder")
     ok, _ = registry.available(image_spec, weights)
     if not ok:
         return AbsentModality(NAME, NO_WEIGHTS)

@@ -438,7 +438,9 @@ def load_face_model(
     name = name or PROFILE_FACE_MODEL[profile]
     if name == "ensemble":
         if weights is not None:
-            raise ValueError("--face-weights names one model's weights; it cannot be used with the ensemble")
+            raise ValueError(
+                "FaceOptions.weights names one model's weights; it cannot be used with the ensemble (FaceOptions.model)"
+            )
         return EnsembleModel([EmotionModel(n, profile=profile, backend=backend, device=device) for n in ENSEMBLE])
     return EmotionModel(name, profile=profile, backend=backend, device=device, weights=weights)
 

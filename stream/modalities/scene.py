@@ -146,19 +146,19 @@ class SceneOptions:
     def __post_init__(self) -> None:
         endpoint_url(self.url)  # raises ValueError on a bad URL
         if not self.model.strip():
-            raise ValueError("--vlm-model must not be empty")
+            raise ValueError("SceneOptions.model must not be empty")
         for name in ("every_s", "timeout_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number of seconds, got {value}")
+                raise ValueError(f"SceneOptions.{name} must be a positive number of seconds, got {value}")
         if self.max_age_s is not None and not (math.isfinite(self.max_age_s) and self.max_age_s >= 0):
-            raise ValueError(f"max_age_s must be >= 0 seconds, got {self.max_age_s}")
+            raise ValueError(f"SceneOptions.max_age_s must be >= 0 seconds, got {self.max_age_s}")
         if self.keyframes < 1 or self.max_side < 16 or not 1 <= self.jpeg_quality <= 100:
             raise ValueError("keyframes >= 1, max_side >= 16 and 1 <= jpeg_quality <= 100 are required")
         if self.max_tokens < 1 or self.retries < 0 or self.backoff_s < 0 or self.backoff_max_s < 0:
             raise ValueError("max_tokens >= 1, retries >= 0 and non-negative backoff are required")
         if not self.key_env.strip():
-            raise ValueError("--vlm-key-env must name an environment variable")
+            raise ValueError("SceneOptions.key_env must name an environment variable")
 
     @property
     def caption_max_age_s(self) -> float:

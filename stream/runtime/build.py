@@ -29,7 +29,17 @@ def _emotion_model(opts: FaceOptions):
         raise RuntimeError(str(exc)) from None
     except FileNotFoundError as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-        raise RuntimeError(msg.replace("pass --weights PATH", "pass --face-weights PATH")) from None
+        raise RuntimeError(_as_face_weights(msg)) from None
+
+
+def _as_face_weights(message: str) -> str:
+    """An engines error in the words of a :class:`FaceOptions` caller: the engines layer knows
+    nothing of the options and names the weights by its own argument (``--weights``, as its
+    ``models`` command takes it); here they are ``FaceOptions.weights`` (the command line names
+    its flag: :func:`stream.cli.flags.flag_names`)."""
+    return message.replace("pass --weights PATH", "give FaceOptions.weights").replace(
+        "--weights", "FaceOptions.weights"
+    )
 
 
 def build_face_analyzer(opts: FaceOptions | None = None, *, validate: bool = True, track: bool = True):
