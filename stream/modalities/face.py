@@ -23,7 +23,7 @@ from stream.core.labels import BASIC, to_basic
 from stream.modalities.face_crops import EMOAFFECTNET_CROP, FACEAPI_CROP, MINI_XCEPTION_CROP, CropSpec, crop_face
 
 #: ``--face-model`` of the lite profile: the model that scored best on faces_dev
-#: (``bench/accuracy.py``; figures in the README's model table).
+#: (``bench/accuracy.py``; figures in docs/method.md, "Face models").
 LITE_DEFAULT_FACE_MODEL = "ensemble"
 #: Detections below this confidence are ignored.
 MIN_DETECTION = 0.5
@@ -265,7 +265,7 @@ FACE_MODELS: dict[str, FaceModelInfo] = {
 }
 #: ``--face-model ensemble``: the mean of these models' 8-class probabilities.
 ENSEMBLE = ("faceapi", "minixception")
-#: Each profile's default ``--face-model`` (lite: the best measured on faces_dev, see README).
+#: Each profile's default ``--face-model`` (lite: the best measured on faces_dev, see docs/method.md).
 PROFILE_FACE_MODEL = {"lite": LITE_DEFAULT_FACE_MODEL, "paper": "emoaffectnet"}
 FACE_MODEL_CHOICES = (*FACE_MODELS, "ensemble")
 

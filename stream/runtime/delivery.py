@@ -4,7 +4,7 @@ A sink's :meth:`Sink.write` does the writing and may raise: ``OSError`` (a full 
 that went away).  During a run each sink is driven by its own :class:`SinkWorker`, a bounded
 queue and one writer thread, so a slow or failing sink never stalls the analysis or the other
 sinks, and each record reaches a sink whole (one writer per sink: lines never interleave).  The
-policy (see README "Outputs"): a file run is lossless (a full queue of a lossless sink holds the
+policy (see docs/outputs.md): a file run is lossless (a full queue of a lossless sink holds the
 analysis back), a live run never waits (a full queue drops the record, counts it and says so
 once per streak), a sink whose write fails stops (its later records count as dropped).
 

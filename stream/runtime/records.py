@@ -1,6 +1,6 @@
 """The records a pipeline emits, as typed dataclasses.
 
-Each record's :meth:`to_dict` is exactly the JSON object the command line prints (README,
+Each record's :meth:`to_dict` is exactly the JSON object the command line prints (docs/outputs.md,
 "Record schema"; ``stream/schema/records.schema.json``), with plain Python values (numpy arrays
 and scalars become lists and numbers).  :func:`build_window_record` and
 :func:`build_frames_record` are the record building the window loop does.
