@@ -70,6 +70,9 @@ def test_serve_public_shows_its_token_once(sample, tmp_path, monkeypatch, capsys
             self.token = web.page_token()
             self.login_url = f"{self.url}?token={self.token}"
 
+        def write(self, record: dict) -> None:  # never reached: the run stops at its bad output
+            raise AssertionError(record)
+
     monkeypatch.setattr(web, "WebSink", Stub)
     monkeypatch.delenv(web.TOKEN_ENV, raising=False)
     code = run_stream(
