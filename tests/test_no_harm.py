@@ -342,3 +342,26 @@ def _read_all(fd: int) -> None:
     while os.read(fd, 65536):
         pass
     os.close(fd)
+
+
+def test_a_sigterm_while_the_run_closes_its_outputs_still_leaves_them_whole(sample, tmp_path):
+    # once the run had ended, its signal handlers were put back before the outputs were closed: a
+    # SIGTERM in that stretch (a service manager stopping a run that was just finishing) killed the
+    # process with the staged --out file still under its temporary name
+    out = tmp_path / "r.jsonl"
+    out.write_text("an older run\n")
+    cmd = [sys.executable, "-m", "stream.cli", "--video", str(sample), "--no-asr", "--no-clip", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if json.loads(line)["type"] == "end":
+            break
+    while proc.poll() is None:  # SIGTERM every 20 ms until it exits: one lands while it closes
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.02)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    recs = [json.loads(ln) for ln in out.read_text().splitlines()]
+    assert recs[0]["type"] == "start" and recs[-1]["type"] == "end"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

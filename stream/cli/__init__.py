@@ -21,6 +21,7 @@ from stream.core.logs import fill_closed_std_streams
 
 fill_closed_std_streams()  # before anything here opens a file (SignalEvent's pipe): see there
 
+from stream.cli.interrupt import as_program as as_program_flag  # noqa: E402
 from stream.cli.interrupt import interrupted, note_sigint  # noqa: E402
 
 
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     as_program = argv is None
     if as_program:
         from stream.core.redact import redact_process_args
+
+        as_program_flag[0] = True
 
         redact_process_args()
     main_thread = threading.current_thread() is threading.main_thread()

@@ -24,10 +24,16 @@ def interrupted() -> bool:
     return _interrupted.is_set()
 
 
+#: Set by :func:`stream.cli.main` when it runs as the ``cer-stream`` program (not a call from
+#: Python): the run command then keeps its signal handlers to the end, since the process exits
+#: as soon as it returns (see :func:`stream.cli.main.run_stream`).
+as_program = [False]
+
+
 def note_sigint(signum: int, frame: object) -> NoReturn:
     """The start-up's SIGINT handler: note the interrupt, then raise it as Python would."""
     _interrupted.set()
     raise KeyboardInterrupt
 
 
-__all__ = ["interrupted", "note_sigint"]
+__all__ = ["as_program", "interrupted", "note_sigint"]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from stream import __version__
-from stream.cli.interrupt import interrupted
+from stream.cli.interrupt import as_program, interrupted
 
 PROG = "cer-stream"
 
@@ -369,12 +369,23 @@ def _run(args: argparse.Namespace, source, outputs: _Outputs) -> int:
         sys.stderr.write(f"{PROG}: interrupted\n")
         return 130
     finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
-        pipeline.close()
-        outputs.close()
-        if analyzer.sinks_closed and "stdout" in analyzer.sinks_closed:
-            _quiet_stdout()
+        # the outputs are closed (staged files renamed over their targets) before a signal may end
+        # the process: a SIGTERM in this stretch, with the default action back, killed it and left
+        # the --out file under its temporary name. From here SIGINT and SIGTERM are ignored, and
+        # the program (not a call from Python) keeps them so to its exit, which follows at once:
+        # ignored, not a Python handler, which the interpreter's shutdown would reset to the
+        # default action for the fraction of a second it takes (a SIGTERM then ended it with -15)
+        for sig in old:
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            pipeline.close()
+            outputs.close()
+            if analyzer.sinks_closed and "stdout" in analyzer.sinks_closed:
+                _quiet_stdout()
+        finally:
+            if not as_program[0]:
+                for sig, h in old.items():
+                    signal.signal(sig, h)
     # exit status: 1 when the stream failed (or a live source was lost for good) or an asked-for
     # output was lost to a write error;
     # 0 otherwise, also when stdout's reader went away (`cer-stream ... | head -1`)
