@@ -64,7 +64,7 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def build_launch(clip: Path, *, audio: bool = True) -> str:
+def build_launch(clip: Path, *, audio: bool = True, video: bool = True) -> str:
     """Return the gst-launch description of one client's media pipeline.
 
     The demuxer's pads are linked by name-less ``d.`` references (naming them
@@ -74,10 +74,11 @@ def build_launch(clip: Path, *, audio: bool = True) -> str:
     file does not matter; with ``audio=False`` the audio pad is simply left
     unlinked.  ``payN`` names are how the RTSP server finds the streams.
     """
-    video = "d. ! queue ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=-1"
-    parts = [f"filesrc location={_quote(str(clip))} ! qtdemux name=d", video]
-    if audio:
-        parts.append("d. ! queue ! aacparse ! rtpmp4gpay name=pay1 pt=97")
+    parts = [f"filesrc location={_quote(str(clip))} ! qtdemux name=d"]
+    if video:
+        parts.append("d. ! queue ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=-1")
+    if audio:  # an audio-only stream's one payloader is pay0
+        parts.append(f"d. ! queue ! aacparse ! rtpmp4gpay name=pay{1 if video else 0} pt=97")
     return "( " + " ".join(parts) + " )"
 
 
@@ -151,6 +152,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--path", default="/sample", help="mount path (default: %(default)s)")
     parser.add_argument("--file", type=Path, required=True, help="H.264 (+AAC) .mp4 clip to serve")
     parser.add_argument("--no-audio", action="store_true", help="serve the video track only")
+    parser.add_argument("--no-video", action="store_true", help="serve the audio track only (an audio-only stream)")
     parser.add_argument("--user", help=f"require basic authentication: this user, the password in ${PASSWORD_ENV}")
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
@@ -159,6 +161,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.path = "/" + args.path
     if not args.file.is_file():
         parser.error(f"no such file: {args.file}")
+    if args.no_audio and args.no_video:
+        parser.error("--no-audio and --no-video leave nothing to serve")
     if args.user is not None and PASSWORD_ENV not in os.environ:
         parser.error(f"--user needs the password in ${PASSWORD_ENV}")
     return args
@@ -196,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     factory = GstRtspServer.RTSPMediaFactory()
-    factory.set_launch(build_launch(args.file.resolve(), audio=not args.no_audio))
+    factory.set_launch(build_launch(args.file.resolve(), audio=not args.no_audio, video=not args.no_video))
     factory.set_shared(False)
 
     server = GstRtspServer.RTSPServer()

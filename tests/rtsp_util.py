@@ -123,6 +123,7 @@ class RtspServer:
     Args:
         clip: H.264 (+AAC) MP4 file to serve.
         no_audio: Serve the video track only; required for a clip without audio.
+        no_video: Serve the audio track only (an audio-only stream).
         path: Mount path of the stream.
         port: Port for the first start (0: any free port).
         ready_timeout: Seconds to wait for each start's READY line.
@@ -141,6 +142,7 @@ class RtspServer:
         clip: Path,
         *,
         no_audio: bool = False,
+        no_video: bool = False,
         path: str = "/sample",
         port: int = 0,
         ready_timeout: float = 15.0,
@@ -156,6 +158,7 @@ class RtspServer:
         if not self.clip.is_file():
             raise FileNotFoundError(self.clip)
         self.no_audio = no_audio
+        self.no_video = no_video
         self.path = path
         self.ready_timeout = ready_timeout
         self.bind_retry_s = bind_retry_s
@@ -276,6 +279,8 @@ class RtspServer:
         cmd += ["--file", str(self.clip)]
         if self.no_audio:
             cmd.append("--no-audio")
+        if self.no_video:
+            cmd.append("--no-video")
         if self.user is not None:
             cmd += ["--user", self.user]
         return cmd

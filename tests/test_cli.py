@@ -68,8 +68,9 @@ def test_corrupt_file(tmp_path):
     _one_line_error(cer_stream("--video", str(bad)), "cannot open video file", "Invalid data")
 
 
-def test_file_without_video_stream(audio_only):
-    _one_line_error(cer_stream("--video", str(audio_only)), "no video stream")
+def test_file_without_video_stream_and_audio_off(audio_only):
+    # with its audio it runs audio-only (tests/test_audio_only.py); with --no-audio nothing is left
+    _one_line_error(cer_stream("--video", str(audio_only), "--no-audio"), "no video stream")
 
 
 def test_camera_not_found():

@@ -1,6 +1,7 @@
 """What a batch analyses, what each file's outputs are called, and which files are done.
 
-Inputs are files, folders (searched recursively for :data:`VIDEO_EXTENSIONS`), glob patterns
+Inputs are files, folders (searched recursively for :data:`VIDEO_EXTENSIONS` and
+:data:`AUDIO_EXTENSIONS`: a sound file is analysed audio-only), glob patterns
 (``**`` included) and manifest CSVs (a ``path`` column, relative paths taken from the
 manifest's folder; an optional ``name`` column names the outputs).  The same file named twice is
 analysed once.
@@ -47,6 +48,8 @@ VIDEO_EXTENSIONS = (
     ".webm",
     ".wmv",
 )
+#: Sound files a folder is searched for too (analysed audio-only: the audio and text modalities).
+AUDIO_EXTENSIONS = (".aac", ".flac", ".m4a", ".mp3", ".oga", ".ogg", ".opus", ".wav", ".wma")
 #: Stems the batch uses for itself (``summary.csv``, ``summary.json``).
 RESERVED = ("summary",)
 #: Suffixes of a file's outputs, by kind.
@@ -75,7 +78,7 @@ def _has_magic(text: str) -> bool:
 
 
 def _folder(path: Path) -> list[Path]:
-    found = [p for p in path.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()]
+    found = [p for p in path.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS + AUDIO_EXTENSIONS and p.is_file()]
     return sorted(found)
 
 
@@ -249,6 +252,7 @@ __all__ = [
     "MARKER_SUFFIX",
     "RESERVED",
     "VIDEO_EXTENSIONS",
+    "AUDIO_EXTENSIONS",
     "expand_inputs",
     "input_identity",
     "is_done",

@@ -79,8 +79,17 @@ def run_parser() -> argparse.ArgumentParser:
         epilog="subcommands (run `cer-stream SUBCOMMAND -h` for their options):\n"
         + "\n".join(f"  {name:<{width}}  {what}" for name, what in SUBCOMMANDS.items()),
     )
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--video", metavar="FILE", help="a video file (analysed as fast as possible)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--video",
+        metavar="FILE",
+        help="a media file (analysed as fast as possible); one without a picture runs audio-only",
+    )
+    src.add_argument(
+        "--audio",
+        metavar="FILE",
+        help="a sound file (wav, mp3, m4a, flac, ogg...) or the sound of a video: the audio and text modalities only",
+    )
     src.add_argument("--rtsp", metavar="URL", help="an RTSP stream (TCP transport)")
     src.add_argument("--camera", metavar="N", help="a V4L2 camera: index N (/dev/videoN) or a device path")
     p.add_argument(
@@ -88,7 +97,8 @@ def run_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="default",
         metavar="DEVICE",
-        help="add microphone audio (camera input); DEVICE defaults to the system default",
+        help="microphone audio: added to --camera, or alone (the audio and text modalities only); DEVICE defaults "
+        "to the system default",
     )
     p.add_argument("--realtime", action="store_true", help="pace a file at media speed, like a live source")
     add_analysis_args(p)  # --no-audio, --no-frames, --compound, --fusion, --max-side (shared with batch)
@@ -187,10 +197,24 @@ def run_parser() -> argparse.ArgumentParser:
 
 def _source(args: argparse.Namespace):
     """The source the flags name; ``UsageError`` (one line) when it cannot be used."""
-    from stream.io.sources import CameraSource, FileSource, RtspSource, SourceError
+    from stream.io.sources import CameraSource, FileSource, MicSource, RtspSource, SourceError
 
-    source: FileSource | RtspSource | CameraSource
+    source: FileSource | RtspSource | CameraSource | MicSource
     try:
+        if args.video is None and args.audio is None and args.rtsp is None and args.camera is None:
+            if not args.mic:
+                raise UsageError("an input is required: --video FILE, --audio FILE, --rtsp URL, --camera N or --mic")
+            if args.no_audio:
+                raise UsageError("--no-audio leaves a microphone alone nothing to analyse")
+            return MicSource(args.mic)
+        if args.audio is not None:
+            if args.no_audio:
+                raise UsageError("--no-audio leaves --audio nothing to analyse")
+            source = FileSource(args.audio, realtime=args.realtime, video=False)
+            source.check()
+            if args.mic:
+                raise UsageError("--mic cannot be used with --audio (one sound source at a time)")
+            return source
         if args.video is not None:
             source = FileSource(args.video, realtime=args.realtime, audio=not args.no_audio)
             source.check()
@@ -218,7 +242,9 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
     names = ("out", "csv", "dump_features", "annotate")
     outputs = [(f"--{n.replace('_', '-')}", Path(getattr(args, n))) for n in names if getattr(args, n)]
-    inputs = [("--video", Path(args.video))] if args.video is not None else []
+    inputs = [
+        (f"--{flag}", Path(getattr(args, flag))) for flag in ("video", "audio") if getattr(args, flag) is not None
+    ]
     try:
         check_outputs(outputs, inputs)
     except SinkError as exc:

@@ -75,6 +75,9 @@ class CaptureConfig:
     frames_endpoint: str | None
     audio_endpoint: str | None
     want_audio: bool = True
+    #: False: read only the audio even where the source has video (``--audio FILE``); a source
+    #: without a video stream is read audio-only either way
+    want_video: bool = True
     realtime: bool = False  # pace a file at media speed
     max_side: int = DEFAULT_MAX_SIDE
     t0_ns: int = 0  # origin of live media time (monotonic ns)
@@ -339,12 +342,18 @@ class _AvReader:
         self.resumed = False  # the open gap is the one between another analyzer process and this one
         self.origin: float | None = None  # monotonic time of media time 0 (live sources)
         self.attempt = 0  # reopen attempts since the source was last delivering
+        #: no video is read (none in the source, or ``want_video`` off): the audio's packets
+        #: and timestamps then do what the video's do (media time, pacing, the watchdog)
+        self.audio_only = False
 
     # ------------------------------------------------------------------ set-up
     def describe(self, container) -> tuple[m.StreamInfo, object, object]:
         """The first session fixes frame rate and output size; returns the stream info and the
-        video and audio streams to read."""
+        video and audio streams to read (no video stream: an audio-only source, see
+        :meth:`describe_audio_only`)."""
         cfg = self.cfg
+        if not container.streams.video or not cfg.want_video:
+            return self.describe_audio_only(container)
         vs = container.streams.video[0]
         vs.thread_type = "AUTO"
         a_stream = container.streams.audio[0] if (container.streams.audio and cfg.want_audio) else None
@@ -370,6 +379,22 @@ class _AvReader:
             audio_note=audio_note,
         )
         return info, vs, a_stream
+
+    def describe_audio_only(self, container) -> tuple[m.StreamInfo, object, object]:
+        """A source read for its audio alone (a sound file, an audio-only RTSP stream, or
+        ``--audio`` on a file with a picture): no frames, media time from the audio's own
+        timestamps. The stream info lists only the audio stream."""
+        cfg = self.cfg
+        a_stream = container.streams.audio[0]
+        self.audio_only = True
+        self.fps = 0.0
+        self.media_time = MediaTime(0.0)
+        self.numbers = FrameNumbers(0.0)
+        duration = float(container.duration / 1e6) if container.duration else None
+        if duration is None and a_stream.duration is not None and a_stream.time_base is not None:
+            duration = float(a_stream.duration * a_stream.time_base)
+        info = m.StreamInfo(source=cfg.source, streams=[m.AUDIO], duration=duration, live=cfg.live)
+        return info, None, a_stream
 
     # ------------------------------------------------------------------ audio
     def _flush_audio(self, force: bool = False) -> None:
@@ -515,8 +540,9 @@ class _AvReader:
         import av
 
         resampler = av.AudioResampler(format="flt", layout="mono", rate=m.AUDIO_RATE) if a_stream else None
-        demux = [vs] + ([a_stream] if a_stream else [])
+        demux = ([vs] if vs is not None else []) + ([a_stream] if a_stream else [])
         first = [on_first]
+        clock = "audio" if self.audio_only else "video"  # the stream whose packets keep the session alive
 
         def video(frame) -> None:
             self._video_frame(frame, first[0])
@@ -530,7 +556,7 @@ class _AvReader:
                 with self.lock:
                     if self.stop or self.stalled:
                         break
-                    if packet.stream.type == "video":
+                    if packet.stream.type == clock:
                         self.last_packet = time.monotonic()
                     try:
                         decoded = packet.decode()
@@ -540,7 +566,10 @@ class _AvReader:
                         if packet.stream.type == "video":
                             video(frame)
                         elif resampler is not None and self.audio is not None:
-                            if self.last_t is None and self.cfg.source != "camera":
+                            if self.audio_only:
+                                self._audio_only_frame(frame, first[0])
+                                first[0] = None
+                            elif self.last_t is None and self.cfg.source != "camera":
                                 continue  # wait for the first video frame to fix the origin
                             for rf in resampler.resample(frame):
                                 self._audio_frame(rf)
@@ -560,9 +589,29 @@ class _AvReader:
                         pass
                     self._flush_audio(force=True)
 
+    def _audio_only_frame(self, frame, on_first) -> None:
+        """An audio frame of an audio-only source, before resampling: the first one (of a
+        session) anchors media time, as a first video frame does; a paced file waits for its
+        time; :attr:`last_t` follows the audio."""
+        assert self.media_time is not None
+        ft = frame.time if frame.time is not None else None
+        if self.media_time.offset is None:
+            start = self.media_time(ft if ft is not None else 0.0)
+            if on_first is not None:
+                on_first(start)
+        t = self.media_time.audio_time(ft) if ft is not None else self.audio_next
+        if t is not None:
+            self.last_t, self.last_wall = max(t, self.last_t or 0.0), time.monotonic()
+            if self.cfg.realtime:
+                delay = self.wall0 + t - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+
     # ------------------------------------------------------------------ the end
     @property
     def duration(self) -> float:
+        if self.audio_only:  # where the audio sent reaches
+            return max(self.audio_next or 0.0, self.last_t or 0.0)
         return (self.last_t + 1.0 / self.fps) if self.last_t is not None else 0.0
 
     def finish(self) -> None:
@@ -571,7 +620,7 @@ class _AvReader:
 
     def end(self, reason: str) -> m.EndOfStream:
         return m.EndOfStream(
-            streams=[m.VIDEO] + ([m.AUDIO] if self.audio else []),
+            streams=([] if self.audio_only else [m.VIDEO]) + ([m.AUDIO] if self.audio else []),
             reason=reason,
             frames=self.numbers.total if self.numbers is not None else 0,
             duration=self.duration,
@@ -732,8 +781,11 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
             opened_at = time.monotonic()
             try:
                 container = _open_container(cfg)
-                if not container.streams.video:
-                    raise _NoVideo(redact(f"no video stream in {cfg.target}"))
+                if not container.streams.video and not (container.streams.audio and audio is not None):
+                    what = "no video or audio stream" if cfg.want_audio else "no video stream"
+                    raise _NoVideo(redact(f"{what} in {cfg.target}"))
+                if not cfg.want_video and not container.streams.audio:
+                    raise _NoVideo(redact(f"no audio stream in {cfg.target}"))
             except Exception as exc:  # av.error.* and OSError: report, never a traceback
                 if container is not None:
                     container.close()
@@ -783,6 +835,11 @@ def run_av_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: flo
                         reader.origin = opened_at - start
                         reader.lost = (cfg.resume.after_s, cfg.resume.reason)
                         reader.resumed = True
+                elif reader.audio_only:
+                    vs, a_stream = None, (container.streams.audio[0] if container.streams.audio else None)
+                    if a_stream is None:
+                        raise _NoVideo(redact(f"no audio stream in {cfg.target}"))
+                    reader.restart_media_time(opened_at)
                 else:
                     vs = container.streams.video[0]
                     vs.thread_type = "AUTO"
@@ -850,7 +907,9 @@ class _NoVideo(Exception):
 
 
 def run_mic_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: float = 0.0) -> None:
-    """Record the default (or ``cfg.target``) microphone at 16 kHz mono and push it."""
+    """Record the default (or ``cfg.target``) microphone at 16 kHz mono and push it.  Beside a
+    camera it only adds audio; alone (``cfg.frames_endpoint`` set) it is the main source and its
+    stream info, end and failures go on the frames socket too, as an audio-only source's."""
     import queue
 
     if cfg.audio_endpoint is None:
@@ -858,13 +917,25 @@ def run_mic_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: fl
     stop = _Stop() if stop is None else stop
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     audio = _Sender(ctx, cfg.audio_endpoint, hwm=AUDIO_HWM, blocking=False, parent_pid=cfg.parent_pid)
+    main = (
+        _Sender(ctx, cfg.frames_endpoint, hwm=FRAME_HWM, blocking=False, parent_pid=cfg.parent_pid)
+        if cfg.frames_endpoint
+        else None
+    )
+    control = main if main is not None else audio  # where failures are reported
     streams = [m.AUDIO]
+
+    def send_control(item: m.Item) -> None:
+        audio.send_control(item)
+        if main is not None:
+            main.send_control(item)
+
     try:
         try:
             import sounddevice as sd
         except (ImportError, OSError) as exc:
             _send_error(
-                audio, cfg, f"microphone unavailable: {exc} (pip install sounddevice; Debian: libportaudio2)", streams
+                control, cfg, f"microphone unavailable: {exc} (pip install sounddevice; Debian: libportaudio2)", streams
             )
             return
         q: queue.Queue = queue.Queue(maxsize=200)
@@ -888,9 +959,9 @@ def run_mic_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: fl
                 callback=callback,
             )
         except Exception as exc:
-            _send_error(audio, cfg, f"cannot open microphone {cfg.target or 'default'}: {exc}", streams)
+            _send_error(control, cfg, f"cannot open microphone {cfg.target or 'default'}: {exc}", streams)
             return
-        audio.send_control(m.StreamInfo(source="mic", streams=streams, live=True))
+        send_control(m.StreamInfo(source="mic", streams=streams, live=True))
         with stream:
             while not stop:
                 try:
@@ -903,12 +974,12 @@ def run_mic_capture(cfg: CaptureConfig, stop: _Stop | None = None, *, hold_s: fl
                     )
                 )
                 audio.seq += 1
-        audio.send_control(
-            m.EndOfStream(streams=streams, reason="stopped", sender_drops={m.AUDIO: audio.drops + lost[0]})
-        )
+        send_control(m.EndOfStream(streams=streams, reason="stopped", sender_drops={m.AUDIO: audio.drops + lost[0]}))
     finally:
         stop.wait(hold_s)
         audio.close()
+        if main is not None:
+            main.close()
 
 
 def _setup_process_logging() -> None:

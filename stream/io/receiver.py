@@ -34,6 +34,9 @@ class SourceState:
     av_audio_done: bool = False
     mic_done: bool = False
     errors: list[m.CaptureError] = field(default_factory=list)
+    #: the fatal errors of the main source (the one on the frames socket: a video source, or an
+    #: audio-only one: a sound file, an audio-only RTSP stream, a microphone alone)
+    main_fatal: list[m.CaptureError] = field(default_factory=list)
     sender_drops: dict[str, int] = field(default_factory=lambda: {m.VIDEO: 0, m.AUDIO: 0})
     malformed: int = 0
     #: every Gap message, in order (lost: ``end`` None; back: ``end`` set)
@@ -41,6 +44,11 @@ class SourceState:
     #: closed gaps as (last media time before, first after)
     gaps: list[tuple[float, float]] = field(default_factory=list)
     gap_open: m.Gap | None = None
+
+    @property
+    def audio_only(self) -> bool:
+        """The main source has no video (its stream info lists only audio)."""
+        return self.info is not None and m.VIDEO not in self.info.streams
 
     @property
     def video_done(self) -> bool:
@@ -67,6 +75,7 @@ class Receiver(threading.Thread):
         audio: AudioRing,
         state: SourceState,
         context: zmq.Context | None = None,
+        lossless_audio: bool = False,
     ) -> None:
         super().__init__(name="cer-receiver", daemon=True)
         self.ctx = context or zmq.Context.instance()
@@ -75,6 +84,7 @@ class Receiver(threading.Thread):
         self.frame_sock = self._bind(frames_endpoint, FRAME_RCVHWM)
         self.audio_sock = self._bind(audio_endpoint, AUDIO_RCVHWM) if audio_endpoint else None
         self.received = {m.VIDEO: 0, m.AUDIO: 0}
+        self.lossless_audio = lossless_audio  # a file read as fast as possible: never drop its audio
 
     def _bind(self, endpoint: str, hwm: int) -> zmq.Socket:
         sock = self.ctx.socket(zmq.PULL)
@@ -113,6 +123,12 @@ class Receiver(threading.Thread):
             self._notify(drops=(m.VIDEO, item.sender_drops))
         elif isinstance(item, m.AudioChunk):
             self.received[m.AUDIO] += 1
+            # an audio-only file read as fast as possible: its audio paces the windows as a video's
+            # frames do, so the ring waits for the analyzer instead of dropping unanalysed audio
+            # (beside video the frame ring does the waiting: this thread must keep taking frames)
+            while self.lossless_audio and self.state.audio_only and self.audio.full(item):
+                if self.stop_event.wait(0.05):
+                    return
             self.audio.put(item)
             self._notify(drops=(m.AUDIO, item.sender_drops))
         elif isinstance(item, m.StreamInfo):
@@ -127,7 +143,7 @@ class Receiver(threading.Thread):
                 if video:
                     st.video_end = item
                     st.sender_drops[m.VIDEO] = max(st.sender_drops[m.VIDEO], item.sender_drops.get(m.VIDEO, 0))
-                elif m.VIDEO in item.streams:
+                elif m.VIDEO in item.streams or st.audio_only:
                     st.av_audio_done = True
                 else:
                     st.mic_done = True
@@ -147,7 +163,8 @@ class Receiver(threading.Thread):
             with st.cond:
                 st.errors.append(item)
                 if item.fatal:
-                    if m.VIDEO in item.streams:
+                    if video or m.VIDEO in item.streams:
+                        st.main_fatal.append(item)
                         st.video_failed = True
                         st.av_audio_done = True  # the same process carried the audio track
                     else:

@@ -96,6 +96,11 @@ class AudioRing:
         self._lock = threading.Lock()
         self._horizon = 0.0
 
+    def full(self, chunk: AudioChunk) -> bool:
+        """Whether ``chunk`` would push the oldest audio out (a lossless reader waits instead)."""
+        with self._lock:
+            return bool(self._chunks) and self._size + chunk.samples.shape[0] > self.capacity
+
     def put(self, chunk: AudioChunk) -> None:
         with self._lock:
             self._chunks.append(chunk)

@@ -46,6 +46,9 @@ class Source:
     mic: str | None = None  # microphone device ("default") to add, camera only
     audio: bool = True
     realtime: bool | None = None
+    #: False: read the audio only, even where the source has a picture (``--audio FILE``); a
+    #: source without a video stream is read audio-only either way
+    video: bool = True
 
     @property
     def name(self) -> str:
@@ -56,6 +59,8 @@ class Source:
     def describe(self) -> str:
         if self.kind == "camera":
             return redact(f"camera {self.target}")
+        if self.kind == "mic":
+            return f"microphone {self.target}"
         return redact(redact_url(self.target))
 
     def check(self) -> None:
@@ -64,12 +69,16 @@ class Source:
 
 class FileSource(Source):
     """A media file, analysed as fast as possible (nothing dropped) or, with ``realtime``,
-    paced at media speed like a live source.  ``audio=False`` ignores its audio track.
+    paced at media speed like a live source.  ``audio=False`` ignores its audio track;
+    ``video=False`` its picture (``--audio FILE``: the audio and text modalities only).  A file
+    without a video stream (wav, mp3, m4a, flac, ogg...) is analysed audio-only either way.
     ``realtime=None`` (default) takes the pipeline's ``RuntimeOptions.realtime``, so setting
     that option alone paces a file."""
 
-    def __init__(self, path: str | os.PathLike, *, realtime: bool | None = None, audio: bool = True) -> None:
-        super().__init__("video", str(path), audio=audio, realtime=realtime)
+    def __init__(
+        self, path: str | os.PathLike, *, realtime: bool | None = None, audio: bool = True, video: bool = True
+    ) -> None:
+        super().__init__("video", str(path), audio=audio, realtime=realtime, video=video)
 
     def check(self) -> None:
         path = Path(self.target)
@@ -99,6 +108,14 @@ class RtspSource(Source):
         host = (parts.rest if parts else url.partition("://")[2]).split("/", 1)[0]
         if not url.lower().startswith(("rtsp://", "rtsps://")) or not host:
             raise SourceError(f"bad RTSP URL {redact(redact_url(url))!r}: expected rtsp://HOST[:PORT]/PATH")
+
+
+class MicSource(Source):
+    """A microphone alone (``--mic`` without a camera): live audio, the audio and text
+    modalities only.  ``device``: ``"default"``, a device index or a name (sounddevice)."""
+
+    def __init__(self, device: str | int = "default") -> None:
+        super().__init__("mic", str(device).strip() or "default", audio=True, video=False)
 
 
 @dataclass(frozen=True)

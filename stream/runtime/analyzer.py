@@ -248,7 +248,8 @@ class Analyzer:
     # ------------------------------------------------------------------ windows
     def _arrivals(self, frames: FrameRing, audio: AudioRing, state: SourceState) -> Arrivals:
         return Arrivals(
-            video_horizon=frames.horizon,
+            # an audio-only source: its audio paces the windows as the frames do otherwise
+            video_horizon=audio.horizon if state.audio_only else frames.horizon,
             audio_horizon=audio.horizon,
             video_done=state.video_done,
             audio_expected=state.audio_expected,
@@ -287,7 +288,8 @@ class Analyzer:
         )
 
     def _loop(self, info: m.StreamInfo, frames: FrameRing, audio: AudioRing, state: SourceState) -> dict:
-        fps = info.fps or 25.0
+        audio_only = m.VIDEO not in info.streams
+        fps = info.fps or 25.0  # audio-only: a nominal rate for the (empty) frame timeline
         if self.face is None:
             self.face = FaceAnalyzer()
         resume = self.opts.resume if self.live else None
@@ -303,7 +305,7 @@ class Analyzer:
             StartRecord(
                 source=self.source.kind,
                 input=self.source.describe(),
-                fps=fps,
+                fps=None if audio_only else fps,
                 width=info.width,
                 height=info.height,
                 duration=info.duration,
@@ -319,13 +321,16 @@ class Analyzer:
                     if resume
                     else None
                 ),
+                video=not audio_only,
             )
         )
         for note in dict.fromkeys(list(self._notes) + self.fuser.notes):
             self.warn(note)
         self._deliver_log()
         progress = Progress(info.duration, mode="on" if self.opts.progress else "off")
-        if not state.audio_expected:
+        if audio_only:
+            self.warn(f"no video in {self.source.describe()}: running audio only (the audio and text modalities)")
+        elif not state.audio_expected:
             self.warn(f"no audio: {info.audio_note or 'audio disabled'}; running video-only")
         seen_errors = 0
         seen_gaps = 0
@@ -353,7 +358,7 @@ class Analyzer:
                 continue
             with state.cond:
                 for e in state.errors[seen_errors:]:
-                    if not e.fatal or m.VIDEO not in e.streams:
+                    if not e.fatal or e not in state.main_fatal:
                         self.warn(e.message, stream=",".join(e.streams))
                     seen_errors += 1
             if isinstance(step, Finish):
@@ -366,12 +371,19 @@ class Analyzer:
                         state.cond.wait_for(lambda: state.video_done, 1.0)
                 if state.video_end is not None:
                     duration, total_frames = state.video_end.duration, state.video_end.frames
+                    if audio_only:
+                        total_frames = None
                     end_reason = state.video_end.reason if not stopping else "interrupted"
+                elif audio_only:
+                    duration, total_frames = max(audio.horizon, 0.0), None
+                    end_reason = "interrupted" if stopping else ("error" if state.main_fatal else "eof")
+                    if state.main_fatal:
+                        self.warn(state.main_fatal[0].message, stream="audio")
                 else:
                     duration = frames.horizon + 1.0 / fps if frames.horizon >= 0 else 0.0
                     # the frames that exist: up to the newest one received, final like any other
                     total_frames = frames.last_index + 1 if frames.last_index >= 0 else None
-                    fatal = [e.message for e in state.errors if e.fatal and m.VIDEO in e.streams]
+                    fatal = [e.message for e in state.main_fatal]
                     end_reason = "interrupted" if stopping else ("error" if fatal else "eof")
                     if fatal:
                         self.warn(fatal[0], stream="video")
@@ -395,8 +407,9 @@ class Analyzer:
                     )
                 for tail in scheduler.tail(duration, closed) if self._flush_on_stop or not stopping else []:
                     self._window(tail, fps, frames, audio, state, face_step, timeline, total_frames)
-                rows = timeline.finalize(total_frames if total_frames is not None else timeline.pending())
-                self._emit_frames(rows, final=True)
+                if not audio_only:
+                    rows = timeline.finalize(total_frames if total_frames is not None else timeline.pending())
+                    self._emit_frames(rows, final=True)
                 break
             if isinstance(step, Skip):
                 self.stats.windows_skipped += step.skipped
@@ -411,7 +424,10 @@ class Analyzer:
         progress.close()
         self._deliver_log()
         elapsed = time.monotonic() - wall0
-        media = (total_frames / fps) if total_frames else max(frames.horizon, 0.0)
+        if audio_only:
+            media = duration
+        else:
+            media = (total_frames / fps) if total_frames else max(frames.horizon, 0.0)
         end = self.stats.end_record(
             reason=end_reason,
             total_frames=total_frames,
@@ -474,12 +490,14 @@ class Analyzer:
 
         t0 = time.perf_counter()
         fused = self.fuser(outputs)
-        if fused.scored:  # PFSA that cannot score a window adds nothing of another method's scale
+        if (
+            fused.scored and not state.audio_only
+        ):  # PFSA that cannot score a window adds nothing of another method's scale
             assert fused.basic is not None and fused.compound is not None  # what `scored` means
             timeline.add(span, fused.basic, fused.compound)
         rec = build_window_record(
             w,
-            fps=fps,
+            fps=None if state.audio_only else fps,
             total=total,
             analysed_frames=len(items),
             fused=fused,
@@ -527,8 +545,9 @@ class Analyzer:
         cut = final_before(w)
         before = int(cut * fps + 1e-6)  # never past the stream's last frame (short clips)
         before = min([before] + [n for n in (total, held) if n is not None])
-        self._emit_frames(timeline.finalize(before), final=True)
-        self._emit_frames(timeline.provisional(span), final=False)
+        if not state.audio_only:  # no picture: no frame records
+            self._emit_frames(timeline.finalize(before), final=True)
+            self._emit_frames(timeline.provisional(span), final=False)
         frames.release_before(cut)
         audio.release_before(cut)
         cache.forget_before(int(cut * fps + 1e-6))

@@ -167,6 +167,16 @@ def capture_configs(
         "sample_fps": SAMPLE_FPS,
         "parent_pid": os.getpid(),
     }
+    if source.kind == "mic":  # a microphone alone: it is the main source (its control on the frames socket)
+        return [
+            CaptureConfig(
+                source="mic",
+                target=source.target,
+                frames_endpoint=frames_endpoint,
+                audio_endpoint=audio_endpoint,
+                **common,
+            )
+        ]
     cfgs = [
         CaptureConfig(
             source=source.kind,
@@ -174,6 +184,7 @@ def capture_configs(
             frames_endpoint=frames_endpoint,
             audio_endpoint=audio_endpoint if source.audio else None,
             want_audio=source.audio,
+            want_video=source.video,
             realtime=paced(source, runtime),
             reconnect=runtime.reconnect if live_kind else OFF,
             resume=runtime.resume if live_kind else None,
@@ -212,6 +223,7 @@ class ProcessCapture(Capture):
             frames=self.frames,
             audio=self.audio,
             state=self.state,
+            lossless_audio=not is_live(source, runtime),
         )
 
     def start(self) -> None:
@@ -228,7 +240,7 @@ class ProcessCapture(Capture):
         deadline = time.monotonic() + self.open_timeout_s + STARTUP_GRACE_S
         with state.cond:
             while state.info is None:
-                fatal = [e for e in state.errors if e.fatal and m.VIDEO in e.streams]
+                fatal = list(state.main_fatal)
                 if fatal:
                     raise StartupError(fatal[0].message)
                 if stop_event.is_set():

@@ -49,7 +49,7 @@ class StartRecord(Record):
     type: ClassVar[str] = "start"
     source: str
     input: str
-    fps: float
+    fps: float | None  # None: an audio-only source (no picture)
     width: int
     height: int
     duration: float | None
@@ -65,6 +65,8 @@ class StartRecord(Record):
     #: ``cer-stream serve`` restarted this stream's analyzer: ``{"window", "after_s", "reason"}``
     #: (window indices, media time and frame numbers go on; absent otherwise)
     resumed: dict[str, Any] | None = None
+    #: whether the source has a picture (False: audio-only; no frame records follow)
+    video: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
@@ -83,7 +85,7 @@ class WindowRecord(Record):
     index: int
     start: float
     end: float
-    frames: tuple[int, int]
+    frames: tuple[int, int] | None  # None: an audio-only source
     analysed_frames: int
     basic: dict[str, float] | None
     compound: dict[str, float] | None
@@ -212,7 +214,7 @@ def load_schema() -> dict[str, Any]:
 def build_window_record(
     w: Window,
     *,
-    fps: float,
+    fps: float | None,
     total: int | None,
     analysed_frames: int,
     fused,
@@ -248,7 +250,7 @@ def build_window_record(
         index=w.index,
         start=w.start,
         end=w.end,
-        frames=w.frame_range(fps, total),
+        frames=w.frame_range(fps, total) if fps else None,
         analysed_frames=analysed_frames,
         basic=basic,
         compound=compound,
