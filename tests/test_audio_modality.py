@@ -147,8 +147,10 @@ def test_normalising_model(tmp_path, clip):
     np.testing.assert_allclose(got, want, atol=1e-4)
 
 
-def test_absent_without_a_model(clip):
-    modality = SpeechEmotionModality(None, gate=SpeechGate())
+def test_absent_without_a_model_when_the_voice_head_is_off(clip):
+    """No model and ``voice=False`` (``AudioOptions.voice``): absent with the reason; by default
+    the shipped voice head runs instead (tests/test_voice.py)."""
+    modality = SpeechEmotionModality(None, gate=SpeechGate(), voice=False)
     out = modality(window_input(Window(0, 0.0, 4.0), clip[: 4 * RATE]))
     assert out.basic is None and out.info["reason"] == NO_MODEL
     assert out.info["speech"] is True  # the gate still reports the window's speech
@@ -182,13 +184,13 @@ def test_build_from_command_line_options(tmp_path):
     mods = build_audio_modalities(audio_options(parser.parse_args([])))
     assert [m.name for m in mods] == ["audio", "text"]
     assert mods[0].gate is mods[1].gate  # one VAD stream for both
-    assert mods[0].model is None
+    assert mods[0].model is None and mods[0].voice is not None  # the shipped voice head by default
     path = tmp_path / "ser.onnx"
     tiny_model(path)
     args = parser.parse_args(["--speech-emotion", str(path), "--no-asr", "--vad-threshold", "0.6"])
     mods = build_audio_modalities(audio_options(args))
     assert [m.name for m in mods] == ["audio"]
-    assert mods[0].model.path == path and mods[0].gate.options.threshold == 0.6
+    assert mods[0].model.path == path and mods[0].voice is None and mods[0].gate.options.threshold == 0.6
     assert [m.name for m in build_audio_modalities(AudioOptions(text=False))] == ["audio"]
 
 

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from stream.offline.temporal_data import TemporalFeaturesOptions
     from stream.offline.temporal_train import TrainTemporalOptions
     from stream.offline.texthead_train import TextClassifyOptions, TrainHeadOptions
+    from stream.offline.voice_train import TrainVoiceOptions
     from stream.serve.config import ServeConfig
 
 
@@ -363,13 +364,47 @@ def _l2_list(text: str) -> list[float]:
 def train_head_parser() -> argparse.ArgumentParser:
     """Flags of ``cer-stream train-head``."""
     from stream.offline.texthead_train import DATA_ENV, KINDS, L2_GRID, MAX_EPOCHS, SCENE_HOLDOUT, WEIGHTINGS
+    from stream.offline.voice_train import C_DEFAULT, PER_GROUP_DEFAULT
 
-    p = Parser(prog="cer-stream train-head", description="Train a text emotion head on MiniLM embeddings.")
+    p = Parser(
+        prog="cer-stream train-head",
+        description="Train a text emotion head on MiniLM embeddings, or the voice head on acted-speech corpora.",
+    )
     p.add_argument(
         "--kind",
         required=True,
-        choices=KINDS,
-        help="speech: GoEmotions (Ekman) for transcripts; scene: Qwen AFEW captions",
+        choices=[*KINDS, "voice"],
+        help="speech: GoEmotions (Ekman) for transcripts; scene: Qwen AFEW captions; voice: speech emotion "
+        "from RAVDESS/nEMO folders (--corpus)",
+    )
+    p.add_argument(
+        "--corpus",
+        type=_corpus_arg,
+        action="append",
+        default=[],
+        metavar="KIND=DIR",
+        help="voice: a training corpus in its upstream layout (ravdess, nemo, urdu, tess); repeat for several",
+    )
+    p.add_argument(
+        "--eval",
+        type=_corpus_arg,
+        action="append",
+        default=[],
+        metavar="KIND=DIR",
+        help="voice: a held-out corpus the new head is scored on (into its meta); repeatable",
+    )
+    p.add_argument(
+        "--C", type=positive_float, default=C_DEFAULT, help="voice: inverse L2 strength (> 0; default %(default)s)"
+    )
+    p.add_argument(
+        "--per-speaker-class",
+        type=count,
+        default=PER_GROUP_DEFAULT,
+        metavar="N",
+        help="voice: at most N clips per speaker and class, seed 0 (>= 0; 0: all; default %(default)s)",
+    )
+    p.add_argument(
+        "--processes", type=int, choices=(1, 2), default=2, help="voice: feature extraction processes (default 2)"
     )
     p.add_argument(
         "--data",
@@ -415,6 +450,30 @@ def train_head_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _corpus_arg(text: str) -> tuple[str, Path]:
+    """``KIND=DIR`` for ``--corpus``/``--eval``."""
+    from stream.offline.voice_train import CORPORA
+
+    kind, sep, folder = text.partition("=")
+    if not sep or kind not in CORPORA or not folder:
+        raise argparse.ArgumentTypeError(f"expected KIND=DIR with KIND one of {', '.join(CORPORA)}, got {text!r}")
+    return kind, Path(folder).expanduser()
+
+
+def train_voice_options(args: argparse.Namespace) -> TrainVoiceOptions:
+    from stream.offline.voice_train import TrainVoiceOptions
+
+    return TrainVoiceOptions(
+        corpora=args.corpus,
+        out=args.out,
+        C=args.C,
+        per_group=args.per_speaker_class,
+        processes=args.processes,
+        cache=not args.no_cache,
+        evaluate=args.eval,
+    )
+
+
 def train_head_options(args: argparse.Namespace) -> TrainHeadOptions:
     from stream.offline.texthead_train import TrainHeadOptions
 
@@ -436,7 +495,17 @@ def train_head_main(argv: Sequence[str] | None = None) -> int:
     """``cer-stream train-head``: train a text head and write it (default: the committed file)."""
     from stream.offline.texthead_train import TextHeadError, run_train_head
 
-    options = train_head_options(train_head_parser().parse_args(argv))
+    parser = train_head_parser()
+    args = parser.parse_args(argv)
+    if args.kind == "voice":
+        from stream.offline.voice_train import run_train_voice
+
+        if not args.corpus:
+            parser.error("--kind voice needs at least one --corpus KIND=DIR")
+        return run_train_voice(train_voice_options(args))
+    if args.corpus or args.eval:
+        parser.error("--corpus and --eval are for --kind voice")
+    options = train_head_options(args)
     try:
         return run_train_head(options)
     except TextHeadError as exc:

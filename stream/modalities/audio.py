@@ -1,8 +1,15 @@
 """The speech-emotion ("audio") modality, and how the audio/text modalities are put together.
 
-Speech emotion runs an ONNX model given by path (``--speech-emotion PATH``); no such weights
-ship in any package, so without one the modality is present in the list but absent in every
-window, with the reason. The model's contract:
+By default the modality runs the shipped voice head (:mod:`stream.modalities.speech.voice`):
+Whisper base encoder blocks 2-3 pooled over the window's speech plus 69 prosodic statistics,
+normalised by the stream's running mean, softmax regression trained on RAVDESS and nEMO
+(``stream/heads/voice.npz``, CC BY-NC-SA 4.0: non-commercial). It needs the joined Whisper base
+(``cer-stream models fetch whisper-base``); without it the modality is absent in every window with
+that one-line reason. Its info says ``speech_s`` (the trimmed speech the features used),
+``voice_windows`` (speech windows in the stream's running mean) and ``voice_ms`` (its cost).
+
+``--speech-emotion PATH`` replaces it with the user's own ONNX model (wav2vec2/WavLM kind). The
+model's contract:
 
 * input: the raw window waveform, float32 [1, T] at 16 kHz mono (a fixed T in the model is
   met by zero-padding or cutting the window);
@@ -32,13 +39,16 @@ from typing import Any
 
 import numpy as np
 
+from engines.models.whisper_base import WhisperBaseMissing
 from stream.core.labels import basic_name, to_basic
 from stream.modalities.base import Modality, ModalityOutput, WindowInput
 from stream.modalities.speech.vad import SAMPLE_RATE, SileroVAD, SpeechGate, VadOptions
+from stream.modalities.speech.voice import VoiceEmotion, VoiceHeadError
 
 log = logging.getLogger("cer_stream.audio")
 
-NO_MODEL = "no speech-emotion model; supply one with --speech-emotion PATH"
+VOICE_UNAVAILABLE = "voice head unavailable"
+NO_MODEL = "no speech-emotion model (the voice head is off); supply one with --speech-emotion PATH"
 
 
 class SpeechEmotionModel:
@@ -111,7 +121,10 @@ class SpeechEmotionModel:
 
 
 class SpeechEmotionModality(Modality):
-    """Modality "audio": the speech-emotion model on speech windows."""
+    """Modality "audio": the shipped voice head, or the user's speech-emotion model, on speech windows.
+
+    ``model=None`` with ``voice=True`` (the default) runs :class:`VoiceEmotion`; ``voice=False``
+    leaves the modality absent (:data:`NO_MODEL`) unless a model is given."""
 
     name = "audio"
 
@@ -122,40 +135,76 @@ class SpeechEmotionModality(Modality):
         gate: SpeechGate,
         device: str = "auto",
         backend: str = "auto",
+        voice: bool | VoiceEmotion = True,
     ) -> None:
         if model is not None and not isinstance(model, SpeechEmotionModel):
             model = SpeechEmotionModel(model, device=device, backend=backend)
         self.model = model
+        self.voice: VoiceEmotion | None = None
+        if model is None and voice is not False:
+            if isinstance(voice, VoiceEmotion):
+                self.voice = voice
+            else:
+                # ONNX Runtime unless TensorRT is asked for: the encoder's time axis has no plan profile yet
+                self.voice = VoiceEmotion(backend="tensorrt" if backend == "tensorrt" else "onnxruntime", device=device)
         self.gate = gate
         self._error: str | None = None
+        self._loaded = False
 
     def load(self) -> None:
-        """Load the model now (else on the first window); a failure is reported per window."""
-        if self.model is not None and not self.model.labels and self._error is None:
-            try:
-                self.model.load()
-            except Exception as exc:
-                self._error = f"{type(exc).__name__}: {exc}"
-                log.warning("speech-emotion model %s unusable: %s", self.model.path, self._error)
+        """Load the model or the voice head now (else on the first window); a failure is
+        reported per window."""
+        if self._loaded or self._error is not None:
+            return
+        try:
+            if self.model is not None:
+                if not self.model.labels:
+                    self.model.load()
+            elif self.voice is not None:
+                self.voice.load()
+            self._loaded = True
+        except (WhisperBaseMissing, VoiceHeadError) as exc:
+            self._error = str(exc)
+            log.warning("voice head unavailable: %s", self._error)
+        except Exception as exc:
+            self._error = f"{type(exc).__name__}: {exc}"
+            where = self.model.path if self.model is not None else "voice head"
+            log.warning("speech-emotion model %s unusable: %s", where, self._error)
+
+    def reset(self) -> None:
+        """A new stream: the voice head's running mean starts again."""
+        if self.voice is not None:
+            self.voice.reset()
 
     def __call__(self, inp: WindowInput) -> ModalityOutput:
         if inp.audio is None:
             return ModalityOutput.absent("no audio")
         vad = self.gate(inp)
         info: dict[str, Any] = vad.info() if vad is not None else {}
-        if self.model is None:
+        if self.model is None and self.voice is None:
             return ModalityOutput.absent(NO_MODEL, **info)
         if vad is None or not vad.is_speech:
             return ModalityOutput.absent("no speech", **info)
         self.load()
         if self._error is not None:
+            if self.model is None:
+                return ModalityOutput.absent(VOICE_UNAVAILABLE, error=self._error, **info)
             return ModalityOutput.absent("speech-emotion model unusable", error=self._error, **info)
-        probs, feature = self.model(inp.audio)
-        return ModalityOutput(to_basic(probs, self.model.labels), feature, info)
+        if self.model is not None:
+            probs, feature = self.model(inp.audio)
+            return ModalityOutput(to_basic(probs, self.model.labels), feature, info)
+        assert self.voice is not None
+        basic, feature, voice_info = self.voice.predict(inp.audio)
+        info.update(voice_info)
+        if basic is None:
+            return ModalityOutput.absent("too little speech after trimming", **info)
+        return ModalityOutput(basic, feature, info)
 
     def close(self) -> None:
         if self.model is not None:
             self.model.close()
+        if self.voice is not None:
+            self.voice.close()
         self.gate.close()
 
 
@@ -164,9 +213,11 @@ class SpeechEmotionModality(Modality):
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class AudioOptions:
-    """Options of the audio and text modalities (defaults: VAD + Whisper tiny.en + speech head; no
-    speech-emotion model).  The command line's ``--asr-*``, ``--vad-*``, ``--speech-emotion``,
-    ``--no-asr``/``--no-text`` flags map onto them."""
+    """Options of the audio and text modalities (defaults: VAD + the shipped voice head + Whisper
+    + text head).  The command line's ``--asr-*``, ``--vad-*``, ``--speech-emotion``,
+    ``--no-asr``/``--no-text`` flags map onto them.  ``speech_emotion``: the user's own ONNX
+    speech-emotion model instead of the voice head; ``voice``: the shipped voice head when no
+    model is given (``False``: the audio modality is absent)."""
 
     speech_emotion: Path | None = None
     asr_model: Path | None = None
@@ -183,6 +234,7 @@ class AudioOptions:
     asr_min_word_probability: float = 0.55
     asr_languages: tuple[str, ...] = ()
     asr_gate: bool = True
+    voice: bool = True
 
 
 def build_audio_modalities(opts: AudioOptions, *, share_gate: bool = True) -> list[Modality]:
@@ -198,7 +250,9 @@ def build_audio_modalities(opts: AudioOptions, *, share_gate: bool = True) -> li
 
     gate = new_gate()
     mods: list[Modality] = [
-        SpeechEmotionModality(opts.speech_emotion, gate=gate, device=opts.device, backend=opts.backend)
+        SpeechEmotionModality(
+            opts.speech_emotion, gate=gate, device=opts.device, backend=opts.backend, voice=opts.voice
+        )
     ]
     if opts.asr and opts.text:
         from stream.modalities.speech.asr import AsrGate, AsrOptions, SpeechRecognizer
