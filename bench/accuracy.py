@@ -5,6 +5,7 @@ One command, from the repository root with the project's environment::
 
     .venv/bin/python bench/accuracy.py [--limit N] [--models minixception,faceapi]
         [--variants 'm0.1-*,fer*'] [--no-text] [--plot] [--json OUT] [--md OUT]
+    .venv/bin/python bench/accuracy.py --only voice [--voice-data DIR]
     .venv/bin/python bench/accuracy.py --smoke [--smoke-dir DIR] [--data DIR]
 
 What it measures (see bench/README.md, "Face crops and accuracy"):
@@ -26,6 +27,16 @@ What it measures (see bench/README.md, "Face crops and accuracy"):
 
 :func:`evaluate_default` is the default face path (whatever ``stream.modalities.face.FaceAnalyzer`` runs
 without arguments) on a list of images; ``tests/test_accuracy_floor.py`` keeps it above a floor.
+
+* the shipped speech-emotion ("voice") head (``stream/heads/voice.npz``, :mod:`stream.offline.voice_train`):
+  per corpus, speakers held out (GroupKFold by speaker, the head's design refitted on the other
+  speakers, source mean per corpus), and cross-corpus: the shipped head (trained on RAVDESS + nEMO)
+  on URDU and TESS, its source mean the test corpus's mean, argmax over the corpus's classes;
+  macro-F1 and per-class F1. The corpora come from ``--voice-data DIR`` (subfolders ``ravdess``,
+  ``nemo``, ``urdu``, ``tess`` in their upstream layouts) or ``$CER_STREAM_VOICE_DATA``; without
+  them the section says it skipped. ``--only voice`` runs just this section and merges it into
+  the existing ``bench/results/accuracy.json``/``.md`` (the face and text numbers stay as they
+  were, with their own revision).
 
 ``--smoke`` checks that the benchmark still runs (``tests/test_bench_smoke.py``): 14 images
 (2 per class) of faces_dev where the shared data is there, else a stand-in of 14 frames of
@@ -772,6 +783,107 @@ def text_heads(data: Path) -> dict[str, Any]:
     return out
 
 
+VOICE_DATA_ENV = "CER_STREAM_VOICE_DATA"
+
+
+def voice_section(root: Path | None) -> dict[str, Any]:
+    """The voice head's numbers (see the module docstring), or ``{"skipped": reason}``."""
+    from stream.modalities.speech.voice import HEAD_PATH, VoiceHead
+    from stream.offline import voice_train as V
+
+    env = os.environ.get(VOICE_DATA_ENV)
+    root = root or (Path(env) if env else None)
+    if root is None:
+        return {"skipped": f"skipped: no --voice-data DIR and no ${VOICE_DATA_ENV}"}
+    present = [k for k in V.CORPORA if (root / k).is_dir()]
+    if not present:
+        return {"skipped": f"skipped: {root} has none of {', '.join(V.CORPORA)}"}
+    head = VoiceHead.load()
+    cap = head.meta.get("per_speaker_class_cap")
+    say(f"voice: corpora {', '.join(present)} in {root} (at most {cap} clips per speaker and class)")
+    within: dict[str, Any] = {}
+    cross: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+    trained_on = {d["corpus"] for d in head.meta.get("data", [])}
+    for kind in present:
+        cf = V.corpus_features(kind, root / kind, per_group=cap)
+        data[kind] = cf.summary()
+        within[kind] = V.within_corpus(cf, float(head.meta["design"]["C"]))
+        if kind not in trained_on:
+            cross[kind] = V.head_scores(head, cf)
+        say(
+            f"voice {kind}: within (speakers held out) {within[kind].get('macro_f1')}"
+            + (f", shipped head {cross[kind]['macro_f1']}" if kind in cross else "")
+        )
+    return {
+        "head": str(HEAD_PATH.relative_to(ROOT)),
+        "head_sha256": hashlib.sha256(HEAD_PATH.read_bytes()).hexdigest(),
+        "trained_on": sorted(trained_on),
+        "design": head.meta.get("design"),
+        "data": data,
+        "within": within,
+        "cross": cross,
+        "protocol": {
+            "within": "GroupKFold by speaker (4 folds, 2 for TESS); the head's design refitted on the other "
+            "speakers; source mean = the corpus mean; argmax over the corpus's classes",
+            "cross": "the shipped head as committed; source mean = the test corpus's mean (live: the stream's "
+            "running mean); macro_f1: argmax over the classes the corpus has; macro_f1_all_classes: over all 7",
+        },
+    }
+
+
+def voice_markdown(v: dict[str, Any]) -> list[str]:
+    if v.get("skipped"):
+        return [f"Speech-emotion (voice) head: {v['skipped']}", ""]
+    classes = list(BASIC[:7])
+    lines = [
+        "## Speech emotion: the voice head",
+        "",
+        f"`{v['head']}` (sha256 `{v['head_sha256'][:12]}`), trained on {' + '.join(v['trained_on'])}; "
+        + (f"revision `{v['revision']['describe']}`; `{v['command']}`; " if v.get("revision") else "")
+        + f"{v.get('elapsed_s', 0):.0f} s. Macro-F1 (%) over the classes each corpus has.",
+        "",
+        f"- within: {v['protocol']['within']}.",
+        f"- cross: {v['protocol']['cross']}.",
+        "",
+        "| corpus | protocol | clips | speakers | macro-F1 | " + " | ".join(classes) + " |",
+        "|---|---|---:|---:|---:|" + "---:|" * len(classes),
+    ]
+    for kind, d in v["data"].items():
+        for proto, r in (("within (speakers held out)", v["within"].get(kind)), ("shipped head", v["cross"].get(kind))):
+            if not r or "macro_f1" not in r:
+                continue
+            per = r["per_class_f1"]
+            extra = f" (all 7: {_pct(r['macro_f1_all_classes'])})" if "macro_f1_all_classes" in r else ""
+            lines.append(
+                f"| {kind} | {proto} | {d['clips']} | {d['speakers']} | **{_pct(r['macro_f1'])}**{extra} | "
+                + " | ".join(_pct(per[c]) if c in per else "–" for c in classes)
+                + " |"
+            )
+    lines.append("")
+    return lines
+
+
+def run_voice_only(args: argparse.Namespace, t_start: float) -> int:
+    """``--only voice``: the voice section, merged into the existing reports."""
+    json_path = args.json or RESULTS_DIR / "accuracy.json"
+    md_path = args.md or json_path.with_suffix(".md")
+    voice = voice_section(args.voice_data)
+    voice.update(
+        revision=git_revision(),
+        started=time.strftime("%Y-%m-%d %H:%M:%S"),
+        command=" ".join(["python", "bench/accuracy.py", *args.argv]),
+        elapsed_s=round(time.perf_counter() - t_start, 1),
+    )
+    res = json.loads(json_path.read_text()) if json_path.is_file() else {}
+    res["voice"] = voice
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(res, indent=1) + "\n")
+    md_path.write_text((markdown(res) if "face" in res else "\n".join(voice_markdown(voice))) + "\n")
+    say(f"wrote {json_path}, {md_path}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Reports
 # ---------------------------------------------------------------------------------------------
@@ -901,6 +1013,8 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append("")
     elif res.get("text_skipped"):
         lines += [f"Text heads: {res['text_skipped']}", ""]
+    if res.get("voice"):
+        lines += voice_markdown(res["voice"])
     return "\n".join(lines)
 
 
@@ -999,6 +1113,17 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PNG",
         help="also a PNG of confusion matrices (default path beside the JSON)",
     )
+    p.add_argument(
+        "--voice-data",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=f"speech-emotion corpora: subfolders ravdess, nemo, urdu, tess (default: ${VOICE_DATA_ENV})",
+    )
+    p.add_argument("--no-voice", action="store_true", help="skip the voice head")
+    p.add_argument(
+        "--only", choices=("voice",), default=None, help="run one section and merge it into the existing reports"
+    )
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--md", type=Path, default=None)
     _smoke.add_args(
@@ -1014,7 +1139,9 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             p.error(str(exc))
         args.variants = args.variants or SMOKE_VARIANTS
-        args.no_cache, args.no_text = True, True
+        args.no_cache, args.no_text, args.no_voice = True, True, True
+        if args.only:
+            p.error("--only does not go with --smoke")
         args.json, args.md, args.plot = folder / "accuracy.json", folder / "accuracy.md", str(folder / "accuracy.png")
     chosen = select_variants(args.variants)
     if args.list_variants:
@@ -1022,6 +1149,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{v.name:24s} {'/'.join(v.kinds):9s} {_describe(v)}")
         return 0
     t_start = time.perf_counter()
+    if args.only == "voice":
+        return run_voice_only(args, t_start)
     data = data_dir(args.data)
     if folder is not None:
         data, items = smoke_data(data, folder)
@@ -1146,9 +1275,11 @@ def measure(
     else:
         text_skipped = "skipped (--no-text)"
 
+    voice = voice_section(args.voice_data) if not args.no_voice else {"skipped": "skipped (--no-voice)"}
+
     mp_missing = sum(1 for it in items if boxes["mediapipe"][it.path] is None)
     res = {
-        "what": "faces_dev macro-F1 per face model x crop variant; compound blends; text heads",
+        "what": "faces_dev macro-F1 per face model x crop variant; compound blends; text heads; voice head",
         "revision": git_revision(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": " ".join(["python", "bench/accuracy.py", *args.argv]),
@@ -1201,6 +1332,7 @@ def measure(
         "pipeline": pipeline,
         "text": text,
         "text_skipped": text_skipped,
+        "voice": voice,
     }
     res["elapsed_s"] = round(time.perf_counter() - t_start, 1)
     json_path.parent.mkdir(parents=True, exist_ok=True)
