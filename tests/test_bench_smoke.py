@@ -32,6 +32,7 @@ SMOKE_ARGS: dict[str, list[str]] = {
     "fer_peer.py": [],
     "latency.py": [],
     "mediapipe_tasks.py": ["--faces", "{nodata}/faces_dev"],
+    "multilingual.py": [],
     "scale.py": [],
     "soak.py": [],
 }

@@ -1,4 +1,6 @@
-"""The speech-text ("text") modality on the sample clip, silence and a failing recogniser."""
+"""The speech-text ("text") modality on the sample clip, silence and a failing recogniser, with
+the default recogniser (Whisper base multilingual: the clip's English is transcribed, not
+translated). The audio (speech-emotion) modality's own results are tests/test_audio_modality.py's."""
 
 from __future__ import annotations
 
@@ -34,8 +36,10 @@ def test_sample_clip_windows_get_transcripts_and_text_probabilities(clip, modali
     inp = window_input(window, audio)
     out_audio = audio_mod(inp)
     out_text = text_mod(inp)
-    assert out_audio.basic is None and out_audio.info["speech"] is True  # no speech-emotion weights
+    assert out_audio.info["speech"] is True  # the shared speech gate's decision
     assert out_text.basic is not None, out_text.info
+    assert out_text.info["asr_language"] == "en" and out_text.info["asr_task"] == "transcribe"
+    assert "translation" not in out_text.info
     transcript = out_text.info["transcript"].lower()
     assert "wonderful" in transcript and "space" in transcript  # "What a wonderful day to be in space."
     assert inp.shared["transcript"].text == out_text.info["transcript"]
@@ -73,15 +77,15 @@ def _run(path, modalities):
 
 def test_pipeline_with_speech_modalities(sample, modalities):
     """The analyzer with face + audio + text on the sample clip: transcripts in every window,
-    the audio modality absent for want of weights, text probabilities in fusion."""
+    English on record, text probabilities in fusion."""
     wins = _run(sample, modalities)
     assert len(wins) == 4
     for w in wins:
         mods = w["modalities"]
-        assert mods["audio"]["present"] is False and mods["audio"]["reason"].startswith("no speech-emotion model")
         assert mods["audio"]["speech"] is True
         assert mods["text"]["present"] is True and mods["text"]["transcript"]
-        assert w["present"] == ["face", "text"]
+        assert mods["text"]["asr_language"] == "en" and mods["text"]["asr_task"] == "transcribe"
+        assert "face" in w["present"] and "text" in w["present"]
     words = " ".join(w["modalities"]["text"]["transcript"].lower() for w in wins)
     assert "amazing" in words and "planet" in words
     # a file: each window also gets the audio after it, so one Whisper call serves several windows

@@ -683,7 +683,10 @@ def _entries() -> list[ModelSpec]:
             exporter=None,
             runtime="faster_whisper.WhisperModel(folder, device='cpu', compute_type='int8')",
             preprocess={"audio": "16 kHz mono float32"},
-            description="Whisper tiny.en converted to CTranslate2, run by faster-whisper",
+            description=(
+                "Whisper tiny.en converted to CTranslate2, run by faster-whisper: English only, smaller and "
+                "faster than the default whisper-base; used with --asr-model DIR (the folder above)"
+            ),
         ),
         ModelSpec(
             name="whisper-base",

