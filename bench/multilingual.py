@@ -294,6 +294,9 @@ def section_languages(args: argparse.Namespace, asr: Any, head: Any, tmp: Path) 
                 "transcript": t.text,
                 "translation": t.translation if t.task == "translate" else None,
                 "word_probability": None if t.word_probability is None else round(t.word_probability, 3),
+                "avg_logprob": None if t.avg_logprob is None else round(t.avg_logprob, 3),
+                "no_speech_prob": None if t.no_speech_prob is None else round(t.no_speech_prob, 3),
+                "compression_ratio": None if t.compression_ratio is None else round(t.compression_ratio, 3),
                 "gated": reason,
                 "seconds": round(t.seconds, 3),
             }
