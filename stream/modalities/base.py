@@ -59,6 +59,9 @@ class Modality(ABC):
 
     #: the key of its results in window records (``modalities.NAME``) and in fusion
     name: str
+    #: False for a modality that reads only the window's audio (the voice, the words): the
+    #: analyzer then runs it on a thread of its own beside the window's face work
+    needs_frames: bool = True
 
     @abstractmethod
     def __call__(self, inp: WindowInput) -> ModalityOutput:
@@ -148,6 +151,7 @@ class LaggedModality(Modality):
     def __init__(self, inner: Modality, *, budget_s: float = 0.03, max_lag: int = 1) -> None:
         self.inner = inner
         self.name = inner.name
+        self.needs_frames = getattr(inner, "needs_frames", True)  # duck-typed modalities too
         self.budget_s = budget_s
         self.max_lag = max_lag
         self._cond = threading.Condition()

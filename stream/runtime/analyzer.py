@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from engines.memory import Trimmer
@@ -98,6 +99,7 @@ class Analyzer:
         self.observers = Observers([*(observers or []), *(s for s in self.sinks if isinstance(s, Observer))])
         self.on_record = on_record
         self._modality_errors: dict[str, str] = {}
+        self._beside: ThreadPoolExecutor | None = None  # runs the audio modalities during a run
         self._notes = notes if notes is not None else []  # warnings from start-up, emitted after `start`
         # a stream.core.logs.RecordForwarder: every cer_stream warning logged during the run
         # (any thread, any time) becomes a `warning` record, delivered on this thread
@@ -228,6 +230,10 @@ class Analyzer:
 
     def _run(self) -> dict:
         self.capture = capture = open_capture(self.source, self.opts)
+        # the modalities that need no frames (the voice, the words) run on their own thread
+        # beside the window's face work: their models (ONNX Runtime, CTranslate2) release the GIL
+        side = [mod for mod in self.modalities if not getattr(mod, "needs_frames", True)]
+        self._beside = ThreadPoolExecutor(1, thread_name_prefix="cer-audio") if side else None
         try:
             capture.start()
             self.observers.capture(capture.pids)
@@ -235,6 +241,9 @@ class Analyzer:
             return self._loop(info, capture.frames, capture.audio, capture.state)
         finally:
             capture.close()
+            if self._beside is not None:
+                self._beside.shutdown(wait=True)
+                self._beside = None
 
     def _load_modalities(self) -> None:
         """Load models before capture starts, so the first windows do not pay for it.  A
@@ -469,19 +478,31 @@ class Analyzer:
     ) -> None:
         t_start = time.perf_counter()
         items = frames.between(w.start, w.end)
-        face_step(items, w.index)
-        cache = face_step.cache
-        faces = [cache.items[f.index] for f in items]
         if state.audio_expected:
             pcm, coverage = audio.slice(w.start, w.end)
         else:
             pcm, coverage = None, 0.0
-        inp = WindowInput(w, fps, items, faces, pcm, coverage)
+        inp = WindowInput(w, fps, items, [], pcm, coverage)  # faces: after the face step below
         if pcm is not None and not self.live and audio.horizon > w.end + EPS:
             # a file: the audio already received after the window, for speech to text to transcribe
             # with this window's in one call (stream.modalities.speech.asr: the next windows then need no call)
             inp.shared["audio_ahead"] = audio.slice(w.end, min(audio.horizon, w.end + AUDIO_AHEAD_S))[0]
-        outputs = self._run_modalities(inp)
+        side = [mod for mod in self.modalities if not getattr(mod, "needs_frames", True)]
+        beside = self._beside.submit(self._run_modalities, inp, side) if self._beside is not None and side else None
+        face_step(items, w.index)
+        cache = face_step.cache
+        inp.faces = [cache.items[f.index] for f in items]
+        timings: list[tuple[str, float]] = []
+        outputs, _ = self._run_modalities(
+            inp, [mod for mod in self.modalities if beside is None or mod not in side], timings
+        )
+        if beside is not None:
+            done, side_timings = beside.result()
+            outputs.update(done)
+            timings += side_timings
+        outputs = {mod.name: outputs[mod.name] for mod in self.modalities}  # the configured order
+        for name, ms in timings:  # observers hear from this thread only
+            self.observers.stage(name, ms, inp.window.index, [f.index for f in inp.frames])
         span = w.frame_range(fps, total)
         held = None  # while the source is lost, frames after its last one may not exist
         if self._lost_at is not None:
@@ -552,9 +573,13 @@ class Analyzer:
         audio.release_before(cut)
         cache.forget_before(int(cut * fps + 1e-6))
 
-    def _run_modalities(self, inp: WindowInput) -> dict[str, ModalityOutput]:
+    def _run_modalities(
+        self, inp: WindowInput, mods: list[Modality], timings: list[tuple[str, float]] | None = None
+    ) -> tuple[dict[str, ModalityOutput], list[tuple[str, float]]]:
+        """Run ``mods`` on ``inp`` in order (any thread); their outputs and (name, ms) timings."""
         outputs: dict[str, ModalityOutput] = {}
-        for mod in self.modalities:
+        timings = [] if timings is None else timings
+        for mod in mods:
             t0 = time.perf_counter()
             try:
                 out = mod(inp)
@@ -564,10 +589,9 @@ class Analyzer:
                     self.warn(f"modality {mod.name} failed: {msg}", modality=mod.name)
                 self._modality_errors[mod.name] = msg
                 out = ModalityOutput.absent("error", error=redact(msg))
-            ms = (time.perf_counter() - t0) * 1e3
-            self.observers.stage(mod.name, ms, inp.window.index, [f.index for f in inp.frames])
+            timings.append((mod.name, (time.perf_counter() - t0) * 1e3))
             outputs[mod.name] = out
-        return outputs
+        return outputs, timings
 
     def _emit_frames(self, rows: list[FrameRow], *, final: bool) -> None:
         if not rows or not self.opts.emit_frames and not final:
