@@ -800,13 +800,13 @@ def voice_section(root: Path | None) -> dict[str, Any]:
         return {"skipped": f"skipped: {root} has none of {', '.join(V.CORPORA)}"}
     head = VoiceHead.load()
     cap = head.meta.get("per_speaker_class_cap")
-    say(f"voice: corpora {', '.join(present)} in {root} (at most {cap} clips per speaker and class)")
+    trained_on = {d["corpus"] for d in head.meta.get("data", [])}
+    say(f"voice: corpora {', '.join(present)} in {root} (training corpora: at most {cap} clips per speaker and class)")
     within: dict[str, Any] = {}
     cross: dict[str, Any] = {}
     data: dict[str, Any] = {}
-    trained_on = {d["corpus"] for d in head.meta.get("data", [])}
     for kind in present:
-        cf = V.corpus_features(kind, root / kind, per_group=cap)
+        cf = V.corpus_features(kind, root / kind, per_group=cap if kind in trained_on else None)
         data[kind] = cf.summary()
         within[kind] = V.within_corpus(cf, float(head.meta["design"]["C"]))
         if kind not in trained_on:
@@ -825,7 +825,8 @@ def voice_section(root: Path | None) -> dict[str, Any]:
         "cross": cross,
         "protocol": {
             "within": "GroupKFold by speaker (4 folds, 2 for TESS); the head's design refitted on the other "
-            "speakers; source mean = the corpus mean; argmax over the corpus's classes",
+            "speakers; source mean = the corpus mean; argmax over the corpus's classes; the training corpora "
+            f"with the head's cap ({cap} clips per speaker and class), the others whole",
             "cross": "the shipped head as committed; source mean = the test corpus's mean (live: the stream's "
             "running mean); macro_f1: argmax over the classes the corpus has; macro_f1_all_classes: over all 7",
         },

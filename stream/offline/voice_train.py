@@ -53,8 +53,8 @@ LICENSES = {
 }
 HEAD_LICENSE = "CC BY-NC-SA 4.0 (trained on RAVDESS and nEMO, both CC BY-NC-SA 4.0): non-commercial use"
 C_DEFAULT = 0.01
-#: At most this many clips per speaker and class (seed 0): keeps nEMO's 4,481 clips to about
-#: 1,800 (the research selection) and leaves RAVDESS (at most 8) and URDU untouched.
+#: At most this many clips per speaker and class of a training corpus (seed 0): keeps nEMO's 4,481
+#: clips to about 1,800 and leaves RAVDESS (at most 8) untouched. Held-out corpora are used whole.
 PER_GROUP_DEFAULT = 34
 PROCESSES_DEFAULT = 2
 CACHE_DIR = "voice-features"
@@ -459,7 +459,8 @@ class TrainVoiceOptions:
         corpora: (kind, folder) pairs, kinds from :data:`CORPORA` (the shipped head: ravdess and nemo).
         out: where to write the head (default ``stream/heads/voice.npz``).
         C: inverse L2 strength of the regression (default 0.01).
-        per_group: at most N clips per speaker and class (seed 0; 0: all).
+        per_group: at most N clips per speaker and class of the training corpora (seed 0; 0: all);
+            the evaluation corpora are used whole.
         processes: feature extraction processes (1 or 2).
         cache: read and write cached features.
         evaluate: (kind, folder) pairs scored with the new head (cross-corpus) into its meta.
@@ -557,7 +558,7 @@ def train(options: TrainVoiceOptions, *, progress: bool = True) -> dict[str, Any
         head = VoiceHead.load(out)
         cross = {}
         for kind, folder in options.evaluate:
-            cf = corpus_features(kind, folder, **kw)  # type: ignore[arg-type]
+            cf = corpus_features(kind, folder, **{**kw, "per_group": None})  # type: ignore[arg-type]
             cross[kind] = {**head_scores(head, cf), "data": cf.summary()}
         meta["cross_corpus_held_out"] = cross
         write()
