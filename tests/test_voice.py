@@ -224,3 +224,15 @@ def test_shipped_head_floor_on_held_out_corpora():
         cf = corpus_features(kind, folder, per_group=None, progress=False)
         score = head_scores(head, cf)["macro_f1"]
         assert score >= floor, f"{kind}: macro-F1 {score:.3f} < floor {floor}"
+
+
+def test_audio_options_reach_the_voice_head():
+    from stream.modalities.audio import AudioOptions, build_audio_modalities
+
+    (audio,) = build_audio_modalities(AudioOptions(text=False, voice_threads=2, device="cpu"))
+    assert audio.voice is not None and audio.voice.features.encoder.intra_op_threads == 2
+    assert audio.voice.features.encoder.backend == "onnxruntime"  # no TensorRT profile for its time axis yet
+    (off,) = build_audio_modalities(AudioOptions(text=False, voice=False))
+    assert off.voice is None and off.model is None
+    for m in (audio, off):
+        m.close()

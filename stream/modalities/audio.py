@@ -136,6 +136,7 @@ class SpeechEmotionModality(Modality):
         device: str = "auto",
         backend: str = "auto",
         voice: bool | VoiceEmotion = True,
+        voice_threads: int = 1,
     ) -> None:
         if model is not None and not isinstance(model, SpeechEmotionModel):
             model = SpeechEmotionModel(model, device=device, backend=backend)
@@ -146,7 +147,11 @@ class SpeechEmotionModality(Modality):
                 self.voice = voice
             else:
                 # ONNX Runtime unless TensorRT is asked for: the encoder's time axis has no plan profile yet
-                self.voice = VoiceEmotion(backend="tensorrt" if backend == "tensorrt" else "onnxruntime", device=device)
+                self.voice = VoiceEmotion(
+                    backend="tensorrt" if backend == "tensorrt" else "onnxruntime",
+                    device=device,
+                    intra_op_threads=voice_threads,
+                )
         self.gate = gate
         self._error: str | None = None
         self._loaded = False
@@ -217,7 +222,8 @@ class AudioOptions:
     + text head).  The command line's ``--asr-*``, ``--vad-*``, ``--speech-emotion``,
     ``--no-asr``/``--no-text`` flags map onto them.  ``speech_emotion``: the user's own ONNX
     speech-emotion model instead of the voice head; ``voice``: the shipped voice head when no
-    model is given (``False``: the audio modality is absent)."""
+    model is given (``False``: the audio modality is absent); ``voice_threads``: its encoder's
+    ONNX Runtime threads."""
 
     speech_emotion: Path | None = None
     asr_model: Path | None = None
@@ -235,6 +241,8 @@ class AudioOptions:
     asr_languages: tuple[str, ...] = ()
     asr_gate: bool = True
     voice: bool = True
+    #: ONNX Runtime threads of the voice head's encoder (1: the speech stages share the cores)
+    voice_threads: int = 1
 
 
 def build_audio_modalities(opts: AudioOptions, *, share_gate: bool = True) -> list[Modality]:
@@ -251,7 +259,12 @@ def build_audio_modalities(opts: AudioOptions, *, share_gate: bool = True) -> li
     gate = new_gate()
     mods: list[Modality] = [
         SpeechEmotionModality(
-            opts.speech_emotion, gate=gate, device=opts.device, backend=opts.backend, voice=opts.voice
+            opts.speech_emotion,
+            gate=gate,
+            device=opts.device,
+            backend=opts.backend,
+            voice=opts.voice,
+            voice_threads=opts.voice_threads,
         )
     ]
     if opts.asr and opts.text:
