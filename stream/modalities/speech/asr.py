@@ -308,9 +308,24 @@ class AsrGate:
     compression ratio <= 1.3; the other languages, which tiny.en turns into invented English
     or strings of digits (Mandarin tones), mostly gave word probability 0.17-0.55, and where
     they did not: a repetition loop, digits, or no_speech_prob above 0.4 with word probability
-    below 0.65. A window is rejected when any of these holds:
+    below 0.65.
 
-    * ``compression_ratio > max_compression_ratio`` (2.4, Whisper's own): a repetition loop;
+    Rechecked with Whisper base multilingual, the default (same command, 2026-12; the gate
+    judges the transcription in the detected language, before any translation), together with
+    ``bench/multilingual.py``'s 120 sentences (10 in English and in each of 11 other languages):
+    English gave word probability >= 0.59 per sentence (>= 0.63 per window, every English window
+    passed in file and live mode) and language probability >= 0.58 but once (0.45: rejected as
+    uncertain, 41 of 42 English sentences passed). Of the 88 sentences base detected in a language
+    other than the one spoken (espeak-ng's Mandarin heard as Thai or English, its Russian as
+    Polish...), 7 passed the gate with Whisper's 2.4 as the compression limit, three of them
+    strings of Thai or Japanese syllables with compression ratio 2.09-2.32 (the correctly detected
+    sentences: <= 1.22); a limit of 2.0 rejects those three and none of the 69 correctly detected
+    sentences that passed. The other thresholds stand: a word probability limit of 0.60 would
+    cost 8 correctly detected sentences for 2 wrong ones, a language probability limit of 0.6 an
+    English sentence for 3. A window is rejected when any of these holds:
+
+    * ``compression_ratio > max_compression_ratio`` (2.0; Whisper's own is 2.4): a repetition loop
+      or a string of syllables;
     * word-weighted ``avg_logprob < min_avg_logprob`` (-1.0, Whisper's own log_prob_threshold);
     * mean word probability ``< min_word_probability`` (0.55);
     * ``no_speech_prob > max_no_speech_prob`` (0.4) while the mean word probability is below
@@ -326,7 +341,7 @@ class AsrGate:
 
     min_avg_logprob: float | None = -1.0
     min_word_probability: float | None = 0.55
-    max_compression_ratio: float | None = 2.4
+    max_compression_ratio: float | None = 2.0
     max_no_speech_prob: float | None = 0.4
     no_speech_word_probability: float = 0.65
     min_letter_fraction: float | None = 0.5
