@@ -42,10 +42,10 @@ def test_sample_clip_windows_and_happiness(sample_run):
         assert set(w["basic"]) == set(BASIC) and set(w["compound"]) == set(COMPOUND)
         assert abs(sum(w["compound"].values()) - 1) < 1e-3
         assert w["analysed_frames"] == 20
-        assert w["present"] == ["face", "text"]  # the clip's speech is transcribed and classified
+        assert w["present"] == ["face", "audio", "text"]  # the voice heard, the speech transcribed
         assert w["modalities"]["face"]["present"] and w["modalities"]["text"]["transcript"]
         assert set(w["modalities"]) == {"face", "clip", "temporal", "audio", "text", "scene"}
-        assert w["modalities"]["audio"]["present"] is False  # no speech-emotion weights ship
+        assert w["modalities"]["audio"]["present"] is True  # the shipped voice head (stream/heads/voice.npz)
         assert abs(sum(m["weight"] for m in w["modalities"].values() if m["present"]) - 1) < 1e-3
         assert w["audio"]["coverage"] > 0.9  # the clip's speech track arrived with the window
         assert set(w["drops"]) >= {"video_ring", "video_sender", "audio_sender"}

@@ -745,6 +745,26 @@ def _entries() -> list[ModelSpec]:
             description="absent unless the user gives an ONNX file; stamped with cer.* metadata on export",
         ),
         ModelSpec(
+            name="voice-head",
+            role="speech_emotion",
+            profiles=("lite", "paper"),
+            format="npz",
+            sources=(PackageFile("stream", "heads/voice.npz", "part of cer-stream"),),
+            weights="stream/heads/voice.npz (shipped in the package; `cer-stream train-head --kind voice` remakes it)",
+            license="CC BY-NC-SA 4.0 (trained on RAVDESS, Livingstone & Russo 2018, and nEMO, Christop 2024, "
+            "both CC BY-NC-SA 4.0: non-commercial; bring your own model with --speech-emotion PATH)",
+            exporter=None,
+            preprocess={
+                "audio": "16 kHz mono, trimmed to speech by an energy VAD",
+                "features": "Whisper base encoder blocks 2-3 mean+std pooled (1024) + 69 prosodic/spectral values",
+                "normalisation": "minus a running mean of the stream's speech windows, then standardised",
+            },
+            labels=("Anger", "Disgust", "Fear", "Happiness", "Neutral", "Sadness", "Surprise"),
+            runtime="stream.modalities.speech.voice.VoiceEmotion (Whisper base encoder blocks 1-3 as ONNX, "
+            "engines.models.whisper_encoder, built from the whisper-base model.bin; NumPy softmax regression)",
+            description="the default speech-emotion (audio) modality: the voice's emotion in any language",
+        ),
+        ModelSpec(
             name="face-dynamic",
             role="face_dynamic",
             profiles=("paper",),

@@ -127,6 +127,7 @@ class SpeechEmotionModality(Modality):
     leaves the modality absent (:data:`NO_MODEL`) unless a model is given."""
 
     name = "audio"
+    needs_frames = False  # the window's audio only: runs beside the face work
 
     def __init__(
         self,
