@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from typing import Any
 
 from engines.memory import Trimmer
@@ -63,8 +64,17 @@ from stream.runtime.scheduler import (  # noqa: F401
 from stream.runtime.stats import RunStats
 from stream.runtime.timeline import FrameRow, Timeline
 
-#: File mode: how much audio after a window is handed to the modalities with it (``shared["audio_ahead"]``).
-AUDIO_AHEAD_S = 4.0
+#: File mode: how much audio after a window is handed to the modalities with it (``shared["audio_ahead"]``):
+#: a Whisper call costs about the same for 4 s as for 12 s of audio (its encoder always sees 30 s),
+#: so speech to text transcribes the window and what follows in one call. The frame ring lets the
+#: reader run about 12 s ahead of the window being analysed, so 8 s are there to be had.
+AUDIO_AHEAD_S = 8.0
+#: Frames analysed at a time ahead of the next window while the audio modalities finish (small, so
+#: that the window's record goes out soon after they do).
+FACE_AHEAD_BATCH = 4
+#: File mode: how long the audio modalities wait for that audio to arrive (the reader decodes many
+#: times faster than real time, so this is a backstop).
+AUDIO_AHEAD_WAIT_S = 2.0
 
 
 class Analyzer:
@@ -483,12 +493,12 @@ class Analyzer:
         else:
             pcm, coverage = None, 0.0
         inp = WindowInput(w, fps, items, [], pcm, coverage)  # faces: after the face step below
-        if pcm is not None and not self.live and audio.horizon > w.end + EPS:
-            # a file: the audio already received after the window, for speech to text to transcribe
-            # with this window's in one call (stream.modalities.speech.asr: the next windows then need no call)
-            inp.shared["audio_ahead"] = audio.slice(w.end, min(audio.horizon, w.end + AUDIO_AHEAD_S))[0]
         side = [mod for mod in self.modalities if not getattr(mod, "needs_frames", True)]
-        beside = self._beside.submit(self._run_modalities, inp, side) if self._beside is not None and side else None
+        beside = None
+        if self._beside is not None and side:
+            beside = self._beside.submit(self._audio_side, inp, side, frames, audio, state)
+        else:
+            self._audio_ahead(inp, frames, audio, state, wait=False)
         face_step(items, w.index)
         cache = face_step.cache
         inp.faces = [cache.items[f.index] for f in items]
@@ -497,6 +507,13 @@ class Analyzer:
             inp, [mod for mod in self.modalities if beside is None or mod not in side], timings
         )
         if beside is not None:
+            # while the voice and the words are still being worked out (a Whisper call takes a
+            # second or more), analyse the faces of the frames that follow the window: the next
+            # windows then find them done
+            while not beside.done():
+                later = [f for f in frames.between(w.end, w.end + WINDOW_S) if f.index not in cache.items]
+                if not later or not face_step(later[:FACE_AHEAD_BATCH], w.index + 1):
+                    futures_wait([beside], timeout=0.02)
             done, side_timings = beside.result()
             outputs.update(done)
             timings += side_timings
@@ -572,6 +589,40 @@ class Analyzer:
         frames.release_before(cut)
         audio.release_before(cut)
         cache.forget_before(int(cut * fps + 1e-6))
+
+    def _audio_ahead(
+        self, inp: WindowInput, frames: FrameRing, audio: AudioRing, state: SourceState, *, wait: bool
+    ) -> None:
+        """A file: hand the audio received after the window to the modalities with it
+        (``shared["audio_ahead"]``, up to :data:`AUDIO_AHEAD_S`), for speech to text to transcribe
+        with this window's in one call (:mod:`stream.modalities.speech.asr`: the next windows then
+        need no call).  With ``wait``, first wait (at most :data:`AUDIO_AHEAD_WAIT_S`) until that
+        much has arrived, the audio has ended or the reader cannot go further (a full frame ring)."""
+        w = inp.window
+        if inp.audio is None or self.live:
+            return
+        want = w.end + AUDIO_AHEAD_S - EPS
+        if wait:
+            with state.cond:
+                state.cond.wait_for(
+                    lambda: (
+                        audio.horizon >= want
+                        or state.audio_done
+                        or state.video_done
+                        or frames.full
+                        or self.stop_event.is_set()
+                    ),
+                    timeout=AUDIO_AHEAD_WAIT_S,
+                )
+        if audio.horizon > w.end + EPS:
+            inp.shared["audio_ahead"] = audio.slice(w.end, min(audio.horizon, w.end + AUDIO_AHEAD_S))[0]
+
+    def _audio_side(
+        self, inp: WindowInput, mods: list[Modality], frames: FrameRing, audio: AudioRing, state: SourceState
+    ) -> tuple[dict[str, ModalityOutput], list[tuple[str, float]]]:
+        """The audio modalities of a window, on their own thread beside its face work."""
+        self._audio_ahead(inp, frames, audio, state, wait=True)
+        return self._run_modalities(inp, mods)
 
     def _run_modalities(
         self, inp: WindowInput, mods: list[Modality], timings: list[tuple[str, float]] | None = None

@@ -20,9 +20,10 @@ at hand; words that end before that end minus ``guard_s`` (0.3 s; the last word 
 committed, the rest stay pending and are transcribed again, with more audio, by the next call. A
 window's text is the committed and pending words whose midpoint lies inside it, so a word belongs
 to both windows only when it lies in their shared 2 s. In file mode the analyzer also hands over
-the audio it already holds after the window (``WindowInput.shared["audio_ahead"]``, up to 4 s),
-so one call serves up to three windows; a live source (no look-ahead) costs one call per speech
-window, with the new 2 s plus the uncommitted tail.
+the audio it already holds after the window (``WindowInput.shared["audio_ahead"]``, up to 8 s,
+waiting briefly for it to arrive: :data:`stream.runtime.analyzer.AUDIO_AHEAD_S`), so one call
+serves up to five windows (the whole 10 s sample clip in one call); a live source (no look-ahead)
+costs one call per speech window, with the new 2 s plus the uncommitted tail.
 
 **One encoder pass per call.** faster-whisper 1.2.1's ``transcribe(language=None)`` encodes the
 padded 30 s input once to detect the language and again to decode it (and a translation would
@@ -421,7 +422,9 @@ class AsrOptions:
     translate: bool = True
     guard_s: float = 0.3  # words ending this close to the end of the transcribed audio stay pending
     context_s: float = 1.0  # audio before the frontier a call hears again (its words are dropped)
-    lookahead_s: float = 4.0  # file mode: transcribe up to this much audio after the window too
+    #: file mode: transcribe up to this much of the audio handed over after the window too (the
+    #: analyzer hands over at most 8 s; a call hears at most ``max_call_s``)
+    lookahead_s: float = 24.0
     max_call_s: float = 28.0  # at most this much audio per call (Whisper's input is 30 s)
     speech_pad_s: float = 0.3  # a word must overlap a VAD speech segment widened by this much
     gate: AsrGate = AsrGate()
