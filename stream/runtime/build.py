@@ -106,7 +106,10 @@ def build_modalities(options: PipelineOptions, face: Any, *, live: bool) -> list
             if "text" not in wanted:
                 audio_opts = replace(audio_opts, text=False)
             audio_mods = [m for m in build_audio_modalities(audio_opts, share_gate=not live) if m.name in wanted]
-            mods += [LaggedModality(mod) if live and mod.name == "text" else mod for mod in audio_mods]
+            # live: the words (a Whisper call per speech window) and the voice (an encoder pass,
+            # 0.1-0.2 s beside the recogniser on 2 cores) run beside the stream, so a window's
+            # record waits for neither (each says which window its result came from)
+            mods += [LaggedModality(mod) if live else mod for mod in audio_mods]
         if "scene" in wanted:
             scene = build_scene_modality(options.scene)
             mods.append(
