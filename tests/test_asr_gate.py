@@ -181,6 +181,19 @@ def test_gate_rules():
     )
     assert gate.allows("zh", translate=True) and not gate.allows("zh", translate=False)
     assert AsrGate(min_word_probability=None).check(t(p=0.4)) is None
+    # translated speech: its English words' probabilities gate it too, and scale its confidence
+    de = SegmentEvidence(-0.3, 0.1, 1.0, "de", 0.95, "translate")
+
+    def tr(p_english):
+        spoken = [Word(0.0, 0.5, " Das", 0.9, de), Word(0.5, 1.0, " ist", 0.9, de)]
+        english = [Word(0.0, 0.5, " That", p_english, de, True), Word(0.5, 1.0, " is", p_english, de, True)]
+        return Transcript(spoken, translated=english)
+
+    assert gate.check(tr(0.8), translate=True) is None
+    assert tr(0.8).confidence == pytest.approx(0.9 * 0.8)
+    assert tr(0.8).info()["asr_translation_probability"] == 0.8 and tr(0.8).info()["translation"] == "That is"
+    assert gate.check(tr(0.3), translate=True) == "low-confidence translation"
+    assert AsrGate.off().check(tr(0.3), translate=True) is None
     info = t(p=0.8).info()
     assert {
         "confidence",

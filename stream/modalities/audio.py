@@ -237,10 +237,14 @@ class AudioOptions:
     asr_beam_size: int = 1
     language: str = "en"
     #: the transcript gate (``stream.modalities.speech.asr.AsrGate``): minimum mean word probability, the
-    #: languages a multilingual model may detect (empty: ``language``), or no gate at all
+    #: languages a multilingual model may detect (empty: every language, translated to English,
+    #: with a multilingual model; ``language`` only when ``asr_translate`` is off), or no gate at all
     asr_min_word_probability: float = 0.55
     asr_languages: tuple[str, ...] = ()
     asr_gate: bool = True
+    #: a multilingual recogniser translates other languages to English for the text head (Whisper's
+    #: translate task); False: only ``language`` (and ``asr_languages``) are read
+    asr_translate: bool = True
     voice: bool = True
     #: ONNX Runtime threads of the voice head's encoder (1: the speech stages share the cores)
     voice_threads: int = 1
@@ -280,7 +284,9 @@ def build_audio_modalities(opts: AudioOptions, *, share_gate: bool = True) -> li
         asr = SpeechRecognizer(
             opts.asr_model,
             device=opts.device,
-            options=AsrOptions(language=opts.language, beam_size=opts.asr_beam_size, gate=gate_opts),
+            options=AsrOptions(
+                language=opts.language, beam_size=opts.asr_beam_size, gate=gate_opts, translate=opts.asr_translate
+            ),
         )
         mods.append(
             SpeechTextModality(
