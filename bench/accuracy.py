@@ -38,6 +38,13 @@ without arguments) on a list of images; ``tests/test_accuracy_floor.py`` keeps i
   the existing ``bench/results/accuracy.json``/``.md`` (the face and text numbers stay as they
   were, with their own revision).
 
+* speech in other languages (:mod:`multilingual`, whose own report is ``bench/results/multilingual.md``):
+  espeak-ng speaks ten emotional English sentences and their translations into eleven languages;
+  per language, Whisper base's language detection rate, the transcript gate's pass rate, and how
+  close the text head's reading of the translation comes to its reading of the written English
+  sentence (same argmax, total-variation distance). ``--only multilingual`` runs just this
+  section and merges it like ``--only voice``; ``--no-multilingual`` skips it.
+
 ``--smoke`` checks that the benchmark still runs (``tests/test_bench_smoke.py``): 14 images
 (2 per class) of faces_dev where the shared data is there, else a stand-in of 14 frames of
 ``samples/astronaut.mp4`` with made-up labels (it says which); a few crop variants, no cache, no
@@ -865,22 +872,66 @@ def voice_markdown(v: dict[str, Any]) -> list[str]:
     return lines
 
 
-def run_voice_only(args: argparse.Namespace, t_start: float) -> int:
-    """``--only voice``: the voice section, merged into the existing reports."""
+def multilingual_section() -> dict[str, Any]:
+    """Whisper base on espeak-ng speech in twelve languages (``bench/multilingual.py``'s
+    language table), or ``{"skipped": reason}``."""
+    ml = importlib.import_module("multilingual")  # bench/multilingual.py, beside this script
+    try:
+        res = ml.run(ml.parse_args(["--only", "langs"]))
+    except RuntimeError as exc:  # espeak-ng or the multilingual model missing
+        return {"skipped": f"skipped: {exc}"}
+    per = res["languages"]["per_language"]
+    return {"model": res["model"], "threads": res["threads"], "gate": res["gate"], "per_language": per}
+
+
+def multilingual_markdown(m: dict[str, Any]) -> list[str]:
+    if "skipped" in m:
+        return [f"Speech in other languages: {m['skipped']}", ""]
+
+    def f(v: Any) -> str:
+        return "–" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
+
+    lines = [
+        "## Speech in other languages: detection, gate, the text head through translation",
+        "",
+        f"Revision `{m['revision']['short']}`; `{m['command']}`; {m['threads']} CTranslate2 thread per call. "
+        "espeak-ng speaks 10 emotional English sentences and their translations; each sentence one "
+        "Whisper call. detected: the spoken language detected; gate: the transcript (and its translation) "
+        "passes `AsrGate`; same argmax / mean TV: the `speech` head on what it read (the translation, or "
+        "the English transcript) against the head on the written English sentence.",
+        "",
+        "| language | detected | gate pass | translated | head read | same argmax | mean TV |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for lang, r in m["per_language"].items():
+        lines.append(
+            f"| {lang} | {f(r['detection_rate'])} | {f(r['gate_pass_rate'])} | {r['translated']} | "
+            f"{r['head_read']} | {f(r['same_argmax_rate'])} | {f(r['mean_tv_distance'])} |"
+        )
+    lines.append("")
+    return lines
+
+
+def run_only(args: argparse.Namespace, t_start: float) -> int:
+    """``--only voice|multilingual``: that section, merged into the existing reports."""
     json_path = args.json or RESULTS_DIR / "accuracy.json"
     md_path = args.md or json_path.with_suffix(".md")
-    voice = voice_section(args.voice_data)
-    voice.update(
+    section = voice_section(args.voice_data) if args.only == "voice" else multilingual_section()
+    section.update(
         revision=git_revision(),
         started=time.strftime("%Y-%m-%d %H:%M:%S"),
         command=" ".join(["python", "bench/accuracy.py", *args.argv]),
         elapsed_s=round(time.perf_counter() - t_start, 1),
     )
     res = json.loads(json_path.read_text()) if json_path.is_file() else {}
-    res["voice"] = voice
+    res[args.only] = section
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(res, indent=1) + "\n")
-    md_path.write_text((markdown(res) if "face" in res else "\n".join(voice_markdown(voice))) + "\n")
+    if "face" in res:
+        md_path.write_text(markdown(res) + "\n")
+    else:
+        part = voice_markdown(section) if args.only == "voice" else multilingual_markdown(section)
+        md_path.write_text("\n".join(part) + "\n")
     say(f"wrote {json_path}, {md_path}")
     return 0
 
@@ -1016,6 +1067,8 @@ def markdown(res: dict[str, Any]) -> str:
         lines += [f"Text heads: {res['text_skipped']}", ""]
     if res.get("voice"):
         lines += voice_markdown(res["voice"])
+    if res.get("multilingual"):
+        lines += multilingual_markdown(res["multilingual"])
     return "\n".join(lines)
 
 
@@ -1122,8 +1175,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"speech-emotion corpora: subfolders ravdess, nemo, urdu, tess (default: ${VOICE_DATA_ENV})",
     )
     p.add_argument("--no-voice", action="store_true", help="skip the voice head")
+    p.add_argument("--no-multilingual", action="store_true", help="skip speech in other languages")
     p.add_argument(
-        "--only", choices=("voice",), default=None, help="run one section and merge it into the existing reports"
+        "--only",
+        choices=("voice", "multilingual"),
+        default=None,
+        help="run one section and merge it into the existing reports",
     )
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--md", type=Path, default=None)
@@ -1140,7 +1197,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             p.error(str(exc))
         args.variants = args.variants or SMOKE_VARIANTS
-        args.no_cache, args.no_text, args.no_voice = True, True, True
+        args.no_cache, args.no_text, args.no_voice, args.no_multilingual = True, True, True, True
         if args.only:
             p.error("--only does not go with --smoke")
         args.json, args.md, args.plot = folder / "accuracy.json", folder / "accuracy.md", str(folder / "accuracy.png")
@@ -1150,8 +1207,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{v.name:24s} {'/'.join(v.kinds):9s} {_describe(v)}")
         return 0
     t_start = time.perf_counter()
-    if args.only == "voice":
-        return run_voice_only(args, t_start)
+    if args.only:
+        return run_only(args, t_start)
     data = data_dir(args.data)
     if folder is not None:
         data, items = smoke_data(data, folder)
@@ -1277,6 +1334,7 @@ def measure(
         text_skipped = "skipped (--no-text)"
 
     voice = voice_section(args.voice_data) if not args.no_voice else {"skipped": "skipped (--no-voice)"}
+    multilingual = multilingual_section() if not args.no_multilingual else {"skipped": "skipped (--no-multilingual)"}
 
     mp_missing = sum(1 for it in items if boxes["mediapipe"][it.path] is None)
     res = {
@@ -1334,7 +1392,10 @@ def measure(
         "text": text,
         "text_skipped": text_skipped,
         "voice": voice,
+        "multilingual": multilingual,
     }
+    if "skipped" not in multilingual:  # its report line names the run's revision and command
+        multilingual.update(revision=res["revision"], command=res["command"])
     res["elapsed_s"] = round(time.perf_counter() - t_start, 1)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(res, indent=1) + "\n")
