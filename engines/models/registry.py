@@ -687,6 +687,7 @@ def _entries() -> list[ModelSpec]:
                 "Whisper tiny.en converted to CTranslate2, run by faster-whisper: English only, smaller and "
                 "faster than the default whisper-base; used with --asr-model DIR (the folder above)"
             ),
+            extra={"optional": True},  # in the lite set, but the default run does not use it
         ),
         ModelSpec(
             name="whisper-base",

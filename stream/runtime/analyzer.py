@@ -270,7 +270,9 @@ class Analyzer:
             # an audio-only source: its audio paces the windows as the frames do otherwise
             video_horizon=audio.horizon if state.audio_only else frames.horizon,
             audio_horizon=audio.horizon,
-            video_done=state.video_done,
+            # an audio-only source's end comes on the frames socket and may overtake its last audio
+            # on the audio socket: it has ended when its audio has too
+            video_done=state.video_done and (not state.audio_only or state.audio_done),
             audio_expected=state.audio_expected,
             audio_done=state.audio_done,
             frames_full=frames.policy == BLOCK and frames.full,
