@@ -875,7 +875,7 @@ def voice_markdown(v: dict[str, Any]) -> list[str]:
 def multilingual_section() -> dict[str, Any]:
     """Whisper base on espeak-ng speech in twelve languages (``bench/multilingual.py``'s
     language table), or ``{"skipped": reason}``."""
-    ml = importlib.import_module("multilingual")  # bench/multilingual.py, beside this script
+    ml = importlib.import_module("bench.multilingual")  # bench/ is not on sys.path (see above)
     try:
         res = ml.run(ml.parse_args(["--only", "langs"]))
     except RuntimeError as exc:  # espeak-ng or the multilingual model missing
