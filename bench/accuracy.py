@@ -894,7 +894,7 @@ def multilingual_markdown(m: dict[str, Any]) -> list[str]:
     lines = [
         "## Speech in other languages: detection, gate, the text head through translation",
         "",
-        f"Revision `{m['revision']['short']}`; `{m['command']}`; {m['threads']} CTranslate2 thread per call. "
+        f"Revision `{m['revision']['describe']}`; `{m['command']}`; {m['threads']} CTranslate2 thread per call. "
         "espeak-ng speaks 10 emotional English sentences and their translations; each sentence one "
         "Whisper call. detected: the spoken language detected; gate: the transcript (and its translation) "
         "passes `AsrGate`; same argmax / mean TV: the `speech` head on what it read (the translation, or "
