@@ -450,6 +450,59 @@ def test_live_page_in_headless_chromium(sample, tmp_path):
     assert proc.returncode == 0, "".join(err.lines)
 
 
+def test_live_page_of_an_audio_only_source(sample, tmp_path):
+    """The sample's sound alone at media speed (`--audio --realtime`): the page says there is no
+    picture, draws no frame, and shows the voice and the words (the audio and text modalities
+    present, the text with its language and what was said)."""
+    _need_browser()
+    port = free_port()
+    driver = _driver()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream.cli", "--audio", str(sample), "--realtime", "--serve", f"127.0.0.1:{port}"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+    )
+    err = _Stderr(proc)
+    rows: dict = {}
+    try:
+        err.wait_for("serving http://", timeout=60)
+        driver.get(f"http://127.0.0.1:{port}/")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            rows = driver.execute_script(
+                "const out = {}; for (const tr of document.querySelectorAll('#modalities tr')) {"
+                " const c = [...tr.cells].map(td => td.textContent); if (c.length === 4) out[c[0]] = c; }"
+                " return out"
+            )
+            if all(rows.get(name, ["", "no"])[1] == "yes" for name in ("audio", "text")):
+                break
+            assert proc.poll() is None, f"the run ended first: {rows} {''.join(err.lines)}"
+            time.sleep(0.2)
+        assert rows["audio"][1] == "yes" and rows["text"][1] == "yes", rows
+        assert rows["face"][1] == "no", rows
+        assert "en" in rows["text"][3] and "\u201c" in rows["text"][3], rows["text"]  # language, what was said
+        page = driver.execute_script(
+            "return {info: document.getElementById('frame-info').textContent,"
+            " hidden: document.getElementById('frame').hidden, frames: window.cer.framesDrawn}"
+        )
+        assert page == {"info": "audio only: no picture (the voice and the words decide)", "hidden": True, "frames": 0}
+        errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+    finally:
+        driver.quit()
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, "".join(err.lines)
+
+
 def test_a_public_page_answers_only_with_its_token(monkeypatch):
     """--serve-public: the page, its files, state, events and frames need the token (made up, or
     from $CER_STREAM_SERVE_TOKEN); the printed address sets a cookie and drops the token from the

@@ -94,6 +94,10 @@
   function showStart(start) {
     if (!start) return;
     text("source", (start.source || "") + ": " + (start.input || ""));
+    // an audio-only source (a sound file, an audio-only stream, a microphone): no frames come
+    cer.audioOnly = start.video === false;
+    $("frame").hidden = cer.audioOnly;
+    if (cer.audioOnly) text("frame-info", "audio only: no picture (the voice and the words decide)");
   }
 
   function showProbs(compound) {
@@ -123,6 +127,9 @@
     const notes = [];
     if (typeof m.frames_with_face === "number") notes.push("face in " + m.frames_with_face + " frames");
     if (typeof m.confidence === "number") notes.push("confidence " + fmt(m.confidence, 2));
+    if (m.asr_language) notes.push(m.asr_language + (m.asr_task === "translate" ? " \u2192 en" : ""));
+    const said = m.translation || m.transcript;
+    if (said) notes.push("\u201c" + (said.length > 60 ? said.slice(0, 59) + "\u2026" : said) + "\u201d");
     if (typeof m.lag_windows === "number" && m.lag_windows > 0) notes.push("from window " + m.from_window);
     return notes.join(", ");
   }
