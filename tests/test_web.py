@@ -292,6 +292,23 @@ def _driver():
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
 
 
+def _no_script_errors(driver) -> None:
+    """No script error and no blocked resource (the Content-Security-Policy would say so here)."""
+    errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
+
+
+def _close(driver, proc: subprocess.Popen) -> None:
+    """Quit the browser, then end the run (SIGTERM; SIGKILL after 15 s)."""
+    driver.quit()
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class _Stderr:
     """Reads a process's stderr on a thread; ``wait_for(text)``."""
 
@@ -432,21 +449,13 @@ def test_live_page_in_headless_chromium(sample, tmp_path):
                 break
         box = before[1]
         assert (rect["cw"], rect["ch"]) == (640, 480)
-        # no script error, no blocked resource (the Content-Security-Policy would say so here)
-        errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-        assert not errors, errors
+        _no_script_errors(driver)
         total, per_edge = _box_pixels(png, rect, box)
         side = min(box[2] - box[0], box[3] - box[1])
         assert per_edge >= side * 0.5, (total, per_edge, box, rect)
         assert total >= 4 * side, (total, box)
     finally:
-        driver.quit()
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _close(driver, proc)
     assert proc.returncode == 0, "".join(err.lines)
 
 
@@ -490,16 +499,9 @@ def test_live_page_of_an_audio_only_source(sample, tmp_path):
             " hidden: document.getElementById('frame').hidden, frames: window.cer.framesDrawn}"
         )
         assert page == {"info": "audio only: no picture (the voice and the words decide)", "hidden": True, "frames": 0}
-        errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-        assert not errors, errors
+        _no_script_errors(driver)
     finally:
-        driver.quit()
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _close(driver, proc)
     assert proc.returncode == 0, "".join(err.lines)
 
 
