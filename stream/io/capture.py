@@ -594,7 +594,7 @@ class _AvReader:
         session) anchors media time, as a first video frame does; a paced file waits for its
         time; :attr:`last_t` follows the audio."""
         assert self.media_time is not None
-        ft = frame.time if frame.time is not None else None
+        ft = frame.time
         if self.media_time.offset is None:
             start = self.media_time(ft if ft is not None else 0.0)
             if on_first is not None:

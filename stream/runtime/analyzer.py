@@ -110,6 +110,7 @@ class Analyzer:
         self.on_record = on_record
         self._modality_errors: dict[str, str] = {}
         self._beside: ThreadPoolExecutor | None = None  # runs the audio modalities during a run
+        self._side: list[Modality] = []  # those modalities (needs_frames False)
         self._notes = notes if notes is not None else []  # warnings from start-up, emitted after `start`
         # a stream.core.logs.RecordForwarder: every cer_stream warning logged during the run
         # (any thread, any time) becomes a `warning` record, delivered on this thread
@@ -242,8 +243,8 @@ class Analyzer:
         self.capture = capture = open_capture(self.source, self.opts)
         # the modalities that need no frames (the voice, the words) run on their own thread
         # beside the window's face work: their models (ONNX Runtime, CTranslate2) release the GIL
-        side = [mod for mod in self.modalities if not getattr(mod, "needs_frames", True)]
-        self._beside = ThreadPoolExecutor(1, thread_name_prefix="cer-audio") if side else None
+        self._side = [mod for mod in self.modalities if not getattr(mod, "needs_frames", True)]
+        self._beside = ThreadPoolExecutor(1, thread_name_prefix="cer-audio") if self._side else None
         try:
             capture.start()
             self.observers.capture(capture.pids)
@@ -309,7 +310,7 @@ class Analyzer:
         )
 
     def _loop(self, info: m.StreamInfo, frames: FrameRing, audio: AudioRing, state: SourceState) -> dict:
-        audio_only = m.VIDEO not in info.streams
+        audio_only = state.audio_only  # the stream info (set before the loop) lists no video
         fps = info.fps or 25.0  # audio-only: a nominal rate for the (empty) frame timeline
         if self.face is None:
             self.face = FaceAnalyzer()
@@ -495,18 +496,16 @@ class Analyzer:
         else:
             pcm, coverage = None, 0.0
         inp = WindowInput(w, fps, items, [], pcm, coverage)  # faces: after the face step below
-        side = [mod for mod in self.modalities if not getattr(mod, "needs_frames", True)]
         beside = None
-        if self._beside is not None and side:
-            beside = self._beside.submit(self._audio_side, inp, side, frames, audio, state)
+        if self._beside is not None:
+            beside = self._beside.submit(self._audio_side, inp, self._side, frames, audio, state)
         else:
             self._audio_ahead(inp, frames, audio, state, wait=False)
         face_step(items, w.index)
         cache = face_step.cache
         inp.faces = [cache.items[f.index] for f in items]
-        timings: list[tuple[str, float]] = []
-        outputs, _ = self._run_modalities(
-            inp, [mod for mod in self.modalities if beside is None or mod not in side], timings
+        outputs, timings = self._run_modalities(
+            inp, [mod for mod in self.modalities if beside is None or mod not in self._side]
         )
         if beside is not None:
             # while the voice and the words are still being worked out (a Whisper call takes a
@@ -530,9 +529,8 @@ class Analyzer:
 
         t0 = time.perf_counter()
         fused = self.fuser(outputs)
-        if (
-            fused.scored and not state.audio_only
-        ):  # PFSA that cannot score a window adds nothing of another method's scale
+        # PFSA that cannot score a window adds nothing of another method's scale; no picture, no frames
+        if fused.scored and not state.audio_only:
             assert fused.basic is not None and fused.compound is not None  # what `scored` means
             timeline.add(span, fused.basic, fused.compound)
         rec = build_window_record(
@@ -627,11 +625,11 @@ class Analyzer:
         return self._run_modalities(inp, mods)
 
     def _run_modalities(
-        self, inp: WindowInput, mods: list[Modality], timings: list[tuple[str, float]] | None = None
+        self, inp: WindowInput, mods: list[Modality]
     ) -> tuple[dict[str, ModalityOutput], list[tuple[str, float]]]:
         """Run ``mods`` on ``inp`` in order (any thread); their outputs and (name, ms) timings."""
         outputs: dict[str, ModalityOutput] = {}
-        timings = [] if timings is None else timings
+        timings: list[tuple[str, float]] = []
         for mod in mods:
             t0 = time.perf_counter()
             try:
