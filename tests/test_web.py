@@ -292,6 +292,19 @@ def _driver():
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
 
 
+def _serving_run(port: int, *args: str) -> subprocess.Popen:
+    """``cer-stream ARGS --serve 127.0.0.1:PORT`` in a subprocess, its stderr piped (for _Stderr)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "stream.cli", *args, "--serve", f"127.0.0.1:{port}"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+    )
+
+
 def _no_script_errors(driver) -> None:
     """No script error and no blocked resource (the Content-Security-Policy would say so here)."""
     errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
@@ -363,27 +376,7 @@ def test_live_page_in_headless_chromium(sample, tmp_path):
     _need_browser()
     port = free_port()
     driver = _driver()  # the browser first: the page opens as soon as the server listens
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "stream.cli",
-            "--video",
-            str(sample),
-            "--realtime",
-            "--serve",
-            f"127.0.0.1:{port}",
-            "--no-asr",
-            "--no-clip",
-            "--quiet",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        cwd=ROOT,
-    )
+    proc = _serving_run(port, "--video", str(sample), "--realtime", "--no-asr", "--no-clip", "--quiet")
     err = _Stderr(proc)
     try:
         line = err.wait_for("serving http://", timeout=60)
@@ -466,15 +459,7 @@ def test_live_page_of_an_audio_only_source(sample, tmp_path):
     _need_browser()
     port = free_port()
     driver = _driver()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stream.cli", "--audio", str(sample), "--realtime", "--serve", f"127.0.0.1:{port}"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        cwd=ROOT,
-    )
+    proc = _serving_run(port, "--audio", str(sample), "--realtime")
     err = _Stderr(proc)
     rows: dict = {}
     try:
