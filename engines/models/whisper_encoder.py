@@ -10,7 +10,10 @@ blocks with ``onnx.helper`` (no torch), following OpenAI Whisper's ``AudioEncode
 (Radford et al. 2022, "Robust Speech Recognition via Large-Scale Weak Supervision"):
 
 * input ``mel`` float32 [N, 80, T], the log-mel spectrogram (faster-whisper's
-  ``FeatureExtractor``), T <= 3000 and dynamic (the clip alone, NOT padded to 30 s);
+  ``FeatureExtractor``), T <= 3000 and dynamic (the clip alone, NOT padded to 30 s), and input
+  ``frames`` int32 [N], each item's own number of mel frames (<= T): a batch of stretches of
+  different lengths is padded to the longest, and the graph makes every item's valid frames
+  what they would be alone (see *Batches* below);
 * conv1 (k 3, pad 1) + GELU, conv2 (k 3, stride 2, pad 1) + GELU, then the sinusoidal position
   table CTranslate2 stores (``encoder/position_encodings/encodings``) sliced to T/2 frames;
 * pre-LN blocks: LayerNorm, self-attention (CTranslate2's fused QKV projection, 8 heads, the
@@ -20,6 +23,15 @@ blocks with ``onnx.helper`` (no torch), following OpenAI Whisper's ``AudioEncode
   CTranslate2's ``encoder/layer_{k-1}``); with ``final_ln`` the last block's output gets the
   encoder's final LayerNorm, which makes ``blocks=6, final_ln=True`` the whole encoder (what
   ``WhisperModel.encode`` returns; the test compares the two).
+
+**Batches.** Whisper's encoder has no padding mask of its own (OpenAI's always runs 30 s), so
+three things would leak a shorter item's padding into its valid frames: the mel frames past
+its end (zeroed here, as conv1's own zero padding is), conv1's output past its end (GELU(bias)
+is not zero, and conv2's last frame reads one frame past an odd length: zeroed, as conv2's
+own padding is), and self-attention (padded keys get -1e9 before the softmax, an exact zero
+weight). An item of the longest length gets masks of ones and a bias of 0, i.e. exactly the
+unbatched graph; ``frames`` past an item's end are garbage and :class:`WhisperEncoder` cuts
+them off (encoder frames ``ceil(frames / 2)``).
 
 The CTranslate2 binary format (version 6) is a small header (version, spec name, revision), then
 per variable: name, rank, dims, dtype code, byte count and the raw little-endian data, then a
@@ -51,12 +63,15 @@ NAME = "whisper-base-encoder"
 ROLE = "speech_encoder"
 LICENSE = "MIT (OpenAI Whisper weights; Systran CTranslate2 conversion)"
 INPUT_NAME = "mel"
+FRAMES_NAME = "frames"
+#: The additive attention bias of a padded key frame (exp underflows to exactly 0).
+MASKED_SCORE = -1e9
 N_MELS = 80
 LN_EPS = 1e-5
 OPSET = 17
 IR_VERSION = 8
 #: Bumped whenever the exporter's output changes, so stale cache files are not reused.
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: the ``frames`` input (batches of different lengths)
 #: The voice head's blocks (outputs block2 and block3).
 VOICE_BLOCKS = 3
 VOICE_OUTPUTS = (2, 3)
@@ -157,7 +172,57 @@ def build_onnx(
         b = g.const(f"{prefix}.bias", f32(f"encoder/{prefix}/bias"))
         return gelu(g.op("Conv", [x, w, b], f"{prefix}/conv", pads=[1, 1], strides=[stride], kernel_shape=[3]), prefix)
 
-    x = conv(conv(INPUT_NAME, "conv1", 1), "conv2", 2)
+    # the valid mel frames of each item: mask [N, T] = (0..T-1 < frames), float
+    steps = g.op(
+        "Range",
+        [
+            g.const("const.zero", np.array(0, np.int64)),
+            g.op("Squeeze", [g.op("Shape", [INPUT_NAME], "mask/t", start=2, end=3)], "mask/t_scalar"),
+            g.const("const.one_i", np.array(1, np.int64)),
+        ],
+        "mask/steps",
+    )
+    valid = g.op(
+        "Less",
+        [
+            g.op("Cast", [steps], "mask/steps_f", to=TensorProto.FLOAT),  # [T], broadcast against [N, 1]
+            g.op(
+                "Unsqueeze",
+                [
+                    g.op("Cast", [FRAMES_NAME], "mask/frames_f", to=TensorProto.FLOAT),
+                    g.const("const.axis1", np.array([1], np.int64)),
+                ],
+                "mask/frames_col",
+            ),
+        ],
+        "mask/valid",
+    )
+    mask = g.op("Cast", [valid], "mask/mel", to=TensorProto.FLOAT)  # [N, T]
+    mask_ch = g.op("Unsqueeze", [mask, g.const("const.axis1b", np.array([1], np.int64))], "mask/mel_ch")  # [N, 1, T]
+    mel = g.op("Mul", [INPUT_NAME, mask_ch], "mask/mel_in")
+    x = g.op("Mul", [conv(mel, "conv1", 1), mask_ch], "conv1/masked")
+    x = conv(x, "conv2", 2)
+    # encoder frame j holds mel frames 2j, 2j+1: valid when mel frame 2j is
+    enc_mask = g.op(
+        "Slice",
+        [
+            mask,
+            g.const("const.zero1b", np.array([0], np.int64)),
+            g.const("const.big", np.array([np.iinfo(np.int64).max], np.int64)),
+            g.const("const.axis1c", np.array([1], np.int64)),
+            g.const("const.two", np.array([2], np.int64)),
+        ],
+        "mask/encoder",
+    )  # [N, ceil(T/2)]
+    key_bias = g.op(
+        "Mul",
+        [
+            g.op("Sub", [enc_mask, g.const("const.one_f", np.array(1.0, np.float32))], "mask/encoder_off"),
+            g.const("const.masked", np.array(-MASKED_SCORE, np.float32)),
+        ],
+        "mask/key_bias_flat",
+    )
+    key_bias = g.op("Unsqueeze", [key_bias, g.const("const.axes12", np.array([1, 2], np.int64))], "mask/key_bias")
     x = g.op("Transpose", [x], "frontend/time_major", perm=[0, 2, 1])  # [N, T/2, width]
     frames = g.op("Shape", [x], "frontend/frames", start=1, end=2)
     pos = g.op(
@@ -201,7 +266,8 @@ def build_onnx(
         val = g.op(
             "Transpose", [g.op("Reshape", [val, split_heads], f"{pre}/v_heads")], f"{pre}/v_t", perm=[0, 2, 1, 3]
         )
-        probs = g.op("Softmax", [g.op("MatMul", [q, key], f"{pre}/scores")], f"{pre}/probs", axis=-1)
+        scores = g.op("Add", [g.op("MatMul", [q, key], f"{pre}/scores_raw"), key_bias], f"{pre}/scores")
+        probs = g.op("Softmax", [scores], f"{pre}/probs", axis=-1)
         ctx = g.op("Transpose", [g.op("MatMul", [probs, val], f"{pre}/context")], f"{pre}/context_t", perm=[0, 2, 1, 3])
         ctx = g.op("Reshape", [ctx, merge_heads], f"{pre}/context_merged")
         attn = g.linear(
@@ -231,7 +297,10 @@ def build_onnx(
     graph = helper.make_graph(
         g.nodes,
         NAME,
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", N_MELS, "T"])],
+        [
+            helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", N_MELS, "T"]),
+            helper.make_tensor_value_info(FRAMES_NAME, TensorProto.INT32, ["N"]),
+        ],
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", "F", width]) for n in names],
         g.initializers,
     )
@@ -294,7 +363,9 @@ def ensure_onnx(
 
 class WhisperEncoder:
     """Encoder blocks of a CTranslate2 Whisper model through the engines layer:
-    ``encoder(mel [80, T]) -> list of [T/2, 512]`` float32, one per requested output block.
+    ``encoder(mel [80, T]) -> list of [ceil(T/2), 512]`` float32, one per requested output
+    block; ``encoder.batch([mel, ...])`` runs several stretches of different lengths at once
+    (one engine run, the same outputs per item as alone).
 
     Args:
         folder: the CTranslate2 Whisper folder (default: the joined Whisper base).
@@ -349,14 +420,32 @@ class WhisperEncoder:
         return self
 
     def __call__(self, mel: np.ndarray) -> list[np.ndarray]:
+        """The output blocks of one log-mel ``mel`` [80, T] (T capped at ``max_frames``)."""
+        if np.ndim(mel) != 2 or np.shape(mel)[0] != N_MELS:
+            raise ValueError(f"mel must be [{N_MELS}, T], got {np.shape(mel)}")
+        return self.batch([mel])[0]
+
+    def batch(self, mels: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
+        """One engine run for several log-mels of different lengths (each [80, T_i]): per item,
+        the output blocks [ceil(T_i / 2), 512] it would get alone (the graph masks the padding
+        to the longest, see the module's *Batches*)."""
         if self.engine is None:
             self.load()
         assert self.engine is not None
-        mel = np.ascontiguousarray(mel, dtype=np.float32)
-        if mel.ndim != 2 or mel.shape[0] != N_MELS:
-            raise ValueError(f"mel must be [{N_MELS}, T], got {mel.shape}")
-        mel = mel[:, : self.max_frames]
-        return [np.asarray(o[0], np.float32) for o in self.engine.infer(mel[None])]
+        items = []
+        for mel in mels:
+            mel = np.asarray(mel, dtype=np.float32)
+            if mel.ndim != 2 or mel.shape[0] != N_MELS or mel.shape[1] < 1:
+                raise ValueError(f"mel must be [{N_MELS}, T] with T >= 1, got {mel.shape}")
+            items.append(mel[:, : self.max_frames])
+        if not items:
+            return []
+        frames = np.array([m.shape[1] for m in items], np.int32)
+        padded = np.zeros((len(items), N_MELS, int(frames.max())), np.float32)
+        for i, m in enumerate(items):
+            padded[i, :, : m.shape[1]] = m
+        outs = self.engine.infer({INPUT_NAME: padded, FRAMES_NAME: frames})
+        return [[np.asarray(o[i, : (int(n) + 1) // 2], np.float32) for o in outs] for i, n in enumerate(frames)]
 
     def close(self) -> None:
         if self.engine is not None:

@@ -33,8 +33,14 @@ therefore computes the log-Mel features once, encodes exactly the padded input t
 use (``pad_or_trim(features[:, :content_frames])``), detects the language on that encoder output
 itself, and for the rest of the call memoises ``WhisperModel.encode`` on the instance, keyed by
 the features' bytes (cleared when the call ends): transcription and translation reuse the same
-encoder output (``SpeechRecognizer.encodes`` counts the real passes; a call re-encodes only
+encoder output (``SpeechRecognizer.encodes`` counts the items encoded; a call re-encodes only
 when Whisper seeks inside audio longer than one segment).
+
+**Batches across streams.** :meth:`SpeechRecognizer.words_batch` takes the audio of several
+calls (e.g. of several streams, for a shared model host) and runs ONE encoder pass over all their
+padded inputs ([B, 80, 3000]) and one batched language detection, then decodes each item on its
+own encoder output; ``words(audio)`` is ``words_batch([audio])[0]``. The transcript store and the
+gate's per-window decision stay out of it (one recogniser, many streams).
 
 **Every language, read in English.** With a multilingual model the language is detected per
 call (per stretch of speech) and goes into the words' evidence (``asr_language``,
@@ -640,8 +646,9 @@ class SpeechRecognizer:
         self.load_error: str | None = None
         self.calls = 0  # Whisper calls so far
         self.call_seconds = 0.0  # their wall time
-        self.encodes = 0  # encoder passes so far (one per call, see words())
+        self.encodes = 0  # items encoded so far (one per call, see words(); batched or not)
         self.translations = 0  # calls that also translated
+        self.encode_batches = 0  # encoder passes over several items (words_batch)
 
     @property
     def loaded(self) -> bool:
@@ -692,49 +699,128 @@ class SpeechRecognizer:
         """One Whisper call: the words of ``audio`` (float32, 16 kHz mono), times from its start,
         followed by the English words of its translation when it was translated
         (``Word.translation``). The padded input is encoded once for detection, transcription and
-        translation (see the module's docstring). Raises on failure."""
+        translation (see the module's docstring). Raises on failure (empty audio included).
+        The same path as :meth:`words_batch` with one item."""
+        out = self.words_batch([audio])[0]
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    def words_batch(self, audios: Sequence[np.ndarray]) -> list[list[Word] | Exception]:
+        """:meth:`words` of several pieces of audio (e.g. the speech of several streams) with ONE
+        CTranslate2 encoder pass over all their padded 30 s inputs ([B, 80, 3000]) and one
+        batched language detection on its output; each item is then decoded on its own encoder
+        output (transcription, and translation when the gate would let the language through).
+        Per item: its words, or the exception that failed it (the others go on).
+
+        Nothing here is per-stream state (the transcript store and the gate's decision live in
+        :meth:`window_transcript` / :meth:`rejection`), so one recogniser can serve many streams;
+        it patches ``WhisperModel.encode`` on the instance for the duration, so calls on one
+        recogniser must not overlap (one thread at a time).
+
+        The decoder is not batched: faster-whisper's ``transcribe`` decodes one item (seeking,
+        temperature fallback, word alignment per segment), its batched pipeline decodes without
+        timestamp tokens, so its words would differ from :meth:`words`; the items' languages and
+        tasks also differ."""
         self.load()
-        audio = np.ascontiguousarray(audio, dtype=np.float32)
-        t0 = time.perf_counter()
         model = self._model
         assert model is not None  # load() raises when it cannot load the model
-        memo: dict[bytes, Any] = {}
-        encode = model.encode
-
-        def encode_once(features: np.ndarray) -> Any:
-            key = np.ascontiguousarray(features, dtype=np.float32).tobytes()
-            if key not in memo:
-                memo[key] = encode(features)
-                self.encodes += 1
-            return memo[key]
-
-        model.encode = encode_once  # type: ignore[method-assign]
+        t0 = time.perf_counter()
+        results: list[list[Word] | Exception] = [ValueError("not run")] * len(audios)
+        prepared: list[tuple[int, np.ndarray, np.ndarray]] = []  # index, audio, padded features
+        for i, a in enumerate(audios):
+            try:
+                audio = np.ascontiguousarray(a, dtype=np.float32)
+                if audio.ndim != 1 or audio.size == 0:
+                    raise ValueError(f"audio must be non-empty 16 kHz mono samples, got shape {audio.shape}")
+                prepared.append((i, audio, self._segment(model, audio)))
+            except Exception as exc:
+                results[i] = exc
         try:
-            return self._call(model, audio)
-        finally:
-            del model.encode  # the class's method again
-            memo.clear()
-            self.calls += 1
-            self.call_seconds += time.perf_counter() - t0
+            encoded = self._encode_batch(model, [seg for _, _, seg in prepared])
+            languages = self._detect_batch(model, encoded)
+        except Exception as exc:
+            for i, _, _ in prepared:
+                results[i] = exc
+            prepared = []
+        encode = model.encode
+        try:
+            for (i, audio, segment), (output, _), language in zip(prepared, encoded, languages):
+                memo = {self._key(segment): output}
 
-    def _detect(self, model: WhisperModel, audio: np.ndarray) -> tuple[str, float]:
-        """The language of ``audio`` and its probability, from the encoder output of exactly the
-        padded features faster-whisper's decoder starts from (so the decoding reuses it)."""
+                def encode_once(features: np.ndarray, memo: dict[bytes, Any] = memo) -> Any:
+                    key = self._key(features)
+                    if key not in memo:  # Whisper seeks past the first 30 s
+                        memo[key] = encode(features)
+                        self.encodes += 1
+                    return memo[key]
+
+                model.encode = encode_once  # type: ignore[method-assign]
+                try:
+                    results[i] = self._call(model, audio, language)
+                except Exception as exc:
+                    results[i] = exc
+        finally:
+            if "encode" in vars(model):
+                del model.encode  # the class's method again
+            self.calls += len(audios)
+            self.call_seconds += time.perf_counter() - t0
+        return results
+
+    @staticmethod
+    def _key(features: np.ndarray) -> bytes:
+        return np.ascontiguousarray(features, dtype=np.float32).tobytes()
+
+    @staticmethod
+    def _segment(model: WhisperModel, audio: np.ndarray) -> np.ndarray:
+        """Exactly the padded features [80, 3000] faster-whisper's decoder starts from."""
         from faster_whisper.audio import pad_or_trim
 
         features = model.feature_extractor(audio)
         content_frames = features.shape[-1] - 1
-        segment = pad_or_trim(features[:, : min(content_frames, model.feature_extractor.nb_max_frames)])
-        token, probability = model.model.detect_language(model.encode(segment))[0][0]
-        return token[2:-2], float(probability)
+        return pad_or_trim(features[:, : min(content_frames, model.feature_extractor.nb_max_frames)])
 
-    def _call(self, model: WhisperModel, audio: np.ndarray) -> list[Word]:
+    def _encode_batch(self, model: WhisperModel, segments: list[np.ndarray]) -> list[tuple[Any, Any]]:
+        """One encoder pass over ``segments``: per item, its encoder output [1, 1500, 512] as a
+        ``StorageView`` (and the array it views, kept alive with it)."""
+        if not segments:
+            return []
+        import ctranslate2
+
+        if len(segments) == 1:  # the single-item path: no copy
+            self.encodes += 1
+            return [(model.encode(segments[0]), None)]
+        stacked = np.ascontiguousarray(np.stack(segments), dtype=np.float32)
+        output = model.model.encode(ctranslate2.StorageView.from_array(stacked), to_cpu=True)
+        self.encodes += len(segments)
+        self.encode_batches += 1
+        array = np.asarray(output)
+        out = []
+        for i in range(len(segments)):
+            part = np.ascontiguousarray(array[i : i + 1])
+            out.append((ctranslate2.StorageView.from_array(part), part))
+        return out
+
+    def _detect_batch(self, model: WhisperModel, encoded: list[tuple[Any, Any]]) -> list[tuple[str, float] | None]:
+        """The language of each item and its probability, from its encoder output (None per item
+        when the language is fixed)."""
+        if not encoded or not (self.options.detect_language and self.multilingual):
+            return [None] * len(encoded)
+        if len(encoded) == 1:
+            outputs = encoded[0][0]
+        else:
+            import ctranslate2
+
+            outputs = ctranslate2.StorageView.from_array(np.concatenate([a for _, a in encoded]))
+        return [(top[0][0][2:-2], float(top[0][1])) for top in model.model.detect_language(outputs)]
+
+    def _call(self, model: WhisperModel, audio: np.ndarray, language: tuple[str, float] | None) -> list[Word]:
         o = self.options
         lang: str | None = None
         lang_p: float | None = None
         translate = False
-        if o.detect_language and self.multilingual:
-            lang, lang_p = self._detect(model, audio)
+        if language is not None:
+            lang, lang_p = language
             # translate only what the gate would let through (the rest is absent anyway)
             translate = (
                 o.translate and lang != "en" and self.gate.allows(lang, o.language, True) and self.gate.sure_of(lang_p)

@@ -20,6 +20,14 @@ Disgust, Fear, Happiness, Neutral, Sadness, Surprise (no Other: no corpus has it
 rescaling is deliberately NOT done: a person often stays in one mood for minutes, so per-speaker
 statistics subtract the very label (measured: it collapses to chance on natural Urdu speech).
 
+**Batches across streams.** :meth:`VoiceFeatures.batch` computes the features of several
+stretches (e.g. the speech windows of several streams) with ONE encoder run, padded to the
+longest and masked (:meth:`engines.models.whisper_encoder.WhisperEncoder.batch`): the same
+features per item as :meth:`VoiceFeatures.__call__`. The per-stream part (the head and the
+stream's running mean) is :class:`VoiceEmotion`; :meth:`VoiceEmotion.predict_from_feature`
+takes a feature computed elsewhere (a shared model host), after
+:meth:`VoiceEmotion.load_head` with the sha256 of the Whisper model that computed it.
+
 The head records the sha256 of the ``model.bin`` it was trained with; a different Whisper
 model is refused with one line (its encoder features would not match the weights).
 """
@@ -28,6 +36,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,16 +120,23 @@ class VoiceFeatures:
     def __call__(self, audio: np.ndarray) -> tuple[np.ndarray | None, dict[str, Any]]:
         """The feature vector (None when under :data:`MIN_SPEECH_S` of speech remains after
         trimming) and what was used: ``speech_s`` (the trimmed stretch)."""
+        return self.batch([audio])[0]
+
+    def batch(self, audios: Sequence[np.ndarray]) -> list[tuple[np.ndarray | None, dict[str, Any]]]:
+        """:meth:`__call__` of each stretch, with one encoder run for all of them (each item
+        pooled over its own speech frames only; see the module's docstring)."""
         self.load()
-        x = trim(np.asarray(audio, np.float32).reshape(-1))
-        info: dict[str, Any] = {"speech_s": round(len(x) / 16000, 3)}
-        if len(x) < MIN_SPEECH_S * 16000:
-            return None, info
-        mel = self._mel(x)[:, :-1]  # the last frame of faster-whisper's STFT is dropped (as Whisper does)
-        hidden = self.encoder(mel)
-        sel = speech_frames(x, hidden[0].shape[0])
-        feature = np.concatenate([pool(hidden, sel), prosodic(x)]).astype(np.float32)
-        return np.nan_to_num(feature), info
+        trimmed = [trim(np.asarray(audio, np.float32).reshape(-1)) for audio in audios]
+        infos: list[dict[str, Any]] = [{"speech_s": round(len(x) / 16000, 3)} for x in trimmed]
+        keep = [i for i, x in enumerate(trimmed) if len(x) >= MIN_SPEECH_S * 16000]
+        # the last frame of faster-whisper's STFT is dropped (as Whisper does)
+        hidden = self.encoder.batch([self._mel(trimmed[i])[:, :-1] for i in keep])
+        out: list[tuple[np.ndarray | None, dict[str, Any]]] = [(None, info) for info in infos]
+        for i, h in zip(keep, hidden):
+            x = trimmed[i]
+            feature = np.concatenate([pool(h, speech_frames(x, h[0].shape[0])), prosodic(x)]).astype(np.float32)
+            out[i] = (np.nan_to_num(feature), infos[i])
+        return out
 
     def close(self) -> None:
         self.encoder.close()
@@ -222,7 +238,8 @@ class RunningMean:
 
 
 class VoiceEmotion:
-    """Features + head + the stream's running mean: ``predict(audio) -> (8 basic probs, feature, info)``.
+    """Features + head + the stream's running mean: ``predict(audio) -> (8 basic probs, feature, info)``;
+    ``predict_from_feature(x, info)`` for a feature computed elsewhere (after ``load_head``).
 
     ``predict`` returns ``(None, None, info)`` when too little speech remains after trimming.
     Call :meth:`reset` between streams.
@@ -243,10 +260,17 @@ class VoiceEmotion:
         self.mean: RunningMean | None = None
 
     def load(self) -> VoiceEmotion:
+        """Load the head and this object's own feature extractor (the encoder)."""
+        self.features.load()
+        return self.load_head(self.features.model_sha256)
+
+    def load_head(self, model_sha256: str | None) -> VoiceEmotion:
+        """Load the head and the running mean only, for features computed elsewhere by the
+        Whisper model whose ``model.bin`` has ``model_sha256`` (refused with one line when the
+        head was trained with another)."""
         if self.head is None:
             self.head = VoiceHead.load(self._head_arg if not isinstance(self._head_arg, VoiceHead) else None)
-        self.features.load()
-        self.head.check_model(self.features.model_sha256)
+        self.head.check_model(model_sha256)
         if self.mean is None:
             self.mean = RunningMean(self.head.source_mean_fallback)
         return self
@@ -258,16 +282,27 @@ class VoiceEmotion:
     def predict(self, audio: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, Any]]:
         if self.head is None or self.mean is None:
             self.load()
-        assert self.head is not None and self.mean is not None
         t0 = time.perf_counter()
         x, info = self.features(audio)
+        out = self.predict_from_feature(x, info)
+        info["voice_ms"] = round(1000 * (time.perf_counter() - t0), 1)
+        return out
+
+    def predict_from_feature(
+        self, x: np.ndarray | None, info: dict[str, Any]
+    ) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, Any]]:
+        """:meth:`predict` of a feature computed elsewhere (``(x, info)`` of
+        :meth:`VoiceFeatures.__call__` or :meth:`VoiceFeatures.batch`): the stream's running
+        mean takes ``x`` and the head classifies it; ``(None, None, info)`` for ``x=None``. Call
+        :meth:`load_head` first (else :meth:`load` runs, which loads this object's encoder)."""
+        if self.head is None or self.mean is None:
+            self.load()
+        assert self.head is not None and self.mean is not None
         if x is None:
-            info["voice_ms"] = round(1000 * (time.perf_counter() - t0), 1)
             return None, None, info
         self.mean.add(x)
         p = self.head.probs(x, self.mean.value)
         info["voice_windows"] = self.mean.n
-        info["voice_ms"] = round(1000 * (time.perf_counter() - t0), 1)
         return to_basic(p, self.head.labels), x, info
 
     def close(self) -> None:
