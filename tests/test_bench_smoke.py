@@ -8,6 +8,7 @@ RTSP server), the honest check is its skip line and status 77."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -68,7 +69,7 @@ def test_help(script: str) -> None:
     assert "--smoke" in proc.stdout
 
 
-@pytest.mark.parametrize("script", sorted(set(SMOKE_ARGS) - {"fer_peer.py", "soak.py"}))
+@pytest.mark.parametrize("script", sorted(set(SMOKE_ARGS) - {"fer_peer.py", "scale.py", "soak.py"}))
 def test_smoke(script: str, tmp_path: Path) -> None:
     nodata = tmp_path / "nodata"
     nodata.mkdir()
@@ -88,6 +89,26 @@ def test_smoke_soak(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "all checks pass" in proc.stderr and "smoke: ok: " in proc.stderr
     assert {"soak.json", "soak.md"} <= {p.name for p in out.iterdir()}
+
+
+def test_smoke_scale(tmp_path: Path) -> None:
+    """Batch, then one face-only stream through ``cer-stream serve`` per isolation (the shared
+    model host and one model set per process) from a loopback RTSP server; needs GStreamer's
+    RTSP server."""
+    proc, out = smoke([sys.executable, "bench/scale.py"], tmp_path)
+    if not rtsp_available()[0]:
+        assert proc.returncode == SKIPPED and "smoke: skipped: GStreamer's RTSP server" in proc.stderr
+        return
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "smoke: ok: " in proc.stderr
+    report = json.loads((out / "scale.json").read_text(encoding="utf-8"))
+    rounds = report["live"]["face"]["rounds"]
+    assert [(r["isolation"], r["streams"]) for r in rounds] == [("host", 1), ("process", 1)]
+    for r in rounds:
+        assert "--no-audio" in r["command"] and f"--isolation {r['isolation']}" in r["command"]
+        (stream,) = r["per_stream"]
+        assert stream["end_reason"] == "interrupted" and stream["windows"] >= 1 and stream["restarts"] == 0
+        assert stream["startup_to_start_s"] is not None and r["memory"]["serve_processes"] >= 2
 
 
 def test_smoke_fer_peer(tmp_path: Path) -> None:
