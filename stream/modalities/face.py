@@ -4,7 +4,8 @@ trained on: by default (``--face-model ensemble``) the mean of face-api.js's
 expression network and fer's mini-Xception, both ported to ONNX.
 
 Each analysed frame is processed once; :class:`FaceCache` keeps the result so
-the overlapping half of the next window reuses it.
+the overlapping half of the next window reuses it. On a steady face the target is followed
+from its previous box (:class:`FaceFollower`) instead of being detected and validated again.
 """
 
 from __future__ import annotations
@@ -33,6 +34,23 @@ TRACK_IOU = 0.3
 TRACK_MIN_AREA = 0.5
 #: A window needs a face in at least this fraction of its analysed frames (2 of 20).
 MIN_FACE_FRACTION = 0.10
+#: Follow a steady target from its previous box instead of detecting it again (video and live;
+#: ``FaceAnalyzer(follow=False)`` turns it off for comparison, ``track=False`` never follows).
+FOLLOW = True
+#: The face patch is matched at this width in pixels: small enough that a match costs well
+#: under a millisecond, large enough (with the peak's sub-pixel fit) to keep the box within a
+#: few per cent of the detector's (measured: bench/results/tracking.md).
+FOLLOW_PATCH = 24
+#: Where the face is looked for: the previous box grown by this fraction of its size on each
+#: side. A face moves less than half its width in 0.2 s (5 analysed frames a second) unless
+#: the camera cuts or jumps, and then the detector takes over.
+FOLLOW_SEARCH = 0.5
+#: Box sizes tried relative to the previous box. The box keeps its size: with (0.93, 1, 1.07) the
+#: peak favoured the larger box and grew it 7 % a frame on a face zooming 2 %; the detection
+#: every ``REVALIDATE_EVERY`` analysed frames brings the size back.
+FOLLOW_SCALES = (1.0,)
+#: A normalised cross-correlation peak below this is a lost face (occlusion, cut, turn): detect.
+FOLLOW_MIN_PEAK = 0.6
 
 
 @dataclass(slots=True)
@@ -97,9 +115,13 @@ class SteadyTarget:
         self.box: tuple[float, ...] | None = None
         self.since_check = 0
 
+    def due(self) -> bool:
+        """True when no box may skip its check now (nothing remembered, or ``every`` is up)."""
+        return self.box is None or self.since_check >= self.every - 1
+
     def skip(self, box: tuple[float, ...]) -> bool:
         """True (and ``box`` becomes the remembered one) when ``box`` needs no check now."""
-        if self.box is None or self.since_check >= self.every - 1 or iou(box, self.box) < self.iou_min:
+        if self.due() or self.box is None or iou(box, self.box) < self.iou_min:
             return False
         self.since_check += 1
         self.box = box
@@ -117,6 +139,28 @@ class SteadyTarget:
         self.box, self.since_check = None, 0
 
 
+class _Shared:
+    """Native resources several per-stream objects use (MediaPipe graphs, an emotion model):
+    one lock for their calls (a graph is not re-entrant) and closed when the last user lets go."""
+
+    def __init__(self, close: Callable[[], None]) -> None:
+        self._close = close
+        self.users = 1
+        self.lock = threading.Lock()
+
+    def join(self) -> _Shared:
+        with self.lock:
+            self.users += 1
+        return self
+
+    def leave(self) -> None:
+        with self.lock:
+            self.users -= 1
+            last = self.users == 0
+        if last:
+            self._close()
+
+
 class FaceDetector:
     """MediaPipe BlazeFace detection, validated by FaceMesh landmarks.
 
@@ -129,6 +173,8 @@ class FaceDetector:
     overlaps the last validated one (IoU >= ``REVALIDATE_IOU``) is re-validated only every
     ``REVALIDATE_EVERY`` frames.  ``validate_every_frame=True`` restores the seeds' rule of
     validating every detection.
+
+    :meth:`fork` gives another stream a detector on the same graphs with its own state.
     """
 
     REVALIDATE_IOU = 0.5
@@ -154,7 +200,6 @@ class FaceDetector:
             sel: fd.FaceDetection(model_selection=sel, min_detection_confidence=min_confidence)
             for sel in choices[model]
         }
-        self._order = list(choices[model])
         self._mesh = (
             mp.solutions.face_mesh.FaceMesh(
                 static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.5
@@ -162,14 +207,34 @@ class FaceDetector:
             if validate
             else None
         )
+        self._graphs = _Shared(self._close_graphs)
+        self._model_order = list(choices[model])
         self.validate_every_frame = validate_every_frame
-        self._steady = SteadyTarget(iou_min=self.REVALIDATE_IOU, every=self.REVALIDATE_EVERY)
+        self._fresh_state()
+
+    def _fresh_state(self) -> None:
+        """The per-stream state: the range order, the steady target and the counts."""
+        self._order = list(self._model_order)
+        #: The remembered validated face (public: :class:`FaceAnalyzer` follows a face while it trusts it).
+        self.steady = SteadyTarget(iou_min=self.REVALIDATE_IOU, every=self.REVALIDATE_EVERY)
         self.counts = {"detect_short": 0, "detect_full": 0, "validate": 0, "validate_skipped": 0}
+        self._closed = False
+
+    def fork(self) -> FaceDetector:
+        """A detector for another stream: the same MediaPipe graphs (loaded once, their calls
+        serialised by a shared lock), its own range order, steady target and counts. The
+        graphs close when the last of the detectors sharing them closes."""
+        twin = object.__new__(FaceDetector)
+        twin._dets, twin._mesh, twin._graphs = self._dets, self._mesh, self._graphs.join()
+        twin._model_order, twin.validate_every_frame = self._model_order, self.validate_every_frame
+        twin._fresh_state()
+        return twin
 
     def _detect_with(self, sel: int, rgb: np.ndarray) -> list[tuple[tuple[float, float, float, float], float]]:
         h, w = rgb.shape[:2]
         self.counts["detect_short" if sel == 0 else "detect_full"] += 1
-        res = self._dets[sel].process(rgb)
+        with self._graphs.lock:
+            res = self._dets[sel].process(rgb)
         out = []
         for d in res.detections or []:
             bb = d.location_data.relative_bounding_box
@@ -195,32 +260,172 @@ class FaceDetector:
         target validated moments ago, see the class notes)."""
         if self._mesh is None:
             return True
-        if not self.validate_every_frame and self._steady.skip(box):
+        if not self.validate_every_frame and self.steady.skip(box):
             self.counts["validate_skipped"] += 1
             return True
         h, w = rgb.shape[:2]
         x0, y0, x1, y1 = expand_box(box, 0.5, w, h)
         crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
         self.counts["validate"] += 1
-        ok = crop.size > 0 and bool(self._mesh.process(crop).multi_face_landmarks)
-        self._steady.checked(box, ok)
+        if crop.size == 0:
+            ok = False
+        else:
+            with self._graphs.lock:
+                ok = bool(self._mesh.process(crop).multi_face_landmarks)
+        self.steady.checked(box, ok)
         return ok
 
     def reset_states(self) -> None:
-        self._steady.reset()
+        self.steady.reset()
 
-    def close(self) -> None:
+    def _close_graphs(self) -> None:
         for det in self._dets.values():
             det.close()
         if self._mesh is not None:
             self._mesh.close()
 
+    def close(self) -> None:
+        """Let go of the graphs (closed with the last detector that shares them); idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._graphs.leave()
 
-class TargetTracker:
-    """Chooses the target person: the largest face, kept while it stays in view."""
+
+class FaceFollower:
+    """Follows the target face from one analysed frame to the next without the detector.
+
+    The previous frame's face patch (grey, :data:`FOLLOW_PATCH` pixels wide) is matched by
+    normalised cross-correlation (OpenCV ``matchTemplate``, ``TM_CCOEFF_NORMED``) in a region
+    around the previous box (:data:`FOLLOW_SEARCH`) at :data:`FOLLOW_SCALES`; the box moves
+    with the peak and keeps its shape, so its crops are cut as from the detector's box.  It
+    gives up (the analyzer detects again) when the peak is below :data:`FOLLOW_MIN_PEAK` or the
+    box would leave the frame; the detector's :class:`SteadyTarget` decides whether the box may
+    skip detection at all (a jump too large or the re-check due: detect)."""
 
     def __init__(self) -> None:
+        self.counts = {"tracked": 0, "track_lost": 0, "redetect_due": 0}
+        self.reset_states()
+
+    def reset_states(self) -> None:
+        self.box: tuple[float, float, float, float] | None = None
+        self.score, self.faces = 0.0, 0
+        self._patch: np.ndarray | None = None
+
+    def start(self, rgb: np.ndarray, box: tuple[float, float, float, float], score: float, faces: int) -> None:
+        """Follow ``box`` (a detected and validated face with its score and face count) from ``rgb``."""
+        self.box, self.score, self.faces = box, score, faces
+        self._patch = self._cut(rgb, box)
+
+    @staticmethod
+    def _cut(rgb: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray | None:
+        """The face patch of ``box``: grey, :data:`FOLLOW_PATCH` pixels wide."""
+        import cv2
+
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        face = rgb[max(0, y0) : y1, max(0, x0) : x1]
+        if face.shape[0] < 8 or face.shape[1] < 8:
+            return None
+        high = max(1, int(round(FOLLOW_PATCH * face.shape[0] / face.shape[1])))
+        grey = _shrink(cv2.cvtColor(face, cv2.COLOR_RGB2GRAY), face.shape[1] // FOLLOW_PATCH)
+        return cv2.resize(grey, (FOLLOW_PATCH, high), interpolation=cv2.INTER_LINEAR)
+
+    def follow(self, rgb: np.ndarray, steady: SteadyTarget) -> tuple[float, float, float, float] | None:
+        """The target's box in ``rgb`` when it may be followed (None: detect it)."""
+        if self.box is None or self._patch is None:
+            return None
+        if steady.due():
+            self.counts["redetect_due"] += 1
+            return None
+        found = self._match(rgb, self.box, self._patch)
+        if found is None:
+            self.counts["track_lost"] += 1
+            self.reset_states()
+            return None
+        box, patch = found
+        if not steady.skip(box):
+            self.counts["redetect_due"] += 1
+            return None
+        self.counts["tracked"] += 1
+        self.box, self._patch = box, patch
+        return box
+
+    @staticmethod
+    def _match(
+        rgb: np.ndarray, box: tuple[float, float, float, float], patch: np.ndarray
+    ) -> tuple[tuple[float, float, float, float], np.ndarray] | None:
+        """The followed box in ``rgb`` and the face patch cut there (None: lost)."""
+        import cv2
+
+        h, w = rgb.shape[:2]
+        bw, bh = box[2] - box[0], box[3] - box[1]
+        rx0, ry0, rx1, ry1 = expand_box(box, FOLLOW_SEARCH, w, h)
+        if rx1 - rx0 < 8 or ry1 - ry0 < 8:
+            return None
+        ph, pw = patch.shape
+        # the region in grey, area-averaged once by a whole step (OpenCV's fast path), then
+        # brought to each scale's exact size bilinearly
+        step = max(1, int(bw * min(FOLLOW_SCALES) / pw))
+        rx1, ry1 = rx0 + (rx1 - rx0) // step * step, ry0 + (ry1 - ry0) // step * step
+        grey = _shrink(cv2.cvtColor(rgb[ry0:ry1, rx0:rx1], cv2.COLOR_RGB2GRAY), step)
+        best: tuple[float, float, float, float, np.ndarray] | None = None  # peak, x, y, scale, patch
+        for k in FOLLOW_SCALES:
+            f = pw / (bw * k)  # frame pixels -> patch pixels for a face k times the previous size
+            size = (int(round((rx1 - rx0) * f)), int(round((ry1 - ry0) * f)))
+            if size[0] < pw or size[1] < ph:
+                continue
+            img = cv2.resize(grey, size, interpolation=cv2.INTER_LINEAR)
+            scores = cv2.matchTemplate(img, patch, cv2.TM_CCOEFF_NORMED)
+            _, peak, _, (px, py) = cv2.minMaxLoc(scores)
+            if np.isfinite(peak) and (best is None or peak > best[0]):
+                dx, dy = _subpixel(scores, px, py)
+                fx, fy = size[0] / (rx1 - rx0), size[1] / (ry1 - ry0)
+                best = (
+                    float(peak),
+                    rx0 + (px + dx) / fx,
+                    ry0 + (py + dy) / fy,
+                    k,
+                    img[py : py + ph, px : px + pw].copy(),
+                )
+        if best is None or best[0] < FOLLOW_MIN_PEAK:
+            return None
+        _, x0, y0, k, new_patch = best
+        out = (x0, y0, x0 + bw * k, y0 + bh * k)
+        if out[0] < 0 or out[1] < 0 or out[2] > w + 1 or out[3] > h + 1:  # leaving the frame: detect
+            return None
+        return (out[0], out[1], min(float(w), out[2]), min(float(h), out[3])), new_patch
+
+
+def _shrink(grey: np.ndarray, step: int) -> np.ndarray:
+    """``grey`` area-averaged by a whole ``step`` (OpenCV's fast path; a fractional INTER_AREA
+    costs several times more); rows and columns past the last whole step are dropped."""
+    import cv2
+
+    h, w = grey.shape[0] // step, grey.shape[1] // step
+    if step <= 1 or not h or not w:
+        return grey
+    return cv2.resize(grey[: h * step, : w * step], (w, h), interpolation=cv2.INTER_AREA)
+
+
+def _subpixel(scores: np.ndarray, px: int, py: int) -> tuple[float, float]:
+    """The peak's offset within its pixel (a parabola through it and its neighbours, each axis)."""
+
+    def offset(a: float, b: float, c: float) -> float:
+        den = a - 2 * b + c
+        return 0.0 if den >= 0 else min(0.5, max(-0.5, 0.5 * (a - c) / den))
+
+    row, col = scores[py].tolist(), scores[:, px].tolist()
+    dx = offset(row[px - 1], row[px], row[px + 1]) if 0 < px < len(row) - 1 else 0.0
+    dy = offset(col[py - 1], col[py], col[py + 1]) if 0 < py < len(col) - 1 else 0.0
+    return dx, dy
+
+
+class TargetTracker:
+    """Chooses the target person: the largest face, kept while it stays in view; with
+    ``follow`` it also follows that face between detections (:class:`FaceFollower`)."""
+
+    def __init__(self, *, follow: bool = FOLLOW) -> None:
         self._box: tuple[float, ...] | None = None
+        self.follower = FaceFollower() if follow else None
 
     def order(self, boxes: list[tuple[float, float, float, float]]) -> list[int]:
         """Indices of ``boxes`` in the order they should be tried as the target."""
@@ -242,6 +447,8 @@ class TargetTracker:
 
     def reset_states(self) -> None:
         self._box = None
+        if self.follower is not None:
+            self.follower.reset_states()
 
 
 @dataclass(frozen=True)
@@ -447,7 +654,15 @@ def load_face_model(
 
 class FaceAnalyzer:
     """Detect → validate → choose target → crop → classify, one frame at a time,
-    with the classifier batched over all the frames of a call."""
+    with the classifier batched over all the frames of a call.
+
+    With ``track`` and ``follow`` (the default for video and live) a steady target is followed
+    from the previous analysed frame's box (:class:`FaceFollower`) while the detector's
+    :class:`SteadyTarget` trusts it, so detection and validation run only when it is due (every
+    ``REVALIDATE_EVERY`` analysed frames), a new face appears or the followed one is lost.
+    ``track=False`` (still images) never follows.  All per-stream state lives here and in the
+    detector; :meth:`fork` gives another stream its own on the same graphs and emotion model.
+    """
 
     def __init__(
         self,
@@ -455,18 +670,59 @@ class FaceAnalyzer:
         detector: FaceDetectorLike | None = None,
         model: EmotionModel | EnsembleModel | None = None,
         track: bool = True,
+        follow: bool = FOLLOW,
     ) -> None:
         self.detector: FaceDetectorLike = detector or FaceDetector()
         self.model = model or load_face_model()
-        self.tracker = TargetTracker() if track else None
-        self.timings: dict[str, float] = {"detect": 0.0, "validate": 0.0, "emotion": 0.0}
+        self.tracker = TargetTracker(follow=follow) if track else None
+        self.timings: dict[str, float] = {"detect": 0.0, "validate": 0.0, "track": 0.0, "emotion": 0.0}
         self._lock = threading.Lock()
+        self._model_users = _Shared(self.model.close)
+        self._closed = False
+
+    def fork(self, *, track: bool | None = None, follow: bool | None = None) -> FaceAnalyzer:
+        """An analyzer for another stream: the detector's :meth:`FaceDetector.fork` (same graphs,
+        own state) and the same emotion model (closed with the last analyzer that uses it);
+        ``track`` and ``follow`` as this one's unless given."""
+        fork = getattr(self.detector, "fork", None)
+        if fork is None:
+            raise TypeError(f"{type(self.detector).__name__} cannot be shared between streams (it has no fork())")
+        twin = object.__new__(FaceAnalyzer)
+        twin.detector, twin.model = fork(), self.model
+        if track is None:
+            track = self.tracker is not None
+        if follow is None:
+            follow = self.tracker is not None and self.tracker.follower is not None
+        twin.tracker = TargetTracker(follow=follow) if track else None
+        twin.timings = dict.fromkeys(self.timings, 0.0)
+        twin._lock, twin._model_users, twin._closed = threading.Lock(), self._model_users.join(), False
+        return twin
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """The detector's counts and the follower's (``tracked``: frames followed, their
+        detection and validation skipped; ``track_lost``: following failed, detected instead;
+        ``redetect_due``: the steady rule asked for a detection)."""
+        out = dict(getattr(self.detector, "counts", {}))
+        if self.tracker is not None and self.tracker.follower is not None:
+            out.update(self.tracker.follower.counts)
+        return out
 
     def locate(self, rgb: np.ndarray) -> tuple[tuple[float, float, float, float] | None, float, int]:
         """The target face's box and score in ``rgb`` (None when no face validates),
-        and how many faces were detected."""
+        and how many faces were detected (a followed face: the last detection's)."""
         import time
 
+        follower = self.tracker.follower if self.tracker is not None else None
+        steady = getattr(self.detector, "steady", None)
+        if follower is not None and isinstance(steady, SteadyTarget):
+            t = time.perf_counter()
+            followed = follower.follow(rgb, steady)
+            self.timings["track"] += time.perf_counter() - t
+            if followed is not None:
+                assert self.tracker is not None
+                self.tracker.update(followed)
+                return followed, follower.score, follower.faces
         t0 = time.perf_counter()
         dets = self.detector.detect(rgb)
         t1 = time.perf_counter()
@@ -474,11 +730,17 @@ class FaceAnalyzer:
         order = self.tracker.order(boxes) if self.tracker else sorted(range(len(boxes)), key=lambda i: -_area(boxes[i]))
         chosen = next((i for i in order if self.detector.validate(rgb, boxes[i])), None)
         self.timings["detect"] += t1 - t0
-        self.timings["validate"] += time.perf_counter() - t1
+        t2 = time.perf_counter()
+        self.timings["validate"] += t2 - t1
         if chosen is None:
+            if follower is not None:
+                follower.reset_states()  # no face now: nothing to follow into the next frame
             return None, 0.0, len(boxes)
         if self.tracker:
             self.tracker.update(boxes[chosen])
+        if follower is not None:
+            follower.start(rgb, boxes[chosen], dets[chosen][1], len(boxes))
+            self.timings["track"] += time.perf_counter() - t2
         return boxes[chosen], dets[chosen][1], len(boxes)
 
     def analyse(self, frames: list[tuple[int, float, np.ndarray]]) -> list[FaceResult]:
@@ -515,8 +777,11 @@ class FaceAnalyzer:
             return results
 
     def close(self) -> None:
-        self.detector.close()
-        self.model.close()
+        """Close the detector (its graphs go with the last fork) and let go of the emotion model."""
+        if not self._closed:
+            self._closed = True
+            self.detector.close()
+            self._model_users.leave()
 
 
 @dataclass
@@ -577,6 +842,7 @@ __all__ = [
     "FaceCache",
     "FaceDetector",
     "FaceDetectorLike",
+    "FaceFollower",
     "FaceResult",
     "EmotionModel",
     "SteadyTarget",
