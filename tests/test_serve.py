@@ -192,11 +192,11 @@ class Serve(LiveProcess):
 
     def of(self, kind: str, sid: str | None = None) -> list[dict]:
         with self.cond:
-            return [r for r in self.records if r["type"] == kind and (sid is None or r[STREAM_KEY] == sid)]
+            return [r for r in self.records if r["type"] == kind and (sid is None or r.get(STREAM_KEY) == sid)]
 
 
 def is_(kind: str, sid: str, **fields):
-    return lambda r: r["type"] == kind and r[STREAM_KEY] == sid and all(r.get(k) == v for k, v in fields.items())
+    return lambda r: r["type"] == kind and r.get(STREAM_KEY) == sid and all(r.get(k) == v for k, v in fields.items())
 
 
 class Subscriber:
@@ -310,8 +310,8 @@ def test_two_streams_one_lost_one_analyzer_killed(long_clip, tmp_path):
     first_start, second_start = run.of("start", "s1")
     assert "resumed" not in first_start
     cut = run.records.index(exited)
-    before = [r for r in run.records[:cut] if r["type"] == "window" and r[STREAM_KEY] == "s1"]
-    after = [r for r in run.records[cut:] if r["type"] == "window" and r[STREAM_KEY] == "s1"]
+    before = [r for r in run.records[:cut] if r["type"] == "window" and r.get(STREAM_KEY) == "s1"]
+    after = [r for r in run.records[cut:] if r["type"] == "window" and r.get(STREAM_KEY) == "s1"]
     resumed = second_start["resumed"]
     assert resumed["window"] == before[-1]["index"] + 1 and "SIGKILL" in resumed["reason"]
     assert after and after[0]["index"] >= resumed["window"] and after[0]["start"] > before[-1]["start"]
@@ -332,19 +332,26 @@ def test_two_streams_one_lost_one_analyzer_killed(long_clip, tmp_path):
     own_media = end1["media_s"] - restart_gap["end"]
     assert end1["real_time_factor"] == pytest.approx(end1["elapsed_s"] / own_media, rel=0.02), end1
     # s1 went on while s0's server was down: two windows between s0's loss and its gap record
-    gap_at = next(n for n, r in enumerate(run.records) if r["type"] == "gap" and r[STREAM_KEY] == "s0")
+    gap_at = next(n for n, r in enumerate(run.records) if r["type"] == "gap" and r.get(STREAM_KEY) == "s0")
     assert i < j < gap_at
 
-    # every record has its stream's id and validates against the schema
+    # one model host served both (the default isolation): ready before the first stream started,
+    # still the same process at the end (an analyzer's death is not the host's), stopped after them
+    hosts = run.of("host")
+    assert [r["event"] for r in hosts][0] == "ready" and hosts[-1]["event"] == "stopped", hosts
+    assert not [r for r in hosts if r["event"] in ("exited", "restarted")]
+    assert run.records.index(hosts[0]) < run.records.index(run.of("supervisor", "s0")[0])
+    assert hosts[-1]["face"]["requests"] > 0
+    # every record of a stream has its id, the host's none, and each validates against the schema
     validator = jsonschema.Draft202012Validator(load_schema())
     for r in run.records:
-        assert r[STREAM_KEY] in ("s0", "s1")
+        assert r.get(STREAM_KEY) in ("s0", "s1") or (r["type"] == "host" and STREAM_KEY not in r)
         errors = list(validator.iter_errors(r))
         assert not errors, (r["type"], errors[0].message[:200])
     # the per-stream files hold that stream's records, as stdout did
     for sid in ("s0", "s1"):
         lines = [json.loads(x) for x in (out_dir / f"{sid}.jsonl").read_text().splitlines()]
-        assert lines == [r for r in run.records if r[STREAM_KEY] == sid]
+        assert lines == [r for r in run.records if r.get(STREAM_KEY) == sid]
     # one ZeroMQ socket for both streams, [type, json] with the id
     assert messages, run.stderr
     assert all(kind == rec["type"] for kind, rec in messages)
@@ -379,7 +386,7 @@ def test_a_stream_that_keeps_failing_is_given_up(refused_port, tmp_path):
     assert "gave up after 3 exit(s) in a row" in run.stderr
     assert "viewer:***@" in run.stderr
     file = (out_dir / "s0.jsonl").read_text()
-    assert [json.loads(x) for x in file.splitlines()] == run.records
+    assert [json.loads(x) for x in file.splitlines()] == [r for r in run.records if r["type"] != "host"]
     assert not run.junk
     for text in (run.stderr, file, json.dumps(run.records)):
         assert not leaks(text, password), text

@@ -786,7 +786,8 @@ def serve_parser() -> argparse.ArgumentParser:
         "exits is restarted with exponential backoff and `supervisor` records say so. Ctrl-C (or SIGTERM) stops "
         "every analyzer (each writes its end record); exit status 0.",
         epilog="CONFIG.toml: [[stream]] tables (id, rtsp or camera, args, password_env), the top-level keys "
-        "publish, out_dir, args, max_restarts, restart_max_delay, dashboard, dashboard_public, and the tables "
+        "publish, out_dir, args, max_restarts, restart_max_delay, isolation, dashboard, dashboard_public, and the "
+        "tables "
         "[vlm] (url, model, key_env, concurrency, every, timeout, max_wait, listen) and [ray] (address, "
         "worker_cpus, worker_gpus) (see docs/serve.md). Flags given here override the file's. "
         "Flags after -- go to every stream's analyzer, e.g. -- --no-asr. Exit status: 0 stopped, 1 every stream "
@@ -826,6 +827,13 @@ def serve_parser() -> argparse.ArgumentParser:
         metavar="S",
         help=f"longest wait before restarting an analyzer (> 0; exponential backoff with jitter; default "
         f"{DEFAULT_RESTART_MAX_DELAY_S:g})",
+    )
+    p.add_argument(
+        "--isolation",
+        choices=("host", "process"),
+        default=None,
+        help="host (default): every stream's analyzer asks one model host on this machine, which loads each "
+        "model once and batches the streams' requests; process: each analyzer loads its own models",
     )
     p.add_argument(
         "--ray",
@@ -906,6 +914,8 @@ def serve_options(args: argparse.Namespace, analyzer_args: Sequence[str] = ()) -
             if args.restart_max_delay <= 0:
                 raise ConfigError("--restart-max-delay must be positive")
             changes["restart_max_delay_s"] = args.restart_max_delay
+        if args.isolation is not None:
+            changes["isolation"] = args.isolation
         config = dataclasses.replace(config, **changes)
     else:
         if not args.sources:
@@ -913,6 +923,8 @@ def serve_options(args: argparse.Namespace, analyzer_args: Sequence[str] = ()) -
         kw: dict = {}
         if args.restart_max_delay is not None:
             kw["restart_max_delay_s"] = args.restart_max_delay
+        if args.isolation is not None:
+            kw["isolation"] = args.isolation
         config = from_flags(
             args.sources,
             publish=args.publish,

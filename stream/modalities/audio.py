@@ -250,10 +250,53 @@ class AudioOptions:
     voice_threads: int = 1
 
 
+def audio_specs(opts: AudioOptions) -> dict[str, dict[str, Any]]:
+    """The constructor arguments of the models ``opts`` asks for, by kind: ``voice``
+    (:class:`VoiceFeatures`), ``asr`` (:class:`SpeechRecognizer`), ``text`` (the sentence encoder;
+    only with the text modality).  One place for both the modalities built here and the model
+    host's preloading (:mod:`stream.host`), so a stream finds its models already loaded."""
+    from stream.modalities.speech.asr import AsrGate, AsrOptions
+
+    specs: dict[str, dict[str, Any]] = {}
+    if opts.speech_emotion is None and opts.voice:
+        # ONNX Runtime unless TensorRT is asked for: the encoder's time axis has no plan profile yet
+        specs["voice"] = {
+            "whisper_dir": None,
+            "backend": "tensorrt" if opts.backend == "tensorrt" else "onnxruntime",
+            "device": opts.device,
+            "intra_op_threads": opts.voice_threads,
+        }
+    if opts.asr and opts.text:
+        gate = (
+            AsrGate(min_word_probability=opts.asr_min_word_probability, languages=opts.asr_languages)
+            if opts.asr_gate
+            else AsrGate.off()
+        )
+        specs["asr"] = {
+            "model_path": opts.asr_model,
+            "device": opts.device,
+            "options": AsrOptions(
+                language=opts.language, beam_size=opts.asr_beam_size, gate=gate, translate=opts.asr_translate
+            ),
+        }
+        from stream.modalities.speech.texthead import TextHead
+
+        specs["text"] = {"backend": opts.backend, "device": opts.device, "max_len": TextHead.load("speech").max_len}
+    return specs
+
+
 def build_audio_modalities(opts: AudioOptions, *, share_gate: bool = True) -> list[Modality]:
     """The audio modality, then the text modality (unless disabled).  With ``share_gate`` both
     use one speech gate (one VAD stream); without it the text modality gets its own, so that it
-    can run on another thread.  The text modality owns the recogniser."""
+    can run on another thread.  The text modality owns the recogniser.
+
+    Under ``cer-stream serve``'s model host (:func:`stream.host.client.active_host`) the voice's
+    encoder, Whisper and the sentence encoder are the host's; the gates, the voice's running mean
+    and the transcript store stay in this process."""
+    from stream.host.client import active_host
+
+    host = active_host()
+    specs = audio_specs(opts)
 
     def new_gate() -> SpeechGate:
         return SpeechGate(
@@ -262,35 +305,47 @@ def build_audio_modalities(opts: AudioOptions, *, share_gate: bool = True) -> li
         )
 
     gate = new_gate()
+    voice: bool | VoiceEmotion = opts.voice
+    if host is not None and "voice" in specs:
+        from stream.host.client import RemoteVoiceFeatures
+
+        v = specs["voice"]
+        voice = VoiceEmotion(backend=v["backend"], device=v["device"], intra_op_threads=v["intra_op_threads"])
+        voice.features = RemoteVoiceFeatures(host, **v)  # type: ignore[assignment]
     mods: list[Modality] = [
         SpeechEmotionModality(
             opts.speech_emotion,
             gate=gate,
             device=opts.device,
             backend=opts.backend,
-            voice=opts.voice,
+            voice=voice,
             voice_threads=opts.voice_threads,
         )
     ]
-    if opts.asr and opts.text:
-        from stream.modalities.speech.asr import AsrGate, AsrOptions, SpeechRecognizer
+    if "asr" in specs:
+        from stream.modalities.speech.asr import SpeechRecognizer
         from stream.modalities.text import SpeechTextModality
 
-        gate_opts = (
-            AsrGate(min_word_probability=opts.asr_min_word_probability, languages=opts.asr_languages)
-            if opts.asr_gate
-            else AsrGate.off()
-        )
-        asr = SpeechRecognizer(
-            opts.asr_model,
-            device=opts.device,
-            options=AsrOptions(
-                language=opts.language, beam_size=opts.asr_beam_size, gate=gate_opts, translate=opts.asr_translate
-            ),
-        )
+        a = specs["asr"]
+        head = None
+        if host is not None:
+            from stream.host.client import RemoteSpeechRecognizer, RemoteTextEncoder
+            from stream.modalities.speech.texthead import TextHead
+
+            asr: SpeechRecognizer = RemoteSpeechRecognizer(
+                host, a["model_path"], device=a["device"], options=a["options"]
+            )
+            head = TextHead.load("speech")
+            head.encoder = RemoteTextEncoder(host, **specs["text"])
+        else:
+            asr = SpeechRecognizer(a["model_path"], device=a["device"], options=a["options"])
         mods.append(
             SpeechTextModality(
-                gate=gate if share_gate else new_gate(), asr=asr, backend=opts.backend, device=opts.device
+                gate=gate if share_gate else new_gate(),
+                asr=asr,
+                head=head,
+                backend=opts.backend,
+                device=opts.device,
             )
         )
     return mods

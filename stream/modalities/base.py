@@ -95,6 +95,9 @@ class FaceModality(Modality):
         probs, n_face = window_face_probs(inp.faces)
         info: dict[str, Any] = {"frames": len(inp.faces), "frames_with_face": n_face}
         if probs is None:
+            errors = [e for e in (getattr(f, "error", None) for f in inp.faces) if e]
+            if errors:  # the model host (cer-stream serve) could not analyse the frames
+                return ModalityOutput.absent("model host unavailable", error=errors[-1], **info)
             return ModalityOutput.absent(face_absence_reason(inp.faces, n_face), **info)
         feature, space = window_face_feature(inp.faces)
         if space is not None:

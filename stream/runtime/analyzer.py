@@ -128,6 +128,8 @@ class Analyzer:
         self._flush_on_stop = True
         #: media time of the last frame before a loss of the live source (an open gap), or None
         self._lost_at: float | None = None
+        #: the model host's outage: media time of its first unanalysed frame and why (or None)
+        self._models_down: tuple[float, str] | None = None
         #: called (on the analysis thread) for each sink event: dropping, failed, closed
         self.on_sink_event: Callable[[SinkEvent], None] | None = None
 
@@ -308,6 +310,29 @@ class Analyzer:
                 wall_time=round(gap.wall_time, 3),
             )
         )
+
+    def _models_outage(self, faces: list) -> None:
+        """Follow the model host's outages (``cer-stream serve``): a warning when a window's
+        frames could not be analysed, a ``gap`` record (``cause: "models"``) at the first window
+        analysed whole again.  The windows between go out, with the face absent and the reason."""
+        failed = [f for f in faces if getattr(f, "error", None)]
+        if failed and self._models_down is None:
+            self._models_down = (failed[0].pts, failed[0].error)
+            self.warn(f"{failed[0].error}; the windows go on without the face", modality="face")
+        elif faces and not failed and self._models_down is not None:
+            start, reason = self._models_down
+            self._models_down = None
+            self.emit(
+                GapRecord(
+                    start=round(start, 4),
+                    end=round(min(f.pts for f in faces), 4),
+                    reason=redact(reason),
+                    attempts=0,
+                    windows_missing=None,
+                    wall_time=round(time.time(), 3),
+                    cause="models",
+                )
+            )
 
     def _loop(self, info: m.StreamInfo, frames: FrameRing, audio: AudioRing, state: SourceState) -> dict:
         audio_only = state.audio_only  # the stream info (set before the loop) lists no video
@@ -504,6 +529,7 @@ class Analyzer:
         face_step(items, w.index)
         cache = face_step.cache
         inp.faces = [cache.items[f.index] for f in items]
+        self._models_outage(inp.faces)
         outputs, timings = self._run_modalities(
             inp, [mod for mod in self.modalities if beside is None or mod not in self._side]
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from stream.modalities.audio import AudioOptions
 from stream.runtime.options import FaceOptions, FusionOptions, PipelineOptions
 
 
@@ -42,10 +43,23 @@ def _as_face_weights(message: str) -> str:
     )
 
 
-def build_face_analyzer(opts: FaceOptions | None = None, *, validate: bool = True, track: bool = True):
+def build_face_analyzer(
+    opts: FaceOptions | None = None, *, validate: bool = True, track: bool = True, instrument: bool = True
+):
     """The face analyzer for ``opts``.  ``track=False``/``validate=True`` suit unrelated still
     images (every detection validated, no target kept between calls).  Its detector and model
-    report per-frame times to the pipeline's observers (``stream.runtime.observe``)."""
+    report per-frame times to the pipeline's observers (``stream.runtime.observe``) unless
+    ``instrument=False`` (the model host, which times its own batches).
+
+    Under ``cer-stream serve``'s model host (:mod:`stream.host.client`; the environment names
+    it) the analyzer is the host's: this process loads no face model."""
+    from stream.host.client import active_host
+
+    host = active_host()
+    if host is not None and track and validate:
+        from stream.host.client import RemoteFaceAnalyzer
+
+        return RemoteFaceAnalyzer(host, opts or FaceOptions())
     from stream.modalities.face import FaceAnalyzer, FaceDetector, FaceDetectorLike
     from stream.runtime.observe import instrument_face
 
@@ -67,7 +81,34 @@ def build_face_analyzer(opts: FaceOptions | None = None, *, validate: bool = Tru
     except BaseException:
         detector.close()
         raise
-    return instrument_face(FaceAnalyzer(detector=detector, model=model, track=track))
+    face = FaceAnalyzer(detector=detector, model=model, track=track)
+    return instrument_face(face) if instrument else face
+
+
+def audio_options(options: PipelineOptions) -> AudioOptions:
+    """The audio and text modalities' options as they are built: the face's engine unless the
+    audio's own options say otherwise, no text without the text modality."""
+    audio_opts = options.audio
+    if audio_opts.backend == "auto" and audio_opts.device == "auto":
+        audio_opts = replace(audio_opts, backend=options.face.backend, device=options.face.device)
+    if "text" not in set(options.modalities):
+        audio_opts = replace(audio_opts, text=False)
+    return audio_opts
+
+
+def host_specs(options: PipelineOptions) -> dict[str, list[Any]]:
+    """What a model host should load for analyzers run with ``options``: per kind of request, the
+    option objects they will send (:mod:`stream.host`)."""
+    from stream.modalities.audio import audio_specs
+
+    wanted = set(options.modalities)
+    specs: dict[str, list[Any]] = {"face": [options.face]}
+    if wanted & {"audio", "text"}:
+        for kind, spec in audio_specs(audio_options(options)).items():
+            if kind == "voice" and "audio" not in wanted:
+                continue
+            specs[kind] = [spec]
+    return specs
 
 
 def build_modalities(options: PipelineOptions, face: Any, *, live: bool) -> list:
@@ -100,11 +141,7 @@ def build_modalities(options: PipelineOptions, face: Any, *, live: bool) -> list
             ):
                 clip.frames_per_window = 0  # a CLIP-feature temporal model reads every frame
         if wanted & {"audio", "text"}:
-            audio_opts = options.audio
-            if audio_opts.backend == "auto" and audio_opts.device == "auto":
-                audio_opts = replace(audio_opts, backend=backend, device=device)
-            if "text" not in wanted:
-                audio_opts = replace(audio_opts, text=False)
+            audio_opts = audio_options(options)
             audio_mods = [m for m in build_audio_modalities(audio_opts, share_gate=not live) if m.name in wanted]
             # live: the words (a Whisper call per speech window) and the voice (an encoder pass,
             # 0.1-0.2 s beside the recogniser on 2 cores) run beside the stream, so a window's
@@ -139,4 +176,4 @@ def build_fuser(opts: FusionOptions, names: list[str], face=None):
     return Fuser(names, method=opts.compound, calibration=calibration, feature_spaces=spaces)
 
 
-__all__ = ["build_face_analyzer", "build_fuser", "build_modalities"]
+__all__ = ["audio_options", "build_face_analyzer", "build_fuser", "build_modalities", "host_specs"]

@@ -148,7 +148,11 @@ class WarningRecord(Record):
 class GapRecord(Record):
     """A live source was lost and came back (``end`` None: the run ended in the gap).  No frame
     exists between media times ``start`` (the last frame before) and ``end`` (the first after);
-    ``windows_missing`` are the first and last index of the windows it left without a frame."""
+    ``windows_missing`` are the first and last index of the windows it left without a frame.
+
+    ``cause`` ``"models"``: the source went on but ``cer-stream serve``'s model host was gone
+    (restarting) from the frame at ``start`` to the first frame of the first window analysed
+    whole again at ``end``; every window was written, those between without the face."""
 
     type: ClassVar[str] = "gap"
     start: float
@@ -157,6 +161,7 @@ class GapRecord(Record):
     attempts: int
     windows_missing: tuple[int, int] | None
     wall_time: float
+    cause: str = "source"
 
 
 @dataclass

@@ -7,6 +7,7 @@ From a TOML file::
     args = ["--no-clip"]                 # analyzer flags every stream gets (optional)
     max_restarts = 10                    # restarts in a row before a stream is given up (default: forever)
     restart_max_delay = 30               # longest wait before a restart, seconds (default 30)
+    isolation = "host"                   # "host": one shared model host (default); "process": models per stream
 
     dashboard = "127.0.0.1:8080"         # one live page for every stream (optional; needs the web extra)
 
@@ -60,6 +61,11 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: Defaults of the restart policy.
 DEFAULT_RESTART_MAX_DELAY_S = 30.0
 
+#: How the streams' analyzers get their models: ``host`` (one model host for the machine, shared and
+#: batched; :mod:`stream.host`) or ``process`` (each analyzer loads its own, as before the host).
+ISOLATIONS = ("host", "process")
+DEFAULT_ISOLATION = "host"
+
 #: Analyzer flags that ``serve`` sets itself for each child and so cannot be given in ``args``.
 RESERVED_FLAGS = {
     "--video": "a stream's source is its rtsp or camera key",
@@ -87,6 +93,7 @@ _TOP_KEYS = (
     "args",
     "max_restarts",
     "restart_max_delay",
+    "isolation",
     "dashboard",
     "dashboard_public",
     "vlm",
@@ -131,6 +138,7 @@ class ServeConfig:
     args: tuple[str, ...] = ()
     max_restarts: int | None = None
     restart_max_delay_s: float = DEFAULT_RESTART_MAX_DELAY_S
+    isolation: str = DEFAULT_ISOLATION
     dashboard: str | None = None
     dashboard_public: bool = False
     vlm: VlmConfig | None = None
@@ -259,12 +267,19 @@ def parse_config(data: Mapping[str, Any], *, source_file: Path | None = None) ->
         args=_args(data.get("args", []), "args", per_stream=False),
         max_restarts=_int_or_none(data.get("max_restarts"), "max_restarts"),
         restart_max_delay_s=_positive(data.get("restart_max_delay", DEFAULT_RESTART_MAX_DELAY_S), "restart_max_delay"),
+        isolation=_isolation(data.get("isolation", DEFAULT_ISOLATION), "isolation"),
         dashboard=dashboard,
         dashboard_public=dashboard_public,
         vlm=_vlm(data["vlm"]) if "vlm" in data else None,
         source_file=source_file,
         **ray,
     )
+
+
+def _isolation(value: Any, key: str) -> str:
+    if value not in ISOLATIONS:
+        raise ConfigError(f"{key} must be one of {', '.join(ISOLATIONS)}, not {value!r}")
+    return str(value)
 
 
 def _table(value: Any, name: str, keys: Sequence[str]) -> Mapping[str, Any]:
@@ -380,6 +395,7 @@ def from_flags(
     args: Sequence[str] = (),
     max_restarts: int | None = None,
     restart_max_delay_s: float = DEFAULT_RESTART_MAX_DELAY_S,
+    isolation: str = DEFAULT_ISOLATION,
 ) -> ServeConfig:
     """Streams ``s0``, ``s1``, ... from ``(kind, source)`` pairs (``--rtsp``/``--camera`` in the
     order given); ``args`` (after ``--``) go to every stream."""
@@ -400,6 +416,7 @@ def from_flags(
         args=tuple(args),
         max_restarts=max_restarts,
         restart_max_delay_s=restart_max_delay_s,
+        isolation=_isolation(isolation, "--isolation"),
     )
 
 

@@ -110,6 +110,26 @@ def _signal_name(code: int | None) -> str | None:
         return f"signal {-code}"
 
 
+def follow(
+    proc: subprocess.Popen[bytes], read_stdout: Callable[[IO[bytes]], None], read_stderr: Callable[[IO[bytes]], None]
+) -> int:
+    """Read a child's stdout (here) and stderr (on a thread) to their ends; its exit code, its
+    pipes closed."""
+    assert proc.stdout is not None and proc.stderr is not None
+    err = threading.Thread(target=read_stderr, args=(proc.stderr,), daemon=True)
+    err.start()
+    read_stdout(proc.stdout)
+    code = proc.wait()
+    err.join(5.0)
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        try:
+            if pipe is not None:
+                pipe.close()
+        except OSError:
+            pass
+    return code
+
+
 class _StreamRunner:
     """One stream: its child process, the thread that starts, reads and restarts it."""
 
@@ -244,18 +264,7 @@ class _StreamRunner:
                 self.sup.supervisor_record(
                     self.spec.id, event, pid=proc.pid, restarts=self.restarts, page=self.page, host=self.sup.hostname
                 )
-                assert proc.stdout is not None and proc.stderr is not None
-                err = threading.Thread(target=self._read_stderr, args=(proc.stderr,), daemon=True)
-                err.start()
-                self._read_stdout(proc.stdout)
-                code = proc.wait()
-                err.join(5.0)
-                for pipe in (proc.stdin, proc.stdout, proc.stderr):
-                    try:
-                        if pipe is not None:
-                            pipe.close()
-                    except OSError:
-                        pass
+                code = follow(proc, self._read_stdout, self._read_stderr)
             if self.sup.stopping:
                 self.sup.supervisor_record(
                     self.spec.id, "stopped", exit_code=code, signal=_signal_name(code), restarts=self.restarts
@@ -353,6 +362,7 @@ class Supervisor:
         self._files: dict[str, Any] = {}  # stream id -> SinkSet of its file
         self._sinks: list[Any] = []
         self.runners: list[_StreamRunner] = []
+        self.host: Any = None  # HostRunner of the shared model host (isolation "host")
 
     # ---- outputs
     def vlm_env(self, env: dict[str, str]) -> dict[str, str]:
@@ -549,9 +559,35 @@ class Supervisor:
         envs = {spec.id: child_environment(spec, base) for spec in self.config.streams}
         self._open()
         envs = {sid: self.vlm_env(env) for sid, env in envs.items()}  # the gateway's token, now it runs
+        if self.config.isolation == "host":
+            self._start_host(base)
+            assert self.host is not None
+            from stream.host.client import HOST_ENV, STREAM_ENV
+
+            for sid, env in envs.items():
+                env[HOST_ENV] = self.host.endpoint
+                env[STREAM_ENV] = sid
         self.runners = [_StreamRunner(self, spec, envs[spec.id]) for spec in self.config.streams]
         for r in self.runners:
             r.thread.start()
+
+    def _start_host(self, base: Mapping[str, str]) -> None:
+        """Start the model host and wait for its models (``ValueError``, one line, when it cannot
+        start); it gets none of the streams' secrets."""
+        from stream.core.redact import RTSP_PASSWORD_ENV
+        from stream.serve.host_runner import HostRunner
+
+        secret = {RTSP_PASSWORD_ENV, *(s.password_env for s in self.config.streams if s.password_env)}
+        if self.config.vlm is not None:
+            secret.add(self.config.vlm.key_env)
+        env = {k: v for k, v in base.items() if k not in secret}
+        self.host = HostRunner(self, self.python or sys.executable, env)
+        self.host.start()
+        self.write_stderr(f"{PROG}: loading the models once for every stream (model host)")
+        if not self.host.wait_ready():
+            why = self.host.last_error or "it did not say it was ready"
+            self.host.stop()
+            raise ValueError(f"the model host did not start: {why}")
 
     def stop(self, signum: int = signal.SIGINT) -> None:
         """Stop every child (``signum``, default SIGINT: each flushes and writes its end record)
@@ -568,6 +604,8 @@ class Supervisor:
             self._stopping.set()
             for r in self.runners:
                 r.send(signal.SIGKILL)
+            if self.host is not None:
+                self.host.kill()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for every stream's thread to end; whether they all did."""
@@ -627,6 +665,10 @@ class Supervisor:
                     next_vlm = time.monotonic() + VLM_REPORT_S
                 if not self.active or self.output_closed():
                     break
+                if self.host is not None and self.host.gave_up:
+                    for r in self.runners:  # nothing can analyse them: stop, exit status 1
+                        r.gave_up = True
+                    break
             self.stop()
             deadline = time.monotonic() + self.stop_grace_s
             while not self.join(0.2):
@@ -636,6 +678,8 @@ class Supervisor:
                     break
         finally:
             self.stop()
+            if self.host is not None:  # after the streams: their last windows need it
+                self.host.stop()
             self.close()
         if not self.active and not stop_requested.is_set():
             return 1
