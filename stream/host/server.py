@@ -136,20 +136,18 @@ class FaceModels:
         }
 
     def analyzer(self, stream: str) -> Any:
-        from stream.modalities.face import FaceAnalyzer
-
+        """The stream's own analyzer: a fork of the template (same graphs and model, own state)."""
         fa = self.streams.get(stream)
         if fa is None:
-            detector = self.template.detector
-            fork = getattr(detector, "fork", None)
-            fa = FaceAnalyzer(detector=fork() if fork else detector, model=self.template.model, track=True)
-            self.streams[stream] = fa
+            fa = self.streams[stream] = self.template.fork(track=True)
         self.last_seen[stream] = time.monotonic()
         return fa
 
     def forget(self, stream: str) -> None:
-        self.streams.pop(stream, None)
+        fa = self.streams.pop(stream, None)
         self.last_seen.pop(stream, None)
+        if fa is not None:
+            fa.close()  # its hold on the shared graphs and model
 
     def forget_idle(self) -> None:
         now = time.monotonic()
@@ -158,44 +156,14 @@ class FaceModels:
 
     def analyse(self, batch: list[Request]) -> list[Any]:
         """Every request's frames located by its stream's analyzer, then one emotion-model call
-        for every crop of the batch; per request its results (or the exception)."""
-        from stream.modalities.face import FaceResult
+        for every crop of the batch (:func:`~stream.modalities.face.analyse_streams`)."""
+        from stream.modalities.face import analyse_streams
 
-        replies: list[Any] = []
-        images: list[np.ndarray] = []
-        boxes: list[tuple[float, float, float, float]] = []
-        owners: list[FaceResult] = []
-        for req in batch:
-            try:
-                fa = self.analyzer(req.stream)
-                results = []
-                for index, pts, rgb in req.args:
-                    box, score, n = fa.locate(rgb)
-                    if box is None:
-                        results.append(FaceResult(index, pts, False, faces=n))
-                        continue
-                    x0, y0, x1, y1 = (int(round(v)) for v in box)
-                    res = FaceResult(index, pts, True, (x0, y0, x1, y1), score, n)
-                    images.append(rgb)
-                    boxes.append(box)
-                    owners.append(res)
-                    results.append(res)
-                replies.append(results)
-            except Exception as exc:  # one stream's bad frames fail that request only
-                replies.append(exc)
-        if owners:
-            model = self.template.model
-            out = model.predict(images, boxes)
-            raw, basic = out[0], out[1]
-            feats = out[2] if len(out) > 2 and out[2] is not None else [None] * len(owners)
-            space = getattr(model, "feature_space", None) if len(out) > 2 else None
-            for res, p, b, f in zip(owners, raw, basic, feats):
-                res.raw, res.basic = p, b
-                if f is not None:
-                    res.feature, res.feature_space = f, space
-        return replies
+        return analyse_streams([(self.analyzer(r.stream), r.args) for r in batch])
 
     def close(self) -> None:
+        for stream in list(self.streams):
+            self.forget(stream)
         self.template.close()
 
 

@@ -745,36 +745,24 @@ class FaceAnalyzer:
 
     def analyse(self, frames: list[tuple[int, float, np.ndarray]]) -> list[FaceResult]:
         """Analyse ``(index, pts, rgb)`` frames in time order."""
-        import time
+        (results,) = analyse_streams([(self, frames)])
+        if isinstance(results, Exception):
+            raise results
+        return results
 
-        with self._lock:
-            results: list[FaceResult] = []
-            images: list[np.ndarray] = []
-            boxes: list[tuple[float, float, float, float]] = []
-            owners: list[FaceResult] = []
-            for index, pts, rgb in frames:
-                box, score, n = self.locate(rgb)
-                if box is None:
-                    results.append(FaceResult(index, pts, False, faces=n))
-                    continue
-                x0, y0, x1, y1 = (int(round(v)) for v in box)
-                res = FaceResult(index, pts, True, (x0, y0, x1, y1), score, n)
-                images.append(rgb)
-                boxes.append(box)
-                owners.append(res)
-                results.append(res)
-            if owners:
-                t0 = time.perf_counter()
-                out = self.model.predict(images, boxes)
-                raw, basic = out[0], out[1]
-                feats = out[2] if len(out) > 2 and out[2] is not None else [None] * len(owners)
-                space = getattr(self.model, "feature_space", None) if len(out) > 2 else None
-                self.timings["emotion"] += time.perf_counter() - t0
-                for res, p, b, f in zip(owners, raw, basic, feats):
-                    res.raw, res.basic = p, b
-                    if f is not None:
-                        res.feature, res.feature_space = f, space
-            return results
+    def _locate_all(self, frames: list[tuple[int, float, np.ndarray]], crops: _Crops) -> list[FaceResult]:
+        """Every frame's target face (in time order), its crop queued in ``crops``."""
+        results: list[FaceResult] = []
+        for index, pts, rgb in frames:
+            box, score, n = self.locate(rgb)
+            if box is None:
+                results.append(FaceResult(index, pts, False, faces=n))
+                continue
+            x0, y0, x1, y1 = (int(round(v)) for v in box)
+            res = FaceResult(index, pts, True, (x0, y0, x1, y1), score, n)
+            crops.add(rgb, box, res)
+            results.append(res)
+        return results
 
     def close(self) -> None:
         """Close the detector (its graphs go with the last fork) and let go of the emotion model."""
@@ -782,6 +770,75 @@ class FaceAnalyzer:
             self._closed = True
             self.detector.close()
             self._model_users.leave()
+
+
+@dataclass
+class _Crops:
+    """The faces of one emotion-model call: their frames, boxes and the results they fill."""
+
+    images: list[np.ndarray] = field(default_factory=list)
+    boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
+    owners: list[FaceResult] = field(default_factory=list)
+
+    def add(self, rgb: np.ndarray, box: tuple[float, float, float, float], owner: FaceResult) -> None:
+        self.images.append(rgb)
+        self.boxes.append(box)
+        self.owners.append(owner)
+
+    def classify(self, model: EmotionModel | EnsembleModel) -> float:
+        """One call of ``model`` for every queued face; fills the owners; seconds it took."""
+        import time
+
+        if not self.owners:
+            return 0.0
+        t0 = time.perf_counter()
+        out = model.predict(self.images, self.boxes)
+        raw, basic = out[0], out[1]
+        feats = out[2] if len(out) > 2 and out[2] is not None else [None] * len(self.owners)
+        space = getattr(model, "feature_space", None) if len(out) > 2 else None
+        for res, p, b, f in zip(self.owners, raw, basic, feats):
+            res.raw, res.basic = p, b
+            if f is not None:
+                res.feature, res.feature_space = f, space
+        return time.perf_counter() - t0
+
+
+def analyse_streams(
+    jobs: Sequence[tuple[FaceAnalyzer, list[tuple[int, float, np.ndarray]]]],
+) -> list[list[FaceResult] | Exception]:
+    """Analyse several analyzers' frames (one stream each; :meth:`FaceAnalyzer.fork`s of one
+    analyzer, so one emotion model) with ONE emotion-model call for all their faces: each
+    analyzer locates its own frames with its own target and tracking state, then the crops of
+    every stream are classified together (the model host's batch, :mod:`stream.host.server`).
+    Per job its results, or the exception that stopped that job alone."""
+    if not jobs:
+        return []
+    model = jobs[0][0].model
+    crops = _Crops()
+    out: list[list[FaceResult] | Exception] = []
+    locked: list[FaceAnalyzer] = []
+    try:
+        for fa, frames in jobs:
+            if fa.model is not model:
+                raise ValueError("analyse_streams needs analyzers that share one emotion model (forks)")
+            fa._lock.acquire()
+            locked.append(fa)
+            mark = len(crops.owners)
+            try:
+                out.append(fa._locate_all(frames, crops))
+            except Exception as exc:  # this stream's frames only
+                del crops.images[mark:], crops.boxes[mark:], crops.owners[mark:]
+                out.append(exc)
+        seconds = crops.classify(model)
+        n = len(crops.owners) or 1
+        for fa, result in zip(locked, out):
+            if not isinstance(result, Exception):
+                mine = sum(1 for r in result if r.found)
+                fa.timings["emotion"] += seconds * mine / n
+    finally:
+        for fa in locked:
+            fa._lock.release()
+    return out
 
 
 @dataclass
@@ -846,6 +903,7 @@ __all__ = [
     "FaceResult",
     "EmotionModel",
     "SteadyTarget",
+    "analyse_streams",
     "face_absence_reason",
     "EnsembleModel",
     "l2_normalise",
