@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python bench/speech_batch.py [--threads 2 1] [--batches 1 2 4 8] [--repeats 3]
                                               [--clip samples/astronaut.mp4] [--out DIR] [--allow-dirty]
+    PYTHONPATH=. python bench/speech_batch.py --smoke [--smoke-dir DIR]
 
 Items: espeak-ng sentences (English and German, 2-5 s each, 0.5 s of silence around them) and
 the sample clip's audio cut into two halves (~5 s each), cycled to the batch size. Per CPU
@@ -21,11 +22,13 @@ summed): items differ in length, and the voice encoder pads a batch to its longe
 
 The results (``bench/results/speech-batch.{json,md}``) name the command and the git revision; a
 tree whose measured files differ from that revision is refused unless ``--allow-dirty``.
+``--smoke``: one thread, batches 1 and 2, one repeat, into ``--smoke-dir`` (a dirty tree allowed).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import subprocess
 import sys
@@ -39,6 +42,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.multilingual import git_revision, say, speak, versions  # noqa: E402
+
+_smoke = importlib.import_module("bench._smoke")  # --smoke
+#: --smoke: the figures its report must hold.
+SMOKE_NUMBERS = ("runs/0/rows/0/whisper_encoder_s_per_item", "runs/0/rows/1/voice_features_s_per_item")
 
 RESULTS = ROOT / "bench" / "results"
 MEASURED = (
@@ -183,7 +190,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clip", type=Path, default=ROOT / "samples" / "astronaut.mp4")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--allow-dirty", action="store_true")
-    return p.parse_args(argv)
+    _smoke.add_args(p, "one thread, batches 1 and 2, one repeat")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.threads, args.batches, args.repeats, args.allow_dirty = [1], [1, 2], 1, True
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,8 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         subprocess.run(["espeak-ng", "--version"], check=True, capture_output=True)
     except (OSError, subprocess.CalledProcessError):
+        if args.smoke:
+            return _smoke.skip("speech_batch", "espeak-ng is not installed")
         say("speech_batch: espeak-ng is not installed")
         return 2
+    if args.smoke:
+        args.out = _smoke.out_dir("speech_batch", args.smoke_dir)
     import os
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -214,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "speech-batch.json").write_text(json.dumps(res, indent=1) + "\n")
     (args.out / "speech-batch.md").write_text(markdown(res) + "\n")
     say(f"wrote {args.out / 'speech-batch.md'}")
+    if args.smoke:
+        return _smoke.finish("speech_batch", res, SMOKE_NUMBERS, args.out)
     return 0
 
 

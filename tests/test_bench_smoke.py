@@ -36,6 +36,8 @@ SMOKE_ARGS: dict[str, list[str]] = {
     "multilingual.py": [],
     "scale.py": [],
     "soak.py": [],
+    "speech_batch.py": [],
+    "tracking.py": ["--data", "{nodata}"],
 }
 
 
