@@ -194,6 +194,17 @@ def test_preprocess_matches_fer(astronaut_bgr):
     assert mx.preprocess([]).shape == (0, 1, 64, 64)
 
 
+def test_preprocess_scales_every_grey_level_as_fer_does():
+    # The in-place scaling gives fer's numbers (x / 255.0, then (x - 0.5) * 2.0, float32) for
+    # all 256 grey levels, bit for bit.
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    crop = cv2.resize(levels, (64, 64), interpolation=cv2.INTER_NEAREST)
+    expected = ((np.array([crop], dtype="float32") / 255.0) - 0.5) * 2.0
+    got = mx.preprocess([crop])
+    np.testing.assert_array_equal(got[:, 0], expected)
+    assert set(np.unique(got)) == set(np.unique(expected)) and len(np.unique(got)) == 256
+
+
 def test_preprocess_rejects_bad_input():
     with pytest.raises(TypeError, match="uint8"):
         mx.preprocess([np.zeros((10, 10), np.float32)])

@@ -34,6 +34,7 @@ float64 and rounded to float32 once, as ``tf.io.decodeWeights`` does. Outputs ``
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -421,33 +422,78 @@ def pad_to_square(image: np.ndarray) -> np.ndarray:
     (top, bottom), (left, right) = pad_amounts(image.shape[0], image.shape[1])
     if not (top or bottom or left or right):
         return image
-    return np.pad(image, ((top, bottom), (left, right), (0, 0)))
+    height, width = image.shape[:2]
+    square = np.zeros((top + height + bottom, left + width + right) + image.shape[2:], image.dtype)
+    square[top : top + height, left : left + width] = image
+    return square
 
 
+@functools.lru_cache(maxsize=64)
 def _source_axis(old: int, new: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Floor index, ceil index and fraction along one axis, as tfjs's cpu ResizeBilinear
-    computes them (float64) with alignCorners=false, halfPixelCenters=false."""
+    """Floor index, ceil index and fraction (float32) along one axis, as tfjs's cpu
+    ResizeBilinear computes them (in float64) with alignCorners=false, halfPixelCenters=false.
+    Cached: a followed face keeps its box size, so the same few sizes come back frame after
+    frame (the arrays are read-only)."""
     position = (old / new) * np.arange(new, dtype=np.float64)
     low = np.maximum(0.0, np.floor(position))
     high = np.minimum(old - 1, np.ceil(position)).astype(np.intp)
-    return low.astype(np.intp), high, position - low
+    axis = (low.astype(np.intp), high, (position - low).astype(np.float32))
+    for array in axis:
+        array.setflags(write=False)
+    return axis
 
 
-def resize_bilinear(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+def resize_bilinear(image: np.ndarray, size: int | tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
     """``tf.image.resizeBilinear(image, size, alignCorners=false, halfPixelCenters=false)`` of an
-    (H, W, C) image, float32 out. Source pixel ``(old/new) * i`` (no half-pixel shift, unlike
-    ``cv2.resize``); interpolated in float64 in the kernel's order, then rounded to float32, so
-    it matches TF.js's cpu backend value for value."""
+    (H, W, C) image, float32 out (written into ``out``, shape (new_h, new_w, C), when given).
+
+    Source pixel ``(old/new) * i`` (no half-pixel shift, unlike ``cv2.resize``, whose results
+    differ by up to a grey level or more; ``cv2.warpAffine`` and ``cv2.remap`` quantise the
+    source position to 1/32 pixel). The kernel's formula and order (``top = tl + (tr - tl) *
+    dx``, ``bottom`` likewise, ``top + (bottom - top) * dy``), computed in float32 rather than
+    TF.js's float64: on 0..255 values the result differs from TF.js's cpu backend by at most a
+    few float32 steps (3.1e-5 measured), far below what reaches the probabilities.  For speed
+    (the face path runs it on every analysed frame) the two source rows of each output row are
+    gathered first (contiguous copies), then the columns of those rows with one ``take`` per
+    corner over the flattened (row, column x channel) axis, and the arithmetic runs in place:
+    about 0.2 ms for a 112x112x3 output, against 1.3 ms for per-pixel fancy indexing in float64.
+    """
     new_h, new_w = (size, size) if isinstance(size, int) else size
-    r0, r1, rf = _source_axis(image.shape[0], new_h)
-    c0, c1, cf = _source_axis(image.shape[1], new_w)
-    cf = cf[None, :, None]
-    top_rows, bottom_rows = image[r0], image[r1]
-    tl, tr = top_rows[:, c0].astype(np.float64), top_rows[:, c1].astype(np.float64)
-    bl, br = bottom_rows[:, c0].astype(np.float64), bottom_rows[:, c1].astype(np.float64)
-    top = tl + (tr - tl) * cf
-    bottom = bl + (br - bl) * cf
-    return (top + (bottom - top) * rf[:, None, None]).astype(np.float32)
+    height, width = image.shape[:2]
+    channels = image.shape[2] if image.ndim == 3 else 1
+    r0, r1, ry = _source_axis(height, new_h)
+    c0, c1, cx = _source_axis(width, new_w)
+    cols0, cols1 = _channel_columns(c0, channels), _channel_columns(c1, channels)
+    rows_top = image[r0].reshape(new_h, width * channels)
+    rows_bottom = image[r1].reshape(new_h, width * channels)
+    dx = np.repeat(cx, channels)[None, :]
+    top, right = rows_top.take(cols0, axis=1).astype(np.float32), rows_top.take(cols1, axis=1).astype(np.float32)
+    right -= top
+    right *= dx
+    top += right
+    bottom, right = (
+        rows_bottom.take(cols0, axis=1).astype(np.float32),
+        rows_bottom.take(cols1, axis=1).astype(np.float32),
+    )
+    right -= bottom
+    right *= dx
+    bottom += right
+    bottom -= top
+    bottom *= ry[:, None]
+    shape = (new_h, new_w, channels) if image.ndim == 3 else (new_h, new_w)
+    if out is None:
+        top += bottom
+        return top.reshape(shape)
+    if out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 {shape} array, got {out.dtype} {out.shape}")
+    target = out.reshape(new_h, new_w * channels)
+    np.add(top, bottom, out=target)
+    return out
+
+
+def _channel_columns(columns: np.ndarray, channels: int) -> np.ndarray:
+    """Indices into a (row, column x channel) flattened axis of every channel of ``columns``."""
+    return (columns[:, None] * channels + np.arange(channels)).reshape(-1)
 
 
 def _as_list(crops) -> list[np.ndarray]:
@@ -484,7 +530,7 @@ def preprocess(crops_rgb: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         if square.shape[0] == INPUT_SIZE:
             batch[index] = square
         else:
-            batch[index] = resize_bilinear(square, INPUT_SIZE)
+            resize_bilinear(square, INPUT_SIZE, out=batch[index])
     return batch
 
 
