@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -360,6 +361,15 @@ def test_graph_structure_and_metadata(onnx_path, session):
     assert len(convs) == 7 + 3 * 8  # dense0: plain conv0 + 3 separable; dense1-3: 4 separable
     assert len(grouped) == 15
     assert ops.count("Relu") == 16 and ops.count("AveragePool") == 1 and ops.count("Softmax") == 1
+    # the blocks' running sums: 3 Adds a block (+ fc's bias), each reading a convolution output
+    # that nothing else reads, so ONNX Runtime can fold it into that convolution
+    readers = Counter(name for node in model.graph.node for name in node.input)
+    conv_outputs = {node.output[0] for node in convs}
+    block_adds = [node for node in model.graph.node if node.op_type == "Add" and node.name.startswith("dense")]
+    assert ops.count("Add") == 13 and len(block_adds) == 12
+    assert all(node.input[0] in conv_outputs and readers[node.input[0]] == 1 for node in block_adds)
+    # normalisation after the transpose, on NCHW planes
+    assert ops[:3] == ["Transpose", "Sub", "Div"]
     strides2 = [n.name for n in convs if [a.ints for a in n.attribute if a.name == "strides"][0] == [2, 2]]
     assert strides2 == ["dense0/conv0", "dense1/conv0/depthwise", "dense2/conv0/depthwise", "dense3/conv0/depthwise"]
     meta = {p.key: p.value for p in model.metadata_props}
