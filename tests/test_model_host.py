@@ -161,11 +161,11 @@ def test_a_dead_host_is_noticed_at_once_and_a_restarted_one_found_again(endpoint
 
 
 def test_an_analyzer_run_through_the_host_writes_what_it_writes_alone(endpoint, tmp_path):
-    """`cer-stream --video` with the host's endpoint in its environment: the same windows."""
+    """`cer-stream --video` with the host's endpoint in its environment: the same windows, the
+    voice, the words and their gate included (the host loads those on the first request)."""
     host = Host(endpoint)
     try:
-        cmd = [sys.executable, "-m", "stream.cli", "--video", str(ROOT / "samples" / "astronaut.mp4")]
-        cmd += ["--no-audio", "--no-frames"]
+        cmd = [sys.executable, "-m", "stream.cli", "--video", str(ROOT / "samples" / "astronaut.mp4"), "--no-frames"]
         alone = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
         hosted = subprocess.run(
             cmd, capture_output=True, text=True, cwd=ROOT, timeout=300, env={**os.environ, HOST_ENV: endpoint}
@@ -179,10 +179,18 @@ def test_an_analyzer_run_through_the_host_writes_what_it_writes_alone(endpoint, 
 
     a, h = windows(alone.stdout), windows(hosted.stdout)
     assert len(a) == len(h) == 4
+    assert any("text" in w["present"] and "audio" in w["present"] for w in h)
     for x, y in zip(a, h):
         assert x["label"] == y["label"] and x["present"] == y["present"]
         assert x["basic"] == pytest.approx(y["basic"], abs=1e-4)
-    assert records[-1]["face"]["items"] > 0  # the host did the face work
+        for name in ("audio", "text"):
+            mx, my = x["modalities"][name], y["modalities"][name]
+            assert mx.get("reason") == my.get("reason") and mx.get("transcript") == my.get("transcript")
+            if mx["present"]:
+                assert mx["basic"] == pytest.approx(my["basic"], abs=1e-4)
+    done = records[-1]  # the host did the work: faces, speech activity, voice, words, sentences
+    assert done["face"]["items"] > 0 and done["vad"]["requests"] > 0 and done["asr"]["requests"] > 0
+    assert done["voice"]["requests"] > 0 and done["text"]["requests"] > 0
 
 
 # --------------------------------------------------------------------------- serve end to end

@@ -33,6 +33,7 @@ import numpy as np
 from stream.host.wire import pack, unpack
 from stream.modalities.face import FaceResult
 from stream.modalities.speech.asr import AsrUnavailableError, SpeechRecognizer
+from stream.modalities.speech.vad import CHUNK_SAMPLES, SileroVAD
 
 #: The environment variable that names the model host's endpoint (set by ``cer-stream serve``).
 HOST_ENV = "CER_STREAM_MODEL_HOST"
@@ -388,6 +389,51 @@ class RemoteVoiceFeatures:
         pass
 
 
+class RemoteVAD(SileroVAD):
+    """Silero VAD run by the model host: the stream's recurrent state and context stay here and
+    travel with each request (two a window: the new chunks, and the straddling tail's peek)."""
+
+    def __init__(self, host: HostClient, **spec: Any) -> None:
+        super().__init__(**spec)
+        self.host = host
+        self._spec = _spec(spec)
+        self._loaded = False
+
+    def load(self) -> RemoteVAD:
+        if not self._loaded:
+            try:
+                self.host.call("vad", "info", self._spec, timeout=SPEECH_TIMEOUT_S)
+            except HostUnavailable as exc:
+                raise RuntimeError(_unavailable(exc)) from None
+            self._loaded = True
+        return self
+
+    def _ask(self, op: str, chunks: np.ndarray) -> np.ndarray:
+        self.load()
+        probs, state, context = self.host.call(
+            "vad",
+            "vad",
+            self._spec,
+            (op, np.asarray(chunks, np.float32), self._state, self._context),
+            timeout=SPEECH_TIMEOUT_S,
+        )
+        if op == "feed":
+            self._state, self._context = np.asarray(state, np.float32), np.asarray(context, np.float32)
+        return np.asarray(probs, np.float32)
+
+    def feed(self, chunks: np.ndarray) -> np.ndarray:
+        return self._ask("feed", np.asarray(chunks, np.float32).reshape(-1, CHUNK_SAMPLES))
+
+    def __call__(self, chunk: np.ndarray) -> float:
+        return float(self.feed(chunk)[0])
+
+    def peek(self, chunk: np.ndarray) -> float:
+        return float(self._ask("peek", chunk)[0])
+
+    def close(self) -> None:
+        pass
+
+
 class RemoteTextEncoder:
     """The text head's sentence encoder on the model host (``TextEncoder``'s ``encode``)."""
 
@@ -417,6 +463,7 @@ __all__ = [
     "RemoteFaceAnalyzer",
     "RemoteSpeechRecognizer",
     "RemoteTextEncoder",
+    "RemoteVAD",
     "RemoteVoiceFeatures",
     "STREAM_ENV",
     "UnanalysedFace",

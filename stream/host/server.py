@@ -205,6 +205,36 @@ class VoiceModels:
         self.features.close()
 
 
+class VadModels:
+    """Silero VAD for every stream, the stream's recurrent state travelling with each request."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        from stream.modalities.speech.vad import SileroVAD
+
+        self.vad = SileroVAD(**spec).load()
+
+    def info(self) -> dict[str, Any]:
+        return {}
+
+    def run(self, batch: list[Request]) -> list[Any]:
+        out: list[Any] = []
+        for r in batch:
+            op, chunks, state, context = r.args
+            try:
+                self.vad._state, self.vad._context = np.asarray(state, np.float32), np.asarray(context, np.float32)
+                if op == "peek":
+                    probs = np.asarray([self.vad.peek(chunks)], np.float32)
+                else:
+                    probs = self.vad.feed(chunks)
+                out.append((probs, self.vad._state, self.vad._context))
+            except Exception as exc:
+                out.append(exc)
+        return out
+
+    def close(self) -> None:
+        self.vad.close()
+
+
 class TextModels:
     """The text head's sentence encoder."""
 
@@ -237,6 +267,7 @@ _KINDS: dict[str, tuple[Callable[[Any], Any], bool]] = {
     "asr": (SpeechModels, True),
     "voice": (VoiceModels, True),
     "text": (TextModels, True),
+    "vad": (VadModels, False),  # a few ms a window, and every speech decision waits for it
 }
 
 

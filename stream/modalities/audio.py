@@ -128,6 +128,7 @@ class SpeechEmotionModality(Modality):
 
     name = "audio"
     needs_frames = False  # the window's audio only: runs beside the face work
+    reads_images = False
 
     def __init__(
         self,
@@ -251,13 +252,13 @@ class AudioOptions:
 
 
 def audio_specs(opts: AudioOptions) -> dict[str, dict[str, Any]]:
-    """The constructor arguments of the models ``opts`` asks for, by kind: ``voice``
-    (:class:`VoiceFeatures`), ``asr`` (:class:`SpeechRecognizer`), ``text`` (the sentence encoder;
+    """The constructor arguments of the models ``opts`` asks for, by kind: ``vad``
+    (:class:`SileroVAD`), ``voice`` (:class:`VoiceFeatures`), ``asr`` (:class:`SpeechRecognizer`), ``text`` (the sentence encoder;
     only with the text modality).  One place for both the modalities built here and the model
     host's preloading (:mod:`stream.host`), so a stream finds its models already loaded."""
     from stream.modalities.speech.asr import AsrGate, AsrOptions
 
-    specs: dict[str, dict[str, Any]] = {}
+    specs: dict[str, dict[str, Any]] = {"vad": {"backend": opts.backend, "device": opts.device}}
     if opts.speech_emotion is None and opts.voice:
         # ONNX Runtime unless TensorRT is asked for: the encoder's time axis has no plan profile yet
         specs["voice"] = {
@@ -299,9 +300,15 @@ def build_audio_modalities(opts: AudioOptions, *, share_gate: bool = True) -> li
     specs = audio_specs(opts)
 
     def new_gate() -> SpeechGate:
+        vad: SileroVAD
+        if host is not None:
+            from stream.host.client import RemoteVAD
+
+            vad = RemoteVAD(host, **specs["vad"])
+        else:
+            vad = SileroVAD(**specs["vad"])
         return SpeechGate(
-            SileroVAD(backend=opts.backend, device=opts.device),
-            options=VadOptions(threshold=opts.vad_threshold, min_speech_fraction=opts.min_speech_fraction),
+            vad, options=VadOptions(threshold=opts.vad_threshold, min_speech_fraction=opts.min_speech_fraction)
         )
 
     gate = new_gate()

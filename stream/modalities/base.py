@@ -62,6 +62,10 @@ class Modality(ABC):
     #: False for a modality that reads only the window's audio (the voice, the words): the
     #: analyzer then runs it on a thread of its own beside the window's face work
     needs_frames: bool = True
+    #: Whether it reads the window's frame images (``inp.frames[i].image``) when the window
+    #: closes; when no modality does, the analyzer lets each image go once its face is analysed
+    #: (a live stream then holds no picture longer than the face step needs it).
+    reads_images: bool = True
 
     @abstractmethod
     def __call__(self, inp: WindowInput) -> ModalityOutput:
@@ -90,6 +94,7 @@ class FaceModality(Modality):
     """
 
     name = "face"
+    reads_images = False  # the face step's results (inp.faces), not the pictures
 
     def __call__(self, inp: WindowInput) -> ModalityOutput:
         probs, n_face = window_face_probs(inp.faces)
@@ -131,6 +136,8 @@ def window_face_feature(faces: list[FaceResult]) -> tuple[np.ndarray | None, dic
 class AbsentModality(Modality):
     """A modality that is not running in this configuration: every window records why."""
 
+    reads_images = False
+
     def __init__(self, name: str, reason: str) -> None:
         self.name = name
         self.reason = reason
@@ -155,6 +162,7 @@ class LaggedModality(Modality):
         self.inner = inner
         self.name = inner.name
         self.needs_frames = getattr(inner, "needs_frames", True)  # duck-typed modalities too
+        self.reads_images = getattr(inner, "reads_images", True)
         self.budget_s = budget_s
         self.max_lag = max_lag
         self._cond = threading.Condition()

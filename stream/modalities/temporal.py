@@ -166,6 +166,8 @@ class TemporalModality(Modality):
         min_fraction: see :data:`MIN_FACE_FRACTION`.
     """
 
+    reads_images = False  # face results and CLIP features, never the pictures
+
     name = "temporal"
 
     def __init__(

@@ -36,6 +36,7 @@ log = logging.getLogger("cer_stream.text")
 class SpeechTextModality(Modality):
     name = "text"
     needs_frames = False  # the window's audio only: runs beside the face work
+    reads_images = False
 
     def __init__(
         self,

@@ -344,7 +344,12 @@ class Analyzer:
         # windows up to its last, are that process's; this run goes on after them
         timeline = Timeline(fps, first=int(round(resume.after_s * fps)) + 1 if resume else 0)
         cache = FaceCache()
-        face_step = FaceStep(self.face, cache, self.stats, self.observers)
+        # a picture nobody reads after its face step is let go at once (a live stream's frames
+        # then cost memory only until they are analysed)
+        release = not self.observers.want_frames and not any(
+            getattr(mod, "reads_images", True) for mod in self.modalities
+        )
+        face_step = FaceStep(self.face, cache, self.stats, self.observers, release=release)
         scheduler = Scheduler(live=self.live, first=resume.window if resume else 0)
         trimmer = Trimmer()
         wall0 = time.monotonic()

@@ -25,6 +25,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from stream.core.messages import VideoFrame
 from stream.modalities.face import FaceResult
 from stream.runtime.records import Record, WindowRecord
@@ -83,6 +85,11 @@ class Observers:
 
     def __bool__(self) -> bool:
         return bool(self.items)
+
+    @property
+    def want_frames(self) -> bool:
+        """Whether some observer is told about each analysed frame (and may read its picture)."""
+        return any(type(ob).on_frame is not Observer.on_frame or "on_frame" in vars(ob) for ob in self.items)
 
     def stage(self, name: str, ms: float, window_index: int | None = None, frames: Sequence[int] = ()) -> None:
         for ob in self.items:
@@ -229,13 +236,19 @@ def instrument_face(face: Any) -> Any:
     return face
 
 
+#: What a frame's picture becomes once nothing will read it (:attr:`FaceStep.release`).
+RELEASED = np.zeros((0, 0, 3), np.uint8)
+
+
 class FaceStep:
     """The window loop's face step: analyse the frames not analysed yet, once each, into the cache.
 
     Used both while a window fills (frames as they arrive) and when it closes."""
 
-    def __init__(self, face: Any, cache: Any, stats: Any, observers: Observers) -> None:
+    def __init__(self, face: Any, cache: Any, stats: Any, observers: Observers, *, release: bool = False) -> None:
         self.face, self.cache, self.stats, self.observers = face, cache, stats, observers
+        #: let each frame's picture go once its face is analysed (nothing else reads it)
+        self.release = release
 
     def __call__(self, frames: Sequence[Any], window_index: int | None = None) -> int:
         """Analyse those of ``frames`` (VideoFrames) that are not cached; returns how many."""
@@ -259,6 +272,9 @@ class FaceStep:
             for f in new:
                 self.observers.frame(f, self.cache.items.get(f.index))
         self.stats.frames_analysed += len(todo)
+        if self.release:
+            for f in new:
+                f.image = RELEASED
         if self.observers:
             indices = [i for i, _, _ in todo]
             self.observers.stage("face_analysis", wall, window_index, indices)

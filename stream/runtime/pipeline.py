@@ -40,6 +40,8 @@ class _Borrowed(Modality):
     def __init__(self, inner: Modality) -> None:
         self.inner = inner
         self.name = inner.name
+        self.needs_frames = getattr(inner, "needs_frames", True)
+        self.reads_images = getattr(inner, "reads_images", True)
 
     def __call__(self, inp: WindowInput) -> ModalityOutput:
         return self.inner(inp)

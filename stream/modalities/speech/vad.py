@@ -166,6 +166,10 @@ class SileroVAD:
         self._context = np.array(chunk[-CONTEXT_SAMPLES:], dtype=np.float32)
         return prob
 
+    def feed(self, chunks: np.ndarray) -> np.ndarray:
+        """Probabilities of consecutive 512-sample chunks ``[n, 512]``; advances the stream."""
+        return np.asarray([self(c) for c in np.asarray(chunks, np.float32).reshape(-1, CHUNK_SAMPLES)], np.float32)
+
     def peek(self, chunk: np.ndarray) -> float:
         """Probability of ``chunk`` as the next chunk, leaving the stream where it was."""
         return self._run(chunk)[0]
@@ -306,9 +310,12 @@ class SpeechGate:
         reused = sum(1 for pos in self._scores if pos + CHUNK_SAMPLES > start)
         pos = self._fed_until
         assert pos is not None  # set just above, or kept because this window continues the stream
-        while pos + CHUNK_SAMPLES <= end:
-            self._scores[pos] = self.vad(audio[pos - start : pos - start + CHUNK_SAMPLES])
-            pos += CHUNK_SAMPLES
+        whole = (end - pos) // CHUNK_SAMPLES
+        if whole > 0:  # the chunks not scored yet, in one call
+            chunks = audio[pos - start : pos - start + whole * CHUNK_SAMPLES].reshape(whole, CHUNK_SAMPLES)
+            for k, prob in enumerate(self.vad.feed(chunks)):
+                self._scores[pos + k * CHUNK_SAMPLES] = float(prob)
+            pos += whole * CHUNK_SAMPLES
         self._fed_until = pos
         starts = sorted(p for p in self._scores if p + CHUNK_SAMPLES > start)
         probs = [self._scores[p] for p in starts]
