@@ -31,6 +31,7 @@ SMOKE_ARGS: dict[str, list[str]] = {
     "audio_text.py": [],
     "engines.py": [],
     "fer_peer.py": [],
+    "host_transport.py": [],
     "latency.py": [],
     "mediapipe_tasks.py": ["--faces", "{nodata}/faces_dev"],
     "multilingual.py": [],
