@@ -85,11 +85,11 @@ def say(msg: str) -> None:
 # --------------------------------------------------------------------------- both ends
 def stamp(frames: list[np.ndarray], rid: int) -> int:
     """Write ``rid`` into the first and last byte of every frame; what the server must read back."""
-    v = rid % 251
+    first, last = rid % 251, (rid + 1) % 251
     for f in frames:
-        f.flat[0] = v
-        f.flat[-1] = (v + 1) % 251
-    return v * 2 + 1
+        f.flat[0] = first
+        f.flat[-1] = last
+    return first + last
 
 
 def answer(items: list[tuple[int, float, np.ndarray]]) -> list[Any]:
