@@ -45,6 +45,7 @@ import multiprocessing as mp
 import os
 import platform
 import queue
+import resource
 import sys
 import threading
 import time
@@ -114,6 +115,12 @@ def checked(results: list[Any], want: int, n: int) -> None:
         raise RuntimeError(f"a reply does not match its request (want {n} results stamped {want})")
 
 
+def usage() -> tuple[float, int]:
+    """This process's CPU time (s) and minor page faults so far (a fault is a fresh page taken
+    and zeroed: what a receiver that allocates every message's buffers pays)."""
+    return time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 # --------------------------------------------------------------------------- servers
 def slot_frames(seg: Any, args: dict[str, Any]) -> list[tuple[int, float, np.ndarray]]:
     """A ``shm`` request's frames: arrays over its slot of the shared segment ``seg`` (no copy;
@@ -157,7 +164,7 @@ def serve(endpoint: str, ready: Any) -> None:
                 else:
                     result = answer(args)
             elif op == "cpu":
-                result = time.process_time()
+                result = usage()
             else:
                 break
             router.send_multipart([ident, *pack({"id": msg["id"], "result": result})], copy=False)
@@ -277,12 +284,12 @@ def _client(
         gates[0].wait()  # everyone warmed (the parent reads the server's CPU time now)
         gates[1].wait()  # go
         lat = np.empty(requests, np.int64)
-        cpu0, t0 = time.process_time(), time.perf_counter_ns()
+        (cpu0, flt0), t0 = usage(), time.perf_counter_ns()
         for i in range(requests):
             t = time.perf_counter_ns()
             request(warmup + i)
             lat[i] = time.perf_counter_ns() - t
-        t1, cpu1 = time.perf_counter_ns(), time.process_time()
+        t1, (cpu1, flt1) = time.perf_counter_ns(), usage()
     finally:
         if worker is not None:
             inbox.put(None)
@@ -293,7 +300,7 @@ def _client(
             del ring
             seg.close()
             seg.unlink()
-    return {"lat_ns": lat.tolist(), "cpu_s": cpu1 - cpu0, "start_ns": t0, "end_ns": t1}
+    return {"lat_ns": lat.tolist(), "cpu_s": cpu1 - cpu0, "faults": flt1 - flt0, "start_ns": t0, "end_ns": t1}
 
 
 # --------------------------------------------------------------------------- one run
@@ -349,7 +356,8 @@ def run_one(mode: str, case: tuple[str, int, int, int], clients: int, warmup: in
     lat = np.concatenate([np.asarray(g["lat_ns"], np.int64) for g in got]) / 1e6
     total = len(lat)
     client_cpu = sum(g["cpu_s"] for g in got)
-    server_cpu = (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None
+    server_cpu = (cpu1[0] - cpu0[0]) if cpu0 is not None and cpu1 is not None else None
+    faults = sum(g["faults"] for g in got) + ((cpu1[1] - cpu0[1]) if cpu0 is not None and cpu1 is not None else 0)
     span_s = (max(g["end_ns"] for g in got) - min(g["start_ns"] for g in got)) / 1e9
     cpu_total = client_cpu + (server_cpu or 0.0)
     batch = case[3]
@@ -369,6 +377,7 @@ def run_one(mode: str, case: tuple[str, int, int, int], clients: int, warmup: in
             "total": cpu_total * 1e3 / total,
         },
         "cpu_ms_per_frame": cpu_total * 1e3 / total / batch,
+        "page_faults_per_request": faults / total,
         "requests_per_s": total / span_s if span_s > 0 else None,
         "frames_per_s": total * batch / span_s if span_s > 0 else None,
         "span_s": span_s,
@@ -451,6 +460,13 @@ def meaning(res: dict[str, Any]) -> str:
             else "."
         )
     batch = res["cases"][2]
+    z1, s1 = find(batch, "zmq", 1), find(batch, "shm", 1)
+    if z1 and s1:
+        text += (
+            f" A batch of {batch['frames']} frames from one client: ZeroMQ {z1['cpu_ms_per_frame']:.3f} ms a frame, "
+            f"{z1['page_faults_per_request']:.0f} page faults a request (fresh pages for the received "
+            f"buffers), shared memory {s1['cpu_ms_per_frame']:.3f} ms and {s1['page_faults_per_request']:.0f}."
+        )
     many = res["clients"]
     zb, sb = find(batch, "zmq", many), find(batch, "shm", many)
     if zb and sb and many > 1:
@@ -478,15 +494,16 @@ def markdown(res: dict[str, Any]) -> str:
         "",
         f"Per client: {res['warmup']} warm-up requests, then {res['requests']} timed back to back. "
         "CPU: `time.process_time` of every process (all its threads, its system time), client and "
-        "server, per request and per frame. The servers answer on their receiving thread; the real "
+        "server, per request and per frame; page faults: minor faults of client and server (fresh "
+        "pages taken and zeroed). The servers answer on their receiving thread; the real "
         "host also hands each request to a model's worker thread and back (about the `threads` row more).",
         "",
         f"Face path per analysed frame: {_f(face['following_on_ms'], 2)} ms (following on), "
         f"{_f(face['following_off_ms'], 2)} ms (off), from {face['source']}.",
         "",
         "| frames | way | clients | p50 ms | p95 ms | CPU ms/request (client + server) | CPU ms/frame "
-        "| % of face path | frames/s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| % of face path | frames/s | page faults/request |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for case in res["cases"]:
         for r in case["runs"]:
@@ -495,7 +512,8 @@ def markdown(res: dict[str, Any]) -> str:
             lines.append(
                 f"| {case['case']} | {r['mode']} | {r['clients']} | {_f(r['latency_ms']['p50'])} | "
                 f"{_f(r['latency_ms']['p95'])} | {_f(c['total'])} ({_f(c['client'])} + {_f(c['server'])}) | "
-                f"{_f(r['cpu_ms_per_frame'])} | {_f(share, 1)} | {_f(r['frames_per_s'], 0)} |"
+                f"{_f(r['cpu_ms_per_frame'])} | {_f(share, 1)} | {_f(r['frames_per_s'], 0)} | "
+                f"{_f(r['page_faults_per_request'], 0)} |"
             )
     lines += ["", "### What this means", "", meaning(res), ""]
     return "\n".join(lines)
