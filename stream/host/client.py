@@ -308,19 +308,11 @@ class RemoteSpeechRecognizer(SpeechRecognizer):
     """The speech recogniser with Whisper on the model host: the transcript store, the gate and
     the window logic stay here; each Whisper call is a request."""
 
-    def __init__(self, host: HostClient, model_path: Any = None, **kw: Any) -> None:
-        super().__init__(model_path, **kw)
+    def __init__(self, host: HostClient, **spec: Any) -> None:
+        super().__init__(**spec)
         self.host = host
         self._info: dict[str, Any] | None = None
-        self._host_spec = _spec(
-            {
-                "model_path": self.model_path,
-                "device": self.device,
-                "compute_type": self.compute_type,
-                "cpu_threads": self.cpu_threads,
-                "options": self.options,
-            }
-        )
+        self._host_spec = _spec(spec)  # exactly what the host preloads (audio_specs)
 
     @property
     def loaded(self) -> bool:

@@ -101,6 +101,30 @@ class OpStats:
         }
 
 
+def canonical(value: Any) -> bytes:
+    """``value`` (options: dataclasses, dicts, sets, paths, numbers, strings) as bytes that are
+    equal exactly when the values are: sets sorted, dict keys sorted, dataclasses by field."""
+    import dataclasses
+    from pathlib import PurePath
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return [type(v).__name__, {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}]
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, (set, frozenset)):
+            return sorted((plain(x) for x in v), key=repr)
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, PurePath):
+            return str(v)
+        if v is None or isinstance(v, (str, int, float, bool)):
+            return v
+        return repr(v)
+
+    return json.dumps(plain(value), sort_keys=True).encode()
+
+
 def _nice_this_thread(increment: int) -> None:
     """Lower this thread's CPU priority (Linux: ``nice`` is per thread; threads it starts inherit it)."""
     if increment <= 0 or not hasattr(os, "setpriority"):
@@ -284,13 +308,20 @@ class _Worker:
         self.queue: queue.Queue[Request | None] = queue.Queue()
         self.models: dict[bytes, Any] = {}
         self.errors: dict[bytes, tuple[str, float]] = {}  # spec -> (why it failed, when)
+        self.keys: dict[bytes, bytes] = {}  # a request's pickled spec -> its canonical key
+        self.first: dict[bytes, bytes] = {}  # canonical key -> the first pickle seen (to build from)
         self.stats = OpStats()
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"cer-host-{op}", daemon=True)
 
     def models_for(self, spec: bytes) -> Any:
         """The models of ``spec``, loaded on first use on this thread (``RuntimeError`` with the
-        load's one-line reason, remembered)."""
+        load's one-line reason, remembered).  Specs are told apart by what they hold
+        (:func:`canonical`), not by their pickles, which differ between processes for equal
+        options (a set's order follows the process's string hashing)."""
+        raw = spec
+        spec = self.keys.get(raw) or self.keys.setdefault(raw, canonical(pickle.loads(raw)))
+        self.first.setdefault(spec, raw)
         failed = self.errors.get(spec)
         if failed is not None and time.monotonic() - failed[1] < RELOAD_AFTER_S:
             raise RuntimeError(failed[0])
@@ -299,7 +330,7 @@ class _Worker:
             t0 = time.perf_counter()
             try:
                 with _LOADING:  # one load at a time: imports on several threads can deadlock
-                    m = self.factory(pickle.loads(spec))
+                    m = self.factory(pickle.loads(self.first[spec]))
             except Exception as exc:
                 msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 self.errors[spec] = (f"{self.op} models could not load on the model host: {msg}", time.monotonic())

@@ -339,13 +339,11 @@ def build_audio_modalities(opts: AudioOptions, *, share_gate: bool = True) -> li
             from stream.host.client import RemoteSpeechRecognizer, RemoteTextEncoder
             from stream.modalities.speech.texthead import TextHead
 
-            asr: SpeechRecognizer = RemoteSpeechRecognizer(
-                host, a["model_path"], device=a["device"], options=a["options"]
-            )
+            asr: SpeechRecognizer = RemoteSpeechRecognizer(host, **a)
             head = TextHead.load("speech")
             head.encoder = RemoteTextEncoder(host, **specs["text"])
         else:
-            asr = SpeechRecognizer(a["model_path"], device=a["device"], options=a["options"])
+            asr = SpeechRecognizer(**a)
         mods.append(
             SpeechTextModality(
                 gate=gate if share_gate else new_gate(),

@@ -711,6 +711,8 @@ class FaceAnalyzer:
     def locate(self, rgb: np.ndarray) -> tuple[tuple[float, float, float, float] | None, float, int]:
         """The target face's box and score in ``rgb`` (None when no face validates),
         and how many faces were detected (a followed face: the last detection's)."""
+        if rgb.size == 0:  # no picture (one already let go): nothing to find, and MediaPipe must not see it
+            return None, 0.0, 0
         import time
 
         follower = self.tracker.follower if self.tracker is not None else None
@@ -858,6 +860,12 @@ class FaceCache:
 
     def forget_before(self, index: int) -> None:
         for k in [k for k in self.items if k < index]:
+            del self.items[k]
+
+    def forget_older(self, pts: float) -> None:
+        """Forget the frames of media time before ``pts`` (the frames the ring lets go with them:
+        frame numbers and media time need not agree on a live source)."""
+        for k in [k for k, r in self.items.items() if r.pts < pts]:
             del self.items[k]
 
 

@@ -619,7 +619,7 @@ class Analyzer:
             self._emit_frames(timeline.provisional(span), final=False)
         frames.release_before(cut)
         audio.release_before(cut)
-        cache.forget_before(int(cut * fps + 1e-6))
+        cache.forget_older(cut - EPS)  # by media time, as the ring: a frame still held keeps its result
 
     def _audio_ahead(
         self, inp: WindowInput, frames: FrameRing, audio: AudioRing, state: SourceState, *, wait: bool
