@@ -571,6 +571,10 @@ def stream_figures(i: int, recs: list[dict], p95_ms: float) -> dict:
         "restarts": restarts,
         "gaps": gaps,
         "latency_ms": None if q is None else {k: round(q[k], 1) for k in ("n", "p50", "p95", "max")},
+        # what speech it heard: the share of its windows with the voice / the words present (a live
+        # stream's voice and words run beside it, so a busy recogniser costs these, not windows)
+        "audio_present": round(sum("audio" in (r.get("present") or ()) for r in wins) / len(wins), 3) if wins else None,
+        "text_present": round(sum("text" in (r.get("present") or ()) for r in wins) / len(wins), 3) if wins else None,
         "startup_to_start_s": None if started is None or start is None else round(start["_arrival"] - started, 2),
         "startup_to_window_s": None if started is None or first_win is None else round(first_win - started, 2),
         "warnings": sorted({str(r.get("message")) for r in recs if r.get("type") == "warning"})[:5],
@@ -727,6 +731,14 @@ def serve_round(
         "windows_skipped": sum(int(_num(s["windows_skipped"])) for s in per_stream),
         "drops": drops,
         "latency_ms": None if q is None else {k_: round(q[k_], 1) for k_ in ("n", "p50", "p95", "max")},
+        "present": {
+            name: (
+                round(sum(v) / len(v), 3)
+                if (v := [x[f"{name}_present"] for x in per_stream if x[f"{name}_present"] is not None])
+                else None
+            )
+            for name in ("audio", "text")
+        },
         "cores": cpu,
         "memory": {
             "machine_before_mb": None if base_mb is None else round(base_mb, 1),
@@ -877,6 +889,10 @@ _f = latency._f  # one cell formatter for every benchmark's report
 MODE_TITLES = {"face": "Face only (`--no-audio`)", "speech": "With speech (the clip's audio)"}
 
 
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.0f} %"
+
+
 def _pair(d: dict | None, a: str, b: str, nd: int = 1) -> str:
     d = d or {}
     return f"{_f(d.get(a), nd)} / {_f(d.get(b), nd)}"
@@ -895,9 +911,9 @@ def markdown_live(res: dict) -> list[str]:
         L.append(
             "| isolation | K | held | latency_ms p50 / p95 / max | windows (skipped) | drops | cores: machine / serve "
             "/ RTSP server | memory MB: machine (peak) / serve PSS | start-up s → start: median / max | → first "
-            "window: median / max | not held: why |"
+            "window: median / max | windows with the voice / words | not held: why |"
         )
-        L.append("|---|---:|---:|---|---:|---|---|---|---|---|---|")
+        L.append("|---|---:|---:|---|---:|---|---|---|---|---|---|---|")
         for r in m["rounds"]:
             lat, c, mem = r["latency_ms"] or {}, r["cores"], r["memory"]
             drops = ", ".join(f"{k} {v:g}" for k, v in r["drops"].items() if v) or "0"
@@ -909,10 +925,12 @@ def markdown_live(res: dict) -> list[str]:
                 f"{_f(c['machine'], 2)} / {_f(c['serve'], 2)} / {_f(c['rtsp_server'], 2)} | "
                 f"{_f(mem['machine_mb'], 0)} ({_f(mem['machine_peak_mb'], 0)}){dist} / {_f(mem['serve_pss_mb'], 0)} | "
                 f"{_pair(r['startup_s']['to_start'], 'median', 'max')} | "
-                f"{_pair(r['startup_s']['to_first_window'], 'median', 'max')} | {why or '–'} |"
+                f"{_pair(r['startup_s']['to_first_window'], 'median', 'max')} | "
+                f"{_pct((r.get('present') or {}).get('audio'))} / {_pct((r.get('present') or {}).get('text'))} | "
+                f"{why or '–'} |"
             )
         for s in m["skipped"]:
-            L.append(f"| {s['isolation']} | {s['streams']} | skipped | {s['why']} | | | | | | | |")
+            L.append(f"| {s['isolation']} | {s['streams']} | skipped | {s['why']} | | | | | | | | |")
         L += [
             "",
             "| isolation | streams held (all K held) | first K not held | MB per added stream: machine / serve PSS |",
