@@ -156,8 +156,9 @@ BY_NAME: dict[str, PlanShapes] = {
     "all-MiniLM-L6-v2": _TEXT,
     "wavlm-speech-emotion": PlanShapes((1, 1, 1), {"*": {1: SPEECH_SAMPLES}}),
     "face-dynamic": PlanShapes((1, 1, 1)),  # stream.modalities.temporal: one window per call
-    # the voice head's encoder: one stretch of speech per call, 1-6 s of log-mel (100 frames/s)
-    "whisper-base-encoder": PlanShapes((1, 1, 1), {"mel": {2: (100, 400, 600)}}),
+    # the voice head's encoder: 1-6 s of log-mel (100 frames/s); one stretch of speech per call,
+    # or up to VOICE_BATCH_MAX streams' stretches in one masked batch on the model host
+    "whisper-base-encoder": PlanShapes((1, 4, 8), {"mel": {2: (100, 400, 600)}}),
 }
 #: ``cer.role`` -> shapes, for files whose ``cer.name`` is not in :data:`BY_NAME`.
 BY_ROLE: dict[str, PlanShapes] = {

@@ -243,3 +243,20 @@ def test_serve_survives_the_death_of_its_model_host(tmp_path):
     warnings = [r["message"] for r in run.of("warning", "s0")]
     assert any("model host unavailable" in m for m in warnings)
     assert Path(again.get("endpoint", "")).name == "models.sock"
+
+
+def test_a_batch_larger_than_an_engine_takes_is_cut_into_calls():
+    """The host's batches of many streams are cut at the plan's largest batch: same results."""
+    from stream.modalities.face import analyse_streams
+    from stream.runtime.build import build_face_analyzer
+
+    base = build_face_analyzer(FaceOptions(), instrument=False)
+    forks = [base.fork(), base.fork()]
+    whole = analyse_streams([(f, _frames(6, shift=30 * k)) for k, f in enumerate(forks)], max_batch=100)
+    forks = [base.fork(), base.fork()]
+    cut = analyse_streams([(f, _frames(6, shift=30 * k)) for k, f in enumerate(forks)], max_batch=5)
+    for a, b in zip(whole, cut):
+        assert not isinstance(a, Exception) and not isinstance(b, Exception)
+        assert [r.box for r in a] == [r.box for r in b]
+        for x, y in zip(a, b):
+            np.testing.assert_allclose(x.basic, y.basic, atol=1e-5)

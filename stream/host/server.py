@@ -16,9 +16,10 @@ fusion, records); the host holds the weights and does the model work:
 
 Requests wait at most ``batch_wait_ms`` for company (a few milliseconds: a frame never waits
 longer than that for others) and a batch holds at most ``max_batch`` requests.  Each kind of
-request has a thread of its own; speech, voice and text run at a lower CPU priority than the
-face (``nice``; the threads their libraries start inherit it), so a stream's windows never wait
-behind another stream's Whisper call.  The host answers on one ZeroMQ ROUTER socket; its
+request has a thread of its own, the face one per core (``face_workers``, each with its own copy
+of the face models; a stream always goes to the same one, where its tracking state is); speech,
+voice and text run at a lower CPU priority than the face (``nice``; the threads their libraries
+start inherit it), so a stream's windows never wait behind another stream's Whisper call.  The host answers on one ZeroMQ ROUTER socket; its
 records (``type: "host"``: ``ready``, ``stats`` every ``stats_s``, ``stopped``) go to stdout as
 JSON lines, its log to stderr.
 """
@@ -33,6 +34,7 @@ import queue
 import sys
 import threading
 import time
+import zlib
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,10 +50,15 @@ log = logging.getLogger("cer_stream.host")
 BATCH_WAIT_MS = 3.0
 #: Most requests in one batch.
 MAX_BATCH = 32
+#: Face workers (threads, each with its own copy of the face models): one per core, at most 4.
+FACE_WORKERS = int(os.environ.get("CER_STREAM_HOST_FACE_WORKERS", "0")) or max(1, min(4, os.cpu_count() or 1))
 #: ``nice`` increment of the speech, voice and text threads (the face keeps the host's priority).
 SPEECH_NICE = 10
 #: A stream's face state is forgotten after this long without a request (s).
 IDLE_STREAM_S = 120.0
+#: Most stretches of speech in one voice-encoder run (the TensorRT profile's largest batch,
+#: ``engines.shapes``; padding to the longest makes larger batches cost more than they save).
+VOICE_BATCH_MAX = 8
 #: A model that failed to load is tried again after this long (s); until then its requests get the reason.
 RELOAD_AFTER_S = 30.0
 #: Held while a model loads.
@@ -88,6 +95,18 @@ class OpStats:
         self.busy_s += busy_s
         self.wait_s += sum(now - busy_s - r.t_in for r in batch)
         self.largest = max(self.largest, len(batch))
+
+    @classmethod
+    def total(cls, parts: list[OpStats]) -> OpStats:
+        out = cls()
+        for p in parts:
+            out.requests += p.requests
+            out.batches += p.batches
+            out.items += p.items
+            out.busy_s += p.busy_s
+            out.wait_s += p.wait_s
+            out.largest = max(out.largest, p.largest)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -222,8 +241,13 @@ class VoiceModels:
         return {"model_sha256": self.features.model_sha256}
 
     def run(self, batch: list[Request]) -> list[Any]:
-        """Every request's features, one encoder run (each item's padding masked)."""
-        return list(self.features.batch([np.asarray(r.args, np.float32) for r in batch]))
+        """Every request's features, one encoder run per :data:`VOICE_BATCH_MAX` items (each
+        item's padding masked)."""
+        audios = [np.asarray(r.args, np.float32) for r in batch]
+        out: list[Any] = []
+        for lo in range(0, len(audios), VOICE_BATCH_MAX):
+            out += self.features.batch(audios[lo : lo + VOICE_BATCH_MAX])
+        return out
 
     def close(self) -> None:
         self.features.close()
@@ -419,6 +443,7 @@ class ModelHost:
         batch_wait_ms: float = BATCH_WAIT_MS,
         max_batch: int = MAX_BATCH,
         speech_nice: int = SPEECH_NICE,
+        face_workers: int = FACE_WORKERS,
         emit: Callable[[dict[str, Any]], None] | None = None,
         stats_s: float = STATS_S,
     ) -> None:
@@ -444,7 +469,12 @@ class ModelHost:
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)
         self.router.bind(endpoint)
         self._stop = threading.Event()
-        self.workers = {op: _Worker(self, op) for op in _KINDS}
+        # the face has a worker (thread and models) per core: a stream always goes to the same one
+        # (its tracking state lives there), and the streams spread over them; ONNX Runtime and
+        # MediaPipe let go of the GIL while they run, so the workers' model work runs in parallel
+        self.workers: dict[str, list[_Worker]] = {
+            op: [_Worker(self, op) for _ in range(face_workers if op == "face" else 1)] for op in _KINDS
+        }
         self.started = time.time()
 
     def reply(self, req: Request, result: Any) -> None:
@@ -464,10 +494,17 @@ class ModelHost:
     def record(self, event: str, **fields: Any) -> None:
         self._emit({"type": "host", "event": event, **fields, "wall_time": round(time.time(), 3)})
 
+    def _all(self) -> list[_Worker]:
+        return [w for ws in self.workers.values() for w in ws]
+
     def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {op: w.stats.to_dict() for op, w in self.workers.items() if w.stats.requests}
-        face = self.workers["face"]
-        out["face_streams"] = sum(len(m.streams) for m in face.models.values())
+        out: dict[str, Any] = {}
+        for op, ws in self.workers.items():
+            total = OpStats.total([w.stats for w in ws])
+            if total.requests:
+                out[op] = total.to_dict()
+        out["face_streams"] = sum(len(m.streams) for w in self.workers["face"] for m in w.models.values())
+        out["face_workers"] = len(self.workers["face"])
         return out
 
     def _dispatch(self, frames: list[Any]) -> None:
@@ -487,27 +524,32 @@ class ModelHost:
             self.reply(req, self.stats())
             return
         kind = msg.get("kind", req.op)
-        worker = self.workers.get(kind)
-        if worker is None:
+        workers = self.workers.get(kind)
+        if not workers:
             self.reply(req, ValueError(f"unknown request {req.op!r}"))
             return
-        worker.queue.put(req)
+        workers[zlib.crc32(req.stream.encode()) % len(workers)].queue.put(req)
 
     def serve(self) -> int:
         """Load the preloaded models, say ``ready``, answer until :meth:`stop`; exit status."""
         import zmq
 
         t0 = time.perf_counter()
-        for w in self.workers.values():
+        for w in self._all():
             w.thread.start()
-        for w in self.workers.values():
+        for w in self._all():
             w.ready.wait()
-        failed = {op: sorted(e for e, _ in w.errors.values()) for op, w in self.workers.items() if w.errors}
+        failed = {
+            op: sorted({e for w in ws for e, _ in w.errors.values()})
+            for op, ws in self.workers.items()
+            if any(w.errors for w in ws)
+        }
         self.record(
             "ready",
             pid=os.getpid(),
             load_s=round(time.perf_counter() - t0, 2),
-            models={op: len(w.models) for op, w in self.workers.items()},
+            models={op: len(ws[0].models) for op, ws in self.workers.items()},
+            face_workers=len(self.workers["face"]),
             errors=failed or None,
         )
         poller = zmq.Poller()
@@ -543,9 +585,9 @@ class ModelHost:
                     self.record("stats", **self.stats())
                     next_stats = time.monotonic() + self.stats_s
         finally:
-            for w in self.workers.values():
+            for w in self._all():
                 w.queue.put(None)
-            for w in self.workers.values():
+            for w in self._all():
                 w.thread.join(5.0)
                 w.close()
             self.record("stopped", **self.stats())

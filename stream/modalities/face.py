@@ -20,6 +20,7 @@ import numpy as np
 from engines.export.emoaffectnet import preprocess as emoaffectnet_preprocess
 from engines.models.faceapi import preprocess as faceapi_preprocess
 from engines.models.mini_xception import preprocess as mini_xception_preprocess
+from engines.shapes import DEFAULT_BATCH
 from stream.core.labels import BASIC, to_basic
 from stream.modalities.face_crops import EMOAFFECTNET_CROP, FACEAPI_CROP, MINI_XCEPTION_CROP, CropSpec, crop_face
 
@@ -32,6 +33,10 @@ MIN_DETECTION = 0.5
 TRACK_IOU = 0.3
 #: ...and is at least this fraction of the largest face's area.
 TRACK_MIN_AREA = 0.5
+#: Most faces in one emotion-model call: the batch a TensorRT plan's profile takes at most
+#: (``engines.shapes.DEFAULT_BATCH``: one window's 20 frames); the model host's batches of many
+#: streams are cut into calls of this size.
+FACE_BATCH_MAX = DEFAULT_BATCH[2]
 #: A window needs a face in at least this fraction of its analysed frames (2 of 20).
 MIN_FACE_FRACTION = 0.10
 #: Follow a steady target from its previous box instead of detecting it again (video and live;
@@ -787,26 +792,28 @@ class _Crops:
         self.boxes.append(box)
         self.owners.append(owner)
 
-    def classify(self, model: EmotionModel | EnsembleModel) -> float:
-        """One call of ``model`` for every queued face; fills the owners; seconds it took."""
+    def classify(self, model: EmotionModel | EnsembleModel, max_batch: int = FACE_BATCH_MAX) -> float:
+        """Calls of ``model`` for every queued face, ``max_batch`` at a time (the largest batch an
+        engine's optimisation profile takes); fills the owners; seconds it took."""
         import time
 
-        if not self.owners:
-            return 0.0
         t0 = time.perf_counter()
-        out = model.predict(self.images, self.boxes)
-        raw, basic = out[0], out[1]
-        feats = out[2] if len(out) > 2 and out[2] is not None else [None] * len(self.owners)
-        space = getattr(model, "feature_space", None) if len(out) > 2 else None
-        for res, p, b, f in zip(self.owners, raw, basic, feats):
-            res.raw, res.basic = p, b
-            if f is not None:
-                res.feature, res.feature_space = f, space
+        for lo in range(0, len(self.owners), max_batch):
+            hi = lo + max_batch
+            out = model.predict(self.images[lo:hi], self.boxes[lo:hi])
+            owners = self.owners[lo:hi]
+            raw, basic = out[0], out[1]
+            feats = out[2] if len(out) > 2 and out[2] is not None else [None] * len(owners)
+            space = getattr(model, "feature_space", None) if len(out) > 2 else None
+            for res, p, b, f in zip(owners, raw, basic, feats):
+                res.raw, res.basic = p, b
+                if f is not None:
+                    res.feature, res.feature_space = f, space
         return time.perf_counter() - t0
 
 
 def analyse_streams(
-    jobs: Sequence[tuple[FaceAnalyzer, list[tuple[int, float, np.ndarray]]]],
+    jobs: Sequence[tuple[FaceAnalyzer, list[tuple[int, float, np.ndarray]]]], *, max_batch: int = FACE_BATCH_MAX
 ) -> list[list[FaceResult] | Exception]:
     """Analyse several analyzers' frames (one stream each; :meth:`FaceAnalyzer.fork`s of one
     analyzer, so one emotion model) with ONE emotion-model call for all their faces: each
@@ -831,7 +838,7 @@ def analyse_streams(
             except Exception as exc:  # this stream's frames only
                 del crops.images[mark:], crops.boxes[mark:], crops.owners[mark:]
                 out.append(exc)
-        seconds = crops.classify(model)
+        seconds = crops.classify(model, max_batch)
         n = len(crops.owners) or 1
         for fa, result in zip(locked, out):
             if not isinstance(result, Exception):
