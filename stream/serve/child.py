@@ -39,7 +39,19 @@ def _watch_stdin(fd: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+#: The environment variable that lowers this analyzer's CPU priority (``nice`` increment; its
+#: capture process inherits it): under the model host the host is in every window's path and the
+#: analyzers and their decoders are not, so they yield to it (see stream.serve.supervisor).
+NICE_ENV = "CER_STREAM_SERVE_NICE"
+
+
 def main() -> int:
+    try:
+        nice = int(os.environ.get(NICE_ENV, "0"))
+    except ValueError:
+        nice = 0
+    if nice > 0:
+        os.nice(nice)
     fd = sys.stdin.fileno()
     line = _read_line(fd)
     try:

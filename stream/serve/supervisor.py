@@ -48,6 +48,8 @@ PROG = "cer-stream serve"
 
 #: Seconds a child has after SIGINT to flush and write its end record before it is killed.
 STOP_GRACE_S = float(os.environ.get("CER_STREAM_SERVE_STOP_GRACE", "20"))
+#: ``nice`` increment of the analyzers (and their capture processes) under the model host.
+ANALYZER_NICE = 5
 #: First restart delay (then doubling up to the config's ``restart_max_delay``).
 RESTART_BASE_DELAY_S = 0.5
 #: Seconds between two ``vlm_queue`` records (with a ``[vlm]`` gateway; one more at the end).
@@ -563,10 +565,14 @@ class Supervisor:
             self._start_host(base)
             assert self.host is not None
             from stream.host.client import HOST_ENV, STREAM_ENV
+            from stream.serve.child import NICE_ENV
 
             for sid, env in envs.items():
                 env[HOST_ENV] = self.host.endpoint
                 env[STREAM_ENV] = sid
+                # the host does every stream's model work and each window waits for it; the
+                # analyzers and their decoders have slack (frame rings): they yield the CPU to it
+                env.setdefault(NICE_ENV, str(ANALYZER_NICE))
         self.runners = [_StreamRunner(self, spec, envs[spec.id]) for spec in self.config.streams]
         for r in self.runners:
             r.thread.start()
