@@ -520,7 +520,8 @@ class OutDirTail:
                 if not isinstance(rec, dict) or rec.get("type") == "frames":
                     continue
                 if rec.get("type") == "window":
-                    rec = {"type": "window", **{k: rec.get(k) for k in soak.RecordReader.WINDOW_KEYS}}
+                    # ``present`` too: which modalities the window had (the voice and the words)
+                    rec = {"type": "window", **{k: rec.get(k) for k in (*soak.RecordReader.WINDOW_KEYS, "present")}}
                 rec["_arrival"] = now
                 out.append(rec)
 
