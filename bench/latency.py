@@ -495,8 +495,7 @@ def warm_up(face, video: str, max_side: int) -> int:
         face.analyse([item])
     face.analyse(batch)
     face.analyse((batch * 2)[:20])
-    if face.tracker is not None:
-        face.tracker.reset_states()
+    face.reset_states()
     for k in face.timings:
         face.timings[k] = 0.0
     return len(frames)
@@ -529,8 +528,7 @@ def run_pipeline(video: str, pipeline, probe: FaceProbe, *, realtime: bool) -> R
     face = pipeline.face
     sink = CollectingSink()  # on the analyzer's thread, like the command line's sinks
     pipeline.sinks = [sink]
-    if face.tracker is not None:
-        face.tracker.reset_states()
+    face.reset_states()
     t_face0 = dict(face.timings)
     c_face0 = dict(getattr(face, "counts", {}))
     sampler = ChildSampler()
@@ -1352,8 +1350,7 @@ def measure(args) -> int:
             # the like-for-like figure for the peer, which also runs alone
             log(f"face analysis alone on the same {len(chosen)} frames x{ISOLATED_PASSES}")
             for _ in range(ISOLATED_PASSES):
-                if face.tracker is not None:
-                    face.tracker.reset_states()
+                face.reset_states()
                 for index, (d, img) in chosen:
                     t = time.perf_counter()
                     face.analyse([(index, d["pts"], img)])

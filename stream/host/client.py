@@ -290,6 +290,10 @@ class RemoteFaceAnalyzer:
             self.timings["host"] += time.perf_counter() - t0
         return list(results)
 
+    def reset_states(self) -> None:
+        """A new source: the host forgets this stream's face state."""
+        self.reset()
+
     def reset(self) -> None:
         try:
             self.host.call("face", "forget", self.spec, stream=self.stream, timeout=FACE_TIMEOUT_S)

@@ -757,6 +757,15 @@ class FaceAnalyzer:
             raise results
         return results
 
+    def reset_states(self) -> None:
+        """A new source: forget the target, the followed face and the detector's steady target
+        (whose schedule decides which frames are detected and which followed)."""
+        if self.tracker is not None:
+            self.tracker.reset_states()
+        reset = getattr(self.detector, "reset_states", None)
+        if reset is not None:
+            reset()
+
     def _locate_all(self, frames: list[tuple[int, float, np.ndarray]], crops: _Crops) -> list[FaceResult]:
         """Every frame's target face (in time order), its crop queued in ``crops``."""
         results: list[FaceResult] = []

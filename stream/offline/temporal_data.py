@@ -304,8 +304,7 @@ def run_temporal_features(options: TemporalFeaturesOptions) -> int:
                     idxs.append(index)
                     kept += 1
             sys.stderr.write(f"{name}: {kept} of {len(wins)} windows\n")
-            if analyzer.tracker is not None:
-                analyzer.tracker.reset_states()
+            analyzer.reset_states()  # the next clip: no target, followed face or schedule carried over
     finally:
         analyzer.close()
     if not feats:

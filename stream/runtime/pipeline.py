@@ -140,8 +140,7 @@ class Pipeline:
         if self._analyzer is not None:  # a later run: forget the previous stream's state
             for mod in mods:
                 mod.reset()
-            if self.face.tracker is not None:
-                self.face.tracker.reset_states()
+            self.face.reset_states()
         fuser = self._fusers[live]
         self._analyzer = Analyzer(
             source,
