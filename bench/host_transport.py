@@ -13,9 +13,9 @@ each process: every thread of it, ZeroMQ's I/O thread and the kernel's copies in
 
 * ``threads``: all streams in one process; a request is the frames' list put on a queue to a
   worker thread, which answers on another. No copy, no isolation: the floor.
-* ``zmq``: what ``cer-stream serve`` runs (:mod:`stream.host`): the request packed by
-  :func:`stream.host.wire.pack` (pickle protocol 5, the frames out of band) on a DEALER socket to
-  a ROUTER in another process over ``ipc://``, unpacked there by :func:`stream.host.wire.unpack`.
+* ``zmq``: what ``cer-stream serve`` runs (:mod:`stream.serve.model_host`): the request packed by
+  :func:`stream.core.wire.pack` (pickle protocol 5, the frames out of band) on a DEALER socket to
+  a ROUTER in another process over ``ipc://``, unpacked there by :func:`stream.core.wire.unpack`.
 * ``shm``: the frames copied by the client into a slot of a shared-memory ring
   (:class:`multiprocessing.shared_memory.SharedMemory`, two slots per client), and only a small
   ZeroMQ message (same wire, same sockets) naming the segment, the slot and the shapes; the server
@@ -62,7 +62,7 @@ RESULTS = ROOT / "bench" / "results"
 _smoke: Any = importlib.import_module("bench._smoke")  # --smoke
 
 #: Files measured: a run of a tree where these differ from HEAD is refused (--allow-dirty).
-MEASURED = ("stream/host/wire.py", "bench/host_transport.py")
+MEASURED = ("stream/core/wire.py", "bench/host_transport.py")
 #: (name, height, width, frames per request).
 CASES = (("640x480", 480, 640, 1), ("1280x720", 720, 1280, 1), ("640x480 x10", 480, 640, 10))
 MODES = ("threads", "zmq", "shm")
@@ -142,7 +142,7 @@ def serve(endpoint: str, ready: Any) -> None:
 
     import zmq
 
-    from stream.host.wire import pack, unpack
+    from stream.core.wire import pack, unpack
 
     ctx = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
@@ -182,7 +182,7 @@ class Caller:
     def __init__(self, endpoint: str) -> None:
         import zmq
 
-        from stream.host import wire
+        from stream.core import wire
 
         self.zmq, self.wire = zmq, wire
         self.ctx = zmq.Context()
@@ -307,7 +307,7 @@ def _client(
 def run_one(mode: str, case: tuple[str, int, int, int], clients: int, warmup: int, requests: int) -> dict[str, Any]:
     """``clients`` client processes of ``mode`` (and its server process, but for ``threads``)
     making ``requests`` requests each of ``case``; the figures."""
-    from stream.host.wire import private_endpoint
+    from stream.core.wire import private_endpoint
 
     ctx = mp.get_context("spawn")
     endpoint, folder = private_endpoint("bench.sock")

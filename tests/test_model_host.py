@@ -1,4 +1,4 @@
-"""The model host (`stream.host`): one process with the models, many analyzers asking it.
+"""The model host (`stream.serve.model_host`): one process with the models, many analyzers asking it.
 
 A real host process on a private ipc:// socket, the real shipped face models: an analyzer's
 results through the host are the ones it computes itself; several streams asking at once are
@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from stream.host.client import HOST_ENV, HostClient, RemoteFaceAnalyzer, UnanalysedFace
+from stream.modalities.hosted import HOST_ENV, HostClient, RemoteFaceAnalyzer, UnanalysedFace
 from stream.runtime.options import FaceOptions
 
 
@@ -43,12 +43,12 @@ def _frames(n: int, shift: int = 0) -> list[tuple[int, float, np.ndarray]]:
 
 
 class Host:
-    """``python -m stream.host`` on a private endpoint, face models preloaded."""
+    """``python -m stream.cli.host`` on a private endpoint, face models preloaded."""
 
     def __init__(self, endpoint: str, *extra: str) -> None:
         self.endpoint = endpoint
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stream.host", "--endpoint", endpoint, *extra],
+            [sys.executable, "-m", "stream.cli.host", "--endpoint", endpoint, *extra],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

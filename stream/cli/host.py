@@ -1,5 +1,5 @@
-"""The model host's command line: ``python -m stream.host --endpoint ipc://DIR/models.sock``
-(``cer-stream serve`` starts it; :mod:`stream.host.server` is the host).
+"""The model host's command line: ``python -m stream.cli.host --endpoint ipc://DIR/models.sock``
+(``cer-stream serve`` starts it; :mod:`stream.serve.model_host` is the host).
 
 The supervisor writes one JSON line on stdin, ``{"argv": [...]}``: the analyzer flags every
 stream gets (the models they name are loaded before ``ready``); stdin stays open, and its end
@@ -43,7 +43,7 @@ def preload_specs(argv: list[str]) -> dict[str, list[bytes]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m stream.host", description="cer-stream serve's model host")
+    p = argparse.ArgumentParser(prog="python -m stream.cli.host", description="cer-stream serve's model host")
     p.add_argument("--endpoint", required=True, help="the ZeroMQ endpoint to bind (ipc://PATH)")
     p.add_argument("--no-stdin", action="store_true", help="read no flags from stdin and preload nothing")
     p.add_argument(
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"cer-stream model host: error: analyzer flags: {exc}\n")
         return 2
 
-    from stream.host.server import BATCH_WAIT_MS, ModelHost
+    from stream.serve.model_host import BATCH_WAIT_MS, ModelHost
 
     wait = BATCH_WAIT_MS if args.batch_wait_ms is None else args.batch_wait_ms
     if not 0 <= wait <= 1000:
@@ -104,3 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 __all__ = ["main", "preload_specs"]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

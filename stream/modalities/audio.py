@@ -255,7 +255,7 @@ def audio_specs(opts: AudioOptions) -> dict[str, dict[str, Any]]:
     """The constructor arguments of the models ``opts`` asks for, by kind: ``vad``
     (:class:`SileroVAD`), ``voice`` (:class:`VoiceFeatures`), ``asr`` (:class:`SpeechRecognizer`), ``text`` (the sentence encoder;
     only with the text modality).  One place for both the modalities built here and the model
-    host's preloading (:mod:`stream.host`), so a stream finds its models already loaded."""
+    host's preloading (:mod:`stream.serve.model_host`), so a stream finds its models already loaded."""
     from stream.modalities.speech.asr import AsrGate, AsrOptions
 
     specs: dict[str, dict[str, Any]] = {"vad": {"backend": opts.backend, "device": opts.device}}
@@ -291,10 +291,10 @@ def build_audio_modalities(opts: AudioOptions, *, share_gate: bool = True) -> li
     use one speech gate (one VAD stream); without it the text modality gets its own, so that it
     can run on another thread.  The text modality owns the recogniser.
 
-    Under ``cer-stream serve``'s model host (:func:`stream.host.client.active_host`) the voice's
+    Under ``cer-stream serve``'s model host (:func:`stream.modalities.hosted.active_host`) the voice's
     encoder, Whisper and the sentence encoder are the host's; the gates, the voice's running mean
     and the transcript store stay in this process."""
-    from stream.host.client import active_host
+    from stream.modalities.hosted import active_host
 
     host = active_host()
     specs = audio_specs(opts)
@@ -302,7 +302,7 @@ def build_audio_modalities(opts: AudioOptions, *, share_gate: bool = True) -> li
     def new_gate() -> SpeechGate:
         vad: SileroVAD
         if host is not None:
-            from stream.host.client import RemoteVAD
+            from stream.modalities.hosted import RemoteVAD
 
             vad = RemoteVAD(host, **specs["vad"])
         else:
@@ -314,7 +314,7 @@ def build_audio_modalities(opts: AudioOptions, *, share_gate: bool = True) -> li
     gate = new_gate()
     voice: bool | VoiceEmotion = opts.voice
     if host is not None and "voice" in specs:
-        from stream.host.client import RemoteVoiceFeatures
+        from stream.modalities.hosted import RemoteVoiceFeatures
 
         v = specs["voice"]
         voice = VoiceEmotion(backend=v["backend"], device=v["device"], intra_op_threads=v["intra_op_threads"])
@@ -336,7 +336,7 @@ def build_audio_modalities(opts: AudioOptions, *, share_gate: bool = True) -> li
         a = specs["asr"]
         head = None
         if host is not None:
-            from stream.host.client import RemoteSpeechRecognizer, RemoteTextEncoder
+            from stream.modalities.hosted import RemoteSpeechRecognizer, RemoteTextEncoder
             from stream.modalities.speech.texthead import TextHead
 
             asr: SpeechRecognizer = RemoteSpeechRecognizer(host, **a)

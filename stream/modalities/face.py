@@ -405,8 +405,10 @@ def _shrink(grey: np.ndarray, step: int) -> np.ndarray:
     costs several times more); rows and columns past the last whole step are dropped."""
     import cv2
 
+    if step <= 1:  # a face narrower than two patches' width: nothing to average (and no step 0)
+        return grey
     h, w = grey.shape[0] // step, grey.shape[1] // step
-    if step <= 1 or not h or not w:
+    if not h or not w:
         return grey
     return cv2.resize(grey[: h * step, : w * step], (w, h), interpolation=cv2.INTER_AREA)
 
@@ -827,7 +829,7 @@ def analyse_streams(
     """Analyse several analyzers' frames (one stream each; :meth:`FaceAnalyzer.fork`s of one
     analyzer, so one emotion model) with ONE emotion-model call for all their faces: each
     analyzer locates its own frames with its own target and tracking state, then the crops of
-    every stream are classified together (the model host's batch, :mod:`stream.host.server`).
+    every stream are classified together (the model host's batch, :mod:`stream.serve.model_host`).
     Per job its results, or the exception that stopped that job alone."""
     if not jobs:
         return []

@@ -51,13 +51,13 @@ def build_face_analyzer(
     report per-frame times to the pipeline's observers (``stream.runtime.observe``) unless
     ``instrument=False`` (the model host, which times its own batches).
 
-    Under ``cer-stream serve``'s model host (:mod:`stream.host.client`; the environment names
+    Under ``cer-stream serve``'s model host (:mod:`stream.modalities.hosted`; the environment names
     it) the analyzer is the host's: this process loads no face model."""
-    from stream.host.client import active_host
+    from stream.modalities.hosted import active_host
 
     host = active_host()
     if host is not None and track and validate:
-        from stream.host.client import RemoteFaceAnalyzer
+        from stream.modalities.hosted import RemoteFaceAnalyzer
 
         return RemoteFaceAnalyzer(host, opts or FaceOptions())
     from stream.modalities.face import FaceAnalyzer, FaceDetector, FaceDetectorLike
@@ -98,7 +98,7 @@ def audio_options(options: PipelineOptions) -> AudioOptions:
 
 def host_specs(options: PipelineOptions) -> dict[str, list[Any]]:
     """What a model host should load for analyzers run with ``options``: per kind of request, the
-    option objects they will send (:mod:`stream.host`)."""
+    option objects they will send (:mod:`stream.serve.model_host`)."""
     from stream.modalities.audio import audio_specs
 
     wanted = set(options.modalities)

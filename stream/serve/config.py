@@ -62,7 +62,7 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DEFAULT_RESTART_MAX_DELAY_S = 30.0
 
 #: How the streams' analyzers get their models: ``host`` (one model host for the machine, shared and
-#: batched; :mod:`stream.host`) or ``process`` (each analyzer loads its own, as before the host).
+#: batched; :mod:`stream.serve.model_host`) or ``process`` (each analyzer loads its own, as before the host).
 ISOLATIONS = ("host", "process")
 DEFAULT_ISOLATION = "host"
 

@@ -1,7 +1,7 @@
 """The model host under ``cer-stream serve`` (``--isolation host``): started before the streams,
 restarted when it exits, stopped after them.
 
-The host (``python -m stream.host``, :mod:`stream.host`) listens on an ``ipc://`` path in a
+The host (``python -m stream.cli.host``, :mod:`stream.serve.model_host`) listens on an ``ipc://`` path in a
 private directory (0700) and gets the analyzer flags every stream shares on stdin, so it loads
 their models before the first stream starts.  Its ``host`` records go to every shared output
 (``ready``, ``stats``, ``stopped``); the supervisor adds ``exited`` and ``restarted`` (with the
@@ -19,12 +19,10 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from stream.io.reconnect import ReconnectPolicy
-
-if TYPE_CHECKING:
-    from stream.serve.supervisor import Supervisor
+from stream.serve.children import RESTART_BASE_DELAY_S, follow, signal_name
 
 #: Lines of the libraries' own logs (MediaPipe's glog/absl info and warnings, TFLite's delegate
 #: notice) that say nothing to a user: not passed on.
@@ -38,8 +36,8 @@ HOST_STOP_GRACE_S = 10.0
 class HostRunner:
     """One model host process for the supervisor ``sup``, restarted with backoff when it exits."""
 
-    def __init__(self, sup: Supervisor, python: str, env: dict[str, str]) -> None:
-        from stream.host.wire import private_endpoint
+    def __init__(self, sup: Any, python: str, env: dict[str, str]) -> None:
+        from stream.core.wire import private_endpoint
 
         self.sup = sup
         self.python = python
@@ -65,7 +63,7 @@ class HostRunner:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
-            [self.python, "-m", "stream.host", "--endpoint", self.endpoint],
+            [self.python, "-m", "stream.cli.host", "--endpoint", self.endpoint],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -114,7 +112,6 @@ class HostRunner:
         self.sup.emit_common(record)
 
     def _run(self) -> None:
-        from stream.serve.supervisor import RESTART_BASE_DELAY_S, _signal_name, follow
 
         config = self.sup.config
         policy = ReconnectPolicy(
@@ -144,7 +141,7 @@ class HostRunner:
             self.ready.clear()
             if policy.gives_up(failures):
                 self.gave_up = True
-                self._record("gave_up", exit_code=code, signal=_signal_name(code), message=self.last_error or None)
+                self._record("gave_up", exit_code=code, signal=signal_name(code), message=self.last_error or None)
                 self.sup.write_stderr(
                     f"cer-stream serve: the model host gave up after {failures} exit(s) in a row"
                     + (f": {self.last_error}" if self.last_error else "")
@@ -155,7 +152,7 @@ class HostRunner:
             self._record(
                 "exited",
                 exit_code=code,
-                signal=_signal_name(code),
+                signal=signal_name(code),
                 restarts=self.restarts,
                 delay_s=round(delay, 3),
                 message=self.last_error or None,

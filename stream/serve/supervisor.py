@@ -42,6 +42,8 @@ from typing import IO, Any, TextIO
 
 from stream.core.signals import Flag, SignalEvent
 from stream.io.reconnect import ReconnectPolicy, Resume
+from stream.serve.children import RESTART_BASE_DELAY_S, follow
+from stream.serve.children import signal_name as _signal_name
 from stream.serve.config import STREAM_KEY, ConfigError, ServeConfig, StreamSpec, child_environment
 
 PROG = "cer-stream serve"
@@ -50,8 +52,6 @@ PROG = "cer-stream serve"
 STOP_GRACE_S = float(os.environ.get("CER_STREAM_SERVE_STOP_GRACE", "20"))
 #: ``nice`` increment of the analyzers (and their capture processes) under the model host.
 ANALYZER_NICE = 5
-#: First restart delay (then doubling up to the config's ``restart_max_delay``).
-RESTART_BASE_DELAY_S = 0.5
 #: Seconds between two ``vlm_queue`` records (with a ``[vlm]`` gateway; one more at the end).
 VLM_REPORT_S = float(os.environ.get("CER_STREAM_SERVE_VLM_REPORT_S", "30"))
 #: Longest child stderr line kept for a supervisor record's ``message``.
@@ -101,35 +101,6 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _signal_name(code: int | None) -> str | None:
-    if code is None or code >= 0:
-        return None
-    try:
-        return signal.Signals(-code).name
-    except ValueError:
-        return f"signal {-code}"
-
-
-def follow(
-    proc: subprocess.Popen[bytes], read_stdout: Callable[[IO[bytes]], None], read_stderr: Callable[[IO[bytes]], None]
-) -> int:
-    """Read a child's stdout (here) and stderr (on a thread) to their ends; its exit code, its
-    pipes closed."""
-    assert proc.stdout is not None and proc.stderr is not None
-    err = threading.Thread(target=read_stderr, args=(proc.stderr,), daemon=True)
-    err.start()
-    read_stdout(proc.stdout)
-    code = proc.wait()
-    err.join(5.0)
-    for pipe in (proc.stdin, proc.stdout, proc.stderr):
-        try:
-            if pipe is not None:
-                pipe.close()
-        except OSError:
-            pass
-    return code
 
 
 class _StreamRunner:
@@ -564,7 +535,7 @@ class Supervisor:
         if self.config.isolation == "host":
             self._start_host(base)
             assert self.host is not None
-            from stream.host.client import HOST_ENV, STREAM_ENV
+            from stream.modalities.hosted import HOST_ENV, STREAM_ENV
             from stream.serve.child import NICE_ENV
 
             for sid, env in envs.items():

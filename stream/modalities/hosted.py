@@ -1,4 +1,4 @@
-"""An analyzer's side of the model host (:mod:`stream.host.server`).
+"""An analyzer's side of the model host (:mod:`stream.serve.model_host`).
 
 ``cer-stream serve`` gives each stream's analyzer the host's endpoint in
 ``CER_STREAM_MODEL_HOST``; :func:`active_host` reads it once per process, and the builders
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from stream.host.wire import pack, unpack
+from stream.core.wire import pack, unpack
 from stream.modalities.face import FaceResult
 from stream.modalities.speech.asr import AsrUnavailableError, SpeechRecognizer
 from stream.modalities.speech.vad import CHUNK_SAMPLES, SileroVAD

@@ -1,7 +1,7 @@
 """The model host: one process that loads each model once and serves every stream's analyzer.
 
 ``cer-stream serve`` (``--isolation host``, the default) starts one host per machine and points
-every stream's analyzer at it (:mod:`stream.host.client`).  The analyzers keep what is theirs
+every stream's analyzer at it (:mod:`stream.modalities.hosted`).  The analyzers keep what is theirs
 (capture, decoding, windows, the speech gate, the voice's running mean, the transcript store,
 fusion, records); the host holds the weights and does the model work:
 
@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from stream.host.wire import pack, unpack
+from stream.core.wire import pack, unpack
 
 log = logging.getLogger("cer_stream.host")
 
@@ -433,7 +433,7 @@ class ModelHost:
     """Serve model requests on ``endpoint`` until :meth:`stop`.
 
     ``preload``: specs to load before ``ready`` (``{op: [spec, ...]}``, the pickled option
-    objects :mod:`stream.host.client` sends), so the first stream finds them loaded."""
+    objects :mod:`stream.modalities.hosted` sends), so the first stream finds them loaded."""
 
     def __init__(
         self,
