@@ -140,3 +140,14 @@ def test_forks_share_graphs_and_model_but_not_state(shared):
     finally:
         a.close()
         b.close()
+
+
+def test_a_face_narrower_than_the_follower_patch_is_followed_without_error():
+    """A small picture (``--max-side``) makes a face under 24 pixels wide: its patch is taken
+    as it is (the shrink step would be 0)."""
+    from stream.modalities.face import FaceFollower
+
+    rgb = np.zeros((40, 40, 3), np.uint8)
+    rgb[10:30, 12:28] = 180
+    patch = FaceFollower._cut(rgb, (12.0, 10.0, 28.0, 30.0))
+    assert patch is not None and patch.shape[1] == 24
