@@ -55,6 +55,11 @@ def test_config_file_is_read_with_its_defaults(tmp_path):
     assert door.password_env == "DOOR_PW"
     flags = from_flags([("rtsp", "rtsp://a/x"), ("camera", "1"), ("rtsp", "rtsp://b/y")], args=["--no-asr"])
     assert [(s.id, s.kind) for s in flags.streams] == [("s0", "rtsp"), ("s1", "camera"), ("s2", "rtsp")]
+    # the shared model host unless the file or the flag says otherwise
+    assert config.isolation == flags.isolation == "host"
+    assert from_flags([("rtsp", "rtsp://a/x")], isolation="process").isolation == "process"
+    one = {"stream": [{"id": "a", "rtsp": "rtsp://h/x"}]}
+    assert parse_config({**one, "isolation": "process"}).isolation == "process"
 
 
 @pytest.mark.parametrize(
@@ -76,6 +81,10 @@ def test_config_file_is_read_with_its_defaults(tmp_path):
         ({"stream": [{"id": "a", "rtsp": "rtsp://h/x"}], "max_restarts": -1}, "max_restarts must be"),
         ({"stream": [{"id": "a", "rtsp": "rtsp://h/x"}], "restart_max_delay": 0}, "restart_max_delay must be"),
         ({"stream": {"id": "a"}}, "stream must be one or more [[stream]] tables"),
+        (
+            {"stream": [{"id": "a", "rtsp": "rtsp://h/x"}], "isolation": "thread"},
+            "isolation must be one of host, process",
+        ),
     ],
 )
 def test_config_mistakes_are_one_line_naming_the_key(data, expect):
@@ -131,6 +140,7 @@ def _serve_cmd() -> list[str]:
         (["--rtsp", "rtsp://cam/x", "--", "--no-such-flag"], "stream 's0': analyzer flags: unrecognized arguments"),
         (["--rtsp", "rtsp://cam/x", "--", "--publish", "tcp://127.0.0.1:1"], "--publish cannot be given here"),
         (["--rtsp", "rtsp://u:secret@cam/x", "--max-restarts", "some"], "--max-restarts: takes a number"),
+        (["--rtsp", "rtsp://cam/x", "--isolation", "thread"], "--isolation: invalid choice"),
     ],
 )
 def test_command_line_mistakes_are_one_line(args, expect):
