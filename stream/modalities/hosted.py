@@ -232,6 +232,15 @@ def _unavailable(exc: Exception) -> str:
     return f"model host unavailable: {exc}"
 
 
+def _models_info(host: HostClient, kind: str, spec: bytes) -> Any:
+    """What the host says of the models of ``spec`` (loading them if it has not): the load every
+    stand-in makes first; a host that is not there is ``RuntimeError`` with the reason."""
+    try:
+        return host.call(kind, "info", spec, timeout=SPEECH_TIMEOUT_S)
+    except HostUnavailable as exc:
+        raise RuntimeError(_unavailable(exc)) from None
+
+
 # ---------------------------------------------------------------------------------------------
 # The face
 # ---------------------------------------------------------------------------------------------
@@ -248,20 +257,6 @@ class HostedFaceModel:
         pass
 
 
-class _HostedState:
-    """``tracker``/``detector`` of a :class:`RemoteFaceAnalyzer`: resetting forgets the
-    stream's target on the host."""
-
-    def __init__(self, face: RemoteFaceAnalyzer) -> None:
-        self._face = face
-
-    def reset_states(self) -> None:
-        self._face.reset()
-
-    def close(self) -> None:
-        pass
-
-
 class RemoteFaceAnalyzer:
     """A :class:`~stream.modalities.face.FaceAnalyzer` whose work the model host does: the same
     ``analyse(frames)``; frames it could not analyse come back as :class:`UnanalysedFace`."""
@@ -270,13 +265,7 @@ class RemoteFaceAnalyzer:
         self.host = host
         self.spec = _spec(opts)
         self.stream = _stream_key()
-        try:
-            info = host.call("face", "info", self.spec, timeout=SPEECH_TIMEOUT_S)
-        except HostUnavailable as exc:
-            raise RuntimeError(_unavailable(exc)) from None
-        self.model = HostedFaceModel(info)
-        self.tracker = _HostedState(self)
-        self.detector = self.tracker
+        self.model = HostedFaceModel(_models_info(host, "face", self.spec))
         self.timings: dict[str, float] = {"detect": 0.0, "validate": 0.0, "emotion": 0.0, "host": 0.0}
 
     def analyse(self, frames: list[tuple[int, float, np.ndarray]]) -> list[FaceResult]:
@@ -366,10 +355,7 @@ class RemoteVoiceFeatures:
 
     def load(self) -> RemoteVoiceFeatures:
         if not self._loaded:
-            try:
-                info = self.host.call("voice", "info", self._spec, timeout=SPEECH_TIMEOUT_S)
-            except HostUnavailable as exc:
-                raise RuntimeError(_unavailable(exc)) from None
+            info = _models_info(self.host, "voice", self._spec)
             self.model_sha256 = info.get("model_sha256")
             self._loaded = True
         return self
@@ -397,10 +383,7 @@ class RemoteVAD(SileroVAD):
 
     def load(self) -> RemoteVAD:
         if not self._loaded:
-            try:
-                self.host.call("vad", "info", self._spec, timeout=SPEECH_TIMEOUT_S)
-            except HostUnavailable as exc:
-                raise RuntimeError(_unavailable(exc)) from None
+            _models_info(self.host, "vad", self._spec)
             self._loaded = True
         return self
 
@@ -438,10 +421,7 @@ class RemoteTextEncoder:
         self._spec = _spec(spec)
 
     def load(self) -> RemoteTextEncoder:
-        try:
-            self.host.call("text", "info", self._spec, timeout=SPEECH_TIMEOUT_S)
-        except HostUnavailable as exc:
-            raise RuntimeError(_unavailable(exc)) from None
+        _models_info(self.host, "text", self._spec)
         return self
 
     def encode(self, texts: list[str]) -> np.ndarray:
