@@ -58,6 +58,35 @@ def records(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def read_rest(proc: subprocess.Popen, *, timeout: float) -> tuple:
+    """The rest of ``proc``'s stdout and its stderr (None when not a pipe), read to the end,
+    after some stdout was read with ``readline()``.
+
+    Never ``communicate()`` after a ``readline()``: it reads the pipe's file descriptor
+    directly and so skips whatever the file object had already buffered -- the records right
+    after the line readline() returned, or the head of the next one, so that the rest begins
+    mid-line (tests/test_pipeline.py and tests/test_annotate.py each once saw that, with the
+    program's output intact).  ``proc`` is killed after ``timeout`` seconds."""
+    import threading
+
+    err: list = []
+    reader = None
+    if proc.stderr is not None:
+        reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
+        reader.start()
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        rest = proc.stdout.read()
+        proc.wait()
+    finally:
+        timer.cancel()
+    if reader is None:
+        return rest, None
+    reader.join(5)
+    return rest, err[0] if err else rest[:0]
+
+
 def free_port() -> int:
     """A loopback port that is free now, for a server another process binds a moment later.
 

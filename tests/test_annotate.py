@@ -17,7 +17,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import ROOT, cer_stream, records
+from conftest import ROOT, cer_stream, read_rest, records
 
 from stream.core.labels import COMPOUND
 from stream.core.messages import VideoFrame
@@ -182,7 +182,7 @@ def test_live_run_interrupted_leaves_a_playable_file(sample, tmp_path):
                 break
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
-        rest, err = proc.communicate(timeout=60)
+        rest, err = read_rest(proc, timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, read_rest
 
 from stream.modalities.hosted import HOST_ENV, HostClient, RemoteFaceAnalyzer, UnanalysedFace
 from stream.runtime.options import FaceOptions
@@ -65,7 +65,8 @@ class Host:
         """SIGTERM; the records it wrote after ``ready``."""
         if self.proc.poll() is None:
             self.proc.terminate()
-        out, _ = self.proc.communicate(timeout=30)
+        self.proc.stdin.close()
+        out, _ = read_rest(self.proc, timeout=30)
         return [json.loads(x) for x in out.decode().splitlines() if x.strip()]
 
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import zmq
-from conftest import ROOT, CollectSink, alive, cer_stream, free_port, records
+from conftest import ROOT, CollectSink, alive, cer_stream, free_port, read_rest, records
 
 from stream.core.labels import BASIC, COMPOUND
 from stream.modalities.base import Modality, ModalityOutput
@@ -184,7 +184,7 @@ def test_signal_flushes_and_leaves_no_child(sample, sig):
                 break
         children |= _children(proc.pid)
         proc.send_signal(sig)
-        rest, err = _read_to_end(proc, timeout=30)
+        rest, err = read_rest(proc, timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -198,29 +198,6 @@ def test_signal_flushes_and_leaves_no_child(sample, sig):
     assert children, "the analyzer should have started capture processes"
     time.sleep(0.5)
     assert not [c for c in children if alive(c)], "a capture process outlived the analyzer"
-
-
-def _read_to_end(proc: subprocess.Popen, *, timeout: float) -> tuple[str, str]:
-    """The rest of ``proc``'s stdout and its stderr, after some stdout was read with readline().
-
-    Not ``communicate()``: it reads the pipe's file descriptor directly and so skips whatever
-    readline() had already buffered -- the records right after the line it returned, or the
-    rest of a half-buffered line (this test once saw a record lost and one that began
-    mid-line, with the analyzer's output intact)."""
-    import threading
-
-    err: list[str] = []
-    reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
-    reader.start()
-    timer = threading.Timer(timeout, proc.kill)
-    timer.start()
-    try:
-        rest = proc.stdout.read()
-        proc.wait()
-    finally:
-        timer.cancel()
-    reader.join(5)
-    return rest, "".join(err)
 
 
 def _children(pid: int) -> set[int]:

@@ -16,7 +16,7 @@ import threading
 import time
 
 import pytest
-from conftest import ROOT, alive
+from conftest import ROOT, alive, read_rest
 
 from stream.core.signals import SignalEvent
 
@@ -165,6 +165,6 @@ def test_a_run_started_with_sigint_blocked_still_stops_on_it(sample):
     first = json.loads(proc.stdout.readline())  # the start record: the run is under way
     assert first["type"] == "start"
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    out, err = read_rest(proc, timeout=30)
     end = json.loads(out.strip().splitlines()[-1])
     assert end["type"] == "end" and end["reason"] == "interrupted", err
