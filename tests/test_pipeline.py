@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 import zmq
 from conftest import ROOT, CollectSink, alive, cer_stream, free_port, read_rest, records
@@ -314,3 +315,46 @@ def test_ctrl_c_at_any_moment_is_one_line_at_most(sample, delay):
     else:
         assert proc.returncode == 0, err
         assert records(out)[-1]["type"] == "end"
+
+
+def test_a_files_last_windows_wait_for_its_audio_to_end():
+    """A file's video can end (its end message on the frames socket) before the last of its audio
+    has come (on the audio socket): the last windows are still cut with all of it, so a run's
+    records never depend on which message came first."""
+    from stream import Pipeline, PipelineOptions, PushSource
+    from stream.core import messages as m
+
+    source = PushSource(fps=25.0, live=False)
+    rate = 16000
+    tone = (0.1 * np.sin(2 * np.pi * 220 * np.arange(10 * rate) / rate)).astype(np.float32)
+    picture = np.full((240, 320, 3), 90, np.uint8)
+    third = threading.Event()
+
+    def capture():
+        for i in range(250):  # 10 s of pictures, and the audio up to 9 s beside them
+            source.push_frame(picture, i / 25)
+            if i % 25 == 0 and i < 225:
+                source.push_audio(tone[i * rate // 25 : (i + 25) * rate // 25], i / 25, rate)
+        third.wait(120)  # the analyzer is at the last window, waiting for its audio
+        with source.state.cond:  # the video's end, as the receiver takes it off the frames socket
+            source.state.video_end = m.EndOfStream(streams=[m.VIDEO], reason="eof", frames=250, duration=10.0)
+            source.state.cond.notify_all()
+        time.sleep(0.6)  # the audio's last second is still on its way
+        source.push_audio(tone[9 * rate :], 9.0, rate)
+        with source.state.cond:
+            source.state.av_audio_done = True
+            source.state.cond.notify_all()
+
+    t = threading.Thread(target=capture)
+    t.start()
+    recs = []
+    with Pipeline(PipelineOptions(modalities=["face"])) as p:
+        for r in p.run(source):
+            recs.append(r.to_dict())
+            if recs[-1]["type"] == "window" and recs[-1]["index"] == 2:
+                third.set()
+    t.join()
+    wins = [r for r in recs if r["type"] == "window"]
+    assert [(w["start"], w["end"]) for w in wins] == [(0.0, 4.0), (2.0, 6.0), (4.0, 8.0), (6.0, 10.0)]
+    assert [w["audio"]["coverage"] for w in wins] == [1.0] * 4, [w["audio"] for w in wins]
+    assert not [r for r in recs if r["type"] == "warning" and "did not end" in r.get("message", "")]

@@ -75,6 +75,16 @@ FACE_AHEAD_BATCH = 4
 #: File mode: how long the audio modalities wait for that audio to arrive (the reader decodes many
 #: times faster than real time, so this is a backstop).
 AUDIO_AHEAD_WAIT_S = 2.0
+#: File mode: how long the last windows wait, once the video has ended, for the rest of the file's
+#: audio (its end comes on the audio socket and may trail the video's end on the frames socket);
+#: a backstop: the reader sends it right after the video's.
+AUDIO_END_WAIT_S = 10.0
+
+
+def _file_audio_ended(state: SourceState) -> bool:
+    """The file's own audio track has ended (or there is none); a microphone beside it never
+    ends and does not count.  Read under ``state.cond``."""
+    return not state.av_audio or state.av_audio_done
 
 
 class Analyzer:
@@ -421,6 +431,8 @@ class Analyzer:
                     self.capture.stop_sources()  # its end message says how far it got
                     with state.cond:
                         state.cond.wait_for(lambda: state.video_done, 1.0)
+                if not stopping:
+                    self._await_file_audio(state)
                 if state.video_end is not None:
                     duration, total_frames = state.video_end.duration, state.video_end.frames
                     if audio_only:
@@ -637,16 +649,26 @@ class Analyzer:
             with state.cond:
                 state.cond.wait_for(
                     lambda: (
-                        audio.horizon >= want
-                        or state.audio_done
-                        or state.video_done
-                        or frames.full
-                        or self.stop_event.is_set()
+                        audio.horizon >= want or _file_audio_ended(state) or frames.full or self.stop_event.is_set()
                     ),
                     timeout=AUDIO_AHEAD_WAIT_S,
                 )
         if audio.horizon > w.end + EPS:
             inp.shared["audio_ahead"] = audio.slice(w.end, min(audio.horizon, w.end + AUDIO_AHEAD_S))[0]
+
+    def _await_file_audio(self, state: SourceState) -> None:
+        """A file whose video has ended: wait (at most :data:`AUDIO_END_WAIT_S`) for the end of its
+        audio track before the last windows are cut.  The video's end comes on the frames socket
+        and its last audio on the audio socket, in either order; without this wait the last
+        windows took whatever audio had arrived, so their voice and words depended on timing (a
+        run beside a busy host once differed from the same file's run in the fourth decimal)."""
+        if self.live or not state.av_audio:
+            return
+        with state.cond:
+            if not state.cond.wait_for(
+                lambda: _file_audio_ended(state) or self.stop_event.is_set(), timeout=AUDIO_END_WAIT_S
+            ):
+                self.warn(f"the file's audio did not end within {AUDIO_END_WAIT_S:g} s of its video", stream="audio")
 
     def _audio_side(
         self, inp: WindowInput, mods: list[Modality], frames: FrameRing, audio: AudioRing, state: SourceState
