@@ -168,3 +168,27 @@ def test_a_run_started_with_sigint_blocked_still_stops_on_it(sample):
     out, err = read_rest(proc, timeout=30)
     end = json.loads(out.strip().splitlines()[-1])
     assert end["type"] == "end" and end["reason"] == "interrupted", err
+
+
+def test_a_ctrl_c_that_lands_in_a_callback_is_delivered_not_printed():
+    """Python runs a signal handler at the next bytecode, which can be inside a weakref callback
+    (importlib's module-lock callback, while the command imports its modules): the start-up's
+    KeyboardInterrupt raised there cannot propagate.  It is delivered to the main thread again,
+    not printed as "Exception ignored ... Traceback" and lost (seen once under load)."""
+    script = (
+        "import signal, sys, weakref\n"
+        "from stream.cli.interrupt import note_sigint, redeliver_swallowed\n"
+        "signal.signal(signal.SIGINT, note_sigint)\n"
+        "sys.unraisablehook = redeliver_swallowed(sys.unraisablehook)\n"
+        "class A: pass\n"
+        "a = A(); r = weakref.ref(a, lambda _: note_sigint(signal.SIGINT, None))\n"
+        "try:\n"
+        "    del a\n"
+        "    for _ in range(50_000_000): pass\n"
+        "    print('lost')\n"
+        "except KeyboardInterrupt:\n"
+        "    print('delivered')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert proc.stdout.strip() == "delivered" and proc.stderr == "", proc.stderr

@@ -22,7 +22,7 @@ from stream.core.logs import fill_closed_std_streams
 fill_closed_std_streams()  # before anything here opens a file (SignalEvent's pipe): see there
 
 from stream.cli.interrupt import as_program as as_program_flag  # noqa: E402
-from stream.cli.interrupt import interrupted, note_sigint  # noqa: E402
+from stream.cli.interrupt import interrupted, note_sigint, redeliver_swallowed  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +41,11 @@ def main(argv: list[str] | None = None) -> int:
 
         unblock_stop_signals()  # a parent's thread may have handed us a mask that blocks them
     if main_thread and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        import sys
+
         signal.signal(signal.SIGINT, note_sigint)
+        if as_program:  # a process of its own: no caller's unraisable hook to keep
+            sys.unraisablehook = redeliver_swallowed(sys.unraisablehook)
     try:
         from stream.cli.main import main as run
 

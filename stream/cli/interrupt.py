@@ -8,7 +8,8 @@ the flag made the package and that module import each other.
 
 from __future__ import annotations
 
-from typing import NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from stream.core.logs import fill_closed_std_streams
 
@@ -36,4 +37,47 @@ def note_sigint(signum: int, frame: object) -> NoReturn:
     raise KeyboardInterrupt
 
 
-__all__ = ["as_program", "interrupted", "note_sigint"]
+def _again() -> None:
+    import _thread
+    import signal
+    import threading
+
+    timer = threading.Timer(REDELIVER_S, _thread.interrupt_main, args=(signal.SIGINT,))
+    timer.daemon = True
+    timer.start()
+
+
+#: How long after a swallowed Ctrl-C it is delivered again (the callback it landed in has
+#: returned by then; if not, it is swallowed and delivered again).
+REDELIVER_S = 0.005
+
+
+def redeliver_swallowed(hook: Callable[[Any], object]) -> Callable[[Any], object]:
+    """``sys.unraisablehook`` for the start-up: a KeyboardInterrupt that :func:`note_sigint`
+    raised where Python cannot propagate it (a signal handler runs at the next bytecode, and that
+    can be inside a weakref callback or a ``__del__``: importlib's module-lock callback, under
+    load) is not printed as "Exception ignored ... Traceback" and lost; it is delivered to the
+    main thread again a few milliseconds later (:func:`_thread.interrupt_main` from a timer
+    thread: from this one the handler would run at once, still inside the callback), where it
+    ends the start-up as Ctrl-C does.  Anything else goes to ``hook``."""
+
+    def quiet(unraisable: Any) -> object:
+        import signal
+
+        try:
+            if (
+                unraisable.exc_type is not None
+                and issubclass(unraisable.exc_type, KeyboardInterrupt)
+                and signal.getsignal(signal.SIGINT) is note_sigint
+            ):
+                _again()
+                return None
+        except KeyboardInterrupt:  # a second Ctrl-C landed in this hook: the same answer
+            _again()
+            return None
+        return hook(unraisable)
+
+    return quiet
+
+
+__all__ = ["as_program", "interrupted", "note_sigint", "redeliver_swallowed"]
