@@ -165,3 +165,35 @@ def test_matches_the_packages_own_wrapper(clip, whole_clip_probs):
     assert len(ours) == len(ref)
     for (a, b), (c, d) in zip(ours, ref):
         assert abs(a - c) <= 2 * V.CHUNK_SAMPLES and abs(b - d) <= 2 * V.CHUNK_SAMPLES
+
+
+def test_a_stream_goes_on_from_a_state_handed_over(clip):
+    """The public state: a fresh VAD given another's snapshot scores the next chunks exactly as
+    the VAD that reached it (how the model host runs every stream on one VAD), and a snapshot
+    stays what it was while its stream goes on."""
+    chunks = clip[: 40 * V.CHUNK_SAMPLES].reshape(40, V.CHUNK_SAMPLES)
+    a = V.SileroVAD().load()
+    a.feed(chunks[:25])  # into the speech, which starts 0.25 s in
+    reached = a.state
+    kept = (reached.recurrent.copy(), reached.context.copy())
+    assert not reached.recurrent.flags.writeable and not reached.context.flags.writeable
+    assert np.abs(reached.recurrent).max() > 0  # a state, not the zeros of a new stream
+    peeked = a.peek(chunks[25])
+    ours = a.feed(chunks[25:])
+
+    b = V.SileroVAD().load()
+    assert not np.array_equal(b.feed(chunks[25:]), ours)  # the state matters to these scores
+    b.state = reached
+    assert b.peek(chunks[25]) == peeked
+    np.testing.assert_array_equal(b.feed(chunks[25:]), ours)
+    np.testing.assert_array_equal(b.state.recurrent, a.state.recurrent)
+    np.testing.assert_array_equal(b.state.context, a.state.context)
+    # the snapshot did not follow either stream, and handing it over again replays the same scores
+    np.testing.assert_array_equal(reached.recurrent, kept[0])
+    np.testing.assert_array_equal(reached.context, kept[1])
+    b.state = reached
+    np.testing.assert_array_equal(b.feed(chunks[25:]), ours)
+    b.reset_states()
+    assert not b.state.recurrent.any() and not b.state.context.any()
+    with pytest.raises(ValueError, match="recurrent state must have shape"):
+        V.VadState(np.zeros((2, 2, 128)), np.zeros(V.CONTEXT_SAMPLES))

@@ -33,7 +33,7 @@ import numpy as np
 from stream.core.wire import pack, unpack
 from stream.modalities.face import FaceResult
 from stream.modalities.speech.asr import AsrUnavailableError, SpeechRecognizer
-from stream.modalities.speech.vad import CHUNK_SAMPLES, SileroVAD
+from stream.modalities.speech.vad import CHUNK_SAMPLES, SileroVAD, VadState
 
 #: The environment variable that names the model host's endpoint (set by ``cer-stream serve``).
 HOST_ENV = "CER_STREAM_MODEL_HOST"
@@ -389,15 +389,16 @@ class RemoteVAD(SileroVAD):
 
     def _ask(self, op: str, chunks: np.ndarray) -> np.ndarray:
         self.load()
+        now = self.state
         probs, state, context = self.host.call(
             "vad",
             "vad",
             self._spec,
-            (op, np.asarray(chunks, np.float32), self._state, self._context),
+            (op, np.asarray(chunks, np.float32), now.recurrent, now.context),
             timeout=SPEECH_TIMEOUT_S,
         )
         if op == "feed":
-            self._state, self._context = np.asarray(state, np.float32), np.asarray(context, np.float32)
+            self.state = VadState(state, context)
         return np.asarray(probs, np.float32)
 
     def feed(self, chunks: np.ndarray) -> np.ndarray:

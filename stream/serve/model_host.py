@@ -265,16 +265,19 @@ class VadModels:
         return {}
 
     def run(self, batch: list[Request]) -> list[Any]:
+        from stream.modalities.speech.vad import VadState
+
         out: list[Any] = []
         for r in batch:
             op, chunks, state, context = r.args
             try:
-                self.vad._state, self.vad._context = np.asarray(state, np.float32), np.asarray(context, np.float32)
+                self.vad.state = VadState(state, context)
                 if op == "peek":
                     probs = np.asarray([self.vad.peek(chunks)], np.float32)
                 else:
                     probs = self.vad.feed(chunks)
-                out.append((probs, self.vad._state, self.vad._context))
+                now = self.vad.state
+                out.append((probs, now.recurrent, now.context))
             except Exception as exc:
                 out.append(exc)
         return out

@@ -107,6 +107,28 @@ class VadOptions:
         return self.neg_threshold if self.neg_threshold is not None else max(self.threshold - 0.15, 0.01)
 
 
+@dataclass(frozen=True)
+class VadState:
+    """Where a Silero VAD stream stands: the recurrent state ``[2, 1, 128]`` and the last
+    ``CONTEXT_SAMPLES`` samples of the previous chunk (the next call's context).
+
+    Read-only copies, so a snapshot never changes as the stream goes on, and one taken from a
+    VAD can be handed to another (the model host runs every stream's chunks on one VAD, the
+    state travelling with each request: :mod:`stream.serve.model_host`).
+    """
+
+    recurrent: np.ndarray
+    context: np.ndarray
+
+    def __post_init__(self) -> None:
+        for name, shape in (("recurrent", STATE_SHAPE), ("context", (CONTEXT_SAMPLES,))):
+            value = np.array(getattr(self, name), dtype=np.float32)  # a copy
+            if value.shape != shape:
+                raise ValueError(f"Silero VAD {name} state must have shape {shape}, got {value.shape}")
+            value.setflags(write=False)
+            object.__setattr__(self, name, value)
+
+
 class SileroVAD:
     """Silero VAD as a streaming stage: feed 512-sample chunks in order, get probabilities.
 
@@ -149,6 +171,16 @@ class SileroVAD:
         """Forget the stream: zero recurrent state and zero context."""
         self._state = np.zeros(STATE_SHAPE, np.float32)
         self._context = np.zeros(CONTEXT_SAMPLES, np.float32)
+
+    @property
+    def state(self) -> VadState:
+        """Where the stream stands now (a snapshot: later chunks leave it as it is)."""
+        return VadState(self._state, self._context)
+
+    @state.setter
+    def state(self, value: VadState) -> None:
+        """Go on from ``value``: the next chunk is scored as it would be by the VAD that reached it."""
+        self._state, self._context = value.recurrent, value.context
 
     def _run(self, chunk: np.ndarray) -> tuple[float, np.ndarray]:
         if self.engine is None or not self.engine.loaded:
