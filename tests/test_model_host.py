@@ -261,3 +261,43 @@ def test_a_batch_larger_than_an_engine_takes_is_cut_into_calls():
         assert [r.box for r in a] == [r.box for r in b]
         for x, y in zip(a, b):
             np.testing.assert_allclose(x.basic, y.basic, atol=1e-5)
+
+
+@pytest.mark.parametrize("hosted", [False, True])
+def test_the_speech_text_head_is_read_once_when_the_modalities_are_built(hosted, tmp_path, monkeypatch):
+    """The head file gives both the sentence encoder's max_len (the spec the host preloads by) and
+    the text modality's head: one read, under a model host or not."""
+    import pickle
+
+    from stream.modalities import hosted as H
+    from stream.modalities.audio import AudioOptions, build_audio_modalities
+    from stream.modalities.speech.texthead import TextHead
+
+    reads: list[str] = []
+    real = TextHead.load.__func__  # type: ignore[attr-defined]
+
+    def counting(cls, kind_or_path, **kw):
+        reads.append(str(kind_or_path))
+        return real(cls, kind_or_path, **kw)
+
+    monkeypatch.setattr(TextHead, "load", classmethod(counting))
+    monkeypatch.setattr(H, "_ACTIVE", None)  # this test's own client, closed below
+    if hosted:  # nothing listens there: building the stand-ins asks the host nothing
+        monkeypatch.setenv(HOST_ENV, f"ipc://{tmp_path / 'models.sock'}")
+    else:
+        monkeypatch.delenv(HOST_ENV, raising=False)
+    mods = build_audio_modalities(AudioOptions(device="cpu"))
+    try:
+        text = mods[-1]
+        assert reads == ["speech"]
+        assert text.name == "text" and isinstance(text.head, TextHead)
+        if hosted:
+            assert isinstance(text.head.encoder, H.RemoteTextEncoder)
+            assert pickle.loads(text.head.encoder._spec)["max_len"] == text.head.max_len
+        else:
+            assert text.head.encoder is None  # made by the modality's load, with the head's max_len
+    finally:
+        for mod in mods:
+            mod.close()
+        if H._ACTIVE is not None:
+            H._ACTIVE.close()

@@ -35,7 +35,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,6 +44,9 @@ from stream.core.labels import basic_name, to_basic
 from stream.modalities.base import Modality, ModalityOutput, WindowInput
 from stream.modalities.speech.vad import SAMPLE_RATE, SileroVAD, SpeechGate, VadOptions
 from stream.modalities.speech.voice import VoiceEmotion, VoiceHeadError
+
+if TYPE_CHECKING:
+    from stream.modalities.speech.texthead import TextHead
 
 log = logging.getLogger("cer_stream.audio")
 
@@ -251,11 +254,19 @@ class AudioOptions:
     voice_threads: int = 1
 
 
-def audio_specs(opts: AudioOptions) -> dict[str, dict[str, Any]]:
+def _wants_text(opts: AudioOptions) -> bool:
+    """Whether ``opts`` asks for the text modality (words, then the speech text head)."""
+    return opts.asr and opts.text
+
+
+def audio_specs(opts: AudioOptions, *, text_head: TextHead | None = None) -> dict[str, dict[str, Any]]:
     """The constructor arguments of the models ``opts`` asks for, by kind: ``vad``
     (:class:`SileroVAD`), ``voice`` (:class:`VoiceFeatures`), ``asr`` (:class:`SpeechRecognizer`), ``text`` (the sentence encoder;
     only with the text modality).  One place for both the modalities built here and the model
-    host's preloading (:mod:`stream.serve.model_host`), so a stream finds its models already loaded."""
+    host's preloading (:mod:`stream.serve.model_host`), so a stream finds its models already loaded.
+
+    The sentence encoder's ``max_len`` is the speech text head's: ``text_head`` when the caller
+    has it already (:func:`build_audio_modalities`, so the head file is read once), else it is read."""
     from stream.modalities.speech.asr import AsrGate, AsrOptions
 
     specs: dict[str, dict[str, Any]] = {"vad": {"backend": opts.backend, "device": opts.device}}
@@ -267,7 +278,7 @@ def audio_specs(opts: AudioOptions) -> dict[str, dict[str, Any]]:
             "device": opts.device,
             "intra_op_threads": opts.voice_threads,
         }
-    if opts.asr and opts.text:
+    if _wants_text(opts):
         gate = (
             AsrGate(min_word_probability=opts.asr_min_word_probability, languages=opts.asr_languages)
             if opts.asr_gate
@@ -280,9 +291,11 @@ def audio_specs(opts: AudioOptions) -> dict[str, dict[str, Any]]:
                 language=opts.language, beam_size=opts.asr_beam_size, gate=gate, translate=opts.asr_translate
             ),
         }
-        from stream.modalities.speech.texthead import TextHead
+        if text_head is None:
+            from stream.modalities.speech.texthead import TextHead
 
-        specs["text"] = {"backend": opts.backend, "device": opts.device, "max_len": TextHead.load("speech").max_len}
+            text_head = TextHead.load("speech")
+        specs["text"] = {"backend": opts.backend, "device": opts.device, "max_len": text_head.max_len}
     return specs
 
 
@@ -297,7 +310,12 @@ def build_audio_modalities(opts: AudioOptions, *, share_gate: bool = True) -> li
     from stream.modalities.hosted import active_host
 
     host = active_host()
-    specs = audio_specs(opts)
+    head: TextHead | None = None
+    if _wants_text(opts):  # read once: the encoder's max_len (the specs) and the text modality's head
+        from stream.modalities.speech.texthead import TextHead
+
+        head = TextHead.load("speech")
+    specs = audio_specs(opts, text_head=head)
 
     def new_gate() -> SpeechGate:
         vad: SileroVAD
@@ -334,13 +352,11 @@ def build_audio_modalities(opts: AudioOptions, *, share_gate: bool = True) -> li
         from stream.modalities.text import SpeechTextModality
 
         a = specs["asr"]
-        head = None
+        assert head is not None  # "asr" is in the specs only when the text modality is wanted
         if host is not None:
             from stream.modalities.hosted import RemoteSpeechRecognizer, RemoteTextEncoder
-            from stream.modalities.speech.texthead import TextHead
 
             asr: SpeechRecognizer = RemoteSpeechRecognizer(host, **a)
-            head = TextHead.load("speech")
             head.encoder = RemoteTextEncoder(host, **specs["text"])
         else:
             asr = SpeechRecognizer(**a)
