@@ -1,4 +1,5 @@
-"""What every benchmark's ``--smoke`` mode shares (a helper module, not a benchmark).
+"""What every benchmark shares (a helper module, not a benchmark): its ``--smoke`` mode, and the
+steps of its output (the revision it measured, the refusal of a dirty tree, the report files).
 
 A smoke run is the benchmark's own code on a tiny input (a second or two of the sample, one
 repetition, one stream, a soak shrunk to seconds), so that a benchmark that no longer runs is
@@ -12,14 +13,21 @@ them.  Hence:
   (:func:`finish`), 1 when some are missing, and :data:`SKIPPED` (77, the "skipped" status of
   automake's test harness) when this machine lacks something it needs (a GPU, the peer's
   environment), after one line saying what.
+
+A report names the commit it measured (:func:`revision`), so a real run of a tree whose measured
+files differ from that commit is refused (:func:`refuse_dirty`) unless ``--allow-dirty`` (the
+report then lists the files) or ``--smoke`` (whose figures are never reported).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +65,34 @@ def out_dir(name: str, given: Path | None) -> Path:
     return folder
 
 
+def out_dir_or_error(prefix: str, name: str, given: Path | None) -> Path | None:
+    """:func:`out_dir`, or None after one line on stderr saying why not (``prefix``, the
+    benchmark's own, first): the caller exits 2, as for any usage error."""
+    try:
+        return out_dir(name, given)
+    except ValueError as exc:
+        sys.stderr.write(f"{prefix} error: {exc}\n")
+        sys.stderr.flush()
+        return None
+
+
+def report_paths(
+    prefix: str, name: str, stem: str, args: argparse.Namespace, results: Path = RESULTS
+) -> tuple[Path, Path, Path | None] | None:
+    """``(JSON path, markdown path, smoke folder)`` of a run's report: with ``--smoke``,
+    ``stem.json`` and ``stem.md`` in its folder (:func:`out_dir`); else ``--json`` and ``--md``
+    where the benchmark has them and they were given, else those names in ``results``, and no
+    smoke folder.  None after one line on stderr (``prefix`` first) when the smoke folder is
+    refused."""
+    if args.smoke:
+        folder = out_dir_or_error(prefix, name, args.smoke_dir)
+        if folder is None:
+            return None
+        return folder / f"{stem}.json", folder / f"{stem}.md", folder
+    given = (getattr(args, "json", None), getattr(args, "md", None))
+    return Path(given[0] or results / f"{stem}.json"), Path(given[1] or results / f"{stem}.md"), None
+
+
 def refuse_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace, names: Iterable[str]) -> None:
     """A usage error when an output path of a full run (``--json`` ...) comes with ``--smoke``:
     a smoke run's files go to its own folder, so its figures can never replace reported ones."""
@@ -65,6 +101,114 @@ def refuse_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace, na
         parser.error(f"--smoke writes into --smoke-dir, not {', '.join(given)}")
 
 
+# --------------------------------------------------------------------------- the revision measured
+def git(*args: str, root: Path = ROOT) -> str | None:
+    """What ``git args`` prints in the checkout ``root``, less its final newline (a porcelain
+    line's leading blank is part of it), or None where git is missing or fails (no checkout)."""
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.rstrip("\n")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@dataclass(frozen=True)
+class Revision:
+    """The commit a run measured and the files that differ from it (None: no checkout)."""
+
+    commit: str | None  #: ``git rev-parse HEAD``
+    short: str | None  #: ``git rev-parse --short HEAD``
+    describe: str | None  #: ``git describe --always``
+    #: The measured files that differ from the commit (tracked changes and new files), or with
+    #: no measured files named, every tracked file that does (new files do not count).
+    changed: tuple[str, ...]
+    measured: tuple[str, ...]
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.changed)
+
+    def label(self, name: str = "describe", mark: str = "-dirty") -> str | None:
+        """The ``name`` field (``"describe"`` or ``"short"``), ``mark`` after it when something
+        changed: by default what ``git describe --always --dirty`` prints (bench/latency.py's
+        records write ``+dirty`` after the short hash); None outside a checkout."""
+        value: str | None = getattr(self, name)
+        return value + mark if value and self.dirty else value
+
+    def record(self, name: str = "describe") -> dict[str, Any]:
+        """What a report keeps: ``{"commit": ..., name: ..., "changed": [...]}``."""
+        return {"commit": self.commit, name: getattr(self, name), "changed": list(self.changed)}
+
+
+def revision(measured: Sequence[str] = (), root: Path = ROOT) -> Revision:
+    """The :class:`Revision` of the checkout ``root``; ``measured``: the files whose changes
+    count (none named: every tracked file)."""
+    if measured:
+        status = git("status", "--porcelain", "--", *measured, root=root)
+    else:
+        status = git("status", "--porcelain", "--untracked-files=no", root=root)
+    return Revision(
+        commit=git("rev-parse", "HEAD", root=root) or None,
+        short=git("rev-parse", "--short", "HEAD", root=root) or None,
+        describe=git("describe", "--always", root=root) or None,
+        changed=tuple(sorted(line[3:] for line in (status or "").splitlines())),  # "XY path" lines
+        measured=tuple(measured),
+    )
+
+
+def refuse_dirty(prefix: str, rev: Revision, args: argparse.Namespace) -> bool:
+    """True, after one line on stderr (``prefix``, the benchmark's own, first), when the run
+    must not go on: files it measures differ from ``rev`` and neither ``--allow-dirty`` nor
+    ``--smoke`` was given (a report's figures must be those of the commit it names)."""
+    if not rev.changed or getattr(args, "allow_dirty", False) or getattr(args, "smoke", False):
+        return False
+    what = "the measured files" if rev.measured else "tracked files"
+    shown = ", ".join(rev.changed[:5]) + (f" and {len(rev.changed) - 5} more" if len(rev.changed) > 5 else "")
+    sys.stderr.write(
+        f"{prefix} error: {what} differ from the revision {rev.describe or 'HEAD'} ({shown}); "
+        "commit them first, or pass --allow-dirty\n"
+    )
+    sys.stderr.flush()
+    return True
+
+
+def begin(
+    prefix: str, name: str, stem: str, args: argparse.Namespace, measured: Sequence[str], results: Path = RESULTS
+) -> tuple[Revision, Path, Path, Path | None] | None:
+    """The first steps of a benchmark that names its measured files: their :func:`revision`,
+    :func:`refuse_dirty`, then :func:`report_paths`; ``(revision, JSON path, markdown path,
+    smoke folder)``, or None after one line on stderr (the caller exits 2)."""
+    rev = revision(measured)
+    if refuse_dirty(prefix, rev, args):
+        return None
+    paths = report_paths(prefix, name, stem, args, results)
+    return None if paths is None else (rev, *paths)
+
+
+def write_results(
+    json_path: Path | None,
+    res: Any,
+    md_path: Path | None = None,
+    md: str = "",
+    *,
+    dumps: Callable[..., str] = json.dumps,
+    **options: Any,
+) -> list[Path]:
+    """The run's record ``res`` as ``dumps(res, **options)`` and a newline into ``json_path``,
+    the markdown report ``md`` as it is into ``md_path`` (a path None: that file is not
+    written); UTF-8, folders made.  The paths written."""
+    written = []
+    for path, text in ((json_path, None), (md_path, md)):
+        if path is None:
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(dumps(res, **options) + "\n" if text is None else text, encoding="utf-8")
+        written.append(path)
+    return written
+
+
+# --------------------------------------------------------------------------- smoke inputs
 def short_clip(dst: Path, seconds: float = 2.0, src: Path = SAMPLE) -> Path:
     """The first ``seconds`` of ``src`` (stream copy, every track) as the MP4 ``dst``.
 

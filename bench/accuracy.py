@@ -63,7 +63,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -217,20 +216,10 @@ def say(msg: str) -> None:
 
 
 def git_revision() -> dict[str, Any]:
-    def run(*args: str) -> str | None:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    describe = run("describe", "--always", "--dirty")
-    return {
-        "commit": run("rev-parse", "HEAD"),
-        "describe": describe,
-        "dirty": bool(describe and describe.endswith("-dirty")),
-    }
+    """The commit and ``git describe --always --dirty``: a run is not refused from a dirty tree,
+    its report says so."""
+    rev = _smoke.revision()
+    return {"commit": rev.commit, "describe": rev.label("describe", "-dirty"), "dirty": rev.dirty}
 
 
 def _hash(*parts: Any) -> str:
@@ -925,13 +914,11 @@ def run_only(args: argparse.Namespace, t_start: float) -> int:
     )
     res = json.loads(json_path.read_text()) if json_path.is_file() else {}
     res[args.only] = section
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(res, indent=1) + "\n")
     if "face" in res:
-        md_path.write_text(markdown(res) + "\n")
+        md = markdown(res)
     else:
-        part = voice_markdown(section) if args.only == "voice" else multilingual_markdown(section)
-        md_path.write_text("\n".join(part) + "\n")
+        md = "\n".join(voice_markdown(section) if args.only == "voice" else multilingual_markdown(section))
+    _smoke.write_results(json_path, res, md_path, md + "\n", indent=1)
     say(f"wrote {json_path}, {md_path}")
     return 0
 
@@ -1397,9 +1384,7 @@ def measure(
     if "skipped" not in multilingual:  # its report line names the run's revision and command
         multilingual.update(revision=res["revision"], command=res["command"])
     res["elapsed_s"] = round(time.perf_counter() - t_start, 1)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(res, indent=1) + "\n")
-    md_path.write_text(markdown(res) + "\n")
+    _smoke.write_results(json_path, res, md_path, markdown(res) + "\n", indent=1)
     if png_path is not None:
         plot(res, png_path)
     for m in face:

@@ -449,10 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     folder = None
     if args.smoke:
-        try:
-            folder = _smoke.out_dir("audio_text", args.smoke_dir)
-        except ValueError as exc:
-            print(f"bench/audio_text.py: error: {exc}", file=sys.stderr)
+        folder = _smoke.out_dir_or_error("bench/audio_text.py:", "audio_text", args.smoke_dir)
+        if folder is None:
             return 2
     sections = set(args.only.split(","))
     report: dict = {
@@ -479,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if folder is None:
         return 0
-    (folder / "audio_text.json").write_text(text + "\n", encoding="utf-8")
+    _smoke.write_results(folder / "audio_text.json", report, indent=2, default=str)
     gate = SMOKE_GATE_NUMBERS if shutil.which("espeak-ng") else ()
     if not gate:
         _smoke.say("audio_text", "espeak-ng is not installed: the gate section was skipped")

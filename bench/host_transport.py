@@ -539,23 +539,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    json_out, md_out = args.json or RESULTS / "host-transport.json", args.md or RESULTS / "host-transport.md"
-    if args.smoke:
-        try:
-            folder = _smoke.out_dir("host_transport", args.smoke_dir)
-        except ValueError as exc:
-            print(f"bench/host_transport.py: error: {exc}", file=sys.stderr)
-            return 2
-        json_out, md_out = folder / "host-transport.json", folder / "host-transport.md"
-    git_revision = importlib.import_module("bench.tracking").git_revision
-    revision = git_revision(MEASURED)
-    if revision["changed"] and not args.allow_dirty and not args.smoke:
-        print(
-            "bench/host_transport.py: error: the measured files differ from the revision "
-            f"({', '.join(revision['changed'])}); commit them first (or --allow-dirty)",
-            file=sys.stderr,
-        )
+    started = _smoke.begin("bench/host_transport.py:", "host_transport", "host-transport", args, MEASURED)
+    if started is None:
         return 2
+    revision, json_out, md_out, folder = started
     import zmq
 
     load_before = [round(x, 2) for x in os.getloadavg()]
@@ -568,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = importlib.import_module("bench.latency").machine_info()
     res = {
         "command": "python bench/host_transport.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "revision": revision,
+        "revision": revision.record("describe"),
         "machine": machine,
         "load_before": load_before,
         "load_after": [round(x, 2) for x in os.getloadavg()],
@@ -585,10 +572,7 @@ def main(argv: list[str] | None = None) -> int:
         "face_path": face_cost(),
         "cases": cases,
     }
-    for path in (json_out, md_out):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    json_out.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
-    md_out.write_text(markdown(res) + "\n", encoding="utf-8")
+    _smoke.write_results(json_out, res, md_out, markdown(res) + "\n", indent=2)
     say(f"wrote {json_out} and {md_out}")
     if args.smoke:
         return _smoke.finish("host_transport", res, SMOKE_NUMBERS, folder)

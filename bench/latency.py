@@ -213,27 +213,16 @@ def versions() -> dict:
                 break
             except PackageNotFoundError:
                 continue
-    rev, dirty = git_revision()
-    out["cer-stream"] = (rev + ("+dirty" if dirty else "")) if rev else None
+    out["cer-stream"] = _smoke.revision().label("short", "+dirty")
     return out
 
 
 def git_revision() -> tuple[str | None, bool]:
-    """``(short revision, dirty)``: dirty means tracked files differ from HEAD (untracked files
-    do not count); ``(None, False)`` outside a git checkout."""
-    try:
-        rev = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None, False
-    return rev or None, bool(dirty)
+    """``(short revision, dirty)`` (bench/_smoke.py's :func:`revision`: dirty means tracked files
+    differ from HEAD, new files do not count); ``(None, False)`` outside a git checkout.  The form
+    bench/scale.py reads."""
+    rev = _smoke.revision()
+    return rev.short, rev.dirty
 
 
 # --------------------------------------------------------------------------- resources
@@ -1388,12 +1377,11 @@ def measure(args) -> int:
     md = markdown(res)
     sys.stdout.write(md)
     sys.stdout.flush()
-    if args.md:
-        Path(args.md).write_text(md, encoding="utf-8")
-    if args.json:
-        from stream.sinks.outputs import dumps
+    from stream.sinks.outputs import dumps
 
-        Path(args.json).write_text(dumps(res) + "\n", encoding="utf-8")
+    _smoke.write_results(
+        Path(args.json) if args.json else None, res, Path(args.md) if args.md else None, md, dumps=dumps
+    )
     if args.plot:
         plot(res, args.plot)
     log("done" + "".join(f"; wrote {p_}" for p_ in (args.json, args.md, args.plot) if p_))

@@ -77,21 +77,6 @@ def versions() -> dict:
     return out
 
 
-def revision() -> str:
-    """``git describe --always --dirty`` of the tree that ran (``+dirty`` figures are not reported)."""
-    import subprocess
-
-    try:
-        return (
-            subprocess.run(
-                ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True, timeout=10
-            ).stdout.strip()
-            or "unknown"
-        )
-    except OSError:
-        return "unknown"
-
-
 def legacy_available() -> bool:
     try:
         import mediapipe as mp
@@ -414,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     rep = {
         "versions": versions(),
         "legacy_solutions_api": legacy,
-        "revision": revision(),
+        # ``git describe --always --dirty`` of the tree that ran (``-dirty`` figures are not reported)
+        "revision": _smoke.revision().label() or "unknown",
         "command": " ".join(["python", "bench/mediapipe_tasks.py", *(argv if argv is not None else sys.argv[1:])]),
     }
     if not args.skip_frames:
@@ -432,8 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(rep))
     if folder is None:
         return 0
-    (folder / "mediapipe_tasks.json").write_text(json.dumps(rep) + "\n", encoding="utf-8")
-    (folder / "mediapipe_tasks.md").write_text(markdown(rep) + "\n", encoding="utf-8")
+    _smoke.write_results(folder / "mediapipe_tasks.json", rep, folder / "mediapipe_tasks.md", markdown(rep) + "\n")
     numbers = [f"frames/runs/{k}/locate_ms/median" for k in kinds] if not args.skip_frames else []
     if not args.skip_faces:
         numbers += [f"faces_dev/face_model/{k}/macro_f1_all" for k in kinds if k != "legacy_every"]

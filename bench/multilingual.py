@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
-import json
 import os
 import platform
 import shutil
@@ -54,7 +53,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RATE = 16000
-RESULTS = ROOT / "bench" / "results"
 _smoke = importlib.import_module("bench._smoke")  # --smoke
 
 #: The measured files: a run of a tree where these differ from HEAD is refused (--allow-dirty).
@@ -226,22 +224,6 @@ COST_VOICES = ("en", "de")
 
 def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def git_revision(paths: tuple[str, ...] = MEASURED) -> dict[str, Any]:
-    """The commit, and the measured ``paths`` that differ from it (tracked changes and new files)."""
-
-    def git(*args: str) -> str | None:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    status = git("status", "--porcelain", "--", *paths)
-    changed = sorted(line[3:] for line in (status or "").splitlines())
-    return {"commit": git("rev-parse", "HEAD"), "short": git("rev-parse", "--short", "HEAD"), "changed": changed}
 
 
 def versions() -> dict[str, str | None]:
@@ -516,23 +498,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    folder = RESULTS
-    if args.smoke:
-        if shutil.which("espeak-ng") is None:
-            return _smoke.skip("multilingual", "espeak-ng is not installed")
-        try:
-            folder = _smoke.out_dir("multilingual", args.smoke_dir)
-        except ValueError as exc:
-            print(f"bench/multilingual.py: error: {exc}", file=sys.stderr)
-            return 2
-    revision = git_revision()
-    if revision["changed"] and not args.allow_dirty and not args.smoke:
-        print(
-            "bench/multilingual.py: error: the measured files differ from the revision "
-            f"({', '.join(revision['changed'])}); commit them first (or --allow-dirty)",
-            file=sys.stderr,
-        )
+    if args.smoke and shutil.which("espeak-ng") is None:
+        return _smoke.skip("multilingual", "espeak-ng is not installed")
+    started = _smoke.begin("bench/multilingual.py:", "multilingual", "multilingual", args, MEASURED)
+    if started is None:
         return 2
+    revision, json_out, md_out, folder = started
     try:
         report = run(args)
     except Exception as exc:  # a missing model or tool: one line
@@ -540,15 +511,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     res = {
         "command": "python bench/multilingual.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "revision": revision,
+        "revision": revision.record("short"),
         "machine": {"cpus": len(os.sched_getaffinity(0)), "processor": platform.processor() or platform.machine()},
         "versions": versions(),
         **report,
     }
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "multilingual.json").write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (folder / "multilingual.md").write_text(markdown(res) + "\n", encoding="utf-8")
-    say(f"wrote {folder / 'multilingual.json'} and multilingual.md")
+    _smoke.write_results(json_out, res, md_out, markdown(res) + "\n", indent=2, ensure_ascii=False)
+    say(f"wrote {json_out} and {md_out.name}")
     if args.smoke:
         return _smoke.finish("multilingual", res, SMOKE_NUMBERS, folder)
     return 0

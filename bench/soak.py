@@ -115,13 +115,6 @@ def _latency_module() -> Any:
     return importlib.import_module("bench.latency")
 
 
-# --------------------------------------------------------------------------- git
-def git_revision() -> tuple[str | None, bool]:
-    """``(short revision, dirty)``, as bench/latency.py records it."""
-    rev: tuple[str | None, bool] = _latency_module().git_revision()
-    return rev
-
-
 # --------------------------------------------------------------------------- processes and memory
 def rss_mb(pid: int) -> float | None:
     """VmRSS of ``pid`` in MB, or None when it is gone (or a zombie, which has none)."""
@@ -848,15 +841,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     folder = None
     if args.smoke:
-        try:
-            folder = _smoke.out_dir("soak", args.smoke_dir)
-        except ValueError as exc:
-            log(f"error: {exc}")
+        folder = _smoke.out_dir_or_error("[soak]", "soak", args.smoke_dir)
+        if folder is None:
             return 2
         args.json, args.md = folder / "soak.json", folder / "soak.md"
-    rev, dirty = git_revision()
-    if dirty and not args.allow_dirty:
-        log("error: tracked files have uncommitted changes; commit them, or pass --allow-dirty")
+    rev = _smoke.revision()
+    if _smoke.refuse_dirty("[soak]", rev, args):
         return 2
     ok, why = rtsp_available()
     if not ok and args.smoke:
@@ -874,7 +864,7 @@ def main(argv: list[str] | None = None) -> int:
         res = run_soak(args, plan, Path(tmp))
     latency = _latency_module()
     res = {
-        "revision": (rev + ("+dirty" if dirty else "")) if rev else None,
+        "revision": rev.label("short", "+dirty"),
         "command": shlex.join([Path(sys.executable).name, "bench/soak.py", *(sys.argv[1:] if argv is None else argv)]),
         "config": {
             "minutes": args.minutes,
@@ -895,9 +885,7 @@ def main(argv: list[str] | None = None) -> int:
     if res["interrupted"]:
         log("interrupted: nothing written")
         return 130
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
-    args.md.write_text(md, encoding="utf-8")
+    _smoke.write_results(args.json, res, args.md, md, indent=1)
     failed = [name for name, ok_ in res["checks"].items() if not ok_]
     log(f"wrote {args.json} and {args.md}" + (f"; FAILED: {'; '.join(failed)}" if failed else "; all checks pass"))
     if folder is not None and not failed:

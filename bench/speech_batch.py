@@ -41,7 +41,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.multilingual import git_revision, say, speak, versions  # noqa: E402
+from bench.multilingual import say, speak, versions  # noqa: E402
 
 _smoke = importlib.import_module("bench._smoke")  # --smoke
 #: --smoke: the figures its report must hold.
@@ -199,10 +199,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    rev = git_revision(MEASURED)
-    if rev["changed"] and not args.allow_dirty:
-        say(f"speech_batch: the measured files differ from HEAD ({', '.join(rev['changed'])}); commit or --allow-dirty")
-        return 2
     try:
         subprocess.run(["espeak-ng", "--version"], check=True, capture_output=True)
     except (OSError, subprocess.CalledProcessError):
@@ -210,8 +206,10 @@ def main(argv: list[str] | None = None) -> int:
             return _smoke.skip("speech_batch", "espeak-ng is not installed")
         say("speech_batch: espeak-ng is not installed")
         return 2
-    if args.smoke:
-        args.out = _smoke.out_dir("speech_batch", args.smoke_dir)
+    started = _smoke.begin("speech_batch:", "speech_batch", "speech-batch", args, MEASURED, results=args.out)
+    if started is None:
+        return 2
+    rev, json_out, md_out, folder = started
     import os
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -219,18 +217,16 @@ def main(argv: list[str] | None = None) -> int:
         runs = [measure(t, args.batches, args.repeats, pieces) for t in args.threads]
     res = {
         "command": "python bench/speech_batch.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "revision": rev,
+        "revision": rev.record("short"),
         "versions": versions(),
         "cpus": os.cpu_count(),
         "items": [(n, round(len(a) / 16000, 2)) for n, a in pieces],
         "runs": runs,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "speech-batch.json").write_text(json.dumps(res, indent=1) + "\n")
-    (args.out / "speech-batch.md").write_text(markdown(res) + "\n")
-    say(f"wrote {args.out / 'speech-batch.md'}")
-    if args.smoke:
-        return _smoke.finish("speech_batch", res, SMOKE_NUMBERS, args.out)
+    _smoke.write_results(json_out, res, md_out, markdown(res) + "\n", indent=1)
+    say(f"wrote {md_out}")
+    if folder is not None:
+        return _smoke.finish("speech_batch", res, SMOKE_NUMBERS, folder)
     return 0
 
 

@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,7 +44,6 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
 sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "bench" / "results"
 _smoke: Any = importlib.import_module("bench._smoke")  # --smoke
 _accuracy: Any = importlib.import_module("bench.accuracy")  # faces_dev's loader and fixed subset
 
@@ -69,22 +66,6 @@ SMOKE_NUMBERS = (
 
 def say(msg: str) -> None:
     print(f"[tracking] {msg}", file=sys.stderr, flush=True)
-
-
-def git_revision(paths: tuple[str, ...] = MEASURED) -> dict[str, Any]:
-    """The commit, and the measured ``paths`` that differ from it (tracked changes and new files)."""
-
-    def git(*args: str) -> str | None:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True
-            ).stdout.rstrip("\n")
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    status = git("status", "--porcelain", "--", *paths)  # "XY path" lines: the leading blank matters
-    changed = sorted(line[3:] for line in (status or "").splitlines())
-    return {"commit": git("rev-parse", "HEAD"), "describe": git("describe", "--always"), "changed": changed}
 
 
 # --------------------------------------------------------------------------- sequences
@@ -403,27 +384,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    json_out, md_out = args.json or RESULTS / "tracking.json", args.md or RESULTS / "tracking.md"
+    started = _smoke.begin("bench/tracking.py:", "tracking", "tracking", args, MEASURED)
+    if started is None:
+        return 2
+    revision, json_out, md_out, folder = started
     if args.smoke:
-        try:
-            folder = _smoke.out_dir("tracking", args.smoke_dir)
-        except ValueError as exc:
-            print(f"bench/tracking.py: error: {exc}", file=sys.stderr)
-            return 2
-        json_out, md_out = folder / "tracking.json", folder / "tracking.md"
         args.per_class, args.frames = 1, 10
         try:
             _accuracy.load_faces_dev(args.data)
         except _accuracy.DataMissing:
             args.data = str(_smoke.standin_faces_dev(folder / "data"))
-    revision = git_revision()
-    if revision["changed"] and not args.allow_dirty and not args.smoke:
-        print(
-            "bench/tracking.py: error: the measured files differ from the revision "
-            f"({', '.join(revision['changed'])}); commit them first (or --allow-dirty)",
-            file=sys.stderr,
-        )
-        return 2
     try:
         report = run(args)
     except _accuracy.DataMissing as exc:
@@ -434,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     res = {
         "command": "python bench/tracking.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "revision": revision,
+        "revision": revision.record("describe"),
         "machine": {
             "cpus": len(os.sched_getaffinity(0)),
             "processor": platform.processor() or platform.machine(),
@@ -442,10 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         **report,
     }
-    for path in (json_out, md_out):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    json_out.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
-    md_out.write_text(markdown(res) + "\n", encoding="utf-8")
+    _smoke.write_results(json_out, res, md_out, markdown(res) + "\n", indent=2)
     say(f"wrote {json_out} and {md_out}")
     if args.smoke:
         return _smoke.finish("tracking", res, SMOKE_NUMBERS, folder)

@@ -8,11 +8,14 @@ RTSP server), the honest check is its skip line and status 77."""
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rtsp_util import rtsp_available
@@ -146,4 +149,88 @@ def test_smoke_never_writes_into_results() -> None:
     assert "a smoke run never writes into bench/results/" in proc.stderr
     proc = run([sys.executable, "bench/latency.py", "--smoke", "--json", str(RESULTS / "latency.json")])
     assert proc.returncode == 2 and "--smoke writes into --smoke-dir, not --json" in proc.stderr
+    assert results_state() == before
+
+
+# --------------------------------------------------------------------------- the shared output steps
+def smoke_module() -> Any:
+    """bench/_smoke.py, loaded by its path (``bench`` is a namespace package under ROOT, which
+    pytest alone does not put on ``sys.path``)."""
+    spec = importlib.util.spec_from_file_location("bench_smoke_under_test", BENCH / "_smoke.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+
+def test_revision_and_the_refusal_of_a_dirty_tree(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """bench/_smoke.py's revision(): the measured files that differ from HEAD (a change in the
+    work tree's first column kept: porcelain's `` M path`` lines begin with a blank), every
+    tracked change when none is named, and refuse_dirty(): one line and True for a real run
+    only (``--allow-dirty`` and ``--smoke`` go on)."""
+    smoke = smoke_module()
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    for name in ("measured.py", "other.py"):
+        (repo / name).write_text("x = 1\n")
+    git(repo, "add", ".")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one")
+    clean = smoke.revision(("measured.py",), root=repo)
+    assert clean.changed == () and not clean.dirty and len(clean.commit) == 40
+    assert clean.record("short") == {"commit": clean.commit, "short": clean.short, "changed": []}
+    assert clean.label("short", "+dirty") == clean.short == clean.describe
+    real = argparse.Namespace(allow_dirty=False, smoke=False)
+    assert not smoke.refuse_dirty("bench/x.py:", clean, real)
+
+    (repo / "measured.py").write_text("x = 2\n")  # unstaged: " M measured.py"
+    (repo / "other.py").write_text("x = 2\n")
+    (repo / "new.py").write_text("x = 3\n")
+    rev = smoke.revision(("measured.py", "new.py"), root=repo)
+    assert rev.changed == ("measured.py", "new.py") and rev.commit == clean.commit
+    assert rev.label() == f"{clean.describe}-dirty"
+    whole = smoke.revision(root=repo)  # every tracked file; new files do not count
+    assert whole.changed == ("measured.py", "other.py")
+    assert smoke.revision(("new.py",), root=repo).changed == ("new.py",)
+    assert smoke.revision(root=tmp_path / "nothing").commit is None
+
+    for allowed in (
+        argparse.Namespace(allow_dirty=True, smoke=False),
+        argparse.Namespace(allow_dirty=False, smoke=True),
+    ):
+        assert not smoke.refuse_dirty("bench/x.py:", rev, allowed)
+    assert capsys.readouterr().err == ""
+    assert smoke.refuse_dirty("bench/x.py:", rev, real)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("bench/x.py: error: the measured files differ from the revision")
+    assert "(measured.py, new.py)" in err and "--allow-dirty" in err
+
+
+def test_write_results(tmp_path: Path) -> None:
+    """write_results(): the JSON with a final newline, the markdown as given, folders made, a
+    path None not written."""
+    smoke = smoke_module()
+    res = {"a": [1, 2], "é": "ü"}
+    out = tmp_path / "deep" / "er"
+    written = smoke.write_results(out / "r.json", res, out / "r.md", "# r\n\n", indent=2, ensure_ascii=False)
+    assert written == [out / "r.json", out / "r.md"]
+    assert (out / "r.json").read_text(encoding="utf-8") == json.dumps(res, indent=2, ensure_ascii=False) + "\n"
+    assert (out / "r.md").read_text(encoding="utf-8") == "# r\n\n"
+    assert smoke.write_results(None, res, out / "only.md", "m") == [out / "only.md"]
+    assert not (out / "only.json").exists()
+
+
+def test_smoke_dir_inside_results_is_one_line(tmp_path: Path) -> None:
+    """Every script's --smoke-dir inside bench/results/ is refused with one line and status 2."""
+    before = results_state()
+    for script in ("tracking.py", "speech_batch.py", "audio_text.py"):
+        proc = run([sys.executable, f"bench/{script}", "--smoke", "--smoke-dir", str(RESULTS / "x")])
+        assert proc.returncode == 2, (script, proc.stderr)
+        assert proc.stderr.strip().endswith("a smoke run never writes into bench/results/"), proc.stderr
+        assert "Traceback" not in proc.stderr
     assert results_state() == before
