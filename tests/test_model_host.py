@@ -6,7 +6,7 @@ batched and keep their own face state; a host that dies is noticed at once (fram
 unanalysed, with the reason, no waiting), and a restarted host on the same endpoint is found
 again. Then `cer-stream serve` end to end: the host is killed under a live RTSP stream, the
 supervisor restarts it, and the stream goes on with a gap record (cause "models") and every
-window written.
+window written; and a killed serve leaves no private socket folder behind (its host removes it).
 """
 
 from __future__ import annotations
@@ -244,6 +244,102 @@ def test_serve_survives_the_death_of_its_model_host(tmp_path):
     warnings = [r["message"] for r in run.of("warning", "s0")]
     assert any("model host unavailable" in m for m in warnings)
     assert Path(again.get("endpoint", "")).name == "models.sock"
+
+
+def _gone_within(path: Path, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while path.exists():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_serve_killed_leaves_no_host_folder(refused_port):
+    """The host removes the private folder of its socket as it exits (``--own-endpoint-dir``):
+    stopped on its own while serve runs (serve makes the folder again before the restart, at the
+    path the streams were given), and after serve itself was SIGKILLed (its host stops at the end
+    of its stdin; nothing else is left to remove the folder)."""
+    from conftest import alive
+    from test_serve import LIGHT, Serve, _children
+
+    run = Serve("--rtsp", f"rtsp://127.0.0.1:{refused_port}/x", "--", *LIGHT, "--no-audio")
+    host_pids: list[int] = []
+    children: set[int] = set()
+    try:
+        _, ready = run.wait_for(lambda r: r["type"] == "host" and r["event"] == "ready", 120, "the host ready")
+        host_pids.append(ready["pid"])
+        sock = Path(ready["endpoint"].removeprefix("ipc://"))
+        folder = sock.parent
+        assert folder.name.startswith("cer-host-") and (folder.stat().st_mode & 0o777) == 0o700
+        os.kill(ready["pid"], signal.SIGTERM)  # the host alone stops: it removes its folder
+        run.wait_for(lambda r: r["type"] == "host" and r["event"] == "exited", 30, "the host's exited record")
+        _, again = run.wait_for(
+            lambda r: r["type"] == "host" and r["event"] == "ready" and r["pid"] != ready["pid"], 120, "ready again"
+        )
+        host_pids.append(again["pid"])
+        assert again["endpoint"] == ready["endpoint"] and sock.is_socket()  # the same path, made again
+        assert (folder.stat().st_mode & 0o777) == 0o700
+        children = _children(run.proc.pid)
+        run.proc.kill()
+        assert run.proc.wait(10) == -signal.SIGKILL
+        assert _gone_within(folder, 10), sorted(folder.iterdir())
+        deadline = time.monotonic() + 10
+        while alive(again["pid"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(again["pid"])  # the host stopped on its own
+    finally:
+        for pid in [*host_pids, *children]:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        run.finish(10, interrupt=False)
+
+
+def test_the_host_removes_only_a_private_folder_it_was_told_it_owns(tmp_path):
+    """``--own-endpoint-dir``: the socket file and then the folder, and only a ``cer-host-*``
+    folder of this user with mode 0700; a folder that holds anything else keeps it (and itself);
+    a folder that is not such a one is refused at the start, in one line."""
+    import shutil
+    import socket
+    import tempfile
+
+    from stream.cli.host import remove_endpoint_dir
+
+    def private(*, prefix: str = "cer-host-", mode: int = 0o700) -> tuple[str, Path]:
+        folder = Path(tempfile.mkdtemp(prefix=prefix, dir=tmp_path))
+        os.chmod(folder, mode)
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(folder / "models.sock"))
+        sock.close()
+        return f"ipc://{folder / 'models.sock'}", folder
+
+    endpoint, folder = private()
+    host = Host(endpoint, "--own-endpoint-dir")
+    try:
+        assert folder.is_dir()
+        host.proc.stdin.close()  # the supervisor is gone: the host stops on its own
+        assert host.proc.wait(30) == 0
+        assert not folder.exists()
+    finally:
+        host.stop()
+
+    for kwargs in ({"prefix": "other-"}, {"mode": 0o755}):
+        endpoint, folder = private(**kwargs)  # type: ignore[arg-type]
+        assert not remove_endpoint_dir(endpoint) and (folder / "models.sock").is_socket()
+        cmd = [sys.executable, "-m", "stream.cli.host", "--endpoint", endpoint, "--own-endpoint-dir", "--no-stdin"]
+        refused = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "--own-endpoint-dir" in refused.stderr and "Traceback" not in refused.stderr
+        assert (folder / "models.sock").is_socket()
+    endpoint, folder = private()
+    link = tmp_path / "cer-host-link"
+    link.symlink_to(folder)
+    assert not remove_endpoint_dir(f"ipc://{link / 'models.sock'}") and (folder / "models.sock").is_socket()
+    (folder / "notes.txt").write_text("not the host's")
+    assert not remove_endpoint_dir(endpoint)  # the socket goes, the rest stays
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    assert not remove_endpoint_dir("tcp://127.0.0.1:5555")
+    shutil.rmtree(folder)
 
 
 def test_a_batch_larger_than_an_engine_takes_is_cut_into_calls():

@@ -8,11 +8,16 @@ their models before the first stream starts.  Its ``host`` records go to every s
 exit code, the signal and the backoff delay) and, when it cannot be started at all, ``gave_up``.
 While it is gone the streams go on: their windows are written with the host's models absent and
 the reason, and a ``gap`` record (``cause: "models"``) when it is back.
+
+The host removes its directory as it exits (``--own-endpoint-dir``: serve may be killed, and its
+host then stops on its own at the end of its stdin), so a restart makes it again first, at the
+path the streams were given.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -61,9 +66,19 @@ class HostRunner:
                 return False
         return True
 
+    def _make_folder(self) -> None:
+        """The endpoint's directory again (0700) if the last host removed it as it exited; one
+        that is there now but is not this user's private one makes the host refuse to start."""
+        try:
+            os.mkdir(self.folder, 0o700)
+        except FileExistsError:
+            return
+        os.chmod(self.folder, 0o700)  # whatever the umask
+
     def _spawn(self) -> subprocess.Popen[bytes]:
+        self._make_folder()
         proc = subprocess.Popen(
-            [self.python, "-m", "stream.cli.host", "--endpoint", self.endpoint],
+            [self.python, "-m", "stream.cli.host", "--endpoint", self.endpoint, "--own-endpoint-dir"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
