@@ -98,6 +98,8 @@ class StreamActor:
         if not self.sup.join(self.sup.stop_grace_s):
             self.sup.kill()
             self.sup.join(10.0)
+        if self.sup.host is not None:  # none with the actors' "process" isolation; after the stream
+            self.sup.host.stop()
         self.sup.close()
 
     def pid(self) -> int:
@@ -294,6 +296,9 @@ class RaySupervisor(Supervisor):
                 dashboard=None,
                 vlm=None,
                 ray_address=None,
+                # one stream per actor, on whichever node Ray picks: its analyzer loads the models
+                # itself (a model host there would serve that one stream, one more process and hop)
+                isolation="process",
             )
             actor = actor_class.remote(one, envs[spec.id], self.stop_grace_s, bool(self.config.dashboard), unset)
             runner = _RayStreamRunner(self, spec, actor)
