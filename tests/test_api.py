@@ -247,15 +247,37 @@ def test_options_are_typed_keyword_only_with_the_command_lines_defaults():
                 "--vlm-url",
                 "http://h/v1",
                 "--no-frames",
+                "--speech-lag",
+                "3",
             ]
         )
     )
-    assert (cli.face.model, cli.fusion.compound, cli.scene.url, cli.runtime.emit_frames) == (
+    assert (cli.face.model, cli.fusion.compound, cli.scene.url, cli.runtime.emit_frames, cli.audio.max_lag) == (
         "faceapi",
         "rule2",
         "http://h/v1",
         False,
+        3,
     )
+
+
+def test_a_live_run_lets_the_voice_and_words_be_as_late_as_asked():
+    """``AudioOptions.max_lag`` (``--speech-lag``) is what a live run's voice and words get; a
+    file's run waits for them and wraps neither."""
+    from stream import PipelineOptions
+    from stream.modalities.audio import AudioOptions
+    from stream.modalities.base import LaggedModality
+    from stream.runtime.build import build_modalities
+
+    opts = PipelineOptions(audio=AudioOptions(max_lag=3), modalities=["face", "audio", "text"])
+    for live, want in ((True, [3, 3]), (False, [])):
+        mods = build_modalities(opts, None, live=live)
+        try:
+            assert [m.max_lag for m in mods if isinstance(m, LaggedModality)] == want
+            assert [m.name for m in mods] == ["face", "audio", "text"]
+        finally:
+            for m in mods:
+                m.close()
 
 
 def test_no_argparse_below_the_command_line():

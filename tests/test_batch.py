@@ -25,7 +25,7 @@ from conftest import ROOT, cer_stream, records
 from stream.batch import BatchError, BatchOptions, plan, run_batch
 from stream.batch.plan import BatchItem, is_done, outputs, settings_digest
 from stream.cli.offline import batch_main
-from stream.runtime.options import FusionOptions, PipelineOptions
+from stream.runtime.options import AudioOptions, FusionOptions, PipelineOptions
 
 GOOD = ("one", "two", "three")
 
@@ -201,6 +201,8 @@ def test_done_needs_marker_same_input_same_settings_and_every_output(tmp_path):
     assert is_done(item, out, settings=settings, wanted=wanted) is not None
     other = settings_digest(PipelineOptions(fusion=FusionOptions(compound="rule1")))
     assert is_done(item, out, settings=other, wanted=wanted) is None, "other settings: analysed again"
+    # a live-only setting (how late the voice and words may be) is no analysis setting of a file
+    assert settings_digest(PipelineOptions(audio=AudioOptions(max_lag=3))) == settings
     assert is_done(item, out, settings=settings, wanted=[*wanted, "v.features.jsonl"]) is None
     (out / "v.csv").unlink()
     assert is_done(item, out, settings=settings, wanted=wanted) is None, "an output is missing"

@@ -87,3 +87,27 @@ def test_a_busy_worker_takes_the_newest_window_and_old_results_expire():
         assert "touched" not in inp0.shared  # the worker got its own copy of shared
     finally:
         lag.close()
+
+
+def test_a_larger_max_lag_keeps_an_older_result():
+    """--speech-lag: a recogniser that has fallen two windows behind still gives the window its
+    newest result (marked two windows late) when the lag allows two, and none when it allows one."""
+    outs = {}
+    for max_lag in (1, 2):
+        inner = _Slow(0.0)
+        lag = LaggedModality(inner, budget_s=1.0, max_lag=max_lag)
+        try:
+            assert lag(_inp(0)).info["lag_windows"] == 0  # window 0's result is there
+            inner.seconds, lag.budget_s = 0.5, 0.02  # the recogniser falls behind: window 2 waits
+            outs[max_lag] = lag(_inp(2))
+        finally:
+            lag.close()
+    assert outs[1].basic is None and "still processing" in outs[1].info["reason"]
+    assert outs[2].info["from_window"] == 0 and outs[2].info["lag_windows"] == 2 and outs[2].basic[0] == 1
+
+
+def test_max_lag_below_zero_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="max_lag"):
+        LaggedModality(_Slow(0.0), max_lag=-1)

@@ -204,7 +204,12 @@ def settings_digest(pipeline_options: Any, *, audio: bool = True) -> str:
     """A short digest of the analysis settings (a file analysed with others is analysed again)."""
     opts = dataclasses.replace(pipeline_options, observers=[])
     opts = dataclasses.replace(opts, runtime=dataclasses.replace(opts.runtime, progress=False))
-    text = json.dumps({"options": dataclasses.asdict(opts), "audio": audio}, sort_keys=True, default=str)
+    fields = dataclasses.asdict(opts)
+    # settings that a file's analysis never reads are left out, so that they neither send files
+    # to be analysed again nor change the digests of earlier batches: how late a live source's
+    # voice and words may be (a file waits for them)
+    fields["audio"].pop("max_lag", None)
+    text = json.dumps({"options": fields, "audio": audio}, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 

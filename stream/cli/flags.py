@@ -53,6 +53,7 @@ FLAGS: dict[str, str] = {
     "AudioOptions.voice": "--no-voice",
     "AudioOptions.asr_translate": "--no-translate",
     "AudioOptions.asr_languages": "--asr-languages",
+    "AudioOptions.max_lag": "--speech-lag",
     "SceneOptions.url": "--vlm-url",
     "SceneOptions.model": "--vlm-model",
     "SceneOptions.every_s": "--vlm-every",
@@ -330,6 +331,10 @@ def temporal_options(args: argparse.Namespace) -> TemporalOptions:
 
 
 # --------------------------------------------------------------------------- audio and text
+#: The most windows late ``--speech-lag`` lets the voice and the words be (10 windows: 20 s).
+MAX_SPEECH_LAG = 10
+
+
 def add_audio_args(parser: argparse.ArgumentParser) -> None:
     """Options of the audio ("audio") and speech-text ("text") modalities."""
     d = AudioOptions()
@@ -395,6 +400,16 @@ def add_audio_args(parser: argparse.ArgumentParser) -> None:
         help="use every transcript, however weak the recogniser's evidence (not recommended)",
     )
     g.add_argument(
+        "--speech-lag",
+        type=int_range(1, MAX_SPEECH_LAG),
+        default=d.max_lag,
+        metavar="N",
+        help=f"live sources: the voice and the words run beside the stream, and a window uses their "
+        f"newest result from at most N windows before it (1-{MAX_SPEECH_LAG}; default 1; the record's "
+        "lag_windows says how late). More keeps them when speech to text falls behind, e.g. many "
+        "speaking streams on few cores, at the price of staler words",
+    )
+    g.add_argument(
         "--vad-threshold",
         type=probability,
         default=d.vad_threshold,
@@ -428,6 +443,7 @@ def audio_options(args: argparse.Namespace) -> AudioOptions:
         asr_gate=not args.no_asr_gate,
         voice=not args.no_voice,
         asr_translate=not args.no_translate,
+        max_lag=args.speech_lag,
     )
 
 

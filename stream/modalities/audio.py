@@ -252,6 +252,11 @@ class AudioOptions:
     voice: bool = True
     #: ONNX Runtime threads of the voice head's encoder (1: the speech stages share the cores)
     voice_threads: int = 1
+    #: a live source: how many windows late the voice's and the words' result may be and still be
+    #: used (:class:`stream.modalities.base.LaggedModality`'s ``max_lag``; the record's
+    #: ``lag_windows`` says how late it was).  1: at most the previous window's; more keeps them
+    #: when the recogniser falls behind (many speaking streams on few cores), older as they are
+    max_lag: int = 1
 
 
 def _wants_text(opts: AudioOptions) -> bool:

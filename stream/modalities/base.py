@@ -159,6 +159,8 @@ class LaggedModality(Modality):
     """
 
     def __init__(self, inner: Modality, *, budget_s: float = 0.03, max_lag: int = 1) -> None:
+        if max_lag < 0:
+            raise ValueError(f"max_lag must be >= 0 windows, got {max_lag}")
         self.inner = inner
         self.name = inner.name
         self.needs_frames = getattr(inner, "needs_frames", True)  # duck-typed modalities too

@@ -146,7 +146,7 @@ def build_modalities(options: PipelineOptions, face: Any, *, live: bool) -> list
             # live: the words (a Whisper call per speech window) and the voice (an encoder pass,
             # 0.1-0.2 s beside the recogniser on 2 cores) run beside the stream, so a window's
             # record waits for neither (each says which window its result came from)
-            mods += [LaggedModality(mod) if live else mod for mod in audio_mods]
+            mods += [LaggedModality(mod, max_lag=audio_opts.max_lag) if live else mod for mod in audio_mods]
         if "scene" in wanted:
             scene = build_scene_modality(options.scene)
             mods.append(
