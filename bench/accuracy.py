@@ -10,8 +10,8 @@ One command, from the repository root with the project's environment::
 
 What it measures (see bench/README.md, "Face crops and accuracy"):
 
-* every face model x crop variant on ``../shared/data/faces_dev`` (1,232 posed photographs,
-  evaluation only): macro-F1 over the 7 posed labels, per-class F1, confusion matrix (% of
+* every face model x crop variant on faces_dev in the data folder (``--data DIR`` or
+  ``$CER_STREAM_DATA``, :mod:`stream.core.datadir`; 1,232 posed photographs, evaluation only): macro-F1 over the 7 posed labels, per-class F1, confusion matrix (% of
   each true class; an image without a detected face counts as a miss, column "no face");
   models: fer's mini-Xception (``stream.modalities.face.EmotionModel``) and face-api.js's expression
   network when ``engines.models.faceapi`` / registry entry ``faceapi-expression`` exist (built with
@@ -46,7 +46,7 @@ without arguments) on a list of images; ``tests/test_accuracy_floor.py`` keeps i
   section and merges it like ``--only voice``; ``--no-multilingual`` skips it.
 
 ``--smoke`` checks that the benchmark still runs (``tests/test_bench_smoke.py``): 14 images
-(2 per class) of faces_dev where the shared data is there, else a stand-in of 14 frames of
+(2 per class) of faces_dev where the data folder holds it, else a stand-in of 14 frames of
 ``samples/astronaut.mp4`` with made-up labels (it says which); a few crop variants, no cache, no
 text heads (they read whole held-out sets); every report into ``--smoke-dir`` (default a new
 temporary folder, never ``bench/results/``); exit 0 only when the scores came out.
@@ -79,13 +79,13 @@ BENCH = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
 sys.path.insert(0, str(ROOT))
 
+from stream.core.datadir import FACES_DEV, DataMissing, data_dir  # noqa: E402
 from stream.core.labels import BASIC, COMPOUND, COMPOUND_PAIRS, basic_name  # noqa: E402
 from stream.modalities.face_crops import DEFAULT, FACEAPI, FER, CropSpec, crop_face  # noqa: E402
 
 _smoke = importlib.import_module("bench._smoke")  # --smoke
 CACHE_DIR = ROOT / "bench" / ".cache"
 RESULTS_DIR = ROOT / "bench" / "results"
-FACES_DEV = "faces_dev"
 
 #: The 7 posed labels of faces_dev, in BASIC order (the 8th basic state, Other, is never posed).
 CLASSES: tuple[str, ...] = BASIC[:7]
@@ -107,10 +107,6 @@ SMOKE_PER_CLASS = 2
 SMOKE_VARIANTS = "m0.1-none,m0-expand,fer,fer-haar,faceapi-convention"
 
 
-class DataMissing(FileNotFoundError):
-    """faces_dev (or other shared data) is not where the project expects it."""
-
-
 # ---------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------
@@ -122,24 +118,15 @@ class Item:
     ratings: tuple[tuple[str, float], ...]  # (BASIC name, observer proportion); () when not rated
 
 
-def data_dir(path: str | Path | None = None) -> Path:
-    """The shared data folder: ``path``, else ``$CER_STREAM_DATA``, else ``../shared/data``."""
-    if path is not None:
-        return Path(path).expanduser()
-    from stream.offline.texthead_train import default_data_dir
-
-    return default_data_dir()
-
-
 def load_faces_dev(data: str | Path | None = None) -> tuple[Path, list[Item]]:
-    """(faces_dev folder, its images sorted by path); :class:`DataMissing` when absent."""
-    folder = data_dir(data) / FACES_DEV
+    """(faces_dev folder, its images sorted by path) in the data folder ``data`` (default
+    ``$CER_STREAM_DATA``); :class:`DataMissing` (one line) when no folder is named or it lacks
+    faces_dev."""
+    root = data_dir(data, needs=(FACES_DEV,))
+    folder = root / FACES_DEV
     labels = folder / "labels.csv"
     if not labels.is_file():
-        raise DataMissing(
-            f"faces_dev not found: {labels} is missing (expected the shared data at "
-            f"{data_dir(data)}; use --data DIR or $CER_STREAM_DATA)"
-        )
+        raise DataMissing(f"faces_dev not found: {labels} is missing (use --data DIR or $CER_STREAM_DATA)")
     items = []
     with open(labels, newline="", encoding="utf-8") as stream:
         for row in csv.DictReader(stream):
@@ -1127,7 +1114,7 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=None,
         metavar="DIR",
-        help="the shared data folder (default: $CER_STREAM_DATA or ../shared/data)",
+        help="the data folder holding faces_dev/, goemotions_ekman/ and qwen_scene/ (default: $CER_STREAM_DATA)",
     )
     p.add_argument(
         "--limit",
@@ -1196,16 +1183,16 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     if args.only:
         return run_only(args, t_start)
-    data = data_dir(args.data)
     if folder is not None:
-        data, items = smoke_data(data, folder)
+        data, items = smoke_data(args.data, folder)
         faces = data / FACES_DEV
     else:
         try:
-            faces, items = load_faces_dev(data)
+            faces, items = load_faces_dev(args.data)
         except DataMissing as exc:
             print(f"accuracy.py: error: {exc}", file=sys.stderr)
             return 2
+        data = faces.parent
     status = measure(args, chosen, data, faces, items, t_start)
     if folder is None or status != 0:
         return status
@@ -1216,17 +1203,17 @@ def main(argv: list[str] | None = None) -> int:
     return _smoke.finish("accuracy", res, numbers, folder)
 
 
-def smoke_data(data: Path, folder: Path) -> tuple[Path, list[Item]]:
-    """--smoke's images: :data:`SMOKE_PER_CLASS` per class of faces_dev in ``data`` when it is
-    there, else of a stand-in built in ``folder`` (a fresh clone has no shared data)."""
+def smoke_data(data: str | Path | None, folder: Path) -> tuple[Path, list[Item]]:
+    """--smoke's images: :data:`SMOKE_PER_CLASS` per class of faces_dev in the data folder
+    (``data``, default ``$CER_STREAM_DATA``) when it is there, else of a stand-in built in
+    ``folder`` (a fresh clone has no data); returns the data folder used and the images."""
     try:
-        _faces, items = load_faces_dev(data)
-        _smoke.say("accuracy", f"{SMOKE_PER_CLASS} images per class of faces_dev in {data} ({len(items)} there)")
+        faces, items = load_faces_dev(data)
+        _smoke.say("accuracy", f"{SMOKE_PER_CLASS} images per class of {faces} ({len(items)} there)")
     except DataMissing as exc:
         _smoke.say("accuracy", f"{exc}; using a stand-in: frames of the sample with made-up labels")
-        data = _smoke.standin_faces_dev(folder / "data", SMOKE_PER_CLASS * len(CLASSES))
-        _faces, items = load_faces_dev(data)
-    return data, fixed_subset(items, per_class=SMOKE_PER_CLASS)
+        faces, items = load_faces_dev(_smoke.standin_faces_dev(folder / "data", SMOKE_PER_CLASS * len(CLASSES)))
+    return faces.parent, fixed_subset(items, per_class=SMOKE_PER_CLASS)
 
 
 def measure(

@@ -10,7 +10,8 @@ Measures, on this machine:
    locate step (detect, then validate the largest face) with the legacy
    ``stream.modalities.face.FaceDetector`` and with ``stream.modalities.landmarker.TaskFaceDetector`` (with and
    without blendshapes every frame), after 10 warm-up frames; median / p95 / mean ms.
-2. **faces_dev** (1,232 posed photographs; evaluation only, nothing is fitted): faces found by
+2. **faces_dev** (1,232 posed photographs; evaluation only, nothing is fitted; ``--faces DIR``,
+   else ``faces_dev/`` of the data folder ``$CER_STREAM_DATA``): faces found by
    each path, IoU of the Tasks box vs the legacy box, and the 7-class macro-F1 of fer's
    face model (default: the lite profile's, ``--face-model`` to choose) on each path's box, each
    model on its own crop (``stream.modalities.face_crops``), as ``FaceAnalyzer.analyse`` cuts it.
@@ -24,7 +25,7 @@ Boxes and blendshapes per image are cached in ``bench/.cache/`` (git-ignored), k
 versions used. Prints a markdown report, then one JSON object, on stdout; progress on stderr.
 
 ``--smoke`` checks that the benchmark still runs (``tests/test_bench_smoke.py``): the video's
-first second, 2 images per class of faces_dev where the shared data is there, else a stand-in
+first second, 2 images per class of faces_dev where the data folder holds it, else a stand-in
 of 14 frames of the sample with made-up labels (it says which), no cache; the report also into
 ``--smoke-dir`` (default a new temporary folder); exit 0 only when it holds its numbers.
 """
@@ -47,12 +48,13 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from stream.core.datadir import FACES_DEV, DataMissing, find_data_dir, missing_message  # noqa: E402
 from stream.core.labels import BASIC, basic_name  # noqa: E402
 from stream.modalities.face import iou  # noqa: E402
 from stream.modalities.landmarker import TaskFaceDetector, blendshape_basic_probs  # noqa: E402
 
-#: faces_dev beside the checkout (``$CER_STREAM_DATA/faces_dev`` when set)
-FACES = Path(os.environ.get("CER_STREAM_DATA") or ROOT.parent / "shared" / "data") / "faces_dev"
+#: How the faces_dev folder itself is named (else it is ``faces_dev/`` of ``$CER_STREAM_DATA``).
+FACES_FLAG = "--faces DIR (faces_dev itself)"
 CACHE = ROOT / "bench" / ".cache"
 _smoke = importlib.import_module("bench._smoke")  # --smoke
 #: --smoke: seconds of the video, images per class of faces_dev.
@@ -379,7 +381,9 @@ def markdown(rep: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--video", type=Path, default=ROOT / "samples" / "astronaut.mp4")
-    ap.add_argument("--faces", type=Path, default=FACES)
+    ap.add_argument(
+        "--faces", type=Path, default=None, help="the faces_dev folder (default: faces_dev/ in $CER_STREAM_DATA)"
+    )
     ap.add_argument("--no-cache", action="store_true", help="recompute faces_dev boxes")
     ap.add_argument("--skip-frames", action="store_true")
     ap.add_argument("--skip-faces", action="store_true")
@@ -388,6 +392,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     _smoke.add_args(ap, f"the video's first {SMOKE_S:g} s, {SMOKE_PER_CLASS} images per class, no cache")
     args = ap.parse_args(argv)
+    if args.faces is None and (root := find_data_dir()) is not None:
+        args.faces = root / FACES_DEV
+    if not args.smoke and not args.skip_faces:  # before the frames part: one line naming what to supply
+        try:
+            check_faces(args.faces)
+        except DataMissing as exc:
+            print(f"mediapipe_tasks.py: error: {exc}", file=sys.stderr)
+            return 2
     folder = None
     if args.smoke:
         try:
@@ -426,19 +438,28 @@ def main(argv: list[str] | None = None) -> int:
     return _smoke.finish("mediapipe_tasks", rep, numbers, folder)
 
 
+def check_faces(faces: Path | None) -> None:
+    """:class:`DataMissing` (one line) unless ``faces`` holds faces_dev's ``labels.csv``."""
+    if faces is None:
+        raise DataMissing(missing_message((FACES_DEV,), FACES_FLAG))
+    if not (faces / "labels.csv").is_file():
+        raise DataMissing(
+            f"faces_dev not found: {faces / 'labels.csv'} is missing (--faces names the faces_dev folder itself)"
+        )
+
+
 def smoke_setup(args: argparse.Namespace) -> Path:
     """--smoke: the video cut to :data:`SMOKE_S` seconds and, when faces_dev is not at
     ``--faces``, a stand-in for it, both in the smoke folder; no cache read or written."""
     folder = _smoke.out_dir("mediapipe_tasks", args.smoke_dir)
     args.video = _smoke.short_clip(folder / "clip.mp4", SMOKE_S, args.video)
     args.no_cache = True
-    if (args.faces / "labels.csv").is_file():
+    try:
+        check_faces(args.faces)
         _smoke.say("mediapipe_tasks", f"{SMOKE_PER_CLASS} images per class of {args.faces}")
-    else:
-        _smoke.say(
-            "mediapipe_tasks", f"no {args.faces / 'labels.csv'}: a stand-in, frames of the sample with made-up labels"
-        )
-        args.faces = _smoke.standin_faces_dev(folder / "data", SMOKE_PER_CLASS * 7) / "faces_dev"
+    except DataMissing as exc:
+        _smoke.say("mediapipe_tasks", f"{exc}: a stand-in, frames of the sample with made-up labels")
+        args.faces = _smoke.standin_faces_dev(folder / "data", SMOKE_PER_CLASS * 7) / FACES_DEV
     return folder
 
 

@@ -24,7 +24,9 @@ where both found the face. The sample clip (every 5th frame) gives the same with
 
 The report names the command and the git revision; a tree whose measured files (the face path
 and this script) differ from it is refused unless ``--allow-dirty`` (recorded). faces_dev is
-used for evaluation only (its terms): nothing of it is written anywhere.
+read from the data folder (``--data DIR`` or ``$CER_STREAM_DATA``; without either, one line says
+so and the exit status is 2) and used for evaluation only (its terms): nothing of it is written
+anywhere.
 """
 
 from __future__ import annotations
@@ -365,7 +367,7 @@ def markdown(res: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/tracking.py", description=__doc__.splitlines()[0])
-    p.add_argument("--data", help="the shared data folder holding faces_dev (default $CER_STREAM_DATA, ../shared/data)")
+    p.add_argument("--data", help="the data folder holding faces_dev/ (default $CER_STREAM_DATA)")
     p.add_argument("--per-class", type=int, default=10, help="photographs per posed class (default 10)")
     p.add_argument("--frames", type=int, default=FRAMES, help=f"analysed frames per sequence (default {FRAMES})")
     p.add_argument("--video", default=str(_smoke.SAMPLE), help="the clip (default the sample)")
@@ -384,15 +386,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        _accuracy.load_faces_dev(args.data)
+        missing = False
+    except _accuracy.DataMissing as exc:
+        if not args.smoke:  # before the models load: one line naming what to supply
+            print(f"bench/tracking.py: error: {exc}", file=sys.stderr)
+            return 2
+        missing = True
     started = _smoke.begin("bench/tracking.py:", "tracking", "tracking", args, MEASURED)
     if started is None:
         return 2
     revision, json_out, md_out, folder = started
     if args.smoke:
         args.per_class, args.frames = 1, 10
-        try:
-            _accuracy.load_faces_dev(args.data)
-        except _accuracy.DataMissing:
+        if missing:
             args.data = str(_smoke.standin_faces_dev(folder / "data"))
     try:
         report = run(args)

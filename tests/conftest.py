@@ -10,9 +10,24 @@ from pathlib import Path
 
 import pytest
 
+from stream.core.datadir import DATA_ENV, find_data_dir, missing_message
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "astronaut.mp4"
 sys.path.insert(0, str(ROOT / "samples"))
+
+#: The data folder of the tests that read real data (``$CER_STREAM_DATA``, which ``make test
+#: DATA_DIR=...`` sets; :mod:`stream.core.datadir`), or ``None``: those tests then skip.
+DATA = find_data_dir()
+
+
+def data_missing(dataset: str, *parts: str) -> str | None:
+    """Why a test cannot read ``dataset/parts...`` of :data:`DATA`: its one-line skip reason, or
+    ``None`` when the file is there."""
+    if DATA is None:
+        return missing_message((dataset,), flag=None)
+    path = DATA.joinpath(dataset, *parts)
+    return None if path.exists() else f"{path} not found (the data folder, ${DATA_ENV}, lacks it)"
 
 
 def alive(pid: int) -> bool:

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import DATA, data_missing
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("CER_STREAM_DATA", ROOT / ".." / "shared" / "data"))
+NO_FACES = data_missing("faces_dev", "labels.csv")
 
 #: Macro-F1 (7 posed labels) the default path must keep on the subset, by the name of the
 #: default model (``FaceAnalyzer().model.name``); FLOOR for any other model.
@@ -41,11 +43,7 @@ def _accuracy_module():
     return sys.modules[name]
 
 
-@pytest.mark.skipif(
-    not (DATA / "faces_dev" / "labels.csv").is_file(),
-    reason=f"faces_dev not found at {DATA / 'faces_dev'} (the shared data beside the repository; "
-    "set CER_STREAM_DATA to point elsewhere)",
-)
+@pytest.mark.skipif(NO_FACES is not None, reason=str(NO_FACES))
 def test_default_face_path_stays_above_floor():
     acc = _accuracy_module()
     _, items = acc.load_faces_dev(DATA)
@@ -60,3 +58,22 @@ def test_default_face_path_stays_above_floor():
     print(summary)
     floor = 0.53 if result["model"].startswith("ensemble") else FLOORS.get(result["model"], FLOOR)
     assert result["macro_f1"] >= floor, f"{summary} fell below the floor {floor}"
+
+
+def test_without_a_data_folder_the_bench_says_what_to_supply(tmp_path):
+    """No --data and no $CER_STREAM_DATA: one line naming both and faces_dev, exit 2, before any
+    model loads."""
+    env = {k: v for k, v in os.environ.items() if k != "CER_STREAM_DATA"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "accuracy.py"), "--md", str(tmp_path / "a.md")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("accuracy.py: error: no data folder: pass --data DIR or set $CER_STREAM_DATA")
+    assert "faces_dev/ (" in line and "Traceback" not in proc.stderr
+    assert not (tmp_path / "a.md").exists()

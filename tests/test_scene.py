@@ -3,7 +3,8 @@
 The server (``http.server`` in a thread, started by each test) checks nothing itself: it
 records every request (path, headers, parsed body) and how many were in flight at once, and
 answers with real Qwen2.5-VL-32B captions of C-EXPR-DB segments
-(``../shared/data/qwen_scene/cexprdb_unlabeled_qwen2.5-vl-32b_prompt1.csv``), or misbehaves as
+(``qwen_scene/cexprdb_unlabeled_qwen2.5-vl-32b_prompt1.csv`` of the data folder, ``$CER_STREAM_DATA``;
+published with SMIL-SPCRAS/ICCVW_25), or misbehaves as
 a test asks: hangs, HTTP 500 (echoing the request's headers, key included, as a careless
 server might), garbage, an empty caption, a refused connection, a redirect, a chunked answer.
 It also records each request's client address, so that connection reuse (keep-alive) shows.  The modality is driven
@@ -17,12 +18,12 @@ import base64
 import csv
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DATA, data_missing
 from vlm_util import MODEL, FakeVLM, fake_vlms
 
 from stream.core.labels import BASIC
@@ -43,8 +44,7 @@ from stream.modalities.scene import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("CER_STREAM_DATA", ROOT / ".." / "shared" / "data"))
-CAPTIONS_CSV = DATA / "qwen_scene" / "cexprdb_unlabeled_qwen2.5-vl-32b_prompt1.csv"
+CAPTIONS = ("qwen_scene", "cexprdb_unlabeled_qwen2.5-vl-32b_prompt1.csv")
 KEY_ENV = "CER_STREAM_TEST_VLM_KEY"
 KEY = "sk-test-9f3b2c71d4e8a6"
 
@@ -55,9 +55,10 @@ FAST = dict(every_s=0.1, timeout_s=0.5, key_env=KEY_ENV, retries=1, backoff_s=0.
 # --------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def captions() -> list[str]:
-    if not CAPTIONS_CSV.is_file():
-        pytest.skip(f"shared data not found: {CAPTIONS_CSV}")
-    with open(CAPTIONS_CSV, newline="", encoding="utf-8") as f:
+    missing = data_missing(*CAPTIONS)
+    if missing is not None:
+        pytest.skip(missing)
+    with open(DATA.joinpath(*CAPTIONS), newline="", encoding="utf-8") as f:
         texts = [row["text"].strip() for row in csv.DictReader(f)]
     return [t for t in texts if t][:50]
 

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DATA, data_missing
 
 from stream.core.labels import BASIC
 from stream.offline import texthead_train as T
 from stream.offline.metrics import macro_f1
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = T.default_data_dir()
-GOEMOTIONS = DATA / T.GOEMOTIONS_DIR
-needs_data = pytest.mark.skipif(not (GOEMOTIONS / "dev.tsv").is_file(), reason=f"no shared data at {DATA}")
+NO_DATA = data_missing(T.GOEMOTIONS_DIR, "dev.tsv")
+needs_data = pytest.mark.skipif(NO_DATA is not None, reason=str(NO_DATA))
 
 #: Dev macro-F1 floors for the committed speech head. Measured (see stream/heads/README.md):
 #: 0.5095 on all 4946 single-label dev rows (the slow test), 0.5504 on the fixed random 800
@@ -56,7 +56,8 @@ def speech_head():
 
 @pytest.fixture(scope="module")
 def dev():
-    return T.load_goemotions(GOEMOTIONS / "dev.tsv", T.goemotions_classes(GOEMOTIONS))
+    goemotions = DATA / T.GOEMOTIONS_DIR
+    return T.load_goemotions(goemotions / "dev.tsv", T.goemotions_classes(goemotions))
 
 
 def test_committed_heads_are_complete():
@@ -72,7 +73,7 @@ def test_committed_heads_are_complete():
 
 
 @needs_data
-def test_committed_head_data_is_the_shared_data():
+def test_committed_head_data_is_the_data_folders():
     head = T.TextHead.load("speech")
     for name, digest in head.meta["data"].items():
         assert T.sha256_file(DATA / name) == digest, f"{name} changed since the head was trained"
@@ -135,7 +136,7 @@ def test_scene_grouping_keeps_videos_together():
 def test_goemotions_keeps_single_label_rows(tmp_path):
     path = tmp_path / "mini.tsv"
     path.write_text("I love it\t3\ta\nmeh\t4\tb\nangry and sad\t0,5\tc\n")
-    data = T.load_goemotions(path, T.goemotions_classes(GOEMOTIONS))
+    data = T.load_goemotions(path, T.goemotions_classes(DATA / T.GOEMOTIONS_DIR))
     assert data.texts == ["I love it", "meh"] and data.labels.tolist() == [3, 4] and data.dropped == 1
 
 
@@ -176,6 +177,17 @@ def test_training_on_a_subset_prints_macro_f1(kind, limit, tmp_path):
 def test_training_reports_missing_data(tmp_path):
     proc = run_py(TRAIN_MAIN, "--kind", "speech", "--data", str(tmp_path), "--no-cache")
     assert proc.returncode == 2 and "not found" in proc.stderr
+
+
+@pytest.mark.parametrize("kind,dataset", [("speech", T.GOEMOTIONS_DIR), ("scene", T.SCENE_DIR)])
+def test_training_without_a_data_folder_says_what_to_supply(kind, dataset, monkeypatch):
+    """No --data and no $CER_STREAM_DATA: one line naming both and the dataset, exit 2."""
+    monkeypatch.delenv(T.DATA_ENV, raising=False)
+    proc = run_py(TRAIN_MAIN, "--kind", kind, "--no-cache")
+    assert proc.returncode == 2 and proc.stdout == ""
+    (line,) = proc.stderr.splitlines()
+    assert f"no data folder: pass --data DIR or set ${T.DATA_ENV} to the folder that holds {dataset}/ (" in line
+    assert "Traceback" not in proc.stderr
 
 
 def test_text_command_file_and_stdin(tmp_path, speech_head):

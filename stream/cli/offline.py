@@ -363,7 +363,16 @@ def _l2_list(text: str) -> list[float]:
 
 def train_head_parser() -> argparse.ArgumentParser:
     """Flags of ``cer-stream train-head``."""
-    from stream.offline.texthead_train import DATA_ENV, KINDS, L2_GRID, MAX_EPOCHS, SCENE_HOLDOUT, WEIGHTINGS
+    from stream.offline.texthead_train import (
+        DATA_ENV,
+        GOEMOTIONS_DIR,
+        KINDS,
+        L2_GRID,
+        MAX_EPOCHS,
+        SCENE_DIR,
+        SCENE_HOLDOUT,
+        WEIGHTINGS,
+    )
     from stream.offline.voice_train import C_DEFAULT, PER_GROUP_DEFAULT
 
     p = Parser(
@@ -411,7 +420,7 @@ def train_head_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="DIR",
-        help=f"the shared data folder (default: ${DATA_ENV} or ../shared/data beside the repo)",
+        help=f"speech, scene: the data folder holding {GOEMOTIONS_DIR}/ and {SCENE_DIR}/ (default: ${DATA_ENV})",
     )
     p.add_argument(
         "--out",

@@ -7,8 +7,8 @@ penalty on the weights; the L2 strength, the class weighting (none, 1/sqrt(count
 and the number of epochs are chosen by macro-F1 on a held-out set (GoEmotions dev; for the
 scene data a split by video, so the segments and the several captions of one video stay on
 one side). The committed heads are the selected fits on the training part only, so the
-held-out score recorded in each file is the score of that file.  The data folder is
-``$CER_STREAM_DATA`` (see ``stream/heads/README.md``).
+held-out score recorded in each file is the score of that file.  The data folder is ``--data
+DIR`` or ``$CER_STREAM_DATA`` (:mod:`stream.core.datadir`; see ``stream/heads/README.md``).
 """
 
 from __future__ import annotations
@@ -26,15 +26,11 @@ from typing import TextIO
 
 import numpy as np
 
+from stream.core.datadir import DATA_ENV, GOEMOTIONS_DIR, SCENE_DIR, DataMissing, data_dir
 from stream.core.labels import BASIC
 from stream.core.metrics import macro_f1
 from stream.modalities.speech.texthead import KINDS, MAX_LEN, TextHead, head_path, softmax
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DATA_ENV = "CER_STREAM_DATA"
-
-GOEMOTIONS_DIR = "goemotions_ekman"
-SCENE_DIR = "qwen_scene"
 SCENE_GLOB = "afew_train_*_prompt[12].csv"
 
 #: Selection grid (L2 penalty on the weights; class weighting) and training schedule.
@@ -46,12 +42,6 @@ EVAL_EVERY = 10
 LEARNING_RATE = 0.05
 #: Fraction of the scene videos held out for selection.
 SCENE_HOLDOUT = 0.2
-
-
-def default_data_dir() -> Path:
-    """``$CER_STREAM_DATA``, else ``../shared/data`` beside the repository."""
-    env = os.environ.get(DATA_ENV)
-    return Path(env).expanduser() if env else REPO_ROOT.parent / "shared" / "data"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,7 +286,7 @@ class EmbeddingCache:
 def _check_files(files: Sequence[Path]) -> None:
     for path in files:
         if not path.is_file():
-            raise FileNotFoundError(f"training data not found: {path} (point --data at the shared data folder)")
+            raise FileNotFoundError(f"training data not found: {path} (point --data at the data folder)")
 
 
 def _subset(data: TextData, limit: int | None, seed: int) -> TextData:
@@ -357,7 +347,7 @@ def train_head(
         files = sorted(directory.glob(SCENE_GLOB))
         if not files:
             raise FileNotFoundError(
-                f"training data not found: no {SCENE_GLOB} in {directory} (point --data at the shared data folder)"
+                f"training data not found: no {SCENE_GLOB} in {directory} (point --data at the data folder)"
             )
         data = _subset(load_scene(files), limit, seed)
         assert data.groups is not None  # load_scene records each row's video
@@ -456,8 +446,8 @@ class TrainHeadOptions:
     Attributes:
         kind: ``"speech"`` (GoEmotions, Ekman, for transcripts) or ``"scene"`` (Qwen AFEW
             captions); required.
-        data: the shared data folder; ``None`` (default): ``$CER_STREAM_DATA`` or
-            ``../shared/data`` beside the repository.
+        data: the data folder; ``None`` (default): ``$CER_STREAM_DATA``
+            (:func:`stream.core.datadir.data_dir`).
         out: where to write the head; ``None`` (default): ``stream/heads/KIND.npz``.
         limit: use a random N rows (speech: N training rows and N/4 dev rows), for quick runs;
             ``None`` (default): all.
@@ -485,15 +475,18 @@ class TrainHeadOptions:
 def run_train_head(options: TrainHeadOptions) -> int:
     """Train a text head and write it; prints its scores on stdout.  Returns 0; raises
     :class:`TextHeadError` on bad input."""
-    data_dir = (options.data or default_data_dir()).expanduser()
-    if not data_dir.is_dir():
-        raise TextHeadError(f"data folder not found: {data_dir} (use --data DIR)")
+    try:
+        folder = data_dir(options.data, needs=(GOEMOTIONS_DIR if options.kind == "speech" else SCENE_DIR,))
+    except DataMissing as exc:
+        raise TextHeadError(str(exc)) from None
+    if not folder.is_dir():
+        raise TextHeadError(f"data folder not found: {folder} (use --data DIR or ${DATA_ENV})")
     weightings = WEIGHTINGS if options.weighting == "all" else (options.weighting,)
     t0 = time.perf_counter()
     try:
         head, meta = train_head(
             options.kind,
-            data_dir=data_dir,
+            data_dir=folder,
             limit=options.limit,
             seed=options.seed,
             l2_grid=options.l2,
@@ -593,10 +586,12 @@ def run_text(options: TextClassifyOptions, *, stdin: TextIO | None = None, stdou
 
 __all__ = [
     "DATA_ENV",
+    "GOEMOTIONS_DIR",
     "KINDS",
     "L2_GRID",
     "MAX_EPOCHS",
     "MAX_LEN",
+    "SCENE_DIR",
     "SCENE_HOLDOUT",
     "WEIGHTINGS",
     "EmbeddingCache",
@@ -605,7 +600,6 @@ __all__ = [
     "TextHead",
     "TextHeadError",
     "TrainHeadOptions",
-    "default_data_dir",
     "fit_softmax",
     "goemotions_classes",
     "group_split",
