@@ -58,17 +58,30 @@ system-deps:
 run: install
 	$(VENV)/bin/cer-stream --video $(SAMPLE)
 
+# The data folder of the tests that read real data (GoEmotions, the Qwen2.5-VL captions, faces_dev:
+# stream/core/datadir.py): `make test DATA_DIR=PATH` hands it to them as $CER_STREAM_DATA when that
+# is not set already and PATH is a folder; without either, those tests skip and say why.
+DATA_DIR ?=
+TEST_ENV :=
+ifeq ($(CER_STREAM_DATA),)
+ifneq ($(DATA_DIR),)
+ifneq ($(wildcard $(DATA_DIR)/.),)
+TEST_ENV := CER_STREAM_DATA=$(abspath $(DATA_DIR))
+endif
+endif
+endif
+
 # lint, format and type checks first (fast), then the tests
 test: install-test system-deps
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 	@site=$$(mktemp -d); $(PY) -m mkdocs build --strict --site-dir "$$site"; status=$$?; rm -rf "$$site"; exit $$status
-	$(PY) -m pytest -q
+	$(TEST_ENV) $(PY) -m pytest -q
 
 # the long checks (marked slow), opt-in
 test-slow: install-test system-deps
-	$(PY) -m pytest -q -m slow
+	$(TEST_ENV) $(PY) -m pytest -q -m slow
 
 # Exporter tests for open_clip and ultralytics, opt-in, in their own environment: both need
 # torchvision, which does not import beside the test environment's torch 2.13.0, and
