@@ -242,7 +242,7 @@ FACES_RATED = ("happy", "sad", "angry", "disgusted", "fearful", "surprised")
 
 
 def standin_faces_dev(data: Path, n: int = 14, src: Path = SAMPLE) -> Path:
-    """A stand-in for ``faces_dev`` (the shared data a fresh clone lacks) in ``data/faces_dev``:
+    """A stand-in for ``faces_dev`` (the data folder a fresh clone lacks) in ``data/faces_dev``:
     ``n`` frames of ``src``, half a second apart, as JPEG photographs, and a ``labels.csv`` of
     faces_dev's columns whose labels cycle through the 7 posed classes (one real face, so the
     labels are not true: the scores it gives check the code path, nothing else), three

@@ -27,7 +27,7 @@ PEER_PYTHON = BENCH / ".peer-venv" / "bin" / "python"
 SKIPPED = 77  # bench/_smoke.py: SKIPPED
 
 #: Every benchmark script, and the arguments of its smoke run besides ``--smoke --smoke-dir``
-#: (``{nodata}``: an empty folder, so that the scripts reading the shared data show they run
+#: (``{nodata}``: an empty folder, so that the scripts reading the data folder show they run
 #: on a fresh clone without it, as a stand-in).
 SMOKE_ARGS: dict[str, list[str]] = {
     "accuracy.py": ["--data", "{nodata}"],

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import skimage.data
+from conftest import DATA
 
 from engines.models import faceapi as fa
 from engines.models import registry as reg
@@ -28,7 +29,7 @@ from engines.models import registry as reg
 ROOT = Path(__file__).resolve().parents[1]
 NODE_DIR = ROOT / "tests" / "node"
 REFERENCE = NODE_DIR / "faceapi_reference.mjs"
-FACES_DEV = ROOT.parent / "shared" / "data" / "faces_dev"
+FACES_DEV = DATA / "faces_dev" if DATA is not None else None
 
 # Face box of the astronaut in skimage.data.astronaut(), (x, y, w, h), as MediaPipe's
 # short-range detector finds it (the same box as tests/test_mini_xception.py).
@@ -132,14 +133,15 @@ def astronaut_crops(astronaut) -> list[np.ndarray]:
 @pytest.fixture(scope="session")
 def faces_dev_crops() -> list[np.ndarray]:
     """8 faces_dev photographs (one per posed class, then one more), read only at test time;
-    every other one cut to a non-square box. Empty when the shared data is not on this machine."""
+    every other one cut to a non-square box. Empty when the data folder ($CER_STREAM_DATA) does not
+    hold faces_dev."""
     import csv
 
     import cv2
 
-    labels = FACES_DEV / "labels.csv"
-    if not labels.is_file():
+    if FACES_DEV is None or not (FACES_DEV / "labels.csv").is_file():
         return []
+    labels = FACES_DEV / "labels.csv"
     with open(labels, newline="") as stream:
         rows = list(csv.DictReader(stream))
     chosen, seen = [], set()
