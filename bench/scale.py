@@ -521,7 +521,10 @@ class OutDirTail:
                     continue
                 if rec.get("type") == "window":
                     # ``present`` too: which modalities the window had (the voice and the words)
+                    text = (rec.get("modalities") or {}).get("text") or {}
                     rec = {"type": "window", **{k: rec.get(k) for k in (*soak.RecordReader.WINDOW_KEYS, "present")}}
+                    # how many windows late the words were (a live stream's run beside it)
+                    rec["_text_lag"] = text.get("lag_windows") if text.get("present") else None
                 rec["_arrival"] = now
                 out.append(rec)
 
@@ -576,6 +579,8 @@ def stream_figures(i: int, recs: list[dict], p95_ms: float) -> dict:
         # stream's voice and words run beside it, so a busy recogniser costs these, not windows)
         "audio_present": round(sum("audio" in (r.get("present") or ()) for r in wins) / len(wins), 3) if wins else None,
         "text_present": round(sum("text" in (r.get("present") or ()) for r in wins) / len(wins), 3) if wins else None,
+        # the words' lag_windows where they were present (--speech-lag lets them be later)
+        "_text_lags": [r["_text_lag"] for r in wins if r.get("_text_lag") is not None],
         "startup_to_start_s": None if started is None or start is None else round(start["_arrival"] - started, 2),
         "startup_to_window_s": None if started is None or first_win is None else round(first_win - started, 2),
         "warnings": sorted({str(r.get("message")) for r in recs if r.get("type") == "warning"})[:5],
@@ -708,6 +713,7 @@ def serve_round(
     rtsp_pss = _median_between(sampler.pss, s_t0, t_stop, col=2)
     per_stream = [stream_figures(i, tail.stream(i), cfg.p95_ms) for i in range(k)]
     lat_all = [v for s in per_stream for v in s.pop("_lat")]
+    lags = [v for s in per_stream for v in s.pop("_text_lags")]
     q = latency.quantiles(lat_all)
     held = sum(s["holds"] for s in per_stream)
     drops: dict[str, float] = {}
@@ -740,6 +746,8 @@ def serve_round(
             )
             for name in ("audio", "text")
         },
+        # mean lag_windows of the words, over every stream's windows that had them
+        "text_lag_mean": round(sum(lags) / len(lags), 2) if lags else None,
         "cores": cpu,
         "memory": {
             "machine_before_mb": None if base_mb is None else round(base_mb, 1),
@@ -890,6 +898,11 @@ _f = latency._f  # one cell formatter for every benchmark's report
 MODE_TITLES = {"face": "Face only (`--no-audio`)", "speech": "With speech (the clip's audio)"}
 
 
+def _lag(mean: float | None) -> str:
+    """`` (words 1.4 late)``: the mean lag_windows of the words where present; nothing without."""
+    return "" if mean is None else f" (words {mean:g} late)"
+
+
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.0f} %"
 
@@ -927,7 +940,8 @@ def markdown_live(res: dict) -> list[str]:
                 f"{_f(mem['machine_mb'], 0)} ({_f(mem['machine_peak_mb'], 0)}){dist} / {_f(mem['serve_pss_mb'], 0)} | "
                 f"{_pair(r['startup_s']['to_start'], 'median', 'max')} | "
                 f"{_pair(r['startup_s']['to_first_window'], 'median', 'max')} | "
-                f"{_pct((r.get('present') or {}).get('audio'))} / {_pct((r.get('present') or {}).get('text'))} | "
+                f"{_pct((r.get('present') or {}).get('audio'))} / {_pct((r.get('present') or {}).get('text'))}"
+                f"{_lag(r.get('text_lag_mean'))} | "
                 f"{why or '–'} |"
             )
         for s in m["skipped"]:
@@ -967,7 +981,10 @@ def markdown_live(res: dict) -> list[str]:
         "serve started (shared pages counted once; the RTSP server's per-client pipelines included), and the "
         "summed PSS of the serve tree. MB per added stream: least-squares slope over the K values of that "
         "isolation (the intercept is the fixed cost). Start-up: the supervisor's `started` record to the stream's "
-        "`start` record (read as it arrives) and to its first window (whose first 4 s of media it waits for).",
+        "`start` record (read as it arrives) and to its first window (whose first 4 s of media it waits for). "
+        "Windows with the voice / words: the share of every stream's windows whose `present` lists them (a live "
+        "stream's voice and words run beside it and are used up to `--speech-lag` windows late, 1 by default); "
+        "in brackets the words' mean `lag_windows` where they were present.",
     ]
     if res.get("targets"):
         L += ["", "### Targets (issue 22, on the shared host)", "", "| target | value | goal | met | note |"]
