@@ -25,7 +25,7 @@ FACES_DEV = "faces_dev"
 #: Subfolder -> what it holds and where it comes from (named in the one-line error).
 DATASETS: dict[str, str] = {
     GOEMOTIONS_DIR: "GoEmotions with its Ekman mapping, Demszky et al. 2020, CC BY 4.0",
-    SCENE_DIR: "Qwen2.5-VL captions of AFEW segments, github.com/SMIL-SPCRAS/ICCVW_25, MIT",
+    SCENE_DIR: "Qwen2.5-VL scene captions of AFEW and C-EXPR-DB segments, github.com/SMIL-SPCRAS/ICCVW_25, MIT",
     FACES_DEV: "posed photographs of the Taiwan Corpora of Chinese Emotions, Chen et al. 2013; evaluation only",
 }
 
