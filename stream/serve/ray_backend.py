@@ -98,8 +98,6 @@ class StreamActor:
         if not self.sup.join(self.sup.stop_grace_s):
             self.sup.kill()
             self.sup.join(10.0)
-        if self.sup.host is not None:  # none with the actors' "process" isolation; after the stream
-            self.sup.host.stop()
         self.sup.close()
 
     def pid(self) -> int:

@@ -609,7 +609,10 @@ class Supervisor:
                     self.write_stderr(f"{PROG}: error: {ev.message}")
 
     def close(self) -> None:
-        """Let the outputs write what they hold (a few seconds at most), then close them."""
+        """Stop the model host, if there is one (after the streams: their last windows need it),
+        let the outputs write what they hold (a few seconds at most), then close them."""
+        if self.host is not None:
+            self.host.stop()
         if self._common is not None:
             self.report_vlm()
         for s in [self._common, *self._files.values()]:
@@ -655,8 +658,6 @@ class Supervisor:
                     break
         finally:
             self.stop()
-            if self.host is not None:  # after the streams: their last windows need it
-                self.host.stop()
             self.close()
         if not self.active and not stop_requested.is_set():
             return 1
